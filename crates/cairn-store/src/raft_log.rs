@@ -1,0 +1,413 @@
+//! One shard's Raft log in a sled tree, implementing [`raft::Storage`].
+//!
+//! The tree `shard/{id}/log` holds:
+//!
+//! | key                        | value                                   |
+//! |----------------------------|-----------------------------------------|
+//! | `b'c'`                     | `ConfState` (protobuf)                  |
+//! | `b'e'` ++ index (u64 BE)   | term (u64 BE) ++ `Entry` (protobuf)     |
+//! | `b'h'`                     | `HardState` (protobuf)                  |
+//! | `b't'`                     | truncated index, truncated term (u64 BE each) |
+//!
+//! Big-endian indexes make sled's key order the log order, so the last entry is the
+//! last key below `b'f'`. The term is duplicated in front of each entry because raft-rs
+//! asks for terms far more often than for entries, and reading eight bytes is cheaper
+//! than parsing an entry that may carry a large batch.
+//!
+//! Invariant: the entries present are exactly `truncated+1 ..= last`, with no holes.
+//! Every mutation keeps it in one sled batch, so a crash leaves either the old or the
+//! new log. Nothing is cached in memory: several `RaftLog` values may point at the same
+//! tree, and a cache shared by some of them could go stale.
+//!
+//! Durability is the caller's: sled batches are atomic but reach disk on
+//! [`crate::NodeStore::flush`], which group commit calls once for all shards.
+//!
+//! The semantics follow raft-rs's `MemStorage` (checked by a conformance test), except
+//! that misuse returns an error instead of panicking.
+
+use protobuf::Message;
+use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, StorageError};
+
+use crate::error::{Result, StoreError};
+use crate::state::ShardState;
+use crate::ShardId;
+
+const CONF_STATE_KEY: &[u8] = b"c";
+const ENTRY_PREFIX: u8 = b'e';
+const HARD_STATE_KEY: &[u8] = b"h";
+const TRUNCATED_KEY: &[u8] = b"t";
+
+fn entry_key(index: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = ENTRY_PREFIX;
+    k[1..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn be_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+/// One shard's Raft log, hard state, conf state and compaction point. Clone = same tree.
+#[derive(Clone)]
+pub struct RaftLog {
+    shard: ShardId,
+    tree: sled::Tree,
+    /// The shard's state machine, if attached: `snapshot()` reports its applied point.
+    state: Option<ShardState>,
+}
+
+impl std::fmt::Debug for RaftLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftLog")
+            .field("shard", &self.shard)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RaftLog {
+    pub(crate) fn new(shard: ShardId, tree: sled::Tree) -> RaftLog {
+        RaftLog {
+            shard,
+            tree,
+            state: None,
+        }
+    }
+
+    /// The shard this log belongs to.
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    /// Let `snapshot()` describe this state machine's applied point.
+    pub fn attach_state(&mut self, state: ShardState) {
+        self.state = Some(state);
+    }
+
+    fn corrupt(&self, what: impl std::fmt::Display) -> StoreError {
+        StoreError::corrupt(format!("shard {} raft log: {what}", self.shard))
+    }
+
+    fn decode<M: Message>(&self, key: &str, bytes: &[u8]) -> Result<M> {
+        M::parse_from_bytes(bytes).map_err(|e| self.corrupt(format!("{key}: {e}")))
+    }
+
+    fn encode_entry(e: &Entry) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(8 + e.compute_size() as usize);
+        out.extend_from_slice(&e.term.to_be_bytes());
+        e.write_to_vec(&mut out).map_err(raft::Error::from)?;
+        Ok(out)
+    }
+
+    fn decode_entry(&self, index: u64, raw: &[u8]) -> Result<Entry> {
+        if raw.len() < 8 {
+            return Err(self.corrupt(format!("entry {index}: shorter than its term")));
+        }
+        let e: Entry = self.decode(&format!("entry {index}"), &raw[8..])?;
+        if e.index != index || be_u64(&raw[..8]) != Some(e.term) {
+            return Err(self.corrupt(format!(
+                "entry {index}: stored under the wrong index or with the wrong term"
+            )));
+        }
+        Ok(e)
+    }
+
+    /// (index, term) of the last entry dropped by compaction or a snapshot; (0, 0) when new.
+    fn truncated(&self) -> Result<(u64, u64)> {
+        match self.tree.get(TRUNCATED_KEY)? {
+            None => Ok((0, 0)),
+            Some(v) if v.len() == 16 => match (be_u64(&v[..8]), be_u64(&v[8..])) {
+                (Some(i), Some(t)) => Ok((i, t)),
+                _ => Err(self.corrupt("truncated point")),
+            },
+            Some(_) => Err(self.corrupt("truncated point has the wrong length")),
+        }
+    }
+
+    fn truncated_value(index: u64, term: u64) -> [u8; 16] {
+        let mut v = [0u8; 16];
+        v[..8].copy_from_slice(&index.to_be_bytes());
+        v[8..].copy_from_slice(&term.to_be_bytes());
+        v
+    }
+
+    /// `truncated index + 1`: the first index `entries()` may return.
+    pub fn first_index(&self) -> Result<u64> {
+        Ok(self.truncated()?.0 + 1)
+    }
+
+    /// Index of the last entry, or the truncated index if the log holds none.
+    pub fn last_index(&self) -> Result<u64> {
+        if let Some((k, _)) = self.tree.get_lt([ENTRY_PREFIX + 1])? {
+            if k.first() == Some(&ENTRY_PREFIX) {
+                return be_u64(&k[1..]).ok_or_else(|| self.corrupt("entry key length"));
+            }
+        }
+        Ok(self.truncated()?.0)
+    }
+
+    /// Term of entry `idx`; `Compacted` below the truncated index, `Unavailable` above
+    /// the last.
+    pub fn term_of(&self, idx: u64) -> Result<u64> {
+        let (t_idx, t_term) = self.truncated()?;
+        if idx == t_idx {
+            return Ok(t_term);
+        }
+        if idx < t_idx {
+            return Err(StoreError::raft_storage(StorageError::Compacted));
+        }
+        match self.tree.get(entry_key(idx))? {
+            Some(v) => v
+                .get(..8)
+                .and_then(be_u64)
+                .ok_or_else(|| self.corrupt(format!("entry {idx}: shorter than its term"))),
+            None if idx > self.last_index()? => {
+                Err(StoreError::raft_storage(StorageError::Unavailable))
+            }
+            None => Err(self.corrupt(format!("entry {idx} missing inside the log"))),
+        }
+    }
+
+    /// The persisted hard state (default when none was written).
+    pub fn hard_state(&self) -> Result<HardState> {
+        match self.tree.get(HARD_STATE_KEY)? {
+            Some(v) => self.decode("hard state", &v),
+            None => Ok(HardState::default()),
+        }
+    }
+
+    /// The persisted conf state (default when none was written).
+    pub fn conf_state(&self) -> Result<ConfState> {
+        match self.tree.get(CONF_STATE_KEY)? {
+            Some(v) => self.decode("conf state", &v),
+            None => Ok(ConfState::default()),
+        }
+    }
+
+    /// First boot: if the log is empty and has no conf state, store this one (voters).
+    /// Idempotent: once a conf state exists (or the log has entries), does nothing.
+    pub fn initialize(&self, conf_state: &ConfState) -> Result<()> {
+        if self.last_index()? == 0 && self.tree.get(CONF_STATE_KEY)?.is_none() {
+            self.set_conf_state(conf_state)?;
+        }
+        Ok(())
+    }
+
+    /// Persist new entries and/or hard state in one atomic sled batch. Entries must be
+    /// contiguous, start at or below `last_index + 1` and above the truncated index;
+    /// entries already stored at and after the first new index are replaced (raft's
+    /// overwrite of a conflicting suffix).
+    pub fn persist(&self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        if let Some(first) = entries.first() {
+            let start = first.index;
+            let (t_idx, _) = self.truncated()?;
+            let last = self.last_index()?;
+            if start <= t_idx {
+                return Err(StoreError::invalid(format!(
+                    "shard {}: append at {start} overwrites compacted log (truncated {t_idx})",
+                    self.shard
+                )));
+            }
+            if start > last + 1 {
+                return Err(StoreError::invalid(format!(
+                    "shard {}: append at {start} leaves a gap after last index {last}",
+                    self.shard
+                )));
+            }
+            for (i, e) in entries.iter().enumerate() {
+                if e.index != start + i as u64 {
+                    return Err(StoreError::invalid(format!(
+                        "shard {}: appended entries are not contiguous at {}",
+                        self.shard, e.index
+                    )));
+                }
+            }
+            let new_last = start + entries.len() as u64 - 1;
+            // Only the stale tail beyond the new entries needs removing; the rest is
+            // overwritten by the inserts below.
+            if new_last < last {
+                for k in self
+                    .tree
+                    .range(entry_key(new_last + 1)..=entry_key(last))
+                    .keys()
+                {
+                    batch.remove(k?);
+                }
+            }
+            for e in entries {
+                batch.insert(&entry_key(e.index)[..], Self::encode_entry(e)?);
+            }
+        }
+        if let Some(hs) = hard_state {
+            batch.insert(
+                HARD_STATE_KEY,
+                hs.write_to_bytes().map_err(raft::Error::from)?,
+            );
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Set `hard_state.commit`, keeping term and vote.
+    pub fn set_commit(&self, commit: u64) -> Result<()> {
+        let mut hs = self.hard_state()?;
+        hs.commit = commit;
+        self.persist(&[], Some(&hs))
+    }
+
+    /// Replace the conf state (after applying a conf change).
+    pub fn set_conf_state(&self, cs: &ConfState) -> Result<()> {
+        let bytes = cs.write_to_bytes().map_err(raft::Error::from)?;
+        self.tree.insert(CONF_STATE_KEY, bytes)?;
+        Ok(())
+    }
+
+    fn remove_entries(&self, batch: &mut sled::Batch, upto_excl: Option<u64>) -> Result<()> {
+        let iter = match upto_excl {
+            Some(hi) => self.tree.range(entry_key(0)..entry_key(hi)),
+            None => self.tree.scan_prefix([ENTRY_PREFIX]),
+        };
+        for k in iter.keys() {
+            batch.remove(k?);
+        }
+        Ok(())
+    }
+
+    /// After the state machine installed a Raft snapshot: drop every entry, move the
+    /// truncated point and conf state to the snapshot's, and raise commit and term to at
+    /// least the snapshot's. `SnapshotOutOfDate` if the snapshot is not past the
+    /// truncated index (as `MemStorage::apply_snapshot`).
+    pub fn apply_snapshot_metadata(&self, meta: &SnapshotMetadata) -> Result<()> {
+        if self.first_index()? > meta.index {
+            return Err(StoreError::raft_storage(StorageError::SnapshotOutOfDate));
+        }
+        let mut hs = self.hard_state()?;
+        hs.commit = hs.commit.max(meta.index);
+        hs.term = hs.term.max(meta.term);
+        let mut batch = sled::Batch::default();
+        self.remove_entries(&mut batch, None)?;
+        batch.insert(
+            TRUNCATED_KEY,
+            &Self::truncated_value(meta.index, meta.term)[..],
+        );
+        batch.insert(
+            CONF_STATE_KEY,
+            meta.get_conf_state()
+                .write_to_bytes()
+                .map_err(raft::Error::from)?,
+        );
+        batch.insert(
+            HARD_STATE_KEY,
+            hs.write_to_bytes().map_err(raft::Error::from)?,
+        );
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Drop entries below `compact_index`; the caller must only compact applied entries.
+    /// No-op if `compact_index <= first_index`; `Invalid` if past `last_index + 1`.
+    pub fn compact(&self, compact_index: u64) -> Result<()> {
+        if compact_index <= self.first_index()? {
+            return Ok(());
+        }
+        let last = self.last_index()?;
+        if compact_index > last + 1 {
+            return Err(StoreError::invalid(format!(
+                "shard {}: compact to {compact_index} past last index {last}",
+                self.shard
+            )));
+        }
+        let term = self.term_of(compact_index - 1)?;
+        let mut batch = sled::Batch::default();
+        self.remove_entries(&mut batch, Some(compact_index))?;
+        batch.insert(
+            TRUNCATED_KEY,
+            &Self::truncated_value(compact_index - 1, term)[..],
+        );
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Entries `[low, high)`, at most `max_size` bytes but always at least one.
+    fn read_entries(&self, low: u64, high: u64, max_size: Option<u64>) -> Result<Vec<Entry>> {
+        if low < self.first_index()? {
+            return Err(StoreError::raft_storage(StorageError::Compacted));
+        }
+        let last = self.last_index()?;
+        if high > last + 1 {
+            // MemStorage panics here; an error stops the replica just as surely
+            // without unwinding through the caller's thread.
+            return Err(StoreError::raft_storage(StorageError::Unavailable));
+        }
+        if low >= high {
+            return Ok(Vec::new());
+        }
+        let max = max_size.unwrap_or(raft::NO_LIMIT);
+        let mut out = Vec::new();
+        let mut size = 0u64;
+        // Stop reading at the first entry over the limit: same result as reading the
+        // whole range and calling `raft::util::limit_size`, without the reads.
+        for item in self.tree.range(entry_key(low)..entry_key(high)) {
+            let (_, v) = item?;
+            let expected = low + out.len() as u64;
+            let e = self.decode_entry(expected, &v)?;
+            let sz = u64::from(e.compute_size());
+            if !out.is_empty() && size.saturating_add(sz) > max {
+                return Ok(out);
+            }
+            size = size.saturating_add(sz);
+            out.push(e);
+        }
+        if out.len() as u64 != high - low {
+            return Err(self.corrupt(format!("entries missing in [{low}, {high})")));
+        }
+        Ok(out)
+    }
+}
+
+impl raft::Storage for RaftLog {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(self.hard_state()?, self.conf_state()?))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        Ok(self.read_entries(low, high, max_size.into())?)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        Ok(self.term_of(idx)?)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(RaftLog::first_index(self)?)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(RaftLog::last_index(self)?)
+    }
+
+    /// Describes the attached state machine's applied point; the data itself is
+    /// streamed separately (`ShardState::export`), so `data` is empty.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let unavailable = || raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
+        let state = self.state.as_ref().ok_or_else(unavailable)?;
+        let applied = state.applied()?;
+        if applied.index < request_index {
+            return Err(unavailable());
+        }
+        let mut snap = Snapshot::default();
+        let meta = snap.mut_metadata();
+        meta.index = applied.index;
+        meta.term = applied.term;
+        meta.set_conf_state(self.conf_state()?);
+        Ok(snap)
+    }
+}

@@ -1,0 +1,358 @@
+//! A shard's state machine: the MVCC data tree.
+//!
+//! Every committed log entry is applied at `version = its log index`, so a version is
+//! also a position in the log and a snapshot cut is just an index: "the state at cut
+//! `c`" is, per key, the newest version `< c`. Old versions and tombstones stay until
+//! history GC (not here yet) removes what no snapshot needs.
+//!
+//! Contracts of [`ShardState::apply`], which every replica runs on the same entries:
+//!
+//! - **Deterministic.** The outcome depends only on the tree and the entry; conditions
+//!   are evaluated against the state before the batch, never against a half-applied one.
+//! - **Atomic with its index.** The data and the applied (index, term) go in one sled
+//!   batch, so after a crash the applied index describes exactly the data present and
+//!   the entry is either re-applied in full or not at all.
+//! - **Once.** An index at or below the applied index is refused (`AlreadyApplied`).
+//!
+//! A storage error from `apply` is fatal to the replica, never a client reply: the
+//! replicas would diverge otherwise.
+//!
+//! See [`crate::keys`] for the byte layout.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, OpKind};
+use crate::error::{Result, StoreError};
+use crate::keys;
+use crate::stage::SnapshotStage;
+use crate::ShardId;
+
+/// The result of applying one batch; the leader returns it to the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApplyOutcome {
+    /// Every condition held; all ops written at version = the entry's log index.
+    Applied {
+        /// The version the batch was written at (its log index).
+        version: u64,
+        /// `existed[i]`: the key of op `i` had a live value before the batch.
+        existed: Vec<bool>,
+    },
+    /// Some condition failed; nothing was written (but the applied index still advanced).
+    Rejected {
+        /// Index in the batch of the first op whose condition failed.
+        op: usize,
+        /// Live version of that op's key before the batch (`None` if absent).
+        current: Option<u64>,
+    },
+}
+
+/// The last log entry applied to a shard's state machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AppliedState {
+    /// Log index of the entry.
+    pub index: u64,
+    /// Term of the entry.
+    pub term: u64,
+}
+
+/// A live value and the version (log index) that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versioned {
+    /// Log index of the write.
+    pub version: u64,
+    /// The value.
+    pub value: Vec<u8>,
+}
+
+/// One shard's MVCC state machine. Clone = same tree.
+#[derive(Clone)]
+pub struct ShardState {
+    shard: ShardId,
+    tree: sled::Tree,
+}
+
+impl std::fmt::Debug for ShardState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardState")
+            .field("shard", &self.shard)
+            .finish_non_exhaustive()
+    }
+}
+
+fn encode_applied(a: AppliedState) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&a.index.to_be_bytes());
+    v[8..].copy_from_slice(&a.term.to_be_bytes());
+    v
+}
+
+/// The newest version of a key, whatever it is: `(version, live)`.
+type Newest = Option<(u64, bool)>;
+
+impl ShardState {
+    pub(crate) fn new(shard: ShardId, tree: sled::Tree) -> ShardState {
+        ShardState { shard, tree }
+    }
+
+    /// The shard this state belongs to.
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    /// The last applied entry; (0, 0) for a new shard.
+    pub fn applied(&self) -> Result<AppliedState> {
+        let Some(v) = self.tree.get(keys::APPLIED_KEY)? else {
+            return Ok(AppliedState::default());
+        };
+        let (Ok(index), Ok(term)) = (
+            v.get(..8).unwrap_or_default().try_into(),
+            v.get(8..).unwrap_or_default().try_into(),
+        ) else {
+            return Err(StoreError::corrupt(format!(
+                "shard {} applied state has length {}",
+                self.shard,
+                v.len()
+            )));
+        };
+        Ok(AppliedState {
+            index: u64::from_be_bytes(index),
+            term: u64::from_be_bytes(term),
+        })
+    }
+
+    fn newest(&self, key: &[u8]) -> Result<Newest> {
+        match self.tree.scan_prefix(keys::versions_prefix(key)).next() {
+            None => Ok(None),
+            Some(item) => {
+                let (k, v) = item?;
+                let version = keys::key_version(&k)?;
+                Ok(Some((version, keys::decode_value(&v)?.is_some())))
+            }
+        }
+    }
+
+    /// Apply one committed log entry at `index` (see the module doc for the contract).
+    /// `command` is `None` for entries without a command (empty or conf change): only
+    /// the applied state moves.
+    pub fn apply(&self, index: u64, term: u64, command: Option<&Command>) -> Result<ApplyOutcome> {
+        let applied = self.applied()?;
+        if index <= applied.index {
+            return Err(StoreError::AlreadyApplied {
+                shard: self.shard,
+                index,
+                applied: applied.index,
+            });
+        }
+        let mut batch = sled::Batch::default();
+        batch.insert(
+            keys::APPLIED_KEY,
+            &encode_applied(AppliedState { index, term })[..],
+        );
+        let outcome = match command {
+            None => ApplyOutcome::Applied {
+                version: index,
+                existed: Vec::new(),
+            },
+            Some(Command::Batch(ops)) => {
+                // Pre-batch state of every key touched, read once.
+                let mut before: BTreeMap<&[u8], Newest> = BTreeMap::new();
+                for op in ops {
+                    if !before.contains_key(op.key.as_slice()) {
+                        before.insert(&op.key, self.newest(&op.key)?);
+                    }
+                }
+                let live_version = |key: &[u8]| match before.get(key) {
+                    Some(Some((v, true))) => Some(*v),
+                    _ => None,
+                };
+                if let Some((op, current)) = ops.iter().enumerate().find_map(|(i, op)| {
+                    let current = live_version(&op.key);
+                    (!op.condition.holds(current)).then_some((i, current))
+                }) {
+                    self.tree.apply_batch(batch)?;
+                    return Ok(ApplyOutcome::Rejected { op, current });
+                }
+                // A later op on the same key wins.
+                let mut last_op: BTreeMap<&[u8], &OpKind> = BTreeMap::new();
+                for op in ops {
+                    last_op.insert(&op.key, &op.kind);
+                }
+                for (key, kind) in last_op {
+                    match kind {
+                        OpKind::Put(value) => batch.insert(
+                            keys::encode_key(key, index),
+                            keys::encode_value(Some(value)),
+                        ),
+                        // A tombstone only matters if there is something to hide.
+                        OpKind::Delete if live_version(key).is_some() => {
+                            batch.insert(keys::encode_key(key, index), keys::encode_value(None))
+                        }
+                        OpKind::Delete => {}
+                    }
+                }
+                ApplyOutcome::Applied {
+                    version: index,
+                    existed: ops
+                        .iter()
+                        .map(|op| live_version(&op.key).is_some())
+                        .collect(),
+                }
+            }
+        };
+        self.tree.apply_batch(batch)?;
+        Ok(outcome)
+    }
+
+    /// Newest live version of `key` with version <= `at` (`u64::MAX` for latest); `None`
+    /// if absent or deleted at that point.
+    pub fn get(&self, key: &[u8], at: u64) -> Result<Option<Versioned>> {
+        // Versions are stored inverted, so "<= at" is "key >= encode(key, at)" and the
+        // first hit is the newest one.
+        let range = keys::encode_key(key, at)..=keys::encode_key(key, 0);
+        match self.tree.range(range).next() {
+            None => Ok(None),
+            Some(item) => {
+                let (k, v) = item?;
+                let version = keys::key_version(&k)?;
+                Ok(keys::decode_value(&v)?.map(|value| Versioned {
+                    version,
+                    value: value.to_vec(),
+                }))
+            }
+        }
+    }
+
+    /// Live keys starting with `prefix`, strictly after `start_after` (if given), in byte
+    /// order, at most `limit`, as of version `at`.
+    pub fn scan(
+        &self,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: usize,
+        at: u64,
+    ) -> Result<Vec<(Vec<u8>, Versioned)>> {
+        /// Versions of one key skipped in a row before seeking past the key instead.
+        const MAX_SKIP: usize = 16;
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let scan_prefix = keys::scan_prefix(prefix);
+        let mut lower = match start_after {
+            Some(after) => keys::after_key(after).max(scan_prefix.clone()),
+            None => scan_prefix.clone(),
+        };
+        let mut iter = self.tree.range(lower.clone()..);
+        // Identity (encoded key without version) of the last key already decided.
+        let mut done: Option<Vec<u8>> = None;
+        let mut skipped = 0;
+        while let Some(item) = iter.next() {
+            let (k, v) = item?;
+            if !k.starts_with(&scan_prefix) {
+                break;
+            }
+            let ident = keys::key_identity(&k);
+            if done.as_deref() == Some(ident) {
+                skipped += 1;
+                if skipped > MAX_SKIP {
+                    // A key with a long history: jump past it rather than walk it.
+                    let (user_key, _) = keys::decode_key(&k)?;
+                    lower = keys::after_key(&user_key);
+                    iter = self.tree.range(lower.clone()..);
+                    skipped = 0;
+                }
+                continue;
+            }
+            let version = keys::key_version(&k)?;
+            if version > at {
+                continue;
+            }
+            done = Some(ident.to_vec());
+            skipped = 0;
+            if let Some(value) = keys::decode_value(&v)? {
+                let (user_key, _) = keys::decode_key(&k)?;
+                out.push((
+                    user_key,
+                    Versioned {
+                        version,
+                        value: value.to_vec(),
+                    },
+                ));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Raw (tree key, tree value) pairs of every data version <= `upto`, in tree order:
+    /// the shard's state (with history) at `upto`, for streaming a Raft snapshot.
+    ///
+    /// Versions <= the applied index never change, so the result is exact even while
+    /// `apply` continues; `upto` above the applied index gives whatever is applied by
+    /// the time the iterator gets there.
+    pub fn export(
+        &self,
+        upto: u64,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + Send + 'static {
+        self.tree
+            .scan_prefix([keys::DATA_PREFIX])
+            .filter_map(move |item| {
+                let pair = item.map_err(StoreError::from).and_then(|(k, v)| {
+                    // Validate here so a corrupt record is named at the source, not
+                    // discovered on the receiving node.
+                    let (_, version) = keys::decode_key(&k)?;
+                    keys::decode_value(&v)?;
+                    Ok((version, k, v))
+                });
+                match pair {
+                    Ok((version, k, v)) if version <= upto => Some(Ok((k.to_vec(), v.to_vec()))),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                }
+            })
+    }
+
+    /// Replace this shard's whole state with the pairs in `stage`, and set the applied
+    /// state, in one sled batch. `Corrupt` (nothing written) if any staged pair is not a
+    /// valid data record.
+    pub fn install(&self, stage: &SnapshotStage, applied: AppliedState) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for k in self.tree.iter().keys() {
+            batch.remove(k?);
+        }
+        for item in stage.iter() {
+            let (k, v) = item?;
+            keys::decode_key(&k)
+                .and_then(|_| keys::decode_value(&v).map(|_| ()))
+                .map_err(|e| {
+                    StoreError::corrupt(format!("shard {} staged snapshot: {e}", self.shard))
+                })?;
+            batch.insert(k, v);
+        }
+        batch.insert(keys::APPLIED_KEY, &encode_applied(applied)[..]);
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Number of keys whose newest version is live. O(versions).
+    pub fn live_keys(&self) -> Result<u64> {
+        let mut count = 0;
+        let mut last: Option<Vec<u8>> = None;
+        for item in self.tree.scan_prefix([keys::DATA_PREFIX]) {
+            let (k, v) = item?;
+            let ident = keys::key_identity(&k);
+            if last.as_deref() == Some(ident) {
+                continue;
+            }
+            last = Some(ident.to_vec());
+            if keys::decode_value(&v)?.is_some() {
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+}
