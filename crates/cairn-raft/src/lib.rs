@@ -1,1 +1,32 @@
-//! placeholder
+//! Multi-raft for Cairn: every shard of a node is its own Raft group, driven here.
+//!
+//! This crate owns the moving parts between an accepted request and durable, replicated
+//! state: one [`replica`] thread per shard owning its raft-rs `RawNode`; the
+//! [`commit`] flusher that lets one fsync cover every shard of the node; the
+//! [`transport`] that carries Raft messages (batched per peer), forwarded requests and
+//! streamed Raft snapshots between nodes; and [`MultiRaft`], which starts and stops
+//! them together and serves requests with the local replicas.
+//!
+//! What it must never do: decide where a request goes (the server's router does),
+//! interpret keys or values (the store's state machine does), or block an async worker
+//! on Raft or disk work (replicas are threads; tree reads off the hot path run on the
+//! blocking pool).
+//!
+//! The guarantees it provides: a write is answered only after its entry is committed by
+//! a quorum, fsync'd on this node, and applied; a linearizable read is answered only
+//! after a ReadIndex round confirmed leadership and the state machine caught up to it;
+//! a request whose fate is unknown (leadership lost, deadline passed) says so
+//! ([`ShardError::OutcomeUnknown`]) instead of guessing.
+
+pub mod commit;
+pub mod config;
+pub mod error;
+pub mod multi_raft;
+pub mod replica;
+pub mod request;
+pub mod transport;
+
+pub use config::RaftConfig;
+pub use error::{RaftError, ShardError};
+pub use multi_raft::{LocalShards, MultiRaft, ReplicaStatus};
+pub use request::{Consistency, ShardRequest, ShardResponse};

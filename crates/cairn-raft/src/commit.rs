@@ -1,0 +1,66 @@
+//! Group commit: one fsync covers the writes of every replica of the node that were
+//! waiting when it started.
+//!
+//! Replicas write their entries and hard state into sled (which only buffers them),
+//! then call [`GroupCommit::sync`] and block until a flush that began *after* their
+//! write has finished. The flusher thread takes every waiter queued so far, calls
+//! `flush()` once, and wakes them all; writers that arrive during a flush wait for the
+//! next one. Under load one flush therefore serves many shards, which is what lets a
+//! node's write rate exceed its disk's fsync rate.
+
+use std::thread::JoinHandle;
+
+use cairn_store::NodeStore;
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+
+type Waiter = Sender<Result<(), String>>;
+
+/// Handle to the node's flusher thread. Cloning shares the same thread.
+#[derive(Clone)]
+pub struct GroupCommit {
+    tx: Sender<Waiter>,
+}
+
+impl GroupCommit {
+    /// Start the flusher. It stops once every `GroupCommit` clone is dropped.
+    pub fn start(store: NodeStore, node: u64) -> (GroupCommit, JoinHandle<()>) {
+        let (tx, rx) = unbounded::<Waiter>();
+        let handle = std::thread::Builder::new()
+            .name(format!("group-commit-{node}"))
+            .spawn(move || {
+                let span = tracing::info_span!("group_commit", node);
+                let _enter = span.enter();
+                run(store, rx)
+            })
+            .expect("spawning the group-commit thread");
+        (GroupCommit { tx }, handle)
+    }
+
+    /// Block until everything this thread wrote to the store before the call is on disk.
+    pub fn sync(&self) -> Result<(), String> {
+        let (tx, rx) = bounded(1);
+        self.tx
+            .send(tx)
+            .map_err(|_| "group commit stopped".to_owned())?;
+        rx.recv()
+            .map_err(|_| "group commit stopped".to_owned())?
+    }
+}
+
+fn run(store: NodeStore, rx: Receiver<Waiter>) {
+    while let Ok(first) = rx.recv() {
+        let mut waiters = vec![first];
+        waiters.extend(rx.try_iter());
+        let result = store.flush().map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "fsync failed");
+        }
+        metrics::counter!("cairn_fsyncs_total").increment(1);
+        metrics::histogram!("cairn_group_commit_batch").record(waiters.len() as f64);
+        for waiter in waiters {
+            // A waiter that gave up is not our concern.
+            let _ = waiter.send(result.clone());
+        }
+    }
+    tracing::debug!("group commit stopped");
+}

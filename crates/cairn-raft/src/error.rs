@@ -1,0 +1,54 @@
+//! Errors a shard request can end in. They cross the peer transport (a forwarded
+//! request's error comes back to the node that forwarded it), so they are plain data.
+
+use cairn_store::{NodeId, ShardId};
+use serde::{Deserialize, Serialize};
+
+/// Why a shard request failed, phrased as what the caller should do next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ShardError {
+    /// This replica is not the shard's leader: forward to `leader` if known, otherwise
+    /// wait for an election and retry.
+    #[error("this node is not the leader of shard {shard}")]
+    NotLeader {
+        shard: ShardId,
+        leader: Option<NodeId>,
+    },
+    /// The shard cannot serve right now (no quorum, queue full, peer unreachable);
+    /// nothing was changed and the request may be retried.
+    #[error("shard {shard} is unavailable: {reason}")]
+    Unavailable { shard: ShardId, reason: String },
+    /// A write was proposed but this node lost track of it (leadership lost or the
+    /// deadline passed): it may or may not have been applied.
+    #[error("outcome of the write on shard {shard} is unknown: {reason}")]
+    OutcomeUnknown { shard: ShardId, reason: String },
+    /// The local store failed; the request did not complete.
+    #[error("storage error on shard {shard}: {reason}")]
+    Storage { shard: ShardId, reason: String },
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+impl ShardError {
+    /// True when retrying (after forwarding or a short wait) cannot apply a write twice.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ShardError::NotLeader { .. } | ShardError::Unavailable { .. }
+        )
+    }
+}
+
+/// Errors starting or running the multi-raft host itself (not a single request).
+#[derive(Debug, thiserror::Error)]
+pub enum RaftError {
+    #[error(transparent)]
+    Store(#[from] cairn_store::StoreError),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("peer transport: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}

@@ -1,0 +1,298 @@
+//! The multi-raft host: every replica of this node, the group-commit flusher and the
+//! peer transport, started together and stopped together.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use cairn_store::{NodeId, NodeStore, ShardId, ShardState};
+use crossbeam_channel::{bounded, Sender};
+use futures::future::BoxFuture;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::commit::GroupCommit;
+use crate::config::RaftConfig;
+use crate::error::{RaftError, ShardError};
+use crate::replica::{Replica, ReplicaGauges, ReplicaMsg};
+use crate::request::{Consistency, ShardRequest, ShardResponse};
+use crate::transport::{CallHandler, Transport};
+
+/// Requests queued per replica before callers are told to back off.
+const REPLICA_INBOX: usize = 16 * 1024;
+
+/// This node's replicas, as seen by request handling: their inboxes, trees and gauges.
+pub struct LocalShards {
+    node_id: NodeId,
+    inboxes: Vec<Sender<ReplicaMsg>>,
+    states: Vec<ShardState>,
+    gauges: Vec<Arc<ReplicaGauges>>,
+}
+
+impl LocalShards {
+    /// Serve a request with this node's replica of its shard. Writes and linearizable
+    /// reads need the replica to lead; otherwise they fail with `NotLeader` and the
+    /// caller forwards. This never forwards by itself, so forwarding cannot loop.
+    pub async fn execute(&self, req: ShardRequest) -> Result<ShardResponse, ShardError> {
+        let shard = req.shard();
+        let (inbox, state) = match (
+            self.inboxes.get(shard as usize),
+            self.states.get(shard as usize),
+        ) {
+            (Some(i), Some(s)) => (i, s),
+            _ => {
+                return Err(ShardError::Unavailable {
+                    shard,
+                    reason: "no such shard".into(),
+                })
+            }
+        };
+        let overloaded = || ShardError::Unavailable {
+            shard,
+            reason: "replica queue is full".into(),
+        };
+        match req {
+            ShardRequest::Write { command, .. } => {
+                let (reply, rx) = oneshot::channel();
+                inbox
+                    .try_send(ReplicaMsg::Propose { command, reply })
+                    .map_err(|_| overloaded())?;
+                let outcome = rx.await.map_err(|_| ShardError::ShuttingDown)??;
+                Ok(ShardResponse::Written(outcome))
+            }
+            ShardRequest::Get {
+                key, consistency, ..
+            } => {
+                self.barrier(inbox, consistency, shard).await?;
+                let value = state.get(&key, u64::MAX).map_err(|e| storage(shard, e))?;
+                Ok(ShardResponse::Value(value))
+            }
+            ShardRequest::Scan {
+                prefix,
+                start_after,
+                limit,
+                consistency,
+                ..
+            } => {
+                self.barrier(inbox, consistency, shard).await?;
+                let state = state.clone();
+                let items = tokio::task::spawn_blocking(move || {
+                    state.scan(&prefix, start_after.as_deref(), limit, u64::MAX)
+                })
+                .await
+                .map_err(|_| ShardError::ShuttingDown)?
+                .map_err(|e| storage(shard, e))?;
+                Ok(ShardResponse::Items(items))
+            }
+        }
+    }
+
+    async fn barrier(
+        &self,
+        inbox: &Sender<ReplicaMsg>,
+        consistency: Consistency,
+        shard: ShardId,
+    ) -> Result<(), ShardError> {
+        if consistency == Consistency::Stale {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        inbox
+            .try_send(ReplicaMsg::ReadBarrier { reply })
+            .map_err(|_| ShardError::Unavailable {
+                shard,
+                reason: "replica queue is full".into(),
+            })?;
+        rx.await.map_err(|_| ShardError::ShuttingDown)?
+    }
+
+    pub fn gauges(&self, shard: ShardId) -> Option<&ReplicaGauges> {
+        self.gauges.get(shard as usize).map(|g| g.as_ref())
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+}
+
+fn storage(shard: ShardId, e: cairn_store::StoreError) -> ShardError {
+    tracing::error!(shard, error = %e, "read failed");
+    ShardError::Storage {
+        shard,
+        reason: e.to_string(),
+    }
+}
+
+impl CallHandler for LocalShards {
+    fn call(
+        self: Arc<Self>,
+        req: ShardRequest,
+    ) -> BoxFuture<'static, Result<ShardResponse, ShardError>> {
+        Box::pin(async move { self.execute(req).await })
+    }
+}
+
+/// A replica's figures for status pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub shard: ShardId,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub first_index: u64,
+    pub snapshots_installed: u64,
+}
+
+/// Every replica of this node, running.
+pub struct MultiRaft {
+    cfg: RaftConfig,
+    local: Arc<LocalShards>,
+    transport: Transport,
+    cancel: CancellationToken,
+    stop_replicas: Option<Sender<()>>,
+    threads: Vec<JoinHandle<()>>,
+    commit: Option<GroupCommit>,
+    commit_thread: Option<JoinHandle<()>>,
+}
+
+impl MultiRaft {
+    /// Open every shard of `store` and start its replica, the flusher and the transport.
+    pub async fn start(cfg: RaftConfig, store: NodeStore) -> Result<MultiRaft, RaftError> {
+        cfg.validate()?;
+        let node = cfg.node_id;
+        let mut inboxes = Vec::new();
+        let mut receivers = Vec::new();
+        let mut states = Vec::new();
+        let mut gauges = Vec::new();
+        for shard in 0..cfg.shards {
+            let (tx, rx) = bounded(REPLICA_INBOX);
+            inboxes.push(tx);
+            receivers.push(rx);
+            states.push(store.shard_state(shard)?);
+            gauges.push(Arc::new(ReplicaGauges::default()));
+        }
+        let local = Arc::new(LocalShards {
+            node_id: node,
+            inboxes: inboxes.clone(),
+            states,
+            gauges: gauges.clone(),
+        });
+        let cancel = CancellationToken::new();
+        let transport = Transport::start(
+            node,
+            cfg.cluster_id.clone(),
+            cfg.listen,
+            &cfg.peers,
+            inboxes,
+            store.clone(),
+            local.clone(),
+            cancel.clone(),
+        )
+        .await?;
+        let (commit, commit_thread) = GroupCommit::start(store.clone(), node);
+        let (stop_tx, stop_rx) = bounded::<()>(0);
+        let mut threads = Vec::new();
+        for (shard, inbox) in (0..cfg.shards).zip(receivers) {
+            let replica = Replica::open(
+                shard,
+                &cfg,
+                store.clone(),
+                commit.clone(),
+                transport.clone(),
+                gauges[shard as usize].clone(),
+            )?;
+            let stop = stop_rx.clone();
+            let tick = cfg.tick;
+            let handle = std::thread::Builder::new()
+                .name(format!("replica-{node}-{shard}"))
+                .spawn(move || {
+                    let span = tracing::info_span!("replica", node, shard);
+                    let _enter = span.enter();
+                    replica.run(inbox, stop, tick)
+                })?;
+            threads.push(handle);
+        }
+        Ok(MultiRaft {
+            cfg,
+            local,
+            transport,
+            cancel,
+            stop_replicas: Some(stop_tx),
+            threads,
+            commit: Some(commit),
+            commit_thread: Some(commit_thread),
+        })
+    }
+
+    pub fn config(&self) -> &RaftConfig {
+        &self.cfg
+    }
+
+    /// This node's replicas.
+    pub fn local(&self) -> &LocalShards {
+        &self.local
+    }
+
+    /// The shard's leader as this node last heard, if any.
+    pub fn leader_of(&self, shard: ShardId) -> Option<NodeId> {
+        self.local.gauges(shard).and_then(|g| g.leader())
+    }
+
+    /// Send a request to another node's replica of its shard.
+    pub async fn forward(
+        &self,
+        to: NodeId,
+        req: ShardRequest,
+        timeout: Duration,
+    ) -> Result<ShardResponse, ShardError> {
+        self.transport.call(to, req, timeout).await
+    }
+
+    pub fn status(&self, shard: ShardId) -> Option<ReplicaStatus> {
+        let g = self.local.gauges(shard)?;
+        Some(ReplicaStatus {
+            shard,
+            leader: g.leader(),
+            term: g.term.load(Ordering::Relaxed),
+            commit: g.commit.load(Ordering::Relaxed),
+            applied: g.applied.load(Ordering::Relaxed),
+            first_index: g.first_index.load(Ordering::Relaxed),
+            snapshots_installed: g.snapshots_installed.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Stop the transport, then every replica (each fails what it still holds), then
+    /// the flusher, after one last fsync.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        drop(self.stop_replicas.take());
+        let threads = std::mem::take(&mut self.threads);
+        let commit = self.commit.take();
+        let commit_thread = self.commit_thread.take();
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+            if let Some(commit) = commit {
+                if let Err(e) = commit.sync() {
+                    tracing::error!(error = %e, "final fsync failed");
+                }
+            }
+            if let Some(t) = commit_thread {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for MultiRaft {
+    fn drop(&mut self) {
+        // Without an explicit shutdown the threads still stop: closing the stop channel
+        // ends every replica loop, and the flusher ends with its last handle.
+        self.cancel.cancel();
+        drop(self.stop_replicas.take());
+    }
+}

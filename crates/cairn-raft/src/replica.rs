@@ -1,0 +1,624 @@
+//! One shard's replica on this node: the only owner of its `RawNode`.
+//!
+//! A replica is a thread (raft-rs is synchronous, and its Ready handling blocks on
+//! fsync) that selects over three inputs: its inbox of [`ReplicaMsg`]s, its ticker and
+//! the node's shutdown signal. Everyone else talks to it by message and waits on a
+//! oneshot reply; its live figures (leader, term, indexes) are published through
+//! atomics in [`ReplicaGauges`] so routing and status never queue behind the Raft loop.
+//!
+//! Time inside the replica is counted in ticks: requests that wait too long are failed
+//! after `request_ticks`, not after a wall-clock duration.
+//!
+//! Answers to clients are matched to log entries by a per-proposal id carried in the
+//! entry's context, never by queue position: an entry proposed by an old leader and
+//! overwritten later can never answer a new request.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_store::{AppliedState, ApplyOutcome, Command, NodeId, NodeStore, RaftLog, ShardId, ShardState};
+use crossbeam_channel::{select, tick, Receiver};
+use protobuf::Message as _;
+use raft::prelude::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
+use raft::{RawNode, SnapshotStatus, StateRole};
+use tokio::sync::oneshot;
+
+use crate::commit::GroupCommit;
+use crate::config::RaftConfig;
+use crate::error::ShardError;
+use crate::transport::Transport;
+
+/// A message to a replica. Every variant documents who sends it and whether it may be
+/// dropped.
+pub enum ReplicaMsg {
+    /// From the router: propose a write. Answered once it is applied, or with
+    /// `NotLeader` at once on a follower. Never dropped silently: if the replica is
+    /// gone, the dropped reply sender tells the caller.
+    Propose {
+        command: Command,
+        reply: oneshot::Sender<Result<ApplyOutcome, ShardError>>,
+    },
+    /// From the router: a linearizable-read barrier. Answered once this leader has
+    /// confirmed its leadership (ReadIndex) and applied up to the read index; the
+    /// caller then reads the shard's tree itself.
+    ReadBarrier {
+        reply: oneshot::Sender<Result<(), ShardError>>,
+    },
+    /// From the transport: a Raft message from a peer. May be dropped (Raft retries).
+    Raft(Box<Message>),
+    /// From the snapshot receiver: a `MsgSnapshot` whose data has been staged in this
+    /// shard's snapshot stage. `done` fires once the replica has handled it (installed
+    /// or rejected), so the receiver can release the stage.
+    StagedSnapshot {
+        msg: Box<Message>,
+        done: oneshot::Sender<()>,
+    },
+    /// From the snapshot sender: how streaming a snapshot to `to` ended.
+    SnapshotSent { to: NodeId, ok: bool },
+}
+
+/// A replica's live figures, written by the replica thread only.
+#[derive(Debug, Default)]
+pub struct ReplicaGauges {
+    /// The leader's node id, 0 when unknown.
+    pub leader: AtomicU64,
+    pub term: AtomicU64,
+    pub commit: AtomicU64,
+    pub applied: AtomicU64,
+    pub first_index: AtomicU64,
+    pub snapshots_installed: AtomicU64,
+}
+
+impl ReplicaGauges {
+    pub fn leader(&self) -> Option<NodeId> {
+        match self.leader.load(Ordering::Relaxed) {
+            0 => None,
+            id => Some(id),
+        }
+    }
+}
+
+/// A write waiting to be applied.
+struct PendingWrite {
+    term: u64,
+    deadline: u64,
+    reply: oneshot::Sender<Result<ApplyOutcome, ShardError>>,
+}
+
+/// Reads waiting for a read index to be confirmed, then applied.
+struct PendingReads {
+    deadline: u64,
+    replies: Vec<oneshot::Sender<Result<(), ShardError>>>,
+}
+
+pub struct Replica {
+    shard: ShardId,
+    raw: RawNode<RaftLog>,
+    log: RaftLog,
+    state: ShardState,
+    store: NodeStore,
+    commit: GroupCommit,
+    transport: Transport,
+    gauges: Arc<ReplicaGauges>,
+    log_compact_entries: u64,
+    request_ticks: u64,
+    /// Logical clock: ticks since start.
+    now: u64,
+    next_id: u64,
+    role: StateRole,
+    writes: HashMap<u64, PendingWrite>,
+    /// Reads that arrived since the last ReadIndex was issued.
+    reads_unissued: Vec<oneshot::Sender<Result<(), ShardError>>>,
+    /// ReadIndex requests in flight, by context id.
+    reads_inflight: HashMap<u64, PendingReads>,
+    /// Confirmed read indexes waiting for apply to catch up.
+    reads_confirmed: BTreeMap<u64, Vec<PendingReads>>,
+    /// Snapshot receivers waiting for their staged snapshot to be handled.
+    snapshot_done: Vec<oneshot::Sender<()>>,
+}
+
+impl Replica {
+    /// Open the shard's log and state, initialising a brand-new shard with every peer
+    /// as a voter, and repair the log if the state machine is ahead of it (a crash
+    /// between installing a snapshot's data and its log metadata).
+    pub fn open(
+        shard: ShardId,
+        cfg: &RaftConfig,
+        store: NodeStore,
+        commit: GroupCommit,
+        transport: Transport,
+        gauges: Arc<ReplicaGauges>,
+    ) -> Result<Replica, crate::error::RaftError> {
+        let state = store.shard_state(shard)?;
+        let mut log = store.raft_log(shard)?;
+        log.attach_state(state.clone());
+        let voters: Vec<u64> = cfg.peers.keys().copied().collect();
+        log.initialize(&raft::prelude::ConfState::from((voters, vec![])))?;
+
+        let applied = state.applied()?;
+        let mut hs = log.hard_state()?;
+        if applied.index > log.last_index()? {
+            let mut meta = raft::prelude::SnapshotMetadata::default();
+            meta.index = applied.index;
+            meta.term = applied.term;
+            meta.set_conf_state(raft::Storage::initial_state(&log)?.conf_state);
+            log.apply_snapshot_metadata(&meta)?;
+            hs = log.hard_state()?;
+        }
+        if hs.commit < applied.index {
+            // Applying an entry proves it was committed; the commit index write may
+            // simply not have reached the disk before a crash.
+            log.set_commit(applied.index)?;
+        }
+
+        let raft_cfg = raft::Config {
+            id: cfg.node_id,
+            election_tick: cfg.election_ticks,
+            heartbeat_tick: cfg.heartbeat_ticks,
+            applied: applied.index,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        raft_cfg.validate()?;
+        let logger = slog::Logger::root(
+            slog::Drain::fuse(slog_stdlog::StdLog),
+            slog::o!("shard" => shard, "node" => cfg.node_id),
+        );
+        let raw = RawNode::new(&raft_cfg, log.clone(), &logger)?;
+        gauges
+            .first_index
+            .store(log.first_index()?, Ordering::Relaxed);
+        gauges.applied.store(applied.index, Ordering::Relaxed);
+        Ok(Replica {
+            shard,
+            raw,
+            log,
+            state,
+            store,
+            commit,
+            transport,
+            gauges,
+            log_compact_entries: cfg.log_compact_entries,
+            request_ticks: cfg.request_ticks,
+            now: 0,
+            next_id: rand::random::<u64>() >> 1,
+            role: StateRole::Follower,
+            writes: HashMap::new(),
+            reads_unissued: Vec::new(),
+            reads_inflight: HashMap::new(),
+            reads_confirmed: BTreeMap::new(),
+            snapshot_done: Vec::new(),
+        })
+    }
+
+    /// The replica's loop: runs until `shutdown` is closed.
+    pub fn run(mut self, inbox: Receiver<ReplicaMsg>, shutdown: Receiver<()>, tick_len: Duration) {
+        let ticker = tick(tick_len);
+        loop {
+            select! {
+                recv(inbox) -> msg => match msg {
+                    Ok(msg) => {
+                        self.handle(msg);
+                        // Drain what else is queued so one Ready (one fsync) covers it all.
+                        for msg in inbox.try_iter().take(4096) {
+                            self.handle(msg);
+                        }
+                    }
+                    Err(_) => break,
+                },
+                recv(ticker) -> _ => self.tick(),
+                recv(shutdown) -> _ => break,
+            }
+            self.issue_reads();
+            if let Err(e) = self.on_ready() {
+                fatal(self.shard, &e);
+            }
+            for done in self.snapshot_done.drain(..) {
+                let _ = done.send(());
+            }
+        }
+        self.fail_all(|| ShardError::ShuttingDown);
+        tracing::debug!("replica stopped");
+    }
+
+    fn handle(&mut self, msg: ReplicaMsg) {
+        match msg {
+            ReplicaMsg::Propose { command, reply } => self.propose(command, reply),
+            ReplicaMsg::ReadBarrier { reply } => {
+                if self.role == StateRole::Leader {
+                    self.reads_unissued.push(reply);
+                } else {
+                    let _ = reply.send(Err(self.not_leader()));
+                }
+            }
+            ReplicaMsg::Raft(msg) => {
+                if let Err(e) = self.raw.step(*msg) {
+                    tracing::debug!(error = %e, "dropped raft message");
+                }
+            }
+            ReplicaMsg::StagedSnapshot { msg, done } => {
+                if let Err(e) = self.raw.step(*msg) {
+                    tracing::warn!(error = %e, "dropped raft snapshot message");
+                }
+                self.snapshot_done.push(done);
+            }
+            ReplicaMsg::SnapshotSent { to, ok } => {
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
+            }
+        }
+    }
+
+    fn not_leader(&self) -> ShardError {
+        ShardError::NotLeader {
+            shard: self.shard,
+            leader: self.gauges.leader(),
+        }
+    }
+
+    fn propose(
+        &mut self,
+        command: Command,
+        reply: oneshot::Sender<Result<ApplyOutcome, ShardError>>,
+    ) {
+        if self.role != StateRole::Leader {
+            let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        match self
+            .raw
+            .propose(id.to_be_bytes().to_vec(), command.encode())
+        {
+            Ok(()) => {
+                let pending = PendingWrite {
+                    term: self.raw.raft.term,
+                    deadline: self.now + self.request_ticks,
+                    reply,
+                };
+                self.writes.insert(id, pending);
+            }
+            Err(e) => {
+                // raft-rs refuses before appending (e.g. a leader transfer is under
+                // way), so nothing was written.
+                let _ = reply.send(Err(ShardError::Unavailable {
+                    shard: self.shard,
+                    reason: e.to_string(),
+                }));
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        self.now += 1;
+        self.raw.tick();
+        let now = self.now;
+        let shard = self.shard;
+        // Expire what has waited too long; a write's fate is then unknown.
+        let expired: Vec<u64> = self
+            .writes
+            .iter()
+            .filter(|(_, w)| w.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(w) = self.writes.remove(&id) {
+                let _ = w.reply.send(Err(ShardError::OutcomeUnknown {
+                    shard,
+                    reason: "not applied before the deadline".into(),
+                }));
+            }
+        }
+        let unavailable = || ShardError::Unavailable {
+            shard,
+            reason: "could not confirm leadership for a read in time".into(),
+        };
+        let expired: Vec<u64> = self
+            .reads_inflight
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(r) = self.reads_inflight.remove(&id) {
+                r.fail(unavailable());
+            }
+        }
+    }
+
+    /// Issue one ReadIndex for every read that arrived since the last one. raft-rs drops
+    /// a ReadIndex silently until the leader has committed an entry of its own term, so
+    /// reads wait for that here.
+    fn issue_reads(&mut self) {
+        if self.reads_unissued.is_empty() || !self.raw.raft.commit_to_current_term() {
+            return;
+        }
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let reads = PendingReads {
+            deadline: self.now + self.request_ticks,
+            replies: std::mem::take(&mut self.reads_unissued),
+        };
+        self.reads_inflight.insert(id, reads);
+        self.raw.read_index(id.to_be_bytes().to_vec());
+    }
+
+    /// Handle one Ready, in the order raft-rs requires.
+    fn on_ready(&mut self) -> Result<(), String> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+
+        if let Some(ss) = ready.ss() {
+            self.on_soft_state(ss.leader_id, ss.raft_state);
+        }
+
+        // 1. Messages a leader may send before its own append is durable (appends,
+        //    heartbeats): Raft counts the leader's own copy only once it is persisted.
+        self.send(ready.take_messages());
+
+        // 2. A snapshot from the leader: install its data, then its log metadata. The
+        //    data goes first so a crash in between leaves the state machine ahead of
+        //    the log, which `open` repairs; the other order would lose entries.
+        if !ready.snapshot().is_empty() {
+            self.install_snapshot(ready.snapshot())?;
+        }
+
+        // 3. Committed entries: they are durable on a quorum (this one included), so
+        //    they may be applied before this Ready's new entries are written.
+        self.apply(ready.take_committed_entries())?;
+
+        // 4. New entries and hard state, in one sled batch, then one fsync shared with
+        //    every other replica of the node (group commit). Only after that may this
+        //    replica vote or acknowledge appends.
+        if !ready.entries().is_empty() || ready.hs().is_some() {
+            self.log
+                .persist(ready.entries(), ready.hs())
+                .map_err(|e| e.to_string())?;
+        }
+        if ready.must_sync() || !ready.snapshot().is_empty() {
+            self.commit.sync()?;
+        }
+        if let Some(hs) = ready.hs() {
+            self.gauges.term.store(hs.term, Ordering::Relaxed);
+            self.fail_stale_writes(hs.term);
+        }
+
+        // 5. Messages that promise durability (votes, append responses): now safe.
+        self.send(ready.take_persisted_messages());
+
+        // 6. Confirmed read indexes.
+        for rs in ready.take_read_states() {
+            self.on_read_state(rs.index, &rs.request_ctx);
+        }
+
+        // 7. Advance; the light ready may carry a new commit index, more messages and
+        //    more committed entries. The commit index is written before applying so a
+        //    durable apply never outruns the recorded commit.
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.log.set_commit(commit).map_err(|e| e.to_string())?;
+        }
+        self.send(light.take_messages());
+        self.apply(light.take_committed_entries())?;
+        self.raw.advance_apply();
+
+        self.release_reads();
+        self.gauges
+            .commit
+            .store(self.raw.raft.raft_log.committed, Ordering::Relaxed);
+        self.maybe_compact()?;
+        Ok(())
+    }
+
+    fn on_soft_state(&mut self, leader: NodeId, role: StateRole) {
+        self.gauges.leader.store(leader, Ordering::Relaxed);
+        if self.role == StateRole::Leader && role != StateRole::Leader {
+            let shard = self.shard;
+            let hint = (leader != 0).then_some(leader);
+            for (_, w) in self.writes.drain() {
+                let _ = w.reply.send(Err(ShardError::OutcomeUnknown {
+                    shard,
+                    reason: "leadership lost before the write was applied".into(),
+                }));
+            }
+            let not_leader = || ShardError::NotLeader {
+                shard,
+                leader: hint,
+            };
+            for reply in self.reads_unissued.drain(..) {
+                let _ = reply.send(Err(not_leader()));
+            }
+            for (_, r) in self.reads_inflight.drain() {
+                r.fail(not_leader());
+            }
+            for (_, batch) in std::mem::take(&mut self.reads_confirmed) {
+                for r in batch {
+                    r.fail(not_leader());
+                }
+            }
+        }
+        if role == StateRole::Leader && self.role != StateRole::Leader {
+            tracing::info!(term = self.raw.raft.term, "became leader");
+        }
+        self.role = role;
+    }
+
+    /// Writes proposed in an earlier term can no longer be tracked by id alone: the
+    /// entries may have been replaced by another leader's.
+    fn fail_stale_writes(&mut self, term: u64) {
+        let shard = self.shard;
+        for (_, w) in self.writes.extract_if(|_, w| w.term < term) {
+            let _ = w.reply.send(Err(ShardError::OutcomeUnknown {
+                shard,
+                reason: "term changed before the write was applied".into(),
+            }));
+        }
+    }
+
+    fn on_read_state(&mut self, index: u64, ctx: &[u8]) {
+        let Some(id) = ctx.try_into().ok().map(u64::from_be_bytes) else {
+            return;
+        };
+        if let Some(reads) = self.reads_inflight.remove(&id) {
+            self.reads_confirmed.entry(index).or_default().push(reads);
+        }
+    }
+
+    fn release_reads(&mut self) {
+        let applied = self.gauges.applied.load(Ordering::Relaxed);
+        let later = self.reads_confirmed.split_off(&(applied + 1));
+        for (_, batch) in std::mem::replace(&mut self.reads_confirmed, later) {
+            for reads in batch {
+                for reply in reads.replies {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), String> {
+        for entry in entries {
+            let (index, term) = (entry.index, entry.term);
+            let outcome = match entry.entry_type {
+                EntryType::EntryNormal if entry.data.is_empty() => {
+                    // A new leader's empty entry: only the applied index moves.
+                    self.state.apply(index, term, None)
+                }
+                EntryType::EntryNormal => {
+                    let command = Command::decode(&entry.data).map_err(|e| e.to_string())?;
+                    self.state.apply(index, term, Some(&command))
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    self.apply_conf_change(&entry)?;
+                    self.state.apply(index, term, None)
+                }
+            }
+            .map_err(|e| e.to_string())?;
+            self.gauges.applied.store(index, Ordering::Relaxed);
+
+            let id = entry.context.as_ref().try_into().ok().map(u64::from_be_bytes);
+            if let Some(w) = id.and_then(|id| self.writes.remove(&id)) {
+                let _ = w.reply.send(Ok(outcome));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_conf_change(&mut self, entry: &Entry) -> Result<(), String> {
+        let cs = if entry.entry_type == EntryType::EntryConfChange {
+            let cc = ConfChange::parse_from_bytes(&entry.data).map_err(|e| e.to_string())?;
+            self.raw.apply_conf_change(&cc)
+        } else {
+            let cc = ConfChangeV2::parse_from_bytes(&entry.data).map_err(|e| e.to_string())?;
+            self.raw.apply_conf_change(&cc)
+        }
+        .map_err(|e| e.to_string())?;
+        self.log.set_conf_state(&cs).map_err(|e| e.to_string())
+    }
+
+    fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), String> {
+        let meta = snapshot.get_metadata();
+        let stage = self
+            .store
+            .snapshot_stage(self.shard)
+            .map_err(|e| e.to_string())?;
+        let applied = AppliedState {
+            index: meta.index,
+            term: meta.term,
+        };
+        let staged = stage.len();
+        self.state
+            .install(&stage, applied)
+            .map_err(|e| e.to_string())?;
+        self.log
+            .apply_snapshot_metadata(meta)
+            .map_err(|e| e.to_string())?;
+        stage.clear().map_err(|e| e.to_string())?;
+        self.gauges.applied.store(meta.index, Ordering::Relaxed);
+        self.gauges
+            .first_index
+            .store(meta.index + 1, Ordering::Relaxed);
+        self.gauges
+            .snapshots_installed
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(index = meta.index, term = meta.term, versions = staged, "installed raft snapshot");
+        Ok(())
+    }
+
+    /// Compact the log once it holds more than the configured number of applied
+    /// entries. Followers that need what was dropped get a snapshot instead.
+    fn maybe_compact(&mut self) -> Result<(), String> {
+        let applied = self.gauges.applied.load(Ordering::Relaxed);
+        let first = self.gauges.first_index.load(Ordering::Relaxed);
+        if applied < first || applied - first < self.log_compact_entries {
+            return Ok(());
+        }
+        // Keep a tail so briefly lagging followers catch up from the log.
+        let keep = (self.log_compact_entries / 4).max(1);
+        let compact_to = applied.saturating_sub(keep).max(first);
+        self.log.compact(compact_to).map_err(|e| e.to_string())?;
+        let first = self.log.first_index().map_err(|e| e.to_string())?;
+        self.gauges.first_index.store(first, Ordering::Relaxed);
+        tracing::debug!(first, applied, "compacted raft log");
+        Ok(())
+    }
+
+    fn send(&mut self, msgs: Vec<Message>) {
+        for msg in msgs {
+            if msg.msg_type == MessageType::MsgSnapshot {
+                let to = msg.to;
+                if !self.transport.send_snapshot(self.shard, msg, self.state.clone()) {
+                    self.raw.report_snapshot(to, SnapshotStatus::Failure);
+                }
+            } else if !self.transport.send_raft(self.shard, msg) {
+                // The peer's queue is full or it is unknown; Raft will resend.
+            }
+        }
+    }
+
+    fn fail_all(&mut self, err: impl Fn() -> ShardError) {
+        for (_, w) in self.writes.drain() {
+            let _ = w.reply.send(Err(err()));
+        }
+        for reply in self.reads_unissued.drain(..) {
+            let _ = reply.send(Err(err()));
+        }
+        for (_, r) in self.reads_inflight.drain() {
+            r.fail(err());
+        }
+        for (_, batch) in std::mem::take(&mut self.reads_confirmed) {
+            for r in batch {
+                r.fail(err());
+            }
+        }
+    }
+}
+
+impl PendingReads {
+    fn fail(self, err: ShardError) {
+        for reply in self.replies {
+            let _ = reply.send(Err(err.clone()));
+        }
+    }
+}
+
+/// A storage failure inside the Raft loop leaves the replica's memory and disk out of
+/// step; continuing could apply a command twice or ack an unsynced write. Stop the
+/// process and let a restart recover from disk.
+fn fatal(shard: ShardId, error: &str) -> ! {
+    tracing::error!(shard, error, "fatal storage error in the raft loop; aborting");
+    eprintln!("cairn: fatal storage error on shard {shard}: {error}");
+    std::process::abort();
+}

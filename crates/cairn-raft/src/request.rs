@@ -1,0 +1,65 @@
+//! What a shard can be asked to do, and what it answers. These travel between nodes
+//! when a request is forwarded to the shard's leader, so they are serde data.
+
+use cairn_store::{ApplyOutcome, Command, ShardId, Versioned};
+use serde::{Deserialize, Serialize};
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Consistency {
+    /// Linearizable: the leader confirms it still leads (Raft ReadIndex) and the read
+    /// waits until that index is applied.
+    #[default]
+    Linearizable,
+    /// Whatever the local replica has applied; may lag the leader.
+    Stale,
+}
+
+/// A request addressed to one shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardRequest {
+    /// Propose a command; answered once it is committed and applied.
+    Write { shard: ShardId, command: Command },
+    /// The newest live version of a key.
+    Get {
+        shard: ShardId,
+        key: Vec<u8>,
+        consistency: Consistency,
+    },
+    /// Live keys under a prefix, strictly after `start_after`, in key order.
+    Scan {
+        shard: ShardId,
+        prefix: Vec<u8>,
+        start_after: Option<Vec<u8>>,
+        limit: usize,
+        consistency: Consistency,
+    },
+}
+
+impl ShardRequest {
+    pub fn shard(&self) -> ShardId {
+        match self {
+            ShardRequest::Write { shard, .. }
+            | ShardRequest::Get { shard, .. }
+            | ShardRequest::Scan { shard, .. } => *shard,
+        }
+    }
+
+    /// Whether the local replica can answer without involving the leader.
+    pub fn is_stale_read(&self) -> bool {
+        match self {
+            ShardRequest::Write { .. } => false,
+            ShardRequest::Get { consistency, .. } | ShardRequest::Scan { consistency, .. } => {
+                *consistency == Consistency::Stale
+            }
+        }
+    }
+}
+
+/// The answer to a [`ShardRequest`], variant by variant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardResponse {
+    Written(ApplyOutcome),
+    Value(Option<Versioned>),
+    Items(Vec<(Vec<u8>, Versioned)>),
+}

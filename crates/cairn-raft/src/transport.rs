@@ -1,0 +1,614 @@
+//! The peer transport: TCP between the nodes of one cluster.
+//!
+//! Each node keeps one outbound connection per peer, owned by a link task that drains
+//! a bounded queue: everything queued while the previous batch was being written goes
+//! out in one write and one flush, so Raft messages of all shards to that peer travel
+//! batched. The same connection carries forwarded client requests (`Call`), whose
+//! replies come back on it. Inbound connections are accepted by a listener task and
+//! read by one task each.
+//!
+//! Raft snapshots do not travel as one message: the sender opens a dedicated
+//! connection and streams the shard's versions at the snapshot index in chunks, then
+//! the `MsgSnapshot` itself; the receiver writes the chunks to the shard's snapshot
+//! stage and only then hands the message to the replica, which installs the stage.
+//!
+//! Every connection starts with a `Hello` naming the cluster id; a peer of another
+//! cluster is refused. Frames are length-delimited bincode, with a size cap so a bad
+//! peer cannot make us allocate without bound. Messages to an unreachable peer are
+//! dropped: Raft retransmits, and forwarded calls fail at their deadline.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_store::{NodeId, NodeStore, ShardId, ShardState};
+use crossbeam_channel::Sender as ReplicaSender;
+use futures::future::BoxFuture;
+use futures::{SinkExt, StreamExt};
+use protobuf::Message as _;
+use raft::prelude::Message;
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::error::ShardError;
+use crate::replica::ReplicaMsg;
+use crate::request::{ShardRequest, ShardResponse};
+
+/// Largest frame accepted: a snapshot chunk or a batch of entries stays far below.
+const MAX_FRAME: usize = 64 * 1024 * 1024;
+/// Target size of one snapshot chunk.
+const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// Outbound queue per peer; beyond it Raft messages are dropped (Raft resends).
+const PEER_QUEUE: usize = 8192;
+
+type CallResult = Result<ShardResponse, ShardError>;
+
+/// One frame on a peer connection.
+#[derive(Debug, Serialize, Deserialize)]
+enum Frame {
+    /// First frame of every connection, from the connecting side.
+    Hello { cluster_id: String, from: NodeId },
+    /// A Raft message (protobuf bytes) for a shard's replica. Droppable.
+    Raft { shard: ShardId, msg: Vec<u8> },
+    /// A forwarded client request, answered by `Reply` with the same id.
+    Call { id: u64, req: ShardRequest },
+    /// The answer to a `Call`.
+    Reply { id: u64, result: CallResult },
+    /// Part of a streamed Raft snapshot: raw versions of the shard's tree.
+    SnapshotChunk {
+        shard: ShardId,
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    /// The end of a streamed snapshot: the `MsgSnapshot` (protobuf bytes).
+    SnapshotEnd { shard: ShardId, msg: Vec<u8> },
+    /// The receiver has handed the snapshot to its replica.
+    SnapshotAck,
+}
+
+/// Serves forwarded requests on this node (implemented by the local shards).
+pub trait CallHandler: Send + Sync + 'static {
+    fn call(self: Arc<Self>, req: ShardRequest) -> BoxFuture<'static, CallResult>;
+}
+
+enum Outbound {
+    Raft(ShardId, Vec<u8>),
+    Call(u64, ShardRequest),
+}
+
+/// Handle to the node's peer transport. Cheap to clone.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node_id: NodeId,
+    cluster_id: String,
+    runtime: tokio::runtime::Handle,
+    peers: HashMap<NodeId, Peer>,
+    replicas: Vec<ReplicaSender<ReplicaMsg>>,
+    store: NodeStore,
+    calls: Mutex<HashMap<u64, oneshot::Sender<CallResult>>>,
+    next_call: AtomicU64,
+    /// One staged snapshot per shard at a time.
+    stage_locks: Vec<Arc<tokio::sync::Mutex<()>>>,
+    cancel: CancellationToken,
+}
+
+struct Peer {
+    addr: SocketAddr,
+    tx: mpsc::Sender<Outbound>,
+}
+
+impl Transport {
+    /// Bind the listener and start the link tasks. Must be called inside a tokio runtime.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start(
+        node_id: NodeId,
+        cluster_id: String,
+        listen: SocketAddr,
+        peers: &std::collections::BTreeMap<NodeId, SocketAddr>,
+        replicas: Vec<ReplicaSender<ReplicaMsg>>,
+        store: NodeStore,
+        handler: Arc<dyn CallHandler>,
+        cancel: CancellationToken,
+    ) -> std::io::Result<Transport> {
+        let listener = TcpListener::bind(listen).await?;
+        let mut links = Vec::new();
+        let mut peer_map = HashMap::new();
+        for (&id, &addr) in peers.iter().filter(|(&id, _)| id != node_id) {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            peer_map.insert(id, Peer { addr, tx });
+            links.push((id, addr, rx));
+        }
+        let shards = replicas.len();
+        let transport = Transport {
+            inner: Arc::new(Inner {
+                node_id,
+                cluster_id,
+                runtime: tokio::runtime::Handle::current(),
+                peers: peer_map,
+                replicas,
+                store,
+                calls: Mutex::new(HashMap::new()),
+                next_call: AtomicU64::new(1),
+                stage_locks: (0..shards).map(|_| Default::default()).collect(),
+                cancel,
+            }),
+        };
+        for (peer, addr, rx) in links {
+            let t = transport.clone();
+            let span = tracing::info_span!("peer_link", node = node_id, peer, %addr);
+            tokio::spawn(t.link(addr, rx).instrument(span));
+        }
+        let t = transport.clone();
+        let span = tracing::info_span!("peer_listener", node = node_id, %listen);
+        tokio::spawn(t.accept(listener, handler).instrument(span));
+        Ok(transport)
+    }
+
+    /// Queue a Raft message for its peer. Returns false if it was dropped.
+    pub fn send_raft(&self, shard: ShardId, msg: Message) -> bool {
+        let Some(peer) = self.inner.peers.get(&msg.to) else {
+            return false;
+        };
+        match msg.write_to_bytes() {
+            Ok(bytes) => peer.tx.try_send(Outbound::Raft(shard, bytes)).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Forward a request to another node and wait for its answer.
+    pub async fn call(&self, to: NodeId, req: ShardRequest, timeout: Duration) -> CallResult {
+        let shard = req.shard();
+        let unavailable = |reason: &str| ShardError::Unavailable {
+            shard,
+            reason: format!("node {to}: {reason}"),
+        };
+        let peer = self
+            .inner
+            .peers
+            .get(&to)
+            .ok_or_else(|| unavailable("not a peer"))?;
+        let id = self.inner.next_call.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.lock_calls().insert(id, tx);
+        let is_write = matches!(req, ShardRequest::Write { .. });
+        if peer.tx.try_send(Outbound::Call(id, req)).is_err() {
+            self.lock_calls().remove(&id);
+            return Err(unavailable("peer queue full"));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result,
+            outcome => {
+                self.lock_calls().remove(&id);
+                let reason = match outcome {
+                    Err(_) => "no answer before the deadline",
+                    _ => "connection lost",
+                };
+                // A forwarded write may have been proposed before the link failed.
+                Err(if is_write {
+                    ShardError::OutcomeUnknown {
+                        shard,
+                        reason: format!("node {to}: {reason}"),
+                    }
+                } else {
+                    unavailable(reason)
+                })
+            }
+        }
+    }
+
+    /// Stream a Raft snapshot to its peer in the background; the replica hears how it
+    /// ended through `SnapshotSent`. Returns false if it could not even be started.
+    pub fn send_snapshot(&self, shard: ShardId, msg: Message, state: ShardState) -> bool {
+        let Some(peer) = self.inner.peers.get(&msg.to) else {
+            return false;
+        };
+        let (to, addr) = (msg.to, peer.addr);
+        let t = self.clone();
+        let span = tracing::info_span!("snapshot_send", node = t.inner.node_id, shard, to);
+        self.inner.runtime.spawn(
+            async move {
+                let result = t.stream_snapshot(addr, shard, msg, state).await;
+                if let Err(e) = &result {
+                    tracing::warn!(error = %e, "snapshot stream failed");
+                }
+                let ok = result.is_ok();
+                if let Some(replica) = t.inner.replicas.get(shard as usize) {
+                    let _ = replica.send(ReplicaMsg::SnapshotSent { to, ok });
+                }
+            }
+            .instrument(span),
+        );
+        true
+    }
+
+    fn lock_calls(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<CallResult>>> {
+        // The map stays consistent even if a holder panicked: entries are independent.
+        self.inner
+            .calls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn hello(&self) -> Frame {
+        Frame::Hello {
+            cluster_id: self.inner.cluster_id.clone(),
+            from: self.inner.node_id,
+        }
+    }
+
+    /// Own the outbound connection to one peer, reconnecting with backoff.
+    async fn link(self, addr: SocketAddr, mut rx: mpsc::Receiver<Outbound>) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let connected = tokio::select! {
+                _ = self.inner.cancel.cancelled() => return,
+                c = connect(addr, self.hello()) => c,
+            };
+            match connected {
+                Ok(framed) => {
+                    tracing::debug!("connected");
+                    backoff = Duration::from_millis(50);
+                    if self.pump(framed, &mut rx).await.is_break() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::trace!(error = %e, "connect failed"),
+            }
+            // While the peer is down, what was queued for it is stale: drop it, and fail
+            // the forwarded calls now rather than at their deadline.
+            while let Ok(out) = rx.try_recv() {
+                if let Outbound::Call(id, req) = out {
+                    self.complete(
+                        id,
+                        Err(ShardError::Unavailable {
+                            shard: req.shard(),
+                            reason: "peer unreachable".into(),
+                        }),
+                    );
+                }
+            }
+            tokio::select! {
+                _ = self.inner.cancel.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Write queued messages to a live connection until it fails or we shut down.
+    async fn pump(
+        &self,
+        framed: Framed<TcpStream, LengthDelimitedCodec>,
+        rx: &mut mpsc::Receiver<Outbound>,
+    ) -> std::ops::ControlFlow<()> {
+        let (mut sink, mut stream) = framed.split();
+        let t = self.clone();
+        let mut reader = tokio::spawn(async move {
+            while let Some(Ok(bytes)) = stream.next().await {
+                match bincode::deserialize::<Frame>(&bytes) {
+                    Ok(Frame::Reply { id, result }) => t.complete(id, result),
+                    _ => {
+                        tracing::warn!("unexpected frame on an outbound connection");
+                        break;
+                    }
+                }
+            }
+        });
+        let result = loop {
+            let first = tokio::select! {
+                _ = self.inner.cancel.cancelled() => break std::ops::ControlFlow::Break(()),
+                _ = &mut reader => break std::ops::ControlFlow::Continue(()),
+                out = rx.recv() => match out {
+                    Some(out) => out,
+                    None => break std::ops::ControlFlow::Break(()),
+                },
+            };
+            let mut failed = false;
+            for out in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+                let frame = match out {
+                    Outbound::Raft(shard, msg) => Frame::Raft { shard, msg },
+                    Outbound::Call(id, req) => Frame::Call { id, req },
+                };
+                if feed(&mut sink, &frame).await.is_err() {
+                    failed = true;
+                    break;
+                }
+            }
+            if failed || sink.flush().await.is_err() {
+                break std::ops::ControlFlow::Continue(());
+            }
+        };
+        reader.abort();
+        result
+    }
+
+    fn complete(&self, id: u64, result: CallResult) {
+        if let Some(tx) = self.lock_calls().remove(&id) {
+            let _ = tx.send(result);
+        }
+    }
+
+    async fn accept(self, listener: TcpListener, handler: Arc<dyn CallHandler>) {
+        loop {
+            let accepted = tokio::select! {
+                _ = self.inner.cancel.cancelled() => return,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((stream, remote)) => {
+                    let _ = stream.set_nodelay(true);
+                    let t = self.clone();
+                    let handler = handler.clone();
+                    let span = tracing::info_span!("peer_conn", node = self.inner.node_id, %remote);
+                    tokio::spawn(
+                        async move {
+                            if let Err(e) = t.serve(stream, handler).await {
+                                tracing::debug!(error = %e, "peer connection closed");
+                            }
+                        }
+                        .instrument(span),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Read one inbound connection: Raft messages, forwarded calls, or a snapshot.
+    async fn serve(self, stream: TcpStream, handler: Arc<dyn CallHandler>) -> Result<(), String> {
+        let mut framed = Framed::new(stream, codec());
+        let hello = tokio::time::timeout(Duration::from_secs(5), framed.next())
+            .await
+            .map_err(|_| "no hello".to_owned())?;
+        match hello.map(|r| r.map(|b| bincode::deserialize::<Frame>(&b))) {
+            Some(Ok(Ok(Frame::Hello { cluster_id, from }))) => {
+                if cluster_id != self.inner.cluster_id {
+                    tracing::warn!(from, %cluster_id, "refused a peer of another cluster");
+                    return Err("cluster id mismatch".into());
+                }
+            }
+            _ => return Err("bad hello".into()),
+        }
+        let (mut sink, mut stream) = framed.split();
+        let (reply_tx, mut reply_rx) = mpsc::channel::<Frame>(1024);
+        let writer = tokio::spawn(async move {
+            while let Some(frame) = reply_rx.recv().await {
+                if feed(&mut sink, &frame).await.is_err() {
+                    break;
+                }
+                while let Ok(frame) = reply_rx.try_recv() {
+                    if feed(&mut sink, &frame).await.is_err() {
+                        return;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut staging: Option<(ShardId, tokio::sync::OwnedMutexGuard<()>)> = None;
+        let result = loop {
+            let bytes = tokio::select! {
+                _ = self.inner.cancel.cancelled() => break Ok(()),
+                next = stream.next() => match next {
+                    Some(Ok(bytes)) => bytes,
+                    Some(Err(e)) => break Err(e.to_string()),
+                    None => break Ok(()),
+                },
+            };
+            let frame: Frame = match bincode::deserialize(&bytes) {
+                Ok(f) => f,
+                Err(e) => break Err(format!("undecodable frame: {e}")),
+            };
+            match frame {
+                Frame::Raft { shard, msg } => self.deliver(shard, &msg),
+                Frame::Call { id, req } => {
+                    let reply_tx = reply_tx.clone();
+                    let fut = handler.clone().call(req);
+                    tokio::spawn(async move {
+                        let result = fut.await;
+                        let _ = reply_tx.send(Frame::Reply { id, result }).await;
+                    });
+                }
+                Frame::SnapshotChunk { shard, pairs } => {
+                    if let Err(e) = self.stage_chunk(&mut staging, shard, pairs).await {
+                        break Err(e);
+                    }
+                }
+                Frame::SnapshotEnd { shard, msg } => {
+                    if let Err(e) = self.stage_chunk(&mut staging, shard, Vec::new()).await {
+                        break Err(e);
+                    }
+                    let handed = self.hand_snapshot(shard, &msg).await;
+                    staging = None;
+                    match handed {
+                        Ok(()) => {
+                            let _ = reply_tx.send(Frame::SnapshotAck).await;
+                        }
+                        Err(e) => break Err(e),
+                    }
+                }
+                Frame::Hello { .. } | Frame::Reply { .. } | Frame::SnapshotAck => {
+                    break Err("unexpected frame on an inbound connection".into());
+                }
+            }
+        };
+        drop(reply_tx);
+        let _ = writer.await;
+        result
+    }
+
+    fn deliver(&self, shard: ShardId, bytes: &[u8]) {
+        let Some(replica) = self.inner.replicas.get(shard as usize) else {
+            return;
+        };
+        if let Ok(msg) = Message::parse_from_bytes(bytes) {
+            // A full inbox means the replica is behind; Raft will resend.
+            let _ = replica.try_send(ReplicaMsg::Raft(Box::new(msg)));
+        }
+    }
+
+    /// Write a chunk to the shard's stage, taking the stage (and clearing it) first.
+    async fn stage_chunk(
+        &self,
+        staging: &mut Option<(ShardId, tokio::sync::OwnedMutexGuard<()>)>,
+        shard: ShardId,
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), String> {
+        let lock = self
+            .inner
+            .stage_locks
+            .get(shard as usize)
+            .ok_or_else(|| format!("no shard {shard}"))?
+            .clone();
+        let store = self.inner.store.clone();
+        match staging {
+            Some((s, _)) if *s == shard => {}
+            Some(_) => return Err("snapshot chunks of two shards on one stream".into()),
+            None => {
+                let guard = lock.lock_owned().await;
+                let store = store.clone();
+                blocking(move || store.snapshot_stage(shard)?.clear()).await?;
+                *staging = Some((shard, guard));
+            }
+        }
+        if !pairs.is_empty() {
+            blocking(move || store.snapshot_stage(shard)?.write(&pairs)).await?;
+        }
+        Ok(())
+    }
+
+    async fn hand_snapshot(&self, shard: ShardId, bytes: &[u8]) -> Result<(), String> {
+        let msg = Message::parse_from_bytes(bytes).map_err(|e| e.to_string())?;
+        let replica = self
+            .inner
+            .replicas
+            .get(shard as usize)
+            .ok_or_else(|| format!("no shard {shard}"))?;
+        let (done, handled) = oneshot::channel();
+        replica
+            .send(ReplicaMsg::StagedSnapshot {
+                msg: Box::new(msg),
+                done,
+            })
+            .map_err(|_| "replica stopped".to_owned())?;
+        handled.await.map_err(|_| "replica stopped".to_owned())
+    }
+
+    async fn stream_snapshot(
+        &self,
+        addr: SocketAddr,
+        shard: ShardId,
+        msg: Message,
+        state: ShardState,
+    ) -> Result<(), String> {
+        let upto = msg.get_snapshot().get_metadata().index;
+        let mut framed = connect(addr, self.hello())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut versions: Box<dyn Iterator<Item = cairn_store::Result<(Vec<u8>, Vec<u8>)>> + Send> =
+            Box::new(state.export(upto));
+        let mut sent = 0usize;
+        loop {
+            // Reading the tree is blocking work: keep it off the async workers.
+            let (rest, chunk) = tokio::task::spawn_blocking(move || {
+                let mut chunk = Vec::new();
+                let mut bytes = 0;
+                for pair in versions.by_ref() {
+                    match pair {
+                        Ok((k, v)) => {
+                            bytes += k.len() + v.len();
+                            chunk.push((k, v));
+                            if bytes >= SNAPSHOT_CHUNK_BYTES {
+                                break;
+                            }
+                        }
+                        Err(e) => return (versions, Err(e.to_string())),
+                    }
+                }
+                (versions, Ok(chunk))
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            versions = rest;
+            let chunk = chunk?;
+            if chunk.is_empty() {
+                break;
+            }
+            sent += chunk.len();
+            framed
+                .send(encode(&Frame::SnapshotChunk { shard, pairs: chunk })?)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let msg = msg.write_to_bytes().map_err(|e| e.to_string())?;
+        framed
+            .send(encode(&Frame::SnapshotEnd { shard, msg })?)
+            .await
+            .map_err(|e| e.to_string())?;
+        let ack = tokio::time::timeout(Duration::from_secs(120), framed.next())
+            .await
+            .map_err(|_| "no acknowledgement".to_owned())?;
+        match ack.map(|r| r.map(|b| bincode::deserialize::<Frame>(&b))) {
+            Some(Ok(Ok(Frame::SnapshotAck))) => {
+                tracing::info!(versions = sent, index = upto, "sent raft snapshot");
+                Ok(())
+            }
+            _ => Err("bad acknowledgement".into()),
+        }
+    }
+}
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_FRAME)
+        .new_codec()
+}
+
+fn encode(frame: &Frame) -> Result<bytes::Bytes, String> {
+    bincode::serialize(frame)
+        .map(bytes::Bytes::from)
+        .map_err(|e| e.to_string())
+}
+
+async fn feed<S>(sink: &mut S, frame: &Frame) -> Result<(), String>
+where
+    S: futures::Sink<bytes::Bytes, Error = std::io::Error> + Unpin,
+{
+    sink.feed(encode(frame)?).await.map_err(|e| e.to_string())
+}
+
+async fn connect(
+    addr: SocketAddr,
+    hello: Frame,
+) -> std::io::Result<Framed<TcpStream, LengthDelimitedCodec>> {
+    let stream = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    let mut framed = Framed::new(stream, codec());
+    let hello = encode(&hello).map_err(std::io::Error::other)?;
+    framed.send(hello).await?;
+    Ok(framed)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> cairn_store::Result<T> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
