@@ -1,1 +1,504 @@
-//! placeholder
+//! A typed async HTTP client for Cairn's API, used by the CLI, the end-to-end tests
+//! and the benchmarks.
+//!
+//! The client is a thin, honest mapping of the HTTP API (see `api` for the JSON
+//! bodies): one method per endpoint, one request per call. It **never retries a
+//! write silently**: a write whose outcome is unknown (timeout, connection reset,
+//! `503 unavailable`) is reported to the caller, who alone knows whether repeating it
+//! is safe. Callers that want retries write them, visibly.
+//!
+//! Keys are arbitrary bytes. In URL paths and query strings every byte outside
+//! `[A-Za-z0-9-._~/]` is percent-encoded; `/` is sent literally (the server treats
+//! `/` and `%2F` alike). One caveat comes from URL normalisation, which every HTTP
+//! stack applies to paths: a `/`-separated segment that is exactly `.` or `..` would
+//! be collapsed before it reached the server, so keys holding such a segment are sent
+//! with their slashes encoded as `%2F`. The keys `.` and `..` themselves cannot be
+//! addressed in a path at all and are refused with [`Error::UnaddressableKey`]; use a
+//! batch for them.
+//!
+//! Errors say what the caller can do: [`Error::Api`] carries the server's stable error
+//! code (`key_not_found`, `precondition_failed`, `unavailable`, ...),
+//! [`Error::Transport`] means the request may or may not have reached the server, and
+//! [`Error::Decode`] means the server answered something this client does not
+//! understand.
+
+pub mod api;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use percent_encoding::{percent_decode_str, percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use reqwest::{header, RequestBuilder, Response, StatusCode};
+
+/// Bytes sent as themselves in a key; everything else is percent-encoded.
+const KEY_SET: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
+
+/// Like [`KEY_SET`] but with `/` encoded too, for keys with `.`/`..` segments.
+const KEY_SET_NO_SLASH: &AsciiSet = &KEY_SET.add(b'/');
+
+/// How long one request may take, end to end.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything that can go wrong talking to a Cairn node.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server answered with an error status. `code` is the stable machine-readable
+    /// code of its JSON error body (empty when the body was not a Cairn error, e.g. a
+    /// proxy's page), `message` the human-readable explanation (or the raw body).
+    #[error("HTTP {status} {code}: {message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// The request failed below HTTP (connect, reset, timeout). For a write, its
+    /// outcome is unknown: it may or may not have been applied.
+    #[error("transport error: {0}")]
+    Transport(#[from] reqwest::Error),
+    /// The server answered, but not in a form this client understands.
+    #[error("cannot decode response: {0}")]
+    Decode(String),
+    /// The key cannot be expressed in a URL path (`.` and `..` are normalised away by
+    /// every URL parser); nothing was sent.
+    #[error("key {0:?} cannot be addressed in a URL path; use a batch")]
+    UnaddressableKey(Vec<u8>),
+}
+
+impl Error {
+    /// The server's error code, when the server answered with a Cairn error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status, when the server answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// True when a conditional write was refused because its precondition did not
+    /// hold (nothing was written).
+    pub fn is_precondition_failed(&self) -> bool {
+        self.code() == Some("precondition_failed")
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read was sent (Raft ReadIndex on
+    /// the shard's leader).
+    #[default]
+    Linearizable,
+    /// Served from the answering node's replica as applied so far; may lag behind.
+    Stale,
+}
+
+impl Consistency {
+    /// The value of the `consistency=` query parameter.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consistency::Linearizable => "linearizable",
+            Consistency::Stale => "stale",
+        }
+    }
+}
+
+/// A condition a write requires of the key's current state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precondition {
+    /// Write unconditionally.
+    #[default]
+    None,
+    /// The key must exist at exactly this version (`If-Match: "<version>"`).
+    IfMatch(u64),
+    /// The key must exist, at any version (`If-Match: *`).
+    IfExists,
+    /// The key must be absent (`If-None-Match: *`).
+    IfAbsent,
+}
+
+/// A value read back, with the version (log index) that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Got {
+    pub value: Vec<u8>,
+    pub version: u64,
+}
+
+/// One page of a prefix scan.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ScanOptions {
+    /// Only keys starting with these bytes; empty means every key.
+    pub prefix: Vec<u8>,
+    /// Resume after this key (exclusive).
+    pub start_after: Option<Vec<u8>>,
+    /// Page size; the server's default (100) when `None`.
+    pub limit: Option<usize>,
+    pub consistency: Consistency,
+}
+
+/// A handle on one Cairn node. Cheap to clone; clones share a connection pool.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client for the node at `base`, e.g. `"http://127.0.0.1:8081"`.
+    pub fn new(base: impl Into<String>) -> Client {
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            // Only a TLS backend can make this fail, and this build has none.
+            .expect("building a plain-HTTP reqwest client cannot fail");
+        Client::with_http(base, http)
+    }
+
+    /// A client sharing an existing `reqwest::Client` (and its pool and settings).
+    pub fn with_http(base: impl Into<String>, http: reqwest::Client) -> Client {
+        let mut base = base.into();
+        while base.ends_with('/') {
+            base.pop();
+        }
+        Client { base, http }
+    }
+
+    /// The node's base URL, without a trailing slash.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Writes `value` under `key` unconditionally; returns the write's version.
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<u64> {
+        self.put_if(key, value, Precondition::None).await
+    }
+
+    /// Writes `value` under `key` if `pre` holds; a failed condition is
+    /// `Error::Api { code: "precondition_failed", .. }`.
+    pub async fn put_if(&self, key: &[u8], value: &[u8], pre: Precondition) -> Result<u64> {
+        let url = self.key_url(key)?;
+        let request = self.http.put(url).body(value.to_vec());
+        let response = check(with_precondition(request, pre).send().await?).await?;
+        Ok(json::<api::WriteResponse>(response).await?.version)
+    }
+
+    /// Reads `key` linearizably; `Ok(None)` when it is absent.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Got>> {
+        let url = self.key_url(key)?;
+        self.get_url(url).await
+    }
+
+    /// Reads `key` at the given consistency; `Ok(None)` when it is absent.
+    pub async fn get_with(&self, key: &[u8], consistency: Consistency) -> Result<Option<Got>> {
+        let url = format!(
+            "{}?consistency={}",
+            self.key_url(key)?,
+            consistency.as_str()
+        );
+        self.get_url(url).await
+    }
+
+    async fn get_url(&self, url: String) -> Result<Option<Got>> {
+        let response = self.http.get(url).send().await?;
+        let response = match check(response).await {
+            Ok(response) => response,
+            Err(Error::Api {
+                status: 404, code, ..
+            }) if code == "key_not_found" => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let version = etag_version(&response)?;
+        let value = response.bytes().await?.to_vec();
+        Ok(Some(Got { value, version }))
+    }
+
+    /// Deletes `key` unconditionally.
+    pub async fn delete(&self, key: &[u8]) -> Result<api::DeleteResponse> {
+        self.delete_if(key, Precondition::None).await
+    }
+
+    /// Deletes `key` if `pre` holds.
+    pub async fn delete_if(&self, key: &[u8], pre: Precondition) -> Result<api::DeleteResponse> {
+        let url = self.key_url(key)?;
+        let request = with_precondition(self.http.delete(url), pre);
+        json(check(request.send().await?).await?).await
+    }
+
+    /// Fetches one page of a prefix scan. Keys and values come back base64-encoded on
+    /// the wire (`encoding=base64`); use [`api::ScanItem::key_bytes`] and
+    /// [`api::ScanItem::value_bytes`] to read them.
+    pub async fn scan(&self, opts: &ScanOptions) -> Result<api::ScanResponse> {
+        let mut url = format!(
+            "{}/v1/kv?encoding=base64&consistency={}&prefix={}",
+            self.base,
+            opts.consistency.as_str(),
+            encode_query(&opts.prefix)
+        );
+        if let Some(start_after) = &opts.start_after {
+            url.push_str("&start_after=");
+            url.push_str(&encode_query(start_after));
+        }
+        if let Some(limit) = opts.limit {
+            url.push_str(&format!("&limit={limit}"));
+        }
+        json(check(self.http.get(url).send().await?).await?).await
+    }
+
+    /// Every live key under `prefix` as `(key, value, version)`, in byte order,
+    /// following pages until the last. Pages are read separately, so the result is
+    /// not one atomic cut when writes run concurrently.
+    pub async fn scan_all(
+        &self,
+        prefix: &[u8],
+        consistency: Consistency,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>, u64)>> {
+        let mut opts = ScanOptions {
+            prefix: prefix.to_vec(),
+            start_after: None,
+            limit: None,
+            consistency,
+        };
+        let mut out: Vec<(Vec<u8>, Vec<u8>, u64)> = Vec::new();
+        loop {
+            let page = self.scan(&opts).await?;
+            for item in &page.items {
+                let key = item.key_bytes().map_err(decode_err)?;
+                let value = item.value_bytes().map_err(decode_err)?;
+                out.push((key, value, item.version));
+            }
+            let Some(next) = page.next_start_after else {
+                return Ok(out);
+            };
+            let next: Vec<u8> = percent_decode_str(&next).collect();
+            // A cursor that does not move forward would loop forever.
+            if opts.start_after.as_ref().is_some_and(|prev| next <= *prev) {
+                return Err(Error::Decode(format!(
+                    "scan cursor did not advance past {:?}",
+                    String::from_utf8_lossy(&next)
+                )));
+            }
+            opts.start_after = Some(next);
+        }
+    }
+
+    /// Applies `ops` atomically (all keys must live in one shard); returns the
+    /// batch's version.
+    pub async fn batch(&self, ops: Vec<api::BatchOp>) -> Result<u64> {
+        let url = format!("{}/v1/batch", self.base);
+        let body = api::BatchRequest { ops };
+        let response = check(self.http.post(url).json(&body).send().await?).await?;
+        Ok(json::<api::WriteResponse>(response).await?.version)
+    }
+
+    /// The answering node's view of the cluster.
+    pub async fn cluster(&self) -> Result<api::ClusterStatus> {
+        let url = format!("{}/v1/cluster", self.base);
+        json(check(self.http.get(url).send().await?).await?).await
+    }
+
+    /// `Ok(())` when the process is up and serving HTTP.
+    pub async fn health(&self) -> Result<()> {
+        let url = format!("{}/health", self.base);
+        check(self.http.get(url).send().await?).await.map(drop)
+    }
+
+    /// Whether every shard has a leader, as far as this node knows.
+    pub async fn ready(&self) -> Result<bool> {
+        let url = format!("{}/ready", self.base);
+        let response = self.http.get(url).send().await?;
+        match response.status() {
+            StatusCode::OK => Ok(true),
+            StatusCode::SERVICE_UNAVAILABLE => Ok(false),
+            _ => check(response).await.map(|_| false),
+        }
+    }
+
+    fn key_url(&self, key: &[u8]) -> Result<String> {
+        Ok(format!("{}/v1/kv/{}", self.base, encode_key_path(key)?))
+    }
+}
+
+/// Percent-encodes a key for the path after `/v1/kv/`.
+pub fn encode_key_path(key: &[u8]) -> Result<String> {
+    if key == b"." || key == b".." {
+        return Err(Error::UnaddressableKey(key.to_vec()));
+    }
+    let dot_segment = key
+        .split(|&b| b == b'/')
+        .any(|segment| segment == b"." || segment == b"..");
+    let set = if dot_segment {
+        KEY_SET_NO_SLASH
+    } else {
+        KEY_SET
+    };
+    Ok(encode_with(key, set))
+}
+
+/// Percent-encodes bytes for a query-string value (`prefix=`, `start_after=`).
+pub fn encode_query(bytes: &[u8]) -> String {
+    encode_with(bytes, KEY_SET)
+}
+
+fn encode_with(bytes: &[u8], set: &'static AsciiSet) -> String {
+    percent_encode(bytes, set).to_string()
+}
+
+fn with_precondition(request: RequestBuilder, pre: Precondition) -> RequestBuilder {
+    match pre {
+        Precondition::None => request,
+        Precondition::IfMatch(version) => {
+            request.header(header::IF_MATCH, format!("\"{version}\""))
+        }
+        Precondition::IfExists => request.header(header::IF_MATCH, "*"),
+        Precondition::IfAbsent => request.header(header::IF_NONE_MATCH, "*"),
+    }
+}
+
+/// Passes a success response through; turns an error status into `Error::Api`.
+async fn check(response: Response) -> Result<Response> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let body = response.bytes().await?;
+    Err(match serde_json::from_slice::<api::ErrorBody>(&body) {
+        Ok(api::ErrorBody { error }) => Error::Api {
+            status: status.as_u16(),
+            code: error.code,
+            message: error.message,
+        },
+        Err(_) => Error::Api {
+            status: status.as_u16(),
+            code: String::new(),
+            message: String::from_utf8_lossy(&body).into_owned(),
+        },
+    })
+}
+
+async fn json<T: serde::de::DeserializeOwned>(response: Response) -> Result<T> {
+    let body = response.bytes().await?;
+    serde_json::from_slice(&body).map_err(|e| {
+        Error::Decode(format!(
+            "{e} in body {:?}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        ))
+    })
+}
+
+/// The version carried by an `ETag: "N"` header.
+fn etag_version(response: &Response) -> Result<u64> {
+    let etag = response
+        .headers()
+        .get(header::ETAG)
+        .ok_or_else(|| Error::Decode("response has no ETag header".into()))?;
+    parse_etag(etag.as_bytes())
+        .ok_or_else(|| Error::Decode(format!("malformed ETag {etag:?}, want \"<version>\"")))
+}
+
+/// Parses `"N"` (a strong ETag holding a version).
+pub fn parse_etag(etag: &[u8]) -> Option<u64> {
+    let inner = etag.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    std::str::from_utf8(inner).ok()?.parse().ok()
+}
+
+fn decode_err(e: base64::DecodeError) -> Error {
+    Error::Decode(format!("bad base64 in scan item: {e}"))
+}
+
+/// Base64 (standard alphabet), as used by the `*_b64` JSON fields.
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unreserved(b: u8) -> bool {
+        b.is_ascii_alphanumeric() || b"-._~/".contains(&b)
+    }
+
+    #[test]
+    fn every_byte_round_trips_through_key_encoding() {
+        for b in 0..=255u8 {
+            let key = [b'k', b, b'k'];
+            let encoded = encode_key_path(&key).expect("addressable");
+            let decoded: Vec<u8> = percent_decode_str(&encoded).collect();
+            assert_eq!(decoded, key, "byte {b:#04x} encoded as {encoded}");
+            if unreserved(b) {
+                assert_eq!(encoded.len(), 3, "byte {b:#04x} needlessly encoded");
+            } else {
+                assert_eq!(encoded, format!("k%{b:02X}k"), "byte {b:#04x}");
+            }
+            let query = encode_query(&key);
+            assert_eq!(percent_decode_str(&query).collect::<Vec<u8>>(), key);
+        }
+    }
+
+    #[test]
+    fn all_bytes_in_one_key_round_trip() {
+        let key: Vec<u8> = (0..=255u8).collect();
+        let encoded = encode_key_path(&key).expect("addressable");
+        assert!(encoded.is_ascii());
+        // `%` appears only as the start of a two-hex-digit escape.
+        assert!(encoded
+            .split('%')
+            .skip(1)
+            .all(|esc| esc.len() >= 2 && esc[..2].chars().all(|c| c.is_ascii_hexdigit())));
+        assert!(!encoded.contains(['?', '#', '&', '=', '+', ' '].as_slice()));
+        assert_eq!(percent_decode_str(&encoded).collect::<Vec<u8>>(), key);
+    }
+
+    #[test]
+    fn slashes_stay_literal_unless_a_segment_is_a_dot() {
+        assert_eq!(encode_key_path(b"a/b/c").unwrap(), "a/b/c");
+        assert_eq!(encode_key_path(b"a/../b").unwrap(), "a%2F..%2Fb");
+        assert_eq!(encode_key_path(b"./x").unwrap(), ".%2Fx");
+        assert_eq!(encode_key_path(b"a/.b").unwrap(), "a/.b");
+        assert!(matches!(
+            encode_key_path(b".."),
+            Err(Error::UnaddressableKey(_))
+        ));
+        assert!(matches!(
+            encode_key_path(b"."),
+            Err(Error::UnaddressableKey(_))
+        ));
+    }
+
+    #[test]
+    fn query_values_escape_separators() {
+        assert_eq!(encode_query(b"a&b=c+d e/f"), "a%26b%3Dc%2Bd%20e/f");
+        assert_eq!(encode_query(b""), "");
+    }
+
+    #[test]
+    fn etags_parse_strictly() {
+        assert_eq!(parse_etag(b"\"42\""), Some(42));
+        assert_eq!(parse_etag(b"42"), None);
+        assert_eq!(parse_etag(b"W/\"42\""), None);
+        assert_eq!(parse_etag(b"\"x\""), None);
+    }
+
+    #[test]
+    fn base_url_loses_trailing_slashes() {
+        let client = Client::new("http://127.0.0.1:1//");
+        assert_eq!(client.base(), "http://127.0.0.1:1");
+        assert_eq!(
+            client.key_url(b"a b").unwrap(),
+            "http://127.0.0.1:1/v1/kv/a%20b"
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! The HTTP API's JSON bodies, shared by the server (which produces them) and the
+//! client (which consumes them), so the two cannot drift apart.
+//!
+//! Binary safety: keys and values are arbitrary bytes. In JSON a key or value is given
+//! as `key`/`value` (a UTF-8 string) or as `key_b64`/`value_b64` (standard base64);
+//! exactly one of each pair is present. Responses use the plain form whenever the bytes
+//! are valid UTF-8, unless the request asked for `encoding=base64`.
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+/// The body of every error response: `{"error": {"code": ..., "message": ...}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable code, e.g. `key_not_found`, `precondition_failed`.
+    pub code: String,
+    /// Human-readable explanation, safe to show to a user.
+    pub message: String,
+}
+
+/// Response to a successful `PUT /v1/kv/{key}` or `POST /v1/batch`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WriteResponse {
+    /// The version of the write: the Raft log index at which it was applied.
+    pub version: u64,
+}
+
+/// Response to a successful `DELETE /v1/kv/{key}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeleteResponse {
+    /// Whether a live value was removed (false when the key was already absent).
+    pub deleted: bool,
+    /// The version of the delete: the Raft log index at which it was applied.
+    pub version: u64,
+}
+
+/// Which JSON form responses use for keys and values.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// Plain strings where the bytes are UTF-8, `*_b64` fields otherwise.
+    #[default]
+    Utf8,
+    /// Always the `*_b64` fields.
+    Base64,
+}
+
+/// One key of a scan page.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ScanItem {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub key_b64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub value: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub value_b64: Option<String>,
+    pub version: u64,
+}
+
+impl ScanItem {
+    pub fn new(key: &[u8], value: &[u8], version: u64, encoding: Encoding) -> Self {
+        let (key, key_b64) = split_bytes(key, encoding);
+        let (value, value_b64) = split_bytes(value, encoding);
+        ScanItem {
+            key,
+            key_b64,
+            value,
+            value_b64,
+            version,
+        }
+    }
+
+    /// The key's bytes, whichever form carried them.
+    pub fn key_bytes(&self) -> Result<Vec<u8>, base64::DecodeError> {
+        join_bytes(&self.key, &self.key_b64)
+    }
+
+    /// The value's bytes, whichever form carried them.
+    pub fn value_bytes(&self) -> Result<Vec<u8>, base64::DecodeError> {
+        join_bytes(&self.value, &self.value_b64)
+    }
+}
+
+/// Response to `GET /v1/kv?prefix=...`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ScanResponse {
+    /// Live keys in byte order, at most `limit` of them.
+    pub items: Vec<ScanItem>,
+    /// When more keys may follow: the last key of this page, percent-encoded, ready to
+    /// pass as `start_after=` for the next page. `null` on the last page.
+    pub next_start_after: Option<String>,
+}
+
+/// One operation of `POST /v1/batch`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchOp {
+    /// `put` or `delete`.
+    pub op: BatchOpKind,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub key_b64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub value: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub value_b64: Option<String>,
+    /// Apply the batch only if this key's current version is exactly this.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub if_version: Option<u64>,
+    /// Apply the batch only if this key is currently absent.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub if_absent: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchOpKind {
+    Put,
+    Delete,
+}
+
+impl BatchOp {
+    pub fn put(key: &[u8], value: &[u8]) -> Self {
+        let (key, key_b64) = split_bytes(key, Encoding::Utf8);
+        let (value, value_b64) = split_bytes(value, Encoding::Utf8);
+        BatchOp {
+            op: BatchOpKind::Put,
+            key,
+            key_b64,
+            value,
+            value_b64,
+            if_version: None,
+            if_absent: None,
+        }
+    }
+
+    pub fn delete(key: &[u8]) -> Self {
+        let (key, key_b64) = split_bytes(key, Encoding::Utf8);
+        BatchOp {
+            op: BatchOpKind::Delete,
+            key,
+            key_b64,
+            value: None,
+            value_b64: None,
+            if_version: None,
+            if_absent: None,
+        }
+    }
+}
+
+/// Body of `POST /v1/batch`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    pub ops: Vec<BatchOp>,
+}
+
+/// Response to `GET /v1/cluster`: this node's view of the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClusterStatus {
+    pub cluster_id: String,
+    /// The node that answered.
+    pub node_id: u64,
+    pub nodes: Vec<NodeInfo>,
+    pub shards: Vec<ShardStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub id: u64,
+    pub peer_addr: String,
+}
+
+/// One shard as seen by the answering node's replica of it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShardStatus {
+    pub id: u32,
+    /// Node ids holding a replica.
+    pub replicas: Vec<u64>,
+    /// The leader's node id, if one is known.
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+    /// First index still in this replica's Raft log (grows as the log is compacted).
+    pub first_index: u64,
+    /// Raft snapshots this replica has installed since its process started.
+    pub snapshots_installed: u64,
+}
+
+/// Split bytes into the plain or base64 JSON form.
+pub fn split_bytes(bytes: &[u8], encoding: Encoding) -> (Option<String>, Option<String>) {
+    match (encoding, std::str::from_utf8(bytes)) {
+        (Encoding::Utf8, Ok(text)) => (Some(text.to_owned()), None),
+        _ => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        ),
+    }
+}
+
+/// Join the plain or base64 JSON form back into bytes (empty when neither is given).
+pub fn join_bytes(
+    text: &Option<String>,
+    b64: &Option<String>,
+) -> Result<Vec<u8>, base64::DecodeError> {
+    match (text, b64) {
+        (Some(text), _) => Ok(text.as_bytes().to_vec()),
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD.decode(b64),
+        (None, None) => Ok(Vec::new()),
+    }
+}

@@ -1,0 +1,663 @@
+//! Real processes, real faults: concurrent writers, a leader SIGKILLed under load, a
+//! whole-cluster crash, catch-up of a lagging node by Raft snapshot, refusal of a
+//! foreign data dir, and clean shutdown on SIGTERM.
+//!
+//! The promise under test: while a majority of each shard's replicas survives, no
+//! acknowledged write is lost. A write that failed may or may not have been applied,
+//! so the oracle accepts, for each key, its last acknowledged value or any value
+//! attempted (and not acknowledged) after it.
+
+#[path = "harness/mod.rs"]
+mod harness;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_client::{Client, Consistency};
+use harness::{eventually, shard_of, Cluster, ClusterOptions};
+
+const SHARDS: u32 = 8;
+
+/// What a key may hold after a run of writes: the last acknowledged value, or one of
+/// the values whose write failed after it (their outcome is unknown).
+#[derive(Debug, Default, Clone)]
+struct KeyHistory {
+    acked: Option<Vec<u8>>,
+    unknown_since_ack: Vec<Vec<u8>>,
+}
+
+impl KeyHistory {
+    fn allows(&self, value: Option<&[u8]>) -> bool {
+        match value {
+            None => self.acked.is_none(),
+            Some(v) => {
+                self.acked.as_deref() == Some(v) || self.unknown_since_ack.iter().any(|u| u == v)
+            }
+        }
+    }
+}
+
+type Oracle = Arc<Mutex<HashMap<Vec<u8>, KeyHistory>>>;
+
+/// Reads every key of `expected` from node `node`, asserting its exact value.
+async fn assert_all_values(
+    cluster: &Cluster,
+    node: usize,
+    expected: &BTreeMap<Vec<u8>, Vec<u8>>,
+    consistency: Consistency,
+) {
+    let client = cluster.client(node);
+    for (key, value) in expected {
+        let got = client
+            .get_with(key, consistency)
+            .await
+            .unwrap_or_else(|e| panic!("{consistency:?} read of {key:?} on node {node}: {e}"));
+        assert_eq!(
+            got.as_ref().map(|g| g.value.as_slice()),
+            Some(value.as_slice()),
+            "{consistency:?} read of {:?} on node {node}",
+            String::from_utf8_lossy(key)
+        );
+    }
+}
+
+/// Writes `key = value` through `clients`, moving on to the next node on errors,
+/// until acknowledged or `timeout` passes.
+async fn put_retrying(clients: &[Client], key: &[u8], value: &[u8], timeout: Duration) -> u64 {
+    let deadline = Instant::now() + timeout;
+    let mut attempt = 0;
+    loop {
+        let client = &clients[attempt % clients.len()];
+        match client.put(key, value).await {
+            Ok(version) => return version,
+            Err(e) if Instant::now() > deadline => panic!(
+                "put {:?} not acknowledged within {timeout:?}; last error from {}: {e}",
+                String::from_utf8_lossy(key),
+                client.base()
+            ),
+            Err(_) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Shard -> commit index, each taken from the view of the shard's leader.
+async fn leader_commits(cluster: &Cluster) -> BTreeMap<u32, u64> {
+    let mut commits = BTreeMap::new();
+    for node in cluster.running() {
+        let status = cluster.status(node).await;
+        for shard in status.shards {
+            if shard.leader == Some(node as u64) {
+                commits.insert(shard.id, shard.commit);
+            }
+        }
+    }
+    commits
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_on_every_node() {
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let commits_before = cluster.status(1).await;
+
+    let mut writers = Vec::new();
+    for w in 0..8usize {
+        let client = cluster.client(1 + w % 3);
+        writers.push(tokio::spawn(async move {
+            for j in 0..50 {
+                let key = format!("cw/{w}/{j}");
+                let value = format!("value {w}.{j}");
+                client
+                    .put(key.as_bytes(), value.as_bytes())
+                    .await
+                    .unwrap_or_else(|e| panic!("writer {w} on {}: put {key}: {e}", client.base()));
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.expect("writer task");
+    }
+
+    let expected: BTreeMap<Vec<u8>, Vec<u8>> = (0..8)
+        .flat_map(|w| (0..50).map(move |j| (w, j)))
+        .map(|(w, j)| {
+            (
+                format!("cw/{w}/{j}").into_bytes(),
+                format!("value {w}.{j}").into_bytes(),
+            )
+        })
+        .collect();
+    assert_eq!(expected.len(), 400);
+    let shards: BTreeSet<u32> = expected.keys().map(|k| shard_of(k, SHARDS)).collect();
+    assert_eq!(shards.len(), SHARDS as usize, "the keys span every shard");
+    for node in cluster.ids() {
+        assert_all_values(&cluster, node, &expected, Consistency::Linearizable).await;
+        let scanned = cluster
+            .client(node)
+            .scan_all(b"cw/", Consistency::Linearizable)
+            .await
+            .unwrap();
+        let scanned: BTreeMap<Vec<u8>, Vec<u8>> =
+            scanned.into_iter().map(|(k, v, _)| (k, v)).collect();
+        assert!(scanned == expected, "scan on node {node}");
+    }
+    // Every shard's log grew: each shard received writes.
+    let after = cluster.status(1).await;
+    for shard in &after.shards {
+        let before = commits_before
+            .shards
+            .iter()
+            .find(|s| s.id == shard.id)
+            .expect("same shards");
+        assert!(
+            shard.commit > before.commit,
+            "shard {} received no writes: {before:?} -> {shard:?}",
+            shard.id
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_sigkill_under_load_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
+    let clients: Vec<Client> = cluster
+        .ids()
+        .into_iter()
+        .map(|id| cluster.client(id))
+        .collect();
+    let oracle: Oracle = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(Mutex::new(Vec::<(Instant, u32)>::new()));
+
+    // Six writers, each owning 40 keys it overwrites in turn; on an error a writer
+    // moves on to the next node.
+    let mut writers = Vec::new();
+    for w in 0..6usize {
+        let clients = clients.clone();
+        let oracle = oracle.clone();
+        let stop = stop.clone();
+        let acks = acks.clone();
+        writers.push(tokio::spawn(async move {
+            let mut node = w % clients.len();
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("lk/{w}/{}", seq % 40).into_bytes();
+                let value = format!("{w}:{seq}").into_bytes();
+                seq += 1;
+                match clients[node].put(&key, &value).await {
+                    Ok(_) => {
+                        let mut oracle = oracle.lock().unwrap();
+                        let h = oracle.entry(key.clone()).or_default();
+                        h.acked = Some(value);
+                        h.unknown_since_ack.clear();
+                        acks.lock()
+                            .unwrap()
+                            .push((Instant::now(), shard_of(&key, SHARDS)));
+                    }
+                    Err(_) => {
+                        oracle
+                            .lock()
+                            .unwrap()
+                            .entry(key)
+                            .or_default()
+                            .unknown_since_ack
+                            .push(value);
+                        node = (node + 1) % clients.len();
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Kill the node leading the most shards.
+    let status = cluster.status(1).await;
+    let mut led: BTreeMap<u64, usize> = BTreeMap::new();
+    for shard in &status.shards {
+        *led.entry(shard.leader.expect("leader")).or_default() += 1;
+    }
+    let victim = led
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(id, _)| *id as usize)
+        .expect("a leader");
+    let killed_at = Instant::now();
+    cluster.kill(victim).await;
+
+    // Every shard accepts writes again within 15 s, through the survivors.
+    let survivors: Vec<Client> = cluster
+        .running()
+        .into_iter()
+        .map(|id| cluster.client(id))
+        .collect();
+    for shard in 0..SHARDS {
+        let key = (0..)
+            .map(|n| format!("probe/{n}"))
+            .find(|k| shard_of(k.as_bytes(), SHARDS) == shard)
+            .expect("a key in every shard");
+        let left = Duration::from_secs(15).saturating_sub(killed_at.elapsed());
+        put_retrying(&survivors, key.as_bytes(), b"after kill", left).await;
+    }
+    let recovered = killed_at.elapsed();
+    assert!(
+        recovered <= Duration::from_secs(15),
+        "recovery took {recovered:?}"
+    );
+    eprintln!("killed node {victim} (leader of {led:?}); all shards writable after {recovered:?}");
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.start_node(victim);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.expect("writer task");
+    }
+    cluster.wait_ready().await;
+    let acked_after_kill: BTreeSet<u32> = acks
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _)| *t > killed_at)
+        .map(|(_, shard)| *shard)
+        .collect();
+    assert!(
+        !acked_after_kill.is_empty(),
+        "writers made no progress after the kill"
+    );
+
+    // Every acknowledged write reads back, linearizably, from every node.
+    let oracle = oracle.lock().unwrap().clone();
+    assert!(
+        oracle.values().filter(|h| h.acked.is_some()).count() >= 100,
+        "too few acknowledged writes"
+    );
+    let mut final_values: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+    for node in cluster.ids() {
+        let client = cluster.client(node);
+        for (key, history) in &oracle {
+            let got = client
+                .get(key)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "read {:?} on node {node}: {e}",
+                        String::from_utf8_lossy(key)
+                    )
+                })
+                .map(|g| g.value);
+            assert!(
+                history.allows(got.as_deref()),
+                "{:?} on node {node} reads {:?}, but the last acknowledged value is {:?} (unacknowledged since: {:?})",
+                String::from_utf8_lossy(key),
+                got.as_deref().map(String::from_utf8_lossy),
+                history.acked.as_deref().map(String::from_utf8_lossy),
+                history.unknown_since_ack.iter().map(|v| String::from_utf8_lossy(v)).collect::<Vec<_>>()
+            );
+            let previous = final_values.insert(key.clone(), got.clone());
+            if let Some(previous) = previous {
+                assert_eq!(
+                    previous,
+                    got,
+                    "nodes disagree on {:?}",
+                    String::from_utf8_lossy(key)
+                );
+            }
+        }
+    }
+
+    // The restarted node catches up: its stale reads converge on the same values.
+    let client = cluster.client(victim);
+    eventually(
+        &format!("stale reads on restarted node {victim}"),
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            let final_values = final_values.clone();
+            async move {
+                for (key, want) in &final_values {
+                    let got = client
+                        .get_with(key, Consistency::Stale)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map(|g| g.value);
+                    if &got != want {
+                        return Err(format!(
+                            "{:?}: {got:?} != {want:?}",
+                            String::from_utf8_lossy(key)
+                        ));
+                    }
+                }
+                Ok(())
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_cluster_sigkill_keeps_acknowledged_writes() {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
+    let mut expected: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    for i in 0..300usize {
+        let key = format!("crash/{i}").into_bytes();
+        let value = format!("value {i}").into_bytes();
+        cluster
+            .client(1 + i % 3)
+            .put(&key, &value)
+            .await
+            .expect("put");
+        expected.insert(key, value);
+    }
+    for i in (0..300).step_by(7) {
+        let key = format!("crash/{i}").into_bytes();
+        assert!(
+            cluster
+                .client(1 + i % 3)
+                .delete(&key)
+                .await
+                .expect("delete")
+                .deleted
+        );
+        expected.remove(&key);
+    }
+    let batch_keys: Vec<Vec<u8>> = {
+        let shard = shard_of(b"crashbatch/0", SHARDS);
+        (0..)
+            .map(|n| format!("crashbatch/{n}").into_bytes())
+            .filter(|k| shard_of(k, SHARDS) == shard)
+            .take(5)
+            .collect()
+    };
+    let ops = batch_keys
+        .iter()
+        .map(|k| cairn_client::api::BatchOp::put(k, b"batched"))
+        .collect();
+    cluster.client(2).batch(ops).await.expect("batch");
+    for key in batch_keys {
+        expected.insert(key, b"batched".to_vec());
+    }
+
+    cluster.restart_all().await;
+
+    for node in cluster.ids() {
+        assert_all_values(&cluster, node, &expected, Consistency::Linearizable).await;
+        let all = cluster
+            .client(node)
+            .scan_all(b"crash", Consistency::Linearizable)
+            .await
+            .unwrap();
+        let all: BTreeMap<Vec<u8>, Vec<u8>> = all.into_iter().map(|(k, v, _)| (k, v)).collect();
+        assert!(
+            all == expected,
+            "after restart, node {node} scans {} keys, want {}",
+            all.len(),
+            expected.len()
+        );
+    }
+    // And the cluster still takes writes.
+    cluster
+        .client(3)
+        .put(b"crash/after", b"yes")
+        .await
+        .expect("put after restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_node_catches_up_by_snapshot() {
+    let mut cluster = Cluster::start(ClusterOptions {
+        extra_args: vec!["--log-compact-entries".into(), "50".into()],
+        ..ClusterOptions::default()
+    })
+    .await;
+    cluster.kill(3).await;
+
+    let writers: Vec<Client> = vec![cluster.client(1), cluster.client(2)];
+    let mut expected: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    for i in 0..600usize {
+        let key = format!("snap/{i:04}").into_bytes();
+        let value = format!("snapshot value {i}").into_bytes();
+        let order = [writers[i % 2].clone(), writers[(i + 1) % 2].clone()];
+        put_retrying(&order, &key, &value, Duration::from_secs(20)).await;
+        expected.insert(key, value);
+    }
+    let per_shard: BTreeMap<u32, usize> = expected.keys().fold(BTreeMap::new(), |mut m, k| {
+        *m.entry(shard_of(k, SHARDS)).or_default() += 1;
+        m
+    });
+    eprintln!("keys per shard: {per_shard:?}");
+
+    // The live replicas compacted their logs past the point node 3 last saw.
+    let c1 = cluster.client(1);
+    eventually("log compaction on node 1", Duration::from_secs(15), || {
+        let c1 = c1.clone();
+        async move {
+            let status = c1.cluster().await.map_err(|e| e.to_string())?;
+            let uncompacted: Vec<_> = status
+                .shards
+                .iter()
+                .filter(|s| s.first_index <= 1)
+                .map(|s| s.id)
+                .collect();
+            if uncompacted.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "shards {uncompacted:?} still have first_index <= 1: {:?}",
+                    status.shards
+                ))
+            }
+        }
+    })
+    .await;
+
+    let target = leader_commits(&cluster).await;
+    assert_eq!(
+        target.len(),
+        SHARDS as usize,
+        "every shard has a live leader: {target:?}"
+    );
+    cluster.start_node(3);
+    let c3 = cluster.client(3);
+    let status = eventually("node 3 catches up", Duration::from_secs(30), || {
+        let c3 = c3.clone();
+        let target = target.clone();
+        async move {
+            let status = c3.cluster().await.map_err(|e| e.to_string())?;
+            for shard in &status.shards {
+                let want = target.get(&shard.id).copied().unwrap_or(u64::MAX);
+                if shard.applied < want {
+                    return Err(format!(
+                        "shard {} applied {} < {want}",
+                        shard.id, shard.applied
+                    ));
+                }
+            }
+            if status.shards.len() != SHARDS as usize {
+                return Err(format!("{} shards", status.shards.len()));
+            }
+            Ok(status)
+        }
+    })
+    .await;
+    let installed: Vec<(u32, u64)> = status
+        .shards
+        .iter()
+        .map(|s| (s.id, s.snapshots_installed))
+        .collect();
+    assert!(
+        installed.iter().any(|(_, n)| *n > 0),
+        "node 3 caught up without installing any snapshot: {installed:?}"
+    );
+    assert_all_values(&cluster, 3, &expected, Consistency::Stale).await;
+    cluster.wait_ready().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_data_dir_is_refused() {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
+    cluster.client(1).put(b"mine", b"node data").await.unwrap();
+    cluster.kill_all().await;
+
+    // Node 1's configuration, exactly, but node 3's data dir.
+    let node3_dir = cluster.data_dir(3);
+    let mut args = cluster.node_args(1);
+    let at = args
+        .iter()
+        .position(|a| a == "--data-dir")
+        .expect("--data-dir")
+        + 1;
+    args[at] = node3_dir.display().to_string();
+    let (status, stderr) = run_to_exit(&args).await;
+    assert!(
+        !status.success(),
+        "node 1 started on node 3's data dir; stderr:\n{stderr}"
+    );
+    let lower = stderr.to_lowercase();
+    let names_node_id = ["node id", "node_id", "node-id"]
+        .iter()
+        .any(|s| lower.contains(s));
+    let names_data_dir = ["data dir", "data_dir", "data-dir"]
+        .iter()
+        .any(|s| lower.contains(s))
+        || stderr.contains(&node3_dir.display().to_string());
+    assert!(
+        names_node_id || names_data_dir,
+        "stderr mentions neither the node id nor the data dir:\n{stderr}"
+    );
+
+    // Node 3's own configuration but another cluster (different shard count).
+    let mut args = cluster.node_args(3);
+    let at = args.iter().position(|a| a == "--shards").expect("--shards") + 1;
+    args[at] = "4".into();
+    let (status, stderr) = run_to_exit(&args).await;
+    assert!(
+        !status.success(),
+        "node 3 started as a member of another cluster; stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.to_lowercase().contains("cluster"),
+        "stderr does not mention the cluster mismatch:\n{stderr}"
+    );
+
+    // Another cluster by membership.
+    let mut args = cluster.node_args(3);
+    let at = args
+        .iter()
+        .position(|a| a == "--initial-cluster")
+        .expect("--initial-cluster")
+        + 1;
+    args[at] = format!("3={}", cluster.peer_addr(3));
+    let (status, stderr) = run_to_exit(&args).await;
+    assert!(
+        !status.success(),
+        "node 3 started as a member of another cluster; stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.to_lowercase().contains("cluster"),
+        "stderr does not mention the cluster mismatch:\n{stderr}"
+    );
+
+    // The rightful owners still start on their own data.
+    cluster.restart_all().await;
+    let got = cluster
+        .client(2)
+        .get(b"mine")
+        .await
+        .unwrap()
+        .map(|g| g.value);
+    assert_eq!(got.as_deref(), Some(&b"node data"[..]));
+}
+
+/// Runs `cairn` with `args` until it exits (at most 20 s, then SIGKILL and panic).
+async fn run_to_exit(args: &[String]) -> (std::process::ExitStatus, String) {
+    let mut command = tokio::process::Command::from(Cluster::command(args));
+    command
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null());
+    let output = tokio::time::timeout(Duration::from_secs(20), command.output())
+        .await
+        .unwrap_or_else(|_| {
+            panic!("cairn {args:?} still running after 20 s; it should have refused to start")
+        })
+        .expect("run cairn");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_is_a_clean_shutdown_and_the_node_restarts_with_its_data() {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
+    let mut expected: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    for i in 0..100usize {
+        let key = format!("term/{i}").into_bytes();
+        let value = format!("v{i}").into_bytes();
+        cluster.client(1 + i % 3).put(&key, &value).await.unwrap();
+        expected.insert(key, value);
+    }
+    // Node 2 has applied everything before it stops.
+    let c2 = cluster.client(2);
+    let want = expected.clone();
+    eventually(
+        "node 2 applied every write",
+        Duration::from_secs(10),
+        || {
+            let c2 = c2.clone();
+            let want = want.clone();
+            async move {
+                let all = c2
+                    .scan_all(b"term/", Consistency::Stale)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let got: BTreeMap<Vec<u8>, Vec<u8>> =
+                    all.into_iter().map(|(k, v, _)| (k, v)).collect();
+                if got == want {
+                    Ok(())
+                } else {
+                    Err(format!("{} of {} keys", got.len(), want.len()))
+                }
+            }
+        },
+    )
+    .await;
+    let applied_before: BTreeMap<u32, u64> = cluster
+        .status(2)
+        .await
+        .shards
+        .iter()
+        .map(|s| (s.id, s.applied))
+        .collect();
+
+    cluster.stop(2).await;
+    cluster.start_node(2);
+    cluster.wait_ready().await;
+
+    let status = cluster.status(2).await;
+    for shard in &status.shards {
+        assert!(
+            shard.applied >= applied_before[&shard.id],
+            "shard {} on node 2 went back from applied {} to {}",
+            shard.id,
+            applied_before[&shard.id],
+            shard.applied
+        );
+    }
+    assert_all_values(&cluster, 2, &expected, Consistency::Stale).await;
+    assert_all_values(&cluster, 2, &expected, Consistency::Linearizable).await;
+    cluster
+        .client(2)
+        .put(b"term/after", b"yes")
+        .await
+        .expect("put after restart");
+
+    // SIGTERM of every node is clean too.
+    for id in cluster.ids() {
+        cluster.stop(id).await;
+    }
+}
