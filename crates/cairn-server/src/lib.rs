@@ -1,1 +1,20 @@
-//! placeholder
+//! The Cairn node: configuration, the HTTP API, request routing, and the wiring of
+//! store, replicas and API into a running [`Node`].
+//!
+//! A request's path reads off the modules: [`api`] parses and validates it, [`router`]
+//! finds its shard and that shard's leader, and `cairn_raft` replicates and applies
+//! it. This crate must never touch Raft state or sled trees directly: it asks the
+//! replicas through `cairn_raft`, so the API cannot break a guarantee the Raft loop
+//! keeps.
+
+pub mod api;
+pub mod config;
+pub mod dev;
+pub mod error;
+pub mod identity;
+pub mod node;
+pub mod router;
+
+pub use config::{Config, Settings};
+pub use error::ServerError;
+pub use node::Node;

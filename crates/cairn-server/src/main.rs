@@ -1,1 +1,89 @@
-fn main() {}
+//! The `cairn` binary: `server` runs one node, `dev` a local cluster, `bench` a load
+//! test against a running cluster, and the remaining subcommands are a small client.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use cairn_server::dev::DevArgs;
+use cairn_server::{Node, Settings};
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod client;
+
+#[derive(Parser)]
+#[command(name = "cairn", version, about = "A sharded, replicated key-value store")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one node of a cluster.
+    Server {
+        /// TOML file of settings (keys are the flag names with `_`).
+        #[arg(long, env = "CAIRN_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Run a local three-node cluster in this process.
+    Dev(DevArgs),
+    /// Measure write and read throughput against a running cluster.
+    Bench(bench::BenchArgs),
+    #[command(flatten)]
+    Client(client::ClientCommand),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,raft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Server { config, settings } => {
+                let settings = match config {
+                    Some(path) => settings.or(Settings::from_file(&path)?),
+                    None => settings,
+                };
+                let node = Node::start(settings.resolve()?).await?;
+                shutdown_signal().await;
+                node.shutdown().await;
+                Ok(())
+            }
+            Command::Dev(args) => Ok(cairn_server::dev::run(args, shutdown_signal()).await?),
+            Command::Bench(args) => bench::run(args).await,
+            Command::Client(command) => client::run(command).await,
+        }
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,72 @@
+//! `/v1/cluster`, `/health`, `/ready` and `/metrics`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use cairn_client::api::{ClusterStatus, NodeInfo, ShardStatus};
+
+use super::{ApiError, ApiState};
+
+type Shared = State<Arc<ApiState>>;
+
+pub async fn status(State(api): Shared) -> Json<ClusterStatus> {
+    let config = &api.config;
+    let raft = api.router.raft();
+    let replicas: Vec<u64> = config.initial_cluster.keys().copied().collect();
+    let shards = (0..config.shards)
+        .filter_map(|shard| raft.status(shard))
+        .map(|s| ShardStatus {
+            id: s.shard,
+            replicas: replicas.clone(),
+            leader: s.leader,
+            term: s.term,
+            commit: s.commit,
+            applied: s.applied,
+            first_index: s.first_index,
+            snapshots_installed: s.snapshots_installed,
+        })
+        .collect();
+    Json(ClusterStatus {
+        cluster_id: api.cluster_id.clone(),
+        node_id: config.id,
+        nodes: config
+            .initial_cluster
+            .iter()
+            .map(|(&id, addr)| NodeInfo {
+                id,
+                peer_addr: addr.to_string(),
+            })
+            .collect(),
+        shards,
+    })
+}
+
+pub async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Ready when every shard has a leader this node knows of, so any request can be
+/// routed.
+pub async fn ready(State(api): Shared) -> Result<Json<serde_json::Value>, ApiError> {
+    let raft = api.router.raft();
+    let leaderless: Vec<u32> = (0..api.config.shards)
+        .filter(|&s| raft.leader_of(s).is_none())
+        .collect();
+    if leaderless.is_empty() {
+        Ok(Json(serde_json::json!({ "ready": true })))
+    } else {
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("shards without a known leader: {leaderless:?}"),
+        ))
+    }
+}
+
+pub async fn metrics(State(api): Shared) -> impl IntoResponse {
+    let body = api.metrics.as_ref().map(|m| m.render()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}

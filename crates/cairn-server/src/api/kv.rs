@@ -1,0 +1,427 @@
+//! `/v1/kv` and `/v1/batch`: single-key reads and writes, scans, and batches.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use cairn_client::api::{
+    join_bytes, BatchOpKind, BatchRequest, DeleteResponse, Encoding, ScanItem, ScanResponse,
+    WriteResponse,
+};
+use cairn_raft::{Consistency, ShardRequest, ShardResponse};
+use cairn_store::{ApplyOutcome, Command, Condition, OpKind, WriteOp};
+
+use super::{url, ApiError, ApiState};
+use crate::router::unexpected;
+
+type Shared = State<Arc<ApiState>>;
+
+const KV_PREFIX: &str = "/v1/kv/";
+const DEFAULT_SCAN_LIMIT: usize = 100;
+
+pub async fn empty_key() -> ApiError {
+    ApiError::bad_request("empty_key", "the key is empty; use /v1/kv/{key}")
+}
+
+pub async fn get(State(api): Shared, uri: Uri) -> Result<Response, ApiError> {
+    let key = api.key_from_path(&uri)?;
+    let params = Params::parse(&uri, &["consistency"])?;
+    let consistency = params.consistency()?;
+    let shard = api.router.shard_of(&key);
+    let answer = api
+        .router
+        .execute(ShardRequest::Get {
+            shard,
+            key,
+            consistency,
+        })
+        .await?;
+    match answer {
+        ShardResponse::Value(Some(v)) => Ok((
+            [
+                (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+                (header::ETAG, etag(v.version)),
+            ],
+            v.value,
+        )
+            .into_response()),
+        ShardResponse::Value(None) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "key_not_found",
+            "no value for this key",
+        )),
+        other => Err(unexpected(other).into()),
+    }
+}
+
+pub async fn put(
+    State(api): Shared,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let key = api.key_from_path(&uri)?;
+    Params::parse(&uri, &[])?;
+    let condition = precondition(&headers)?;
+    let limit = api.config.max_value_bytes;
+    let value = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        body_error(
+            e,
+            "value_too_large",
+            format!("the value exceeds the limit of {limit} bytes (--max-value-bytes)"),
+        )
+    })?;
+    let op = WriteOp {
+        key,
+        kind: OpKind::Put(value.to_vec()),
+        condition,
+    };
+    let (version, existed) = api.write(vec![op]).await?;
+    let status = if existed[0] {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((
+        status,
+        [(header::ETAG, etag(version))],
+        Json(WriteResponse { version }),
+    )
+        .into_response())
+}
+
+pub async fn delete(
+    State(api): Shared,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<DeleteResponse>, ApiError> {
+    let key = api.key_from_path(&uri)?;
+    Params::parse(&uri, &[])?;
+    let condition = precondition(&headers)?;
+    let op = WriteOp {
+        key,
+        kind: OpKind::Delete,
+        condition,
+    };
+    let (version, existed) = api.write(vec![op]).await?;
+    Ok(Json(DeleteResponse {
+        deleted: existed[0],
+        version,
+    }))
+}
+
+pub async fn scan(State(api): Shared, uri: Uri) -> Result<Json<ScanResponse>, ApiError> {
+    let params = Params::parse(
+        &uri,
+        &["prefix", "start_after", "limit", "encoding", "consistency"],
+    )?;
+    let prefix = params.bytes("prefix").unwrap_or_default();
+    let start_after = params.bytes("start_after");
+    for (name, key) in [("prefix", Some(&prefix)), ("start_after", start_after.as_ref())] {
+        if key.is_some_and(|k| k.len() > api.config.max_key_bytes) {
+            return Err(ApiError::bad_request(
+                "key_too_large",
+                format!(
+                    "`{name}` exceeds the key limit of {} bytes",
+                    api.config.max_key_bytes
+                ),
+            ));
+        }
+    }
+    let max = api.config.max_scan_limit;
+    let limit = match params.text("limit")? {
+        None => DEFAULT_SCAN_LIMIT.min(max),
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "bad_limit",
+                    format!("limit must be a number from 1 to {max} (--max-scan-limit)"),
+                ))
+            }
+        },
+    };
+    let encoding = match params.text("encoding")?.as_deref() {
+        None | Some("utf8") => Encoding::Utf8,
+        Some("base64") => Encoding::Base64,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "bad_query",
+                format!("encoding must be `utf8` or `base64`, not `{other}`"),
+            ))
+        }
+    };
+    let consistency = params.consistency()?;
+    let page = api
+        .router
+        .scan(&prefix, start_after.as_deref(), limit, consistency)
+        .await?;
+    let next_start_after = match (page.more, page.items.last()) {
+        (true, Some((key, _))) => Some(url::encode(key)),
+        _ => None,
+    };
+    let items = page
+        .items
+        .iter()
+        .map(|(key, v)| ScanItem::new(key, &v.value, v.version, encoding))
+        .collect();
+    Ok(Json(ScanResponse {
+        items,
+        next_start_after,
+    }))
+}
+
+pub async fn batch(
+    State(api): Shared,
+    uri: Uri,
+    body: Body,
+) -> Result<Json<WriteResponse>, ApiError> {
+    Params::parse(&uri, &[])?;
+    let limit = api.config.max_request_bytes;
+    let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        body_error(
+            e,
+            "request_too_large",
+            format!("the request body exceeds the limit of {limit} bytes (--max-request-bytes)"),
+        )
+    })?;
+    let request: BatchRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("invalid batch: {e}")))?;
+    if request.ops.is_empty() {
+        return Err(ApiError::bad_request("empty_batch", "the batch has no ops"));
+    }
+    let mut ops = Vec::with_capacity(request.ops.len());
+    for (i, op) in request.ops.into_iter().enumerate() {
+        let bad = |m: &str| ApiError::bad_request("bad_batch", format!("op {i}: {m}"));
+        let bytes = |text: &Option<String>, b64: &Option<String>, what: &str| {
+            if text.is_some() && b64.is_some() {
+                return Err(bad(&format!("give `{what}` or `{what}_b64`, not both")));
+            }
+            join_bytes(text, b64).map_err(|e| bad(&format!("`{what}_b64` is not base64: {e}")))
+        };
+        if op.key.is_none() && op.key_b64.is_none() {
+            return Err(bad("`key` or `key_b64` is required"));
+        }
+        let key = bytes(&op.key, &op.key_b64, "key")?;
+        api.check_key(&key)
+            .map_err(|e| ApiError::new(e.status, e.code, format!("op {i}: {}", e.message)))?;
+        let has_value = op.value.is_some() || op.value_b64.is_some();
+        let kind = match op.op {
+            BatchOpKind::Put if !has_value => return Err(bad("a put needs `value` or `value_b64`")),
+            BatchOpKind::Put => {
+                let value = bytes(&op.value, &op.value_b64, "value")?;
+                if value.len() > api.config.max_value_bytes {
+                    return Err(ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "value_too_large",
+                        format!(
+                            "op {i}: the value exceeds the limit of {} bytes",
+                            api.config.max_value_bytes
+                        ),
+                    ));
+                }
+                OpKind::Put(value)
+            }
+            BatchOpKind::Delete if has_value => return Err(bad("a delete takes no value")),
+            BatchOpKind::Delete => OpKind::Delete,
+        };
+        let condition = match (op.if_version, op.if_absent) {
+            (Some(_), Some(_)) => return Err(bad("give `if_version` or `if_absent`, not both")),
+            (Some(v), None) => Condition::Version(v),
+            (None, Some(true)) => Condition::Absent,
+            (None, Some(false)) => Condition::Exists,
+            (None, None) => Condition::Always,
+        };
+        ops.push(WriteOp {
+            key,
+            kind,
+            condition,
+        });
+    }
+    let (version, _) = api.write(ops).await?;
+    Ok(Json(WriteResponse { version }))
+}
+
+impl ApiState {
+    /// The key of a `/v1/kv/{key}` path, strictly decoded and checked.
+    fn key_from_path(&self, uri: &Uri) -> Result<Vec<u8>, ApiError> {
+        let raw = uri.path().strip_prefix(KV_PREFIX).unwrap_or_default();
+        let key = url::decode(raw).map_err(|e| {
+            ApiError::bad_request(
+                "bad_key_encoding",
+                format!(
+                    "the key has a malformed percent-escape at byte {} (use %XX with two hex digits)",
+                    e.position
+                ),
+            )
+        })?;
+        self.check_key(&key)?;
+        Ok(key)
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<(), ApiError> {
+        if key.is_empty() {
+            return Err(ApiError::bad_request("empty_key", "the key is empty"));
+        }
+        if key.len() > self.config.max_key_bytes {
+            return Err(ApiError::bad_request(
+                "key_too_large",
+                format!(
+                    "the key is {} bytes; the limit is {} (--max-key-bytes)",
+                    key.len(),
+                    self.config.max_key_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Propose ops that must all fall in one shard; returns the version and, per op,
+    /// whether its key had a live value.
+    async fn write(&self, ops: Vec<WriteOp>) -> Result<(u64, Vec<bool>), ApiError> {
+        let mut shards: Vec<u32> = ops.iter().map(|op| self.router.shard_of(&op.key)).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        if shards.len() > 1 {
+            return Err(ApiError::bad_request(
+                "cross_shard_batch",
+                format!(
+                    "the batch's keys fall in shards {shards:?}; a batch is atomic only within one shard"
+                ),
+            ));
+        }
+        let keys: Vec<Vec<u8>> = ops.iter().map(|op| op.key.clone()).collect();
+        let answer = self
+            .router
+            .execute(ShardRequest::Write {
+                shard: shards[0],
+                command: Command::Batch(ops),
+            })
+            .await?;
+        match answer {
+            ShardResponse::Written(ApplyOutcome::Applied { version, existed }) => {
+                Ok((version, existed))
+            }
+            ShardResponse::Written(ApplyOutcome::Rejected { op, current }) => {
+                let key = keys.get(op).map(|k| url::encode(k)).unwrap_or_default();
+                let now = match current {
+                    Some(v) => format!("its current version is {v}"),
+                    None => "it is absent".to_owned(),
+                };
+                let which = if keys.len() > 1 {
+                    format!("op {op} (key `{key}`)")
+                } else {
+                    format!("key `{key}`")
+                };
+                Err(ApiError::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    "precondition_failed",
+                    format!("the condition on {which} failed: {now}; nothing was written"),
+                ))
+            }
+            other => Err(unexpected(other).into()),
+        }
+    }
+}
+
+/// The condition of `If-Match` / `If-None-Match`.
+fn precondition(headers: &HeaderMap) -> Result<Condition, ApiError> {
+    let text = |name: header::HeaderName| -> Result<Option<String>, ApiError> {
+        headers
+            .get(&name)
+            .map(|v| {
+                v.to_str().map(|s| s.trim().to_owned()).map_err(|_| {
+                    ApiError::bad_request("bad_header", format!("{name} is not ASCII"))
+                })
+            })
+            .transpose()
+    };
+    match (text(header::IF_MATCH)?, text(header::IF_NONE_MATCH)?) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "bad_header",
+            "give If-Match or If-None-Match, not both",
+        )),
+        (Some(m), None) if m == "*" => Ok(Condition::Exists),
+        (Some(m), None) => m
+            .trim_matches('"')
+            .parse::<u64>()
+            .map(Condition::Version)
+            .map_err(|_| {
+                ApiError::bad_request(
+                    "bad_header",
+                    "If-Match must be * or an ETag (\"<version>\") from an earlier response",
+                )
+            }),
+        (None, Some(m)) if m == "*" => Ok(Condition::Absent),
+        (None, Some(_)) => Err(ApiError::bad_request(
+            "bad_header",
+            "If-None-Match supports only *",
+        )),
+        (None, None) => Ok(Condition::Always),
+    }
+}
+
+fn etag(version: u64) -> HeaderValue {
+    // A decimal number in quotes is always a valid header value.
+    HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+fn body_error(e: axum::Error, code: &'static str, message: String) -> ApiError {
+    let too_large = std::error::Error::source(&e)
+        .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+    if too_large {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, code, message)
+    } else {
+        ApiError::bad_request("bad_body", format!("could not read the request body: {e}"))
+    }
+}
+
+/// Decoded query parameters, refusing any the route does not know.
+struct Params(Vec<(String, Vec<u8>)>);
+
+impl Params {
+    fn parse(uri: &Uri, allowed: &[&str]) -> Result<Params, ApiError> {
+        let pairs = url::query_pairs(uri.query().unwrap_or_default())
+            .map_err(|m| ApiError::bad_request("bad_query", m))?;
+        if let Some((name, _)) = pairs.iter().find(|(n, _)| !allowed.contains(&n.as_str())) {
+            let known = if allowed.is_empty() {
+                "this route takes no query parameters".to_owned()
+            } else {
+                format!("known: {}", allowed.join(", "))
+            };
+            return Err(ApiError::bad_request(
+                "bad_query",
+                format!("unknown query parameter `{name}` ({known})"),
+            ));
+        }
+        Ok(Params(pairs))
+    }
+
+    fn bytes(&self, name: &str) -> Option<Vec<u8>> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+    }
+
+    fn text(&self, name: &str) -> Result<Option<String>, ApiError> {
+        self.bytes(name)
+            .map(|v| {
+                String::from_utf8(v).map_err(|_| {
+                    ApiError::bad_request("bad_query", format!("`{name}` is not UTF-8"))
+                })
+            })
+            .transpose()
+    }
+
+    fn consistency(&self) -> Result<Consistency, ApiError> {
+        match self.text("consistency")?.as_deref() {
+            None | Some("linearizable") => Ok(Consistency::Linearizable),
+            Some("stale") => Ok(Consistency::Stale),
+            Some(other) => Err(ApiError::bad_request(
+                "bad_query",
+                format!("consistency must be `linearizable` or `stale`, not `{other}`"),
+            )),
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The HTTP API: request parsing and validation, and the mapping of results and errors
+//! to HTTP. It knows nothing of Raft; it hands each request to the [`Router`].
+//!
+//! Every error is a JSON body `{"error": {"code", "message"}}` with a status that tells
+//! the client what to do: 4xx means the request itself is wrong and nothing changed;
+//! 503 means retry (for `outcome_unknown`, read before retrying a write). Validation
+//! happens before anything is proposed, so a refused request never touches a shard.
+
+mod cluster;
+mod kv;
+pub mod url;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Json;
+use cairn_client::api::{ErrorBody, ErrorDetail};
+use cairn_raft::ShardError;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::config::Config;
+use crate::router::Router;
+
+/// What the handlers share.
+pub struct ApiState {
+    pub router: Router,
+    pub config: Config,
+    pub cluster_id: String,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// Build the axum application.
+pub fn app(state: Arc<ApiState>) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/kv", get(kv::scan))
+        .route("/v1/kv/", get(kv::empty_key).put(kv::empty_key).delete(kv::empty_key))
+        .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/v1/batch", post(kv::batch))
+        .route("/v1/cluster", get(cluster::status))
+        .route("/health", get(cluster::health))
+        .route("/ready", get(cluster::ready))
+        .route("/metrics", get(cluster::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Bodies are read with explicit limits in the handlers, which answer in JSON.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method",
+    )
+}
+
+/// An error answer: status, stable code, and a message for people.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<ShardError> for ApiError {
+    fn from(e: ShardError) -> ApiError {
+        let (status, code) = match &e {
+            ShardError::NotLeader { .. } | ShardError::Unavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
+            ShardError::OutcomeUnknown { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown")
+            }
+            ShardError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ShardError::Storage { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}

@@ -1,0 +1,329 @@
+//! A node's configuration: one typed [`Config`] with its defaults in one place.
+//!
+//! Every setting can come from a command-line flag, an environment variable
+//! `CAIRN_<FLAG>` or a key of the TOML file given with `--config` (the flag's name with
+//! `_` for `-`); the first of those that is set wins, then the default applies.
+//! [`Settings`] is that set of optional values: clap fills it from flags and the
+//! environment, serde from the file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cairn_store::NodeId;
+use serde::Deserialize;
+
+use crate::error::ServerError;
+
+/// A node's full configuration, after defaults were applied and validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// This node's id in the cluster (1, 2, 3, ...).
+    pub id: NodeId,
+    /// Where the node keeps its sled database.
+    pub data_dir: PathBuf,
+    /// Address of the HTTP API.
+    pub http: SocketAddr,
+    /// Address peers connect to for Raft traffic and forwarded requests.
+    pub peer: SocketAddr,
+    /// Every node of the cluster and its peer address, this one included.
+    pub initial_cluster: BTreeMap<NodeId, SocketAddr>,
+    /// Number of shards; fixed when the cluster is created. Default 8.
+    pub shards: u32,
+    /// Distinguishes clusters that share member ids and addresses. Default "cairn".
+    pub cluster_token: String,
+    /// Length of a Raft tick. Default 100 ms.
+    pub tick_ms: u64,
+    /// Ticks before a follower without a leader campaigns. Default 10 (about 1 s).
+    pub election_ticks: usize,
+    /// Ticks between leader heartbeats. Default 2.
+    pub heartbeat_ticks: usize,
+    /// Compact a shard's Raft log past this many applied entries. Default 10000.
+    pub log_compact_entries: u64,
+    /// Largest key in bytes. Default 4096.
+    pub max_key_bytes: usize,
+    /// Largest value in bytes. Default 1 MiB.
+    pub max_value_bytes: usize,
+    /// Largest request body in bytes. Default 4 MiB.
+    pub max_request_bytes: usize,
+    /// Largest page a scan may ask for. Default 1000.
+    pub max_scan_limit: usize,
+    /// How long a request may take inside the cluster before it fails. Default 5000 ms.
+    pub request_timeout_ms: u64,
+}
+
+/// Optional settings, as given by flags, environment or file (see the module doc).
+#[derive(Debug, Clone, Default, PartialEq, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// This node's id (1, 2, 3, ...).
+    #[arg(long, env = "CAIRN_ID")]
+    pub id: Option<NodeId>,
+    /// Directory of the node's data.
+    #[arg(long, env = "CAIRN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP API address, e.g. 127.0.0.1:8081.
+    #[arg(long, env = "CAIRN_HTTP")]
+    pub http: Option<SocketAddr>,
+    /// Peer address, e.g. 127.0.0.1:9081.
+    #[arg(long, env = "CAIRN_PEER")]
+    pub peer: Option<SocketAddr>,
+    /// Every node: `1=127.0.0.1:9081,2=127.0.0.1:9082,3=127.0.0.1:9083`.
+    #[arg(long, env = "CAIRN_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// Number of shards (fixed at cluster creation) [default: 8].
+    #[arg(long, env = "CAIRN_SHARDS")]
+    pub shards: Option<u32>,
+    /// Token distinguishing clusters with the same members [default: cairn].
+    #[arg(long, env = "CAIRN_CLUSTER_TOKEN")]
+    pub cluster_token: Option<String>,
+    /// Raft tick length in milliseconds [default: 100].
+    #[arg(long, env = "CAIRN_TICK_MS")]
+    pub tick_ms: Option<u64>,
+    /// Ticks before an election [default: 10].
+    #[arg(long, env = "CAIRN_ELECTION_TICKS")]
+    pub election_ticks: Option<usize>,
+    /// Ticks between heartbeats [default: 2].
+    #[arg(long, env = "CAIRN_HEARTBEAT_TICKS")]
+    pub heartbeat_ticks: Option<usize>,
+    /// Compact a shard's log past this many applied entries [default: 10000].
+    #[arg(long, env = "CAIRN_LOG_COMPACT_ENTRIES")]
+    pub log_compact_entries: Option<u64>,
+    /// Largest key in bytes [default: 4096].
+    #[arg(long, env = "CAIRN_MAX_KEY_BYTES")]
+    pub max_key_bytes: Option<usize>,
+    /// Largest value in bytes [default: 1048576].
+    #[arg(long, env = "CAIRN_MAX_VALUE_BYTES")]
+    pub max_value_bytes: Option<usize>,
+    /// Largest request body in bytes [default: 4194304].
+    #[arg(long, env = "CAIRN_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// Largest scan page [default: 1000].
+    #[arg(long, env = "CAIRN_MAX_SCAN_LIMIT")]
+    pub max_scan_limit: Option<usize>,
+    /// Request deadline inside the cluster in milliseconds [default: 5000].
+    #[arg(long, env = "CAIRN_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+}
+
+macro_rules! merge_fields {
+    ($first:expr, $second:expr, $($field:ident),*) => {
+        Settings { $($field: $first.$field.or($second.$field)),* }
+    };
+}
+
+impl Settings {
+    /// Values set here win; the rest come from `other`.
+    pub fn or(self, other: Settings) -> Settings {
+        merge_fields!(
+            self,
+            other,
+            id,
+            data_dir,
+            http,
+            peer,
+            initial_cluster,
+            shards,
+            cluster_token,
+            tick_ms,
+            election_ticks,
+            heartbeat_ticks,
+            log_compact_entries,
+            max_key_bytes,
+            max_value_bytes,
+            max_request_bytes,
+            max_scan_limit,
+            request_timeout_ms
+        )
+    }
+
+    /// Read a TOML file of settings.
+    pub fn from_file(path: &Path) -> Result<Settings, ServerError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ServerError::Config(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        toml::from_str(&text).map_err(|e| {
+            ServerError::Config(format!("config file {}: {e}", path.display()))
+        })
+    }
+
+    /// Apply defaults and validate.
+    pub fn resolve(self) -> Result<Config, ServerError> {
+        let missing = |what: &str| ServerError::Config(format!("--{what} is required"));
+        let initial_cluster = parse_initial_cluster(
+            self.initial_cluster
+                .as_deref()
+                .ok_or_else(|| missing("initial-cluster"))?,
+        )?;
+        let config = Config {
+            id: self.id.ok_or_else(|| missing("id"))?,
+            data_dir: self.data_dir.ok_or_else(|| missing("data-dir"))?,
+            http: self.http.ok_or_else(|| missing("http"))?,
+            peer: self.peer.ok_or_else(|| missing("peer"))?,
+            initial_cluster,
+            shards: self.shards.unwrap_or(8),
+            cluster_token: self.cluster_token.unwrap_or_else(|| "cairn".into()),
+            tick_ms: self.tick_ms.unwrap_or(100),
+            election_ticks: self.election_ticks.unwrap_or(10),
+            heartbeat_ticks: self.heartbeat_ticks.unwrap_or(2),
+            log_compact_entries: self.log_compact_entries.unwrap_or(10_000),
+            max_key_bytes: self.max_key_bytes.unwrap_or(4096),
+            max_value_bytes: self.max_value_bytes.unwrap_or(1024 * 1024),
+            max_request_bytes: self.max_request_bytes.unwrap_or(4 * 1024 * 1024),
+            max_scan_limit: self.max_scan_limit.unwrap_or(1000),
+            request_timeout_ms: self.request_timeout_ms.unwrap_or(5000),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ServerError> {
+        let fail = |m: String| Err(ServerError::Config(m));
+        if self.id == 0 {
+            return fail("--id must be at least 1".into());
+        }
+        match self.initial_cluster.get(&self.id) {
+            None => {
+                return fail(format!(
+                    "--initial-cluster does not list this node's id {}",
+                    self.id
+                ))
+            }
+            Some(addr) if *addr != self.peer => {
+                return fail(format!(
+                    "--initial-cluster gives node {} the peer address {addr}, but --peer is {}",
+                    self.id, self.peer
+                ))
+            }
+            Some(_) => {}
+        }
+        if self.shards == 0 || self.shards > 4096 {
+            return fail("--shards must be between 1 and 4096".into());
+        }
+        if self.tick_ms == 0 {
+            return fail("--tick-ms must be positive".into());
+        }
+        if self.heartbeat_ticks == 0 || self.election_ticks <= self.heartbeat_ticks {
+            return fail("--election-ticks must exceed --heartbeat-ticks (at least 1)".into());
+        }
+        if self.log_compact_entries == 0 {
+            return fail("--log-compact-entries must be positive".into());
+        }
+        if self.max_key_bytes == 0 || self.max_value_bytes == 0 || self.max_scan_limit == 0 {
+            return fail("size limits must be positive".into());
+        }
+        if self.max_request_bytes < self.max_value_bytes {
+            return fail("--max-request-bytes must be at least --max-value-bytes".into());
+        }
+        if self.request_timeout_ms < self.tick_ms {
+            return fail("--request-timeout-ms must be at least one tick".into());
+        }
+        Ok(())
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.tick_ms)
+    }
+}
+
+/// Parse `1=127.0.0.1:9081,2=127.0.0.1:9082`.
+pub fn parse_initial_cluster(text: &str) -> Result<BTreeMap<NodeId, SocketAddr>, ServerError> {
+    let bad = |m: String| ServerError::Config(format!("--initial-cluster: {m}"));
+    let mut nodes = BTreeMap::new();
+    for member in text.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        let (id, addr) = member
+            .split_once('=')
+            .ok_or_else(|| bad(format!("`{member}` is not ID=HOST:PORT")))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .map_err(|_| bad(format!("`{id}` is not a node id")))?;
+        let addr: SocketAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| bad(format!("`{addr}` is not an IP:PORT address")))?;
+        if id == 0 {
+            return Err(bad("node ids start at 1".into()));
+        }
+        if nodes.insert(id, addr).is_some() {
+            return Err(bad(format!("node {id} is listed twice")));
+        }
+    }
+    if nodes.is_empty() {
+        return Err(bad("no nodes given".into()));
+    }
+    Ok(nodes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Settings {
+        Settings {
+            id: Some(1),
+            data_dir: Some("d".into()),
+            http: Some("127.0.0.1:8081".parse().unwrap()),
+            peer: Some("127.0.0.1:9081".parse().unwrap()),
+            initial_cluster: Some("1=127.0.0.1:9081,2=127.0.0.1:9082".into()),
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn defaults_apply_and_validate() {
+        let c = base().resolve().unwrap();
+        assert_eq!(c.shards, 8);
+        assert_eq!(c.max_key_bytes, 4096);
+        assert_eq!(c.max_value_bytes, 1 << 20);
+        assert_eq!(c.initial_cluster.len(), 2);
+    }
+
+    #[test]
+    fn earlier_source_wins() {
+        let flags = Settings {
+            shards: Some(4),
+            ..Settings::default()
+        };
+        let file: Settings =
+            toml::from_str("shards = 16\nmax_scan_limit = 10\nid = 1").unwrap();
+        let merged = flags.or(file).or(base());
+        let c = merged.resolve().unwrap();
+        assert_eq!(c.shards, 4, "flag beats file");
+        assert_eq!(c.max_scan_limit, 10, "file beats default");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        assert!(toml::from_str::<Settings>("shard = 3").is_err());
+    }
+
+    #[test]
+    fn bad_settings_are_explained() {
+        let err = |s: Settings| s.resolve().unwrap_err().to_string();
+        assert!(err(Settings { id: None, ..base() }).contains("--id"));
+        assert!(err(Settings { id: Some(3), ..base() }).contains("does not list"));
+        assert!(err(Settings {
+            initial_cluster: Some("1=nonsense".into()),
+            ..base()
+        })
+        .contains("not an IP:PORT"));
+        assert!(err(Settings {
+            peer: Some("127.0.0.1:1".parse().unwrap()),
+            ..base()
+        })
+        .contains("--peer"));
+        assert!(err(Settings {
+            shards: Some(0),
+            ..base()
+        })
+        .contains("--shards"));
+    }
+}

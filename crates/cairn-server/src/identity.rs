@@ -1,0 +1,52 @@
+//! Which cluster a data directory belongs to.
+//!
+//! A cluster's id is derived from what every node is started with (the members and
+//! their peer addresses, the shard count and the cluster token), so the nodes agree on
+//! it without talking, as etcd derives its cluster id. The first start records the id
+//! and the node id in the data directory; every later start must match both, so a node
+//! can never join its data to the wrong cluster or impersonate another member.
+
+use cairn_store::{NodeIdentity, NodeStore};
+
+use crate::config::Config;
+use crate::error::ServerError;
+
+/// The cluster id the configuration describes.
+pub fn cluster_id(config: &Config) -> String {
+    let mut spec = format!("cairn/v1;token={};shards={}", config.cluster_token, config.shards);
+    for (id, addr) in &config.initial_cluster {
+        spec.push_str(&format!(";{id}={addr}"));
+    }
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(spec.as_bytes()))
+}
+
+/// Record this node's identity on first start, or check it on every later one.
+pub fn check_or_init(store: &NodeStore, config: &Config) -> Result<NodeIdentity, ServerError> {
+    let expected = NodeIdentity {
+        cluster_id: cluster_id(config),
+        node_id: config.id,
+        shards: config.shards,
+    };
+    let dir = config.data_dir.display();
+    match store.identity()? {
+        None => {
+            store.set_identity(&expected)?;
+            store.flush()?;
+            tracing::info!(cluster_id = %expected.cluster_id, "initialised a new data directory");
+            Ok(expected)
+        }
+        Some(found) if found == expected => Ok(found),
+        Some(found) if found.node_id != expected.node_id => Err(ServerError::Identity(format!(
+            "data directory {dir} belongs to node {}, not node {}; refusing to start",
+            found.node_id, expected.node_id
+        ))),
+        Some(found) if found.shards != expected.shards => Err(ServerError::Identity(format!(
+            "data directory {dir} was created with {} shards, but --shards is {}; the shard count cannot change",
+            found.shards, expected.shards
+        ))),
+        Some(found) => Err(ServerError::Identity(format!(
+            "data directory {dir} belongs to cluster {}, but the configuration (members, addresses, token) describes cluster {}; refusing to start",
+            found.cluster_id, expected.cluster_id
+        ))),
+    }
+}

@@ -1,0 +1,130 @@
+//! One Cairn node: its store, its replicas and its HTTP API, started and stopped as a
+//! unit.
+//!
+//! Shutdown order matters: the HTTP server stops accepting and lets in-flight requests
+//! finish (their replicas are still running), then the replicas stop (failing anything
+//! still queued with `shutting_down`), then the store is flushed.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use cairn_raft::{MultiRaft, RaftConfig};
+use cairn_store::NodeStore;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::error::ServerError;
+use crate::identity;
+use crate::router::Router;
+
+/// A running node.
+pub struct Node {
+    id: u64,
+    http_addr: SocketAddr,
+    raft: Arc<MultiRaft>,
+    store: NodeStore,
+    stop_http: CancellationToken,
+    http: JoinHandle<()>,
+}
+
+impl Node {
+    /// Open the data directory (checking it belongs to this node and cluster), start
+    /// the replicas and serve the HTTP API.
+    pub async fn start(config: Config) -> Result<Node, ServerError> {
+        let store = NodeStore::open(&config.data_dir)?;
+        let identity = identity::check_or_init(&store, &config)?;
+        let raft_config = RaftConfig {
+            node_id: config.id,
+            cluster_id: identity.cluster_id.clone(),
+            shards: config.shards,
+            peers: config.initial_cluster.clone(),
+            listen: config.peer,
+            tick: config.tick(),
+            election_ticks: config.election_ticks,
+            heartbeat_ticks: config.heartbeat_ticks,
+            log_compact_entries: config.log_compact_entries,
+            request_ticks: (config.request_timeout_ms / config.tick_ms).max(1),
+        };
+        let raft = Arc::new(MultiRaft::start(raft_config, store.clone()).await?);
+        let listener = tokio::net::TcpListener::bind(config.http)
+            .await
+            .map_err(|source| ServerError::Io {
+                what: format!("cannot listen for HTTP on {}", config.http),
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| ServerError::Io {
+            what: "HTTP listener".into(),
+            source,
+        })?;
+        let state = Arc::new(ApiState {
+            router: Router::new(raft.clone(), config.shards, config.request_timeout()),
+            cluster_id: identity.cluster_id,
+            metrics: prometheus(),
+            config: config.clone(),
+        });
+        let stop_http = CancellationToken::new();
+        let stop = stop_http.clone();
+        let app = api::app(state);
+        let span = tracing::info_span!("http", node = config.id, %http_addr);
+        let http = tokio::spawn(
+            async move {
+                let serve = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await });
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            }
+            .instrument(span),
+        );
+        tracing::info!(node = config.id, %http_addr, peer = %config.peer, "node started");
+        Ok(Node {
+            id: config.id,
+            http_addr,
+            raft,
+            store,
+            stop_http,
+            http,
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Stop cleanly: HTTP first (in-flight requests finish), then the replicas, then a
+    /// final flush.
+    pub async fn shutdown(self) {
+        self.stop_http.cancel();
+        let _ = self.http.await;
+        match Arc::try_unwrap(self.raft) {
+            Ok(raft) => raft.shutdown().await,
+            Err(_) => tracing::warn!("replicas still referenced at shutdown; dropping them"),
+        }
+        if let Err(e) = self.store.flush() {
+            tracing::error!(error = %e, "final flush failed");
+        }
+        tracing::info!(node = self.id, "node stopped");
+    }
+}
+
+/// The process-wide Prometheus recorder (installed once, shared by every node of a
+/// dev cluster).
+fn prometheus() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .map_err(|e| tracing::warn!(error = %e, "metrics unavailable"))
+                .ok()
+        })
+        .clone()
+}

@@ -1,0 +1,125 @@
+//! Where a request goes: `shard = hash(key) mod N`, then that shard's leader.
+//!
+//! The router sends a request to this node's replica when it leads the shard and over
+//! the peer transport otherwise. A `NotLeader` or `Unavailable` answer means nothing
+//! was changed, so it waits briefly (an election may be under way) and tries again
+//! until the request's deadline; any other answer, including `OutcomeUnknown`, goes
+//! back to the client as it is, because retrying a write whose fate is unknown could
+//! apply it twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_raft::{Consistency, MultiRaft, ShardError, ShardRequest, ShardResponse};
+use cairn_store::{shard_for_key, ShardId, Versioned};
+use tokio::time::Instant;
+
+/// Routes requests of the HTTP API to the shards' leaders.
+pub struct Router {
+    raft: Arc<MultiRaft>,
+    shards: u32,
+    timeout: Duration,
+}
+
+/// One page of a scan across every shard.
+pub struct ScanPage {
+    pub items: Vec<(Vec<u8>, Versioned)>,
+    /// Whether keys may follow the last one of this page.
+    pub more: bool,
+}
+
+impl Router {
+    pub fn new(raft: Arc<MultiRaft>, shards: u32, timeout: Duration) -> Router {
+        Router {
+            raft,
+            shards,
+            timeout,
+        }
+    }
+
+    pub fn shard_of(&self, key: &[u8]) -> ShardId {
+        shard_for_key(key, self.shards)
+    }
+
+    pub fn raft(&self) -> &MultiRaft {
+        &self.raft
+    }
+
+    /// Execute a request on its shard's leader (or locally for stale reads).
+    pub async fn execute(&self, req: ShardRequest) -> Result<ShardResponse, ShardError> {
+        if req.is_stale_read() {
+            return self.raft.local().execute(req).await;
+        }
+        let shard = req.shard();
+        let me = self.raft.local().node_id();
+        let deadline = Instant::now() + self.timeout;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let result = match self.raft.leader_of(shard) {
+                Some(leader) if leader == me => self.raft.local().execute(req.clone()).await,
+                Some(leader) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    self.raft.forward(leader, req.clone(), left).await
+                }
+                None => Err(ShardError::Unavailable {
+                    shard,
+                    reason: "no leader is known (an election may be under way)".into(),
+                }),
+            };
+            match result {
+                Err(e) if e.is_retryable() && Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Live keys under `prefix` after `start_after`, across every shard, in key order.
+    pub async fn scan(
+        &self,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: usize,
+        consistency: Consistency,
+    ) -> Result<ScanPage, ShardError> {
+        let requests = (0..self.shards).map(|shard| {
+            self.execute(ShardRequest::Scan {
+                shard,
+                prefix: prefix.to_vec(),
+                start_after: start_after.map(<[u8]>::to_vec),
+                limit,
+                consistency,
+            })
+        });
+        let mut items = Vec::new();
+        let mut more = false;
+        for answer in futures::future::join_all(requests).await {
+            match answer? {
+                ShardResponse::Items(page) => {
+                    // A full page from one shard may hide keys that sort before
+                    // another shard's last key, so the merged page ends there.
+                    more |= page.len() >= limit;
+                    items.extend(page);
+                }
+                other => return Err(unexpected(other)),
+            }
+        }
+        items.sort_by(|a, b| a.0.cmp(&b.0));
+        if items.len() > limit {
+            items.truncate(limit);
+            more = true;
+        }
+        Ok(ScanPage { items, more })
+    }
+}
+
+/// A shard answered with the wrong kind of response: a bug, reported as such.
+pub fn unexpected(response: ShardResponse) -> ShardError {
+    tracing::error!(?response, "shard answered with an unexpected response kind");
+    ShardError::Storage {
+        shard: 0,
+        reason: "internal error: unexpected response kind".into(),
+    }
+}
