@@ -66,14 +66,18 @@ pub async fn put(
     let key = api.key_from_path(&uri)?;
     Params::parse(&uri, &[])?;
     let condition = precondition(&headers)?;
-    let limit = api.config.max_value_bytes;
-    let value = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        body_error(
-            e,
+    let value = read_body(&api, body).await?;
+    if value.len() > api.config.max_value_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
             "value_too_large",
-            format!("the value exceeds the limit of {limit} bytes (--max-value-bytes)"),
-        )
-    })?;
+            format!(
+                "the value is {} bytes; the limit is {} (--max-value-bytes)",
+                value.len(),
+                api.config.max_value_bytes
+            ),
+        ));
+    }
     let op = WriteOp {
         key,
         kind: OpKind::Put(value.to_vec()),
@@ -180,14 +184,7 @@ pub async fn batch(
     body: Body,
 ) -> Result<Json<WriteResponse>, ApiError> {
     Params::parse(&uri, &[])?;
-    let limit = api.config.max_request_bytes;
-    let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        body_error(
-            e,
-            "request_too_large",
-            format!("the request body exceeds the limit of {limit} bytes (--max-request-bytes)"),
-        )
-    })?;
+    let body = read_body(&api, body).await?;
     let request: BatchRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("bad_json", format!("invalid batch: {e}")))?;
     if request.ops.is_empty() {
@@ -369,14 +366,22 @@ fn etag(version: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
-fn body_error(e: axum::Error, code: &'static str, message: String) -> ApiError {
-    let too_large = std::error::Error::source(&e)
-        .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-    if too_large {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, code, message)
-    } else {
-        ApiError::bad_request("bad_body", format!("could not read the request body: {e}"))
-    }
+/// Read a request body of at most `--max-request-bytes`.
+async fn read_body(api: &ApiState, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    let limit = api.config.max_request_bytes;
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                format!("the request body exceeds the limit of {limit} bytes (--max-request-bytes)"),
+            )
+        } else {
+            ApiError::bad_request("bad_body", format!("could not read the request body: {e}"))
+        }
+    })
 }
 
 /// Decoded query parameters, refusing any the route does not know.
