@@ -42,8 +42,7 @@ impl GroupCommit {
         self.tx
             .send(tx)
             .map_err(|_| "group commit stopped".to_owned())?;
-        rx.recv()
-            .map_err(|_| "group commit stopped".to_owned())?
+        rx.recv().map_err(|_| "group commit stopped".to_owned())?
     }
 }
 

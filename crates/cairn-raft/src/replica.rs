@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_store::{AppliedState, ApplyOutcome, Command, NodeId, NodeStore, RaftLog, ShardId, ShardState};
+use cairn_store::{
+    AppliedState, ApplyOutcome, Command, NodeId, NodeStore, RaftLog, ShardId, ShardState,
+};
 use crossbeam_channel::{select, tick, Receiver};
 use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
@@ -140,9 +142,11 @@ impl Replica {
         let applied = state.applied()?;
         let mut hs = log.hard_state()?;
         if applied.index > log.last_index()? {
-            let mut meta = raft::prelude::SnapshotMetadata::default();
-            meta.index = applied.index;
-            meta.term = applied.term;
+            let mut meta = raft::prelude::SnapshotMetadata {
+                index: applied.index,
+                term: applied.term,
+                ..Default::default()
+            };
             meta.set_conf_state(raft::Storage::initial_state(&log)?.conf_state);
             log.apply_snapshot_metadata(&meta)?;
             hs = log.hard_state()?;
@@ -508,7 +512,12 @@ impl Replica {
             .map_err(|e| e.to_string())?;
             self.gauges.applied.store(index, Ordering::Relaxed);
 
-            let id = entry.context.as_ref().try_into().ok().map(u64::from_be_bytes);
+            let id = entry
+                .context
+                .as_ref()
+                .try_into()
+                .ok()
+                .map(u64::from_be_bytes);
             if let Some(w) = id.and_then(|id| self.writes.remove(&id)) {
                 let _ = w.reply.send(Ok(outcome));
             }
@@ -553,7 +562,12 @@ impl Replica {
         self.gauges
             .snapshots_installed
             .fetch_add(1, Ordering::Relaxed);
-        tracing::info!(index = meta.index, term = meta.term, versions = staged, "installed raft snapshot");
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            versions = staged,
+            "installed raft snapshot"
+        );
         Ok(())
     }
 
@@ -579,7 +593,10 @@ impl Replica {
         for msg in msgs {
             if msg.msg_type == MessageType::MsgSnapshot {
                 let to = msg.to;
-                if !self.transport.send_snapshot(self.shard, msg, self.state.clone()) {
+                if !self
+                    .transport
+                    .send_snapshot(self.shard, msg, self.state.clone())
+                {
                     self.raw.report_snapshot(to, SnapshotStatus::Failure);
                 }
             } else if !self.transport.send_raft(self.shard, msg) {
@@ -618,7 +635,11 @@ impl PendingReads {
 /// step; continuing could apply a command twice or ack an unsynced write. Stop the
 /// process and let a restart recover from disk.
 fn fatal(shard: ShardId, error: &str) -> ! {
-    tracing::error!(shard, error, "fatal storage error in the raft loop; aborting");
+    tracing::error!(
+        shard,
+        error,
+        "fatal storage error in the raft loop; aborting"
+    );
     eprintln!("cairn: fatal storage error on shard {shard}: {error}");
     std::process::abort();
 }

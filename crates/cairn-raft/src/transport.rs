@@ -48,6 +48,8 @@ const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 const PEER_QUEUE: usize = 8192;
 
 type CallResult = Result<ShardResponse, ShardError>;
+/// A shard's versions at a snapshot index, as raw tree pairs.
+type Versions = Box<dyn Iterator<Item = cairn_store::Result<(Vec<u8>, Vec<u8>)>> + Send>;
 
 /// One frame on a peer connection.
 #[derive(Debug, Serialize, Deserialize)]
@@ -518,8 +520,7 @@ impl Transport {
         let mut framed = connect(addr, self.hello())
             .await
             .map_err(|e| e.to_string())?;
-        let mut versions: Box<dyn Iterator<Item = cairn_store::Result<(Vec<u8>, Vec<u8>)>> + Send> =
-            Box::new(state.export(upto));
+        let mut versions: Versions = Box::new(state.export(upto));
         let mut sent = 0usize;
         loop {
             // Reading the tree is blocking work: keep it off the async workers.
@@ -549,7 +550,10 @@ impl Transport {
             }
             sent += chunk.len();
             framed
-                .send(encode(&Frame::SnapshotChunk { shard, pairs: chunk })?)
+                .send(encode(&Frame::SnapshotChunk {
+                    shard,
+                    pairs: chunk,
+                })?)
                 .await
                 .map_err(|e| e.to_string())?;
         }

@@ -12,7 +12,10 @@ use cairn_client::Client;
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// Comma-separated HTTP addresses of the nodes.
-    #[arg(long, default_value = "http://127.0.0.1:8081,http://127.0.0.1:8082,http://127.0.0.1:8083")]
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:8081,http://127.0.0.1:8082,http://127.0.0.1:8083"
+    )]
     endpoints: String,
     /// Concurrent clients.
     #[arg(long, default_value_t = 64)]
@@ -38,7 +41,10 @@ struct Phase {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let endpoints: Vec<String> = args.endpoints.split(',').map(str::to_owned).collect();
     anyhow::ensure!(!endpoints.is_empty(), "no endpoints");
-    anyhow::ensure!(args.keys > 0 && args.concurrency > 0, "keys and concurrency must be positive");
+    anyhow::ensure!(
+        args.keys > 0 && args.concurrency > 0,
+        "keys and concurrency must be positive"
+    );
     let value = Arc::new(vec![b'x'; args.value_size]);
     println!(
         "cairn bench: {} clients over {} endpoints, {} keys, {} B values, {} s per phase",
@@ -106,8 +112,13 @@ async fn phase(args: &BenchArgs, endpoints: &[String], value: Arc<Vec<u8>>, writ
 fn report(name: &str, mut phase: Phase) {
     phase.latencies.sort_unstable();
     let pct = |p: f64| {
-        let i = ((phase.latencies.len() as f64 * p) as usize).min(phase.latencies.len().saturating_sub(1));
-        phase.latencies.get(i).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
+        let i = ((phase.latencies.len() as f64 * p) as usize)
+            .min(phase.latencies.len().saturating_sub(1));
+        phase
+            .latencies
+            .get(i)
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0)
     };
     println!(
         "{name:>6}: {:>9.0} ops/s  ({} ok, {} errors in {:.1} s)  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",

@@ -7,7 +7,12 @@ use std::io::Write as _;
 #[derive(Debug, clap::Args)]
 pub struct Endpoint {
     /// HTTP address of any node.
-    #[arg(long, global = true, env = "CAIRN_ENDPOINT", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_ENDPOINT",
+        default_value = "http://127.0.0.1:8081"
+    )]
     endpoint: String,
 }
 
@@ -88,7 +93,9 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
             println!("version {version}");
         }
         ClientCommand::Delete { key, endpoint } => {
-            let r = Client::new(endpoint.endpoint).delete(key.as_bytes()).await?;
+            let r = Client::new(endpoint.endpoint)
+                .delete(key.as_bytes())
+                .await?;
             println!("deleted {} (version {})", r.deleted, r.version);
         }
         ClientCommand::Scan { prefix, endpoint } => {

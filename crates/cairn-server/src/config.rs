@@ -143,9 +143,8 @@ impl Settings {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ServerError::Config(format!("cannot read config file {}: {e}", path.display()))
         })?;
-        toml::from_str(&text).map_err(|e| {
-            ServerError::Config(format!("config file {}: {e}", path.display()))
-        })
+        toml::from_str(&text)
+            .map_err(|e| ServerError::Config(format!("config file {}: {e}", path.display())))
     }
 
     /// Apply defaults and validate.
@@ -292,8 +291,7 @@ mod tests {
             shards: Some(4),
             ..Settings::default()
         };
-        let file: Settings =
-            toml::from_str("shards = 16\nmax_scan_limit = 10\nid = 1").unwrap();
+        let file: Settings = toml::from_str("shards = 16\nmax_scan_limit = 10\nid = 1").unwrap();
         let merged = flags.or(file).or(base());
         let c = merged.resolve().unwrap();
         assert_eq!(c.shards, 4, "flag beats file");
@@ -309,7 +307,11 @@ mod tests {
     fn bad_settings_are_explained() {
         let err = |s: Settings| s.resolve().unwrap_err().to_string();
         assert!(err(Settings { id: None, ..base() }).contains("--id"));
-        assert!(err(Settings { id: Some(3), ..base() }).contains("does not list"));
+        assert!(err(Settings {
+            id: Some(3),
+            ..base()
+        })
+        .contains("does not list"));
         assert!(err(Settings {
             initial_cluster: Some("1=nonsense".into()),
             ..base()

@@ -13,7 +13,10 @@ use crate::error::ServerError;
 
 /// The cluster id the configuration describes.
 pub fn cluster_id(config: &Config) -> String {
-    let mut spec = format!("cairn/v1;token={};shards={}", config.cluster_token, config.shards);
+    let mut spec = format!(
+        "cairn/v1;token={};shards={}",
+        config.cluster_token, config.shards
+    );
     for (id, addr) in &config.initial_cluster {
         spec.push_str(&format!(";{id}={addr}"));
     }

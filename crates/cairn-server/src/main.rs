@@ -12,7 +12,11 @@ mod bench;
 mod client;
 
 #[derive(Parser)]
-#[command(name = "cairn", version, about = "A sharded, replicated key-value store")]
+#[command(
+    name = "cairn",
+    version,
+    about = "A sharded, replicated key-value store"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,7 +30,7 @@ enum Command {
         #[arg(long, env = "CAIRN_CONFIG")]
         config: Option<PathBuf>,
         #[command(flatten)]
-        settings: Settings,
+        settings: Box<Settings>,
     },
     /// Run a local three-node cluster in this process.
     Dev(DevArgs),
@@ -52,7 +56,7 @@ fn main() -> anyhow::Result<()> {
             Command::Server { config, settings } => {
                 let settings = match config {
                     Some(path) => settings.or(Settings::from_file(&path)?),
-                    None => settings,
+                    None => *settings,
                 };
                 let node = Node::start(settings.resolve()?).await?;
                 shutdown_signal().await;

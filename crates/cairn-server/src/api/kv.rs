@@ -42,7 +42,10 @@ pub async fn get(State(api): Shared, uri: Uri) -> Result<Response, ApiError> {
     match answer {
         ShardResponse::Value(Some(v)) => Ok((
             [
-                (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                ),
                 (header::ETAG, etag(v.version)),
             ],
             v.value,
@@ -124,7 +127,10 @@ pub async fn scan(State(api): Shared, uri: Uri) -> Result<Json<ScanResponse>, Ap
     )?;
     let prefix = params.bytes("prefix").unwrap_or_default();
     let start_after = params.bytes("start_after");
-    for (name, key) in [("prefix", Some(&prefix)), ("start_after", start_after.as_ref())] {
+    for (name, key) in [
+        ("prefix", Some(&prefix)),
+        ("start_after", start_after.as_ref()),
+    ] {
         if key.is_some_and(|k| k.len() > api.config.max_key_bytes) {
             return Err(ApiError::bad_request(
                 "key_too_large",
@@ -207,7 +213,9 @@ pub async fn batch(
             .map_err(|e| ApiError::new(e.status, e.code, format!("op {i}: {}", e.message)))?;
         let has_value = op.value.is_some() || op.value_b64.is_some();
         let kind = match op.op {
-            BatchOpKind::Put if !has_value => return Err(bad("a put needs `value` or `value_b64`")),
+            BatchOpKind::Put if !has_value => {
+                return Err(bad("a put needs `value` or `value_b64`"))
+            }
             BatchOpKind::Put => {
                 let value = bytes(&op.value, &op.value_b64, "value")?;
                 if value.len() > api.config.max_value_bytes {
@@ -376,7 +384,9 @@ async fn read_body(api: &ApiState, body: Body) -> Result<axum::body::Bytes, ApiE
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request_too_large",
-                format!("the request body exceeds the limit of {limit} bytes (--max-request-bytes)"),
+                format!(
+                    "the request body exceeds the limit of {limit} bytes (--max-request-bytes)"
+                ),
             )
         } else {
             ApiError::bad_request("bad_body", format!("could not read the request body: {e}"))
@@ -406,7 +416,10 @@ impl Params {
     }
 
     fn bytes(&self, name: &str) -> Option<Vec<u8>> {
-        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
     }
 
     fn text(&self, name: &str) -> Result<Option<String>, ApiError> {

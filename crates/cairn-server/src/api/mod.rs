@@ -36,8 +36,14 @@ pub struct ApiState {
 pub fn app(state: Arc<ApiState>) -> axum::Router {
     axum::Router::new()
         .route("/v1/kv", get(kv::scan))
-        .route("/v1/kv/", get(kv::empty_key).put(kv::empty_key).delete(kv::empty_key))
-        .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route(
+            "/v1/kv/",
+            get(kv::empty_key).put(kv::empty_key).delete(kv::empty_key),
+        )
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
         .route("/v1/batch", post(kv::batch))
         .route("/v1/cluster", get(cluster::status))
         .route("/health", get(cluster::health))
