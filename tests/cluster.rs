@@ -382,6 +382,33 @@ async fn whole_cluster_sigkill_keeps_acknowledged_writes() {
         expected.insert(key, b"batched".to_vec());
     }
 
+    // Without a majority, a node stops claiming readiness.
+    cluster.kill(2).await;
+    cluster.kill(3).await;
+    let ready = format!("http://{}/ready", cluster.http_addr(1));
+    eventually(
+        "node 1 alone reports 503 not_ready",
+        Duration::from_secs(20),
+        || {
+            let ready = ready.clone();
+            async move {
+                let resp = reqwest::get(&ready).await.map_err(|e| e.to_string())?;
+                let status = resp.status().as_u16();
+                let body = resp.text().await.map_err(|e| e.to_string())?;
+                let code = serde_json::from_str::<cairn_client::api::ErrorBody>(&body)
+                    .map(|b| b.error.code)
+                    .unwrap_or_default();
+                if status == 503 && code == "not_ready" {
+                    Ok(())
+                } else {
+                    Err(format!("{status} {body}"))
+                }
+            }
+        },
+    )
+    .await;
+    assert!(!cluster.client(1).ready().await.expect("GET /ready"));
+
     cluster.restart_all().await;
 
     for node in cluster.ids() {
@@ -506,61 +533,47 @@ async fn foreign_data_dir_is_refused() {
     // Node 1's configuration, exactly, but node 3's data dir.
     let node3_dir = cluster.data_dir(3);
     let mut args = cluster.node_args(1);
-    let at = args
-        .iter()
-        .position(|a| a == "--data-dir")
-        .expect("--data-dir")
-        + 1;
-    args[at] = node3_dir.display().to_string();
+    set_arg(&mut args, "--data-dir", &node3_dir.display().to_string());
     let (status, stderr) = run_to_exit(&args).await;
     assert!(
         !status.success(),
         "node 1 started on node 3's data dir; stderr:\n{stderr}"
     );
+    assert_names_data_dir(&stderr, &node3_dir.display().to_string());
     let lower = stderr.to_lowercase();
-    let names_node_id = ["node id", "node_id", "node-id"]
-        .iter()
-        .any(|s| lower.contains(s));
-    let names_data_dir = ["data dir", "data_dir", "data-dir"]
-        .iter()
-        .any(|s| lower.contains(s))
-        || stderr.contains(&node3_dir.display().to_string());
     assert!(
-        names_node_id || names_data_dir,
-        "stderr mentions neither the node id nor the data dir:\n{stderr}"
+        ["node id", "node_id", "node-id", "node 3"]
+            .iter()
+            .any(|s| lower.contains(s)),
+        "stderr does not name the node id mismatch:\n{stderr}"
     );
 
-    // Node 3's own configuration but another cluster (different shard count).
-    let mut args = cluster.node_args(3);
-    let at = args.iter().position(|a| a == "--shards").expect("--shards") + 1;
-    args[at] = "4".into();
-    let (status, stderr) = run_to_exit(&args).await;
-    assert!(
-        !status.success(),
-        "node 3 started as a member of another cluster; stderr:\n{stderr}"
+    // Node 3's own configuration, but another cluster: another shard count, or
+    // other members.
+    let node3 = cluster.node_args(3);
+    let mut other_shards = node3.clone();
+    set_arg(&mut other_shards, "--shards", "4");
+    let mut other_members = node3.clone();
+    set_arg(
+        &mut other_members,
+        "--initial-cluster",
+        &format!("3={}", cluster.peer_addr(3)),
     );
-    assert!(
-        stderr.to_lowercase().contains("cluster"),
-        "stderr does not mention the cluster mismatch:\n{stderr}"
-    );
-
-    // Another cluster by membership.
-    let mut args = cluster.node_args(3);
-    let at = args
-        .iter()
-        .position(|a| a == "--initial-cluster")
-        .expect("--initial-cluster")
-        + 1;
-    args[at] = format!("3={}", cluster.peer_addr(3));
-    let (status, stderr) = run_to_exit(&args).await;
-    assert!(
-        !status.success(),
-        "node 3 started as a member of another cluster; stderr:\n{stderr}"
-    );
-    assert!(
-        stderr.to_lowercase().contains("cluster"),
-        "stderr does not mention the cluster mismatch:\n{stderr}"
-    );
+    for (what, args, word) in [
+        ("another shard count", other_shards, "shard"),
+        ("other members", other_members, "cluster"),
+    ] {
+        let (status, stderr) = run_to_exit(&args).await;
+        assert!(
+            !status.success(),
+            "node 3 started on its data dir with {what}; stderr:\n{stderr}"
+        );
+        assert_names_data_dir(&stderr, &node3_dir.display().to_string());
+        assert!(
+            stderr.to_lowercase().contains(word),
+            "stderr does not explain the mismatch ({what}):\n{stderr}"
+        );
+    }
 
     // The rightful owners still start on their own data.
     cluster.restart_all().await;
@@ -571,6 +584,26 @@ async fn foreign_data_dir_is_refused() {
         .unwrap()
         .map(|g| g.value);
     assert_eq!(got.as_deref(), Some(&b"node data"[..]));
+}
+
+fn set_arg(args: &mut [String], flag: &str, value: &str) {
+    let at = args
+        .iter()
+        .position(|a| a == flag)
+        .unwrap_or_else(|| panic!("{flag} in {args:?}"));
+    args[at + 1] = value.to_owned();
+}
+
+#[track_caller]
+fn assert_names_data_dir(stderr: &str, dir: &str) {
+    let lower = stderr.to_lowercase();
+    assert!(
+        ["data dir", "data_dir", "data-dir"]
+            .iter()
+            .any(|s| lower.contains(s))
+            || stderr.contains(dir),
+        "stderr does not name the data dir:\n{stderr}"
+    );
 }
 
 /// Runs `cairn` with `args` until it exits (at most 20 s, then SIGKILL and panic).
