@@ -1,0 +1,214 @@
+//! Three multi-raft hosts in one process, talking over real loopback TCP with fast
+//! ticks: replication, the NotLeader contract, failover and catch-up after a restart.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cairn_raft::{Consistency, MultiRaft, RaftConfig, ShardError, ShardRequest, ShardResponse};
+use cairn_store::{ApplyOutcome, Command, Condition, NodeStore, OpKind, WriteOp};
+
+const SHARDS: u32 = 3;
+
+fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+struct TestCluster {
+    dir: tempfile::TempDir,
+    peers: BTreeMap<u64, SocketAddr>,
+    hosts: BTreeMap<u64, MultiRaft>,
+}
+
+impl TestCluster {
+    async fn start() -> TestCluster {
+        let peers: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, free_addr())).collect();
+        let mut cluster = TestCluster {
+            dir: tempfile::tempdir().expect("tempdir"),
+            peers,
+            hosts: BTreeMap::new(),
+        };
+        for id in 1..=3 {
+            cluster.start_host(id).await;
+        }
+        cluster
+    }
+
+    async fn start_host(&mut self, id: u64) {
+        let store = NodeStore::open(&self.dir.path().join(format!("n{id}"))).expect("store");
+        let config = RaftConfig {
+            node_id: id,
+            cluster_id: "test".into(),
+            shards: SHARDS,
+            peers: self.peers.clone(),
+            listen: self.peers[&id],
+            tick: Duration::from_millis(20),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            log_compact_entries: 20,
+            request_ticks: 100,
+        };
+        let host = MultiRaft::start(config, store).await.expect("start");
+        self.hosts.insert(id, host);
+    }
+
+    async fn stop_host(&mut self, id: u64) {
+        if let Some(host) = self.hosts.remove(&id) {
+            host.shutdown().await;
+        }
+    }
+
+    /// Wait until every running host agrees on a leader for `shard` that is running.
+    async fn leader(&self, shard: u32) -> u64 {
+        for _ in 0..500 {
+            let seen: Vec<Option<u64>> = self.hosts.values().map(|h| h.leader_of(shard)).collect();
+            if let Some(Some(leader)) = seen.first() {
+                if self.hosts.contains_key(leader) && seen.iter().all(|l| l == &Some(*leader)) {
+                    return *leader;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no agreed leader for shard {shard}");
+    }
+
+    async fn put(&self, shard: u32, key: &str, value: &str) -> u64 {
+        let leader = self.leader(shard).await;
+        let request = ShardRequest::Write {
+            shard,
+            command: Command::Batch(vec![WriteOp {
+                key: key.as_bytes().to_vec(),
+                kind: OpKind::Put(value.as_bytes().to_vec()),
+                condition: Condition::Always,
+            }]),
+        };
+        match self.hosts[&leader].local().execute(request).await {
+            Ok(ShardResponse::Written(ApplyOutcome::Applied { version, .. })) => version,
+            other => panic!("put {key}: {other:?}"),
+        }
+    }
+
+    async fn get(
+        &self,
+        host: u64,
+        shard: u32,
+        key: &str,
+        consistency: Consistency,
+    ) -> Result<Option<Vec<u8>>, ShardError> {
+        let request = ShardRequest::Get {
+            shard,
+            key: key.as_bytes().to_vec(),
+            consistency,
+        };
+        match self.hosts[&host].local().execute(request).await? {
+            ShardResponse::Value(v) => Ok(v.map(|v| v.value)),
+            other => panic!("get answered {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_replicate_and_followers_refuse_with_a_leader_hint() {
+    let cluster = TestCluster::start().await;
+    for shard in 0..SHARDS {
+        let version = cluster.put(shard, &format!("k{shard}"), "v").await;
+        assert!(version > 0);
+        let leader = cluster.leader(shard).await;
+        assert_eq!(
+            cluster
+                .get(
+                    leader,
+                    shard,
+                    &format!("k{shard}"),
+                    Consistency::Linearizable
+                )
+                .await,
+            Ok(Some(b"v".to_vec()))
+        );
+        for (&id, _) in cluster.hosts.iter().filter(|(&id, _)| id != leader) {
+            // A follower refuses linearizable work and names the leader...
+            let refused = cluster
+                .get(id, shard, &format!("k{shard}"), Consistency::Linearizable)
+                .await;
+            assert_eq!(
+                refused,
+                Err(ShardError::NotLeader {
+                    shard,
+                    leader: Some(leader)
+                })
+            );
+            // ...and its own replica converges (stale reads are local).
+            let mut converged = false;
+            for _ in 0..200 {
+                if cluster
+                    .get(id, shard, &format!("k{shard}"), Consistency::Stale)
+                    .await
+                    == Ok(Some(b"v".to_vec()))
+                {
+                    converged = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(
+                converged,
+                "follower {id} never applied shard {shard}'s write"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_takes_over_and_a_restarted_host_catches_up_by_snapshot() {
+    let mut cluster = TestCluster::start().await;
+    let shard = 0;
+    let old_leader = cluster.leader(shard).await;
+    cluster.put(shard, "before", "1").await;
+    cluster.stop_host(old_leader).await;
+
+    // The survivors elect a new leader and keep accepting writes; enough of them
+    // that the log is compacted past what the stopped host has.
+    let new_leader = cluster.leader(shard).await;
+    assert_ne!(new_leader, old_leader);
+    for i in 0..60 {
+        cluster.put(shard, &format!("after/{i}"), "2").await;
+    }
+    let first_index = cluster.hosts[&new_leader]
+        .status(shard)
+        .expect("status")
+        .first_index;
+    assert!(
+        first_index > 2,
+        "the log was not compacted (first index {first_index})"
+    );
+
+    cluster.start_host(old_leader).await;
+    let mut caught_up = false;
+    for _ in 0..500 {
+        let value = cluster
+            .get(old_leader, shard, "after/59", Consistency::Stale)
+            .await;
+        if value == Ok(Some(b"2".to_vec())) {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(caught_up, "the restarted host never caught up");
+    let status = cluster.hosts[&old_leader].status(shard).expect("status");
+    assert!(
+        status.snapshots_installed >= 1,
+        "caught up without a snapshot although the log was compacted: {status:?}"
+    );
+    assert_eq!(
+        cluster
+            .get(old_leader, shard, "before", Consistency::Stale)
+            .await,
+        Ok(Some(b"1".to_vec())),
+        "the snapshot lost data written before the restart"
+    );
+    for id in [1, 2, 3] {
+        cluster.stop_host(id).await;
+    }
+}
