@@ -27,12 +27,16 @@ fn mvcc(c: &mut Criterion) {
     let mut index = 0;
     for i in 0..n {
         index += 1;
-        state.apply(index, 1, Some(&put(&key(i), &value))).expect("apply");
+        state
+            .apply(index, 1, Some(&put(&key(i), &value)))
+            .expect("apply");
     }
     // A second version of every key, so reads at the first version skip one.
     for i in 0..n {
         index += 1;
-        state.apply(index, 1, Some(&put(&key(i), &value))).expect("apply");
+        state
+            .apply(index, 1, Some(&put(&key(i), &value)))
+            .expect("apply");
     }
 
     let mut group = c.benchmark_group("mvcc");
