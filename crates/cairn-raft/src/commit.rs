@@ -50,7 +50,9 @@ fn run(store: NodeStore, rx: Receiver<Waiter>) {
     while let Ok(first) = rx.recv() {
         let mut waiters = vec![first];
         waiters.extend(rx.try_iter());
+        let started = std::time::Instant::now();
         let result = store.flush().map_err(|e| e.to_string());
+        metrics::histogram!("cairn_fsync_seconds").record(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
             tracing::error!(error = %e, "fsync failed");
         }
