@@ -226,7 +226,7 @@ impl Replica {
                 let _ = done.send(());
             }
         }
-        self.fail_all(|| ShardError::ShuttingDown);
+        self.fail_pending(|| ShardError::ShuttingDown, || ShardError::ShuttingDown);
         tracing::debug!("replica stopped");
     }
 
@@ -431,27 +431,16 @@ impl Replica {
         if self.role == StateRole::Leader && role != StateRole::Leader {
             let shard = self.shard;
             let hint = (leader != 0).then_some(leader);
-            for (_, w) in self.writes.drain() {
-                let _ = w.reply.send(Err(ShardError::OutcomeUnknown {
+            self.fail_pending(
+                || ShardError::OutcomeUnknown {
                     shard,
                     reason: "leadership lost before the write was applied".into(),
-                }));
-            }
-            let not_leader = || ShardError::NotLeader {
-                shard,
-                leader: hint,
-            };
-            for reply in self.reads_unissued.drain(..) {
-                let _ = reply.send(Err(not_leader()));
-            }
-            for (_, r) in self.reads_inflight.drain() {
-                r.fail(not_leader());
-            }
-            for (_, batch) in std::mem::take(&mut self.reads_confirmed) {
-                for r in batch {
-                    r.fail(not_leader());
-                }
-            }
+                },
+                || ShardError::NotLeader {
+                    shard,
+                    leader: hint,
+                },
+            );
         }
         if role == StateRole::Leader && self.role != StateRole::Leader {
             tracing::info!(term = self.raw.raft.term, "became leader");
@@ -605,19 +594,25 @@ impl Replica {
         }
     }
 
-    fn fail_all(&mut self, err: impl Fn() -> ShardError) {
+    /// Answer every write and read this replica holds: writes with `write_err`, reads
+    /// with `read_err`.
+    fn fail_pending(
+        &mut self,
+        write_err: impl Fn() -> ShardError,
+        read_err: impl Fn() -> ShardError,
+    ) {
         for (_, w) in self.writes.drain() {
-            let _ = w.reply.send(Err(err()));
+            let _ = w.reply.send(Err(write_err()));
         }
         for reply in self.reads_unissued.drain(..) {
-            let _ = reply.send(Err(err()));
+            let _ = reply.send(Err(read_err()));
         }
         for (_, r) in self.reads_inflight.drain() {
-            r.fail(err());
+            r.fail(read_err());
         }
         for (_, batch) in std::mem::take(&mut self.reads_confirmed) {
             for r in batch {
-                r.fail(err());
+                r.fail(read_err());
             }
         }
     }

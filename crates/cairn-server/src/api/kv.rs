@@ -70,17 +70,7 @@ pub async fn put(
     Params::parse(&uri, &[])?;
     let condition = precondition(&headers)?;
     let value = read_body(&api, body).await?;
-    if value.len() > api.config.max_value_bytes {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "value_too_large",
-            format!(
-                "the value is {} bytes; the limit is {} (--max-value-bytes)",
-                value.len(),
-                api.config.max_value_bytes
-            ),
-        ));
-    }
+    api.check_value(&value)?;
     let op = WriteOp {
         key,
         kind: OpKind::Put(value.to_vec()),
@@ -209,8 +199,7 @@ pub async fn batch(
             return Err(bad("`key` or `key_b64` is required"));
         }
         let key = bytes(&op.key, &op.key_b64, "key")?;
-        api.check_key(&key)
-            .map_err(|e| ApiError::new(e.status, e.code, format!("op {i}: {}", e.message)))?;
+        api.check_key(&key).map_err(|e| e.in_op(i))?;
         let has_value = op.value.is_some() || op.value_b64.is_some();
         let kind = match op.op {
             BatchOpKind::Put if !has_value => {
@@ -218,16 +207,9 @@ pub async fn batch(
             }
             BatchOpKind::Put => {
                 let value = bytes(&op.value, &op.value_b64, "value")?;
-                if value.len() > api.config.max_value_bytes {
-                    return Err(ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "value_too_large",
-                        format!(
-                            "op {i}: the value exceeds the limit of {} bytes",
-                            api.config.max_value_bytes
-                        ),
-                    ));
-                }
+                api.check_value(&value).map_err(|e| {
+                    ApiError::new(e.status, e.code, format!("op {i}: {}", e.message))
+                })?;
                 OpKind::Put(value)
             }
             BatchOpKind::Delete if has_value => return Err(bad("a delete takes no value")),
@@ -265,6 +247,21 @@ impl ApiState {
         })?;
         self.check_key(&key)?;
         Ok(key)
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<(), ApiError> {
+        if value.len() > self.config.max_value_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "value_too_large",
+                format!(
+                    "the value is {} bytes; the limit is {} (--max-value-bytes)",
+                    value.len(),
+                    self.config.max_value_bytes
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn check_key(&self, key: &[u8]) -> Result<(), ApiError> {

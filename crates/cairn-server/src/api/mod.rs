@@ -88,6 +88,14 @@ impl ApiError {
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
+
+    /// The same error, said of op `i` of a batch.
+    pub fn in_op(self, i: usize) -> ApiError {
+        ApiError {
+            message: format!("op {i}: {}", self.message),
+            ..self
+        }
+    }
 }
 
 impl IntoResponse for ApiError {

@@ -5,16 +5,6 @@
 //! through, so a client's encoding bug cannot silently write to the wrong key. `+` is a
 //! literal plus, not a space (clients encode a space as `%20`).
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
-
-/// Bytes left as they are when a key is put into a URL: RFC 3986 unreserved and `/`.
-const KEY_SET: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~')
-    .remove(b'/');
-
 /// Why a URL component could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadEncoding {
@@ -42,9 +32,10 @@ pub fn decode(text: &str) -> Result<Vec<u8>, BadEncoding> {
     Ok(out)
 }
 
-/// Percent-encode a key for a path or query (the inverse of [`decode`]).
+/// Percent-encode a key for a query string (the inverse of [`decode`]); the client's
+/// encoder, so what the server hands out is exactly what clients send.
 pub fn encode(key: &[u8]) -> String {
-    percent_encoding::percent_encode(key, KEY_SET).to_string()
+    cairn_client::encode_query(key)
 }
 
 /// Split a raw query string into decoded `(name, value)` pairs.
