@@ -19,6 +19,12 @@ pub enum Command {
     /// Conditional writes applied atomically at one version (the entry's log index):
     /// all of them or, if any condition fails, none.
     Batch(Vec<WriteOp>),
+    /// A snapshot's marker: the entry's log index becomes this shard's cut for `epoch`
+    /// and opens its alignment hold. A repeated marker of the same epoch changes
+    /// nothing and reports the first one's cut.
+    Marker { epoch: u64 },
+    /// Ends `epoch`'s alignment hold (the snapshot completed or aborted).
+    Release { epoch: u64 },
 }
 
 /// One write of a batch.

@@ -26,6 +26,7 @@
 //! [`StoreError::Corrupt`] naming the record, never a panic and never a served guess.
 
 mod command;
+pub mod cut;
 mod error;
 pub mod keys;
 mod raft_log;
@@ -37,6 +38,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use command::{Command, Condition, OpKind, WriteOp};
+pub use cut::Cut;
 pub use error::{Result, StoreError};
 pub use raft_log::RaftLog;
 pub use stage::SnapshotStage;

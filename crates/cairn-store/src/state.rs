@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, OpKind};
+use crate::cut::{self, Cut};
 use crate::error::{Result, StoreError};
 use crate::keys;
 use crate::stage::SnapshotStage;
@@ -46,6 +47,11 @@ pub enum ApplyOutcome {
         /// Live version of that op's key before the batch (`None` if absent).
         current: Option<u64>,
     },
+    /// A marker was applied; `cut` is this shard's cut for the epoch (the first
+    /// marker's index if the epoch was already marked, 0 if it was already released).
+    Marked { cut: u64 },
+    /// A release was applied.
+    Released,
 }
 
 /// The last log entry applied to a shard's state machine.
@@ -200,6 +206,38 @@ impl ShardState {
                         .collect(),
                 }
             }
+            Some(Command::Marker { epoch }) => match self.cut(*epoch)? {
+                Some(existing) => ApplyOutcome::Marked {
+                    cut: existing.index,
+                },
+                None => {
+                    let new = Cut {
+                        epoch: *epoch,
+                        index,
+                        released_at: None,
+                    };
+                    batch.insert(&cut::encode_key(*epoch)[..], &cut::encode_value(&new)[..]);
+                    ApplyOutcome::Marked { cut: index }
+                }
+            },
+            Some(Command::Release { epoch }) => {
+                let record = match self.cut(*epoch)? {
+                    Some(c) if c.released_at.is_some() => None,
+                    Some(c) => Some(Cut {
+                        released_at: Some(index),
+                        ..c
+                    }),
+                    None => Some(Cut {
+                        epoch: *epoch,
+                        index: 0,
+                        released_at: Some(index),
+                    }),
+                };
+                if let Some(c) = record {
+                    batch.insert(&cut::encode_key(*epoch)[..], &cut::encode_value(&c)[..]);
+                }
+                ApplyOutcome::Released
+            }
         };
         self.tree.apply_batch(batch)?;
         Ok(outcome)
@@ -294,11 +332,53 @@ impl ShardState {
     /// Versions <= the applied index never change, so the result is exact even while
     /// `apply` continues; `upto` above the applied index gives whatever is applied by
     /// the time the iterator gets there.
+    /// This shard's record of `epoch`, if its marker or release was applied.
+    pub fn cut(&self, epoch: u64) -> Result<Option<Cut>> {
+        self.tree
+            .get(cut::encode_key(epoch))?
+            .map(|v| cut::decode(&cut::encode_key(epoch), &v))
+            .transpose()
+    }
+
+    /// Every epoch recorded here, oldest first.
+    pub fn cuts(&self) -> Result<Vec<Cut>> {
+        self.tree
+            .scan_prefix([cut::CUT_PREFIX])
+            .map(|item| {
+                let (k, v) = item?;
+                cut::decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// Epochs whose alignment hold is in force (marker applied, release not yet).
+    pub fn open_cuts(&self) -> Result<Vec<Cut>> {
+        Ok(self.cuts()?.into_iter().filter(Cut::is_open).collect())
+    }
+
     pub fn export(
         &self,
         upto: u64,
     ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + Send + 'static {
-        self.tree
+        let cuts = self
+            .tree
+            .scan_prefix([cut::CUT_PREFIX])
+            .filter_map(move |item| {
+                let record = item
+                    .map_err(StoreError::from)
+                    .and_then(|(k, v)| cut::decode(&k, &v));
+                match record {
+                    Ok(c) => c.as_of(upto).map(|c| {
+                        Ok((
+                            cut::encode_key(c.epoch).to_vec(),
+                            cut::encode_value(&c).to_vec(),
+                        ))
+                    }),
+                    Err(e) => Some(Err(e)),
+                }
+            });
+        let data = self
+            .tree
             .scan_prefix([keys::DATA_PREFIX])
             .filter_map(move |item| {
                 let pair = item.map_err(StoreError::from).and_then(|(k, v)| {
@@ -313,7 +393,8 @@ impl ShardState {
                     Ok(_) => None,
                     Err(e) => Some(Err(e)),
                 }
-            })
+            });
+        cuts.chain(data)
     }
 
     /// Replace this shard's whole state with the pairs in `stage`, and set the applied
@@ -326,11 +407,14 @@ impl ShardState {
         }
         for item in stage.iter() {
             let (k, v) = item?;
-            keys::decode_key(&k)
-                .and_then(|_| keys::decode_value(&v).map(|_| ()))
-                .map_err(|e| {
-                    StoreError::corrupt(format!("shard {} staged snapshot: {e}", self.shard))
-                })?;
+            let valid = if k.first() == Some(&cut::CUT_PREFIX) {
+                cut::decode(&k, &v).map(|_| ())
+            } else {
+                keys::decode_key(&k).and_then(|_| keys::decode_value(&v).map(|_| ()))
+            };
+            valid.map_err(|e| {
+                StoreError::corrupt(format!("shard {} staged snapshot: {e}", self.shard))
+            })?;
             batch.insert(k, v);
         }
         batch.insert(keys::APPLIED_KEY, &encode_applied(applied)[..]);

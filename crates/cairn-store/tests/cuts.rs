@@ -1,0 +1,131 @@
+//! The cut table: markers and releases applied through the state machine, and carried
+//! exactly by Raft snapshots.
+
+use cairn_store::{
+    AppliedState, ApplyOutcome, Command, Condition, Cut, NodeStore, OpKind, WriteOp,
+};
+
+fn put(key: &str, value: &str) -> Command {
+    Command::Batch(vec![WriteOp {
+        key: key.as_bytes().to_vec(),
+        kind: OpKind::Put(value.as_bytes().to_vec()),
+        condition: Condition::Always,
+    }])
+}
+
+#[test]
+fn markers_record_cuts_and_releases_close_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = NodeStore::open(dir.path()).unwrap();
+    let state = store.shard_state(0).unwrap();
+    state.apply(1, 1, Some(&put("a", "1"))).unwrap();
+    assert_eq!(
+        state
+            .apply(2, 1, Some(&Command::Marker { epoch: 5 }))
+            .unwrap(),
+        ApplyOutcome::Marked { cut: 2 }
+    );
+    state.apply(3, 1, Some(&put("a", "2"))).unwrap();
+    // A repeated marker (a retried proposal) keeps the first cut.
+    assert_eq!(
+        state
+            .apply(4, 1, Some(&Command::Marker { epoch: 5 }))
+            .unwrap(),
+        ApplyOutcome::Marked { cut: 2 }
+    );
+    assert_eq!(state.open_cuts().unwrap().len(), 1);
+    // The snapshot's view: versions below the cut.
+    let at = state.cut(5).unwrap().unwrap().index - 1;
+    assert_eq!(state.get(b"a", at).unwrap().unwrap().value, b"1");
+    assert_eq!(state.get(b"a", u64::MAX).unwrap().unwrap().value, b"2");
+
+    assert_eq!(
+        state
+            .apply(5, 1, Some(&Command::Release { epoch: 5 }))
+            .unwrap(),
+        ApplyOutcome::Released
+    );
+    assert!(state.open_cuts().unwrap().is_empty());
+    assert_eq!(
+        state.cut(5).unwrap(),
+        Some(Cut {
+            epoch: 5,
+            index: 2,
+            released_at: Some(5)
+        })
+    );
+    // Releasing twice changes nothing.
+    state
+        .apply(6, 1, Some(&Command::Release { epoch: 5 }))
+        .unwrap();
+    assert_eq!(state.cut(5).unwrap().unwrap().released_at, Some(5));
+}
+
+#[test]
+fn a_release_before_its_marker_opens_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = NodeStore::open(dir.path()).unwrap();
+    let state = store.shard_state(0).unwrap();
+    state
+        .apply(1, 1, Some(&Command::Release { epoch: 9 }))
+        .unwrap();
+    assert_eq!(
+        state
+            .apply(2, 1, Some(&Command::Marker { epoch: 9 }))
+            .unwrap(),
+        ApplyOutcome::Marked { cut: 0 },
+        "a late marker of a released epoch reports no cut"
+    );
+    assert!(state.open_cuts().unwrap().is_empty());
+}
+
+#[test]
+fn raft_snapshots_carry_the_cut_table_as_of_their_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = NodeStore::open(&dir.path().join("leader")).unwrap();
+    let state = leader.shard_state(0).unwrap();
+    state.apply(1, 1, Some(&put("a", "1"))).unwrap();
+    state
+        .apply(2, 1, Some(&Command::Marker { epoch: 1 }))
+        .unwrap();
+    state
+        .apply(3, 1, Some(&Command::Release { epoch: 1 }))
+        .unwrap();
+    state
+        .apply(4, 1, Some(&Command::Marker { epoch: 2 }))
+        .unwrap();
+    state
+        .apply(5, 1, Some(&Command::Release { epoch: 2 }))
+        .unwrap();
+    state
+        .apply(6, 1, Some(&Command::Marker { epoch: 3 }))
+        .unwrap();
+
+    // A snapshot at index 4: epoch 1 released, epoch 2 marked but still open there,
+    // epoch 3 not yet marked.
+    let follower = NodeStore::open(&dir.path().join("follower")).unwrap();
+    let stage = follower.snapshot_stage(0).unwrap();
+    let pairs: Vec<_> = state.export(4).collect::<Result<_, _>>().unwrap();
+    stage.write(&pairs).unwrap();
+    let installed = follower.shard_state(0).unwrap();
+    installed
+        .install(&stage, AppliedState { index: 4, term: 1 })
+        .unwrap();
+    assert_eq!(
+        installed.cuts().unwrap(),
+        vec![
+            Cut {
+                epoch: 1,
+                index: 2,
+                released_at: Some(3)
+            },
+            Cut {
+                epoch: 2,
+                index: 4,
+                released_at: None
+            },
+        ]
+    );
+    assert_eq!(installed.open_cuts().unwrap().len(), 1);
+    assert_eq!(installed.get(b"a", 1).unwrap().unwrap().value, b"1");
+}
