@@ -64,8 +64,8 @@ impl LocalShards {
             ShardRequest::Get {
                 key, consistency, ..
             } => {
-                self.barrier(inbox, consistency, shard).await?;
-                let value = state.get(&key, u64::MAX).map_err(|e| storage(shard, e))?;
+                let at = self.read_version(inbox, consistency, shard).await?;
+                let value = state.get(&key, at).map_err(|e| storage(shard, e))?;
                 Ok(ShardResponse::Value(value))
             }
             ShardRequest::Scan {
@@ -75,10 +75,10 @@ impl LocalShards {
                 consistency,
                 ..
             } => {
-                self.barrier(inbox, consistency, shard).await?;
+                let at = self.read_version(inbox, consistency, shard).await?;
                 let state = state.clone();
                 let items = tokio::task::spawn_blocking(move || {
-                    state.scan(&prefix, start_after.as_deref(), limit, u64::MAX)
+                    state.scan(&prefix, start_after.as_deref(), limit, at)
                 })
                 .await
                 .map_err(|_| ShardError::ShuttingDown)?
@@ -88,23 +88,43 @@ impl LocalShards {
         }
     }
 
-    async fn barrier(
+    /// The version a read must see: the leader's confirmed, unheld version for a
+    /// linearizable read; everything applied for a stale one; the given version for a
+    /// fixed-version read, once this replica has applied it.
+    async fn read_version(
         &self,
         inbox: &Sender<ReplicaMsg>,
         consistency: Consistency,
         shard: ShardId,
-    ) -> Result<(), ShardError> {
-        if consistency == Consistency::Stale {
-            return Ok(());
+    ) -> Result<u64, ShardError> {
+        match consistency {
+            Consistency::Stale => Ok(u64::MAX),
+            Consistency::AtVersion(version) => {
+                let applied = self
+                    .gauges(shard)
+                    .map(|g| g.applied.load(Ordering::Relaxed))
+                    .unwrap_or(0);
+                if applied < version {
+                    return Err(ShardError::Unavailable {
+                        shard,
+                        reason: format!(
+                            "this replica has applied up to {applied}, not yet {version}"
+                        ),
+                    });
+                }
+                Ok(version)
+            }
+            Consistency::Linearizable => {
+                let (reply, rx) = oneshot::channel();
+                inbox
+                    .try_send(ReplicaMsg::ReadBarrier { reply })
+                    .map_err(|_| ShardError::Unavailable {
+                        shard,
+                        reason: "replica queue is full".into(),
+                    })?;
+                rx.await.map_err(|_| ShardError::ShuttingDown)?
+            }
         }
-        let (reply, rx) = oneshot::channel();
-        inbox
-            .try_send(ReplicaMsg::ReadBarrier { reply })
-            .map_err(|_| ShardError::Unavailable {
-                shard,
-                reason: "replica queue is full".into(),
-            })?;
-        rx.await.map_err(|_| ShardError::ShuttingDown)?
     }
 
     pub fn gauges(&self, shard: ShardId) -> Option<&ReplicaGauges> {

@@ -42,12 +42,11 @@ pub enum ReplicaMsg {
         command: Command,
         reply: oneshot::Sender<Result<ApplyOutcome, ShardError>>,
     },
-    /// From the router: a linearizable-read barrier. Answered once this leader has
-    /// confirmed its leadership (ReadIndex) and applied up to the read index; the
-    /// caller then reads the shard's tree itself.
-    ReadBarrier {
-        reply: oneshot::Sender<Result<(), ShardError>>,
-    },
+    /// From the router: a linearizable-read barrier. Answered, with the version the
+    /// caller must read the shard's tree at, once this leader has confirmed its
+    /// leadership (ReadIndex), applied up to the read index, and no alignment hold
+    /// covers that version.
+    ReadBarrier { reply: ReadReply },
     /// From the transport: a Raft message from a peer. May be dropped (Raft retries).
     Raft(Box<Message>),
     /// From the snapshot receiver: a `MsgSnapshot` whose data has been staged in this
@@ -82,17 +81,33 @@ impl ReplicaGauges {
     }
 }
 
+type WriteReply = oneshot::Sender<Result<ApplyOutcome, ShardError>>;
+type ReadReply = oneshot::Sender<Result<u64, ShardError>>;
+
 /// A write waiting to be applied.
 struct PendingWrite {
     term: u64,
     deadline: u64,
-    reply: oneshot::Sender<Result<ApplyOutcome, ShardError>>,
+    reply: WriteReply,
 }
 
 /// Reads waiting for a read index to be confirmed, then applied.
 struct PendingReads {
     deadline: u64,
-    replies: Vec<oneshot::Sender<Result<(), ShardError>>>,
+    replies: Vec<ReadReply>,
+}
+
+/// An answer ready to go but held back by a snapshot's alignment window: it depends
+/// on state at `version`, which is after an open epoch's cut.
+struct Held {
+    version: u64,
+    deadline: u64,
+    answer: Answer,
+}
+
+enum Answer {
+    Write(WriteReply, ApplyOutcome),
+    Reads(Vec<ReadReply>),
 }
 
 pub struct Replica {
@@ -112,11 +127,16 @@ pub struct Replica {
     role: StateRole,
     writes: HashMap<u64, PendingWrite>,
     /// Reads that arrived since the last ReadIndex was issued.
-    reads_unissued: Vec<oneshot::Sender<Result<(), ShardError>>>,
+    reads_unissued: Vec<ReadReply>,
     /// ReadIndex requests in flight, by context id.
     reads_inflight: HashMap<u64, PendingReads>,
     /// Confirmed read indexes waiting for apply to catch up.
     reads_confirmed: BTreeMap<u64, Vec<PendingReads>>,
+    /// Open snapshot epochs (marker applied, release not yet) and their cuts, derived
+    /// from the applied log, so a new leader re-establishes the holds by itself.
+    open_cuts: BTreeMap<u64, u64>,
+    /// Answers held back by the alignment window.
+    held: Vec<Held>,
     /// Snapshot receivers waiting for their staged snapshot to be handled.
     snapshot_done: Vec<oneshot::Sender<()>>,
 }
@@ -174,6 +194,11 @@ impl Replica {
             slog::o!("shard" => shard, "node" => cfg.node_id),
         );
         let raw = RawNode::new(&raft_cfg, log.clone(), &logger)?;
+        let open_cuts = state
+            .open_cuts()?
+            .into_iter()
+            .map(|c| (c.epoch, c.index))
+            .collect();
         gauges
             .first_index
             .store(log.first_index()?, Ordering::Relaxed);
@@ -196,6 +221,8 @@ impl Replica {
             reads_unissued: Vec::new(),
             reads_inflight: HashMap::new(),
             reads_confirmed: BTreeMap::new(),
+            open_cuts,
+            held: Vec::new(),
             snapshot_done: Vec::new(),
         })
     }
@@ -338,6 +365,25 @@ impl Replica {
                 r.fail(unavailable());
             }
         }
+        // An alignment window normally closes within a round trip; one that outlives
+        // the request's deadline (a coordinator that died) fails the request rather
+        // than holding it forever. The meta leader aborts such epochs.
+        let (expired, kept): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| h.deadline <= now);
+        self.held = kept;
+        for held in expired {
+            held.fail(
+                ShardError::OutcomeUnknown {
+                    shard,
+                    reason: "applied, but held by a snapshot that did not complete in time".into(),
+                },
+                ShardError::Unavailable {
+                    shard,
+                    reason: "held by a snapshot that did not complete in time".into(),
+                },
+            );
+        }
     }
 
     /// Issue one ReadIndex for every read that arrived since the last one. raft-rs drops
@@ -474,32 +520,85 @@ impl Replica {
         let later = self.reads_confirmed.split_off(&(applied + 1));
         for (_, batch) in std::mem::replace(&mut self.reads_confirmed, later) {
             for reads in batch {
-                for reply in reads.replies {
-                    let _ = reply.send(Ok(()));
+                // The caller reads at exactly `applied`: the hold decision and the
+                // data read concern the same version.
+                self.answer(Held {
+                    version: applied,
+                    deadline: reads.deadline,
+                    answer: Answer::Reads(reads.replies),
+                });
+            }
+        }
+    }
+
+    /// Whether an answer depending on state at `version` must wait: an open epoch's
+    /// cut lies below it, so the client could learn of a write the snapshot excludes
+    /// before the snapshot is complete (guarantee 3 of the design).
+    fn is_held(&self, version: u64) -> bool {
+        self.open_cuts.values().any(|&cut| version > cut)
+    }
+
+    fn answer(&mut self, held: Held) {
+        if self.is_held(held.version) {
+            self.held.push(held);
+            return;
+        }
+        match held.answer {
+            Answer::Write(reply, outcome) => {
+                let _ = reply.send(Ok(outcome));
+            }
+            Answer::Reads(replies) => {
+                for reply in replies {
+                    let _ = reply.send(Ok(held.version));
                 }
             }
+        }
+    }
+
+    /// After a release: send what no open epoch holds any more.
+    fn release_held(&mut self) {
+        for held in std::mem::take(&mut self.held) {
+            self.answer(held);
         }
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), String> {
         for entry in entries {
             let (index, term) = (entry.index, entry.term);
-            let outcome = match entry.entry_type {
-                EntryType::EntryNormal if entry.data.is_empty() => {
-                    // A new leader's empty entry: only the applied index moves.
-                    self.state.apply(index, term, None)
+            let command = match entry.entry_type {
+                EntryType::EntryNormal if !entry.data.is_empty() => {
+                    Some(Command::decode(&entry.data).map_err(|e| e.to_string())?)
                 }
-                EntryType::EntryNormal => {
-                    let command = Command::decode(&entry.data).map_err(|e| e.to_string())?;
-                    self.state.apply(index, term, Some(&command))
-                }
+                EntryType::EntryNormal => None,
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     self.apply_conf_change(&entry)?;
-                    self.state.apply(index, term, None)
+                    None
                 }
-            }
-            .map_err(|e| e.to_string())?;
+            };
+            // An empty entry (a new leader's) or a conf change moves only the applied
+            // index.
+            let outcome = self
+                .state
+                .apply(index, term, command.as_ref())
+                .map_err(|e| e.to_string())?;
             self.gauges.applied.store(index, Ordering::Relaxed);
+
+            let mut control = false;
+            match (&outcome, &command) {
+                (ApplyOutcome::Marked { cut }, Some(Command::Marker { epoch })) => {
+                    control = true;
+                    if *cut == index {
+                        self.open_cuts.insert(*epoch, *cut);
+                    }
+                }
+                (ApplyOutcome::Released, Some(Command::Release { epoch })) => {
+                    control = true;
+                    if self.open_cuts.remove(epoch).is_some() {
+                        self.release_held();
+                    }
+                }
+                _ => {}
+            }
 
             let id = entry
                 .context
@@ -508,7 +607,17 @@ impl Replica {
                 .ok()
                 .map(u64::from_be_bytes);
             if let Some(w) = id.and_then(|id| self.writes.remove(&id)) {
-                let _ = w.reply.send(Ok(outcome));
+                if control {
+                    // Markers and releases reveal no data: never hold their answers,
+                    // or a snapshot could wait on a hold of its own.
+                    let _ = w.reply.send(Ok(outcome));
+                } else {
+                    self.answer(Held {
+                        version: index,
+                        deadline: w.deadline,
+                        answer: Answer::Write(w.reply, outcome),
+                    });
+                }
             }
         }
         Ok(())
@@ -613,6 +722,26 @@ impl Replica {
         for (_, batch) in std::mem::take(&mut self.reads_confirmed) {
             for r in batch {
                 r.fail(read_err());
+            }
+        }
+        for held in self.held.drain(..) {
+            held.fail(write_err(), read_err());
+        }
+    }
+}
+
+impl Held {
+    /// Give up on a held answer. A held write *was* applied, but the client may not
+    /// learn it before the snapshot completes, so its fate is reported as unknown.
+    fn fail(self, write_err: ShardError, read_err: ShardError) {
+        match self.answer {
+            Answer::Write(reply, _) => {
+                let _ = reply.send(Err(write_err));
+            }
+            Answer::Reads(replies) => {
+                for reply in replies {
+                    let _ = reply.send(Err(read_err.clone()));
+                }
             }
         }
     }

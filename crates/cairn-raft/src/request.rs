@@ -13,6 +13,9 @@ pub enum Consistency {
     Linearizable,
     /// Whatever the local replica has applied; may lag the leader.
     Stale,
+    /// The state at a fixed version (a snapshot's cut minus one). It never changes, so
+    /// any replica that has applied that far serves it without asking the leader.
+    AtVersion(u64),
 }
 
 /// A request addressed to one shard.
@@ -45,14 +48,27 @@ impl ShardRequest {
         }
     }
 
-    /// Whether the local replica can answer without involving the leader.
-    pub fn is_stale_read(&self) -> bool {
+    fn consistency(&self) -> Option<Consistency> {
         match self {
-            ShardRequest::Write { .. } => false,
+            ShardRequest::Write { .. } => None,
             ShardRequest::Get { consistency, .. } | ShardRequest::Scan { consistency, .. } => {
-                *consistency == Consistency::Stale
+                Some(*consistency)
             }
         }
+    }
+
+    /// Whether the local replica may answer without involving the leader.
+    pub fn is_local_read(&self) -> bool {
+        matches!(
+            self.consistency(),
+            Some(Consistency::Stale | Consistency::AtVersion(_))
+        )
+    }
+
+    /// Whether this reads a fixed version, which the leader can serve if the local
+    /// replica has not applied it yet.
+    pub fn reads_fixed_version(&self) -> bool {
+        matches!(self.consistency(), Some(Consistency::AtVersion(_)))
     }
 }
 

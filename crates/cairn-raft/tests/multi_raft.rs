@@ -10,6 +10,14 @@ use cairn_store::{ApplyOutcome, Command, Condition, NodeStore, OpKind, WriteOp};
 
 const SHARDS: u32 = 3;
 
+fn put(key: &str, value: &str) -> Command {
+    Command::Batch(vec![WriteOp {
+        key: key.as_bytes().to_vec(),
+        kind: OpKind::Put(value.as_bytes().to_vec()),
+        condition: Condition::Always,
+    }])
+}
+
 fn free_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr")
@@ -74,19 +82,16 @@ impl TestCluster {
     }
 
     async fn put(&self, shard: u32, key: &str, value: &str) -> u64 {
-        let leader = self.leader(shard).await;
-        let request = ShardRequest::Write {
-            shard,
-            command: Command::Batch(vec![WriteOp {
-                key: key.as_bytes().to_vec(),
-                kind: OpKind::Put(value.as_bytes().to_vec()),
-                condition: Condition::Always,
-            }]),
-        };
-        match self.hosts[&leader].local().execute(request).await {
+        match self.propose(shard, put(key, value)).await {
             Ok(ShardResponse::Written(ApplyOutcome::Applied { version, .. })) => version,
             other => panic!("put {key}: {other:?}"),
         }
+    }
+
+    async fn propose(&self, shard: u32, command: Command) -> Result<ShardResponse, ShardError> {
+        let leader = self.leader(shard).await;
+        let request = ShardRequest::Write { shard, command };
+        self.hosts[&leader].local().execute(request).await
     }
 
     async fn get(
@@ -196,10 +201,24 @@ async fn a_new_leader_takes_over_and_a_restarted_host_catches_up_by_snapshot() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(caught_up, "the restarted host never caught up");
-    let status = cluster.hosts[&old_leader].status(shard).expect("status");
+    // The install makes the data visible first and updates the replica's figures
+    // right after, so the figures are awaited, not sampled.
+    let mut status = None;
+    for _ in 0..300 {
+        status = cluster.hosts[&old_leader].status(shard);
+        if status.as_ref().is_some_and(|s| s.snapshots_installed >= 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let all: Vec<_> = cluster
+        .hosts
+        .iter()
+        .map(|(id, h)| (id, h.status(shard)))
+        .collect();
     assert!(
-        status.snapshots_installed >= 1,
-        "caught up without a snapshot although the log was compacted: {status:?}"
+        status.as_ref().is_some_and(|s| s.snapshots_installed >= 1),
+        "caught up without a snapshot although the log was compacted: {status:?}; all: {all:?}"
     );
     assert_eq!(
         cluster
@@ -208,6 +227,90 @@ async fn a_new_leader_takes_over_and_a_restarted_host_catches_up_by_snapshot() {
         Ok(Some(b"1".to_vec())),
         "the snapshot lost data written before the restart"
     );
+    for id in [1, 2, 3] {
+        cluster.stop_host(id).await;
+    }
+}
+
+/// How long a held answer is watched to stay held. Holding is deterministic (nothing
+/// but a release ends it before the deadline), so this only bounds the wait.
+const HELD_FOR: Duration = Duration::from_millis(400);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_after_a_cut_wait_for_the_release_even_across_a_leader_change() {
+    let mut cluster = TestCluster::start().await;
+    let shard = 1;
+    cluster.put(shard, "k", "before").await;
+    let cut = match cluster.propose(shard, Command::Marker { epoch: 1 }).await {
+        Ok(ShardResponse::Written(ApplyOutcome::Marked { cut })) => cut,
+        other => panic!("marker: {other:?}"),
+    };
+
+    {
+        // A write after the cut is applied but not answered while epoch 1 is open.
+        let write = cluster.put(shard, "k", "after");
+        tokio::pin!(write);
+        assert!(
+            tokio::time::timeout(HELD_FOR, &mut write).await.is_err(),
+            "a write after an open cut was answered before the release"
+        );
+        // So is a linearizable read, which would reveal it.
+        let leader = cluster.leader(shard).await;
+        let read = cluster.get(leader, shard, "k", Consistency::Linearizable);
+        tokio::pin!(read);
+        assert!(
+            tokio::time::timeout(HELD_FOR, &mut read).await.is_err(),
+            "a read of state after an open cut was answered before the release"
+        );
+        // The snapshot's own state is readable at once, on any replica.
+        for id in [1, 2, 3] {
+            let mut got = Err(ShardError::ShuttingDown);
+            for _ in 0..200 {
+                got = cluster
+                    .get(id, shard, "k", Consistency::AtVersion(cut - 1))
+                    .await;
+                if got.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(
+                got,
+                Ok(Some(b"before".to_vec())),
+                "snapshot read on host {id}"
+            );
+        }
+
+        cluster
+            .propose(shard, Command::Release { epoch: 1 })
+            .await
+            .expect("release");
+        let version = write.await;
+        assert!(version > cut);
+        assert_eq!(read.await, Ok(Some(b"after".to_vec())));
+    }
+
+    // Epoch 2 opens; its leader stops; the new leader re-derives the hold from its
+    // log and holds a write after the cut just the same.
+    let cut = match cluster.propose(shard, Command::Marker { epoch: 2 }).await {
+        Ok(ShardResponse::Written(ApplyOutcome::Marked { cut })) => cut,
+        other => panic!("marker: {other:?}"),
+    };
+    let old_leader = cluster.leader(shard).await;
+    cluster.stop_host(old_leader).await;
+    {
+        let write = cluster.put(shard, "k", "under a new leader");
+        tokio::pin!(write);
+        assert!(
+            tokio::time::timeout(HELD_FOR, &mut write).await.is_err(),
+            "the new leader answered a write after an open cut"
+        );
+        cluster
+            .propose(shard, Command::Release { epoch: 2 })
+            .await
+            .expect("release");
+        assert!(write.await > cut);
+    }
     for id in [1, 2, 3] {
         cluster.stop_host(id).await;
     }

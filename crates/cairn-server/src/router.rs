@@ -47,8 +47,12 @@ impl Router {
 
     /// Execute a request on its shard's leader (or locally for stale reads).
     pub async fn execute(&self, req: ShardRequest) -> Result<ShardResponse, ShardError> {
-        if req.is_stale_read() {
-            return self.raft.local().execute(req).await;
+        if req.is_local_read() {
+            match self.raft.local().execute(req.clone()).await {
+                // This replica has not applied that version yet; the leader has.
+                Err(ShardError::Unavailable { .. }) if req.reads_fixed_version() => {}
+                other => return other,
+            }
         }
         let shard = req.shard();
         let me = self.raft.local().node_id();
