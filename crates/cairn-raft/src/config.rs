@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cairn_store::NodeId;
+use cairn_store::{NodeId, ShardId};
 
 use crate::error::RaftError;
 
@@ -15,7 +15,8 @@ pub struct RaftConfig {
     pub node_id: NodeId,
     /// Identifies the cluster on the wire: peers presenting another id are refused.
     pub cluster_id: String,
-    /// Number of shards, fixed when the cluster is created.
+    /// Number of data shards, fixed when the cluster is created. The node also hosts
+    /// one more group, the meta group ([`RaftConfig::meta_shard`]).
     pub shards: u32,
     /// Every node of the cluster (this one included) and its peer address. Every shard
     /// has a replica on every node.
@@ -35,6 +36,17 @@ pub struct RaftConfig {
 }
 
 impl RaftConfig {
+    /// The meta group's id: the group after the data shards. Keys hash to
+    /// `0..shards`, so no user key ever reaches it.
+    pub fn meta_shard(&self) -> ShardId {
+        self.shards
+    }
+
+    /// Every Raft group this node hosts: the data shards, then the meta group.
+    pub fn groups(&self) -> std::ops::RangeInclusive<ShardId> {
+        0..=self.meta_shard()
+    }
+
     pub fn validate(&self) -> Result<(), RaftError> {
         let fail = |m: &str| Err(RaftError::Config(m.to_owned()));
         if self.node_id == 0 {

@@ -186,7 +186,7 @@ impl MultiRaft {
         let mut receivers = Vec::new();
         let mut states = Vec::new();
         let mut gauges = Vec::new();
-        for shard in 0..cfg.shards {
+        for shard in cfg.groups() {
             let (tx, rx) = bounded(REPLICA_INBOX);
             inboxes.push(tx);
             receivers.push(rx);
@@ -214,7 +214,7 @@ impl MultiRaft {
         let (commit, commit_thread) = GroupCommit::start(store.clone(), node);
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let mut threads = Vec::new();
-        for (shard, inbox) in (0..cfg.shards).zip(receivers) {
+        for (shard, inbox) in cfg.groups().zip(receivers) {
             let replica = Replica::open(
                 shard,
                 &cfg,

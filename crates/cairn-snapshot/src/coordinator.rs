@@ -1,0 +1,205 @@
+//! The coordinator: takes a snapshot by placing a marker in every shard's log.
+//!
+//! 1. Allocate epoch `e` in the meta group (a pending record).
+//! 2. Propose `Marker(e)` to every shard's leader, in parallel. The marker's log index
+//!    is the shard's cut; from applying it, a shard holds back every answer that
+//!    depends on later state (the alignment window).
+//! 3. If every shard answered within `marker_timeout`, record `Done(cuts)`; otherwise
+//!    `Aborted`. The record is updated conditionally, so if the sweeper aborted the
+//!    epoch meanwhile, the abort stands.
+//! 4. Propose `Release(e)` to every shard, ending the windows.
+//!
+//! Any node can coordinate; the meta log serialises what matters. A coordinator that
+//! dies mid-way leaves an open epoch behind: the sweeper, which runs on the meta
+//! group's leader, aborts epochs pending for longer than `abort_after` and releases
+//! every epoch that is finished but not yet released. So no window stays open for
+//! longer than about `abort_after`, across crashes and leader changes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_raft::{ShardRequest, ShardResponse};
+use cairn_store::{ApplyOutcome, Command};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::SnapshotError;
+use crate::registry::{Registry, SnapshotRecord, SnapshotState};
+use crate::Shards;
+
+/// Timing of the protocol.
+#[derive(Debug, Clone)]
+pub struct SnapshotConfig {
+    /// How long every shard has to place its marker before the snapshot aborts.
+    pub marker_timeout: Duration,
+    /// How long an epoch may stay pending before the sweeper aborts it. Must exceed
+    /// `marker_timeout` with room for the registry writes.
+    pub abort_after: Duration,
+    /// How often the sweeper looks at open epochs.
+    pub sweep_every: Duration,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            marker_timeout: Duration::from_secs(2),
+            abort_after: Duration::from_secs(10),
+            sweep_every: Duration::from_secs(1),
+        }
+    }
+}
+
+pub struct Coordinator<S: Shards> {
+    shards: Arc<S>,
+    config: SnapshotConfig,
+}
+
+impl<S: Shards> Coordinator<S> {
+    pub fn new(shards: Arc<S>, config: SnapshotConfig) -> Self {
+        Coordinator { shards, config }
+    }
+
+    pub fn registry(&self) -> Registry<'_, S> {
+        Registry::new(&self.shards)
+    }
+
+    /// Take a snapshot; answers once it is complete (or aborted).
+    pub async fn take(&self, name: Option<&str>) -> Result<SnapshotRecord, SnapshotError> {
+        let registry = self.registry();
+        let pending = registry.allocate(name).await?;
+        let epoch = pending.record.id;
+        let count = self.shards.shard_count();
+        let markers = (0..count).map(|shard| async move {
+            let request = ShardRequest::Write {
+                shard,
+                command: Command::Marker { epoch },
+            };
+            let placed =
+                tokio::time::timeout(self.config.marker_timeout, self.shards.execute(request))
+                    .await;
+            let result = match placed {
+                Ok(Ok(ShardResponse::Written(ApplyOutcome::Marked { cut }))) if cut > 0 => Ok(cut),
+                Ok(Ok(ShardResponse::Written(ApplyOutcome::Marked { .. }))) => {
+                    Err("the epoch was released before its marker landed".to_owned())
+                }
+                Ok(Ok(other)) => Err(format!("unexpected answer {other:?}")),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!(
+                    "no marker placed within {:?}",
+                    self.config.marker_timeout
+                )),
+            };
+            (shard, result)
+        });
+        let mut cuts = BTreeMap::new();
+        let mut failures = Vec::new();
+        for (shard, result) in futures::future::join_all(markers).await {
+            match result {
+                Ok(cut) => {
+                    cuts.insert(shard, cut);
+                }
+                Err(reason) => failures.push(format!("shard {shard}: {reason}")),
+            }
+        }
+        let state = if failures.is_empty() {
+            SnapshotState::Done { cuts }
+        } else {
+            SnapshotState::Aborted {
+                reason: failures.join("; "),
+            }
+        };
+        let record = registry.finish(&pending, state).await;
+        // Release even if recording failed: the windows must close either way.
+        self.release(epoch).await;
+        let record = record?;
+        match &record.state {
+            SnapshotState::Done { .. } => {
+                tracing::info!(epoch, "snapshot complete");
+                Ok(record)
+            }
+            SnapshotState::Aborted { reason } => {
+                tracing::warn!(epoch, %reason, "snapshot aborted");
+                Err(SnapshotError::Aborted {
+                    id: epoch,
+                    reason: reason.clone(),
+                })
+            }
+            SnapshotState::Pending => Err(SnapshotError::Corrupt(format!(
+                "snapshot {epoch} still pending after it finished"
+            ))),
+        }
+    }
+
+    /// Propose `Release(epoch)` to every shard; once all have applied it, close the
+    /// epoch in the registry. Returns whether that happened (else the sweeper retries).
+    async fn release(&self, epoch: u64) -> bool {
+        let count = self.shards.shard_count();
+        let releases = (0..count).map(|shard| {
+            let request = ShardRequest::Write {
+                shard,
+                command: Command::Release { epoch },
+            };
+            tokio::time::timeout(self.config.marker_timeout, self.shards.execute(request))
+        });
+        let all = futures::future::join_all(releases)
+            .await
+            .into_iter()
+            .all(|r| matches!(r, Ok(Ok(_))));
+        if all {
+            if let Err(e) = self.registry().close(epoch).await {
+                tracing::debug!(epoch, error = %e, "could not close the epoch yet");
+                return false;
+            }
+        }
+        all
+    }
+
+    /// One pass of the sweeper (meta leader only): abort epochs pending too long,
+    /// release finished ones. `first_seen` remembers when each pending epoch was first
+    /// seen by this leader, so clock skew between nodes cannot shorten the wait.
+    pub async fn sweep(&self, first_seen: &mut HashMap<u64, Instant>) -> Result<(), SnapshotError> {
+        if !self.shards.leads_meta() {
+            first_seen.clear();
+            return Ok(());
+        }
+        let registry = self.registry();
+        let open = registry.open_epochs().await?;
+        first_seen.retain(|id, _| open.contains(id));
+        for epoch in open {
+            match registry.get(epoch).await? {
+                None => registry.close(epoch).await?,
+                Some(tracked) if tracked.record.state == SnapshotState::Pending => {
+                    let seen = *first_seen.entry(epoch).or_insert_with(Instant::now);
+                    if seen.elapsed() >= self.config.abort_after {
+                        let reason = "its coordinator did not finish it in time".to_owned();
+                        registry
+                            .finish(&tracked, SnapshotState::Aborted { reason })
+                            .await?;
+                        self.release(epoch).await;
+                    }
+                }
+                Some(_) => {
+                    self.release(epoch).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Run the sweeper until `cancel` fires.
+    pub async fn run_sweeper(self: Arc<Self>, cancel: CancellationToken) {
+        let mut first_seen = HashMap::new();
+        let mut every = tokio::time::interval(self.config.sweep_every);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            if let Err(e) = self.sweep(&mut first_seen).await {
+                tracing::debug!(error = %e, "snapshot sweep incomplete; retrying");
+            }
+        }
+    }
+}

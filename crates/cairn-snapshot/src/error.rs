@@ -1,0 +1,34 @@
+//! What can go wrong taking or reading a snapshot, phrased as what the caller can do.
+
+use cairn_raft::{ShardError, ShardResponse};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// No snapshot has this id or name (never existed, deleted, or aborted).
+    #[error("no snapshot {0}")]
+    NotFound(String),
+    /// The snapshot could not be completed; nothing can read it and every held
+    /// response was released. Taking another one may succeed.
+    #[error("snapshot {id} was aborted: {reason}")]
+    Aborted { id: u64, reason: String },
+    /// Another snapshot already has this name.
+    #[error("a snapshot named `{0}` already exists")]
+    NameTaken(String),
+    #[error("{0}")]
+    BadName(String),
+    /// Too many concurrent snapshot requests raced for the next id; retry.
+    #[error("too many concurrent snapshot requests; retry")]
+    Contended,
+    /// A shard or the meta group could not serve the request.
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+    /// The registry holds something this version cannot read.
+    #[error("corrupt snapshot registry: {0}")]
+    Corrupt(String),
+}
+
+impl SnapshotError {
+    pub(crate) fn unexpected(response: ShardResponse) -> SnapshotError {
+        SnapshotError::Corrupt(format!("unexpected response kind: {response:?}"))
+    }
+}

@@ -1,0 +1,40 @@
+//! Consistent cross-shard snapshots for Cairn, by markers in every shard's Raft log.
+//!
+//! A snapshot is an epoch `e`: a `Marker(e)` entry in every shard's log, whose index
+//! is that shard's cut, plus a record in the meta group. It copies nothing: the shards
+//! keep every version (MVCC), and reading the snapshot means reading each shard at
+//! its cut minus one. This crate owns the protocol ([`coordinator`]) and the record of
+//! snapshots ([`registry`]); the alignment window that makes the cut respect real time
+//! lives in each replica (`cairn_raft`), derived from the markers and releases it
+//! applies.
+//!
+//! It reaches shards only through the [`Shards`] trait, so it never knows where a
+//! leader is or how a request travels; it must never read or write a shard's tree
+//! directly.
+
+pub mod coordinator;
+pub mod error;
+pub mod registry;
+
+use std::future::Future;
+
+use cairn_raft::{ShardError, ShardRequest, ShardResponse};
+
+pub use coordinator::{Coordinator, SnapshotConfig};
+pub use error::SnapshotError;
+pub use registry::{Registry, SnapshotRecord, SnapshotState};
+
+/// How the snapshot protocol reaches the cluster's shards (the server's router).
+pub trait Shards: Send + Sync + 'static {
+    /// Number of data shards; the meta group is the group right after them.
+    fn shard_count(&self) -> u32;
+
+    /// Serve a request on its shard's leader (or locally for local reads).
+    fn execute(
+        &self,
+        request: ShardRequest,
+    ) -> impl Future<Output = Result<ShardResponse, ShardError>> + Send;
+
+    /// Whether this node's replica leads the meta group (the sweeper runs only there).
+    fn leads_meta(&self) -> bool;
+}

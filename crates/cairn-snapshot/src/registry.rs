@@ -1,0 +1,388 @@
+//! The snapshot registry: what the meta group knows about every snapshot.
+//!
+//! Records live in the meta group's state machine under reserved keys, so every
+//! change is a replicated, conditional batch, and the registry survives any node:
+//!
+//! ```text
+//! s/next                      next epoch to allocate (u64 BE)
+//! s/id/{!id BE}               the record (JSON), newest id first
+//! s/name/{name}               id (u64 BE) of a named snapshot
+//! s/time/{!millis BE}{id BE}  present for completed snapshots: time -> id, newest first
+//! s/open/{id BE}              epochs whose shards may still hold an alignment window
+//! ```
+//!
+//! Updates of a record are conditional on the version the writer last saw, so a
+//! coordinator completing an epoch and the sweeper aborting it cannot both win.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cairn_raft::{Consistency, ShardRequest, ShardResponse};
+use cairn_store::{ApplyOutcome, Command, Condition, OpKind, ShardId, Versioned, WriteOp};
+use serde::{Deserialize, Serialize};
+
+use crate::error::SnapshotError;
+use crate::Shards;
+
+const NEXT: &[u8] = b"s/next";
+const ID: &[u8] = b"s/id/";
+const NAME: &[u8] = b"s/name/";
+const TIME: &[u8] = b"s/time/";
+const OPEN: &[u8] = b"s/open/";
+
+/// Longest snapshot name.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// Where a snapshot stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum SnapshotState {
+    /// Markers are being placed.
+    Pending,
+    /// Every shard placed its marker: the snapshot is readable.
+    Done { cuts: BTreeMap<ShardId, u64> },
+    /// Some shard did not place its marker in time; nothing can read it.
+    Aborted { reason: String },
+}
+
+/// One snapshot as the registry records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub id: u64,
+    pub name: Option<String>,
+    /// Wall-clock label, milliseconds since the Unix epoch: when the snapshot was
+    /// requested while pending, when it completed once done. It labels, never orders.
+    pub time_ms: u64,
+    #[serde(flatten)]
+    pub state: SnapshotState,
+}
+
+impl SnapshotRecord {
+    /// RFC 3339 form of the label.
+    pub fn time_rfc3339(&self) -> String {
+        humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(self.time_ms))
+            .to_string()
+    }
+
+    /// The version to read shard `shard` at: the entries below its cut.
+    pub fn read_version(&self, shard: ShardId) -> Option<u64> {
+        match &self.state {
+            SnapshotState::Done { cuts } => cuts.get(&shard).map(|c| c.saturating_sub(1)),
+            _ => None,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn id_key(id: u64) -> Vec<u8> {
+    [ID, &(!id).to_be_bytes()].concat()
+}
+
+fn time_key(time_ms: u64, id: u64) -> Vec<u8> {
+    [TIME, &(!time_ms).to_be_bytes(), &id.to_be_bytes()].concat()
+}
+
+fn open_key(id: u64) -> Vec<u8> {
+    [OPEN, &id.to_be_bytes()].concat()
+}
+
+fn name_key(name: &str) -> Vec<u8> {
+    [NAME, name.as_bytes()].concat()
+}
+
+fn be_u64(bytes: &[u8]) -> Result<u64, SnapshotError> {
+    bytes
+        .try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| SnapshotError::Corrupt(format!("expected 8 bytes, found {}", bytes.len())))
+}
+
+fn put(key: Vec<u8>, value: Vec<u8>, condition: Condition) -> WriteOp {
+    WriteOp {
+        key,
+        kind: OpKind::Put(value),
+        condition,
+    }
+}
+
+fn delete(key: Vec<u8>) -> WriteOp {
+    WriteOp {
+        key,
+        kind: OpKind::Delete,
+        condition: Condition::Always,
+    }
+}
+
+/// A record and the meta version it was read at (for conditional updates).
+#[derive(Debug, Clone)]
+pub struct Tracked {
+    pub record: SnapshotRecord,
+    pub version: u64,
+}
+
+/// Reads and writes the registry through the meta group.
+pub struct Registry<'a, S: Shards> {
+    shards: &'a S,
+}
+
+impl<'a, S: Shards> Registry<'a, S> {
+    pub fn new(shards: &'a S) -> Self {
+        Registry { shards }
+    }
+
+    fn meta(&self) -> ShardId {
+        self.shards.shard_count()
+    }
+
+    async fn get_raw(&self, key: Vec<u8>) -> Result<Option<Versioned>, SnapshotError> {
+        let request = ShardRequest::Get {
+            shard: self.meta(),
+            key,
+            consistency: Consistency::Linearizable,
+        };
+        match self.shards.execute(request).await? {
+            ShardResponse::Value(v) => Ok(v),
+            other => Err(SnapshotError::unexpected(other)),
+        }
+    }
+
+    async fn scan_raw(
+        &self,
+        prefix: &[u8],
+        start_after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Versioned)>, SnapshotError> {
+        let request = ShardRequest::Scan {
+            shard: self.meta(),
+            prefix: prefix.to_vec(),
+            start_after,
+            limit,
+            consistency: Consistency::Linearizable,
+        };
+        match self.shards.execute(request).await? {
+            ShardResponse::Items(items) => Ok(items),
+            other => Err(SnapshotError::unexpected(other)),
+        }
+    }
+
+    /// Apply a batch to the meta group; `Ok(None)` if a condition failed.
+    async fn write(&self, ops: Vec<WriteOp>) -> Result<Option<u64>, SnapshotError> {
+        let request = ShardRequest::Write {
+            shard: self.meta(),
+            command: Command::Batch(ops),
+        };
+        match self.shards.execute(request).await? {
+            ShardResponse::Written(ApplyOutcome::Applied { version, .. }) => Ok(Some(version)),
+            ShardResponse::Written(ApplyOutcome::Rejected { .. }) => Ok(None),
+            other => Err(SnapshotError::unexpected(other)),
+        }
+    }
+
+    fn decode(value: &Versioned) -> Result<Tracked, SnapshotError> {
+        let record = serde_json::from_slice(&value.value)
+            .map_err(|e| SnapshotError::Corrupt(format!("snapshot record: {e}")))?;
+        Ok(Tracked {
+            record,
+            version: value.version,
+        })
+    }
+
+    /// Register a new pending snapshot with the next epoch.
+    pub async fn allocate(&self, name: Option<&str>) -> Result<Tracked, SnapshotError> {
+        if let Some(name) = name {
+            if name.is_empty() || name.len() > MAX_NAME_BYTES || name.parse::<u64>().is_ok() {
+                return Err(SnapshotError::BadName(format!(
+                    "a snapshot name must be 1 to {MAX_NAME_BYTES} bytes and not a number"
+                )));
+            }
+            if self.get_raw(name_key(name)).await?.is_some() {
+                return Err(SnapshotError::NameTaken(name.to_owned()));
+            }
+        }
+        // Concurrent allocations race on `s/next`; the loser reads again.
+        for _ in 0..16 {
+            let next = self.get_raw(NEXT.to_vec()).await?;
+            let (id, condition) = match &next {
+                Some(v) => (be_u64(&v.value)?, Condition::Version(v.version)),
+                None => (1, Condition::Absent),
+            };
+            let record = SnapshotRecord {
+                id,
+                name: name.map(str::to_owned),
+                time_ms: now_ms(),
+                state: SnapshotState::Pending,
+            };
+            let encoded =
+                serde_json::to_vec(&record).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+            let mut ops = vec![
+                put(NEXT.to_vec(), (id + 1).to_be_bytes().to_vec(), condition),
+                put(id_key(id), encoded, Condition::Always),
+                put(open_key(id), Vec::new(), Condition::Always),
+            ];
+            if let Some(name) = name {
+                ops.push(put(
+                    name_key(name),
+                    id.to_be_bytes().to_vec(),
+                    Condition::Absent,
+                ));
+            }
+            if let Some(version) = self.write(ops).await? {
+                return Ok(Tracked { record, version });
+            }
+            if let Some(name) = name {
+                if self.get_raw(name_key(name)).await?.is_some() {
+                    return Err(SnapshotError::NameTaken(name.to_owned()));
+                }
+            }
+        }
+        Err(SnapshotError::Contended)
+    }
+
+    /// Move a pending record to its final state, unless someone else did first.
+    /// Returns the record as it ends up.
+    pub async fn finish(
+        &self,
+        pending: &Tracked,
+        state: SnapshotState,
+    ) -> Result<SnapshotRecord, SnapshotError> {
+        let mut record = pending.record.clone();
+        let done = matches!(state, SnapshotState::Done { .. });
+        if done {
+            record.time_ms = now_ms().max(record.time_ms);
+        }
+        record.state = state;
+        let encoded =
+            serde_json::to_vec(&record).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+        let mut ops = vec![put(
+            id_key(record.id),
+            encoded,
+            Condition::Version(pending.version),
+        )];
+        if done {
+            ops.push(put(
+                time_key(record.time_ms, record.id),
+                Vec::new(),
+                Condition::Always,
+            ));
+        }
+        if self.write(ops).await?.is_some() {
+            return Ok(record);
+        }
+        match self.get(record.id).await? {
+            Some(now) => Ok(now.record),
+            None => Err(SnapshotError::NotFound(record.id.to_string())),
+        }
+    }
+
+    /// The epoch's shards have all been released: it no longer needs sweeping.
+    pub async fn close(&self, id: u64) -> Result<(), SnapshotError> {
+        self.write(vec![delete(open_key(id))]).await.map(|_| ())
+    }
+
+    /// Epochs that may still hold alignment windows somewhere.
+    pub async fn open_epochs(&self) -> Result<Vec<u64>, SnapshotError> {
+        self.scan_raw(OPEN, None, 1000)
+            .await?
+            .iter()
+            .map(|(k, _)| be_u64(&k[OPEN.len()..]))
+            .collect()
+    }
+
+    pub async fn get(&self, id: u64) -> Result<Option<Tracked>, SnapshotError> {
+        self.get_raw(id_key(id))
+            .await?
+            .map(|v| Self::decode(&v))
+            .transpose()
+    }
+
+    /// A snapshot by id (digits) or by name.
+    pub async fn lookup(&self, id_or_name: &str) -> Result<SnapshotRecord, SnapshotError> {
+        let id = match id_or_name.parse::<u64>() {
+            Ok(id) => Some(id),
+            Err(_) => match self.get_raw(name_key(id_or_name)).await? {
+                Some(v) => Some(be_u64(&v.value)?),
+                None => None,
+            },
+        };
+        let found = match id {
+            Some(id) => self.get(id).await?,
+            None => None,
+        };
+        found
+            .map(|v| v.record)
+            .ok_or_else(|| SnapshotError::NotFound(id_or_name.to_owned()))
+    }
+
+    /// Snapshots newest first, after `before_id` if given.
+    pub async fn list(
+        &self,
+        before_id: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<SnapshotRecord>, SnapshotError> {
+        let start_after = before_id.map(id_key);
+        self.scan_raw(ID, start_after, limit)
+            .await?
+            .iter()
+            .map(|(_, v)| Self::decode(v).map(|v| v.record))
+            .collect()
+    }
+
+    /// The newest completed snapshot labelled at or before `time_ms`.
+    pub async fn newest_at_or_before(
+        &self,
+        time_ms: u64,
+    ) -> Result<Option<SnapshotRecord>, SnapshotError> {
+        // Keys sort newest first. A key of a time <= T extends or sorts after this
+        // bound, a later time sorts before it; `start_after` is exclusive.
+        let bound = [TIME, &(!time_ms).to_be_bytes()].concat();
+        let found = self.scan_raw(TIME, Some(bound), 1).await?;
+        match found.first() {
+            Some((key, _)) => self.time_entry(key).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The oldest completed snapshot: the oldest point readable by time. O(snapshots).
+    pub async fn oldest_done(&self) -> Result<Option<SnapshotRecord>, SnapshotError> {
+        let mut last = None;
+        let mut start_after = None;
+        loop {
+            let page = self.scan_raw(TIME, start_after, 1000).await?;
+            match page.last() {
+                Some((key, _)) => {
+                    last = Some(key.clone());
+                    start_after = Some(key.clone());
+                }
+                None => break,
+            }
+        }
+        match last {
+            Some(key) => self.time_entry(&key).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn time_entry(&self, key: &[u8]) -> Result<Option<SnapshotRecord>, SnapshotError> {
+        let id = be_u64(key.get(TIME.len() + 8..).unwrap_or_default())?;
+        Ok(self.get(id).await?.map(|v| v.record))
+    }
+
+    /// Remove a snapshot from the registry. Its versions become collectable.
+    pub async fn delete(&self, record: &SnapshotRecord) -> Result<(), SnapshotError> {
+        let mut ops = vec![delete(id_key(record.id))];
+        if let Some(name) = &record.name {
+            ops.push(delete(name_key(name)));
+        }
+        if matches!(record.state, SnapshotState::Done { .. }) {
+            ops.push(delete(time_key(record.time_ms, record.id)));
+        }
+        self.write(ops).await.map(|_| ())
+    }
+}
