@@ -171,6 +171,8 @@ pub struct ClusterStatus {
     pub node_id: u64,
     pub nodes: Vec<NodeInfo>,
     pub shards: Vec<ShardStatus>,
+    /// The meta group (snapshot registry), as the answering node's replica sees it.
+    pub meta: ShardStatus,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -217,4 +219,34 @@ pub fn join_bytes(
         (None, Some(b64)) => base64::engine::general_purpose::STANDARD.decode(b64),
         (None, None) => Ok(Vec::new()),
     }
+}
+
+/// Body of `POST /v1/snapshots` (optional).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshot {
+    /// A name to find the snapshot by (unique, not a number).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub name: Option<String>,
+}
+
+/// A completed snapshot: a consistent cut across every shard.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// Increasing id (the epoch).
+    pub id: u64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub name: Option<String>,
+    /// Wall-clock label (RFC 3339, UTC): when the snapshot completed.
+    pub time: String,
+    /// Per shard, the log index of its marker; the snapshot holds the entries below.
+    pub cuts: std::collections::BTreeMap<u32, u64>,
+}
+
+/// Response to `GET /v1/snapshots`: newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotList {
+    pub snapshots: Vec<SnapshotInfo>,
+    /// When more may follow: pass as `before=` for the next page.
+    pub next_before: Option<u64>,
 }

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use cairn_raft::{MultiRaft, RaftConfig};
+use cairn_snapshot::{Coordinator, SnapshotConfig};
 use cairn_store::NodeStore;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::task::JoinHandle;
@@ -29,6 +30,8 @@ pub struct Node {
     store: NodeStore,
     stop_http: CancellationToken,
     http: JoinHandle<()>,
+    stop_sweeper: CancellationToken,
+    sweeper: JoinHandle<()>,
 }
 
 impl Node {
@@ -60,8 +63,23 @@ impl Node {
             what: "HTTP listener".into(),
             source,
         })?;
+        let router = Arc::new(Router::new(
+            raft.clone(),
+            config.shards,
+            config.request_timeout(),
+        ));
+        let snapshots = Arc::new(Coordinator::new(router.clone(), SnapshotConfig::default()));
+        let stop_sweeper = CancellationToken::new();
+        let span = tracing::info_span!("snapshot_sweeper", node = config.id);
+        let sweeper = tokio::spawn(
+            snapshots
+                .clone()
+                .run_sweeper(stop_sweeper.clone())
+                .instrument(span),
+        );
         let state = Arc::new(ApiState {
-            router: Router::new(raft.clone(), config.shards, config.request_timeout()),
+            router,
+            snapshots,
             cluster_id: identity.cluster_id,
             metrics: prometheus(),
             config: config.clone(),
@@ -88,6 +106,8 @@ impl Node {
             store,
             stop_http,
             http,
+            stop_sweeper,
+            sweeper,
         })
     }
 
@@ -104,6 +124,10 @@ impl Node {
     pub async fn shutdown(self) {
         self.stop_http.cancel();
         let _ = self.http.await;
+        self.stop_sweeper.cancel();
+        let _ = self.sweeper.await;
+        // The HTTP state (router, coordinator) went with the server; the replicas are
+        // ours alone now.
         match Arc::try_unwrap(self.raft) {
             Ok(raft) => raft.shutdown().await,
             Err(_) => tracing::warn!("replicas still referenced at shutdown; dropping them"),

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_raft::{Consistency, MultiRaft, ShardError, ShardRequest, ShardResponse};
+use cairn_snapshot::Shards;
 use cairn_store::{shard_for_key, ShardId, Versioned};
 use tokio::time::Instant;
 
@@ -80,13 +81,15 @@ impl Router {
         }
     }
 
-    /// Live keys under `prefix` after `start_after`, across every shard, in key order.
+    /// Live keys under `prefix` after `start_after`, across every shard, in key order;
+    /// each shard read as `consistency` says for it (a snapshot reads every shard at
+    /// its own cut).
     pub async fn scan(
         &self,
         prefix: &[u8],
         start_after: Option<&[u8]>,
         limit: usize,
-        consistency: Consistency,
+        consistency: impl Fn(ShardId) -> Consistency,
     ) -> Result<ScanPage, ShardError> {
         let requests = (0..self.shards).map(|shard| {
             self.execute(ShardRequest::Scan {
@@ -94,7 +97,7 @@ impl Router {
                 prefix: prefix.to_vec(),
                 start_after: start_after.map(<[u8]>::to_vec),
                 limit,
-                consistency,
+                consistency: consistency(shard),
             })
         });
         let mut items = Vec::new();
@@ -116,6 +119,21 @@ impl Router {
             more = true;
         }
         Ok(ScanPage { items, more })
+    }
+}
+
+impl Shards for Router {
+    fn shard_count(&self) -> u32 {
+        self.shards
+    }
+
+    async fn execute(&self, request: ShardRequest) -> Result<ShardResponse, ShardError> {
+        Router::execute(self, request).await
+    }
+
+    fn leads_meta(&self) -> bool {
+        let meta = self.raft.config().meta_shard();
+        self.raft.leader_of(meta) == Some(self.raft.local().node_id())
     }
 }
 

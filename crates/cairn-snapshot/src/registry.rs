@@ -35,7 +35,7 @@ pub const MAX_NAME_BYTES: usize = 256;
 
 /// Where a snapshot stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "state")]
+#[serde(rename_all = "snake_case")]
 pub enum SnapshotState {
     /// Markers are being placed.
     Pending,
@@ -53,7 +53,6 @@ pub struct SnapshotRecord {
     /// Wall-clock label, milliseconds since the Unix epoch: when the snapshot was
     /// requested while pending, when it completed once done. It labels, never orders.
     pub time_ms: u64,
-    #[serde(flatten)]
     pub state: SnapshotState,
 }
 

@@ -12,13 +12,12 @@ use super::{ApiError, ApiState};
 
 type Shared = State<Arc<ApiState>>;
 
-pub async fn status(State(api): Shared) -> Json<ClusterStatus> {
+pub async fn status(State(api): Shared) -> Result<Json<ClusterStatus>, ApiError> {
     let config = &api.config;
     let raft = api.router.raft();
     let replicas: Vec<u64> = config.initial_cluster.keys().copied().collect();
-    let shards = (0..config.shards)
-        .filter_map(|shard| raft.status(shard))
-        .map(|s| ShardStatus {
+    let status = |shard: u32| {
+        raft.status(shard).map(|s| ShardStatus {
             id: s.shard,
             replicas: replicas.clone(),
             leader: s.leader,
@@ -28,8 +27,17 @@ pub async fn status(State(api): Shared) -> Json<ClusterStatus> {
             first_index: s.first_index,
             snapshots_installed: s.snapshots_installed,
         })
-        .collect();
-    Json(ClusterStatus {
+    };
+    let shards = (0..config.shards).filter_map(status).collect();
+    let meta = status(raft.config().meta_shard());
+    let meta = meta.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage_error",
+            "no meta group replica",
+        )
+    })?;
+    Ok(Json(ClusterStatus {
         cluster_id: api.cluster_id.clone(),
         node_id: config.id,
         nodes: config
@@ -41,7 +49,8 @@ pub async fn status(State(api): Shared) -> Json<ClusterStatus> {
             })
             .collect(),
         shards,
-    })
+        meta,
+    }))
 }
 
 pub async fn health() -> Json<serde_json::Value> {
@@ -52,7 +61,8 @@ pub async fn health() -> Json<serde_json::Value> {
 /// routed.
 pub async fn ready(State(api): Shared) -> Result<Json<serde_json::Value>, ApiError> {
     let raft = api.router.raft();
-    let leaderless: Vec<u32> = (0..api.config.shards)
+    // The data shards and the meta group (snapshots need it).
+    let leaderless: Vec<u32> = (0..=raft.config().meta_shard())
         .filter(|&s| raft.leader_of(s).is_none())
         .collect();
     if leaderless.is_empty() {

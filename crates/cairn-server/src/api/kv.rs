@@ -14,7 +14,7 @@ use cairn_client::api::{
 use cairn_raft::{Consistency, ShardRequest, ShardResponse};
 use cairn_store::{ApplyOutcome, Command, Condition, OpKind, WriteOp};
 
-use super::{url, ApiError, ApiState};
+use super::{snapshots, url, ApiError, ApiState};
 use crate::router::unexpected;
 
 type Shared = State<Arc<ApiState>>;
@@ -28,9 +28,13 @@ pub async fn empty_key() -> ApiError {
 
 pub async fn get(State(api): Shared, uri: Uri) -> Result<Response, ApiError> {
     let key = api.key_from_path(&uri)?;
-    let params = Params::parse(&uri, &["consistency"])?;
-    let consistency = params.consistency()?;
+    let params = Params::parse(&uri, &["consistency", "snapshot", "as_of"])?;
+    let snapshot = snapshots::resolve(&api, &params).await?;
     let shard = api.router.shard_of(&key);
+    let consistency = match &snapshot {
+        Some(s) => at_cut(s, shard)?,
+        None => params.consistency()?,
+    };
     let answer = api
         .router
         .execute(ShardRequest::Get {
@@ -110,11 +114,20 @@ pub async fn delete(
     }))
 }
 
-pub async fn scan(State(api): Shared, uri: Uri) -> Result<Json<ScanResponse>, ApiError> {
+pub async fn scan(State(api): Shared, uri: Uri) -> Result<Response, ApiError> {
     let params = Params::parse(
         &uri,
-        &["prefix", "start_after", "limit", "encoding", "consistency"],
+        &[
+            "prefix",
+            "start_after",
+            "limit",
+            "encoding",
+            "consistency",
+            "snapshot",
+            "as_of",
+        ],
     )?;
+    let snapshot = snapshots::resolve(&api, &params).await?;
     let prefix = params.bytes("prefix").unwrap_or_default();
     let start_after = params.bytes("start_after");
     for (name, key) in [
@@ -155,9 +168,22 @@ pub async fn scan(State(api): Shared, uri: Uri) -> Result<Json<ScanResponse>, Ap
         }
     };
     let consistency = params.consistency()?;
+    if let Some(s) = &snapshot {
+        for shard in 0..api.config.shards {
+            at_cut(s, shard)?;
+        }
+    }
     let page = api
         .router
-        .scan(&prefix, start_after.as_deref(), limit, consistency)
+        .scan(
+            &prefix,
+            start_after.as_deref(),
+            limit,
+            |shard| match &snapshot {
+                Some(s) => at_cut(s, shard).unwrap_or(consistency),
+                None => consistency,
+            },
+        )
         .await?;
     let next_start_after = match (page.more, page.items.last()) {
         (true, Some((key, _))) => Some(url::encode(key)),
@@ -168,10 +194,34 @@ pub async fn scan(State(api): Shared, uri: Uri) -> Result<Json<ScanResponse>, Ap
         .iter()
         .map(|(key, v)| ScanItem::new(key, &v.value, v.version, encoding))
         .collect();
-    Ok(Json(ScanResponse {
+    let mut response = Json(ScanResponse {
         items,
         next_start_after,
-    }))
+    })
+    .into_response();
+    if let Some(s) = &snapshot {
+        response
+            .headers_mut()
+            .insert(SNAPSHOT_HEADER, HeaderValue::from(s.id));
+    }
+    Ok(response)
+}
+
+/// The header naming the snapshot that served a point-in-time read.
+const SNAPSHOT_HEADER: &str = "cairn-snapshot";
+
+/// Read `shard` as the snapshot saw it: at the version just below its cut.
+fn at_cut(snapshot: &cairn_snapshot::SnapshotRecord, shard: u32) -> Result<Consistency, ApiError> {
+    snapshot
+        .read_version(shard)
+        .map(Consistency::AtVersion)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage_error",
+                format!("snapshot {} has no cut for shard {shard}", snapshot.id),
+            )
+        })
 }
 
 pub async fn batch(
@@ -372,7 +422,7 @@ fn etag(version: u64) -> HeaderValue {
 }
 
 /// Read a request body of at most `--max-request-bytes`.
-async fn read_body(api: &ApiState, body: Body) -> Result<axum::body::Bytes, ApiError> {
+pub(super) async fn read_body(api: &ApiState, body: Body) -> Result<axum::body::Bytes, ApiError> {
     let limit = api.config.max_request_bytes;
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let too_large = std::error::Error::source(&e)
@@ -392,10 +442,10 @@ async fn read_body(api: &ApiState, body: Body) -> Result<axum::body::Bytes, ApiE
 }
 
 /// Decoded query parameters, refusing any the route does not know.
-struct Params(Vec<(String, Vec<u8>)>);
+pub(super) struct Params(Vec<(String, Vec<u8>)>);
 
 impl Params {
-    fn parse(uri: &Uri, allowed: &[&str]) -> Result<Params, ApiError> {
+    pub(super) fn parse(uri: &Uri, allowed: &[&str]) -> Result<Params, ApiError> {
         let pairs = url::query_pairs(uri.query().unwrap_or_default())
             .map_err(|m| ApiError::bad_request("bad_query", m))?;
         if let Some((name, _)) = pairs.iter().find(|(n, _)| !allowed.contains(&n.as_str())) {
@@ -419,7 +469,7 @@ impl Params {
             .map(|(_, v)| v.clone())
     }
 
-    fn text(&self, name: &str) -> Result<Option<String>, ApiError> {
+    pub(super) fn text(&self, name: &str) -> Result<Option<String>, ApiError> {
         self.bytes(name)
             .map(|v| {
                 String::from_utf8(v).map_err(|_| {

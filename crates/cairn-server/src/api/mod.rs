@@ -8,6 +8,7 @@
 
 mod cluster;
 mod kv;
+mod snapshots;
 pub mod url;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use axum::routing::{get, post};
 use axum::Json;
 use cairn_client::api::{ErrorBody, ErrorDetail};
 use cairn_raft::ShardError;
+use cairn_snapshot::{Coordinator, SnapshotError};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Config;
@@ -26,7 +28,8 @@ use crate::router::Router;
 
 /// What the handlers share.
 pub struct ApiState {
-    pub router: Router,
+    pub router: Arc<Router>,
+    pub snapshots: Arc<Coordinator<Router>>,
     pub config: Config,
     pub cluster_id: String,
     pub metrics: Option<PrometheusHandle>,
@@ -45,6 +48,14 @@ pub fn app(state: Arc<ApiState>) -> axum::Router {
             get(kv::get).put(kv::put).delete(kv::delete),
         )
         .route("/v1/batch", post(kv::batch))
+        .route(
+            "/v1/snapshots",
+            get(snapshots::list).post(snapshots::create),
+        )
+        .route(
+            "/v1/snapshots/{id}",
+            get(snapshots::show).delete(snapshots::delete),
+        )
         .route("/v1/cluster", get(cluster::status))
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))
@@ -121,6 +132,21 @@ impl From<ShardError> for ApiError {
             }
             ShardError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ShardError::Storage { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<SnapshotError> for ApiError {
+    fn from(e: SnapshotError) -> ApiError {
+        let (status, code) = match &e {
+            SnapshotError::NotFound(_) => (StatusCode::NOT_FOUND, "snapshot_not_found"),
+            SnapshotError::Aborted { .. } => (StatusCode::SERVICE_UNAVAILABLE, "snapshot_aborted"),
+            SnapshotError::NameTaken(_) => (StatusCode::CONFLICT, "snapshot_name_taken"),
+            SnapshotError::BadName(_) => (StatusCode::BAD_REQUEST, "bad_snapshot_name"),
+            SnapshotError::Contended => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            SnapshotError::Shard(shard) => return ApiError::from(shard.clone()),
+            SnapshotError::Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
         };
         ApiError::new(status, code, e.to_string())
     }

@@ -1,0 +1,161 @@
+//! `/v1/snapshots`: take, list, show and delete consistent snapshots; and the
+//! resolution of `snapshot=` / `as_of=` on read endpoints.
+
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, Uri};
+use axum::Json;
+use cairn_client::api::{CreateSnapshot, SnapshotInfo, SnapshotList};
+use cairn_snapshot::{SnapshotError, SnapshotRecord, SnapshotState};
+
+use super::kv::{read_body, Params};
+use super::{ApiError, ApiState};
+
+type Shared = State<Arc<ApiState>>;
+
+const DEFAULT_LIST_LIMIT: usize = 100;
+
+pub async fn create(
+    State(api): Shared,
+    uri: Uri,
+    body: Body,
+) -> Result<(StatusCode, Json<SnapshotInfo>), ApiError> {
+    Params::parse(&uri, &[])?;
+    let body = read_body(&api, body).await?;
+    let request: CreateSnapshot = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateSnapshot::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request("bad_json", format!("invalid snapshot request: {e}"))
+        })?
+    };
+    let record = api.snapshots.take(request.name.as_deref()).await?;
+    Ok((StatusCode::CREATED, Json(info(&record)?)))
+}
+
+pub async fn list(State(api): Shared, uri: Uri) -> Result<Json<SnapshotList>, ApiError> {
+    let params = Params::parse(&uri, &["limit", "before"])?;
+    let max = api.config.max_scan_limit;
+    let limit = match params.text("limit")? {
+        None => DEFAULT_LIST_LIMIT.min(max),
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "bad_limit",
+                    format!("limit must be a number from 1 to {max}"),
+                ))
+            }
+        },
+    };
+    let before = match params.text("before")? {
+        None => None,
+        Some(text) => Some(
+            text.parse::<u64>()
+                .map_err(|_| ApiError::bad_request("bad_query", "before must be a snapshot id"))?,
+        ),
+    };
+    let records = api.snapshots.registry().list(before, limit).await?;
+    let next_before = (records.len() == limit)
+        .then(|| records.last().map(|r| r.id))
+        .flatten();
+    let snapshots = records
+        .iter()
+        .filter(|r| matches!(r.state, SnapshotState::Done { .. }))
+        .map(info)
+        .collect::<Result<_, _>>()?;
+    Ok(Json(SnapshotList {
+        snapshots,
+        next_before,
+    }))
+}
+
+pub async fn show(
+    State(api): Shared,
+    Path(id): Path<String>,
+) -> Result<Json<SnapshotInfo>, ApiError> {
+    let record = done(api.snapshots.registry().lookup(&id).await?)?;
+    Ok(Json(info(&record)?))
+}
+
+pub async fn delete(State(api): Shared, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let registry = api.snapshots.registry();
+    let record = done(registry.lookup(&id).await?)?;
+    registry.delete(&record).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Only completed snapshots are visible: a pending or aborted one leaves no trace.
+fn done(record: SnapshotRecord) -> Result<SnapshotRecord, ApiError> {
+    match record.state {
+        SnapshotState::Done { .. } => Ok(record),
+        _ => Err(SnapshotError::NotFound(record.id.to_string()).into()),
+    }
+}
+
+fn info(record: &SnapshotRecord) -> Result<SnapshotInfo, ApiError> {
+    match &record.state {
+        SnapshotState::Done { cuts } => Ok(SnapshotInfo {
+            id: record.id,
+            name: record.name.clone(),
+            time: record.time_rfc3339(),
+            cuts: cuts.clone(),
+        }),
+        _ => Err(SnapshotError::NotFound(record.id.to_string()).into()),
+    }
+}
+
+/// The snapshot a read names with `snapshot=ID|NAME` or `as_of=TIME`, if any.
+pub async fn resolve(api: &ApiState, params: &Params) -> Result<Option<SnapshotRecord>, ApiError> {
+    let by_id = params.text("snapshot")?;
+    let as_of = params.text("as_of")?;
+    if params.text("consistency")?.is_some() && (by_id.is_some() || as_of.is_some()) {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            "a snapshot read has a fixed answer; `consistency` does not apply to it",
+        ));
+    }
+    let registry = api.snapshots.registry();
+    match (by_id, as_of) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "bad_query",
+            "give `snapshot` or `as_of`, not both",
+        )),
+        (Some(id), None) => Ok(Some(done(registry.lookup(&id).await?)?)),
+        (None, Some(time)) => {
+            let t = humantime::parse_rfc3339_weak(&time).map_err(|e| {
+                ApiError::bad_request(
+                    "bad_query",
+                    format!("as_of must be an RFC 3339 UTC time like 2026-11-23T12:00:00Z: {e}"),
+                )
+            })?;
+            let ms = t
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            if let Some(record) = registry.newest_at_or_before(ms).await? {
+                return Ok(Some(record));
+            }
+            match registry.oldest_done().await? {
+                Some(oldest) => Err(ApiError::new(
+                    StatusCode::GONE,
+                    "history_unavailable",
+                    format!(
+                        "no retained snapshot at or before {time}; the oldest readable point is {} (snapshot {})",
+                        oldest.time_rfc3339(),
+                        oldest.id
+                    ),
+                )),
+                None => Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "snapshot_not_found",
+                    "no snapshot has been taken yet",
+                )),
+            }
+        }
+        (None, None) => Ok(None),
+    }
+}
