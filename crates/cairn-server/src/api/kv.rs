@@ -43,8 +43,8 @@ pub async fn get(State(api): Shared, uri: Uri) -> Result<Response, ApiError> {
             consistency,
         })
         .await?;
-    match answer {
-        ShardResponse::Value(Some(v)) => Ok((
+    let mut response = match answer {
+        ShardResponse::Value(Some(v)) => (
             [
                 (
                     header::CONTENT_TYPE,
@@ -54,14 +54,21 @@ pub async fn get(State(api): Shared, uri: Uri) -> Result<Response, ApiError> {
             ],
             v.value,
         )
-            .into_response()),
-        ShardResponse::Value(None) => Err(ApiError::new(
+            .into_response(),
+        ShardResponse::Value(None) => ApiError::new(
             StatusCode::NOT_FOUND,
             "key_not_found",
             "no value for this key",
-        )),
-        other => Err(unexpected(other).into()),
+        )
+        .into_response(),
+        other => return Err(unexpected(other).into()),
+    };
+    if let Some(s) = &snapshot {
+        response
+            .headers_mut()
+            .insert(SNAPSHOT_HEADER, HeaderValue::from(s.id));
     }
+    Ok(response)
 }
 
 pub async fn put(

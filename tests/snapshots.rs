@@ -1,0 +1,1 @@
+//! Consistent snapshots against real processes.
