@@ -1,0 +1,303 @@
+//! The marker protocol on three real multi-raft hosts in one process: a snapshot that
+//! completes, one that aborts because a shard cannot place its marker, and an epoch
+//! abandoned by its coordinator that the sweeper aborts. In each case the alignment
+//! window ends: held answers are released.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_raft::{Consistency, MultiRaft, RaftConfig, ShardError, ShardRequest, ShardResponse};
+use cairn_snapshot::{Coordinator, Shards, SnapshotConfig, SnapshotError, SnapshotState};
+use cairn_store::{ApplyOutcome, Command, Condition, NodeStore, OpKind, WriteOp};
+use tokio::sync::Notify;
+
+const SHARDS: u32 = 3;
+
+fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// Three hosts, routing each request to the shard's leader. `broken` makes one
+/// shard's markers never commit, as in a shard without quorum; `marked` is told when
+/// shard 0's marker has been placed.
+struct Cluster {
+    _dir: tempfile::TempDir,
+    hosts: BTreeMap<u64, MultiRaft>,
+    broken: Option<u32>,
+    marked: Arc<Notify>,
+}
+
+impl Cluster {
+    async fn start(broken: Option<u32>) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let peers: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, free_addr())).collect();
+        let mut hosts = BTreeMap::new();
+        for id in 1..=3 {
+            let store = NodeStore::open(&dir.path().join(format!("n{id}"))).expect("store");
+            let config = RaftConfig {
+                node_id: id,
+                cluster_id: "test".into(),
+                shards: SHARDS,
+                peers: peers.clone(),
+                listen: peers[&id],
+                tick: Duration::from_millis(20),
+                election_ticks: 10,
+                heartbeat_ticks: 2,
+                log_compact_entries: 1000,
+                request_ticks: 250,
+            };
+            hosts.insert(id, MultiRaft::start(config, store).await.expect("start"));
+        }
+        Cluster {
+            _dir: dir,
+            hosts,
+            broken,
+            marked: Arc::new(Notify::new()),
+        }
+    }
+
+    async fn stop(self) {
+        for (_, host) in self.hosts {
+            host.shutdown().await;
+        }
+    }
+}
+
+impl Shards for Cluster {
+    fn shard_count(&self) -> u32 {
+        SHARDS
+    }
+
+    async fn execute(&self, request: ShardRequest) -> Result<ShardResponse, ShardError> {
+        let shard = request.shard();
+        if let (
+            Some(broken),
+            ShardRequest::Write {
+                command: Command::Marker { .. },
+                ..
+            },
+        ) = (self.broken, &request)
+        {
+            if broken == shard {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                return Err(ShardError::Unavailable {
+                    shard,
+                    reason: "no quorum (simulated)".into(),
+                });
+            }
+        }
+        let marker = matches!(
+            request,
+            ShardRequest::Write {
+                shard: 0,
+                command: Command::Marker { .. },
+            }
+        );
+        for _ in 0..500 {
+            let leader = self.hosts.values().find_map(|h| h.leader_of(shard));
+            if let Some(host) = leader.and_then(|l| self.hosts.get(&l)) {
+                match host.local().execute(request.clone()).await {
+                    Err(e) if e.is_retryable() => {}
+                    other => {
+                        if marker && other.is_ok() {
+                            self.marked.notify_waiters();
+                        }
+                        return other;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(ShardError::Unavailable {
+            shard,
+            reason: "no leader".into(),
+        })
+    }
+
+    fn leads_meta(&self) -> bool {
+        true
+    }
+}
+
+fn put(key: &str, value: &str) -> ShardRequest {
+    ShardRequest::Write {
+        shard: 0,
+        command: Command::Batch(vec![WriteOp {
+            key: key.as_bytes().to_vec(),
+            kind: OpKind::Put(value.as_bytes().to_vec()),
+            condition: Condition::Always,
+        }]),
+    }
+}
+
+fn config() -> SnapshotConfig {
+    SnapshotConfig {
+        marker_timeout: Duration::from_millis(1500),
+        abort_after: Duration::from_millis(300),
+        sweep_every: Duration::from_millis(100),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_complete_snapshot_reads_the_state_at_its_cuts() {
+    let cluster = Arc::new(Cluster::start(None).await);
+    cluster.execute(put("k", "before")).await.expect("put");
+    let coordinator = Coordinator::new(cluster.clone(), config());
+    let snapshot = coordinator.take(Some("one")).await.expect("snapshot");
+    cluster.execute(put("k", "after")).await.expect("put");
+
+    let SnapshotState::Done { cuts } = &snapshot.state else {
+        panic!("not done: {snapshot:?}");
+    };
+    assert_eq!(cuts.len(), SHARDS as usize, "a cut for every shard");
+    let at = snapshot.read_version(0).expect("shard 0 cut");
+    let read = ShardRequest::Get {
+        shard: 0,
+        key: b"k".to_vec(),
+        consistency: Consistency::AtVersion(at),
+    };
+    match cluster.execute(read).await {
+        Ok(ShardResponse::Value(Some(v))) => assert_eq!(v.value, b"before"),
+        other => panic!("read at snapshot: {other:?}"),
+    }
+    let found = coordinator.registry().lookup("one").await.expect("by name");
+    assert_eq!(found.id, snapshot.id);
+    assert!(coordinator
+        .registry()
+        .open_epochs()
+        .await
+        .expect("open")
+        .is_empty());
+    drop(coordinator);
+    Arc::try_unwrap(cluster)
+        .ok()
+        .expect("sole owner")
+        .stop()
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_without_quorum_aborts_the_snapshot_and_releases_held_answers() {
+    let cluster = Arc::new(Cluster::start(Some(2)).await);
+    cluster.execute(put("warm", "up")).await.expect("put");
+    let coordinator = Coordinator::new(cluster.clone(), config());
+
+    {
+        let marked = cluster.marked.clone();
+        let placed = marked.notified();
+        tokio::pin!(placed);
+        placed.as_mut().enable();
+        let snapshot = coordinator.take(None);
+        tokio::pin!(snapshot);
+        // Once shard 0 has its marker, a write to shard 0 after it must wait for the
+        // snapshot to end: here its abort, when shard 2's marker times out.
+        let held_write = async {
+            placed.await;
+            let sent = tokio::time::Instant::now();
+            let answer = cluster.execute(put("k", "during")).await;
+            (answer, sent.elapsed())
+        };
+        let (aborted, (written, waited)) = tokio::join!(&mut snapshot, held_write);
+        match aborted {
+            Err(SnapshotError::Aborted { reason, .. }) => {
+                assert!(
+                    reason.contains("shard 2"),
+                    "the reason names the shard: {reason}"
+                )
+            }
+            other => panic!("expected an abort, got {other:?}"),
+        }
+        assert!(
+            matches!(
+                written,
+                Ok(ShardResponse::Written(ApplyOutcome::Applied { .. }))
+            ),
+            "the held write is answered after the abort: {written:?}"
+        );
+        // Answered only when the window closed, most of the marker timeout later; an
+        // unheld write takes milliseconds.
+        assert!(
+            waited >= Duration::from_millis(1000),
+            "the write after the cut was answered after {waited:?}, before the abort"
+        );
+    }
+    let record = coordinator.registry().list(None, 10).await.expect("list");
+    assert!(matches!(record[0].state, SnapshotState::Aborted { .. }));
+    assert!(coordinator
+        .registry()
+        .open_epochs()
+        .await
+        .expect("open")
+        .is_empty());
+    // Nothing is held any more: a new write is answered at once.
+    tokio::time::timeout(Duration::from_secs(2), cluster.execute(put("k", "later")))
+        .await
+        .expect("not held")
+        .expect("put");
+    drop(coordinator);
+    Arc::try_unwrap(cluster)
+        .ok()
+        .expect("sole owner")
+        .stop()
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_aborts_an_epoch_whose_coordinator_died() {
+    let cluster = Arc::new(Cluster::start(None).await);
+    let coordinator = Coordinator::new(cluster.clone(), config());
+    // A coordinator that allocates and places markers, then dies.
+    let pending = coordinator
+        .registry()
+        .allocate(None)
+        .await
+        .expect("allocate");
+    let epoch = pending.record.id;
+    for shard in 0..SHARDS {
+        let marker = ShardRequest::Write {
+            shard,
+            command: Command::Marker { epoch },
+        };
+        cluster.execute(marker).await.expect("marker");
+    }
+    {
+        let write = cluster.execute(put("k", "v"));
+        tokio::pin!(write);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(400), &mut write)
+                .await
+                .is_err(),
+            "a write after an open cut was answered with no coordinator to end the window"
+        );
+        let mut first_seen = HashMap::new();
+        let sweeping = async {
+            for _ in 0..50 {
+                coordinator.sweep(&mut first_seen).await.expect("sweep");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::select! {
+            answered = &mut write => assert!(answered.is_ok(), "{answered:?}"),
+            _ = sweeping => panic!("the sweeper never released the abandoned epoch"),
+        }
+    }
+    let record = coordinator
+        .registry()
+        .get(epoch)
+        .await
+        .expect("get")
+        .expect("record");
+    assert!(
+        matches!(record.record.state, SnapshotState::Aborted { .. }),
+        "{record:?}"
+    );
+    drop(coordinator);
+    Arc::try_unwrap(cluster)
+        .ok()
+        .expect("sole owner")
+        .stop()
+        .await;
+}
