@@ -149,6 +149,45 @@ pub struct ScanOptions {
     pub consistency: Consistency,
 }
 
+/// Which snapshot a point-in-time read reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadAt {
+    /// A snapshot by id (`"17"`) or name (`snapshot=`).
+    Snapshot(String),
+    /// The newest completed snapshot taken at or before this RFC 3339 UTC time, e.g.
+    /// `2026-11-23T13:35:08.218Z` (`as_of=`).
+    AsOf(String),
+}
+
+impl ReadAt {
+    /// A snapshot by its id.
+    pub fn id(id: u64) -> ReadAt {
+        ReadAt::Snapshot(id.to_string())
+    }
+
+    /// The query-string pair selecting this snapshot, percent-encoded.
+    pub fn query(&self) -> String {
+        match self {
+            ReadAt::Snapshot(id) => format!("snapshot={}", encode_query(id.as_bytes())),
+            ReadAt::AsOf(time) => format!("as_of={}", encode_query(time.as_bytes())),
+        }
+    }
+}
+
+/// The answer of a point-in-time read, with the snapshot that served it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AtSnapshot<T> {
+    /// The id of the snapshot read (the `Cairn-Snapshot` header).
+    pub snapshot: u64,
+    pub value: T,
+}
+
+/// The header naming the snapshot a point-in-time read was served from.
+pub const SNAPSHOT_HEADER: &str = "cairn-snapshot";
+
+/// Page size of [`Client::scan_all_at`]: the server's default maximum.
+const SCAN_AT_PAGE: Option<usize> = Some(1000);
+
 /// A handle on one Cairn node. Cheap to clone; clones share a connection pool.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -326,6 +365,191 @@ impl Client {
         }
     }
 
+    /// Takes a consistent snapshot of every shard, optionally named; returns it once
+    /// complete. An aborted snapshot (a shard did not place its marker in time) is
+    /// `Error::Api { status: 503, code: "snapshot_aborted", .. }`; nothing can read
+    /// it, so taking another is safe.
+    pub async fn create_snapshot(&self, name: Option<&str>) -> Result<api::SnapshotInfo> {
+        let url = format!("{}/v1/snapshots", self.base);
+        let mut request = self.http.post(url);
+        if let Some(name) = name {
+            request = request.json(&api::CreateSnapshot {
+                name: Some(name.to_owned()),
+            });
+        }
+        json(check(request.send().await?).await?).await
+    }
+
+    /// One page of completed snapshots, newest first: those with an id below
+    /// `before` (all when `None`), at most `limit` (the server's default when `None`).
+    /// Pass the page's `next_before` as `before` for the next page.
+    pub async fn list_snapshots(
+        &self,
+        before: Option<u64>,
+        limit: Option<usize>,
+    ) -> Result<api::SnapshotList> {
+        let mut url = format!("{}/v1/snapshots", self.base);
+        let mut sep = '?';
+        if let Some(before) = before {
+            url.push_str(&format!("{sep}before={before}"));
+            sep = '&';
+        }
+        if let Some(limit) = limit {
+            url.push_str(&format!("{sep}limit={limit}"));
+        }
+        json(check(self.http.get(url).send().await?).await?).await
+    }
+
+    /// Every completed snapshot, newest first, following pages until the last.
+    pub async fn list_all_snapshots(&self) -> Result<Vec<api::SnapshotInfo>> {
+        let mut out: Vec<api::SnapshotInfo> = Vec::new();
+        let mut before = None;
+        loop {
+            let page = self.list_snapshots(before, None).await?;
+            out.extend(page.snapshots);
+            match page.next_before {
+                None => return Ok(out),
+                // A cursor that does not move down would loop forever.
+                Some(next) if before.is_some_and(|prev| next >= prev) => {
+                    return Err(Error::Decode(format!(
+                        "snapshot list cursor did not move below {next}"
+                    )))
+                }
+                Some(next) => before = Some(next),
+            }
+        }
+    }
+
+    /// The completed snapshot with this id or name; `snapshot_not_found` (404)
+    /// otherwise.
+    pub async fn snapshot(&self, id_or_name: &str) -> Result<api::SnapshotInfo> {
+        let url = self.snapshot_url(id_or_name)?;
+        json(check(self.http.get(url).send().await?).await?).await
+    }
+
+    /// Deletes the snapshot with this id or name (its versions become collectable);
+    /// `snapshot_not_found` (404) when there is none.
+    pub async fn delete_snapshot(&self, id_or_name: &str) -> Result<()> {
+        let url = self.snapshot_url(id_or_name)?;
+        check(self.http.delete(url).send().await?).await.map(drop)
+    }
+
+    /// Reads `key` as it was at a snapshot (any node can answer). `value` is
+    /// `None` when the key was absent there; `snapshot` is the id of the snapshot
+    /// that answered (from the `Cairn-Snapshot` header), which for
+    /// [`ReadAt::AsOf`] is the newest completed snapshot taken at or before that time.
+    pub async fn get_at(&self, key: &[u8], at: &ReadAt) -> Result<AtSnapshot<Option<Got>>> {
+        let url = format!("{}?{}", self.key_url(key)?, at.query());
+        let response = self.http.get(url).send().await?;
+        let served = snapshot_header(&response)?;
+        let response = match check(response).await {
+            Ok(response) => response,
+            Err(Error::Api {
+                status: 404, code, ..
+            }) if code == "key_not_found" => {
+                return Ok(AtSnapshot {
+                    snapshot: require_snapshot_header(served)?,
+                    value: None,
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        let snapshot = require_snapshot_header(served)?;
+        let version = etag_version(&response)?;
+        let value = response.bytes().await?.to_vec();
+        Ok(AtSnapshot {
+            snapshot,
+            value: Some(Got { value, version }),
+        })
+    }
+
+    /// Every live key under `prefix` at a snapshot, as `(key, value, version)` in
+    /// byte order, following pages until the last. Unlike [`Client::scan_all`] the
+    /// result is one consistent cut: every page after the first names the snapshot
+    /// that served the first, so an [`ReadAt::AsOf`] time cannot resolve to a newer
+    /// snapshot half way through.
+    pub async fn scan_all_at(
+        &self,
+        prefix: &[u8],
+        at: &ReadAt,
+    ) -> Result<AtSnapshot<Vec<(Vec<u8>, Vec<u8>, u64)>>> {
+        let mut at = at.clone();
+        let mut served: Option<u64> = None;
+        let mut start_after: Option<Vec<u8>> = None;
+        let mut out: Vec<(Vec<u8>, Vec<u8>, u64)> = Vec::new();
+        loop {
+            let (snapshot, page) = self
+                .scan_page_at(prefix, start_after.as_deref(), SCAN_AT_PAGE, &at)
+                .await?;
+            if served.is_some_and(|first| first != snapshot) {
+                return Err(Error::Decode(format!(
+                    "scan pages served by snapshots {} and {snapshot}",
+                    served.unwrap_or_default()
+                )));
+            }
+            served = Some(snapshot);
+            at = ReadAt::Snapshot(snapshot.to_string());
+            for item in &page.items {
+                let key = item.key_bytes().map_err(decode_err)?;
+                let value = item.value_bytes().map_err(decode_err)?;
+                out.push((key, value, item.version));
+            }
+            let Some(next) = page.next_start_after else {
+                return Ok(AtSnapshot {
+                    snapshot,
+                    value: out,
+                });
+            };
+            let next: Vec<u8> = percent_decode_str(&next).collect();
+            if start_after.as_ref().is_some_and(|prev| next <= *prev) {
+                return Err(Error::Decode(format!(
+                    "scan cursor did not advance past {:?}",
+                    String::from_utf8_lossy(&next)
+                )));
+            }
+            start_after = Some(next);
+        }
+    }
+
+    /// One page of a scan at a snapshot, with the id of the snapshot that served it.
+    pub async fn scan_page_at(
+        &self,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: Option<usize>,
+        at: &ReadAt,
+    ) -> Result<(u64, api::ScanResponse)> {
+        let mut url = format!(
+            "{}/v1/kv?encoding=base64&prefix={}&{}",
+            self.base,
+            encode_query(prefix),
+            at.query()
+        );
+        if let Some(start_after) = start_after {
+            url.push_str("&start_after=");
+            url.push_str(&encode_query(start_after));
+        }
+        if let Some(limit) = limit {
+            url.push_str(&format!("&limit={limit}"));
+        }
+        let response = self.http.get(url).send().await?;
+        let served = snapshot_header(&response)?;
+        let response = check(response).await?;
+        Ok((require_snapshot_header(served)?, json(response).await?))
+    }
+
+    fn snapshot_url(&self, id_or_name: &str) -> Result<String> {
+        // One path segment: `/` is encoded, and the dot segments cannot be sent.
+        if id_or_name == "." || id_or_name == ".." {
+            return Err(Error::UnaddressableKey(id_or_name.as_bytes().to_vec()));
+        }
+        Ok(format!(
+            "{}/v1/snapshots/{}",
+            self.base,
+            encode_with(id_or_name.as_bytes(), KEY_SET_NO_SLASH)
+        ))
+    }
+
     fn key_url(&self, key: &[u8]) -> Result<String> {
         Ok(format!("{}/v1/kv/{}", self.base, encode_key_path(key)?))
     }
@@ -406,6 +630,23 @@ fn etag_version(response: &Response) -> Result<u64> {
         .ok_or_else(|| Error::Decode("response has no ETag header".into()))?;
     parse_etag(etag.as_bytes())
         .ok_or_else(|| Error::Decode(format!("malformed ETag {etag:?}, want \"<version>\"")))
+}
+
+/// The snapshot id of a `Cairn-Snapshot: N` header, if the response has one.
+fn snapshot_header(response: &Response) -> Result<Option<u64>> {
+    let Some(value) = response.headers().get(SNAPSHOT_HEADER) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .map(Some)
+        .ok_or_else(|| Error::Decode(format!("malformed Cairn-Snapshot header {value:?}")))
+}
+
+fn require_snapshot_header(served: Option<u64>) -> Result<u64> {
+    served.ok_or_else(|| Error::Decode("snapshot read has no Cairn-Snapshot header".into()))
 }
 
 /// Parses `"N"` (a strong ETag holding a version).
@@ -490,6 +731,35 @@ mod tests {
         assert_eq!(parse_etag(b"42"), None);
         assert_eq!(parse_etag(b"W/\"42\""), None);
         assert_eq!(parse_etag(b"\"x\""), None);
+    }
+
+    #[test]
+    fn read_at_queries_are_encoded() {
+        assert_eq!(ReadAt::id(7).query(), "snapshot=7");
+        assert_eq!(
+            ReadAt::Snapshot("nightly a&b".into()).query(),
+            "snapshot=nightly%20a%26b"
+        );
+        assert_eq!(
+            ReadAt::AsOf("2026-11-23T13:35:08.218Z".into()).query(),
+            "as_of=2026-11-23T13%3A35%3A08.218Z"
+        );
+        let t = ReadAt::AsOf("2026-11-23T13:35:08+01:00".into()).query();
+        assert!(!t.contains('+'), "a literal + would decode as a space: {t}");
+    }
+
+    #[test]
+    fn snapshot_urls_are_one_segment() {
+        let client = Client::new("http://127.0.0.1:1");
+        assert_eq!(
+            client.snapshot_url("42").unwrap(),
+            "http://127.0.0.1:1/v1/snapshots/42"
+        );
+        assert_eq!(
+            client.snapshot_url("a/b c").unwrap(),
+            "http://127.0.0.1:1/v1/snapshots/a%2Fb%20c"
+        );
+        assert!(client.snapshot_url("..").is_err());
     }
 
     #[test]

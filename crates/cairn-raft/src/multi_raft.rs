@@ -270,6 +270,14 @@ impl MultiRaft {
         self.transport.call(to, req, timeout).await
     }
 
+    /// Write batches this node's replicas of the data shards have applied since start.
+    pub fn writes_applied(&self) -> u64 {
+        (0..self.cfg.shards)
+            .filter_map(|s| self.local.gauges(s))
+            .map(|g| g.writes_applied.load(Ordering::Relaxed))
+            .sum()
+    }
+
     pub fn status(&self, shard: ShardId) -> Option<ReplicaStatus> {
         let g = self.local.gauges(shard)?;
         Some(ReplicaStatus {

@@ -70,6 +70,9 @@ pub struct ReplicaGauges {
     pub applied: AtomicU64,
     pub first_index: AtomicU64,
     pub snapshots_installed: AtomicU64,
+    /// Write batches applied since the process started (markers and releases do not
+    /// count): how automatic snapshots tell whether anything was written.
+    pub writes_applied: AtomicU64,
 }
 
 impl ReplicaGauges {
@@ -583,6 +586,9 @@ impl Replica {
                 .map_err(|e| e.to_string())?;
             self.gauges.applied.store(index, Ordering::Relaxed);
 
+            if matches!(command, Some(Command::Batch(_))) {
+                self.gauges.writes_applied.fetch_add(1, Ordering::Relaxed);
+            }
             let mut control = false;
             match (&outcome, &command) {
                 (ApplyOutcome::Marked { cut }, Some(Command::Marker { epoch })) => {

@@ -51,6 +51,11 @@ pub struct Config {
     pub max_scan_limit: usize,
     /// How long a request may take inside the cluster before it fails. Default 5000 ms.
     pub request_timeout_ms: u64,
+    /// Take an automatic snapshot this often while data is written; 0 disables.
+    /// Default 1000 ms, so `as_of` reads have one-second granularity.
+    pub snapshot_interval_ms: u64,
+    /// How long automatic snapshots are kept. Default 24 h.
+    pub history_retention: Duration,
 }
 
 /// Optional settings, as given by flags, environment or file (see the module doc).
@@ -105,6 +110,13 @@ pub struct Settings {
     /// Request deadline inside the cluster in milliseconds [default: 5000].
     #[arg(long, env = "CAIRN_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
+    /// Automatic snapshot interval in milliseconds while data is written; 0 disables
+    /// [default: 1000].
+    #[arg(long, env = "CAIRN_SNAPSHOT_INTERVAL_MS")]
+    pub snapshot_interval_ms: Option<u64>,
+    /// How long automatic snapshots are kept, e.g. `24h`, `7d` [default: 24h].
+    #[arg(long, env = "CAIRN_HISTORY_RETENTION")]
+    pub history_retention: Option<String>,
 }
 
 macro_rules! merge_fields {
@@ -134,7 +146,9 @@ impl Settings {
             max_value_bytes,
             max_request_bytes,
             max_scan_limit,
-            request_timeout_ms
+            request_timeout_ms,
+            snapshot_interval_ms,
+            history_retention
         )
     }
 
@@ -172,6 +186,13 @@ impl Settings {
             max_request_bytes: self.max_request_bytes.unwrap_or(4 * 1024 * 1024),
             max_scan_limit: self.max_scan_limit.unwrap_or(1000),
             request_timeout_ms: self.request_timeout_ms.unwrap_or(5000),
+            snapshot_interval_ms: self.snapshot_interval_ms.unwrap_or(1000),
+            history_retention: match self.history_retention.as_deref() {
+                None => Duration::from_secs(24 * 3600),
+                Some(text) => humantime::parse_duration(text).map_err(|e| {
+                    ServerError::Config(format!("--history-retention `{text}`: {e}"))
+                })?,
+            },
         };
         config.validate()?;
         Ok(config)
@@ -221,6 +242,16 @@ impl Config {
             return fail("--request-timeout-ms must be at least one tick".into());
         }
         Ok(())
+    }
+
+    /// The snapshot protocol's timing.
+    pub fn snapshots(&self) -> cairn_snapshot::SnapshotConfig {
+        cairn_snapshot::SnapshotConfig {
+            auto_interval: (self.snapshot_interval_ms > 0)
+                .then(|| Duration::from_millis(self.snapshot_interval_ms)),
+            retention: self.history_retention,
+            ..Default::default()
+        }
     }
 
     pub fn request_timeout(&self) -> Duration {

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use cairn_raft::{MultiRaft, RaftConfig};
-use cairn_snapshot::{Coordinator, SnapshotConfig};
+use cairn_snapshot::Coordinator;
 use cairn_store::NodeStore;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::task::JoinHandle;
@@ -68,15 +68,21 @@ impl Node {
             config.shards,
             config.request_timeout(),
         ));
-        let snapshots = Arc::new(Coordinator::new(router.clone(), SnapshotConfig::default()));
+        let snapshots = Arc::new(Coordinator::new(router.clone(), config.snapshots()));
         let stop_sweeper = CancellationToken::new();
         let span = tracing::info_span!("snapshot_sweeper", node = config.id);
-        let sweeper = tokio::spawn(
-            snapshots
-                .clone()
-                .run_sweeper(stop_sweeper.clone())
-                .instrument(span),
-        );
+        let sweep = snapshots
+            .clone()
+            .run_sweeper(stop_sweeper.clone())
+            .instrument(span);
+        let span = tracing::info_span!("auto_snapshots", node = config.id);
+        let auto = snapshots
+            .clone()
+            .run_auto(stop_sweeper.clone())
+            .instrument(span);
+        let sweeper = tokio::spawn(async move {
+            tokio::join!(sweep, auto);
+        });
         let state = Arc::new(ApiState {
             router,
             snapshots,

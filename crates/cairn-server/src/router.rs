@@ -131,6 +131,12 @@ impl Shards for Router {
         Router::execute(self, request).await
     }
 
+    fn writes_seen(&self) -> u64 {
+        // Every node holds a replica of every shard, so its own replicas see every
+        // write (a little late on a follower, which only delays the next snapshot).
+        self.raft.writes_applied()
+    }
+
     fn leads_meta(&self) -> bool {
         let meta = self.raft.config().meta_shard();
         self.raft.leader_of(meta) == Some(self.raft.local().node_id())

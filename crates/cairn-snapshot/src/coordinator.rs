@@ -38,6 +38,10 @@ pub struct SnapshotConfig {
     pub abort_after: Duration,
     /// How often the sweeper looks at open epochs.
     pub sweep_every: Duration,
+    /// Take a snapshot this often while data is being written; `None` disables.
+    pub auto_interval: Option<Duration>,
+    /// How long automatic snapshots are kept.
+    pub retention: Duration,
 }
 
 impl Default for SnapshotConfig {
@@ -46,6 +50,8 @@ impl Default for SnapshotConfig {
             marker_timeout: Duration::from_secs(2),
             abort_after: Duration::from_secs(10),
             sweep_every: Duration::from_secs(1),
+            auto_interval: Some(Duration::from_secs(1)),
+            retention: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -66,8 +72,16 @@ impl<S: Shards> Coordinator<S> {
 
     /// Take a snapshot; answers once it is complete (or aborted).
     pub async fn take(&self, name: Option<&str>) -> Result<SnapshotRecord, SnapshotError> {
+        self.take_as(name, false).await
+    }
+
+    async fn take_as(
+        &self,
+        name: Option<&str>,
+        auto: bool,
+    ) -> Result<SnapshotRecord, SnapshotError> {
         let registry = self.registry();
-        let pending = registry.allocate(name).await?;
+        let pending = registry.allocate(name, auto).await?;
         let epoch = pending.record.id;
         let count = self.shards.shard_count();
         let markers = (0..count).map(|shard| async move {
@@ -185,6 +199,47 @@ impl<S: Shards> Coordinator<S> {
             }
         }
         Ok(())
+    }
+
+    /// One round of automatic snapshots (meta leader only): take one if data was
+    /// written since the last, then drop automatic snapshots past the retention.
+    /// `last` is the write count the previous automatic snapshot covered.
+    pub async fn auto_round(&self, last: &mut Option<u64>) -> Result<(), SnapshotError> {
+        if !self.shards.leads_meta() {
+            *last = None;
+            return Ok(());
+        }
+        let seen = self.shards.writes_seen();
+        if *last != Some(seen) {
+            self.take_as(None, true).await?;
+            *last = Some(seen);
+        }
+        let cutoff =
+            crate::registry::now_ms().saturating_sub(self.config.retention.as_millis() as u64);
+        let registry = self.registry();
+        for record in registry.expired_auto(cutoff, 100).await? {
+            registry.delete(&record).await?;
+        }
+        Ok(())
+    }
+
+    /// Take automatic snapshots until `cancel` fires (if configured).
+    pub async fn run_auto(self: Arc<Self>, cancel: CancellationToken) {
+        let Some(interval) = self.config.auto_interval else {
+            return;
+        };
+        let mut last = None;
+        let mut every = tokio::time::interval(interval);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            if let Err(e) = self.auto_round(&mut last).await {
+                tracing::debug!(error = %e, "automatic snapshot skipped");
+            }
+        }
     }
 
     /// Run the sweeper until `cancel` fires.

@@ -37,4 +37,8 @@ pub trait Shards: Send + Sync + 'static {
 
     /// Whether this node's replica leads the meta group (the sweeper runs only there).
     fn leads_meta(&self) -> bool;
+
+    /// A number that grows whenever data is written (automatic snapshots are taken
+    /// only when it moved).
+    fn writes_seen(&self) -> u64;
 }

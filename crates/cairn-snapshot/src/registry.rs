@@ -9,6 +9,7 @@
 //! s/name/{name}               id (u64 BE) of a named snapshot
 //! s/time/{!millis BE}{id BE}  present for completed snapshots: time -> id, newest first
 //! s/open/{id BE}              epochs whose shards may still hold an alignment window
+//! s/auto/{millis BE}{id BE}   completed automatic snapshots, oldest first (retention)
 //! ```
 //!
 //! Updates of a record are conditional on the version the writer last saw, so a
@@ -29,6 +30,7 @@ const ID: &[u8] = b"s/id/";
 const NAME: &[u8] = b"s/name/";
 const TIME: &[u8] = b"s/time/";
 const OPEN: &[u8] = b"s/open/";
+const AUTO: &[u8] = b"s/auto/";
 
 /// Longest snapshot name.
 pub const MAX_NAME_BYTES: usize = 256;
@@ -50,6 +52,10 @@ pub enum SnapshotState {
 pub struct SnapshotRecord {
     pub id: u64,
     pub name: Option<String>,
+    /// Taken automatically (kept for the history retention) rather than on request
+    /// (kept until deleted).
+    #[serde(default)]
+    pub auto: bool,
     /// Wall-clock label, milliseconds since the Unix epoch: when the snapshot was
     /// requested while pending, when it completed once done. It labels, never orders.
     pub time_ms: u64,
@@ -86,6 +92,10 @@ fn id_key(id: u64) -> Vec<u8> {
 
 fn time_key(time_ms: u64, id: u64) -> Vec<u8> {
     [TIME, &(!time_ms).to_be_bytes(), &id.to_be_bytes()].concat()
+}
+
+fn auto_key(time_ms: u64, id: u64) -> Vec<u8> {
+    [AUTO, &time_ms.to_be_bytes(), &id.to_be_bytes()].concat()
 }
 
 fn open_key(id: u64) -> Vec<u8> {
@@ -194,7 +204,7 @@ impl<'a, S: Shards> Registry<'a, S> {
     }
 
     /// Register a new pending snapshot with the next epoch.
-    pub async fn allocate(&self, name: Option<&str>) -> Result<Tracked, SnapshotError> {
+    pub async fn allocate(&self, name: Option<&str>, auto: bool) -> Result<Tracked, SnapshotError> {
         if let Some(name) = name {
             if name.is_empty() || name.len() > MAX_NAME_BYTES || name.parse::<u64>().is_ok() {
                 return Err(SnapshotError::BadName(format!(
@@ -215,6 +225,7 @@ impl<'a, S: Shards> Registry<'a, S> {
             let record = SnapshotRecord {
                 id,
                 name: name.map(str::to_owned),
+                auto,
                 time_ms: now_ms(),
                 state: SnapshotState::Pending,
             };
@@ -373,6 +384,30 @@ impl<'a, S: Shards> Registry<'a, S> {
         Ok(self.get(id).await?.map(|v| v.record))
     }
 
+    /// Automatic snapshots labelled before `cutoff_ms`, oldest first, at most `limit`.
+    pub async fn expired_auto(
+        &self,
+        cutoff_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<SnapshotRecord>, SnapshotError> {
+        let mut expired = Vec::new();
+        for (key, _) in self.scan_raw(AUTO, None, limit).await? {
+            let time = be_u64(key.get(AUTO.len()..AUTO.len() + 8).unwrap_or_default())?;
+            if time >= cutoff_ms {
+                break;
+            }
+            let id = be_u64(key.get(AUTO.len() + 8..).unwrap_or_default())?;
+            match self.get(id).await? {
+                Some(t) => expired.push(t.record),
+                // An index entry without its record: remove the entry alone.
+                None => {
+                    self.write(vec![delete(key)]).await?;
+                }
+            }
+        }
+        Ok(expired)
+    }
+
     /// Remove a snapshot from the registry. Its versions become collectable.
     pub async fn delete(&self, record: &SnapshotRecord) -> Result<(), SnapshotError> {
         let mut ops = vec![delete(id_key(record.id))];
@@ -381,6 +416,9 @@ impl<'a, S: Shards> Registry<'a, S> {
         }
         if matches!(record.state, SnapshotState::Done { .. }) {
             ops.push(delete(time_key(record.time_ms, record.id)));
+            if record.auto {
+                ops.push(delete(auto_key(record.time_ms, record.id)));
+            }
         }
         self.write(ops).await.map(|_| ())
     }

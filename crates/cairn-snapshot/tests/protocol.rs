@@ -120,6 +120,10 @@ impl Shards for Cluster {
     fn leads_meta(&self) -> bool {
         true
     }
+
+    fn writes_seen(&self) -> u64 {
+        self.hosts.values().map(|h| h.writes_applied()).sum()
+    }
 }
 
 fn put(key: &str, value: &str) -> ShardRequest {
@@ -138,6 +142,8 @@ fn config() -> SnapshotConfig {
         marker_timeout: Duration::from_millis(1500),
         abort_after: Duration::from_millis(300),
         sweep_every: Duration::from_millis(100),
+        auto_interval: None,
+        retention: Duration::from_secs(3600),
     }
 }
 
@@ -252,7 +258,7 @@ async fn the_sweeper_aborts_an_epoch_whose_coordinator_died() {
     // A coordinator that allocates and places markers, then dies.
     let pending = coordinator
         .registry()
-        .allocate(None)
+        .allocate(None, false)
         .await
         .expect("allocate");
     let epoch = pending.record.id;
