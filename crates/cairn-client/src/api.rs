@@ -250,3 +250,30 @@ pub struct SnapshotList {
     /// When more may follow: pass as `before=` for the next page.
     pub next_before: Option<u64>,
 }
+
+/// One key that changed between two snapshots.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiffItem {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub key_b64: Option<String>,
+    /// The value in the later snapshot (absent when deleted).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub value: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub value_b64: Option<String>,
+    /// The version of that value (absent when deleted).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub version: Option<u64>,
+    /// The key has no value in the later snapshot.
+    pub deleted: bool,
+}
+
+/// Response to `GET /v1/snapshots/{a}/diff/{b}`: changed keys in key order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiffResponse {
+    pub changes: Vec<DiffItem>,
+    /// As for scans: the percent-encoded last key when more may follow.
+    pub next_start_after: Option<String>,
+}

@@ -85,6 +85,25 @@ impl LocalShards {
                 .map_err(|e| storage(shard, e))?;
                 Ok(ShardResponse::Items(items))
             }
+            ShardRequest::Diff {
+                prefix,
+                start_after,
+                limit,
+                from,
+                to,
+                ..
+            } => {
+                self.read_version(inbox, Consistency::AtVersion(from.max(to)), shard)
+                    .await?;
+                let state = state.clone();
+                let changes = tokio::task::spawn_blocking(move || {
+                    state.diff(&prefix, start_after.as_deref(), limit, from, to)
+                })
+                .await
+                .map_err(|_| ShardError::ShuttingDown)?
+                .map_err(|e| storage(shard, e))?;
+                Ok(ShardResponse::Changes(changes))
+            }
         }
     }
 

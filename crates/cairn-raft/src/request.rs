@@ -37,6 +37,17 @@ pub enum ShardRequest {
         limit: usize,
         consistency: Consistency,
     },
+    /// Keys under a prefix whose visible value differs between versions `from` and
+    /// `to` (two snapshots' read versions), with their value at `to`. Served like a
+    /// fixed-version read at `max(from, to)`.
+    Diff {
+        shard: ShardId,
+        prefix: Vec<u8>,
+        start_after: Option<Vec<u8>>,
+        limit: usize,
+        from: u64,
+        to: u64,
+    },
 }
 
 impl ShardRequest {
@@ -44,13 +55,15 @@ impl ShardRequest {
         match self {
             ShardRequest::Write { shard, .. }
             | ShardRequest::Get { shard, .. }
-            | ShardRequest::Scan { shard, .. } => *shard,
+            | ShardRequest::Scan { shard, .. }
+            | ShardRequest::Diff { shard, .. } => *shard,
         }
     }
 
     fn consistency(&self) -> Option<Consistency> {
         match self {
             ShardRequest::Write { .. } => None,
+            ShardRequest::Diff { from, to, .. } => Some(Consistency::AtVersion(*from.max(to))),
             ShardRequest::Get { consistency, .. } | ShardRequest::Scan { consistency, .. } => {
                 Some(*consistency)
             }
@@ -78,4 +91,6 @@ pub enum ShardResponse {
     Written(ApplyOutcome),
     Value(Option<Versioned>),
     Items(Vec<(Vec<u8>, Versioned)>),
+    /// Changed keys with their value at the later version (`None`: deleted).
+    Changes(Vec<(Vec<u8>, Option<Versioned>)>),
 }

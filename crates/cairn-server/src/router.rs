@@ -22,9 +22,9 @@ pub struct Router {
     timeout: Duration,
 }
 
-/// One page of a scan across every shard.
-pub struct ScanPage {
-    pub items: Vec<(Vec<u8>, Versioned)>,
+/// One page of keys across every shard.
+pub struct Page<T> {
+    pub items: Vec<(Vec<u8>, T)>,
     /// Whether keys may follow the last one of this page.
     pub more: bool,
 }
@@ -90,35 +90,85 @@ impl Router {
         start_after: Option<&[u8]>,
         limit: usize,
         consistency: impl Fn(ShardId) -> Consistency,
-    ) -> Result<ScanPage, ShardError> {
-        let requests = (0..self.shards).map(|shard| {
-            self.execute(ShardRequest::Scan {
+    ) -> Result<Page<Versioned>, ShardError> {
+        self.fan_out(limit, |shard| ShardRequest::Scan {
+            shard,
+            prefix: prefix.to_vec(),
+            start_after: start_after.map(<[u8]>::to_vec),
+            limit,
+            consistency: consistency(shard),
+        })
+        .await
+    }
+
+    /// Keys under `prefix` after `start_after` whose value differs between two
+    /// versions per shard (`versions(shard) = (from, to)`), in key order.
+    pub async fn diff(
+        &self,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: usize,
+        versions: impl Fn(ShardId) -> (u64, u64),
+    ) -> Result<Page<Option<Versioned>>, ShardError> {
+        self.fan_out(limit, |shard| {
+            let (from, to) = versions(shard);
+            ShardRequest::Diff {
                 shard,
                 prefix: prefix.to_vec(),
                 start_after: start_after.map(<[u8]>::to_vec),
                 limit,
-                consistency: consistency(shard),
-            })
-        });
+                from,
+                to,
+            }
+        })
+        .await
+    }
+
+    /// Ask every shard for a page of keys and merge them into one page in key order.
+    async fn fan_out<T: PageItem>(
+        &self,
+        limit: usize,
+        request: impl Fn(ShardId) -> ShardRequest,
+    ) -> Result<Page<T>, ShardError> {
+        let requests = (0..self.shards).map(|shard| self.execute(request(shard)));
         let mut items = Vec::new();
         let mut more = false;
         for answer in futures::future::join_all(requests).await {
-            match answer? {
-                ShardResponse::Items(page) => {
-                    // A full page from one shard may hide keys that sort before
-                    // another shard's last key, so the merged page ends there.
-                    more |= page.len() >= limit;
-                    items.extend(page);
-                }
-                other => return Err(unexpected(other)),
-            }
+            let page = T::from_response(answer?)?;
+            // A full page from one shard may hide keys that sort before another
+            // shard's last key, so the merged page ends there.
+            more |= page.len() >= limit;
+            items.extend(page);
         }
         items.sort_by(|a, b| a.0.cmp(&b.0));
         if items.len() > limit {
             items.truncate(limit);
             more = true;
         }
-        Ok(ScanPage { items, more })
+        Ok(Page { items, more })
+    }
+}
+
+/// What a shard's page of keys carries.
+pub trait PageItem: Sized {
+    fn from_response(response: ShardResponse) -> Result<Vec<(Vec<u8>, Self)>, ShardError>;
+}
+
+impl PageItem for Versioned {
+    fn from_response(response: ShardResponse) -> Result<Vec<(Vec<u8>, Self)>, ShardError> {
+        match response {
+            ShardResponse::Items(items) => Ok(items),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+impl PageItem for Option<Versioned> {
+    fn from_response(response: ShardResponse) -> Result<Vec<(Vec<u8>, Self)>, ShardError> {
+        match response {
+            ShardResponse::Changes(changes) => Ok(changes),
+            other => Err(unexpected(other)),
+        }
     }
 }
 

@@ -332,6 +332,82 @@ impl ShardState {
     /// Versions <= the applied index never change, so the result is exact even while
     /// `apply` continues; `upto` above the applied index gives whatever is applied by
     /// the time the iterator gets there.
+    /// Keys under `prefix`, after `start_after`, whose visible value at version `to`
+    /// differs from the one at `from`, in key order, at most `limit`: each with its
+    /// value at `to`, or `None` if it was deleted (or is absent) there.
+    pub fn diff(
+        &self,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: usize,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(Vec<u8>, Option<Versioned>)>> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let scan_prefix = keys::scan_prefix(prefix);
+        let lower = match start_after {
+            Some(after) => keys::after_key(after).max(scan_prefix.clone()),
+            None => scan_prefix.clone(),
+        };
+        // Per user key (its versions are adjacent, newest first): the newest live
+        // version at or below each bound. A tombstone hides everything older.
+        struct Seen {
+            key: Vec<u8>,
+            at_from: Option<Option<(u64, Vec<u8>)>>,
+            at_to: Option<Option<(u64, Vec<u8>)>>,
+        }
+        let mut current: Option<Seen> = None;
+        let finish = |seen: Seen, out: &mut Vec<(Vec<u8>, Option<Versioned>)>| {
+            let before = seen.at_from.flatten();
+            let after = seen.at_to.flatten();
+            if before.as_ref().map(|b| b.0) != after.as_ref().map(|a| a.0) {
+                out.push((
+                    seen.key,
+                    after.map(|(version, value)| Versioned { version, value }),
+                ));
+            }
+        };
+        for item in self.tree.range(lower..) {
+            let (k, v) = item?;
+            if !k.starts_with(&scan_prefix) {
+                break;
+            }
+            let (user_key, version) = keys::decode_key(&k)?;
+            if current.as_ref().is_none_or(|c| c.key != user_key) {
+                if let Some(done) = current.take() {
+                    finish(done, &mut out);
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+                current = Some(Seen {
+                    key: user_key,
+                    at_from: None,
+                    at_to: None,
+                });
+            }
+            let Some(seen) = current.as_mut() else {
+                continue;
+            };
+            let value = || -> Result<Option<(u64, Vec<u8>)>> {
+                Ok(keys::decode_value(&v)?.map(|val| (version, val.to_vec())))
+            };
+            if version <= to && seen.at_to.is_none() {
+                seen.at_to = Some(value()?);
+            }
+            if version <= from && seen.at_from.is_none() {
+                seen.at_from = Some(value()?);
+            }
+        }
+        if let Some(done) = current.take() {
+            finish(done, &mut out);
+        }
+        Ok(out)
+    }
+
     /// This shard's record of `epoch`, if its marker or release was applied.
     pub fn cut(&self, epoch: u64) -> Result<Option<Cut>> {
         self.tree

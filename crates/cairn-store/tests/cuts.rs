@@ -129,3 +129,62 @@ fn raft_snapshots_carry_the_cut_table_as_of_their_index() {
     assert_eq!(installed.open_cuts().unwrap().len(), 1);
     assert_eq!(installed.get(b"a", 1).unwrap().unwrap().value, b"1");
 }
+
+#[test]
+fn diff_lists_keys_whose_visible_value_changed_between_two_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = NodeStore::open(dir.path()).unwrap();
+    let state = store.shard_state(0).unwrap();
+    let delete = |key: &str| {
+        Command::Batch(vec![WriteOp {
+            key: key.as_bytes().to_vec(),
+            kind: OpKind::Delete,
+            condition: Condition::Always,
+        }])
+    };
+    state.apply(1, 1, Some(&put("same", "1"))).unwrap();
+    state.apply(2, 1, Some(&put("changed", "1"))).unwrap();
+    state.apply(3, 1, Some(&put("deleted", "1"))).unwrap();
+    state.apply(4, 1, Some(&put("rewritten", "1"))).unwrap();
+    // from = 4
+    state.apply(5, 1, Some(&put("changed", "2"))).unwrap();
+    state.apply(6, 1, Some(&delete("deleted"))).unwrap();
+    state.apply(7, 1, Some(&put("created", "1"))).unwrap();
+    state.apply(8, 1, Some(&put("rewritten", "2"))).unwrap();
+    state.apply(9, 1, Some(&put("rewritten", "1"))).unwrap();
+    state.apply(10, 1, Some(&put("temporary", "1"))).unwrap();
+    state.apply(11, 1, Some(&delete("temporary"))).unwrap();
+    // to = 11; later writes must not show.
+    state.apply(12, 1, Some(&put("same", "late"))).unwrap();
+
+    let diff = state.diff(b"", None, 100, 4, 11).unwrap();
+    let summary: Vec<(String, Option<String>)> = diff
+        .iter()
+        .map(|(k, v)| {
+            (
+                String::from_utf8(k.clone()).unwrap(),
+                v.as_ref()
+                    .map(|v| String::from_utf8(v.value.clone()).unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("changed".into(), Some("2".into())),
+            ("created".into(), Some("1".into())),
+            ("deleted".into(), None),
+            // Same bytes, but written again: a new version is a change.
+            ("rewritten".into(), Some("1".into())),
+        ],
+        "`same` is unchanged in (4, 11]; `temporary` came and went"
+    );
+    // Paging and prefixes.
+    let first = state.diff(b"", None, 2, 4, 11).unwrap();
+    assert_eq!(first.len(), 2);
+    let rest = state.diff(b"", Some(&first[1].0), 100, 4, 11).unwrap();
+    assert_eq!(rest.len(), 2);
+    assert_eq!(rest[0].0, b"deleted");
+    assert_eq!(state.diff(b"cr", None, 100, 4, 11).unwrap().len(), 1);
+    assert!(state.diff(b"", None, 100, 4, 4).unwrap().is_empty());
+}

@@ -151,29 +151,8 @@ pub async fn scan(State(api): Shared, uri: Uri) -> Result<Response, ApiError> {
             ));
         }
     }
-    let max = api.config.max_scan_limit;
-    let limit = match params.text("limit")? {
-        None => DEFAULT_SCAN_LIMIT.min(max),
-        Some(text) => match text.parse::<usize>() {
-            Ok(n) if (1..=max).contains(&n) => n,
-            _ => {
-                return Err(ApiError::bad_request(
-                    "bad_limit",
-                    format!("limit must be a number from 1 to {max} (--max-scan-limit)"),
-                ))
-            }
-        },
-    };
-    let encoding = match params.text("encoding")?.as_deref() {
-        None | Some("utf8") => Encoding::Utf8,
-        Some("base64") => Encoding::Base64,
-        Some(other) => {
-            return Err(ApiError::bad_request(
-                "bad_query",
-                format!("encoding must be `utf8` or `base64`, not `{other}`"),
-            ))
-        }
-    };
+    let limit = params.limit(DEFAULT_SCAN_LIMIT, api.config.max_scan_limit)?;
+    let encoding = params.encoding()?;
     let consistency = params.consistency()?;
     if let Some(s) = &snapshot {
         for shard in 0..api.config.shards {
@@ -469,7 +448,7 @@ impl Params {
         Ok(Params(pairs))
     }
 
-    fn bytes(&self, name: &str) -> Option<Vec<u8>> {
+    pub(super) fn bytes(&self, name: &str) -> Option<Vec<u8>> {
         self.0
             .iter()
             .find(|(n, _)| n == name)
@@ -484,6 +463,32 @@ impl Params {
                 })
             })
             .transpose()
+    }
+
+    /// `limit=`: 1 to `max`, `default` when absent.
+    pub(super) fn limit(&self, default: usize, max: usize) -> Result<usize, ApiError> {
+        match self.text("limit")? {
+            None => Ok(default.min(max)),
+            Some(text) => match text.parse::<usize>() {
+                Ok(n) if (1..=max).contains(&n) => Ok(n),
+                _ => Err(ApiError::bad_request(
+                    "bad_limit",
+                    format!("limit must be a number from 1 to {max} (--max-scan-limit)"),
+                )),
+            },
+        }
+    }
+
+    /// `encoding=utf8|base64` for keys and values in JSON.
+    pub(super) fn encoding(&self) -> Result<Encoding, ApiError> {
+        match self.text("encoding")?.as_deref() {
+            None | Some("utf8") => Ok(Encoding::Utf8),
+            Some("base64") => Ok(Encoding::Base64),
+            Some(other) => Err(ApiError::bad_request(
+                "bad_query",
+                format!("encoding must be `utf8` or `base64`, not `{other}`"),
+            )),
+        }
     }
 
     fn consistency(&self) -> Result<Consistency, ApiError> {

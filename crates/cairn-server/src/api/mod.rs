@@ -56,6 +56,7 @@ pub fn app(state: Arc<ApiState>) -> axum::Router {
             "/v1/snapshots/{id}",
             get(snapshots::show).delete(snapshots::delete),
         )
+        .route("/v1/snapshots/{a}/diff/{b}", get(snapshots::diff))
         .route("/v1/cluster", get(cluster::status))
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))

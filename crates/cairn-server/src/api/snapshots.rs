@@ -8,11 +8,13 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::Json;
-use cairn_client::api::{CreateSnapshot, SnapshotInfo, SnapshotList};
+use cairn_client::api::{
+    split_bytes, CreateSnapshot, DiffItem, DiffResponse, SnapshotInfo, SnapshotList,
+};
 use cairn_snapshot::{SnapshotError, SnapshotRecord, SnapshotState};
 
 use super::kv::{read_body, Params};
-use super::{ApiError, ApiState};
+use super::{url, ApiError, ApiState};
 
 type Shared = State<Arc<ApiState>>;
 
@@ -38,19 +40,7 @@ pub async fn create(
 
 pub async fn list(State(api): Shared, uri: Uri) -> Result<Json<SnapshotList>, ApiError> {
     let params = Params::parse(&uri, &["limit", "before"])?;
-    let max = api.config.max_scan_limit;
-    let limit = match params.text("limit")? {
-        None => DEFAULT_LIST_LIMIT.min(max),
-        Some(text) => match text.parse::<usize>() {
-            Ok(n) if (1..=max).contains(&n) => n,
-            _ => {
-                return Err(ApiError::bad_request(
-                    "bad_limit",
-                    format!("limit must be a number from 1 to {max}"),
-                ))
-            }
-        },
-    };
+    let limit = params.limit(DEFAULT_LIST_LIMIT, api.config.max_scan_limit)?;
     let before = match params.text("before")? {
         None => None,
         Some(text) => Some(
@@ -86,6 +76,78 @@ pub async fn delete(State(api): Shared, Path(id): Path<String>) -> Result<Status
     let record = done(registry.lookup(&id).await?)?;
     registry.delete(&record).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/snapshots/{a}/diff/{b}`: keys whose value differs between snapshot `a`
+/// and snapshot `b`, with their value in `b` (or `deleted`), in key order, paginated.
+pub async fn diff(
+    State(api): Shared,
+    Path((a, b)): Path<(String, String)>,
+    uri: Uri,
+) -> Result<Json<DiffResponse>, ApiError> {
+    let params = Params::parse(&uri, &["prefix", "start_after", "limit", "encoding"])?;
+    let prefix = params.bytes("prefix").unwrap_or_default();
+    let start_after = params.bytes("start_after");
+    let limit = params.limit(DEFAULT_LIST_LIMIT, api.config.max_scan_limit)?;
+    let encoding = params.encoding()?;
+    let registry = api.snapshots.registry();
+    let from = done(registry.lookup(&a).await?)?;
+    let to = done(registry.lookup(&b).await?)?;
+    let mut versions = Vec::new();
+    for shard in 0..api.config.shards {
+        match (from.read_version(shard), to.read_version(shard)) {
+            (Some(f), Some(t)) => versions.push((f, t)),
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "storage_error",
+                    format!("snapshots {a} and {b} lack a cut for shard {shard}"),
+                ))
+            }
+        }
+    }
+    let page = api
+        .router
+        .diff(&prefix, start_after.as_deref(), limit, |shard| {
+            versions[shard as usize]
+        })
+        .await?;
+    let next_start_after = match (page.more, page.items.last()) {
+        (true, Some((key, _))) => Some(url::encode(key)),
+        _ => None,
+    };
+    let changes = page
+        .items
+        .iter()
+        .map(|(key, change)| {
+            let (key, key_b64) = split_bytes(key, encoding);
+            match change {
+                Some(v) => {
+                    let (value, value_b64) = split_bytes(&v.value, encoding);
+                    DiffItem {
+                        key,
+                        key_b64,
+                        value,
+                        value_b64,
+                        version: Some(v.version),
+                        deleted: false,
+                    }
+                }
+                None => DiffItem {
+                    key,
+                    key_b64,
+                    value: None,
+                    value_b64: None,
+                    version: None,
+                    deleted: true,
+                },
+            }
+        })
+        .collect();
+    Ok(Json(DiffResponse {
+        changes,
+        next_start_after,
+    }))
 }
 
 /// Only completed snapshots are visible: a pending or aborted one leaves no trace.
