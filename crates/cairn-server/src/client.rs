@@ -1,7 +1,7 @@
 //! `cairn get|put|delete|scan|cluster`: the HTTP API from the command line.
 
 use anyhow::Context as _;
-use cairn_client::{Client, Consistency};
+use cairn_client::{Client, Consistency, ReadAt};
 use std::io::Write as _;
 
 #[derive(Debug, clap::Args)]
@@ -22,8 +22,14 @@ pub enum ClientCommand {
     Get {
         key: String,
         /// Serve from the answering node's replica, possibly stale.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["snapshot", "as_of"])]
         stale: bool,
+        /// Read the key as it was in this snapshot (id or name).
+        #[arg(long, conflicts_with = "as_of")]
+        snapshot: Option<String>,
+        /// Read the key as of this RFC 3339 UTC time (the newest snapshot at or before).
+        #[arg(long)]
+        as_of: Option<String>,
         #[command(flatten)]
         endpoint: Endpoint,
     },
@@ -52,6 +58,40 @@ pub enum ClientCommand {
         #[command(flatten)]
         endpoint: Endpoint,
     },
+    /// Take, list, show and delete consistent snapshots.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum SnapshotCommand {
+    /// Take a snapshot now; prints it once it is complete.
+    Create {
+        /// A name to find it by.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// List snapshots, newest first.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// Show one snapshot (id or name).
+    Show {
+        snapshot: String,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// Delete a snapshot (id or name).
+    Delete {
+        snapshot: String,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
 }
 
 pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
@@ -59,16 +99,31 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Get {
             key,
             stale,
+            snapshot,
+            as_of,
             endpoint,
         } => {
-            let consistency = if stale {
-                Consistency::Stale
-            } else {
-                Consistency::Linearizable
+            let client = Client::new(endpoint.endpoint);
+            let at = match (snapshot, as_of) {
+                (Some(s), _) => Some(ReadAt::Snapshot(s)),
+                (None, Some(t)) => Some(ReadAt::AsOf(t)),
+                (None, None) => None,
             };
-            let got = Client::new(endpoint.endpoint)
-                .get_with(key.as_bytes(), consistency)
-                .await?;
+            let got = match at {
+                Some(at) => {
+                    let read = client.get_at(key.as_bytes(), &at).await?;
+                    eprintln!("(snapshot {})", read.snapshot);
+                    read.value
+                }
+                None => {
+                    let consistency = if stale {
+                        Consistency::Stale
+                    } else {
+                        Consistency::Linearizable
+                    };
+                    client.get_with(key.as_bytes(), consistency).await?
+                }
+            };
             match got {
                 Some(got) => std::io::stdout().write_all(&got.value)?,
                 None => anyhow::bail!("key not found"),
@@ -113,6 +168,37 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Cluster { endpoint } => {
             let status = Client::new(endpoint.endpoint).cluster().await?;
             println!("{}", serde_json::to_string_pretty(&status)?);
+        }
+        ClientCommand::Snapshot(command) => snapshot(command).await?,
+    }
+    Ok(())
+}
+
+async fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
+    match command {
+        SnapshotCommand::Create { name, endpoint } => {
+            let info = Client::new(endpoint.endpoint)
+                .create_snapshot(name.as_deref())
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&info)?);
+        }
+        SnapshotCommand::List { limit, endpoint } => {
+            let list = Client::new(endpoint.endpoint)
+                .list_snapshots(None, Some(limit))
+                .await?;
+            for s in list.snapshots {
+                println!("{:>8}  {}  {}", s.id, s.time, s.name.unwrap_or_default());
+            }
+        }
+        SnapshotCommand::Show { snapshot, endpoint } => {
+            let info = Client::new(endpoint.endpoint).snapshot(&snapshot).await?;
+            println!("{}", serde_json::to_string_pretty(&info)?);
+        }
+        SnapshotCommand::Delete { snapshot, endpoint } => {
+            Client::new(endpoint.endpoint)
+                .delete_snapshot(&snapshot)
+                .await?;
+            println!("deleted snapshot {snapshot}");
         }
     }
     Ok(())
