@@ -28,6 +28,9 @@ pub struct DevArgs {
     /// Peer port of node 1; node N listens on this plus N-1.
     #[arg(long, default_value_t = 9081)]
     pub peer_port: u16,
+    /// Automatic snapshot interval while data is written (0 disables).
+    #[arg(long, default_value_t = 1000)]
+    pub snapshot_interval_ms: u64,
 }
 
 impl DevArgs {
@@ -51,6 +54,7 @@ impl DevArgs {
                     initial_cluster: Some(cluster.join(",")),
                     shards: Some(self.shards),
                     cluster_token: Some("cairn-dev".into()),
+                    snapshot_interval_ms: Some(self.snapshot_interval_ms),
                     ..Settings::default()
                 }
                 .resolve()
