@@ -651,6 +651,21 @@ async fn reader(clients: Vec<Client>, shared: Arc<Shared>, r: usize, seed: u64) 
     }
 }
 
+/// Keeps one shard at a time busy with large writes, so markers land in the shards
+/// at visibly different times: without alignment holds, a chain could then step
+/// from a shard already cut to one not yet cut. Outcomes are not checked.
+async fn loader(clients: Vec<Client>, shared: Arc<Shared>) {
+    let value = vec![b'x'; 128 * 1024];
+    let mut n = 0usize;
+    while !shared.stop.load(Ordering::SeqCst) {
+        let key = format!("load/{}", n % 64).into_bytes();
+        if clients[n % clients.len()].put(&key, &value).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        n += 1;
+    }
+}
+
 /// A snapshot this test requested and saw complete.
 struct Taken {
     info: SnapshotInfo,
@@ -777,6 +792,7 @@ async fn causal_chains_survive_continuous_snapshots_and_a_leader_kill() {
             seed,
         )));
     }
+    tasks.push(tokio::spawn(loader(clients.clone(), shared.clone())));
     let snapshots = tokio::spawn(snapshotter(clients.clone(), shared.clone(), seed));
 
     tokio::time::sleep(KILL_AT.saturating_sub(started.elapsed())).await;
