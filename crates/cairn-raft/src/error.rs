@@ -25,6 +25,10 @@ pub enum ShardError {
     /// The local store failed; the request did not complete.
     #[error("storage error on shard {shard}: {reason}")]
     Storage { shard: ShardId, reason: String },
+    /// The read asked for a version below the shard's history horizon; that history
+    /// may have been collected. Reading elsewhere will not help.
+    #[error("shard {shard} no longer holds history below version {horizon}")]
+    HistoryCollected { shard: ShardId, horizon: u64 },
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,

@@ -146,6 +146,25 @@ impl LocalShards {
         }
     }
 
+    /// Physically delete, in every local group, the versions below its history
+    /// horizon that no read can see any more. Blocking; runs off the Raft threads.
+    /// `collected[g]` remembers the horizon already collected for group `g`.
+    pub fn collect_history(&self, collected: &mut Vec<u64>) -> Result<usize, ShardError> {
+        collected.resize(self.states.len(), 0);
+        let mut removed = 0;
+        for (group, state) in self.states.iter().enumerate() {
+            let shard = group as ShardId;
+            let horizon = state.horizon().map_err(|e| storage(shard, e))?;
+            if horizon > collected[group] {
+                removed += state
+                    .collect(horizon, 1000)
+                    .map_err(|e| storage(shard, e))?;
+                collected[group] = horizon;
+            }
+        }
+        Ok(removed)
+    }
+
     pub fn gauges(&self, shard: ShardId) -> Option<&ReplicaGauges> {
         self.gauges.get(shard as usize).map(|g| g.as_ref())
     }
@@ -156,6 +175,9 @@ impl LocalShards {
 }
 
 fn storage(shard: ShardId, e: cairn_store::StoreError) -> ShardError {
+    if let cairn_store::StoreError::HistoryCollected { horizon } = e {
+        return ShardError::HistoryCollected { shard, horizon };
+    }
     tracing::error!(shard, error = %e, "read failed");
     ShardError::Storage {
         shard,
@@ -272,6 +294,11 @@ impl MultiRaft {
     /// This node's replicas.
     pub fn local(&self) -> &LocalShards {
         &self.local
+    }
+
+    /// See [`LocalShards::collect_history`].
+    pub fn collect_history(&self, collected: &mut Vec<u64>) -> Result<usize, ShardError> {
+        self.local.collect_history(collected)
     }
 
     /// The shard's leader as this node last heard, if any.

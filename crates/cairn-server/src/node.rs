@@ -80,8 +80,20 @@ impl Node {
             .clone()
             .run_auto(stop_sweeper.clone())
             .instrument(span);
+        let span = tracing::info_span!("history_gc", node = config.id);
+        let gc = snapshots
+            .clone()
+            .run_gc(stop_sweeper.clone())
+            .instrument(span);
+        let span = tracing::info_span!("history_collector", node = config.id);
+        let collect = collect_history(
+            raft.clone(),
+            config.snapshots().gc_every,
+            stop_sweeper.clone(),
+        )
+        .instrument(span);
         let sweeper = tokio::spawn(async move {
-            tokio::join!(sweep, auto);
+            tokio::join!(sweep, auto, gc, collect);
         });
         let state = Arc::new(ApiState {
             router,
@@ -142,6 +154,41 @@ impl Node {
             tracing::error!(error = %e, "final flush failed");
         }
         tracing::info!(node = self.id, "node stopped");
+    }
+}
+
+/// Delete history below each local group's horizon, off the Raft threads, until
+/// `stop` fires.
+async fn collect_history(
+    raft: Arc<MultiRaft>,
+    every: std::time::Duration,
+    stop: CancellationToken,
+) {
+    let mut collected = Vec::new();
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let raft = raft.clone();
+        let mut state = std::mem::take(&mut collected);
+        let done = tokio::task::spawn_blocking(move || {
+            let result = raft.collect_history(&mut state);
+            (state, result)
+        })
+        .await;
+        match done {
+            Ok((state, result)) => {
+                collected = state;
+                match result {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::info!(removed, "collected old versions"),
+                    Err(e) => tracing::warn!(error = %e, "history collection failed"),
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "history collection task failed"),
+        }
     }
 }
 

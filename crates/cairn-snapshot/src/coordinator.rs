@@ -42,6 +42,8 @@ pub struct SnapshotConfig {
     pub auto_interval: Option<Duration>,
     /// How long automatic snapshots are kept.
     pub retention: Duration,
+    /// How often the meta leader raises the shards' history horizons.
+    pub gc_every: Duration,
 }
 
 impl Default for SnapshotConfig {
@@ -52,6 +54,7 @@ impl Default for SnapshotConfig {
             sweep_every: Duration::from_secs(1),
             auto_interval: Some(Duration::from_secs(1)),
             retention: Duration::from_secs(24 * 3600),
+            gc_every: Duration::from_secs(30),
         }
     }
 }
@@ -221,6 +224,58 @@ impl<S: Shards> Coordinator<S> {
             registry.delete(&record).await?;
         }
         Ok(())
+    }
+
+    /// One round of history GC (meta leader only): raise each shard's horizon to the
+    /// oldest version a retained snapshot reads there. Returns the horizons proposed.
+    ///
+    /// Skipped while any epoch is open: a marker still in flight could otherwise land
+    /// below the new horizon. A snapshot allocated after the registry was read gets
+    /// cuts above every shard's applied index, so above the horizon. With no retained
+    /// snapshot, history is kept (there is no safe point to collect up to).
+    pub async fn gc_round(&self) -> Result<BTreeMap<u32, u64>, SnapshotError> {
+        let mut proposed = BTreeMap::new();
+        if !self.shards.leads_meta() {
+            return Ok(proposed);
+        }
+        let registry = self.registry();
+        if !registry.open_epochs().await?.is_empty() {
+            return Ok(proposed);
+        }
+        let done = registry.all_done().await?;
+        for shard in 0..self.shards.shard_count() {
+            let Some(horizon) = done.iter().filter_map(|r| r.read_version(shard)).min() else {
+                continue;
+            };
+            let request = ShardRequest::Write {
+                shard,
+                command: Command::Compact { horizon },
+            };
+            self.shards.execute(request).await?;
+            proposed.insert(shard, horizon);
+        }
+        // Nobody reads the registry's own history: collect all of it.
+        let meta = ShardRequest::Write {
+            shard: self.shards.shard_count(),
+            command: Command::Compact { horizon: u64::MAX },
+        };
+        self.shards.execute(meta).await?;
+        Ok(proposed)
+    }
+
+    /// Run history GC rounds until `cancel` fires.
+    pub async fn run_gc(self: Arc<Self>, cancel: CancellationToken) {
+        let mut every = tokio::time::interval(self.config.gc_every);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            if let Err(e) = self.gc_round().await {
+                tracing::debug!(error = %e, "history GC round incomplete");
+            }
+        }
     }
 
     /// Take automatic snapshots until `cancel` fires (if configured).

@@ -408,6 +408,26 @@ impl<'a, S: Shards> Registry<'a, S> {
         Ok(expired)
     }
 
+    /// Every completed snapshot (O(snapshots), in pages).
+    pub async fn all_done(&self) -> Result<Vec<SnapshotRecord>, SnapshotError> {
+        let mut done = Vec::new();
+        let mut start_after = None;
+        loop {
+            let page = self.scan_raw(ID, start_after, 1000).await?;
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            start_after = Some(last.clone());
+            for (_, value) in &page {
+                let record = Self::decode(value)?.record;
+                if matches!(record.state, SnapshotState::Done { .. }) {
+                    done.push(record);
+                }
+            }
+        }
+        Ok(done)
+    }
+
     /// Remove a snapshot from the registry. Its versions become collectable.
     pub async fn delete(&self, record: &SnapshotRecord) -> Result<(), SnapshotError> {
         let mut ops = vec![delete(id_key(record.id))];

@@ -144,6 +144,7 @@ fn config() -> SnapshotConfig {
         sweep_every: Duration::from_millis(100),
         auto_interval: None,
         retention: Duration::from_secs(3600),
+        gc_every: Duration::from_secs(3600),
     }
 }
 
@@ -306,4 +307,97 @@ async fn the_sweeper_aborts_an_epoch_whose_coordinator_died() {
         .expect("sole owner")
         .stop()
         .await;
+}
+
+/// Read `key` of shard 0 at `version` on every host.
+async fn read_everywhere(
+    cluster: &Cluster,
+    key: &str,
+    version: u64,
+) -> Vec<Result<Option<Vec<u8>>, ShardError>> {
+    let mut answers = Vec::new();
+    for host in cluster.hosts.values() {
+        let request = ShardRequest::Get {
+            shard: 0,
+            key: key.as_bytes().to_vec(),
+            consistency: Consistency::AtVersion(version),
+        };
+        let mut answer = host.local().execute(request.clone()).await;
+        for _ in 0..200 {
+            if !matches!(answer, Err(ShardError::Unavailable { .. })) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            answer = host.local().execute(request.clone()).await;
+        }
+        answers.push(answer.map(|r| match r {
+            ShardResponse::Value(v) => v.map(|v| v.value),
+            other => panic!("{other:?}"),
+        }));
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_gc_keeps_what_retained_snapshots_read_and_refuses_the_rest() {
+    let cluster = Arc::new(Cluster::start(None).await);
+    let coordinator = Coordinator::new(cluster.clone(), config());
+    cluster.execute(put("k", "1")).await.expect("put");
+    let s1 = coordinator.take(Some("s1")).await.expect("s1");
+    cluster.execute(put("k", "2")).await.expect("put");
+    let s2 = coordinator.take(Some("s2")).await.expect("s2");
+    for v in 3..10 {
+        cluster
+            .execute(put("k", &v.to_string()))
+            .await
+            .expect("put");
+    }
+    let (v1, v2) = (s1.read_version(0).unwrap(), s2.read_version(0).unwrap());
+
+    // Both retained: the horizon is the older one's, and both still read right after
+    // every host collected.
+    let horizons = coordinator.gc_round().await.expect("gc");
+    assert_eq!(horizons.get(&0), Some(&v1));
+    collect_everywhere(&cluster).await;
+    for answer in read_everywhere(&cluster, "k", v1).await {
+        assert_eq!(answer, Ok(Some(b"1".to_vec())));
+    }
+    for answer in read_everywhere(&cluster, "k", v2).await {
+        assert_eq!(answer, Ok(Some(b"2".to_vec())));
+    }
+
+    // s1 deleted: the horizon moves to s2; s2 still reads right; s1's version is
+    // refused on every host, never answered with what is left.
+    let registry = coordinator.registry();
+    registry
+        .delete(&registry.lookup("s1").await.expect("s1"))
+        .await
+        .expect("delete");
+    let horizons = coordinator.gc_round().await.expect("gc");
+    assert_eq!(horizons.get(&0), Some(&v2));
+    collect_everywhere(&cluster).await;
+    for answer in read_everywhere(&cluster, "k", v2).await {
+        assert_eq!(answer, Ok(Some(b"2".to_vec())));
+    }
+    for answer in read_everywhere(&cluster, "k", v1).await {
+        assert!(
+            matches!(answer, Err(ShardError::HistoryCollected { horizon, .. }) if horizon == v2),
+            "{answer:?}"
+        );
+    }
+    drop(coordinator);
+    Arc::try_unwrap(cluster)
+        .ok()
+        .expect("sole owner")
+        .stop()
+        .await;
+}
+
+/// Every host applies the compaction (a log entry) and then collects.
+async fn collect_everywhere(cluster: &Cluster) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for host in cluster.hosts.values() {
+        let mut collected = Vec::new();
+        host.collect_history(&mut collected).expect("collect");
+    }
 }

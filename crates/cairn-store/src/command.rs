@@ -25,6 +25,9 @@ pub enum Command {
     Marker { epoch: u64 },
     /// Ends `epoch`'s alignment hold (the snapshot completed or aborted).
     Release { epoch: u64 },
+    /// Raise the history horizon to `horizon`: reads below it are refused from now on,
+    /// and versions no read at or above it can see may be collected. Never lowers it.
+    Compact { horizon: u64 },
 }
 
 /// One write of a batch.

@@ -45,6 +45,13 @@ pub enum StoreError {
         /// The shard's applied index.
         applied: u64,
     },
+    /// A read asked for a version older than the shard's history horizon: the versions
+    /// it needs may have been collected. Never answered with whatever is left.
+    #[error("history below version {horizon} has been collected")]
+    HistoryCollected {
+        /// The oldest version still readable.
+        horizon: u64,
+    },
 }
 
 /// `Result` with [`StoreError`].

@@ -31,6 +31,9 @@ use crate::error::{Result, StoreError};
 pub const DATA_PREFIX: u8 = b'd';
 /// Key of the applied state; `b'm'` sorts after every data key.
 pub const APPLIED_KEY: &[u8] = b"m/applied";
+/// Key of the history horizon: reads below it are refused, versions below it may be
+/// collected.
+pub const HORIZON_KEY: &[u8] = b"m/horizon";
 /// Value tag of a deletion.
 pub const TAG_TOMBSTONE: u8 = 0;
 /// Value tag of a live value; the value's bytes follow.

@@ -52,6 +52,8 @@ pub enum ApplyOutcome {
     Marked { cut: u64 },
     /// A release was applied.
     Released,
+    /// A compaction was applied; `horizon` is the shard's horizon now.
+    Compacted { horizon: u64 },
 }
 
 /// The last log entry applied to a shard's state machine.
@@ -220,6 +222,13 @@ impl ShardState {
                     ApplyOutcome::Marked { cut: index }
                 }
             },
+            Some(Command::Compact { horizon }) => {
+                // A horizon at or above this entry would refuse reads of state that
+                // has not been decided yet; clamp it below.
+                let horizon = (*horizon).min(index - 1).max(self.horizon()?);
+                batch.insert(keys::HORIZON_KEY, &horizon.to_be_bytes()[..]);
+                ApplyOutcome::Compacted { horizon }
+            }
             Some(Command::Release { epoch }) => {
                 let record = match self.cut(*epoch)? {
                     Some(c) if c.released_at.is_some() => None,
@@ -246,6 +255,7 @@ impl ShardState {
     /// Newest live version of `key` with version <= `at` (`u64::MAX` for latest); `None`
     /// if absent or deleted at that point.
     pub fn get(&self, key: &[u8], at: u64) -> Result<Option<Versioned>> {
+        self.check_readable(at)?;
         // Versions are stored inverted, so "<= at" is "key >= encode(key, at)" and the
         // first hit is the newest one.
         let range = keys::encode_key(key, at)..=keys::encode_key(key, 0);
@@ -271,6 +281,7 @@ impl ShardState {
         limit: usize,
         at: u64,
     ) -> Result<Vec<(Vec<u8>, Versioned)>> {
+        self.check_readable(at)?;
         /// Versions of one key skipped in a row before seeking past the key instead.
         const MAX_SKIP: usize = 16;
         let mut out = Vec::new();
@@ -343,6 +354,7 @@ impl ShardState {
         from: u64,
         to: u64,
     ) -> Result<Vec<(Vec<u8>, Option<Versioned>)>> {
+        self.check_readable(from.min(to))?;
         let mut out = Vec::new();
         if limit == 0 {
             return Ok(out);
@@ -408,6 +420,76 @@ impl ShardState {
         Ok(out)
     }
 
+    /// The oldest readable version: reads below it fail with `HistoryCollected`.
+    pub fn horizon(&self) -> Result<u64> {
+        match self.tree.get(keys::HORIZON_KEY)? {
+            None => Ok(0),
+            Some(v) => v.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| {
+                StoreError::corrupt(format!(
+                    "shard {} horizon has length {}",
+                    self.shard,
+                    v.len()
+                ))
+            }),
+        }
+    }
+
+    /// Refuse a read at `at` if history below the horizon may be gone.
+    fn check_readable(&self, at: u64) -> Result<()> {
+        let horizon = self.horizon()?;
+        if at < horizon {
+            return Err(StoreError::HistoryCollected { horizon });
+        }
+        Ok(())
+    }
+
+    /// Delete versions no read at or above `horizon` can see: for each key, everything
+    /// older than its newest version at or below the horizon, and that version too if
+    /// it is a tombstone. Works in sled batches of at most `batch` deletions; returns
+    /// how many versions it removed. Safe alongside `apply`, which only adds versions
+    /// above the applied index (and so above any horizon).
+    pub fn collect(&self, horizon: u64, batch: usize) -> Result<usize> {
+        let mut removed = 0;
+        let mut pending = sled::Batch::default();
+        let mut in_batch = 0;
+        // The identity of the current key, and whether its kept version was seen.
+        let mut current: Option<Vec<u8>> = None;
+        let mut kept = false;
+        for item in self.tree.scan_prefix([keys::DATA_PREFIX]) {
+            let (k, v) = item?;
+            let ident = keys::key_identity(&k).to_vec();
+            if current.as_deref() != Some(&ident[..]) {
+                current = Some(ident);
+                kept = false;
+            }
+            let version = keys::key_version(&k)?;
+            if version > horizon {
+                continue;
+            }
+            let drop_it = if kept {
+                true
+            } else {
+                kept = true;
+                // The newest version at or below the horizon: a tombstone hides
+                // nothing once everything older is gone, so it can go too.
+                keys::decode_value(&v)?.is_none()
+            };
+            if drop_it {
+                pending.remove(k);
+                in_batch += 1;
+                removed += 1;
+                if in_batch >= batch {
+                    self.tree.apply_batch(std::mem::take(&mut pending))?;
+                    in_batch = 0;
+                }
+            }
+        }
+        if in_batch > 0 {
+            self.tree.apply_batch(pending)?;
+        }
+        Ok(removed)
+    }
+
     /// This shard's record of `epoch`, if its marker or release was applied.
     pub fn cut(&self, epoch: u64) -> Result<Option<Cut>> {
         self.tree
@@ -470,7 +552,15 @@ impl ShardState {
                     Err(e) => Some(Err(e)),
                 }
             });
-        cuts.chain(data)
+        // The horizon as it is now (possibly newer than `upto`): the receiver may be
+        // sent versions already collected here, so it must refuse the same reads.
+        let horizon = self
+            .tree
+            .get(keys::HORIZON_KEY)
+            .map_err(StoreError::from)
+            .map(|h| h.map(|h| (keys::HORIZON_KEY.to_vec(), h.to_vec())))
+            .transpose();
+        horizon.into_iter().chain(cuts).chain(data)
     }
 
     /// Replace this shard's whole state with the pairs in `stage`, and set the applied
@@ -485,6 +575,12 @@ impl ShardState {
             let (k, v) = item?;
             let valid = if k.first() == Some(&cut::CUT_PREFIX) {
                 cut::decode(&k, &v).map(|_| ())
+            } else if k.as_ref() == keys::HORIZON_KEY {
+                if v.len() == 8 {
+                    Ok(())
+                } else {
+                    Err(StoreError::corrupt("horizon of the wrong length"))
+                }
             } else {
                 keys::decode_key(&k).and_then(|_| keys::decode_value(&v).map(|_| ()))
             };

@@ -188,3 +188,73 @@ fn diff_lists_keys_whose_visible_value_changed_between_two_versions() {
     assert_eq!(state.diff(b"cr", None, 100, 4, 11).unwrap().len(), 1);
     assert!(state.diff(b"", None, 100, 4, 4).unwrap().is_empty());
 }
+
+#[test]
+fn compaction_refuses_old_reads_and_collection_keeps_what_newer_reads_see() {
+    use cairn_store::StoreError;
+    let dir = tempfile::tempdir().unwrap();
+    let store = NodeStore::open(dir.path()).unwrap();
+    let state = store.shard_state(0).unwrap();
+    let delete = |key: &str| {
+        Command::Batch(vec![WriteOp {
+            key: key.as_bytes().to_vec(),
+            kind: OpKind::Delete,
+            condition: Condition::Always,
+        }])
+    };
+    state.apply(1, 1, Some(&put("a", "1"))).unwrap();
+    state.apply(2, 1, Some(&put("a", "2"))).unwrap();
+    state.apply(3, 1, Some(&put("gone", "1"))).unwrap();
+    state.apply(4, 1, Some(&delete("gone"))).unwrap();
+    state.apply(5, 1, Some(&put("a", "3"))).unwrap();
+    state.apply(6, 1, Some(&put("b", "1"))).unwrap();
+    // Horizon 5: reads at 5 and above must not change; below, they are refused.
+    let before: Vec<_> = [5, 6, u64::MAX]
+        .iter()
+        .map(|&at| state.scan(b"", None, 100, at).unwrap())
+        .collect();
+    assert_eq!(
+        state
+            .apply(7, 1, Some(&Command::Compact { horizon: 5 }))
+            .unwrap(),
+        ApplyOutcome::Compacted { horizon: 5 }
+    );
+    // A horizon is never lowered, and never reaches the compaction entry itself.
+    assert_eq!(
+        state
+            .apply(8, 1, Some(&Command::Compact { horizon: 2 }))
+            .unwrap(),
+        ApplyOutcome::Compacted { horizon: 5 }
+    );
+    assert!(matches!(
+        state.get(b"a", 4),
+        Err(StoreError::HistoryCollected { horizon: 5 })
+    ));
+    assert!(matches!(
+        state.scan(b"", None, 10, 1),
+        Err(StoreError::HistoryCollected { .. })
+    ));
+
+    // Versions 1 and 2 of `a` (older than its version 5) and both versions of `gone`
+    // (a tombstone hides nothing once everything older is gone) are collected.
+    assert_eq!(state.collect(5, 2).unwrap(), 4);
+    assert_eq!(state.collect(5, 2).unwrap(), 0, "collection is idempotent");
+    let after: Vec<_> = [5, 6, u64::MAX]
+        .iter()
+        .map(|&at| state.scan(b"", None, 100, at).unwrap())
+        .collect();
+    assert_eq!(before, after, "reads at or above the horizon are unchanged");
+
+    // A Raft snapshot carries the horizon: the receiver refuses the same reads.
+    let follower = NodeStore::open(&dir.path().join("follower")).unwrap();
+    let stage = follower.snapshot_stage(0).unwrap();
+    let pairs: Vec<_> = state.export(8).collect::<Result<_, _>>().unwrap();
+    stage.write(&pairs).unwrap();
+    let installed = follower.shard_state(0).unwrap();
+    installed
+        .install(&stage, AppliedState { index: 8, term: 1 })
+        .unwrap();
+    assert_eq!(installed.horizon().unwrap(), 5);
+    assert!(installed.get(b"a", 4).is_err());
+    assert_eq!(installed.get(b"a", 5).unwrap().unwrap().value, b"3");
+}

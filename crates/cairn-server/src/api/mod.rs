@@ -132,6 +132,7 @@ impl From<ShardError> for ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown")
             }
             ShardError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ShardError::HistoryCollected { .. } => (StatusCode::GONE, "history_unavailable"),
             ShardError::Storage { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
         };
         ApiError::new(status, code, e.to_string())
