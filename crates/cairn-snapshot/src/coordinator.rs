@@ -12,8 +12,9 @@
 //! Any node can coordinate; the meta log serialises what matters. A coordinator that
 //! dies mid-way leaves an open epoch behind: the sweeper, which runs on the meta
 //! group's leader, aborts epochs pending for longer than `abort_after` and releases
-//! every epoch that is finished but not yet released. So no window stays open for
-//! longer than about `abort_after`, across crashes and leader changes.
+//! every epoch that is finished but not yet released. So a window closes about
+//! `abort_after` after its epoch began (plus a meta election if the meta leader
+//! died), across crashes and leader changes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -33,8 +34,9 @@ use crate::Shards;
 pub struct SnapshotConfig {
     /// How long every shard has to place its marker before the snapshot aborts.
     pub marker_timeout: Duration,
-    /// How long an epoch may stay pending before the sweeper aborts it. Must exceed
-    /// `marker_timeout` with room for the registry writes.
+    /// How long an epoch may stay pending before the sweeper aborts it. Exceeds
+    /// `marker_timeout` with room for the registry writes; it bounds how long a
+    /// coordinator's death can hold answers back.
     pub abort_after: Duration,
     /// How often the sweeper looks at open epochs.
     pub sweep_every: Duration,
@@ -50,7 +52,7 @@ impl Default for SnapshotConfig {
     fn default() -> Self {
         SnapshotConfig {
             marker_timeout: Duration::from_secs(2),
-            abort_after: Duration::from_secs(10),
+            abort_after: Duration::from_secs(3),
             sweep_every: Duration::from_secs(1),
             auto_interval: Some(Duration::from_secs(1)),
             retention: Duration::from_secs(24 * 3600),
@@ -187,8 +189,15 @@ impl<S: Shards> Coordinator<S> {
             match registry.get(epoch).await? {
                 None => registry.close(epoch).await?,
                 Some(tracked) if tracked.record.state == SnapshotState::Pending => {
+                    // Age by whichever clock says older: the allocation's wall-clock
+                    // label (the coordinator may have died long before this leader
+                    // took over) or this leader's own first sighting. Skew can only
+                    // make an abort early, and an abort is always safe.
                     let seen = *first_seen.entry(epoch).or_insert_with(Instant::now);
-                    if seen.elapsed() >= self.config.abort_after {
+                    let labelled = Duration::from_millis(
+                        crate::registry::now_ms().saturating_sub(tracked.record.time_ms),
+                    );
+                    if seen.elapsed().max(labelled) >= self.config.abort_after {
                         let reason = "its coordinator did not finish it in time".to_owned();
                         registry
                             .finish(&tracked, SnapshotState::Aborted { reason })
