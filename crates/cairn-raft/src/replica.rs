@@ -339,34 +339,17 @@ impl Replica {
         let now = self.now;
         let shard = self.shard;
         // Expire what has waited too long; a write's fate is then unknown.
-        let expired: Vec<u64> = self
-            .writes
-            .iter()
-            .filter(|(_, w)| w.deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            if let Some(w) = self.writes.remove(&id) {
-                let _ = w.reply.send(Err(ShardError::OutcomeUnknown {
-                    shard,
-                    reason: "not applied before the deadline".into(),
-                }));
-            }
+        for (_, w) in self.writes.extract_if(|_, w| w.deadline <= now) {
+            let _ = w.reply.send(Err(ShardError::OutcomeUnknown {
+                shard,
+                reason: "not applied before the deadline".into(),
+            }));
         }
-        let unavailable = || ShardError::Unavailable {
-            shard,
-            reason: "could not confirm leadership for a read in time".into(),
-        };
-        let expired: Vec<u64> = self
-            .reads_inflight
-            .iter()
-            .filter(|(_, r)| r.deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            if let Some(r) = self.reads_inflight.remove(&id) {
-                r.fail(unavailable());
-            }
+        for (_, r) in self.reads_inflight.extract_if(|_, r| r.deadline <= now) {
+            r.fail(ShardError::Unavailable {
+                shard,
+                reason: "could not confirm leadership for a read in time".into(),
+            });
         }
         // An alignment window normally closes within a round trip; one that outlives
         // the request's deadline (a coordinator that died) fails the request rather

@@ -13,6 +13,14 @@ fn put(key: &str, value: &str) -> Command {
     }])
 }
 
+fn delete(key: &str) -> Command {
+    Command::Batch(vec![WriteOp {
+        key: key.as_bytes().to_vec(),
+        kind: OpKind::Delete,
+        condition: Condition::Always,
+    }])
+}
+
 #[test]
 fn markers_record_cuts_and_releases_close_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -135,13 +143,6 @@ fn diff_lists_keys_whose_visible_value_changed_between_two_versions() {
     let dir = tempfile::tempdir().unwrap();
     let store = NodeStore::open(dir.path()).unwrap();
     let state = store.shard_state(0).unwrap();
-    let delete = |key: &str| {
-        Command::Batch(vec![WriteOp {
-            key: key.as_bytes().to_vec(),
-            kind: OpKind::Delete,
-            condition: Condition::Always,
-        }])
-    };
     state.apply(1, 1, Some(&put("same", "1"))).unwrap();
     state.apply(2, 1, Some(&put("changed", "1"))).unwrap();
     state.apply(3, 1, Some(&put("deleted", "1"))).unwrap();
@@ -195,13 +196,6 @@ fn compaction_refuses_old_reads_and_collection_keeps_what_newer_reads_see() {
     let dir = tempfile::tempdir().unwrap();
     let store = NodeStore::open(dir.path()).unwrap();
     let state = store.shard_state(0).unwrap();
-    let delete = |key: &str| {
-        Command::Batch(vec![WriteOp {
-            key: key.as_bytes().to_vec(),
-            kind: OpKind::Delete,
-            condition: Condition::Always,
-        }])
-    };
     state.apply(1, 1, Some(&put("a", "1"))).unwrap();
     state.apply(2, 1, Some(&put("a", "2"))).unwrap();
     state.apply(3, 1, Some(&put("gone", "1"))).unwrap();
