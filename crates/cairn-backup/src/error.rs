@@ -1,0 +1,43 @@
+//! What can go wrong writing, reading or verifying a backup. Errors about a file name
+//! the file, so an operator knows which object is bad.
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// A file's bytes do not decode, or do not match the manifest.
+    #[error("corrupt backup data: {0}")]
+    Corrupt(String),
+    /// A named file of a backup is bad; `reason` says how.
+    #[error("{file}: {reason}")]
+    BadFile { file: String, reason: String },
+    /// A file the manifest (or a chain) needs is not at the destination.
+    #[error("{0}: missing")]
+    Missing(String),
+    /// The caller asked for something impossible (records out of order, bad URL).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+}
+
+impl BackupError {
+    /// An `Io` error maker for `map_err`.
+    pub(crate) fn io(what: &'static str) -> impl Fn(std::io::Error) -> BackupError {
+        move |source| BackupError::Io { what, source }
+    }
+
+    /// The same error, said of `file`.
+    pub(crate) fn in_file(self, file: &str) -> BackupError {
+        match self {
+            BackupError::BadFile { .. } | BackupError::Missing(_) => self,
+            other => BackupError::BadFile {
+                file: file.to_owned(),
+                reason: other.to_string(),
+            },
+        }
+    }
+}

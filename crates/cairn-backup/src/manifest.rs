@@ -1,0 +1,116 @@
+//! The manifest: what a backup is, written last so that a backup without one does not
+//! exist.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::BackupError;
+
+/// The manifest layout version; a reader refuses a newer one.
+pub const MANIFEST_VERSION: u32 = 1;
+/// The manifest's name inside a backup's directory.
+pub const MANIFEST: &str = "manifest.json";
+
+/// One backup: a completed snapshot's state (full), or the versions written since a
+/// parent backup's snapshot (incremental).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub cluster_id: String,
+    pub backup_id: String,
+    /// The snapshot the backup captures.
+    pub snapshot: SnapshotRef,
+    /// For an incremental backup: the backup it extends. Its files hold the versions
+    /// in `(parent.cuts[s], snapshot.cuts[s])` of every shard `s`.
+    pub parent: Option<ParentRef>,
+    pub shards: u32,
+    pub files: Vec<FileEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRef {
+    pub id: u64,
+    /// RFC 3339 label of the snapshot.
+    pub time: String,
+    /// Per shard, the snapshot's cut (its marker's log index).
+    pub cuts: BTreeMap<u32, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParentRef {
+    pub backup_id: String,
+    /// The parent's snapshot cuts (where this backup's versions start).
+    pub cuts: BTreeMap<u32, u64>,
+}
+
+/// One shard file, as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    /// Relative to the backup's directory.
+    pub path: String,
+    pub shard: u32,
+    pub bytes: u64,
+    /// BLAKE3 of the file's bytes, hex.
+    pub blake3: String,
+    pub keys: u64,
+    pub versions: u64,
+}
+
+impl Manifest {
+    pub fn to_json(&self) -> Vec<u8> {
+        // A manifest is plain data; serialising it cannot fail.
+        serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+
+    /// Parse and check a manifest; `name` is used in errors.
+    pub fn from_json(bytes: &[u8], name: &str) -> Result<Manifest, BackupError> {
+        let manifest: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| BackupError::BadFile {
+                file: name.to_owned(),
+                reason: format!("not a valid manifest (truncated or corrupt): {e}"),
+            })?;
+        manifest.check().map_err(|e| e.in_file(name))?;
+        Ok(manifest)
+    }
+
+    fn check(&self) -> Result<(), BackupError> {
+        let bad = |m: String| Err(BackupError::Corrupt(m));
+        if self.format_version != MANIFEST_VERSION {
+            return bad(format!(
+                "manifest version {}; this build reads {MANIFEST_VERSION}",
+                self.format_version
+            ));
+        }
+        if self.snapshot.cuts.len() != self.shards as usize {
+            return bad(format!(
+                "{} cuts for {} shards",
+                self.snapshot.cuts.len(),
+                self.shards
+            ));
+        }
+        let mut seen = vec![false; self.shards as usize];
+        for f in &self.files {
+            match seen.get_mut(f.shard as usize) {
+                Some(s) if !*s => *s = true,
+                _ => {
+                    return bad(format!(
+                        "file {} names shard {} twice or out of range",
+                        f.path, f.shard
+                    ))
+                }
+            }
+            if f.path.contains("..") || f.path.starts_with('/') {
+                return bad(format!("file path {} leaves the backup", f.path));
+            }
+        }
+        if seen.iter().any(|s| !s) {
+            return bad("a shard has no file".into());
+        }
+        Ok(())
+    }
+}
