@@ -687,7 +687,9 @@ impl Replica {
                     self.raw.report_snapshot(to, SnapshotStatus::Failure);
                 }
             } else if !self.transport.send_raft(self.shard, msg) {
-                // The peer's queue is full or it is unknown; Raft will resend.
+                // The peer's queue is full or the peer is down: Raft resends, but a
+                // steady count here means a peer that cannot keep up.
+                metrics::counter!("cairn_raft_messages_dropped_total").increment(1);
             }
         }
     }
