@@ -117,17 +117,16 @@ impl LocalShards {
         shard: ShardId,
     ) -> Result<u64, ShardError> {
         match consistency {
-            Consistency::Stale => Ok(u64::MAX),
+            // Local reads never see past an open epoch's cut (guarantee 3): a stale
+            // read is served just below the window, a fixed version above it waits.
+            Consistency::Stale => Ok(self.gauges(shard).map(|g| g.unheld_version()).unwrap_or(0)),
             Consistency::AtVersion(version) => {
-                let applied = self
-                    .gauges(shard)
-                    .map(|g| g.applied.load(Ordering::Relaxed))
-                    .unwrap_or(0);
-                if applied < version {
+                let unheld = self.gauges(shard).map(|g| g.unheld_version()).unwrap_or(0);
+                if unheld < version {
                     return Err(ShardError::Unavailable {
                         shard,
                         reason: format!(
-                            "this replica has applied up to {applied}, not yet {version}"
+                            "version {version} is not yet readable here (readable up to {unheld}: not applied, or an open snapshot's window)"
                         ),
                     });
                 }
@@ -232,7 +231,7 @@ impl MultiRaft {
             inboxes.push(tx);
             receivers.push(rx);
             states.push(store.shard_state(shard)?);
-            gauges.push(Arc::new(ReplicaGauges::default()));
+            gauges.push(Arc::new(ReplicaGauges::new()));
         }
         let local = Arc::new(LocalShards {
             node_id: node,

@@ -73,9 +73,29 @@ pub struct ReplicaGauges {
     /// Write batches applied since the process started (markers and releases do not
     /// count): how automatic snapshots tell whether anything was written.
     pub writes_applied: AtomicU64,
+    /// The lowest cut of an open snapshot epoch, `u64::MAX` when none is open. Reads
+    /// served without the leader (stale and fixed-version reads) must not reveal state
+    /// above it. Stored before `applied` moves past a marker (release/acquire).
+    pub hold_from: AtomicU64,
 }
 
 impl ReplicaGauges {
+    /// A fresh set: nothing known, nothing held.
+    pub fn new() -> ReplicaGauges {
+        ReplicaGauges {
+            hold_from: AtomicU64::new(u64::MAX),
+            ..ReplicaGauges::default()
+        }
+    }
+
+    /// The newest version a read without the leader may see: everything applied, but
+    /// nothing above an open epoch's cut (the version at the cut equals the state
+    /// below it, since a marker writes no data).
+    pub fn unheld_version(&self) -> u64 {
+        let applied = self.applied.load(Ordering::Acquire);
+        applied.min(self.hold_from.load(Ordering::Acquire))
+    }
+
     pub fn leader(&self) -> Option<NodeId> {
         match self.leader.load(Ordering::Relaxed) {
             0 => None,
@@ -197,15 +217,19 @@ impl Replica {
             slog::o!("shard" => shard, "node" => cfg.node_id),
         );
         let raw = RawNode::new(&raft_cfg, log.clone(), &logger)?;
+
+        gauges
+            .first_index
+            .store(log.first_index()?, Ordering::Relaxed);
         let open_cuts = state
             .open_cuts()?
             .into_iter()
             .map(|c| (c.epoch, c.index))
             .collect();
         gauges
-            .first_index
-            .store(log.first_index()?, Ordering::Relaxed);
-        gauges.applied.store(applied.index, Ordering::Relaxed);
+            .hold_from
+            .store(lowest_cut(&open_cuts), Ordering::Release);
+        gauges.applied.store(applied.index, Ordering::Release);
         Ok(Replica {
             shard,
             raw,
@@ -541,6 +565,12 @@ impl Replica {
         }
     }
 
+    fn publish_hold(&self) {
+        self.gauges
+            .hold_from
+            .store(lowest_cut(&self.open_cuts), Ordering::Release);
+    }
+
     /// After a release: send what no open epoch holds any more.
     fn release_held(&mut self) {
         for held in std::mem::take(&mut self.held) {
@@ -567,8 +597,6 @@ impl Replica {
                 .state
                 .apply(index, term, command.as_ref())
                 .map_err(|e| e.to_string())?;
-            self.gauges.applied.store(index, Ordering::Relaxed);
-
             if matches!(command, Some(Command::Batch(_))) {
                 self.gauges.writes_applied.fetch_add(1, Ordering::Relaxed);
             }
@@ -578,16 +606,22 @@ impl Replica {
                     control = true;
                     if *cut == index {
                         self.open_cuts.insert(*epoch, *cut);
+                        // Before `applied` passes the cut, so that no local read
+                        // can see past it.
+                        self.publish_hold();
                     }
                 }
                 (ApplyOutcome::Released, Some(Command::Release { epoch })) => {
                     control = true;
                     if self.open_cuts.remove(epoch).is_some() {
+                        self.publish_hold();
                         self.release_held();
                     }
                 }
                 _ => {}
             }
+
+            self.gauges.applied.store(index, Ordering::Release);
 
             let id = entry
                 .context
@@ -642,7 +676,17 @@ impl Replica {
             .apply_snapshot_metadata(meta)
             .map_err(|e| e.to_string())?;
         stage.clear().map_err(|e| e.to_string())?;
-        self.gauges.applied.store(meta.index, Ordering::Relaxed);
+        // The snapshot replaced the cut table: an epoch open in it must hold here too
+        // (this replica may lead before the release arrives).
+        self.open_cuts = self
+            .state
+            .open_cuts()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|c| (c.epoch, c.index))
+            .collect();
+        self.publish_hold();
+        self.gauges.applied.store(meta.index, Ordering::Release);
         self.gauges
             .first_index
             .store(meta.index + 1, Ordering::Relaxed);
@@ -744,6 +788,10 @@ impl PendingReads {
             let _ = reply.send(Err(err.clone()));
         }
     }
+}
+
+fn lowest_cut(open_cuts: &BTreeMap<u64, u64>) -> u64 {
+    open_cuts.values().copied().min().unwrap_or(u64::MAX)
 }
 
 /// A storage failure inside the Raft loop leaves the replica's memory and disk out of

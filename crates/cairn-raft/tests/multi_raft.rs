@@ -262,6 +262,25 @@ async fn answers_after_a_cut_wait_for_the_release_even_across_a_leader_change() 
             tokio::time::timeout(HELD_FOR, &mut read).await.is_err(),
             "a read of state after an open cut was answered before the release"
         );
+        // Reads served without the leader do not reveal it either: a stale read is
+        // served just below the window, on every host, and a fixed version above the
+        // cut is not served until the window closes.
+        for id in [1, 2, 3] {
+            assert_eq!(
+                cluster.get(id, shard, "k", Consistency::Stale).await,
+                Ok(Some(b"before".to_vec())),
+                "a stale read on host {id} revealed a write after an open cut"
+            );
+            assert!(
+                matches!(
+                    cluster
+                        .get(id, shard, "k", Consistency::AtVersion(cut + 1))
+                        .await,
+                    Err(ShardError::Unavailable { .. })
+                ),
+                "host {id} served a version above an open cut"
+            );
+        }
         // The snapshot's own state is readable at once, on any replica.
         for id in [1, 2, 3] {
             let mut got = Err(ShardError::ShuttingDown);
