@@ -28,6 +28,7 @@
 mod command;
 pub mod cut;
 mod error;
+mod history;
 pub mod keys;
 mod raft_log;
 mod stage;
@@ -40,6 +41,7 @@ use serde::{Deserialize, Serialize};
 pub use command::{Command, Condition, OpKind, WriteOp};
 pub use cut::Cut;
 pub use error::{Result, StoreError};
+pub use history::{HistoryRange, KeyVersion};
 pub use raft_log::RaftLog;
 pub use stage::SnapshotStage;
 pub use state::{AppliedState, ApplyOutcome, ShardState, Versioned};
@@ -76,6 +78,7 @@ pub struct NodeIdentity {
 
 const NODE_TREE: &str = "node";
 const IDENTITY_KEY: &[u8] = b"identity";
+const RESTORED_FROM_KEY: &[u8] = b"restored_from";
 
 /// A node's sled database. Clone = same database.
 #[derive(Clone)]
@@ -114,6 +117,25 @@ impl NodeStore {
         // Serializing a String and integers cannot fail.
         let bytes = bincode::serialize(id).expect("bincode serialization of NodeIdentity");
         tree.insert(IDENTITY_KEY, bytes)?;
+        Ok(())
+    }
+
+    /// What this data directory was restored from (a backup and snapshot), if it was:
+    /// part of the restored cluster's identity, so it differs from the original's.
+    pub fn restored_from(&self) -> Result<Option<String>> {
+        let tree = self.db.open_tree(NODE_TREE)?;
+        match tree.get(RESTORED_FROM_KEY)? {
+            None => Ok(None),
+            Some(v) => String::from_utf8(v.to_vec())
+                .map(Some)
+                .map_err(|e| StoreError::corrupt(format!("restore origin: {e}"))),
+        }
+    }
+
+    /// Record what this data directory was restored from.
+    pub fn set_restored_from(&self, origin: &str) -> Result<()> {
+        let tree = self.db.open_tree(NODE_TREE)?;
+        tree.insert(RESTORED_FROM_KEY, origin.as_bytes())?;
         Ok(())
     }
 

@@ -306,6 +306,24 @@ impl RaftLog {
         Ok(())
     }
 
+    /// A restored shard's log: empty, starting after `index` (at `term`) with `voters`
+    /// as its configuration, as if a Raft snapshot at `index` had been installed. Every
+    /// replica of a restored cluster starts from the same point, so none needs a
+    /// snapshot from another. Only for a fresh log.
+    pub fn start_at(&self, index: u64, term: u64, voters: Vec<u64>) -> Result<()> {
+        if self.last_index()? != 0 {
+            return Err(StoreError::invalid(format!(
+                "shard {}: the log is not empty; a restore starts only a fresh one",
+                self.shard
+            )));
+        }
+        let mut meta = SnapshotMetadata::default();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(ConfState::from((voters, vec![])));
+        self.apply_snapshot_metadata(&meta)
+    }
+
     /// Drop entries below `compact_index`; the caller must only compact applied entries.
     /// No-op if `compact_index <= first_index`; `Invalid` if past `last_index + 1`.
     pub fn compact(&self, compact_index: u64) -> Result<()> {

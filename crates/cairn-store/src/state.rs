@@ -594,6 +594,24 @@ impl ShardState {
         Ok(())
     }
 
+    /// Every data (tree key, tree value) pair, in tree order.
+    pub(crate) fn raw_data(&self) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec)>> + Send {
+        self.tree
+            .scan_prefix([keys::DATA_PREFIX])
+            .map(|item| item.map_err(StoreError::from))
+    }
+
+    pub(crate) fn apply_raw(&self, batch: sled::Batch) -> Result<()> {
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    pub(crate) fn set_applied(&self, applied: AppliedState) -> Result<()> {
+        self.tree
+            .insert(keys::APPLIED_KEY, &encode_applied(applied)[..])?;
+        Ok(())
+    }
+
     /// Number of keys whose newest version is live. O(versions).
     pub fn live_keys(&self) -> Result<u64> {
         let mut count = 0;
