@@ -14,6 +14,7 @@
 
 pub mod coordinator;
 pub mod error;
+pub mod meta;
 pub mod registry;
 
 use std::future::Future;
@@ -22,6 +23,7 @@ use cairn_raft::{ShardError, ShardRequest, ShardResponse};
 
 pub use coordinator::{Coordinator, SnapshotConfig};
 pub use error::SnapshotError;
+pub use meta::Meta;
 pub use registry::{Registry, SnapshotRecord, SnapshotState};
 
 /// How the snapshot protocol reaches the cluster's shards (the server's router).

@@ -18,11 +18,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cairn_raft::{Consistency, ShardRequest, ShardResponse};
-use cairn_store::{ApplyOutcome, Command, Condition, OpKind, ShardId, Versioned, WriteOp};
+use cairn_store::{Condition, ShardId, Versioned, WriteOp};
 use serde::{Deserialize, Serialize};
 
 use crate::error::SnapshotError;
+use crate::meta::{delete, put, Meta};
 use crate::Shards;
 
 const NEXT: &[u8] = b"s/next";
@@ -113,22 +113,6 @@ fn be_u64(bytes: &[u8]) -> Result<u64, SnapshotError> {
         .map_err(|_| SnapshotError::Corrupt(format!("expected 8 bytes, found {}", bytes.len())))
 }
 
-fn put(key: Vec<u8>, value: Vec<u8>, condition: Condition) -> WriteOp {
-    WriteOp {
-        key,
-        kind: OpKind::Put(value),
-        condition,
-    }
-}
-
-fn delete(key: Vec<u8>) -> WriteOp {
-    WriteOp {
-        key,
-        kind: OpKind::Delete,
-        condition: Condition::Always,
-    }
-}
-
 /// A record and the meta version it was read at (for conditional updates).
 #[derive(Debug, Clone)]
 pub struct Tracked {
@@ -146,20 +130,12 @@ impl<'a, S: Shards> Registry<'a, S> {
         Registry { shards }
     }
 
-    fn meta(&self) -> ShardId {
-        self.shards.shard_count()
+    fn meta(&self) -> Meta<'a, S> {
+        Meta::new(self.shards)
     }
 
     async fn get_raw(&self, key: Vec<u8>) -> Result<Option<Versioned>, SnapshotError> {
-        let request = ShardRequest::Get {
-            shard: self.meta(),
-            key,
-            consistency: Consistency::Linearizable,
-        };
-        match self.shards.execute(request).await? {
-            ShardResponse::Value(v) => Ok(v),
-            other => Err(SnapshotError::unexpected(other)),
-        }
+        self.meta().get(key).await
     }
 
     async fn scan_raw(
@@ -168,30 +144,11 @@ impl<'a, S: Shards> Registry<'a, S> {
         start_after: Option<Vec<u8>>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Versioned)>, SnapshotError> {
-        let request = ShardRequest::Scan {
-            shard: self.meta(),
-            prefix: prefix.to_vec(),
-            start_after,
-            limit,
-            consistency: Consistency::Linearizable,
-        };
-        match self.shards.execute(request).await? {
-            ShardResponse::Items(items) => Ok(items),
-            other => Err(SnapshotError::unexpected(other)),
-        }
+        self.meta().scan(prefix, start_after, limit).await
     }
 
-    /// Apply a batch to the meta group; `Ok(None)` if a condition failed.
     async fn write(&self, ops: Vec<WriteOp>) -> Result<Option<u64>, SnapshotError> {
-        let request = ShardRequest::Write {
-            shard: self.meta(),
-            command: Command::Batch(ops),
-        };
-        match self.shards.execute(request).await? {
-            ShardResponse::Written(ApplyOutcome::Applied { version, .. }) => Ok(Some(version)),
-            ShardResponse::Written(ApplyOutcome::Rejected { .. }) => Ok(None),
-            other => Err(SnapshotError::unexpected(other)),
-        }
+        self.meta().write(ops).await
     }
 
     fn decode(value: &Versioned) -> Result<Tracked, SnapshotError> {

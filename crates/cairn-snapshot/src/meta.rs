@@ -1,0 +1,110 @@
+//! The meta group as a small replicated key-value store.
+//!
+//! The meta group runs the same MVCC state machine as a data shard; the cluster's own
+//! records live in it under reserved prefixes, one per owner (`s/` the snapshot
+//! registry, `b/` the backup catalog). Every read here is linearizable and every
+//! write a conditional batch, so records survive any node and concurrent writers
+//! cannot both win.
+
+use cairn_raft::{Consistency, ShardRequest, ShardResponse};
+use cairn_store::{ApplyOutcome, Command, Condition, OpKind, ShardId, Versioned, WriteOp};
+
+use crate::error::SnapshotError;
+use crate::Shards;
+
+/// Reads and writes the meta group through [`Shards`].
+pub struct Meta<'a, S: Shards> {
+    shards: &'a S,
+}
+
+impl<'a, S: Shards> Meta<'a, S> {
+    pub fn new(shards: &'a S) -> Self {
+        Meta { shards }
+    }
+
+    fn group(&self) -> ShardId {
+        self.shards.shard_count()
+    }
+
+    /// The current value of `key`, with its version (for conditional updates).
+    pub async fn get(&self, key: Vec<u8>) -> Result<Option<Versioned>, SnapshotError> {
+        let request = ShardRequest::Get {
+            shard: self.group(),
+            key,
+            consistency: Consistency::Linearizable,
+        };
+        match self.shards.execute(request).await? {
+            ShardResponse::Value(v) => Ok(v),
+            other => Err(SnapshotError::unexpected(other)),
+        }
+    }
+
+    /// Up to `limit` keys under `prefix`, after `start_after`, in key order.
+    pub async fn scan(
+        &self,
+        prefix: &[u8],
+        start_after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Versioned)>, SnapshotError> {
+        let request = ShardRequest::Scan {
+            shard: self.group(),
+            prefix: prefix.to_vec(),
+            start_after,
+            limit,
+            consistency: Consistency::Linearizable,
+        };
+        match self.shards.execute(request).await? {
+            ShardResponse::Items(items) => Ok(items),
+            other => Err(SnapshotError::unexpected(other)),
+        }
+    }
+
+    /// Every key under `prefix`, in pages of 1000.
+    pub async fn scan_all(
+        &self,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Versioned)>, SnapshotError> {
+        let mut all = Vec::new();
+        loop {
+            let after = all.last().map(|(k, _): &(Vec<u8>, Versioned)| k.clone());
+            let page = self.scan(prefix, after, 1000).await?;
+            let full = page.len() == 1000;
+            all.extend(page);
+            if !full {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Apply a batch atomically; `Ok(None)` if a condition failed (nothing written),
+    /// else the version it was written at.
+    pub async fn write(&self, ops: Vec<WriteOp>) -> Result<Option<u64>, SnapshotError> {
+        let request = ShardRequest::Write {
+            shard: self.group(),
+            command: Command::Batch(ops),
+        };
+        match self.shards.execute(request).await? {
+            ShardResponse::Written(ApplyOutcome::Applied { version, .. }) => Ok(Some(version)),
+            ShardResponse::Written(ApplyOutcome::Rejected { .. }) => Ok(None),
+            other => Err(SnapshotError::unexpected(other)),
+        }
+    }
+}
+
+/// A put of `value` at `key` if `condition` holds.
+pub fn put(key: Vec<u8>, value: Vec<u8>, condition: Condition) -> WriteOp {
+    WriteOp {
+        key,
+        kind: OpKind::Put(value),
+        condition,
+    }
+}
+
+/// An unconditional delete of `key`.
+pub fn delete(key: Vec<u8>) -> WriteOp {
+    WriteOp {
+        key,
+        kind: OpKind::Delete,
+        condition: Condition::Always,
+    }
+}
