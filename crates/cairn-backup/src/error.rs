@@ -22,6 +22,21 @@ pub enum BackupError {
     },
     #[error("object store: {0}")]
     Store(#[from] object_store::Error),
+    /// No backup (in the catalog or at the destination) has this id.
+    #[error("no backup {0}")]
+    NotFound(String),
+    /// An incremental backup cannot be taken: the history since its parent is gone.
+    #[error("{0}")]
+    HistoryGone(String),
+    /// The backup's snapshot could not be taken or read.
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] cairn_snapshot::SnapshotError),
+    /// This node's replica of a shard could not be read.
+    #[error("local replica: {0}")]
+    Local(#[from] cairn_store::StoreError),
+    /// Someone else (the sweeper) decided this backup's fate first.
+    #[error("{0}")]
+    Superseded(String),
 }
 
 impl BackupError {

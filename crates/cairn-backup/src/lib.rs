@@ -12,14 +12,19 @@
 //! Not built yet (issue 4 continues): taking backups from a running cluster,
 //! incremental chains, schedules and retention, S3, restore, prefix revert.
 
+pub mod backups;
+pub mod catalog;
 pub mod destination;
 pub mod error;
 pub mod format;
 pub mod manifest;
+pub mod restore;
 pub mod verify;
 pub mod write;
 
-pub use destination::Destination;
+pub use backups::{BackupConfig, BackupRequest, Backups, ScheduleStatus};
+pub use catalog::{BackupRecord, BackupState, Progress};
+pub use destination::{Destination, S3Options};
 pub use error::BackupError;
 pub use format::{FileStats, Record, ShardReader, ShardWriter};
 pub use manifest::{FileEntry, Manifest, ParentRef, SnapshotRef};

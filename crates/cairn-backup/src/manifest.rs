@@ -27,6 +27,13 @@ pub struct Manifest {
     pub parent: Option<ParentRef>,
     pub shards: u32,
     pub files: Vec<FileEntry>,
+    /// The schedule that took it, if any (retention applies per schedule).
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// Other completed snapshots this backup can restore to: for an incremental, every
+    /// snapshot whose cuts lie between its parent's and its own on every shard.
+    #[serde(default)]
+    pub covered: Vec<SnapshotRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +69,11 @@ pub struct FileEntry {
 }
 
 impl Manifest {
+    /// Every snapshot this backup restores to: the ones it covers, then its own.
+    pub fn restorable(&self) -> impl Iterator<Item = &SnapshotRef> {
+        self.covered.iter().chain(std::iter::once(&self.snapshot))
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         // A manifest is plain data; serialising it cannot fail.
         serde_json::to_vec_pretty(self).unwrap_or_default()
@@ -92,6 +104,16 @@ impl Manifest {
                 self.snapshot.cuts.len(),
                 self.shards
             ));
+        }
+        for covered in &self.covered {
+            if covered.cuts.len() != self.shards as usize {
+                return bad(format!(
+                    "covered snapshot {} has {} cuts for {} shards",
+                    covered.id,
+                    covered.cuts.len(),
+                    self.shards
+                ));
+            }
         }
         let mut seen = vec![false; self.shards as usize];
         for f in &self.files {

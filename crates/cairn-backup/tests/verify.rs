@@ -45,6 +45,8 @@ async fn backup(dest: &Destination, id: &str, cut: u64, parent: Option<(&str, u6
         }),
         shards: SHARDS,
         files,
+        schedule: None,
+        covered: Vec::new(),
     };
     put_manifest(dest, &manifest).await.unwrap();
     manifest

@@ -277,3 +277,121 @@ pub struct DiffResponse {
     /// As for scans: the percent-encoded last key when more may follow.
     pub next_start_after: Option<String>,
 }
+
+/// Body of `POST /v1/backups` (optional).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBackup {
+    /// A directory, `file:///path` or `s3://bucket/prefix`; default: the node's
+    /// `--backup-dir`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub destination: Option<String>,
+    /// Extend the newest backup of this cluster at the destination.
+    #[serde(default)]
+    pub incremental: bool,
+    /// Back up this completed snapshot (id or name) instead of taking a new one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub snapshot: Option<String>,
+}
+
+/// How far a backup got.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct BackupProgress {
+    pub shards_done: u32,
+    pub shards_total: u32,
+    /// Compressed bytes stored.
+    pub bytes: u64,
+    pub keys: u64,
+    pub versions: u64,
+}
+
+/// A backup as the cluster's catalog records it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupInfo {
+    pub id: String,
+    pub destination: String,
+    pub incremental: bool,
+    pub parent: Option<String>,
+    /// The snapshot it captures, once taken.
+    pub snapshot: Option<u64>,
+    pub schedule: Option<String>,
+    /// The node writing it.
+    pub node: u64,
+    /// `running`, `done` or `failed`.
+    pub state: String,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+    pub progress: BackupProgress,
+    pub started_ms: u64,
+    pub finished_ms: Option<u64>,
+    /// Retention deleted it from its destination.
+    #[serde(default)]
+    pub deleted: bool,
+}
+
+/// Response to `GET /v1/backups`: newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupList {
+    pub backups: Vec<BackupInfo>,
+}
+
+/// A backup schedule and where it stands.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ScheduleInfo {
+    pub name: String,
+    pub cron: String,
+    pub destination: String,
+    /// Next tick, ms since the Unix epoch.
+    pub next_run_ms: Option<u64>,
+    /// The newest tick claimed, ms since the Unix epoch.
+    pub last_tick_ms: u64,
+    pub last_backup: Option<String>,
+    /// How late the last tick's backup started, ms.
+    pub last_lag_ms: Option<u64>,
+    /// `done` or `failed: ...`.
+    pub last_result: Option<String>,
+    pub last_finished_ms: Option<u64>,
+}
+
+/// Response to `GET /v1/backups/schedules`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ScheduleList {
+    pub schedules: Vec<ScheduleInfo>,
+}
+
+/// Body of `POST /v1/revert`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RevertRequest {
+    /// The key prefix to revert (UTF-8), or `prefix_b64`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub prefix_b64: Option<String>,
+    /// The snapshot (id or name) to revert to.
+    pub snapshot: String,
+}
+
+/// One shard's part of a revert.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RevertShard {
+    pub shard: u32,
+    /// The version (log index) of the shard's atomic batch; absent if nothing changed.
+    pub version: Option<u64>,
+    pub restored: u64,
+    pub deleted: u64,
+}
+
+/// Response to `POST /v1/revert`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RevertResponse {
+    /// Id of the audit record (`GET /v1/reverts`).
+    pub id: u64,
+    pub snapshot: u64,
+    /// Keys set back to their value at the snapshot.
+    pub restored: u64,
+    /// Keys deleted because they did not exist at the snapshot.
+    pub deleted: u64,
+    pub shards: Vec<RevertShard>,
+}

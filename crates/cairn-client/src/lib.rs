@@ -380,6 +380,52 @@ impl Client {
         json(check(request.send().await?).await?).await
     }
 
+    /// Start a backup; answers at once with the running backup (follow it with
+    /// [`Client::backup`]).
+    pub async fn create_backup(&self, request: &api::CreateBackup) -> Result<api::BackupInfo> {
+        let url = format!("{}/v1/backups", self.base);
+        json(check(self.http.post(url).json(request).send().await?).await?).await
+    }
+
+    /// A backup's record: progress while running, then its outcome.
+    pub async fn backup(&self, id: &str) -> Result<api::BackupInfo> {
+        if id == "." || id == ".." {
+            return Err(Error::UnaddressableKey(id.as_bytes().to_vec()));
+        }
+        let url = format!(
+            "{}/v1/backups/{}",
+            self.base,
+            encode_with(id.as_bytes(), KEY_SET_NO_SLASH)
+        );
+        json(check(self.http.get(url).send().await?).await?).await
+    }
+
+    /// Every backup the cluster's catalog knows, newest first.
+    pub async fn backups(&self) -> Result<Vec<api::BackupInfo>> {
+        let url = format!("{}/v1/backups", self.base);
+        let list: api::BackupList = json(check(self.http.get(url).send().await?).await?).await?;
+        Ok(list.backups)
+    }
+
+    /// The configured backup schedules and their state.
+    pub async fn backup_schedules(&self) -> Result<Vec<api::ScheduleInfo>> {
+        let url = format!("{}/v1/backups/schedules", self.base);
+        let list: api::ScheduleList = json(check(self.http.get(url).send().await?).await?).await?;
+        Ok(list.schedules)
+    }
+
+    /// Set every key under `prefix` back to its value in `snapshot`.
+    pub async fn revert(&self, prefix: &[u8], snapshot: &str) -> Result<api::RevertResponse> {
+        let url = format!("{}/v1/revert", self.base);
+        let (prefix, prefix_b64) = api::split_bytes(prefix, api::Encoding::Utf8);
+        let body = api::RevertRequest {
+            prefix,
+            prefix_b64,
+            snapshot: snapshot.to_owned(),
+        };
+        json(check(self.http.post(url).json(&body).send().await?).await?).await
+    }
+
     /// One page of completed snapshots, newest first: those with an id below
     /// `before` (all when `None`), at most `limit` (the server's default when `None`).
     /// Pass the page's `next_before` as `before` for the next page.

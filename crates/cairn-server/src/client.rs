@@ -13,7 +13,7 @@ pub struct Endpoint {
         env = "CAIRN_ENDPOINT",
         default_value = "http://127.0.0.1:8081"
     )]
-    endpoint: String,
+    pub endpoint: String,
 }
 
 #[derive(Debug, clap::Subcommand)]

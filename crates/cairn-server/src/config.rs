@@ -56,6 +56,39 @@ pub struct Config {
     pub snapshot_interval_ms: u64,
     /// How long automatic snapshots are kept. Default 24 h.
     pub history_retention: Duration,
+    /// Backups: default destination, throttle, schedules, S3 settings.
+    pub backup: BackupSettings,
+}
+
+/// The `[backup]` table of the config file (and its flags).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupSettings {
+    /// Where a backup without a destination goes. Default `./backups`.
+    pub dir: Option<String>,
+    /// Read rate limit of one backup, e.g. `64MiB` (per second); `0` is unlimited.
+    /// Default 128MiB.
+    pub rate_limit: Option<String>,
+    /// A running backup that wrote no progress for this long is failed. Default 30s.
+    pub stale_after: Option<String>,
+    /// Settings for `s3://` destinations (else the `AWS_*` environment applies).
+    #[serde(default)]
+    pub s3: Option<S3Settings>,
+    /// `[[backup.schedule]]` entries.
+    #[serde(default)]
+    pub schedule: Vec<cairn_backup::schedule::ScheduleSpec>,
+}
+
+/// `[backup.s3]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    #[serde(default)]
+    pub allow_http: bool,
 }
 
 /// Optional settings, as given by flags, environment or file (see the module doc).
@@ -117,6 +150,18 @@ pub struct Settings {
     /// How long automatic snapshots are kept, e.g. `24h`, `7d` [default: 24h].
     #[arg(long, env = "CAIRN_HISTORY_RETENTION")]
     pub history_retention: Option<String>,
+    /// Default backup destination (directory, file:///path or s3://bucket/prefix)
+    /// [default: ./backups].
+    #[arg(long, env = "CAIRN_BACKUP_DIR")]
+    #[serde(skip)]
+    pub backup_dir: Option<String>,
+    /// Backup read rate limit per second, e.g. `64MiB`; 0 is unlimited [default: 128MiB].
+    #[arg(long, env = "CAIRN_BACKUP_RATE_LIMIT")]
+    #[serde(skip)]
+    pub backup_rate_limit: Option<String>,
+    /// The `[backup]` table (file only).
+    #[arg(skip)]
+    pub backup: Option<BackupSettings>,
 }
 
 macro_rules! merge_fields {
@@ -148,7 +193,10 @@ impl Settings {
             max_scan_limit,
             request_timeout_ms,
             snapshot_interval_ms,
-            history_retention
+            history_retention,
+            backup_dir,
+            backup_rate_limit,
+            backup
         )
     }
 
@@ -193,8 +241,15 @@ impl Settings {
                     ServerError::Config(format!("--history-retention `{text}`: {e}"))
                 })?,
             },
+            backup: {
+                let mut backup = self.backup.unwrap_or_default();
+                backup.dir = self.backup_dir.or(backup.dir);
+                backup.rate_limit = self.backup_rate_limit.or(backup.rate_limit);
+                backup
+            },
         };
         config.validate()?;
+        config.backups()?;
         Ok(config)
     }
 }
@@ -254,6 +309,51 @@ impl Config {
         }
     }
 
+    /// The backup side's settings, checked (schedules parsed, sizes and durations read).
+    pub fn backups(&self) -> Result<cairn_backup::BackupConfig, ServerError> {
+        let b = &self.backup;
+        let bad = |m: String| ServerError::Config(format!("backup: {m}"));
+        let rate_limit = match b.rate_limit.as_deref() {
+            None => Some(128 * 1024 * 1024),
+            Some(text) => match parse_bytes(text).map_err(|e| bad(format!("rate_limit: {e}")))? {
+                0 => None,
+                n => Some(n),
+            },
+        };
+        let stale_after = match b.stale_after.as_deref() {
+            None => Duration::from_secs(30),
+            Some(text) => humantime::parse_duration(text)
+                .map_err(|e| bad(format!("stale_after `{text}`: {e}")))?,
+        };
+        let mut schedules = Vec::new();
+        for spec in &b.schedule {
+            let schedule = spec.validate().map_err(|e| bad(e.to_string()))?;
+            if schedules
+                .iter()
+                .any(|s: &cairn_backup::schedule::Schedule| s.spec().name == spec.name)
+            {
+                return Err(bad(format!("two schedules are named `{}`", spec.name)));
+            }
+            schedules.push(schedule);
+        }
+        let s3 = b.s3.clone().unwrap_or_default();
+        Ok(cairn_backup::BackupConfig {
+            default_destination: b.dir.clone().unwrap_or_else(|| "./backups".into()),
+            s3: cairn_backup::S3Options {
+                endpoint: s3.endpoint,
+                region: s3.region,
+                access_key_id: s3.access_key_id,
+                secret_access_key: s3.secret_access_key,
+                allow_http: s3.allow_http,
+            },
+            rate_limit,
+            stale_after,
+            heartbeat: (stale_after / 10).clamp(Duration::from_millis(200), Duration::from_secs(2)),
+            schedules,
+            ..Default::default()
+        })
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
     }
@@ -261,6 +361,31 @@ impl Config {
     pub fn tick(&self) -> Duration {
         Duration::from_millis(self.tick_ms)
     }
+}
+
+/// Parse a byte size: `1048576`, `512KiB`, `64MiB`, `1GiB` (also KB/MB/GB as powers
+/// of 1000).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size like 64MiB"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("unknown unit `{other}` in `{text}`")),
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 /// Parse `1=127.0.0.1:9081,2=127.0.0.1:9082`.

@@ -6,27 +6,53 @@
 //! and the node id in the data directory; every later start must match both, so a node
 //! can never join its data to the wrong cluster or impersonate another member.
 
-use cairn_store::{NodeIdentity, NodeStore};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use cairn_store::{NodeId, NodeIdentity, NodeStore};
 
 use crate::config::Config;
 use crate::error::ServerError;
 
 /// The cluster id the configuration describes.
 pub fn cluster_id(config: &Config) -> String {
-    let mut spec = format!(
-        "cairn/v1;token={};shards={}",
-        config.cluster_token, config.shards
-    );
-    for (id, addr) in &config.initial_cluster {
+    cluster_id_of(
+        &config.cluster_token,
+        config.shards,
+        &config.initial_cluster,
+        None,
+    )
+}
+
+/// The cluster id of these members, shards and token; a cluster restored from a
+/// backup also mixes in what it was restored from, so it never shares an id with the
+/// cluster the backup came from (or with another restore of it).
+pub fn cluster_id_of(
+    token: &str,
+    shards: u32,
+    members: &BTreeMap<NodeId, SocketAddr>,
+    restored_from: Option<&str>,
+) -> String {
+    let mut spec = format!("cairn/v1;token={token};shards={shards}");
+    for (id, addr) in members {
         spec.push_str(&format!(";{id}={addr}"));
+    }
+    if let Some(origin) = restored_from {
+        spec.push_str(&format!(";restored={origin}"));
     }
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(spec.as_bytes()))
 }
 
 /// Record this node's identity on first start, or check it on every later one.
 pub fn check_or_init(store: &NodeStore, config: &Config) -> Result<NodeIdentity, ServerError> {
+    let restored_from = store.restored_from()?;
     let expected = NodeIdentity {
-        cluster_id: cluster_id(config),
+        cluster_id: cluster_id_of(
+            &config.cluster_token,
+            config.shards,
+            &config.initial_cluster,
+            restored_from.as_deref(),
+        ),
         node_id: config.id,
         shards: config.shards,
     };

@@ -13,6 +13,7 @@ pub mod dev;
 pub mod error;
 pub mod identity;
 pub mod node;
+pub mod revert;
 pub mod router;
 
 pub use config::{Config, Settings};

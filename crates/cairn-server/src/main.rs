@@ -8,6 +8,7 @@ use cairn_server::dev::DevArgs;
 use cairn_server::{Node, Settings};
 use clap::{Parser, Subcommand};
 
+mod backup_cli;
 mod bench;
 mod client;
 
@@ -36,6 +37,11 @@ enum Command {
     Dev(DevArgs),
     /// Measure write and read throughput against a running cluster.
     Bench(bench::BenchArgs),
+    /// Take, list and verify consistent backups.
+    #[command(subcommand)]
+    Backup(backup_cli::BackupCommand),
+    /// Build a new cluster node's data directory from a backup chain (offline).
+    Restore(backup_cli::RestoreArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
 }
@@ -65,6 +71,8 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Dev(args) => Ok(cairn_server::dev::run(args, shutdown_signal()).await?),
             Command::Bench(args) => bench::run(args).await,
+            Command::Backup(command) => backup_cli::run_backup(command).await,
+            Command::Restore(args) => backup_cli::run_restore(args).await,
             Command::Client(command) => client::run(command).await,
         }
     })

@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
+use cairn_backup::Backups;
 use cairn_raft::{MultiRaft, RaftConfig};
 use cairn_snapshot::Coordinator;
 use cairn_store::NodeStore;
@@ -32,6 +33,7 @@ pub struct Node {
     http: JoinHandle<()>,
     stop_sweeper: CancellationToken,
     sweeper: JoinHandle<()>,
+    backups: Arc<Backups<Router>>,
 }
 
 impl Node {
@@ -92,12 +94,31 @@ impl Node {
             stop_sweeper.clone(),
         )
         .instrument(span);
+        let backups = Backups::new(
+            router.clone(),
+            snapshots.clone(),
+            store.clone(),
+            config.id,
+            identity.cluster_id.clone(),
+            config.backups()?,
+        );
+        let span = tracing::info_span!("backup_schedules", node = config.id);
+        let schedules = backups
+            .clone()
+            .run_schedules(stop_sweeper.clone())
+            .instrument(span);
+        let span = tracing::info_span!("backup_sweeper", node = config.id);
+        let backup_sweep = backups
+            .clone()
+            .run_sweeper(stop_sweeper.clone())
+            .instrument(span);
         let sweeper = tokio::spawn(async move {
-            tokio::join!(sweep, auto, gc, collect);
+            tokio::join!(sweep, auto, gc, collect, schedules, backup_sweep);
         });
         let state = Arc::new(ApiState {
             router,
             snapshots,
+            backups: backups.clone(),
             cluster_id: identity.cluster_id,
             metrics: prometheus(),
             config: config.clone(),
@@ -126,6 +147,7 @@ impl Node {
             http,
             stop_sweeper,
             sweeper,
+            backups,
         })
     }
 
@@ -142,6 +164,9 @@ impl Node {
     pub async fn shutdown(self) {
         self.stop_http.cancel();
         let _ = self.http.await;
+        // Running backups record themselves failed while the replicas still serve.
+        self.backups.shutdown().await;
+        drop(self.backups);
         self.stop_sweeper.cancel();
         let _ = self.sweeper.await;
         // The HTTP state (router, coordinator) went with the server; the replicas are

@@ -6,6 +6,7 @@
 //! 503 means retry (for `outcome_unknown`, read before retrying a write). Validation
 //! happens before anything is proposed, so a refused request never touches a shard.
 
+mod backups;
 mod cluster;
 mod kv;
 mod snapshots;
@@ -18,6 +19,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
+use cairn_backup::Backups;
 use cairn_client::api::{ErrorBody, ErrorDetail};
 use cairn_raft::ShardError;
 use cairn_snapshot::{Coordinator, SnapshotError};
@@ -30,6 +32,7 @@ use crate::router::Router;
 pub struct ApiState {
     pub router: Arc<Router>,
     pub snapshots: Arc<Coordinator<Router>>,
+    pub backups: Arc<Backups<Router>>,
     pub config: Config,
     pub cluster_id: String,
     pub metrics: Option<PrometheusHandle>,
@@ -57,6 +60,11 @@ pub fn app(state: Arc<ApiState>) -> axum::Router {
             get(snapshots::show).delete(snapshots::delete),
         )
         .route("/v1/snapshots/{a}/diff/{b}", get(snapshots::diff))
+        .route("/v1/backups", get(backups::list).post(backups::create))
+        .route("/v1/backups/schedules", get(backups::schedules))
+        .route("/v1/backups/{id}", get(backups::show))
+        .route("/v1/revert", post(backups::revert))
+        .route("/v1/reverts", get(backups::reverts))
         .route("/v1/cluster", get(cluster::status))
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))
@@ -141,7 +149,13 @@ impl From<ShardError> for ApiError {
 
 impl From<SnapshotError> for ApiError {
     fn from(e: SnapshotError) -> ApiError {
-        let (status, code) = match &e {
+        ApiError::of_snapshot(&e)
+    }
+}
+
+impl ApiError {
+    pub fn of_snapshot(e: &SnapshotError) -> ApiError {
+        let (status, code) = match e {
             SnapshotError::NotFound(_) => (StatusCode::NOT_FOUND, "snapshot_not_found"),
             SnapshotError::Aborted { .. } => (StatusCode::SERVICE_UNAVAILABLE, "snapshot_aborted"),
             SnapshotError::NameTaken(_) => (StatusCode::CONFLICT, "snapshot_name_taken"),

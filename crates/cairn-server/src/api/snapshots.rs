@@ -151,7 +151,7 @@ pub async fn diff(
 }
 
 /// Only completed snapshots are visible: a pending or aborted one leaves no trace.
-fn done(record: SnapshotRecord) -> Result<SnapshotRecord, ApiError> {
+pub(super) fn done(record: SnapshotRecord) -> Result<SnapshotRecord, ApiError> {
     match record.state {
         SnapshotState::Done { .. } => Ok(record),
         _ => Err(SnapshotError::NotFound(record.id.to_string()).into()),

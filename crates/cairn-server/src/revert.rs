@@ -1,0 +1,231 @@
+//! Online prefix revert: set every key under a prefix back to its value at a snapshot,
+//! deleting the keys created since.
+//!
+//! Per shard, the change is one atomic batch whose every op is conditional on the
+//! version it replaces, computed from a linearizable scan of now and a scan at the
+//! snapshot. If a concurrent write slips in between, the batch is rejected as a whole
+//! and that shard is computed again, so a revert never overwrites a write it did not
+//! see. Each revert leaves an audit record in the meta group (`GET /v1/reverts`).
+//!
+//! Not atomic across shards: a reader may see one shard reverted and another not yet
+//! (keys under one prefix hash to every shard). Cross-shard atomic batches are a later
+//! piece of work; `docs/ARCHITECTURE.md` says so.
+
+use std::collections::BTreeMap;
+
+use cairn_client::api::{RevertResponse, RevertShard};
+use cairn_raft::{Consistency, ShardError, ShardRequest, ShardResponse};
+use cairn_snapshot::meta::{put, Meta};
+use cairn_snapshot::registry::now_ms;
+use cairn_snapshot::SnapshotRecord;
+use cairn_store::{ApplyOutcome, Command, Condition, OpKind, ShardId, WriteOp};
+use serde::{Deserialize, Serialize};
+
+use crate::router::{unexpected, Router};
+
+const AUDIT: &[u8] = b"r/";
+/// Most keys one shard's revert batch may change; more is refused (use a restore).
+pub const MAX_REVERT_KEYS: usize = 10_000;
+const PAGE: usize = 1000;
+const ATTEMPTS: usize = 8;
+
+/// Why a revert did not happen (or only partly).
+#[derive(Debug, thiserror::Error)]
+pub enum RevertError {
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+    #[error("reverting shard {shard} would change more than {MAX_REVERT_KEYS} keys; restore from a backup instead")]
+    TooLarge { shard: ShardId },
+    #[error("shard {shard} kept changing under the revert ({ATTEMPTS} attempts); shards before it were reverted: {done:?}")]
+    Contended { shard: ShardId, done: Vec<ShardId> },
+    #[error("{0}")]
+    Meta(String),
+}
+
+/// The audit record of one revert.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevertAudit {
+    pub id: u64,
+    pub time_ms: u64,
+    /// The prefix, base64.
+    pub prefix_b64: String,
+    pub snapshot: u64,
+    pub node: u64,
+    pub shards: Vec<RevertShard>,
+}
+
+/// Revert `prefix` to `snapshot` on every shard, then record it.
+pub async fn revert(
+    router: &Router,
+    node: u64,
+    prefix: &[u8],
+    snapshot: &SnapshotRecord,
+) -> Result<RevertResponse, RevertError> {
+    let mut shards = Vec::new();
+    for shard in 0..cairn_snapshot::Shards::shard_count(router) {
+        let at = snapshot.read_version(shard).ok_or_else(|| {
+            RevertError::Meta(format!(
+                "snapshot {} has no cut for shard {shard}",
+                snapshot.id
+            ))
+        })?;
+        let mut attempt = 0;
+        let outcome = loop {
+            attempt += 1;
+            let ops = plan_shard(router, shard, prefix, at).await?;
+            let (restored, deleted) = ops.iter().fold((0, 0), |(r, d), op| match op.kind {
+                OpKind::Put(_) => (r + 1, d),
+                OpKind::Delete => (r, d + 1),
+            });
+            if ops.is_empty() {
+                break RevertShard {
+                    shard,
+                    version: None,
+                    restored: 0,
+                    deleted: 0,
+                };
+            }
+            let request = ShardRequest::Write {
+                shard,
+                command: Command::Batch(ops),
+            };
+            match router.execute(request).await? {
+                ShardResponse::Written(ApplyOutcome::Applied { version, .. }) => {
+                    break RevertShard {
+                        shard,
+                        version: Some(version),
+                        restored,
+                        deleted,
+                    }
+                }
+                ShardResponse::Written(ApplyOutcome::Rejected { .. }) if attempt < ATTEMPTS => {}
+                ShardResponse::Written(ApplyOutcome::Rejected { .. }) => {
+                    return Err(RevertError::Contended {
+                        shard,
+                        done: shards.iter().map(|s: &RevertShard| s.shard).collect(),
+                    })
+                }
+                other => return Err(unexpected(other).into()),
+            }
+        };
+        shards.push(outcome);
+    }
+    let time_ms = now_ms();
+    let audit = RevertAudit {
+        id: time_ms,
+        time_ms,
+        prefix_b64: base64_of(prefix),
+        snapshot: snapshot.id,
+        node,
+        shards: shards.clone(),
+    };
+    let record = serde_json::to_vec(&audit).map_err(|e| RevertError::Meta(e.to_string()))?;
+    let key = [AUDIT, &time_ms.to_be_bytes(), &node.to_be_bytes()].concat();
+    Meta::new(router)
+        .write(vec![put(key, record, Condition::Always)])
+        .await
+        .map_err(|e| RevertError::Meta(format!("recording the revert: {e}")))?;
+    tracing::info!(snapshot = snapshot.id, prefix = %String::from_utf8_lossy(prefix), "prefix reverted");
+    Ok(RevertResponse {
+        id: audit.id,
+        snapshot: snapshot.id,
+        restored: shards.iter().map(|s| s.restored).sum(),
+        deleted: shards.iter().map(|s| s.deleted).sum(),
+        shards,
+    })
+}
+
+/// Every recorded revert, oldest first.
+pub async fn audit_log(router: &Router) -> Result<Vec<RevertAudit>, RevertError> {
+    Meta::new(router)
+        .scan_all(AUDIT)
+        .await
+        .map_err(|e| RevertError::Meta(e.to_string()))?
+        .iter()
+        .map(|(_, v)| {
+            serde_json::from_slice(&v.value)
+                .map_err(|e| RevertError::Meta(format!("audit record: {e}")))
+        })
+        .collect()
+}
+
+/// The conditional ops that take `shard`'s keys under `prefix` back to version `at`.
+async fn plan_shard(
+    router: &Router,
+    shard: ShardId,
+    prefix: &[u8],
+    at: u64,
+) -> Result<Vec<WriteOp>, RevertError> {
+    let now = scan_shard(router, shard, prefix, Consistency::Linearizable).await?;
+    let then = scan_shard(router, shard, prefix, Consistency::AtVersion(at)).await?;
+    let mut ops = Vec::new();
+    for (key, (version, value)) in &then {
+        match now.get(key) {
+            Some((current, _)) if current == version => {}
+            Some((current, _)) => ops.push(WriteOp {
+                key: key.clone(),
+                kind: OpKind::Put(value.clone()),
+                condition: Condition::Version(*current),
+            }),
+            None => ops.push(WriteOp {
+                key: key.clone(),
+                kind: OpKind::Put(value.clone()),
+                condition: Condition::Absent,
+            }),
+        }
+    }
+    for (key, (current, _)) in &now {
+        if !then.contains_key(key) {
+            ops.push(WriteOp {
+                key: key.clone(),
+                kind: OpKind::Delete,
+                condition: Condition::Version(*current),
+            });
+        }
+    }
+    if ops.len() > MAX_REVERT_KEYS {
+        return Err(RevertError::TooLarge { shard });
+    }
+    Ok(ops)
+}
+
+type Keys = BTreeMap<Vec<u8>, (u64, Vec<u8>)>;
+
+async fn scan_shard(
+    router: &Router,
+    shard: ShardId,
+    prefix: &[u8],
+    consistency: Consistency,
+) -> Result<Keys, RevertError> {
+    let mut keys = Keys::new();
+    let mut start_after = None;
+    loop {
+        let request = ShardRequest::Scan {
+            shard,
+            prefix: prefix.to_vec(),
+            start_after: start_after.clone(),
+            limit: PAGE,
+            consistency,
+        };
+        let items = match router.execute(request).await? {
+            ShardResponse::Items(items) => items,
+            other => return Err(unexpected(other).into()),
+        };
+        let full = items.len() == PAGE;
+        start_after = items.last().map(|(k, _)| k.clone());
+        for (key, v) in items {
+            keys.insert(key, (v.version, v.value));
+        }
+        if keys.len() > 2 * MAX_REVERT_KEYS {
+            return Err(RevertError::TooLarge { shard });
+        }
+        if !full {
+            return Ok(keys);
+        }
+    }
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
