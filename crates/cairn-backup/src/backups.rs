@@ -15,7 +15,8 @@
 //! removes its manifest again).
 //!
 //! History the next incremental needs is kept by keeping the newest backup's snapshot
-//! (one per destination): the history horizon never passes a retained snapshot. A
+//! (one per destination and schedule): the history horizon never passes a retained
+//! snapshot. A
 //! snapshot taken for a backup is deleted once a newer backup at the same destination
 //! completes, or when its backup fails or is deleted.
 
@@ -38,7 +39,7 @@ use crate::destination::{Destination, S3Options};
 use crate::error::BackupError;
 use crate::format::Record;
 use crate::manifest::{Manifest, ParentRef, SnapshotRef, MANIFEST_VERSION};
-use crate::retention::{self, BackupSummary, Policy};
+use crate::retention::{self, BackupSummary};
 use crate::schedule::Schedule;
 use crate::verify::read_manifest;
 use crate::write::{encode_shard, put_manifest, Throttle};
@@ -574,17 +575,17 @@ impl<S: Shards> Backups<S> {
             Ok(records) => {
                 for old in records {
                     let r = &old.value;
-                    if r.id != done.id
+                    // Same destination and schedule: the chains this one continues.
+                    let superseded = r.id != done.id
                         && r.destination == done.destination
+                        && r.schedule == done.schedule
                         && r.owns_snapshot
                         && !r.snapshot_released
-                        && r.state == BackupState::Done
-                    {
-                        if self.release_snapshot(r.snapshot).await {
-                            let mut released = r.clone();
-                            released.snapshot_released = true;
-                            let _ = self.catalog().update(&old, released).await;
-                        }
+                        && r.state == BackupState::Done;
+                    if superseded && self.release_snapshot(r.snapshot).await {
+                        let mut released = r.clone();
+                        released.snapshot_released = true;
+                        let _ = self.catalog().update(&old, released).await;
                     }
                 }
             }
@@ -627,14 +628,7 @@ impl<S: Shards> Backups<S> {
                 parent: m.parent.map(|p| p.backup_id),
             });
         }
-        let plan = retention::plan(
-            &summaries,
-            &Policy {
-                keep_last: spec.keep_last,
-                keep_within: spec.keep_within,
-            },
-            now_ms(),
-        );
+        let plan = retention::plan(&summaries, &spec.policy(), now_ms());
         if plan.delete.is_empty() {
             return Ok(());
         }

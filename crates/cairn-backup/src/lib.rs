@@ -19,6 +19,8 @@ pub mod error;
 pub mod format;
 pub mod manifest;
 pub mod restore;
+pub mod retention;
+pub mod schedule;
 pub mod verify;
 pub mod write;
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use cairn_backup::{
     put_manifest, put_shard_file, verify, BackupError, Destination, Manifest, ParentRef, Record,
-    SnapshotRef,
+    S3Options, SnapshotRef,
 };
 
 const SHARDS: u32 = 2;
@@ -60,7 +60,7 @@ fn named(err: BackupError, file: &str) {
 #[tokio::test]
 async fn a_good_chain_verifies_and_damage_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let dest = Destination::parse(dir.path().to_str().unwrap()).unwrap();
+    let dest = Destination::parse(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
     let full = backup(&dest, "b1", 100, None).await;
     backup(&dest, "b2", 200, Some(("b1", 100))).await;
 
@@ -101,7 +101,7 @@ async fn a_good_chain_verifies_and_damage_is_named() {
 #[tokio::test]
 async fn a_chain_whose_parent_is_elsewhere_in_time_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let dest = Destination::parse(dir.path().to_str().unwrap()).unwrap();
+    let dest = Destination::parse(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
     backup(&dest, "b1", 100, None).await;
     // The child claims to start at cut 150, but its parent's snapshot is at 100.
     backup(&dest, "b2", 200, Some(("b1", 150))).await;
@@ -111,5 +111,5 @@ async fn a_chain_whose_parent_is_elsewhere_in_time_is_refused() {
 
 #[test]
 fn only_directories_are_destinations_for_now() {
-    assert!(Destination::parse("s3://bucket/prefix").is_err());
+    assert!(Destination::parse("ftp://host/path", &S3Options::default()).is_err());
 }

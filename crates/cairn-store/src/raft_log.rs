@@ -317,9 +317,11 @@ impl RaftLog {
                 self.shard
             )));
         }
-        let mut meta = SnapshotMetadata::default();
-        meta.index = index;
-        meta.term = term;
+        let mut meta = SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
         meta.set_conf_state(ConfState::from((voters, vec![])));
         self.apply_snapshot_metadata(&meta)
     }
