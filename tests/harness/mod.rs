@@ -76,6 +76,12 @@ impl Cluster {
     /// Starts a cluster and waits until every node is ready; panics (with the nodes'
     /// logs) if it does not become ready within [`READY_TIMEOUT`].
     pub async fn start(opts: ClusterOptions) -> Cluster {
+        Cluster::start_prepared(opts, |_| {}).await
+    }
+
+    /// Like [`Cluster::start`], but runs `prepare` once the ports and data dir paths
+    /// are chosen and before any node starts (to restore data dirs from a backup).
+    pub async fn start_prepared(opts: ClusterOptions, prepare: impl FnOnce(&Cluster)) -> Cluster {
         let turn = ONE_CLUSTER_AT_A_TIME.lock().await;
         let dir = tempfile::Builder::new()
             .prefix("cairn-test-")
@@ -114,6 +120,7 @@ impl Cluster {
             dir,
             _turn: turn,
         };
+        prepare(&cluster);
         for id in cluster.ids() {
             cluster.start_node(id);
         }

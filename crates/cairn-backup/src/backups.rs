@@ -16,9 +16,8 @@
 //!
 //! History the next incremental needs is kept by keeping the newest backup's snapshot
 //! (one per destination and schedule): the history horizon never passes a retained
-//! snapshot. A
-//! snapshot taken for a backup is deleted once a newer backup at the same destination
-//! completes, or when its backup fails or is deleted.
+//! snapshot. A snapshot taken for a backup is deleted once a newer backup of the same
+//! schedule at the same destination completes, or when its backup fails or is deleted.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -73,14 +73,12 @@ pub async fn plan(
     let candidates = match backup {
         Some(id) => vec![read_manifest(dest, id).await?],
         None => {
+            // Every manifest is read strictly: skipping an unreadable one could
+            // silently restore an older point than the one asked for. `--backup`
+            // picks a backup without reading the others.
             let mut all = Vec::new();
             for id in dest.list_backups().await? {
-                // An unreadable manifest elsewhere must not block restoring a good
-                // backup; the chain actually used is read strictly below.
-                match read_manifest(dest, &id).await {
-                    Ok(m) => all.push(m),
-                    Err(e) => tracing::warn!(id, error = %e, "skipping an unreadable backup"),
-                }
+                all.push(read_manifest(dest, &id).await?);
             }
             all
         }

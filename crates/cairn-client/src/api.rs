@@ -315,6 +315,9 @@ pub struct BackupInfo {
     /// The snapshot it captures, once taken.
     pub snapshot: Option<u64>,
     pub schedule: Option<String>,
+    /// For a scheduled backup: the tick (ms since the Unix epoch) it ran for.
+    #[serde(default)]
+    pub tick_ms: Option<u64>,
     /// The node writing it.
     pub node: u64,
     /// `running`, `done` or `failed`.

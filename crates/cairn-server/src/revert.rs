@@ -159,9 +159,10 @@ async fn plan_shard(
     let now = scan_shard(router, shard, prefix, Consistency::Linearizable).await?;
     let then = scan_shard(router, shard, prefix, Consistency::AtVersion(at)).await?;
     let mut ops = Vec::new();
-    for (key, (version, value)) in &then {
+    for (key, (_, value)) in &then {
         match now.get(key) {
-            Some((current, _)) if current == version => {}
+            // Same value (even if rewritten since): nothing to do.
+            Some((_, current_value)) if current_value == value => {}
             Some((current, _)) => ops.push(WriteOp {
                 key: key.clone(),
                 kind: OpKind::Put(value.clone()),

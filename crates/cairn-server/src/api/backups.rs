@@ -128,6 +128,7 @@ fn info(record: BackupRecord) -> BackupInfo {
         parent: record.parent,
         snapshot: record.snapshot,
         schedule: record.schedule,
+        tick_ms: record.tick_ms,
         node: record.node,
         state: state.to_owned(),
         error,
