@@ -119,7 +119,12 @@ async fn wait_backup(client: &Client, id: &str) -> BackupInfo {
     .await
 }
 
-async fn backup(client: &Client, dest: &str, incremental: bool, snapshot: Option<u64>) -> BackupInfo {
+async fn backup(
+    client: &Client,
+    dest: &str,
+    incremental: bool,
+    snapshot: Option<u64>,
+) -> BackupInfo {
     let started = client
         .create_backup(&CreateBackup {
             destination: Some(dest.to_owned()),
@@ -168,7 +173,10 @@ async fn restore_and_scan(from: &str, target: &[&str], env: &[(&str, &str)]) -> 
         .expect("scan the restored cluster");
     // The restored cluster is a new cluster that takes writes.
     let status = cluster.status(1).await;
-    let version = client.put(b"after-restore", b"x").await.expect("write after restore");
+    let version = client
+        .put(b"after-restore", b"x")
+        .await
+        .expect("write after restore");
     assert!(version > 0);
     drop(cluster);
     eprintln!("{}", restore_output.unwrap_or_default());
@@ -211,15 +219,24 @@ async fn full_and_incrementals_restore_every_snapshot_into_a_fresh_cluster() {
     // Round 1, then a full backup of a given snapshot.
     workload(&client, &mut rng, 300, 120).await;
     let s1 = client.create_snapshot(None).await.expect("snapshot");
-    recorded.insert(s1.id, (snapshot_scan(&client, s1.id).await, s1.time.clone()));
+    recorded.insert(
+        s1.id,
+        (snapshot_scan(&client, s1.id).await, s1.time.clone()),
+    );
     let full = backup(&client, &dest, false, Some(s1.id)).await;
     assert_eq!(full.snapshot, Some(s1.id));
 
     // Round 2 with a snapshot in the middle (covered by the next incremental), and
     // writes running during the incremental.
     workload(&client, &mut rng, 200, 120).await;
-    let s2 = client.create_snapshot(Some("middle")).await.expect("snapshot");
-    recorded.insert(s2.id, (snapshot_scan(&client, s2.id).await, s2.time.clone()));
+    let s2 = client
+        .create_snapshot(Some("middle"))
+        .await
+        .expect("snapshot");
+    recorded.insert(
+        s2.id,
+        (snapshot_scan(&client, s2.id).await, s2.time.clone()),
+    );
     workload(&client, &mut rng, 200, 120).await;
     let writer = {
         let client = cluster.client(3);
@@ -254,18 +271,32 @@ async fn full_and_incrementals_restore_every_snapshot_into_a_fresh_cluster() {
     let list = cairn(&["backup", "list", &dest], &[]);
     assert!(list.status.success(), "{}", text(&list));
     let list = text(&list);
-    assert!(list.contains(&full.id) && list.contains(&format!("incremental on {}", inc1.id)), "{list}");
+    assert!(
+        list.contains(&full.id) && list.contains(&format!("incremental on {}", inc1.id)),
+        "{list}"
+    );
     let verified = cairn(&["backup", "verify", &dest], &[]);
     assert!(verified.status.success(), "{}", text(&verified));
 
     // Dry run: says what, writes nothing.
     let dry_dir = backups.path().join("dry");
     let dry = cairn(
-        &["restore", "--from", &dest, "--snapshot", &s2.id.to_string(), "--dry-run"],
+        &[
+            "restore",
+            "--from",
+            &dest,
+            "--snapshot",
+            &s2.id.to_string(),
+            "--dry-run",
+        ],
         &[],
     );
     assert!(dry.status.success(), "{}", text(&dry));
-    assert!(text(&dry).contains(&format!("restoring snapshot {}", s2.id)), "{}", text(&dry));
+    assert!(
+        text(&dry).contains(&format!("restoring snapshot {}", s2.id)),
+        "{}",
+        text(&dry)
+    );
     assert!(!dry_dir.exists());
 
     // One cluster runs at a time: the source goes before the restored ones start.
@@ -279,8 +310,15 @@ async fn full_and_incrementals_restore_every_snapshot_into_a_fresh_cluster() {
     }
     // By time: the label of the middle snapshot restores it.
     let (got, _) = restore_and_scan(&dest, &["--as-of", &s2.time], &[]).await;
-    assert_same("as of the middle snapshot's time", &got, &recorded[&s2.id].0);
+    assert_same(
+        "as of the middle snapshot's time",
+        &got,
+        &recorded[&s2.id].0,
+    );
 }
+
+/// Damages a copy of a destination; returns the name of the file it damaged.
+type Damage<'a> = Box<dyn Fn(&Path) -> String + 'a>;
 
 /// A destination with a full and an incremental backup, for damaging.
 async fn two_backups(cluster: &Cluster, dest: &str) -> (BackupInfo, BackupInfo) {
@@ -311,7 +349,7 @@ async fn damaged_backups_are_named_and_restore_writes_nothing() {
     let cluster = Cluster::start(ClusterOptions::default()).await;
     let good: PathBuf = cluster.dir().join("good");
     let (full, inc) = two_backups(&cluster, &good.display().to_string()).await;
-    let damages: Vec<(&str, Box<dyn Fn(&Path) -> String>)> = vec![
+    let damages: Vec<(&str, Damage)> = vec![
         (
             "a flipped byte",
             Box::new(|d: &Path| {
@@ -350,8 +388,14 @@ async fn damaged_backups_are_named_and_restore_writes_nothing() {
         let dest = dir.display().to_string();
         let verify = cairn(&["backup", "verify", &dest, "--id", &inc.id], &[]);
         assert!(!verify.status.success(), "{what}: verify passed");
-        assert!(text(&verify).contains(&bad_file), "{what}: verify does not name {bad_file}: {}", text(&verify));
-        let target = cluster.dir().join(format!("restored-{}", what.replace(' ', "-")));
+        assert!(
+            text(&verify).contains(&bad_file),
+            "{what}: verify does not name {bad_file}: {}",
+            text(&verify)
+        );
+        let target = cluster
+            .dir()
+            .join(format!("restored-{}", what.replace(' ', "-")));
         let target_s = target.display().to_string();
         let restore = cairn(
             &[
@@ -368,8 +412,16 @@ async fn damaged_backups_are_named_and_restore_writes_nothing() {
             &[],
         );
         assert!(!restore.status.success(), "{what}: restore succeeded");
-        assert!(text(&restore).contains(&bad_file), "{what}: restore does not name {bad_file}: {}", text(&restore));
-        assert!(!target.exists(), "{what}: restore wrote {}", target.display());
+        assert!(
+            text(&restore).contains(&bad_file),
+            "{what}: restore does not name {bad_file}: {}",
+            text(&restore)
+        );
+        assert!(
+            !target.exists(),
+            "{what}: restore wrote {}",
+            target.display()
+        );
         eprintln!("{what}: named {bad_file}, nothing written");
     }
     // The undamaged copy still verifies and restores.
@@ -384,9 +436,21 @@ async fn bad_backup_requests_change_nothing() {
     client.put(b"k", b"v").await.unwrap();
     let dest = cluster.dir().join("b").display().to_string();
     let cases = [
-        (r#"{"destination":"ftp://nowhere"}"#, 400, "bad_backup_request"),
-        (r#"{"destination":"x","incremental":true}"#, 400, "bad_backup_request"),
-        (r#"{"snapshot":"no-such-snapshot"}"#, 404, "snapshot_not_found"),
+        (
+            r#"{"destination":"ftp://nowhere"}"#,
+            400,
+            "bad_backup_request",
+        ),
+        (
+            r#"{"destination":"x","incremental":true}"#,
+            400,
+            "bad_backup_request",
+        ),
+        (
+            r#"{"snapshot":"no-such-snapshot"}"#,
+            404,
+            "snapshot_not_found",
+        ),
         (r#"{"unknown":1}"#, 400, "bad_json"),
         (r#"not json"#, 400, "bad_json"),
     ];
@@ -404,7 +468,10 @@ async fn bad_backup_requests_change_nothing() {
         let error: serde_json::Value = response.json().await.unwrap();
         assert_eq!(error["error"]["code"], code, "{body}: {error}");
     }
-    assert!(client.backups().await.unwrap().is_empty(), "a refused request was recorded");
+    assert!(
+        client.backups().await.unwrap().is_empty(),
+        "a refused request was recorded"
+    );
     assert!(!Path::new(&dest).join("manifest.json").exists());
     match client.backup("20260101T000000Z-000042").await {
         Err(Error::Api { status, .. }) => assert_eq!(status, 404),
@@ -417,24 +484,45 @@ async fn prefix_revert_restores_a_snapshot_state() {
     let cluster = Cluster::start(ClusterOptions::default()).await;
     let client = cluster.client(1);
     for i in 0..40 {
-        client.put(format!("app/{i:02}").as_bytes(), format!("v{i}").as_bytes()).await.unwrap();
-        client.put(format!("other/{i:02}").as_bytes(), b"keep").await.unwrap();
+        client
+            .put(format!("app/{i:02}").as_bytes(), format!("v{i}").as_bytes())
+            .await
+            .unwrap();
+        client
+            .put(format!("other/{i:02}").as_bytes(), b"keep")
+            .await
+            .unwrap();
     }
-    let snap = client.create_snapshot(Some("before-mistake")).await.unwrap();
+    let snap = client
+        .create_snapshot(Some("before-mistake"))
+        .await
+        .unwrap();
     let want = snapshot_scan(&client, snap.id).await;
     // The mistake: deletes, overwrites and new keys under app/, and a change elsewhere.
     for i in 0..20 {
-        client.delete(format!("app/{i:02}").as_bytes()).await.unwrap();
+        client
+            .delete(format!("app/{i:02}").as_bytes())
+            .await
+            .unwrap();
     }
     for i in 20..30 {
-        client.put(format!("app/{i:02}").as_bytes(), b"wrong").await.unwrap();
+        client
+            .put(format!("app/{i:02}").as_bytes(), b"wrong")
+            .await
+            .unwrap();
     }
     client.put(b"app/new", b"created later").await.unwrap();
     client.put(b"other/00", b"changed later").await.unwrap();
-    let reverted = client.revert(b"app/", "before-mistake").await.expect("revert");
+    let reverted = client
+        .revert(b"app/", "before-mistake")
+        .await
+        .expect("revert");
     assert_eq!(reverted.restored, 30, "{reverted:?}");
     assert_eq!(reverted.deleted, 1, "{reverted:?}");
-    let now = client.scan_all(b"app/", Consistency::Linearizable).await.unwrap();
+    let now = client
+        .scan_all(b"app/", Consistency::Linearizable)
+        .await
+        .unwrap();
     let now: Vec<(Vec<u8>, Vec<u8>)> = now.into_iter().map(|(k, v, _)| (k, v)).collect();
     let then: Vec<(Vec<u8>, Vec<u8>)> = want
         .iter()
@@ -520,38 +608,57 @@ async fn scheduled_backups_run_once_per_tick_across_a_meta_leader_kill() {
     // ~100 KB of data: a throttled full backup takes a few seconds.
     for i in 0..400 {
         let value: Vec<u8> = (0..250).map(|_| rng.gen()).collect();
-        client.put(format!("s/{i:04}").as_bytes(), &value).await.unwrap();
+        client
+            .put(format!("s/{i:04}").as_bytes(), &value)
+            .await
+            .unwrap();
     }
     // Wait for a scheduled backup to be running, and kill the meta leader (who runs it).
-    let running = until("a scheduled backup to run", Duration::from_secs(30), || async {
-        let list = client.backups().await.ok()?;
-        list.into_iter().find(|b| b.state == "running" && b.schedule.is_some())
-    })
+    let running = until(
+        "a scheduled backup to run",
+        Duration::from_secs(30),
+        || async {
+            let list = client.backups().await.ok()?;
+            list.into_iter()
+                .find(|b| b.state == "running" && b.schedule.is_some())
+        },
+    )
     .await;
     let victim = running.node as usize;
     let meta_leader = cluster.status(1).await.meta.leader;
-    eprintln!("killing node {victim} (meta leader {meta_leader:?}) during {}", running.id);
+    eprintln!(
+        "killing node {victim} (meta leader {meta_leader:?}) during {}",
+        running.id
+    );
     cluster.kill(victim).await;
     let survivor = cluster.ids().into_iter().find(|&id| id != victim).unwrap();
     let client = cluster.client(survivor);
     // The killed backup is failed by the new meta leader's sweeper.
-    let failed = until("the killed backup to be failed", Duration::from_secs(30), || async {
-        let b = client.backup(&running.id).await.ok()?;
-        (b.state != "running").then_some(b)
-    })
+    let failed = until(
+        "the killed backup to be failed",
+        Duration::from_secs(30),
+        || async {
+            let b = client.backup(&running.id).await.ok()?;
+            (b.state != "running").then_some(b)
+        },
+    )
     .await;
     assert_eq!(failed.state, "failed", "{failed:?}");
     cluster.start_node(victim);
     cluster.wait_ready().await;
     // Three more ticks after the kill, each producing one good backup.
-    let later = until("three good backups after the kill", Duration::from_secs(60), || async {
-        let list = client.backups().await.ok()?;
-        let good: Vec<BackupInfo> = list
-            .into_iter()
-            .filter(|b| b.state == "done" && b.tick_ms > running.tick_ms)
-            .collect();
-        (good.len() >= 3).then_some(good)
-    })
+    let later = until(
+        "three good backups after the kill",
+        Duration::from_secs(60),
+        || async {
+            let list = client.backups().await.ok()?;
+            let good: Vec<BackupInfo> = list
+                .into_iter()
+                .filter(|b| b.state == "done" && b.tick_ms > running.tick_ms)
+                .collect();
+            (good.len() >= 3).then_some(good)
+        },
+    )
     .await;
     assert!(later.len() >= 3);
     let all = client.backups().await.unwrap();
@@ -560,16 +667,27 @@ async fn scheduled_backups_run_once_per_tick_across_a_meta_leader_kill() {
         ticks.entry(b.tick_ms.unwrap()).or_default().push(b);
     }
     for (tick, backups) in &ticks {
-        assert_eq!(backups.len(), 1, "tick {tick} ran {} times: {backups:?}", backups.len());
+        assert_eq!(
+            backups.len(),
+            1,
+            "tick {tick} ran {} times: {backups:?}",
+            backups.len()
+        );
     }
     // The failed backup left nothing listed; every listed backup verifies (so no
     // kept incremental lost its parent); retention deleted something.
     let listed = cairn(&["backup", "list", &dest.display().to_string()], &[]);
     let listed = text(&listed);
-    assert!(!listed.contains(&running.id), "the failed backup is listed: {listed}");
+    assert!(
+        !listed.contains(&running.id),
+        "the failed backup is listed: {listed}"
+    );
     let verified = cairn(&["backup", "verify", &dest.display().to_string()], &[]);
     assert!(verified.status.success(), "{}", text(&verified));
-    assert!(all.iter().any(|b| b.deleted), "retention deleted nothing: {all:?}");
+    assert!(
+        all.iter().any(|b| b.deleted),
+        "retention deleted nothing: {all:?}"
+    );
     let schedules = client.backup_schedules().await.unwrap();
     assert_eq!(schedules.len(), 1);
     assert!(schedules[0].next_run_ms.is_some());
