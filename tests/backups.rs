@@ -648,15 +648,18 @@ async fn scheduled_backups_run_once_per_tick_across_a_meta_leader_kill() {
     cluster.wait_ready().await;
     // Three more ticks after the kill, each producing one good backup.
     let later = until(
-        "three good backups after the kill",
+        "three good backups after the kill, and retention at work",
         Duration::from_secs(60),
         || async {
+            // A new chain starts every 10 s; retention can delete the old one only
+            // once the new one has two backups, so this also waits for that.
             let list = client.backups().await.ok()?;
+            let deleted = list.iter().any(|b| b.deleted);
             let good: Vec<BackupInfo> = list
                 .into_iter()
                 .filter(|b| b.state == "done" && b.tick_ms > running.tick_ms)
                 .collect();
-            (good.len() >= 3).then_some(good)
+            (good.len() >= 3 && deleted).then_some(good)
         },
     )
     .await;

@@ -1,16 +1,19 @@
-//! Consistent backups for Cairn: the on-disk format of a backup and its checks.
+//! Consistent backups for Cairn: taking them, keeping them, checking them and
+//! restoring them.
 //!
 //! A backup is a completed snapshot's state written as one sorted, compressed,
 //! checksummed file per shard, plus a manifest written last (a backup without a
 //! manifest does not exist). This crate owns the file format ([`format`]), the
-//! manifest ([`manifest`]), destinations through `object_store` ([`destination`]) and
-//! verification ([`verify`]). The layout is documented in `docs/BACKUP_FORMAT.md`.
+//! manifest ([`manifest`]), destinations through `object_store` ([`destination`]),
+//! the catalog of backups and schedules in the meta group ([`catalog`]), taking
+//! backups from this node's replicas ([`backups`]), schedules ([`schedule`]) and
+//! retention ([`retention`]), verification ([`verify`]) and offline restore
+//! ([`restore`]). The layout is documented in `docs/BACKUP_FORMAT.md`.
 //!
-//! It must never read a shard's tree or talk to the cluster itself: callers hand it
-//! records (a snapshot's versions, read through the snapshot protocol).
-//!
-//! Not built yet (issue 4 continues): taking backups from a running cluster,
-//! incremental chains, schedules and retention, S3, restore, prefix revert.
+//! It must never write a live shard: it reads replicas only through
+//! `ShardState::history` (versions below a cut, which never change), reaches the
+//! cluster only through `cairn_snapshot` (snapshots, the meta group), and writes a
+//! store only when restoring into a fresh, unpublished data directory.
 
 pub mod backups;
 pub mod catalog;

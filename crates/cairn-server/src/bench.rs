@@ -4,11 +4,24 @@
 //! for `--duration`, then read it back (linearizable reads) for `--duration`. With
 //! `--snapshots`, it instead preloads `--keys` keys and measures snapshots: their
 //! latency, point-in-time versus current reads, and writes with and without a snapshot
-//! every 100 ms. Figures are printed, never asserted: this is a measuring tool.
+//! every 100 ms. With `--backup`, it preloads `--keys` keys and measures backups: a
+//! full backup's time, throughput and size against the live data, the foreground
+//! write throughput without and during it (counted only while the backup runs), an
+//! incremental holding what that write phase wrote, and restore throughput (the
+//! `cairn-backup` library called in this process into a temporary directory, which is
+//! removed). The backup goes to `--destination`, kept afterwards, or else to a
+//! temporary directory removed at the end; either way this process reads it back, so
+//! it must be reachable from here (a local directory with the cluster on this
+//! machine, or `s3://`). Figures are printed, never asserted: this is a measuring tool.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+use cairn_backup::restore::{self, Target};
+use cairn_backup::{Destination, S3Options};
+use cairn_client::api::{BackupInfo, CreateBackup};
 use cairn_client::Client;
 use futures::StreamExt as _;
 
@@ -35,24 +48,59 @@ pub struct BenchArgs {
     /// Measure snapshots instead (see the module doc).
     #[arg(long)]
     snapshots: bool,
+    /// Measure backups and restore instead (see the module doc).
+    #[arg(long, conflicts_with = "snapshots")]
+    backup: bool,
+    /// With `--backup`: where the cluster writes the backups (a directory, made
+    /// absolute here, or a URL). Default: a temporary directory, removed afterwards.
+    #[arg(long, requires = "backup")]
+    destination: Option<String>,
     /// Shard count of the cluster (to preload with single-shard batches).
     #[arg(long, default_value_t = 8)]
     shards: u32,
 }
 
 struct Phase {
-    ops: u64,
-    errors: u64,
-    latencies: Vec<Duration>,
+    /// When the phase started.
+    start: Instant,
+    /// Per successful operation: when it completed (since `start`) and its latency.
+    samples: Vec<(Duration, Duration)>,
+    /// When each failed operation completed (since `start`).
+    errors: Vec<Duration>,
     elapsed: Duration,
+}
+
+impl Phase {
+    /// Only the operations that completed between `from` and `to`.
+    fn window(&self, from: Instant, to: Instant) -> Phase {
+        let lo = from.saturating_duration_since(self.start);
+        let hi = to.saturating_duration_since(self.start).min(self.elapsed);
+        let inside = |at: &Duration| lo <= *at && *at <= hi;
+        Phase {
+            start: self.start + lo,
+            samples: self
+                .samples
+                .iter()
+                .filter(|(at, _)| inside(at))
+                .copied()
+                .collect(),
+            errors: self
+                .errors
+                .iter()
+                .filter(|at| inside(at))
+                .copied()
+                .collect(),
+            elapsed: hi.saturating_sub(lo),
+        }
+    }
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let endpoints: Vec<String> = args.endpoints.split(',').map(str::to_owned).collect();
     anyhow::ensure!(!endpoints.is_empty(), "no endpoints");
     anyhow::ensure!(
-        args.keys > 0 && args.concurrency > 0,
-        "keys and concurrency must be positive"
+        args.keys > 0 && args.concurrency > 0 && args.shards > 0,
+        "keys, concurrency and shards must be positive"
     );
     let value = Arc::new(vec![b'x'; args.value_size]);
     println!(
@@ -65,6 +113,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
     if args.snapshots {
         return snapshots(&args, &endpoints, value).await;
+    }
+    if args.backup {
+        return backup(&args, &endpoints, value).await;
     }
     for write in [true, false] {
         let phase = phase(&args, &endpoints, value.clone(), write, None).await;
@@ -79,39 +130,7 @@ async fn snapshots(
     value: Arc<Vec<u8>>,
 ) -> anyhow::Result<()> {
     let client = Client::new(endpoints[0].clone());
-    // Preload with single-shard batches of 500 keys, 8 in flight.
-    let started = Instant::now();
-    let mut by_shard: Vec<Vec<u64>> = vec![Vec::new(); args.shards as usize];
-    for i in 0..args.keys {
-        let shard = cairn_store::shard_for_key(key(i).as_bytes(), args.shards);
-        by_shard[shard as usize].push(i);
-    }
-    let batches: Vec<Vec<u64>> = by_shard
-        .into_iter()
-        .flat_map(|ids| ids.chunks(500).map(<[u64]>::to_vec).collect::<Vec<_>>())
-        .collect();
-    let mut loaded = futures::stream::iter(batches.into_iter().enumerate().map(|(n, ids)| {
-        let client = Client::new(endpoints[n % endpoints.len()].clone());
-        let value = value.clone();
-        async move {
-            let ops = ids
-                .iter()
-                .map(|&i| cairn_client::api::BatchOp::put(key(i).as_bytes(), &value))
-                .collect();
-            client.batch(ops).await
-        }
-    }))
-    .buffer_unordered(8);
-    let mut failed = 0;
-    while let Some(result) = loaded.next().await {
-        failed += usize::from(result.is_err());
-    }
-    anyhow::ensure!(failed == 0, "{failed} preload batches failed");
-    println!(
-        "preloaded {} keys in {:.1} s",
-        args.keys,
-        started.elapsed().as_secs_f64()
-    );
+    preload(args, endpoints, &value).await?;
 
     let mut latencies = Vec::new();
     let mut last = None;
@@ -155,6 +174,279 @@ async fn snapshots(
             phase,
         );
     }
+    Ok(())
+}
+
+/// Write every key once, with single-shard batches of 500 keys, 8 in flight.
+async fn preload(
+    args: &BenchArgs,
+    endpoints: &[String],
+    value: &Arc<Vec<u8>>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut by_shard: Vec<Vec<u64>> = vec![Vec::new(); args.shards as usize];
+    for i in 0..args.keys {
+        let shard = cairn_store::shard_for_key(key(i).as_bytes(), args.shards);
+        by_shard[shard as usize].push(i);
+    }
+    let batches: Vec<Vec<u64>> = by_shard
+        .into_iter()
+        .flat_map(|ids| ids.chunks(500).map(<[u64]>::to_vec).collect::<Vec<_>>())
+        .collect();
+    let mut loaded = futures::stream::iter(batches.into_iter().enumerate().map(|(n, ids)| {
+        let client = Client::new(endpoints[n % endpoints.len()].clone());
+        let value = value.clone();
+        async move {
+            let ops = ids
+                .iter()
+                .map(|&i| cairn_client::api::BatchOp::put(key(i).as_bytes(), &value))
+                .collect();
+            client.batch(ops).await
+        }
+    }))
+    .buffer_unordered(8);
+    let mut failed = 0;
+    while let Some(result) = loaded.next().await {
+        failed += usize::from(result.is_err());
+    }
+    anyhow::ensure!(failed == 0, "{failed} preload batches failed");
+    println!(
+        "preloaded {} keys in {:.1} s",
+        args.keys,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// `n` per second over `elapsed` (0 for an empty interval).
+fn per_sec(n: f64, elapsed: Duration) -> f64 {
+    let secs = elapsed.as_secs_f64();
+    if secs > 0.0 {
+        n / secs
+    } else {
+        0.0
+    }
+}
+
+/// A name no other run uses, for temporary directories.
+fn unique(prefix: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()))
+}
+
+async fn backup(args: &BenchArgs, endpoints: &[String], value: Arc<Vec<u8>>) -> anyhow::Result<()> {
+    // The node writes the backup and this process reads it back, so a directory is
+    // made absolute (the node may run elsewhere in the file system's tree).
+    let (url, temporary) = match &args.destination {
+        Some(d) if d.contains("://") => (d.clone(), None),
+        Some(d) => {
+            let abs = std::path::absolute(d).with_context(|| format!("--destination {d}"))?;
+            (abs.display().to_string(), None)
+        }
+        None => {
+            let dir = unique("cairn-bench-backups");
+            (dir.display().to_string(), Some(dir))
+        }
+    };
+    println!(
+        "backups go to {url}{}; the node's --backup-rate-limit applies (default 128 MiB/s of uncompressed reads)",
+        if temporary.is_some() {
+            " (removed afterwards)"
+        } else {
+            ""
+        }
+    );
+    let result = backup_and_restore(args, endpoints, value, &url).await;
+    if let Some(dir) = temporary {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!("could not remove {}: {e}", dir.display());
+            }
+        }
+    }
+    result
+}
+
+async fn backup_and_restore(
+    args: &BenchArgs,
+    endpoints: &[String],
+    value: Arc<Vec<u8>>,
+    url: &str,
+) -> anyhow::Result<()> {
+    let client = Client::new(endpoints[0].clone());
+    preload(args, endpoints, &value).await?;
+    let live: u64 = (0..args.keys)
+        .map(|i| (key(i).len() + args.value_size) as u64)
+        .sum();
+    println!(
+        "{:>18}: {} keys, {} bytes of keys and values ({:.1} MiB)",
+        "live data",
+        args.keys,
+        live,
+        live as f64 / MIB
+    );
+
+    report(
+        "writes",
+        phase(args, endpoints, value.clone(), true, None).await,
+    );
+
+    // The full backup, with the same write phase running from the moment it starts.
+    let request = CreateBackup {
+        destination: Some(url.to_owned()),
+        incremental: false,
+        snapshot: None,
+    };
+    let backing_up = async {
+        let begin = Instant::now();
+        let started = client.create_backup(&request).await?;
+        let done = wait_backup(&client, &started.id).await?;
+        Ok::<_, anyhow::Error>((done, begin, Instant::now()))
+    };
+    let (writes, backed_up) = futures::join!(
+        phase(args, endpoints, value.clone(), true, None),
+        backing_up
+    );
+    let (full, begin, end) = backed_up?;
+    let wall = end - begin;
+    println!(
+        "{:>18}: {} (snapshot {}, node {}) in {:.2} s: {} keys, {} versions, {} bytes ({:.1} MiB) compressed",
+        "full backup",
+        full.id,
+        full.snapshot.unwrap_or_default(),
+        full.node,
+        wall.as_secs_f64(),
+        full.progress.keys,
+        full.progress.versions,
+        full.progress.bytes,
+        full.progress.bytes as f64 / MIB
+    );
+    println!(
+        "{:>18}: {:.1} MiB/s of live data, {:.1} MiB/s written, {:.0} keys/s; size {:.3} of the live data",
+        "",
+        per_sec(live as f64 / MIB, wall),
+        per_sec(full.progress.bytes as f64 / MIB, wall),
+        per_sec(full.progress.keys as f64, wall),
+        full.progress.bytes as f64 / live as f64
+    );
+    if wall < writes.elapsed {
+        report("writes in backup", writes.window(begin, end));
+    } else {
+        println!("  (the backup outlasted the write phase: every write below ran during it)");
+    }
+    report("writes (phase)", writes);
+
+    // An incremental on it: every version the write phase wrote.
+    let begin = Instant::now();
+    let started = client
+        .create_backup(&CreateBackup {
+            incremental: true,
+            ..request
+        })
+        .await?;
+    let incremental = wait_backup(&client, &started.id).await?;
+    let wall = begin.elapsed();
+    println!(
+        "{:>18}: {} (snapshot {}) in {:.2} s: {} keys, {} versions, {} bytes ({:.1} MiB) compressed",
+        "incremental",
+        incremental.id,
+        incremental.snapshot.unwrap_or_default(),
+        wall.as_secs_f64(),
+        incremental.progress.keys,
+        incremental.progress.versions,
+        incremental.progress.bytes,
+        incremental.progress.bytes as f64 / MIB
+    );
+
+    let dest = Destination::parse(url, &S3Options::default())
+        .with_context(|| format!("backup destination {url}"))?;
+    for (name, id) in [
+        ("restore full", &full.id),
+        ("restore full+incr", &incremental.id),
+    ] {
+        let dir = unique("cairn-bench-restore");
+        let result = restore_once(name, &dest, id, &dir).await;
+        for path in [dir.clone(), staging_of(&dir)] {
+            if let Err(e) = std::fs::remove_dir_all(&path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    eprintln!("could not remove {}: {e}", path.display());
+                }
+            }
+        }
+        result?;
+    }
+    Ok(())
+}
+
+/// Poll a backup until it is no longer running; an error unless it is done.
+async fn wait_backup(client: &Client, id: &str) -> anyhow::Result<BackupInfo> {
+    loop {
+        let info = client.backup(id).await?;
+        match info.state.as_str() {
+            "running" => tokio::time::sleep(Duration::from_millis(50)).await,
+            "done" => return Ok(info),
+            other => anyhow::bail!(
+                "backup {id} {other}: {}",
+                info.error.as_deref().unwrap_or("no reason given")
+            ),
+        }
+    }
+}
+
+/// Where `restore::write` builds the directory before renaming it to `dir`.
+fn staging_of(dir: &Path) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".restoring");
+    dir.with_file_name(name)
+}
+
+/// Restore backup `id` (and its chain) into `dir`, as `cairn restore` does, timed.
+async fn restore_once(name: &str, dest: &Destination, id: &str, dir: &Path) -> anyhow::Result<()> {
+    let plan = restore::plan(dest, Some(id), &Target::Latest).await?;
+    let (chain, compressed, versions) = (plan.chain.len(), plan.bytes, plan.versions);
+    let begin = Instant::now();
+    let fetched = restore::fetch(dest, &plan, |_| {}).await?;
+    let fetch = begin.elapsed();
+    let identity = cairn_store::NodeIdentity {
+        cluster_id: "bench".into(),
+        node_id: 1,
+        shards: plan.shards,
+    };
+    let begin = Instant::now();
+    let stats = tokio::task::spawn_blocking({
+        let dir = dir.to_owned();
+        move || {
+            restore::write(
+                &dir,
+                &plan,
+                &fetched,
+                &identity,
+                "bench",
+                vec![1, 2, 3],
+                |_| {},
+            )
+        }
+    })
+    .await
+    .context("restore worker")??;
+    let write = begin.elapsed();
+    let total = fetch + write;
+    println!(
+        "{name:>18}: chain of {chain}, {compressed} bytes, {versions} versions; fetch+verify {:.2} s ({:.1} MiB/s compressed), write {:.2} s ({:.0} keys/s); {} keys, {} bytes: {:.0} keys/s, {:.1} MiB/s overall",
+        fetch.as_secs_f64(),
+        per_sec(compressed as f64 / MIB, fetch),
+        write.as_secs_f64(),
+        per_sec(stats.keys as f64, write),
+        stats.keys,
+        stats.bytes,
+        per_sec(stats.keys as f64, total),
+        per_sec(stats.bytes as f64 / MIB, total),
+    );
     Ok(())
 }
 
@@ -208,8 +500,8 @@ async fn phase(
             let value = value.clone();
             let keys = args.keys;
             tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                let mut errors = 0;
+                let mut samples = Vec::new();
+                let mut errors = Vec::new();
                 let mut n = i as u64;
                 while Instant::now() < deadline {
                     let key = key((n * 7919) % keys);
@@ -220,27 +512,28 @@ async fn phase(
                     } else {
                         client.get(key.as_bytes()).await.is_ok()
                     };
+                    let latency = t.elapsed();
+                    let at = t.duration_since(start) + latency;
                     if ok {
-                        latencies.push(t.elapsed());
+                        samples.push((at, latency));
                     } else {
-                        errors += 1;
+                        errors.push(at);
                     }
                 }
-                (latencies, errors)
+                (samples, errors)
             })
         })
         .collect();
     let mut all = Phase {
-        ops: 0,
-        errors: 0,
-        latencies: Vec::new(),
+        start,
+        samples: Vec::new(),
+        errors: Vec::new(),
         elapsed: Duration::ZERO,
     };
     for task in tasks {
-        if let Ok((latencies, errors)) = task.await {
-            all.ops += latencies.len() as u64;
-            all.errors += errors;
-            all.latencies.extend(latencies);
+        if let Ok((samples, errors)) = task.await {
+            all.samples.extend(samples);
+            all.errors.extend(errors);
         }
     }
     all.elapsed = start.elapsed();
@@ -252,22 +545,21 @@ async fn phase(
     all
 }
 
-fn report(name: &str, mut phase: Phase) {
-    phase.latencies.sort_unstable();
+fn report(name: &str, phase: Phase) {
+    let mut latencies: Vec<Duration> = phase.samples.iter().map(|&(_, l)| l).collect();
+    latencies.sort_unstable();
     let pct = |p: f64| {
-        let i = ((phase.latencies.len() as f64 * p) as usize)
-            .min(phase.latencies.len().saturating_sub(1));
-        phase
-            .latencies
+        let i = ((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1));
+        latencies
             .get(i)
             .map(|d| d.as_secs_f64() * 1000.0)
             .unwrap_or(0.0)
     };
     println!(
         "{name:>18}: {:>9.0} ops/s  ({} ok, {} errors in {:.1} s)  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
-        phase.ops as f64 / phase.elapsed.as_secs_f64(),
-        phase.ops,
-        phase.errors,
+        per_sec(latencies.len() as f64, phase.elapsed),
+        latencies.len(),
+        phase.errors.len(),
         phase.elapsed.as_secs_f64(),
         pct(0.50),
         pct(0.99),
