@@ -4,16 +4,19 @@
 //! for `--duration`, then read it back (linearizable reads) for `--duration`. With
 //! `--snapshots`, it instead preloads `--keys` keys and measures snapshots: their
 //! latency, point-in-time versus current reads, and writes with and without a snapshot
-//! every 100 ms. With `--backup`, it preloads `--keys` keys and measures backups: a
-//! full backup's time, throughput and size against the live data, the foreground
-//! write throughput without and during it (counted only while the backup runs), an
-//! incremental holding what that write phase wrote, and restore throughput (the
-//! `cairn-backup` library called in this process into a temporary directory, which is
-//! removed). The backup goes to `--destination`, kept afterwards, or else to a
-//! temporary directory removed at the end; either way this process reads it back, so
-//! it must be reachable from here (a local directory with the cluster on this
-//! machine, or `s3://`). Figures are printed, never asserted: this is a measuring tool.
+//! every 100 ms. With `--backup`, it preloads `--keys` keys and measures backups: writes
+//! alone, a full backup alone (time, throughput, size against the live data), a second
+//! full backup while the same write phase runs (writes counted only while it runs, if
+//! it ends first), an incremental holding what that phase wrote, and restore
+//! throughput of the full and of the chain (the `cairn-backup` library called in this
+//! process into a temporary directory, removed afterwards). Backups go to
+//! `--destination`, kept afterwards, or else to a temporary directory removed at the
+//! end; either way this process reads them back, so it must be reachable from here (a
+//! local directory with the cluster on this machine, or `s3://`). `--random-values`
+//! writes incompressible values instead of `x` repeated. Figures are printed, never
+//! asserted: this is a measuring tool.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,6 +58,10 @@ pub struct BenchArgs {
     /// absolute here, or a URL). Default: a temporary directory, removed afterwards.
     #[arg(long, requires = "backup")]
     destination: Option<String>,
+    /// Write pseudo-random (incompressible) values, different for every key and write,
+    /// instead of `x` repeated.
+    #[arg(long)]
+    random_values: bool,
     /// Shard count of the cluster (to preload with single-shard batches).
     #[arg(long, default_value_t = 8)]
     shards: u32,
@@ -68,6 +75,38 @@ struct Phase {
     /// When each failed operation completed (since `start`).
     errors: Vec<Duration>,
     elapsed: Duration,
+}
+
+/// The values written: `x` repeated, or with `--random-values` pseudo-random bytes
+/// that differ for every key and every write.
+#[derive(Clone)]
+struct Values {
+    fixed: Arc<Vec<u8>>,
+    random: bool,
+}
+
+impl Values {
+    /// The value of key `key` in write `write` (0: the preload; each write phase's
+    /// client numbers its writes so that no two are equal).
+    fn get(&self, key: u64, write: u64) -> Cow<'_, [u8]> {
+        if !self.random {
+            return Cow::Borrowed(self.fixed.as_slice());
+        }
+        // splitmix64, seeded by the key and the write.
+        let mut state = key.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ write.wrapping_add(1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+        let size = self.fixed.len();
+        let mut out = Vec::with_capacity(size + 8);
+        while out.len() < size {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+        }
+        out.truncate(size);
+        Cow::Owned(out)
+    }
 }
 
 impl Phase {
@@ -102,13 +141,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.keys > 0 && args.concurrency > 0 && args.shards > 0,
         "keys, concurrency and shards must be positive"
     );
-    let value = Arc::new(vec![b'x'; args.value_size]);
+    let value = Values {
+        fixed: Arc::new(vec![b'x'; args.value_size]),
+        random: args.random_values,
+    };
     println!(
-        "cairn bench: {} clients over {} endpoints, {} keys, {} B values, {} s per phase",
+        "cairn bench: {} clients over {} endpoints, {} keys, {} B {} values, {} s per phase",
         args.concurrency,
         endpoints.len(),
         args.keys,
         args.value_size,
+        if args.random_values { "random" } else { "'x'" },
         args.duration
     );
     if args.snapshots {
@@ -124,11 +167,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn snapshots(
-    args: &BenchArgs,
-    endpoints: &[String],
-    value: Arc<Vec<u8>>,
-) -> anyhow::Result<()> {
+async fn snapshots(args: &BenchArgs, endpoints: &[String], value: Values) -> anyhow::Result<()> {
     let client = Client::new(endpoints[0].clone());
     preload(args, endpoints, &value).await?;
 
@@ -178,11 +217,7 @@ async fn snapshots(
 }
 
 /// Write every key once, with single-shard batches of 500 keys, 8 in flight.
-async fn preload(
-    args: &BenchArgs,
-    endpoints: &[String],
-    value: &Arc<Vec<u8>>,
-) -> anyhow::Result<()> {
+async fn preload(args: &BenchArgs, endpoints: &[String], value: &Values) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut by_shard: Vec<Vec<u64>> = vec![Vec::new(); args.shards as usize];
     for i in 0..args.keys {
@@ -199,7 +234,7 @@ async fn preload(
         async move {
             let ops = ids
                 .iter()
-                .map(|&i| cairn_client::api::BatchOp::put(key(i).as_bytes(), &value))
+                .map(|&i| cairn_client::api::BatchOp::put(key(i).as_bytes(), &value.get(i, 0)))
                 .collect();
             client.batch(ops).await
         }
@@ -239,7 +274,7 @@ fn unique(prefix: &str) -> PathBuf {
     std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()))
 }
 
-async fn backup(args: &BenchArgs, endpoints: &[String], value: Arc<Vec<u8>>) -> anyhow::Result<()> {
+async fn backup(args: &BenchArgs, endpoints: &[String], value: Values) -> anyhow::Result<()> {
     // The node writes the backup and this process reads it back, so a directory is
     // made absolute (the node may run elsewhere in the file system's tree).
     let (url, temporary) = match &args.destination {
@@ -275,7 +310,7 @@ async fn backup(args: &BenchArgs, endpoints: &[String], value: Arc<Vec<u8>>) -> 
 async fn backup_and_restore(
     args: &BenchArgs,
     endpoints: &[String],
-    value: Arc<Vec<u8>>,
+    value: Values,
     url: &str,
 ) -> anyhow::Result<()> {
     let client = Client::new(endpoints[0].clone());
@@ -296,12 +331,18 @@ async fn backup_and_restore(
         phase(args, endpoints, value.clone(), true, None).await,
     );
 
-    // The full backup, with the same write phase running from the moment it starts.
     let request = CreateBackup {
         destination: Some(url.to_owned()),
         incremental: false,
         snapshot: None,
     };
+    // A full backup alone: what the backup itself can do here.
+    let begin = Instant::now();
+    let started = client.create_backup(&request).await?;
+    let alone = wait_backup(&client, &started.id).await?;
+    report_full("full, no writes", &alone, begin.elapsed(), live);
+
+    // Another, with the same write phase running from the moment it starts.
     let backing_up = async {
         let begin = Instant::now();
         let started = client.create_backup(&request).await?;
@@ -314,26 +355,7 @@ async fn backup_and_restore(
     );
     let (full, begin, end) = backed_up?;
     let wall = end - begin;
-    println!(
-        "{:>18}: {} (snapshot {}, node {}) in {:.2} s: {} keys, {} versions, {} bytes ({:.1} MiB) compressed",
-        "full backup",
-        full.id,
-        full.snapshot.unwrap_or_default(),
-        full.node,
-        wall.as_secs_f64(),
-        full.progress.keys,
-        full.progress.versions,
-        full.progress.bytes,
-        full.progress.bytes as f64 / MIB
-    );
-    println!(
-        "{:>18}: {:.1} MiB/s of live data, {:.1} MiB/s written, {:.0} keys/s; size {:.3} of the live data",
-        "",
-        per_sec(live as f64 / MIB, wall),
-        per_sec(full.progress.bytes as f64 / MIB, wall),
-        per_sec(full.progress.keys as f64, wall),
-        full.progress.bytes as f64 / live as f64
-    );
+    report_full("full, with writes", &full, wall, live);
     if wall < writes.elapsed {
         report("writes in backup", writes.window(begin, end));
     } else {
@@ -381,6 +403,28 @@ async fn backup_and_restore(
         result?;
     }
     Ok(())
+}
+
+fn report_full(name: &str, full: &BackupInfo, wall: Duration, live: u64) {
+    println!(
+        "{name:>18}: {} (snapshot {}, node {}) in {:.2} s: {} keys, {} versions, {} bytes ({:.1} MiB) compressed",
+        full.id,
+        full.snapshot.unwrap_or_default(),
+        full.node,
+        wall.as_secs_f64(),
+        full.progress.keys,
+        full.progress.versions,
+        full.progress.bytes,
+        full.progress.bytes as f64 / MIB
+    );
+    println!(
+        "{:>18}: {:.1} MiB/s of live data, {:.1} MiB/s written, {:.0} keys/s; size {:.3} of the live data",
+        "",
+        per_sec(live as f64 / MIB, wall),
+        per_sec(full.progress.bytes as f64 / MIB, wall),
+        per_sec(full.progress.keys as f64, wall),
+        full.progress.bytes as f64 / live as f64
+    );
 }
 
 /// Poll a backup until it is no longer running; an error unless it is done.
@@ -475,7 +519,7 @@ fn report_latencies(name: &str, latencies: &mut [Duration]) {
 async fn phase(
     args: &BenchArgs,
     endpoints: &[String],
-    value: Arc<Vec<u8>>,
+    value: Values,
     write: bool,
     snapshot_every: Option<Duration>,
 ) -> Phase {
@@ -503,12 +547,18 @@ async fn phase(
                 let mut samples = Vec::new();
                 let mut errors = Vec::new();
                 let mut n = i as u64;
+                let mut written = (i as u64 + 1) << 32;
                 while Instant::now() < deadline {
-                    let key = key((n * 7919) % keys);
+                    let id = (n * 7919) % keys;
+                    let key = key(id);
                     n += 1;
+                    written += 1;
                     let t = Instant::now();
                     let ok = if write {
-                        client.put(key.as_bytes(), &value).await.is_ok()
+                        client
+                            .put(key.as_bytes(), &value.get(id, written))
+                            .await
+                            .is_ok()
                     } else {
                         client.get(key.as_bytes()).await.is_ok()
                     };
