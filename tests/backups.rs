@@ -32,20 +32,11 @@ use std::time::Duration;
 
 use cairn_client::api::{BackupInfo, CreateBackup};
 use cairn_client::{Client, Consistency, Error, ReadAt};
-use harness::{eventually, Cluster, ClusterOptions};
+use harness::{eventually, seed, Cluster, ClusterOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 type Entries = Vec<(Vec<u8>, Vec<u8>, u64)>;
-
-fn seed(default: u64) -> u64 {
-    let seed = match std::env::var("CAIRN_TEST_SEED") {
-        Ok(text) => text.parse().expect("CAIRN_TEST_SEED must be a u64"),
-        Err(_) => default,
-    };
-    eprintln!("seed {seed} (set CAIRN_TEST_SEED to replay another)");
-    seed
-}
 
 /// Run `cairn` with `args` (no `CAIRN_*` environment), with extra environment `env`.
 fn cairn(args: &[&str], env: &[(&str, &str)]) -> Output {

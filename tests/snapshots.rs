@@ -26,22 +26,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use cairn_client::api::{BatchOp, ErrorBody, SnapshotInfo};
 use cairn_client::{Client, Consistency, Error, ReadAt};
-use harness::{shard_of, Cluster, ClusterOptions};
+use harness::{seed, shard_of, Cluster, ClusterOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const SHARDS: u32 = 8;
 
 type Entries = Vec<(Vec<u8>, Vec<u8>, u64)>;
-
-fn seed(default: u64) -> u64 {
-    let seed = match std::env::var("CAIRN_TEST_SEED") {
-        Ok(text) => text.parse().expect("CAIRN_TEST_SEED must be a u64"),
-        Err(_) => default,
-    };
-    eprintln!("seed {seed} (set CAIRN_TEST_SEED to replay another)");
-    seed
-}
 
 fn show(bytes: &[u8]) -> String {
     bytes.escape_ascii().to_string()

@@ -465,6 +465,17 @@ pub fn shard_of(key: &[u8], shards: u32) -> u32 {
     (xxhash_rust::xxh3::xxh3_64(key) % u64::from(shards)) as u32
 }
 
+/// A test's random seed: `default`, unless `CAIRN_TEST_SEED` gives another. Printed,
+/// so a failing run can be replayed.
+pub fn seed(default: u64) -> u64 {
+    let seed = match std::env::var("CAIRN_TEST_SEED") {
+        Ok(text) => text.parse().expect("CAIRN_TEST_SEED must be a u64"),
+        Err(_) => default,
+    };
+    eprintln!("seed {seed} (set CAIRN_TEST_SEED to replay another)");
+    seed
+}
+
 /// Polls `check` every 100 ms until it returns `Ok`, or panics with its last error
 /// after `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T

@@ -31,9 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::catalog::{
-    backup_id, BackupRecord, BackupState, Catalog, Progress, ScheduleState, Tracked,
-};
+use crate::catalog::{BackupRecord, BackupState, Catalog, ScheduleState, Tracked};
 use crate::destination::{Destination, S3Options};
 use crate::error::BackupError;
 use crate::format::Record;
@@ -181,23 +179,8 @@ impl<S: Shards> Backups<S> {
             .catalog()
             .create(
                 |seq| BackupRecord {
-                    seq,
-                    id: backup_id(seq, now),
-                    destination: url.clone(),
-                    incremental: request.incremental,
-                    parent: None,
                     snapshot: given.as_ref().map(|s| s.id),
-                    owns_snapshot: false,
-                    snapshot_released: false,
-                    schedule: None,
-                    tick_ms: None,
-                    node,
-                    state: BackupState::Running,
-                    progress: Progress::default(),
-                    started_ms: now,
-                    updated_ms: now,
-                    finished_ms: None,
-                    deleted: false,
+                    ..BackupRecord::running(seq, now, node, &url, request.incremental)
                 },
                 |_| Ok(Vec::new()),
             )
@@ -744,23 +727,9 @@ impl<S: Shards> Backups<S> {
         let created = catalog
             .create(
                 |seq| BackupRecord {
-                    seq,
-                    id: backup_id(seq, now),
-                    destination: url.clone(),
-                    incremental,
-                    parent: None,
-                    snapshot: None,
-                    owns_snapshot: false,
-                    snapshot_released: false,
                     schedule: Some(name.clone()),
                     tick_ms: Some(tick),
-                    node,
-                    state: BackupState::Running,
-                    progress: Progress::default(),
-                    started_ms: now,
-                    updated_ms: now,
-                    finished_ms: None,
-                    deleted: false,
+                    ..BackupRecord::running(seq, now, node, &url, incremental)
                 },
                 |record| {
                     let state = ScheduleState {

@@ -91,6 +91,29 @@ pub struct BackupRecord {
 }
 
 impl BackupRecord {
+    /// A backup about to start on `node` at `now_ms`, with catalog number `seq`.
+    pub fn running(seq: u64, now_ms: u64, node: u64, destination: &str, incremental: bool) -> Self {
+        BackupRecord {
+            seq,
+            id: backup_id(seq, now_ms),
+            destination: destination.to_owned(),
+            incremental,
+            parent: None,
+            snapshot: None,
+            owns_snapshot: false,
+            snapshot_released: false,
+            schedule: None,
+            tick_ms: None,
+            node,
+            state: BackupState::Running,
+            progress: Progress::default(),
+            started_ms: now_ms,
+            updated_ms: now_ms,
+            finished_ms: None,
+            deleted: false,
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         self.state == BackupState::Running
     }

@@ -24,7 +24,7 @@ use crate::destination::Destination;
 use crate::error::BackupError;
 use crate::format::ShardReader;
 use crate::manifest::{Manifest, SnapshotRef, MANIFEST};
-use crate::verify::read_manifest;
+use crate::verify::{check_file, read_manifest};
 
 /// Which point to restore.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,41 +180,7 @@ pub async fn fetch(
         for file in &manifest.files {
             let name = format!("{}/{}", manifest.backup_id, file.path);
             let bytes = dest.get(&name).await?;
-            let bad = |reason: String| BackupError::BadFile {
-                file: name.clone(),
-                reason,
-            };
-            if bytes.len() as u64 != file.bytes {
-                return Err(bad(format!(
-                    "{} bytes, the manifest says {}",
-                    bytes.len(),
-                    file.bytes
-                )));
-            }
-            if blake3::hash(&bytes).to_hex().as_str() != file.blake3 {
-                return Err(bad("checksum mismatch".into()));
-            }
-            let checked = bytes.clone();
-            let (shard, versions) = tokio::task::spawn_blocking(move || {
-                let mut reader = ShardReader::new(checked.as_ref())?;
-                let mut versions = 0u64;
-                while reader.next_record()?.is_some() {
-                    versions += 1;
-                }
-                Ok::<_, BackupError>((reader.shard(), versions))
-            })
-            .await
-            .map_err(|e| BackupError::Invalid(format!("restore worker: {e}")))?
-            .map_err(|e| e.in_file(&name))?;
-            if shard != file.shard {
-                return Err(bad(format!("holds shard {shard}, not {}", file.shard)));
-            }
-            if versions != file.versions {
-                return Err(bad(format!(
-                    "{versions} records, the manifest says {}",
-                    file.versions
-                )));
-            }
+            check_file(&name, bytes.clone(), file).await?;
             per_shard.insert(file.shard, bytes);
             progress(file.bytes);
         }

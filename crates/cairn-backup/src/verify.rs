@@ -3,7 +3,9 @@
 use crate::destination::Destination;
 use crate::error::BackupError;
 use crate::format::ShardReader;
-use crate::manifest::{Manifest, MANIFEST};
+use bytes::Bytes;
+
+use crate::manifest::{FileEntry, Manifest, MANIFEST};
 
 /// What a successful verification saw.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,42 +37,7 @@ pub async fn verify(dest: &Destination, backup_id: &str) -> Result<VerifyReport,
         for file in &manifest.files {
             let name = format!("{id}/{}", file.path);
             let bytes = dest.get(&name).await?;
-            let bad = |reason: String| BackupError::BadFile {
-                file: name.clone(),
-                reason,
-            };
-            if bytes.len() as u64 != file.bytes {
-                return Err(bad(format!(
-                    "{} bytes, the manifest says {}",
-                    bytes.len(),
-                    file.bytes
-                )));
-            }
-            if blake3::hash(&bytes).to_hex().as_str() != file.blake3 {
-                return Err(bad("checksum mismatch".into()));
-            }
-            let mut reader = ShardReader::new(bytes.as_ref()).map_err(|e| e.in_file(&name))?;
-            if reader.shard() != file.shard {
-                return Err(bad(format!(
-                    "holds shard {}, not {}",
-                    reader.shard(),
-                    file.shard
-                )));
-            }
-            let mut versions = 0;
-            while reader
-                .next_record()
-                .map_err(|e| e.in_file(&name))?
-                .is_some()
-            {
-                versions += 1;
-            }
-            if versions != file.versions {
-                return Err(bad(format!(
-                    "{versions} records, the manifest says {}",
-                    file.versions
-                )));
-            }
+            let versions = check_file(&name, bytes, file).await?;
             report.files += 1;
             report.bytes += file.bytes;
             report.versions += versions;
@@ -79,6 +46,48 @@ pub async fn verify(dest: &Destination, backup_id: &str) -> Result<VerifyReport,
         next = manifest.parent.map(|p| (p.backup_id, Some(p.cuts)));
     }
     Ok(report)
+}
+
+/// Check one stored file against its manifest entry: size, BLAKE3, complete decoding
+/// (off the async runtime), its shard and its record count. Returns the record count;
+/// an error names the file.
+pub async fn check_file(name: &str, bytes: Bytes, file: &FileEntry) -> Result<u64, BackupError> {
+    let bad = |reason: String| BackupError::BadFile {
+        file: name.to_owned(),
+        reason,
+    };
+    if bytes.len() as u64 != file.bytes {
+        return Err(bad(format!(
+            "{} bytes, the manifest says {}",
+            bytes.len(),
+            file.bytes
+        )));
+    }
+    // The checksum first: a changed byte is named before anything is decompressed.
+    if blake3::hash(&bytes).to_hex().as_str() != file.blake3 {
+        return Err(bad("checksum mismatch".into()));
+    }
+    let (shard, versions) = tokio::task::spawn_blocking(move || {
+        let mut reader = ShardReader::new(bytes.as_ref())?;
+        let mut versions = 0u64;
+        while reader.next_record()?.is_some() {
+            versions += 1;
+        }
+        Ok::<_, BackupError>((reader.shard(), versions))
+    })
+    .await
+    .map_err(|e| bad(format!("checking it failed: {e}")))?
+    .map_err(|e| e.in_file(name))?;
+    if shard != file.shard {
+        return Err(bad(format!("holds shard {shard}, not {}", file.shard)));
+    }
+    if versions != file.versions {
+        return Err(bad(format!(
+            "{versions} records, the manifest says {}",
+            file.versions
+        )));
+    }
+    Ok(versions)
 }
 
 /// Read and check one backup's manifest.
