@@ -231,7 +231,8 @@ pub fn write(
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(io("removing an old staging directory"))?;
     }
-    let store = NodeStore::open(&staging)?;
+    // A small cache: the restore writes once and never reads back.
+    let store = NodeStore::open_with_cache(&staging, 64 << 20)?;
     let mut stats = RestoreStats::default();
     for shard in 0..plan.shards {
         let cut = plan.snapshot.cuts.get(&shard).copied().ok_or_else(|| {

@@ -156,6 +156,9 @@ impl ShardState {
             loaded += 1;
             if in_batch >= batch.max(1) {
                 self.apply_raw(std::mem::take(&mut pending))?;
+                // Flushing as it goes lets sled drop written pages from memory, so a
+                // restore's footprint does not grow with the data.
+                self.flush_raw()?;
                 in_batch = 0;
             }
         }

@@ -100,6 +100,17 @@ impl NodeStore {
         Ok(NodeStore { db })
     }
 
+    /// Open with a page cache of at most `cache_bytes` (sled's default is 1 GiB), for
+    /// one-off writers such as a restore that need not keep what they wrote in memory.
+    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<NodeStore> {
+        std::fs::create_dir_all(path).map_err(sled::Error::Io)?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .open()?;
+        Ok(NodeStore { db })
+    }
+
     /// The stored identity, if this node has one.
     pub fn identity(&self) -> Result<Option<NodeIdentity>> {
         let tree = self.db.open_tree(NODE_TREE)?;

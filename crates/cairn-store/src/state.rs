@@ -606,6 +606,11 @@ impl ShardState {
         Ok(())
     }
 
+    pub(crate) fn flush_raw(&self) -> Result<()> {
+        self.tree.flush()?;
+        Ok(())
+    }
+
     pub(crate) fn set_applied(&self, applied: AppliedState) -> Result<()> {
         self.tree
             .insert(keys::APPLIED_KEY, &encode_applied(applied)[..])?;
