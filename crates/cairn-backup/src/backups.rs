@@ -411,23 +411,24 @@ impl<S: Shards> Backups<S> {
         };
         let mut files = Vec::new();
         for shard in 0..shards {
-            let cut = cuts.get(&shard).copied().ok_or_else(|| {
-                BackupError::Corrupt(format!(
-                    "snapshot {} has no cut for shard {shard}",
-                    snapshot.id
-                ))
-            })?;
-            let range = match &parent {
-                None => HistoryRange::StateAt { at: cut - 1 },
-                Some(p) => {
-                    let after = p.snapshot.cuts.get(&shard).copied().unwrap_or(1) - 1;
-                    HistoryRange::Between {
-                        after,
-                        upto: cut - 1,
-                    }
-                }
+            // The snapshot holds the versions below each cut; a cut is a marker's log
+            // index, so never 0.
+            let below = |cuts: &BTreeMap<u32, u64>, whose: &str| {
+                cuts.get(&shard)
+                    .and_then(|c| c.checked_sub(1))
+                    .ok_or_else(|| {
+                        BackupError::Corrupt(format!("{whose} has no valid cut for shard {shard}"))
+                    })
             };
-            self.wait_applied(shard, cut - 1).await?;
+            let upto = below(cuts, &format!("snapshot {}", snapshot.id))?;
+            let range = match &parent {
+                None => HistoryRange::StateAt { at: upto },
+                Some(p) => HistoryRange::Between {
+                    after: below(&p.snapshot.cuts, &format!("backup {}", p.backup_id))?,
+                    upto,
+                },
+            };
+            self.wait_applied(shard, upto).await?;
             let (bytes, entry) = self.encode(job, shard, range).await?;
             job.dest.put(&format!("{id}/{}", entry.path), bytes).await?;
             self.record(job, |r| {
