@@ -25,6 +25,7 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::prefix::PrefixStore;
+use object_store::{ClientConfigKey, RetryConfig};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::Deserialize;
 
@@ -257,6 +258,23 @@ fn s3_store(rest: &str, options: &S3Options) -> Result<Arc<dyn ObjectStore>, Str
     if options.allow_http || endpoint_is_http {
         builder = builder.with_allow_http(true);
     }
+    // object_store's defaults retry for up to 3 minutes; an operator waiting on
+    // `cairn backup verify` or a scheduled backup should hear about a dead endpoint
+    // in seconds. Explicit `AWS_*` settings still win over these.
+    if builder
+        .get_config_value(&AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout))
+        .is_none()
+    {
+        builder = builder.with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+            "5s",
+        );
+    }
+    builder = builder.with_retry(RetryConfig {
+        max_retries: 3,
+        retry_timeout: std::time::Duration::from_secs(30),
+        ..RetryConfig::default()
+    });
     let store = builder.build().map_err(|e| e.to_string())?;
     if prefix.is_empty() {
         return Ok(Arc::new(store));
