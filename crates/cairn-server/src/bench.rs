@@ -498,15 +498,18 @@ fn key(i: u64) -> String {
     format!("bench/{i:08}")
 }
 
+/// The `p` quantile (0..=1) of sorted latencies, in milliseconds (0 when empty).
+fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1));
+    sorted
+        .get(i)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
+}
+
 fn report_latencies(name: &str, latencies: &mut [Duration]) {
     latencies.sort_unstable();
-    let pct = |p: f64| {
-        let i = ((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1));
-        latencies
-            .get(i)
-            .map(|d| d.as_secs_f64() * 1000.0)
-            .unwrap_or(0.0)
-    };
+    let pct = |p: f64| percentile_ms(latencies, p);
     println!(
         "{name:>18}: n={}  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
         latencies.len(),
@@ -598,13 +601,7 @@ async fn phase(
 fn report(name: &str, phase: Phase) {
     let mut latencies: Vec<Duration> = phase.samples.iter().map(|&(_, l)| l).collect();
     latencies.sort_unstable();
-    let pct = |p: f64| {
-        let i = ((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1));
-        latencies
-            .get(i)
-            .map(|d| d.as_secs_f64() * 1000.0)
-            .unwrap_or(0.0)
-    };
+    let pct = |p: f64| percentile_ms(&latencies, p);
     println!(
         "{name:>18}: {:>9.0} ops/s  ({} ok, {} errors in {:.1} s)  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
         per_sec(latencies.len() as f64, phase.elapsed),

@@ -13,7 +13,7 @@ use cairn_client::api::{
     RevertResponse, ScheduleInfo, ScheduleList,
 };
 
-use super::kv::{read_body, Params};
+use super::kv::{read_body, read_optional_json, Params};
 use super::{ApiError, ApiState};
 use crate::revert::{self, RevertAudit, RevertError};
 
@@ -26,14 +26,7 @@ pub async fn create(
     body: Body,
 ) -> Result<(StatusCode, Json<BackupInfo>), ApiError> {
     Params::parse(&uri, &[])?;
-    let body = read_body(&api, body).await?;
-    let request: CreateBackup = if body.iter().all(u8::is_ascii_whitespace) {
-        CreateBackup::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request("bad_json", format!("invalid backup request: {e}"))
-        })?
-    };
+    let request: CreateBackup = read_optional_json(&api, body, "backup request").await?;
     let record = api
         .backups
         .start(BackupRequest {

@@ -407,6 +407,21 @@ fn etag(version: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
+/// Read an optional JSON body: empty (or blank) gives `T::default()`; anything else
+/// must parse, or it is a 400 `bad_json` naming `what`.
+pub(super) async fn read_optional_json<T: serde::de::DeserializeOwned + Default>(
+    api: &ApiState,
+    body: Body,
+    what: &str,
+) -> Result<T, ApiError> {
+    let body = read_body(api, body).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("invalid {what}: {e}")))
+}
+
 /// Read a request body of at most `--max-request-bytes`.
 pub(super) async fn read_body(api: &ApiState, body: Body) -> Result<axum::body::Bytes, ApiError> {
     let limit = api.config.max_request_bytes;

@@ -13,7 +13,7 @@ use cairn_client::api::{
 };
 use cairn_snapshot::{SnapshotError, SnapshotRecord, SnapshotState};
 
-use super::kv::{read_body, Params};
+use super::kv::{read_optional_json, Params};
 use super::{url, ApiError, ApiState};
 
 type Shared = State<Arc<ApiState>>;
@@ -26,14 +26,7 @@ pub async fn create(
     body: Body,
 ) -> Result<(StatusCode, Json<SnapshotInfo>), ApiError> {
     Params::parse(&uri, &[])?;
-    let body = read_body(&api, body).await?;
-    let request: CreateSnapshot = if body.iter().all(u8::is_ascii_whitespace) {
-        CreateSnapshot::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request("bad_json", format!("invalid snapshot request: {e}"))
-        })?
-    };
+    let request: CreateSnapshot = read_optional_json(&api, body, "snapshot request").await?;
     let record = api.snapshots.take(request.name.as_deref()).await?;
     Ok((StatusCode::CREATED, Json(info(&record)?)))
 }
