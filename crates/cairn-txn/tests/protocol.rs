@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_raft::{Consistency, ShardRequest, ShardResponse};
+use cairn_raft::{Consistency, ShardError, ShardRequest, ShardResponse};
 use cairn_snapshot::meta::put as meta_put;
 use cairn_snapshot::registry::now_ms;
 use cairn_snapshot::testing::LocalCluster;
-use cairn_snapshot::{gate, Coordinator, Meta, SnapshotConfig, SnapshotError};
+use cairn_snapshot::{gate, Coordinator, Meta, Shards, SnapshotConfig, SnapshotError};
 use cairn_store::{shard_for_key, txn_id, ApplyOutcome, Command, Condition, OpKind, WriteOp};
 use cairn_txn::record::txn_key;
 use cairn_txn::{Transactions, TxnConfig, TxnError, TxnRecord, TxnState};
@@ -165,14 +165,47 @@ async fn a_transaction_commits_on_every_shard_or_on_none() {
         .await;
 }
 
-/// A writer commits `(a, b, c) = i` for i = 1, 2, ...; readers read a, then b, then
-/// c, each linearizably, on shards of their own. Having seen `a = i`, a later read of
-/// `b` must see at least `i`, even if b's shard has not resolved transaction i yet.
-/// Snapshots taken meanwhile must hold every transaction entirely or not at all.
+/// The cluster, with every resolve on the last shard arriving 50 ms late: the window
+/// in which a transaction is visible on some shards and not yet on that one.
+struct SlowLastResolve(Arc<LocalCluster>);
+
+impl Shards for SlowLastResolve {
+    fn shard_count(&self) -> u32 {
+        SHARDS
+    }
+
+    async fn execute(&self, request: ShardRequest) -> Result<ShardResponse, ShardError> {
+        if let ShardRequest::Write {
+            shard,
+            command: Command::Resolve { .. },
+        } = &request
+        {
+            if *shard == SHARDS - 1 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        self.0.route(request).await
+    }
+
+    fn leads_meta(&self) -> bool {
+        true
+    }
+
+    fn writes_seen(&self) -> u64 {
+        self.0.writes_applied()
+    }
+}
+
+/// A writer commits `(a, b, c) = i` for i = 1, 2, ... (c's shard resolves late);
+/// readers read a, then b, then c, each linearizably. Having seen `a = i`, a later
+/// read of `c` must see at least `i`, even though c's shard has not resolved
+/// transaction i yet. Snapshots taken meanwhile must hold every transaction entirely
+/// or not at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn readers_and_snapshots_never_see_half_a_transaction() {
     let cluster = Arc::new(LocalCluster::start(SHARDS).await);
-    let txns = Arc::new(Transactions::new(cluster.clone(), 1, config()));
+    let slow = Arc::new(SlowLastResolve(cluster.clone()));
+    let txns = Arc::new(Transactions::new(slow.clone(), 1, config()));
     let snapshots = Arc::new(Coordinator::new(cluster.clone(), SnapshotConfig::default()));
     let keys = Arc::new(key_per_shard("visible"));
     let stop = Arc::new(AtomicBool::new(false));
@@ -180,7 +213,7 @@ async fn readers_and_snapshots_never_see_half_a_transaction() {
     let writer = {
         let (txns, keys) = (txns.clone(), keys.clone());
         tokio::spawn(async move {
-            for i in 1..=60u64 {
+            for i in 1..=40u64 {
                 let ops = keys.iter().map(|k| put(k, &i.to_string())).collect();
                 txns.commit(ops, TIMEOUT).await.expect("commit");
             }
@@ -261,7 +294,7 @@ async fn readers_and_snapshots_never_see_half_a_transaction() {
     assert!(reads > 10, "readers checked too little ({reads})");
     assert!(snapped > 3, "too few snapshots checked ({snapped})");
     assert_nothing_left(&cluster).await;
-    drop((txns, snapshots));
+    drop((txns, snapshots, slow));
     Arc::try_unwrap(cluster)
         .ok()
         .expect("sole owner")
