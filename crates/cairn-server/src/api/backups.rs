@@ -176,7 +176,7 @@ impl From<RevertError> for ApiError {
                 "revert_too_large",
                 e.to_string(),
             ),
-            RevertError::Contended { .. } => {
+            RevertError::Contended => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
             RevertError::Meta(_) => ApiError::new(
