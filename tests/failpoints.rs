@@ -245,6 +245,28 @@ fn key_per_shard(prefix: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Take a full backup to `destination` and wait until it is done.
+async fn backup_done(client: &Client, destination: &str) {
+    let request = CreateBackup {
+        destination: Some(destination.to_owned()),
+        ..CreateBackup::default()
+    };
+    let id = client.create_backup(&request).await.expect("backup").id;
+    eventually("the backup completes", Duration::from_secs(30), || async {
+        match client
+            .backup(&id)
+            .await
+            .map_err(|e| e.to_string())?
+            .state
+            .as_str()
+        {
+            "done" => Ok(()),
+            state => Err(state.to_owned()),
+        }
+    })
+    .await;
+}
+
 fn manifests(dir: &Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -388,28 +410,7 @@ async fn coordinator_crashes_leave_nothing_half_done() {
             .expect("a write after the crash");
     }
     // Every backup published at the destination is complete and verifies.
-    let request = CreateBackup {
-        destination: Some(destination.clone()),
-        ..CreateBackup::default()
-    };
-    let id = client.create_backup(&request).await.expect("backup").id;
-    eventually(
-        "a backup after the crashes",
-        Duration::from_secs(30),
-        || async {
-            match client
-                .backup(&id)
-                .await
-                .map_err(|e| e.to_string())?
-                .state
-                .as_str()
-            {
-                "done" => Ok(()),
-                state => Err(state.to_owned()),
-            }
-        },
-    )
-    .await;
+    backup_done(&client, &destination).await;
     let args: Vec<String> = ["backup", "verify", &destination]
         .iter()
         .map(|s| s.to_string())
@@ -436,24 +437,7 @@ async fn restore_crashes_write_nothing() {
             .await
             .expect("seed");
     }
-    let request = CreateBackup {
-        destination: Some(destination.clone()),
-        ..CreateBackup::default()
-    };
-    let id = client.create_backup(&request).await.expect("backup").id;
-    eventually("the backup completes", Duration::from_secs(30), || async {
-        match client
-            .backup(&id)
-            .await
-            .map_err(|e| e.to_string())?
-            .state
-            .as_str()
-        {
-            "done" => Ok(()),
-            state => Err(state.to_owned()),
-        }
-    })
-    .await;
+    backup_done(&client, &destination).await;
     let target = tempfile::tempdir().expect("restore dir");
     let dir = target.path().join("node1");
     let dir_text = dir.display().to_string();

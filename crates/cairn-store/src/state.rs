@@ -114,10 +114,7 @@ impl std::fmt::Debug for ShardState {
 }
 
 fn encode_applied(a: AppliedState) -> [u8; 16] {
-    let mut v = [0u8; 16];
-    v[..8].copy_from_slice(&a.index.to_be_bytes());
-    v[8..].copy_from_slice(&a.term.to_be_bytes());
-    v
+    keys::encode_pair(a.index, a.term)
 }
 
 /// The newest version of a key, whatever it is: `(version, live)`.
@@ -160,20 +157,14 @@ impl ShardState {
         let Some(v) = self.tree.get(keys::APPLIED_KEY)? else {
             return Ok(AppliedState::default());
         };
-        let (Ok(index), Ok(term)) = (
-            v.get(..8).unwrap_or_default().try_into(),
-            v.get(8..).unwrap_or_default().try_into(),
-        ) else {
+        let Some((index, term)) = keys::decode_pair(&v) else {
             return Err(StoreError::corrupt(format!(
                 "shard {} applied state has length {}",
                 self.shard,
                 v.len()
             )));
         };
-        Ok(AppliedState {
-            index: u64::from_be_bytes(index),
-            term: u64::from_be_bytes(term),
-        })
+        Ok(AppliedState { index, term })
     }
 
     pub(crate) fn tree(&self) -> &sled::Tree {
