@@ -164,6 +164,12 @@ impl LocalShards {
         Ok(removed)
     }
 
+    /// This node's replica of `shard`'s state machine, for read-only inspection
+    /// (debug digests); requests go through [`LocalShards::execute`].
+    pub fn state(&self, shard: ShardId) -> Option<&ShardState> {
+        self.states.get(shard as usize)
+    }
+
     pub fn gauges(&self, shard: ShardId) -> Option<&ReplicaGauges> {
         self.gauges.get(shard as usize).map(|g| g.as_ref())
     }

@@ -73,6 +73,44 @@ enum Frame {
     SnapshotAck,
 }
 
+/// What a peer frame is, as seen by a tool sitting on the wire between two nodes (the
+/// fault-injecting proxy of `cairn-chaos`), which must tell the handshake from a Raft
+/// message, a forwarded call or a snapshot stream without knowing the encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// The handshake, first on every connection, sent by the connecting node.
+    Hello { from: NodeId },
+    /// A Raft message; Raft tolerates its loss, delay, reordering and duplication.
+    Raft { shard: ShardId },
+    /// A forwarded client request (connecting side to accepting side).
+    Call { id: u64 },
+    /// The answer to a forwarded request (accepting side back to the caller).
+    Reply { id: u64 },
+    /// Part of a streamed Raft snapshot: a chunk, its end, or the receiver's
+    /// acknowledgement. The stream relies on TCP's ordering and completeness.
+    Snapshot,
+}
+
+/// Classifies one frame's bytes (the payload of a length-delimited frame, as
+/// [`frame_codec`] cuts them); `None` if they are not a frame of this transport.
+pub fn frame_kind(bytes: &[u8]) -> Option<FrameKind> {
+    Some(match bincode::deserialize::<Frame>(bytes).ok()? {
+        Frame::Hello { from, .. } => FrameKind::Hello { from },
+        Frame::Raft { shard, .. } => FrameKind::Raft { shard },
+        Frame::Call { id, .. } => FrameKind::Call { id },
+        Frame::Reply { id, .. } => FrameKind::Reply { id },
+        Frame::SnapshotChunk { .. } | Frame::SnapshotEnd { .. } | Frame::SnapshotAck => {
+            FrameKind::Snapshot
+        }
+    })
+}
+
+/// The codec cutting a peer connection's byte stream into frames (length-delimited,
+/// with the transport's size cap).
+pub fn frame_codec() -> LengthDelimitedCodec {
+    codec()
+}
+
 /// Serves forwarded requests on this node (implemented by the local shards).
 pub trait CallHandler: Send + Sync + 'static {
     fn call(self: Arc<Self>, req: ShardRequest) -> BoxFuture<'static, CallResult>;

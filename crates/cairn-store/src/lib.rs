@@ -27,6 +27,7 @@
 
 mod command;
 pub mod cut;
+mod digest;
 mod error;
 mod history;
 pub mod keys;
@@ -40,6 +41,7 @@ use serde::{Deserialize, Serialize};
 
 pub use command::{Command, Condition, OpKind, WriteOp};
 pub use cut::Cut;
+pub use digest::ShardDigest;
 pub use error::{Result, StoreError};
 pub use history::{HistoryRange, KeyVersion};
 pub use raft_log::RaftLog;
