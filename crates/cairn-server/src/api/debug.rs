@@ -7,9 +7,10 @@
 //!   version `V` (default: its applied index), history part over `(H, V]` (default:
 //!   its horizon). 409 `not_applied` if `V` is above what it applied; 410
 //!   `history_unavailable` below its horizon.
-//! - `GET /v1/debug/versions?shard=S[&after=A][&upto=V]`: every version of every key in
-//!   `(A, V]` (defaults: the horizon, the applied index), tombstones included, in key
-//!   order and newest first per key. A value at two versions is a write applied twice.
+//! - `GET /v1/debug/versions?shard=S[&after=A][&upto=V]`: the state at `A` and every
+//!   version of every key in `(A, V]` (defaults: the horizon, the applied index),
+//!   tombstones included, in key order and newest first per key. A value at two
+//!   versions is a write applied twice.
 //!
 //! `S` may be the meta group's number. Both read the whole data tree, on the blocking
 //! pool; they are for small test clusters and occasional checks, not for monitoring.
@@ -20,7 +21,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::Json;
 use cairn_client::api::{split_bytes, Encoding};
-use cairn_store::{HistoryRange, ShardDigest, ShardState, StoreError};
+use cairn_store::{HistoryRange, KeyVersion, ShardDigest, ShardState, StoreError};
 use serde::{Deserialize, Serialize};
 
 use super::kv::Params;
@@ -54,6 +55,10 @@ pub struct VersionsResponse {
     pub horizon: u64,
     pub after: u64,
     pub upto: u64,
+    /// The state at `after`: each live key's newest version at or below it, so that
+    /// `base` and `versions` together give the state at any version in `[after, upto]`.
+    pub base: Vec<VersionItem>,
+    /// Every version in `(after, upto]`.
     pub versions: Vec<VersionItem>,
 }
 
@@ -92,37 +97,40 @@ pub async fn versions(State(api): Shared, uri: Uri) -> Result<Json<VersionsRespo
             });
         }
         let after = after.unwrap_or(horizon).min(upto);
-        let versions = state
-            .history(HistoryRange::Between { after, upto })
-            .map(|v| {
-                v.map(|v| {
-                    let (key, key_b64) = split_bytes(&v.key, Encoding::Utf8);
-                    let (value, value_b64) = match &v.value {
-                        Some(bytes) => split_bytes(bytes, Encoding::Utf8),
-                        None => (None, None),
-                    };
-                    VersionItem {
-                        key,
-                        key_b64,
-                        version: v.version,
-                        value,
-                        value_b64,
-                        deleted: v.value.is_none(),
-                    }
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let items = |range| {
+            state
+                .history(range)
+                .map(|v| v.map(|v| item(&v)))
+                .collect::<Result<Vec<_>, _>>()
+        };
         Ok(VersionsResponse {
             shard: state.shard(),
             applied,
             horizon,
             after,
             upto,
-            versions,
+            base: items(HistoryRange::StateAt { at: after })?,
+            versions: items(HistoryRange::Between { after, upto })?,
         })
     })
     .await?;
     Ok(Json(answer))
+}
+
+fn item(v: &KeyVersion) -> VersionItem {
+    let (key, key_b64) = split_bytes(&v.key, Encoding::Utf8);
+    let (value, value_b64) = match &v.value {
+        Some(bytes) => split_bytes(bytes, Encoding::Utf8),
+        None => (None, None),
+    };
+    VersionItem {
+        key,
+        key_b64,
+        version: v.version,
+        value,
+        value_b64,
+        deleted: v.value.is_none(),
+    }
 }
 
 /// The local replica named by `shard=` (a data shard or the meta group).

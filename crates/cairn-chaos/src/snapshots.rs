@@ -1,0 +1,394 @@
+//! Snapshots during faults, and their check against the recorded history.
+//!
+//! A [`SnapshotTaker`] asks a random node for a snapshot every 1–2 s (seeded) while
+//! the workload and the faults run, recording when each request was sent and
+//! answered. After the run every completed snapshot, these and the cluster's own
+//! automatic ones, is checked against the four guarantees of `DESIGN.md`:
+//!
+//! 1. every write acknowledged before the snapshot was requested is in it;
+//! 2. no write sent after it completed is in it;
+//! 3. if W1 was acknowledged, or read, before W2 was sent, W2 in S implies W1 in S;
+//! 4. a batch is in it entirely or not at all.
+//!
+//! "W in S" is decided the way Cairn defines it: W's version (its log index) is below
+//! the cut of W's shard. A write's version is known from its acknowledgement, or, for
+//! one of unknown outcome, from the replicas' version history (its unique value
+//! names it). Guarantees 1 and 2 need the request's times, so they are checked on the
+//! harness's own snapshots; 3 and 4 on every snapshot.
+//!
+//! Each snapshot is also **read back** with point-in-time scans (`?snapshot=ID`) on a
+//! random node: the answer must be exactly the state the replicas' version history
+//! gives at every shard's cut, and show each batch whole or not at all (the read-back
+//! is checked for 4 on its own, not only through the history).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use cairn_client::api::SnapshotInfo;
+use cairn_client::{Client, ReadAt};
+use cairn_store::{shard_for_key, NodeId};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::history::{Answer, History, Outcome, Request, WriteId};
+use crate::replicas::VersionIndex;
+
+/// How one snapshot request ended.
+#[derive(Debug, Clone)]
+pub enum SnapshotResult {
+    Done(SnapshotInfo),
+    /// `snapshot_aborted`: nothing can read it.
+    Aborted,
+    /// Any other answer or failure.
+    Failed(String),
+}
+
+/// One snapshot request.
+#[derive(Debug, Clone)]
+pub struct SnapshotAttempt {
+    pub node: NodeId,
+    pub invoked: Duration,
+    pub completed: Duration,
+    pub result: SnapshotResult,
+}
+
+/// Takes snapshots in the background until stopped.
+pub struct SnapshotTaker {
+    task: JoinHandle<Vec<SnapshotAttempt>>,
+    stop: CancellationToken,
+}
+
+impl SnapshotTaker {
+    pub fn start(
+        endpoints: Vec<(NodeId, Client)>,
+        every: (Duration, Duration),
+        clock: Instant,
+        seed: u64,
+    ) -> SnapshotTaker {
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let task = tokio::spawn(
+            async move {
+                let mut rng = StdRng::seed_from_u64(seed);
+                let mut attempts = Vec::new();
+                while !endpoints.is_empty() {
+                    let pause = rng.gen_range(every.0..=every.1);
+                    tokio::select! {
+                        _ = token.cancelled() => break,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    let (node, client) = &endpoints[rng.gen_range(0..endpoints.len())];
+                    let invoked = clock.elapsed();
+                    let result = match client.create_snapshot(None).await {
+                        Ok(info) => SnapshotResult::Done(info),
+                        Err(e) if e.code() == Some("snapshot_aborted") => SnapshotResult::Aborted,
+                        Err(e) => SnapshotResult::Failed(e.to_string()),
+                    };
+                    attempts.push(SnapshotAttempt {
+                        node: *node,
+                        invoked,
+                        completed: clock.elapsed(),
+                        result,
+                    });
+                }
+                attempts
+            }
+            .instrument(tracing::info_span!("snapshot_taker")),
+        );
+        SnapshotTaker { task, stop }
+    }
+
+    /// Stop after the request in flight, and return every attempt.
+    pub async fn stop(self) -> Vec<SnapshotAttempt> {
+        self.stop.cancel();
+        self.task.await.unwrap_or_default()
+    }
+}
+
+/// What the snapshot checks covered.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotReport {
+    /// Requests made by the harness, and how they ended.
+    pub requested: usize,
+    pub completed: usize,
+    pub aborted: usize,
+    pub failed: usize,
+    /// Snapshots checked against all four guarantees (the harness's own).
+    pub checked_all: usize,
+    /// Automatic snapshots checked against 3 and 4 and read back.
+    pub checked_auto: usize,
+    /// Writes found inside the checked snapshots, summed.
+    pub writes_inside: usize,
+    /// Snapshots that could not be read back (recorded, not a pass).
+    pub unreadable: Vec<String>,
+    pub violations: Vec<String>,
+}
+
+/// A write with a known version: what the checks reason about.
+#[derive(Debug, Clone)]
+struct KnownWrite {
+    op: usize,
+    key: String,
+    shard: u32,
+    version: u64,
+    invoked: Duration,
+    /// When a client first knew it happened: its acknowledgement, or a read of it.
+    known_at: Option<Duration>,
+    /// When it was acknowledged.
+    acked_at: Option<Duration>,
+}
+
+fn known_writes(history: &History, index: &VersionIndex, shards: u32) -> (Vec<KnownWrite>, HashMap<usize, Vec<(String, Option<WriteId>)>>) {
+    let found = index.write_versions();
+    // First read of each write's value.
+    let mut first_read: HashMap<WriteId, Duration> = HashMap::new();
+    for op in &history.ops {
+        let Outcome::Ok(answer) = &op.outcome else { continue };
+        let mut note = |value: &[u8]| {
+            if let Some(w) = WriteId::parse(value) {
+                let t = first_read.entry(w).or_insert(op.completed);
+                *t = (*t).min(op.completed);
+            }
+        };
+        match answer {
+            Answer::Value(Some((value, _))) => note(value),
+            Answer::Items { items, .. } => items.iter().for_each(|(_, v, _)| note(v)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    let mut batches: HashMap<usize, Vec<(String, Option<WriteId>)>> = HashMap::new();
+    for op in &history.ops {
+        let acked = match &op.outcome {
+            Outcome::Ok(_) => Some(op.completed),
+            _ => None,
+        };
+        let mut push = |key: &str, version: u64, write: Option<WriteId>| {
+            let read = write.and_then(|w| first_read.get(&w).copied());
+            let known_at = match (acked, read) {
+                (Some(a), Some(r)) => Some(a.min(r)),
+                (a, r) => a.or(r),
+            };
+            out.push(KnownWrite {
+                op: op.id,
+                key: key.to_owned(),
+                shard: shard_for_key(key.as_bytes(), shards),
+                version,
+                invoked: op.invoked,
+                known_at,
+                acked_at: acked,
+            });
+        };
+        match (&op.request, &op.outcome) {
+            (Request::Put { key, write, .. }, Outcome::Ok(Answer::Written { version })) => {
+                push(key, *version, Some(*write))
+            }
+            (Request::Put { key, write, .. }, Outcome::Unknown { .. }) => {
+                if let Some((k, version)) = found.get(write) {
+                    if k == key {
+                        push(key, *version, Some(*write));
+                    }
+                }
+            }
+            (Request::Delete { key, .. }, Outcome::Ok(Answer::Deleted { version, .. })) => {
+                push(key, *version, None)
+            }
+            (Request::Batch { puts, deletes }, outcome) => {
+                let version = match outcome {
+                    Outcome::Ok(Answer::Written { version }) => Some(*version),
+                    Outcome::Unknown { .. } => puts.iter().find_map(|(_, w)| found.get(w).map(|(_, v)| *v)),
+                    _ => None,
+                };
+                let Some(version) = version else { continue };
+                let mut members = Vec::new();
+                for (key, write) in puts {
+                    push(key, version, Some(*write));
+                    members.push((key.clone(), Some(*write)));
+                }
+                if acked.is_some() {
+                    for key in deletes {
+                        push(key, version, None);
+                        members.push((key.clone(), None));
+                    }
+                }
+                batches.insert(op.id, members);
+            }
+            _ => {}
+        }
+    }
+    (out, batches)
+}
+
+/// Check every snapshot (see the module doc). `taken` are the harness's requests;
+/// `listed` every completed snapshot the cluster lists (the harness's included);
+/// `base` the snapshot taken before the workload (skipped: it holds nothing).
+pub async fn check(
+    history: &History,
+    taken: &[SnapshotAttempt],
+    listed: &[SnapshotInfo],
+    base: u64,
+    index: &VersionIndex,
+    shards: u32,
+    readers: &[(NodeId, Client)],
+    seed: u64,
+) -> SnapshotReport {
+    let mut report = SnapshotReport {
+        requested: taken.len(),
+        ..SnapshotReport::default()
+    };
+    let mut ours: BTreeMap<u64, &SnapshotAttempt> = BTreeMap::new();
+    for attempt in taken {
+        match &attempt.result {
+            SnapshotResult::Done(info) => {
+                report.completed += 1;
+                ours.insert(info.id, attempt);
+            }
+            SnapshotResult::Aborted => report.aborted += 1,
+            SnapshotResult::Failed(_) => report.failed += 1,
+        }
+    }
+    let mut snapshots: BTreeMap<u64, SnapshotInfo> = listed
+        .iter()
+        .filter(|s| s.id > base)
+        .map(|s| (s.id, s.clone()))
+        .collect();
+    for attempt in ours.values() {
+        if let SnapshotResult::Done(info) = &attempt.result {
+            if !snapshots.contains_key(&info.id) {
+                report.violations.push(format!(
+                    "snapshot {} completed (requested at {:.3}s on node {}) but is not listed",
+                    info.id,
+                    attempt.invoked.as_secs_f64(),
+                    attempt.node
+                ));
+                snapshots.insert(info.id, info.clone());
+            }
+        }
+    }
+    let (writes, batches) = known_writes(history, index, shards);
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5A5A);
+    for (id, info) in &snapshots {
+        let inside = |w: &KnownWrite| info.cuts.get(&w.shard).is_some_and(|&cut| w.version < cut);
+        let mut v = Vec::new();
+        let mut count = 0;
+        // 1 and 2, with the request's times.
+        if let Some(attempt) = ours.get(id) {
+            for w in &writes {
+                let is_in = inside(w);
+                count += usize::from(is_in);
+                if !is_in && w.acked_at.is_some_and(|a| a < attempt.invoked) {
+                    v.push(format!(
+                        "snapshot {id} (requested at {:.3}s) misses op #{} on {} (version {}, cut {:?}), acknowledged at {:.3}s: guarantee 1",
+                        attempt.invoked.as_secs_f64(), w.op, w.key, w.version, info.cuts.get(&w.shard),
+                        w.acked_at.unwrap_or_default().as_secs_f64()
+                    ));
+                }
+                if is_in && w.invoked > attempt.completed {
+                    v.push(format!(
+                        "snapshot {id} (completed at {:.3}s) holds op #{} on {} (version {}, cut {:?}), sent at {:.3}s: guarantee 2",
+                        attempt.completed.as_secs_f64(), w.op, w.key, w.version, info.cuts.get(&w.shard),
+                        w.invoked.as_secs_f64()
+                    ));
+                }
+            }
+        } else {
+            count = writes.iter().filter(|w| inside(w)).count();
+        }
+        report.writes_inside += count;
+        // 3: the latest send of a write inside; everything known before it is inside.
+        if let Some(latest) = writes.iter().filter(|w| inside(w)).max_by_key(|w| w.invoked) {
+            for w in writes.iter().filter(|w| !inside(w)) {
+                if w.known_at.is_some_and(|k| k < latest.invoked) {
+                    v.push(format!(
+                        "snapshot {id} holds op #{} on {} (version {}, sent at {:.3}s) but not op #{} on {} (version {}, cut {:?}), known to a client at {:.3}s: guarantee 3",
+                        latest.op, latest.key, latest.version, latest.invoked.as_secs_f64(),
+                        w.op, w.key, w.version, info.cuts.get(&w.shard),
+                        w.known_at.unwrap_or_default().as_secs_f64()
+                    ));
+                    if v.len() > 20 {
+                        break;
+                    }
+                }
+            }
+        }
+        // The read-back, and 4 on it.
+        let mut order: Vec<usize> = (0..readers.len()).collect();
+        order.sort_by_key(|_| rng.gen::<u32>());
+        let mut read = None;
+        let mut errors = Vec::new();
+        for i in order {
+            let (node, client) = &readers[i];
+            match client.scan_all_at(history.prefix.as_bytes(), &ReadAt::id(*id)).await {
+                Ok(got) if got.snapshot == *id => {
+                    read = Some((*node, got.value));
+                    break;
+                }
+                Ok(got) => v.push(format!("a read of snapshot {id} was served by snapshot {}", got.snapshot)),
+                Err(e) => errors.push(format!("node {node}: {e}")),
+            }
+        }
+        let Some((node, entries)) = read else {
+            report.unreadable.push(format!("snapshot {id}: {}", errors.join("; ")));
+            report.violations.extend(v);
+            continue;
+        };
+        let got: HashMap<&str, (&[u8], u64)> = entries
+            .iter()
+            .map(|(k, value, version)| (std::str::from_utf8(k).unwrap_or(""), (value.as_slice(), *version)))
+            .collect();
+        for key in &history.keys {
+            let shard = shard_for_key(key.as_bytes(), shards);
+            let Some(&cut) = info.cuts.get(&shard) else {
+                v.push(format!("snapshot {id} has no cut for shard {shard}"));
+                continue;
+            };
+            let seen = got.get(key.as_str()).map(|(value, version)| (value.to_vec(), *version));
+            if let Some((_, version)) = &seen {
+                if *version >= cut {
+                    v.push(format!("snapshot {id} read on node {node}: {key} at version {version}, not below its cut {cut}"));
+                }
+            }
+            match index.state_at(key, shard, cut.saturating_sub(1)) {
+                Ok(expected) if expected == seen => {}
+                Ok(expected) => v.push(format!(
+                    "snapshot {id} read on node {node}: {key} is {}, but the replicas' history at cut {cut} gives {}",
+                    show(&seen), show(&expected)
+                )),
+                Err(why) => report.unreadable.push(format!("snapshot {id}: {why}")),
+            }
+        }
+        for (op, members) in &batches {
+            let Some(version) = writes.iter().find(|w| w.op == *op).map(|w| w.version) else { continue };
+            // Per put of the batch: does the snapshot show it (or a later write) or an
+            // earlier state? A key absent there says nothing (a later delete would
+            // hide the batch's value), so it is left out.
+            let flags: Vec<bool> = members
+                .iter()
+                .filter(|(_, w)| w.is_some())
+                .filter_map(|(key, _)| got.get(key.as_str()).map(|(_, v)| *v >= version))
+                .collect();
+            if flags.iter().any(|&f| f) && flags.iter().any(|&f| !f) {
+                v.push(format!(
+                    "snapshot {id} read on node {node} shows batch op #{op} (version {version}) in part: guarantee 4"
+                ));
+            }
+        }
+        if ours.contains_key(id) {
+            report.checked_all += 1;
+        } else {
+            report.checked_auto += 1;
+        }
+        report.violations.extend(v);
+    }
+    report
+}
+
+fn show(entry: &Option<(Vec<u8>, u64)>) -> String {
+    match entry {
+        None => "absent".into(),
+        Some((value, version)) => format!("{}@{version}", String::from_utf8_lossy(value)),
+    }
+}
