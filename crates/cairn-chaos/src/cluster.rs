@@ -105,7 +105,9 @@ impl Cluster {
     /// Chooses ports and directories; starts nothing.
     pub fn new(opts: ClusterOptions) -> Result<Cluster> {
         if opts.nodes == 0 {
-            return Err(ChaosError::Misuse("a cluster needs at least one node".into()));
+            return Err(ChaosError::Misuse(
+                "a cluster needs at least one node".into(),
+            ));
         }
         let dir = tempfile::Builder::new()
             .prefix(&opts.dir_prefix)

@@ -75,20 +75,27 @@ pub enum Precondition {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Request {
     /// A linearizable read.
-    Get { key: String },
+    Get {
+        key: String,
+    },
     Put {
         key: String,
         write: WriteId,
         pre: Precondition,
     },
-    Delete { key: String, pre: Precondition },
+    Delete {
+        key: String,
+        pre: Precondition,
+    },
     /// An atomic batch within one shard, unconditional.
     Batch {
         puts: Vec<(String, WriteId)>,
         deletes: Vec<String>,
     },
     /// A linearizable prefix scan (one page, larger than the key set).
-    Scan { prefix: String },
+    Scan {
+        prefix: String,
+    },
 }
 
 impl Request {
@@ -179,11 +186,9 @@ impl fmt::Display for Operation {
         }
         match &self.outcome {
             Outcome::Ok(Answer::Value(None)) => write!(f, " -> absent"),
-            Outcome::Ok(Answer::Value(Some((value, version)))) => write!(
-                f,
-                " -> {} @{version}",
-                String::from_utf8_lossy(value)
-            ),
+            Outcome::Ok(Answer::Value(Some((value, version)))) => {
+                write!(f, " -> {} @{version}", String::from_utf8_lossy(value))
+            }
             Outcome::Ok(Answer::Written { version }) => write!(f, " -> ok @{version}"),
             Outcome::Ok(Answer::Deleted { deleted, version }) => {
                 write!(f, " -> ok deleted={deleted} @{version}")
@@ -258,7 +263,16 @@ mod tests {
             seq: 12345,
         };
         assert_eq!(WriteId::parse(&w.value()), Some(w));
-        for bad in [&b""[..], b"c", b"c1", b"c1.", b"c.1", b"x1.2", b"c1.2x", b"c-1.2"] {
+        for bad in [
+            &b""[..],
+            b"c",
+            b"c1",
+            b"c1.",
+            b"c.1",
+            b"x1.2",
+            b"c1.2x",
+            b"c-1.2",
+        ] {
             assert_eq!(WriteId::parse(bad), None, "{bad:?}");
         }
     }

@@ -264,7 +264,11 @@ fn per_key(history: &History) -> (BTreeMap<String, Vec<Timed>>, Vec<String>, BTr
         }
     }
     let mut at_version: HashMap<(String, u64), (WriteId, usize)> = HashMap::new();
-    let mut observe = |key: &str, version: u64, write: WriteId, op: usize, out: &mut Vec<String>| {
+    let mut observe = |key: &str,
+                       version: u64,
+                       write: WriteId,
+                       op: usize,
+                       out: &mut Vec<String>| {
         match at_version.get(&(key.to_owned(), version)) {
             Some((other, first)) if *other != write => out.push(format!(
                 "key {key}: version {version} was seen holding {other} (op #{first}) and {write} (op #{op})"
@@ -483,7 +487,9 @@ fn check_key(ops: &[Timed], deadline: Duration) -> Verdict {
     EXPIRED.set(false);
     match (linearizable, expired) {
         (true, _) => Verdict::Linearizable,
-        (false, true) => Verdict::Undecided(format!("the search passed its deadline of {deadline:?}")),
+        (false, true) => {
+            Verdict::Undecided(format!("the search passed its deadline of {deadline:?}"))
+        }
         (false, false) => Verdict::Violation("no order of its operations is legal".into()),
     }
 }
@@ -544,7 +550,14 @@ mod tests {
     }
 
     impl Builder {
-        fn op(&mut self, client: u32, start: u64, end: u64, request: Request, outcome: Outcome) -> &mut Self {
+        fn op(
+            &mut self,
+            client: u32,
+            start: u64,
+            end: u64,
+            request: Request,
+            outcome: Outcome,
+        ) -> &mut Self {
             let id = self.ops.len();
             self.ops.push(Operation {
                 id,
@@ -618,7 +631,15 @@ mod tests {
     fn an_unknown_write_may_have_happened_or_not() {
         let mut b = Builder { ops: Vec::new() };
         b.op(0, 0, 10, put(w(0, 1)), written(5))
-            .op(1, 20, 30, put(w(1, 1)), Outcome::Unknown { reason: "timeout".into() })
+            .op(
+                1,
+                20,
+                30,
+                put(w(1, 1)),
+                Outcome::Unknown {
+                    reason: "timeout".into(),
+                },
+            )
             .op(2, 40, 50, get(), read(w(0, 1), 5))
             .op(2, 60, 70, get(), read(w(1, 1), 7))
             .op(2, 80, 90, get(), read(w(1, 1), 7));
@@ -659,7 +680,9 @@ mod tests {
                 },
             );
         assert!(matches!(verdict(&b.history()), Verdict::Violation(_)));
-        let mut ok = Builder { ops: b.ops[..2].to_vec() };
+        let mut ok = Builder {
+            ops: b.ops[..2].to_vec(),
+        };
         ok.op(
             1,
             40,
@@ -693,7 +716,13 @@ mod tests {
             b.op(i, 0, 1000, put(w(i, 1)), written(u64::from(i) + 1));
         }
         for i in 0..40 {
-            b.op(100 + i, 2000 + u64::from(i) * 10, 2005 + u64::from(i) * 10, get(), read(w(i, 1), u64::from(i) + 1));
+            b.op(
+                100 + i,
+                2000 + u64::from(i) * 10,
+                2005 + u64::from(i) * 10,
+                get(),
+                read(w(i, 1), u64::from(i) + 1),
+            );
         }
         let report = check(
             &b.history(),
@@ -702,6 +731,10 @@ mod tests {
                 ..CheckOptions::default()
             },
         );
-        assert!(matches!(report.keys[0].verdict, Verdict::Undecided(_)), "{:?}", report.keys[0]);
+        assert!(
+            matches!(report.keys[0].verdict, Verdict::Undecided(_)),
+            "{:?}",
+            report.keys[0]
+        );
     }
 }

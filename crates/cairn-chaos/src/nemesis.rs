@@ -214,7 +214,11 @@ impl Nemesis {
                 Ok(leaders) => {
                     let leader = match group {
                         None => leaders.meta,
-                        Some(s) => leaders.shards.iter().find(|(id, _)| *id == s).and_then(|(_, l)| *l),
+                        Some(s) => leaders
+                            .shards
+                            .iter()
+                            .find(|(id, _)| *id == s)
+                            .and_then(|(_, l)| *l),
                     };
                     match leader {
                         Some(l) if cluster.responsive().contains(&l) => return Ok(l),
@@ -236,7 +240,12 @@ impl Nemesis {
     }
 
     /// Inject one fault.
-    pub async fn inject(&mut self, kind: FaultKind, cluster: &mut Cluster, network: &Network) -> Result<Injected> {
+    pub async fn inject(
+        &mut self,
+        kind: FaultKind,
+        cluster: &mut Cluster,
+        network: &Network,
+    ) -> Result<Injected> {
         let ids = cluster.ids();
         let shards = cluster.shards();
         let mut killed = Vec::new();
@@ -254,9 +263,9 @@ impl Nemesis {
                         .into_iter()
                         .filter(|&n| n != leader)
                         .collect();
-                    *followers.choose(&mut self.rng).ok_or_else(|| {
-                        ChaosError::Misuse("no follower to kill".into())
-                    })?
+                    *followers
+                        .choose(&mut self.rng)
+                        .ok_or_else(|| ChaosError::Misuse("no follower to kill".into()))?
                 };
                 cluster.kill(victim)?;
                 killed.push(victim);
@@ -352,7 +361,12 @@ impl Nemesis {
 
     /// Undo a fault: restart what was killed, continue what was stopped, heal the
     /// network. Does not wait for the cluster to recover.
-    pub fn heal(&mut self, injected: Injected, cluster: &mut Cluster, network: &Network) -> Result<FaultRecord> {
+    pub fn heal(
+        &mut self,
+        injected: Injected,
+        cluster: &mut Cluster,
+        network: &Network,
+    ) -> Result<FaultRecord> {
         let frames = network.counts().since(&injected.counts);
         if injected.network {
             network.heal();

@@ -149,7 +149,10 @@ enum Verdict {
     Drop,
     /// Close the connection (a snapshot stream across a block).
     Cut,
-    Pass { copies: usize, delay: Duration },
+    Pass {
+        copies: usize,
+        delay: Duration,
+    },
 }
 
 impl Shared {
@@ -188,7 +191,9 @@ impl Shared {
             _ => Duration::ZERO,
         };
         if matches!(kind, Some(FrameKind::Call { .. } | FrameKind::Reply { .. })) {
-            self.counters.calls.fetch_add(copies as u64, Ordering::Relaxed);
+            self.counters
+                .calls
+                .fetch_add(copies as u64, Ordering::Relaxed);
         }
         self.counters
             .forwarded
@@ -223,8 +228,8 @@ impl Network {
             listener
                 .set_nonblocking(true)
                 .map_err(|e| ChaosError::io("proxy listener", e))?;
-            let listener = TcpListener::from_std(listener)
-                .map_err(|e| ChaosError::io("proxy listener", e))?;
+            let listener =
+                TcpListener::from_std(listener).map_err(|e| ChaosError::io("proxy listener", e))?;
             let span = tracing::info_span!("peer_proxy", to = node, %target);
             tokio::spawn(accept(listener, node, target, shared.clone()).instrument(span));
         }
@@ -329,17 +334,16 @@ async fn connection(
         bump(&shared.counters.refused);
         return Err("the first frame is not a hello".into());
     };
-    let upstream = match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(target))
-        .await
-    {
-        Ok(Ok(stream)) => stream,
-        _ => {
-            // The node behind is down: the dialer sees its connection close, as it
-            // would see a refused connect.
-            bump(&shared.counters.refused);
-            return Err(format!("node {to} is not listening at {target}"));
-        }
-    };
+    let upstream =
+        match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(target)).await {
+            Ok(Ok(stream)) => stream,
+            _ => {
+                // The node behind is down: the dialer sees its connection close, as it
+                // would see a refused connect.
+                bump(&shared.counters.refused);
+                return Err(format!("node {to} is not listening at {target}"));
+            }
+        };
     let _ = upstream.set_nodelay(true);
     let mut up = Framed::new(upstream, frame_codec());
     up.send(hello).await.map_err(|e| e.to_string())?;

@@ -194,7 +194,10 @@ async fn get_json<T: serde::de::DeserializeOwned>(
         what: format!("GET {path}: {e}"),
     })?;
     if !status.is_success() {
-        return Ok(Err((status.as_u16(), String::from_utf8_lossy(&body).into_owned())));
+        return Ok(Err((
+            status.as_u16(),
+            String::from_utf8_lossy(&body).into_owned(),
+        )));
     }
     serde_json::from_slice(&body)
         .map(Ok)
@@ -207,7 +210,11 @@ async fn get_json<T: serde::de::DeserializeOwned>(
 /// Wait until every node applied every group as far as any node committed it, then
 /// compare digests (see the module doc). `groups` is the data shards and the meta
 /// group's number.
-pub async fn converge(cluster: &Cluster, groups: u32, timeout: Duration) -> Result<ConvergenceReport> {
+pub async fn converge(
+    cluster: &Cluster,
+    groups: u32,
+    timeout: Duration,
+) -> Result<ConvergenceReport> {
     let nodes = cluster.ids();
     let deadline = Instant::now() + timeout;
     // 1. Caught up: applied >= the highest commit seen, on every node.
@@ -244,21 +251,35 @@ pub async fn converge(cluster: &Cluster, groups: u32, timeout: Duration) -> Resu
             return Err(ChaosError::Timeout {
                 what: "every replica caught up after healing".into(),
                 waited: timeout,
-                last: if behind.is_empty() { last } else { behind.join("; ") },
+                last: if behind.is_empty() {
+                    last
+                } else {
+                    behind.join("; ")
+                },
             });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let mut report = ConvergenceReport::default();
     for group in 0..=groups {
-        let Some(at) = nodes.iter().filter_map(|&n| applied.get(&(group, n)).copied()).min() else {
+        let Some(at) = nodes
+            .iter()
+            .filter_map(|&n| applied.get(&(group, n)).copied())
+            .min()
+        else {
             continue;
         };
         // 2. Horizons first, to pick the history part's lower end.
         let mut digests: Vec<(NodeId, ShardDigest)> = Vec::new();
         let mut collected = false;
         for &node in &nodes {
-            match get_json::<ShardDigest>(cluster, node, &format!("/v1/debug/digest?shard={group}&at={at}")).await? {
+            match get_json::<ShardDigest>(
+                cluster,
+                node,
+                &format!("/v1/debug/digest?shard={group}&at={at}"),
+            )
+            .await?
+            {
                 Ok(d) => digests.push((node, d)),
                 // The meta group collects its own history eagerly; a replica can be
                 // past `at` already. Not a divergence: the group is skipped.
@@ -274,7 +295,12 @@ pub async fn converge(cluster: &Cluster, groups: u32, timeout: Duration) -> Resu
         if collected {
             continue;
         }
-        let after = digests.iter().map(|(_, d)| d.horizon).max().unwrap_or(0).min(at);
+        let after = digests
+            .iter()
+            .map(|(_, d)| d.horizon)
+            .max()
+            .unwrap_or(0)
+            .min(at);
         let mut compared: Vec<(NodeId, ShardDigest)> = Vec::new();
         for &node in &nodes {
             match get_json::<ShardDigest>(
@@ -315,13 +341,22 @@ pub async fn converge(cluster: &Cluster, groups: u32, timeout: Duration) -> Resu
 
 /// Node `node`'s replica of `shard`: the state at its horizon and every version up to
 /// `upto`.
-pub async fn read_versions(cluster: &Cluster, node: NodeId, shard: u32, upto: u64) -> Result<ShardVersions> {
-    let answer: VersionsJson = get_json(cluster, node, &format!("/v1/debug/versions?shard={shard}&upto={upto}"))
-        .await?
-        .map_err(|(status, body)| ChaosError::Api {
-            node,
-            what: format!("versions of shard {shard} up to {upto}: {status} {body}"),
-        })?;
+pub async fn read_versions(
+    cluster: &Cluster,
+    node: NodeId,
+    shard: u32,
+    upto: u64,
+) -> Result<ShardVersions> {
+    let answer: VersionsJson = get_json(
+        cluster,
+        node,
+        &format!("/v1/debug/versions?shard={shard}&upto={upto}"),
+    )
+    .await?
+    .map_err(|(status, body)| ChaosError::Api {
+        node,
+        what: format!("versions of shard {shard} up to {upto}: {status} {body}"),
+    })?;
     let decode = |items: Vec<VersionJson>| {
         items
             .into_iter()

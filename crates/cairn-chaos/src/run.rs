@@ -75,7 +75,12 @@ pub struct Scenario {
 
 impl Scenario {
     /// The defaults: three nodes, eight shards, ten clients (five pinned), sixty keys.
-    pub fn new(name: impl Into<String>, seed: u64, faults: Vec<FaultKind>, binary: impl Into<PathBuf>) -> Scenario {
+    pub fn new(
+        name: impl Into<String>,
+        seed: u64,
+        faults: Vec<FaultKind>,
+        binary: impl Into<PathBuf>,
+    ) -> Scenario {
         let faults_arg: Vec<&str> = faults.iter().map(|f| f.name()).collect();
         Scenario {
             name: name.into(),
@@ -188,7 +193,12 @@ impl RunReport {
             lines.push(format!("... and {} more", self.violations.len() - 40));
         }
         lines.extend(self.linearizability.undecided());
-        lines.extend(self.snapshots.unreadable.iter().map(|u| format!("unreadable: {u}")));
+        lines.extend(
+            self.snapshots
+                .unreadable
+                .iter()
+                .map(|u| format!("unreadable: {u}")),
+        );
         format!(
             "chaos run {} FAILED (seed {}):\n{}\n{}\nreplay: {}{}",
             self.name,
@@ -198,7 +208,10 @@ impl RunReport {
             self.replay,
             self.kept
                 .as_ref()
-                .map(|p| format!("\ndata, logs and the recorded history kept in {}", p.display()))
+                .map(|p| format!(
+                    "\ndata, logs and the recorded history kept in {}",
+                    p.display()
+                ))
                 .unwrap_or_default()
         )
     }
@@ -271,7 +284,12 @@ impl Run {
             .collect::<Result<_>>()?;
         let clients: Vec<(NodeId, Client)> = endpoints
             .iter()
-            .map(|(id, base)| (*id, Client::with_http(base.clone(), http_client(scenario.request_timeout))))
+            .map(|(id, base)| {
+                (
+                    *id,
+                    Client::with_http(base.clone(), http_client(scenario.request_timeout)),
+                )
+            })
             .collect();
         let base = base_snapshot(&clients[0].1).await?;
         let clock = Instant::now();
@@ -291,12 +309,19 @@ impl Run {
             clock,
         );
         let progress = workload.progress();
-        let taker = SnapshotTaker::start(clients.clone(), scenario.snapshot_every, clock, rng.gen());
+        let taker =
+            SnapshotTaker::start(clients.clone(), scenario.snapshot_every, clock, rng.gen());
         let mut violations = Vec::new();
         wait_for(cluster, "the workload's warm-up", PROGRESS, || {
             (progress.ok() >= scenario.warmup_ops)
                 .then_some(())
-                .ok_or_else(|| format!("{} of {} operations acknowledged", progress.ok(), scenario.warmup_ops))
+                .ok_or_else(|| {
+                    format!(
+                        "{} of {} operations acknowledged",
+                        progress.ok(),
+                        scenario.warmup_ops
+                    )
+                })
         })
         .await?;
         let plans = nemesis::plan(&scenario.faults, scenario.gap, scenario.hold, rng);
@@ -314,11 +339,18 @@ impl Run {
             faults.push(record);
             cluster.wait_ready(READY).await?;
             let writes = progress.writes_ok();
-            wait_for(cluster, "writes acknowledged after healing", PROGRESS, || {
-                (progress.writes_ok() >= writes + scenario.recovery_writes)
-                    .then_some(())
-                    .ok_or_else(|| format!("{} writes since healing", progress.writes_ok() - writes))
-            })
+            wait_for(
+                cluster,
+                "writes acknowledged after healing",
+                PROGRESS,
+                || {
+                    (progress.writes_ok() >= writes + scenario.recovery_writes)
+                        .then_some(())
+                        .ok_or_else(|| {
+                            format!("{} writes since healing", progress.writes_ok() - writes)
+                        })
+                },
+            )
             .await?;
         }
         tokio::time::sleep(scenario.tail).await;
@@ -350,13 +382,19 @@ impl Run {
             shard_versions.push(replicas::read_versions(cluster, reader, shard, upto).await?);
         }
         let index = VersionIndex::new(&shard_versions);
-        let versions_checked = shard_versions.iter().map(|s| s.versions.len() + s.base.len()).sum();
+        let versions_checked = shard_versions
+            .iter()
+            .map(|s| s.versions.len() + s.base.len())
+            .sum();
         violations.extend(replicas::check_versions(&history, &index, scenario.shards));
         let check = scenario.check;
         let checked = history.clone();
-        let linearizability = tokio::task::spawn_blocking(move || linearizability::check(&checked, check))
-            .await
-            .map_err(|e| ChaosError::Misuse(format!("the linearizability checker failed: {e}")))?;
+        let linearizability =
+            tokio::task::spawn_blocking(move || linearizability::check(&checked, check))
+                .await
+                .map_err(|e| {
+                    ChaosError::Misuse(format!("the linearizability checker failed: {e}"))
+                })?;
         violations.extend(linearizability.violations());
         for (key, verdict) in linearizability
             .keys
@@ -370,14 +408,15 @@ impl Run {
                 truncate_lines(&history.show_key(&key), 120)
             ));
         }
-        let listed: Vec<SnapshotInfo> = clients[0]
-            .1
-            .list_all_snapshots()
-            .await
-            .map_err(|e| ChaosError::Api {
-                node: clients[0].0,
-                what: format!("list snapshots: {e}"),
-            })?;
+        let listed: Vec<SnapshotInfo> =
+            clients[0]
+                .1
+                .list_all_snapshots()
+                .await
+                .map_err(|e| ChaosError::Api {
+                    node: clients[0].0,
+                    what: format!("list snapshots: {e}"),
+                })?;
         let snapshots = snapshots::check(
             &history,
             &attempts,
@@ -410,7 +449,14 @@ impl Run {
         };
         if !report.passed() {
             let dir = cluster.dir().to_path_buf();
-            let _ = std::fs::write(dir.join("history.txt"), history.ops.iter().map(|o| format!("{o}\n")).collect::<String>());
+            let _ = std::fs::write(
+                dir.join("history.txt"),
+                history
+                    .ops
+                    .iter()
+                    .map(|o| format!("{o}\n"))
+                    .collect::<String>(),
+            );
             let _ = std::fs::write(dir.join("report.txt"), report.failure());
         }
         Ok(report)
@@ -463,7 +509,12 @@ async fn wait_for(
 
 /// A linearizable read of every key, after healing, recorded as client `client`'s.
 /// Each key is read until a read succeeds.
-async fn final_reads(history: &mut History, clients: &[(NodeId, Client)], clock: Instant, client: u32) -> Result<()> {
+async fn final_reads(
+    history: &mut History,
+    clients: &[(NodeId, Client)],
+    clock: Instant,
+    client: u32,
+) -> Result<()> {
     let mut added: Vec<Operation> = Vec::new();
     for (i, key) in history.keys.clone().iter().enumerate() {
         let deadline = Instant::now() + READY;
@@ -512,7 +563,10 @@ async fn final_write(clients: &[(NodeId, Client)], seed: u64) -> std::result::Re
     while Instant::now() < deadline {
         let (_, client) = &clients[attempt % clients.len()];
         attempt += 1;
-        match client.put(b"chaos-final", format!("final {seed}").as_bytes()).await {
+        match client
+            .put(b"chaos-final", format!("final {seed}").as_bytes())
+            .await
+        {
             Ok(version) => return Ok(version),
             // Retrying even an unknown outcome is harmless here: nothing reads this key.
             Err(e) => last = e.to_string(),
@@ -527,5 +581,9 @@ fn truncate_lines(text: &str, max: usize) -> String {
     if lines.len() <= max {
         return text.to_owned();
     }
-    format!("{}\n... {} more lines in history.txt", lines[..max].join("\n"), lines.len() - max)
+    format!(
+        "{}\n... {} more lines in history.txt",
+        lines[..max].join("\n"),
+        lines.len() - max
+    )
 }

@@ -141,12 +141,21 @@ struct KnownWrite {
     acked_at: Option<Duration>,
 }
 
-fn known_writes(history: &History, index: &VersionIndex, shards: u32) -> (Vec<KnownWrite>, HashMap<usize, Vec<(String, Option<WriteId>)>>) {
+fn known_writes(
+    history: &History,
+    index: &VersionIndex,
+    shards: u32,
+) -> (
+    Vec<KnownWrite>,
+    HashMap<usize, Vec<(String, Option<WriteId>)>>,
+) {
     let found = index.write_versions();
     // First read of each write's value.
     let mut first_read: HashMap<WriteId, Duration> = HashMap::new();
     for op in &history.ops {
-        let Outcome::Ok(answer) = &op.outcome else { continue };
+        let Outcome::Ok(answer) = &op.outcome else {
+            continue;
+        };
         let mut note = |value: &[u8]| {
             if let Some(w) = WriteId::parse(value) {
                 let t = first_read.entry(w).or_insert(op.completed);
@@ -199,7 +208,9 @@ fn known_writes(history: &History, index: &VersionIndex, shards: u32) -> (Vec<Kn
             (Request::Batch { puts, deletes }, outcome) => {
                 let version = match outcome {
                     Outcome::Ok(Answer::Written { version }) => Some(*version),
-                    Outcome::Unknown { .. } => puts.iter().find_map(|(_, w)| found.get(w).map(|(_, v)| *v)),
+                    Outcome::Unknown { .. } => {
+                        puts.iter().find_map(|(_, w)| found.get(w).map(|(_, v)| *v))
+                    }
                     _ => None,
                 };
                 let Some(version) = version else { continue };
@@ -299,7 +310,11 @@ pub async fn check(
         }
         report.writes_inside += count;
         // 3: the latest send of a write inside; everything known before it is inside.
-        if let Some(latest) = writes.iter().filter(|w| inside(w)).max_by_key(|w| w.invoked) {
+        if let Some(latest) = writes
+            .iter()
+            .filter(|w| inside(w))
+            .max_by_key(|w| w.invoked)
+        {
             for w in writes.iter().filter(|w| !inside(w)) {
                 if w.known_at.is_some_and(|k| k < latest.invoked) {
                     v.push(format!(
@@ -321,23 +336,36 @@ pub async fn check(
         let mut errors = Vec::new();
         for i in order {
             let (node, client) = &readers[i];
-            match client.scan_all_at(history.prefix.as_bytes(), &ReadAt::id(*id)).await {
+            match client
+                .scan_all_at(history.prefix.as_bytes(), &ReadAt::id(*id))
+                .await
+            {
                 Ok(got) if got.snapshot == *id => {
                     read = Some((*node, got.value));
                     break;
                 }
-                Ok(got) => v.push(format!("a read of snapshot {id} was served by snapshot {}", got.snapshot)),
+                Ok(got) => v.push(format!(
+                    "a read of snapshot {id} was served by snapshot {}",
+                    got.snapshot
+                )),
                 Err(e) => errors.push(format!("node {node}: {e}")),
             }
         }
         let Some((node, entries)) = read else {
-            report.unreadable.push(format!("snapshot {id}: {}", errors.join("; ")));
+            report
+                .unreadable
+                .push(format!("snapshot {id}: {}", errors.join("; ")));
             report.violations.extend(v);
             continue;
         };
         let got: HashMap<&str, (&[u8], u64)> = entries
             .iter()
-            .map(|(k, value, version)| (std::str::from_utf8(k).unwrap_or(""), (value.as_slice(), *version)))
+            .map(|(k, value, version)| {
+                (
+                    std::str::from_utf8(k).unwrap_or(""),
+                    (value.as_slice(), *version),
+                )
+            })
             .collect();
         for key in &history.keys {
             let shard = shard_for_key(key.as_bytes(), shards);
@@ -345,7 +373,9 @@ pub async fn check(
                 v.push(format!("snapshot {id} has no cut for shard {shard}"));
                 continue;
             };
-            let seen = got.get(key.as_str()).map(|(value, version)| (value.to_vec(), *version));
+            let seen = got
+                .get(key.as_str())
+                .map(|(value, version)| (value.to_vec(), *version));
             if let Some((_, version)) = &seen {
                 if *version >= cut {
                     v.push(format!("snapshot {id} read on node {node}: {key} at version {version}, not below its cut {cut}"));
@@ -361,7 +391,9 @@ pub async fn check(
             }
         }
         for (op, members) in &batches {
-            let Some(version) = writes.iter().find(|w| w.op == *op).map(|w| w.version) else { continue };
+            let Some(version) = writes.iter().find(|w| w.op == *op).map(|w| w.version) else {
+                continue;
+            };
             // Per put of the batch: does the snapshot show it (or a later write) or an
             // earlier state? A key absent there says nothing (a later delete would
             // hide the batch's value), so it is left out.

@@ -103,7 +103,11 @@ pub fn keys(prefix: &str, count: usize) -> Vec<String> {
 impl Workload {
     /// Start the clients. `endpoints` are the nodes, with the node id each serves;
     /// `clock` is the run's time origin.
-    pub fn start(opts: &WorkloadOptions, endpoints: &[(NodeId, String)], clock: Instant) -> Workload {
+    pub fn start(
+        opts: &WorkloadOptions,
+        endpoints: &[(NodeId, String)],
+        clock: Instant,
+    ) -> Workload {
         let keys = keys(&opts.prefix, opts.keys);
         // Keys grouped by shard, for batches that stay within one.
         let mut by_shard: HashMap<u32, Vec<String>> = HashMap::new();
@@ -113,7 +117,8 @@ impl Workload {
                 .or_default()
                 .push(key.clone());
         }
-        let mut groups: Vec<Vec<String>> = by_shard.into_values().filter(|g| g.len() >= 2).collect();
+        let mut groups: Vec<Vec<String>> =
+            by_shard.into_values().filter(|g| g.len() >= 2).collect();
         groups.sort();
         let groups = Arc::new(groups);
         let stop = CancellationToken::new();
@@ -134,7 +139,9 @@ impl Workload {
                 keys: keys.clone(),
                 groups: groups.clone(),
                 prefix: opts.prefix.clone(),
-                rng: StdRng::seed_from_u64(opts.seed ^ (u64::from(id) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+                rng: StdRng::seed_from_u64(
+                    opts.seed ^ (u64::from(id) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                ),
                 seq: 0,
                 versions: HashMap::new(),
                 clock,
@@ -392,7 +399,11 @@ async fn scan(client: &Client, prefix: &str) -> Result<Answer, ClientError> {
         let bad = |e: base64::DecodeError| ClientError::Decode(format!("scan item: {e}"));
         let key = item.key_bytes().map_err(bad)?;
         let value = item.value_bytes().map_err(bad)?;
-        items.push((String::from_utf8_lossy(&key).into_owned(), value, item.version));
+        items.push((
+            String::from_utf8_lossy(&key).into_owned(),
+            value,
+            item.version,
+        ));
     }
     Ok(Answer::Items {
         items,

@@ -23,7 +23,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 #[derive(Parser)]
-#[command(name = "cairn-chaos", about = "Fault-injection runs against a real Cairn cluster")]
+#[command(
+    name = "cairn-chaos",
+    about = "Fault-injection runs against a real Cairn cluster"
+)]
 struct Args {
     /// Seed of every choice (printed; default: from the clock).
     #[arg(long)]
@@ -101,7 +104,10 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or(1)
     });
     let binary = cairn_binary(&args)?;
-    eprintln!("cairn-chaos: seed {seed}, cairn binary {}", binary.display());
+    eprintln!(
+        "cairn-chaos: seed {seed}, cairn binary {}",
+        binary.display()
+    );
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         if !args.faults.is_empty() {
@@ -114,7 +120,9 @@ fn main() -> anyhow::Result<()> {
         let total: Duration = args.duration.into();
         let round: Duration = args.round.into();
         let every: Duration = args.fault_every.into();
-        let per_round = (round.as_secs_f64() / every.as_secs_f64().max(1.0)).round().max(1.0) as usize;
+        let per_round = (round.as_secs_f64() / every.as_secs_f64().max(1.0))
+            .round()
+            .max(1.0) as usize;
         let mut rng = StdRng::seed_from_u64(seed);
         let started = Instant::now();
         let mut index = 0;
@@ -123,7 +131,8 @@ fn main() -> anyhow::Result<()> {
             let faults: Vec<FaultKind> = (0..per_round)
                 .map(|_| FaultKind::ALL[rng.gen_range(0..FaultKind::ALL.len())])
                 .collect();
-            let mut scenario = Scenario::new(format!("soak-{index}"), round_seed, faults.clone(), &binary);
+            let mut scenario =
+                Scenario::new(format!("soak-{index}"), round_seed, faults.clone(), &binary);
             scenario.clients = args.clients;
             // A fault about every `every`: the hold and the recovery take part of it.
             scenario.gap = (every.mul_f64(0.2), every.mul_f64(0.5));
@@ -131,13 +140,19 @@ fn main() -> anyhow::Result<()> {
             one(&scenario).await?;
             index += 1;
         }
-        eprintln!("cairn-chaos: {index} runs passed in {:.0?}", started.elapsed());
+        eprintln!(
+            "cairn-chaos: {index} runs passed in {:.0?}",
+            started.elapsed()
+        );
         Ok(())
     })
 }
 
 async fn one(scenario: &Scenario) -> anyhow::Result<()> {
-    eprintln!("cairn-chaos: run {} seed {} faults {:?}", scenario.name, scenario.seed, scenario.faults);
+    eprintln!(
+        "cairn-chaos: run {} seed {} faults {:?}",
+        scenario.name, scenario.seed, scenario.faults
+    );
     let report = Run::execute(scenario).await?;
     if !report.passed() {
         bail!("{}", report.failure());
