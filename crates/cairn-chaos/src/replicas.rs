@@ -97,12 +97,15 @@ impl VersionJson {
     }
 }
 
+/// One key's versions, newest first: (version, value), `None` for a tombstone.
+pub type KeyVersions = Vec<(u64, Option<Vec<u8>>)>;
+
 /// Every key's versions, newest first, over every shard read: the replicas' account of
 /// the history, and the state at any version at or above `after`.
 #[derive(Debug, Clone, Default)]
 pub struct VersionIndex {
     /// key -> (version, value) newest first; `None` value: tombstone.
-    pub keys: BTreeMap<String, Vec<(u64, Option<Vec<u8>>)>>,
+    pub keys: BTreeMap<String, KeyVersions>,
     /// Per shard: the range the index is exact in, `[after, upto]`.
     pub ranges: BTreeMap<u32, (u64, u64)>,
 }
@@ -121,7 +124,7 @@ impl VersionIndex {
             }
         }
         for versions in index.keys.values_mut() {
-            versions.sort_by(|a, b| b.0.cmp(&a.0));
+            versions.sort_by_key(|v| std::cmp::Reverse(v.0));
             versions.dedup_by_key(|v| v.0);
         }
         index

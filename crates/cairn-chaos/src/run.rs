@@ -37,7 +37,7 @@ use crate::linearizability::{self, CheckOptions, LinearizabilityReport};
 use crate::nemesis::{self, FaultKind, FaultRecord, Nemesis};
 use crate::network::Network;
 use crate::replicas::{self, ConvergenceReport, VersionIndex};
-use crate::snapshots::{self, SnapshotReport, SnapshotTaker};
+use crate::snapshots::{self, SnapshotInputs, SnapshotReport, SnapshotTaker};
 use crate::workload::{self, Workload, WorkloadOptions};
 
 /// Everything that defines a run.
@@ -417,16 +417,16 @@ impl Run {
                     node: clients[0].0,
                     what: format!("list snapshots: {e}"),
                 })?;
-        let snapshots = snapshots::check(
-            &history,
-            &attempts,
-            &listed,
+        let snapshots = snapshots::check(SnapshotInputs {
+            history: &history,
+            taken: &attempts,
+            listed: &listed,
             base,
-            &index,
-            scenario.shards,
-            &clients,
-            scenario.seed,
-        )
+            index: &index,
+            shards: scenario.shards,
+            readers: &clients,
+            seed: scenario.seed,
+        })
         .await;
         violations.extend(snapshots.violations.iter().cloned());
         if snapshots.completed == 0 {

@@ -141,14 +141,14 @@ struct KnownWrite {
     acked_at: Option<Duration>,
 }
 
+/// Batch op id -> its keys, with the write each put (`None`: a delete).
+type Batches = HashMap<usize, Vec<(String, Option<WriteId>)>>;
+
 fn known_writes(
     history: &History,
     index: &VersionIndex,
     shards: u32,
-) -> (
-    Vec<KnownWrite>,
-    HashMap<usize, Vec<(String, Option<WriteId>)>>,
-) {
+) -> (Vec<KnownWrite>, Batches) {
     let found = index.write_versions();
     // First read of each write's value.
     let mut first_read: HashMap<WriteId, Duration> = HashMap::new();
@@ -169,7 +169,7 @@ fn known_writes(
         }
     }
     let mut out = Vec::new();
-    let mut batches: HashMap<usize, Vec<(String, Option<WriteId>)>> = HashMap::new();
+    let mut batches: Batches = HashMap::new();
     for op in &history.ops {
         let acked = match &op.outcome {
             Outcome::Ok(_) => Some(op.completed),
@@ -233,19 +233,36 @@ fn known_writes(
     (out, batches)
 }
 
-/// Check every snapshot (see the module doc). `taken` are the harness's requests;
-/// `listed` every completed snapshot the cluster lists (the harness's included);
-/// `base` the snapshot taken before the workload (skipped: it holds nothing).
-pub async fn check(
-    history: &History,
-    taken: &[SnapshotAttempt],
-    listed: &[SnapshotInfo],
-    base: u64,
-    index: &VersionIndex,
-    shards: u32,
-    readers: &[(NodeId, Client)],
-    seed: u64,
-) -> SnapshotReport {
+/// What the snapshot checks work from.
+pub struct SnapshotInputs<'a> {
+    pub history: &'a History,
+    /// The harness's requests.
+    pub taken: &'a [SnapshotAttempt],
+    /// Every completed snapshot the cluster lists (the harness's included).
+    pub listed: &'a [SnapshotInfo],
+    /// The snapshot taken before the workload (skipped: it holds nothing).
+    pub base: u64,
+    /// The replicas' version history.
+    pub index: &'a VersionIndex,
+    pub shards: u32,
+    /// Nodes to read snapshots back from.
+    pub readers: &'a [(NodeId, Client)],
+    /// Picks the node of each read-back.
+    pub seed: u64,
+}
+
+/// Check every snapshot (see the module doc).
+pub async fn check(inputs: SnapshotInputs<'_>) -> SnapshotReport {
+    let SnapshotInputs {
+        history,
+        taken,
+        listed,
+        base,
+        index,
+        shards,
+        readers,
+        seed,
+    } = inputs;
     let mut report = SnapshotReport {
         requested: taken.len(),
         ..SnapshotReport::default()
@@ -268,14 +285,14 @@ pub async fn check(
         .collect();
     for attempt in ours.values() {
         if let SnapshotResult::Done(info) = &attempt.result {
-            if !snapshots.contains_key(&info.id) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = snapshots.entry(info.id) {
                 report.violations.push(format!(
                     "snapshot {} completed (requested at {:.3}s on node {}) but is not listed",
                     info.id,
                     attempt.invoked.as_secs_f64(),
                     attempt.node
                 ));
-                snapshots.insert(info.id, info.clone());
+                slot.insert(info.clone());
             }
         }
     }
