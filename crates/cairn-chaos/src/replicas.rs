@@ -177,6 +177,9 @@ pub struct ConvergenceReport {
     pub groups: usize,
     /// Per group, the version compared at.
     pub at: BTreeMap<u32, u64>,
+    /// Raft snapshots the nodes installed since they last started (streamed through
+    /// the proxy): a lower bound for the run.
+    pub raft_snapshots_installed: u64,
     pub violations: Vec<String>,
 }
 
@@ -222,9 +225,11 @@ pub async fn converge(
     let deadline = Instant::now() + timeout;
     // 1. Caught up: applied >= the highest commit seen, on every node.
     let mut target: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut installed: u64;
     let applied = loop {
         let mut applied: BTreeMap<(u32, NodeId), u64> = BTreeMap::new();
         let mut last = String::new();
+        installed = 0;
         for &node in &nodes {
             match cluster.status(node).await {
                 Ok(status) => {
@@ -232,6 +237,7 @@ pub async fn converge(
                         let t = target.entry(s.id).or_insert(0);
                         *t = (*t).max(s.commit);
                         applied.insert((s.id, node), s.applied);
+                        installed += s.snapshots_installed;
                     }
                 }
                 Err(e) => last = e.to_string(),
@@ -263,7 +269,10 @@ pub async fn converge(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let mut report = ConvergenceReport::default();
+    let mut report = ConvergenceReport {
+        raft_snapshots_installed: installed,
+        ..ConvergenceReport::default()
+    };
     for group in 0..=groups {
         let Some(at) = nodes
             .iter()

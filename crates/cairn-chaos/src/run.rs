@@ -110,7 +110,7 @@ impl Scenario {
                 // Small, so that nodes brought back catch up by Raft snapshot too, and
                 // the snapshot streams cross the proxy.
                 "--log-compact-entries".into(),
-                "300".into(),
+                "120".into(),
             ],
             check: CheckOptions::default(),
         }
@@ -160,7 +160,7 @@ impl RunReport {
             "run {} (seed {}) in {:.1}s: {total} operations ({ok} ok, {refused} refused, {unknown} unknown); \
              linearizability: {decided}/{} keys linearizable, {} key-operations checked, {} undecided; \
              faults: {}; snapshots: {} requested, {} completed, {} aborted, {} failed, {} checked on all four guarantees, {} automatic ones on 3 and 4, {} writes inside them; \
-             replicas: {} groups converged, {} versions checked; {} violations",
+             replicas: {} groups converged, {} versions checked, {} raft snapshots installed; {} violations",
             self.name,
             self.seed,
             self.elapsed.as_secs_f64(),
@@ -177,6 +177,7 @@ impl RunReport {
             s.writes_inside,
             self.convergence.groups,
             self.versions_checked,
+            self.convergence.raft_snapshots_installed,
             self.violations.len()
         );
         for f in &self.faults {
