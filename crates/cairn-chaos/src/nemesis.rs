@@ -16,7 +16,7 @@
 //! | `isolate-leader` | the chosen group's leader cut off both ways | heal | frames were dropped |
 //! | `one-way` | frames from the leader to the others dropped, or the reverse | heal | frames were dropped |
 //! | `loss` | 10–35 % of Raft messages, calls and replies dropped | heal | frames were lost |
-//! | `delay` | every frame delayed up to 50–250 ms | heal | frames were delayed |
+//! | `delay` | every frame delayed up to 50–250 ms, or one node's outbound frames 50–400 ms | heal | frames were delayed |
 //! | `duplicate` | 20–50 % of Raft messages, calls and replies sent twice | heal | frames were duplicated |
 //!
 //! A fault that did not fire (no leader to find, no frame crossed the proxy while it
@@ -329,7 +329,7 @@ impl Nemesis {
                 });
                 format!("{:.0}% of frames lost", loss * 100.0)
             }
-            FaultKind::Delay => {
+            FaultKind::Delay if self.rng.gen_bool(0.5) => {
                 let low = Duration::from_millis(self.rng.gen_range(0..=20));
                 let high = Duration::from_millis(self.rng.gen_range(50..=250));
                 network.set(LinkFaults {
@@ -337,6 +337,21 @@ impl Nemesis {
                     ..LinkFaults::default()
                 });
                 format!("frames delayed {low:?} to {high:?}")
+            }
+            FaultKind::Delay => {
+                // One slow node: what it sends (Raft traffic, the snapshot markers it
+                // coordinates, forwarded writes) lags while the rest is fast.
+                let slow = *ids
+                    .choose(&mut self.rng)
+                    .ok_or_else(|| ChaosError::Misuse("no nodes".into()))?;
+                let low = Duration::from_millis(self.rng.gen_range(50..=100));
+                let high = Duration::from_millis(self.rng.gen_range(200..=400));
+                network.set(LinkFaults {
+                    delay: Some((low, high)),
+                    slow: others(&ids, slow).into_iter().map(|o| (slow, o)).collect(),
+                    ..LinkFaults::default()
+                });
+                format!("frames from node {slow} delayed {low:?} to {high:?}")
             }
             FaultKind::Duplicate => {
                 let duplicate = self.rng.gen_range(0.20..=0.50);

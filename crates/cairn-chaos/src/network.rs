@@ -14,9 +14,10 @@
 //!   one-way partition.
 //! - **loss**: each Raft message, call or reply is dropped with this probability.
 //! - **duplicate**: each is sent twice with this probability.
-//! - **delay**: each frame waits a random time in the range. Frames of one direction
-//!   of one connection keep their order (TCP does), so reordering happens between
-//!   connections: between peers, and between a call and the Raft traffic about it.
+//! - **delay**: each frame waits a random time in the range, on every link or only on
+//!   some directed pairs (slow links). Frames of one direction of one connection keep
+//!   their order (TCP does), so reordering happens between connections: between
+//!   peers, and between a call and the Raft traffic about it.
 //!
 //! What is never done, because TCP cannot do it and Cairn rightly relies on it: the
 //! `Hello` is never dropped, delayed or duplicated (a connection either starts with it
@@ -58,8 +59,10 @@ pub struct LinkFaults {
     pub loss: f64,
     /// Probability of sending a Raft message, call or reply twice.
     pub duplicate: f64,
-    /// Every frame waits a uniformly random time in this range.
+    /// Every frame waits a uniformly random time in this range...
     pub delay: Option<(Duration, Duration)>,
+    /// ...or, when not empty, only the frames of these directed pairs (slow links).
+    pub slow: BTreeSet<(NodeId, NodeId)>,
 }
 
 impl LinkFaults {
@@ -179,8 +182,9 @@ impl Shared {
                 copies = 2;
             }
         }
+        let slow = faults.slow.is_empty() || faults.slow.contains(&(from, to));
         let delay = match faults.delay {
-            Some((low, high)) if high > Duration::ZERO => {
+            Some((low, high)) if slow && high > Duration::ZERO => {
                 bump(&self.counters.delayed);
                 if high > low {
                     rng.gen_range(low..=high)
