@@ -299,53 +299,8 @@ pub async fn check(inputs: SnapshotInputs<'_>) -> SnapshotReport {
     let (writes, batches) = known_writes(history, index, shards);
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5A5A);
     for (id, info) in &snapshots {
-        let inside = |w: &KnownWrite| info.cuts.get(&w.shard).is_some_and(|&cut| w.version < cut);
-        let mut v = Vec::new();
-        let mut count = 0;
-        // 1 and 2, with the request's times.
-        if let Some(attempt) = ours.get(id) {
-            for w in &writes {
-                let is_in = inside(w);
-                count += usize::from(is_in);
-                if !is_in && w.acked_at.is_some_and(|a| a < attempt.invoked) {
-                    v.push(format!(
-                        "snapshot {id} (requested at {:.3}s) misses op #{} on {} (version {}, cut {:?}), acknowledged at {:.3}s: guarantee 1",
-                        attempt.invoked.as_secs_f64(), w.op, w.key, w.version, info.cuts.get(&w.shard),
-                        w.acked_at.unwrap_or_default().as_secs_f64()
-                    ));
-                }
-                if is_in && w.invoked > attempt.completed {
-                    v.push(format!(
-                        "snapshot {id} (completed at {:.3}s) holds op #{} on {} (version {}, cut {:?}), sent at {:.3}s: guarantee 2",
-                        attempt.completed.as_secs_f64(), w.op, w.key, w.version, info.cuts.get(&w.shard),
-                        w.invoked.as_secs_f64()
-                    ));
-                }
-            }
-        } else {
-            count = writes.iter().filter(|w| inside(w)).count();
-        }
+        let (count, mut v) = guarantees(*id, info, ours.get(id).copied(), &writes);
         report.writes_inside += count;
-        // 3: the latest send of a write inside; everything known before it is inside.
-        if let Some(latest) = writes
-            .iter()
-            .filter(|w| inside(w))
-            .max_by_key(|w| w.invoked)
-        {
-            for w in writes.iter().filter(|w| !inside(w)) {
-                if w.known_at.is_some_and(|k| k < latest.invoked) {
-                    v.push(format!(
-                        "snapshot {id} holds op #{} on {} (version {}, sent at {:.3}s) but not op #{} on {} (version {}, cut {:?}), known to a client at {:.3}s: guarantee 3",
-                        latest.op, latest.key, latest.version, latest.invoked.as_secs_f64(),
-                        w.op, w.key, w.version, info.cuts.get(&w.shard),
-                        w.known_at.unwrap_or_default().as_secs_f64()
-                    ));
-                    if v.len() > 20 {
-                        break;
-                    }
-                }
-            }
-        }
         // The read-back, and 4 on it.
         let mut order: Vec<usize> = (0..readers.len()).collect();
         order.sort_by_key(|_| rng.gen::<u32>());
@@ -435,9 +390,147 @@ pub async fn check(inputs: SnapshotInputs<'_>) -> SnapshotReport {
     report
 }
 
+/// Guarantees 1 and 2 (when the request's times are known: `attempt`) and 3 for one
+/// snapshot, from the writes whose versions are known. Returns how many of them are
+/// inside, and the violations.
+fn guarantees(
+    id: u64,
+    info: &SnapshotInfo,
+    attempt: Option<&SnapshotAttempt>,
+    writes: &[KnownWrite],
+) -> (usize, Vec<String>) {
+    let inside = |w: &KnownWrite| info.cuts.get(&w.shard).is_some_and(|&cut| w.version < cut);
+    let mut v = Vec::new();
+    let mut count = 0;
+    // 1 and 2, with the request's times.
+    if let Some(attempt) = attempt {
+        for w in writes {
+            let is_in = inside(w);
+            count += usize::from(is_in);
+            if !is_in && w.acked_at.is_some_and(|a| a < attempt.invoked) {
+                v.push(format!(
+                    "snapshot {id} (requested at {:.3}s) misses op #{} on {} (version {}, cut {:?}), acknowledged at {:.3}s: guarantee 1",
+                    attempt.invoked.as_secs_f64(), w.op, w.key, w.version, info.cuts.get(&w.shard),
+                    w.acked_at.unwrap_or_default().as_secs_f64()
+                ));
+            }
+            if is_in && w.invoked > attempt.completed {
+                v.push(format!(
+                    "snapshot {id} (completed at {:.3}s) holds op #{} on {} (version {}, cut {:?}), sent at {:.3}s: guarantee 2",
+                    attempt.completed.as_secs_f64(), w.op, w.key, w.version, info.cuts.get(&w.shard),
+                    w.invoked.as_secs_f64()
+                ));
+            }
+        }
+    } else {
+        count = writes.iter().filter(|w| inside(w)).count();
+    }
+    // 3: the latest send of a write inside; everything known before it is inside.
+    if let Some(latest) = writes
+        .iter()
+        .filter(|w| inside(w))
+        .max_by_key(|w| w.invoked)
+    {
+        for w in writes.iter().filter(|w| !inside(w)) {
+            if w.known_at.is_some_and(|k| k < latest.invoked) {
+                v.push(format!(
+                    "snapshot {id} holds op #{} on {} (version {}, sent at {:.3}s) but not op #{} on {} (version {}, cut {:?}), known to a client at {:.3}s: guarantee 3",
+                    latest.op, latest.key, latest.version, latest.invoked.as_secs_f64(),
+                    w.op, w.key, w.version, info.cuts.get(&w.shard),
+                    w.known_at.unwrap_or_default().as_secs_f64()
+                ));
+                if v.len() > 20 {
+                    break;
+                }
+            }
+        }
+    }
+    (count, v)
+}
+
 fn show(entry: &Option<(Vec<u8>, u64)>) -> String {
     match entry {
         None => "absent".into(),
         Some((value, version)) => format!("{}@{version}", String::from_utf8_lossy(value)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(op: usize, shard: u32, version: u64, invoked: u64, acked: Option<u64>) -> KnownWrite {
+        let ms = Duration::from_millis;
+        KnownWrite {
+            op,
+            key: format!("k{op}"),
+            shard,
+            version,
+            invoked: ms(invoked),
+            known_at: acked.map(ms),
+            acked_at: acked.map(ms),
+        }
+    }
+
+    fn snapshot(cuts: &[(u32, u64)]) -> SnapshotInfo {
+        SnapshotInfo {
+            id: 9,
+            name: None,
+            time: "2026-01-01T00:00:00Z".into(),
+            cuts: cuts.iter().copied().collect(),
+        }
+    }
+
+    fn attempt(invoked: u64, completed: u64) -> SnapshotAttempt {
+        SnapshotAttempt {
+            node: 1,
+            invoked: Duration::from_millis(invoked),
+            completed: Duration::from_millis(completed),
+            result: SnapshotResult::Aborted,
+        }
+    }
+
+    #[test]
+    fn a_consistent_cut_passes() {
+        // W0 acked before the request and inside; W1 sent after the answer and outside.
+        let writes = [write(0, 0, 5, 0, Some(10)), write(1, 1, 9, 500, Some(510))];
+        let info = snapshot(&[(0, 6), (1, 7)]);
+        let (inside, v) = guarantees(9, &info, Some(&attempt(100, 200)), &writes);
+        assert_eq!((inside, v), (1, Vec::<String>::new()));
+    }
+
+    #[test]
+    fn each_guarantee_is_checked() {
+        let info = snapshot(&[(0, 6), (1, 7)]);
+        // 1: acknowledged before the request, outside.
+        let (_, v) = guarantees(
+            9,
+            &info,
+            Some(&attempt(100, 200)),
+            &[write(0, 0, 8, 0, Some(10))],
+        );
+        assert!(v.iter().any(|m| m.contains("guarantee 1")), "{v:?}");
+        // 2: sent after the answer, inside.
+        let (_, v) = guarantees(
+            9,
+            &info,
+            Some(&attempt(100, 200)),
+            &[write(0, 0, 5, 300, None)],
+        );
+        assert!(v.iter().any(|m| m.contains("guarantee 2")), "{v:?}");
+        // 3: W0 acknowledged at 150 ms, outside; W1 sent at 160 ms, inside; no request
+        // times needed.
+        let writes = [
+            write(0, 0, 8, 100, Some(150)),
+            write(1, 1, 5, 160, Some(170)),
+        ];
+        let (_, v) = guarantees(9, &info, None, &writes);
+        assert!(v.iter().any(|m| m.contains("guarantee 3")), "{v:?}");
+        // ...but concurrent writes may be split.
+        let writes = [
+            write(0, 0, 8, 100, Some(150)),
+            write(1, 1, 5, 140, Some(170)),
+        ];
+        assert!(guarantees(9, &info, None, &writes).1.is_empty());
     }
 }
