@@ -228,12 +228,25 @@ impl History {
         t
     }
 
-    /// Every operation touching `key`, in record order, as one line each.
+    /// Every operation touching `key`, in record order, as one line each (a scan's
+    /// line says what it saw of `key`).
     pub fn show_key(&self, key: &str) -> String {
         self.ops
             .iter()
             .filter(|op| touches(&op.request, key))
-            .map(|op| op.to_string())
+            .map(|op| match &op.outcome {
+                Outcome::Ok(Answer::Items { items, .. }) => {
+                    let seen = items
+                        .iter()
+                        .find(|(k, _, _)| k == key)
+                        .map(|(_, value, version)| {
+                            format!("{} @{version}", String::from_utf8_lossy(value))
+                        })
+                        .unwrap_or_else(|| "absent".into());
+                    format!("{op} ({key}: {seen})")
+                }
+                _ => op.to_string(),
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }
