@@ -18,6 +18,7 @@
 //! | `loss` | 10–35 % of Raft messages, calls and replies dropped | heal | frames were lost |
 //! | `delay` | every frame delayed up to 50–250 ms, or one node's outbound frames 50–400 ms | heal | frames were delayed |
 //! | `duplicate` | 20–50 % of Raft messages, calls and replies sent twice | heal | frames were duplicated |
+//! | `slow-markers` | forwarded markers and releases delayed 100–600 ms, so shards' cuts land far apart | heal | a marker was delayed |
 //!
 //! A fault that did not fire (no leader to find, no frame crossed the proxy while it
 //! held) fails the run: a harness that cannot hurt the cluster must not pass.
@@ -47,10 +48,11 @@ pub enum FaultKind {
     Loss,
     Delay,
     Duplicate,
+    SlowMarkers,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::KillFollower,
         FaultKind::KillLeader,
         FaultKind::Pause,
@@ -61,6 +63,7 @@ impl FaultKind {
         FaultKind::Loss,
         FaultKind::Delay,
         FaultKind::Duplicate,
+        FaultKind::SlowMarkers,
     ];
 
     pub fn name(self) -> &'static str {
@@ -75,6 +78,7 @@ impl FaultKind {
             FaultKind::Loss => "loss",
             FaultKind::Delay => "delay",
             FaultKind::Duplicate => "duplicate",
+            FaultKind::SlowMarkers => "slow-markers",
         }
     }
 
@@ -91,6 +95,7 @@ impl FaultKind {
                 | FaultKind::Loss
                 | FaultKind::Delay
                 | FaultKind::Duplicate
+                | FaultKind::SlowMarkers
         )
     }
 }
@@ -353,6 +358,15 @@ impl Nemesis {
                 });
                 format!("frames from node {slow} delayed {low:?} to {high:?}")
             }
+            FaultKind::SlowMarkers => {
+                let low = Duration::from_millis(self.rng.gen_range(100..=200));
+                let high = Duration::from_millis(self.rng.gen_range(300..=600));
+                network.set(LinkFaults {
+                    slow_control: Some((low, high)),
+                    ..LinkFaults::default()
+                });
+                format!("forwarded markers and releases delayed {low:?} to {high:?}")
+            }
             FaultKind::Duplicate => {
                 let duplicate = self.rng.gen_range(0.20..=0.50);
                 network.set(LinkFaults {
@@ -397,7 +411,7 @@ impl Nemesis {
                 frames.blocked + frames.streams_cut > 0
             }
             FaultKind::Loss => frames.lost > 0,
-            FaultKind::Delay => frames.delayed > 0,
+            FaultKind::Delay | FaultKind::SlowMarkers => frames.delayed > 0,
             FaultKind::Duplicate => frames.duplicated > 0,
             FaultKind::KillFollower | FaultKind::KillLeader | FaultKind::RestartAll => {
                 !injected.killed.is_empty()

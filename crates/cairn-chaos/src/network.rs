@@ -19,6 +19,10 @@
 //!   their order (TCP does), so reordering happens between connections: between
 //!   peers, and between a call and the Raft traffic about it.
 //!
+//! - **slow control calls**: forwarded markers and releases of the snapshot protocol
+//!   wait, so one shard's cut lands well after another's (the alignment window's
+//!   reason to exist).
+//!
 //! What is never done, because TCP cannot do it and Cairn rightly relies on it: the
 //! `Hello` is never dropped, delayed or duplicated (a connection either starts with it
 //! or is refused), and the frames of a streamed Raft snapshot are never lost or
@@ -63,6 +67,9 @@ pub struct LinkFaults {
     pub delay: Option<(Duration, Duration)>,
     /// ...or, when not empty, only the frames of these directed pairs (slow links).
     pub slow: BTreeSet<(NodeId, NodeId)>,
+    /// Forwarded snapshot-protocol commands (markers, releases) wait a random time in
+    /// this range (and, TCP keeping order, what follows them on their connection).
+    pub slow_control: Option<(Duration, Duration)>,
 }
 
 impl LinkFaults {
@@ -193,6 +200,13 @@ impl Shared {
                 }
             }
             _ => Duration::ZERO,
+        };
+        let delay = match (faults.slow_control, kind) {
+            (Some((low, high)), Some(FrameKind::Call { control: true, .. })) => {
+                bump(&self.counters.delayed);
+                delay.max(rng.gen_range(low..=high.max(low)))
+            }
+            _ => delay,
         };
         if matches!(kind, Some(FrameKind::Call { .. } | FrameKind::Reply { .. })) {
             self.counters

@@ -101,8 +101,10 @@ pub enum FrameKind {
     Hello { from: NodeId },
     /// A Raft message; Raft tolerates its loss, delay, reordering and duplication.
     Raft { shard: ShardId },
-    /// A forwarded client request (connecting side to accepting side).
-    Call { id: u64 },
+    /// A forwarded request (connecting side to accepting side); `control` for the
+    /// snapshot protocol's and GC's commands (markers, releases, compactions), which
+    /// a tool may want to slow down alone.
+    Call { id: u64, control: bool },
     /// The answer to a forwarded request (accepting side back to the caller).
     Reply { id: u64 },
     /// Part of a streamed Raft snapshot: a chunk, its end, or the receiver's
@@ -116,7 +118,18 @@ pub fn frame_kind(bytes: &[u8]) -> Option<FrameKind> {
     Some(match bincode::deserialize::<Frame>(bytes).ok()? {
         Frame::Hello { from, .. } => FrameKind::Hello { from },
         Frame::Raft { shard, .. } => FrameKind::Raft { shard },
-        Frame::Call { id, .. } => FrameKind::Call { id },
+        Frame::Call { id, req } => FrameKind::Call {
+            id,
+            control: matches!(
+                req,
+                ShardRequest::Write {
+                    command: cairn_store::Command::Marker { .. }
+                        | cairn_store::Command::Release { .. }
+                        | cairn_store::Command::Compact { .. },
+                    ..
+                }
+            ),
+        },
         Frame::Reply { id, .. } => FrameKind::Reply { id },
         Frame::SnapshotChunk { .. } | Frame::SnapshotEnd { .. } | Frame::SnapshotAck => {
             FrameKind::Snapshot
