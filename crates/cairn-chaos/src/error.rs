@@ -45,6 +45,10 @@ pub enum ChaosError {
     /// a node already running): a bug in the scenario.
     #[error("harness misuse: {0}")]
     Misuse(String),
+    /// A run could not be carried to its end (the cause, the replay command and the
+    /// nodes' logs are in the message); its findings so far are lost with it.
+    #[error("{0}")]
+    RunAborted(String),
     /// A node answered, but not what its API documents.
     #[error("node {node}: {what}")]
     Api { node: NodeId, what: String },

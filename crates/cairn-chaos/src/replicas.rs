@@ -342,13 +342,18 @@ pub async fn converge(
             if d.state != first.state || d.history != first.history {
                 report.violations.push(format!(
                     "group {group} diverged at version {at}: node {first_node} has {} live keys and {} versions in ({after}, {at}] (state {}, history {}), node {node} has {} and {} (state {}, history {})",
-                    first.live_keys, first.versions, &first.state[..12], &first.history[..12],
-                    d.live_keys, d.versions, &d.state[..12], &d.history[..12],
+                    first.live_keys, first.versions, short(&first.state), short(&first.history),
+                    d.live_keys, d.versions, short(&d.state), short(&d.history),
                 ));
             }
         }
     }
     Ok(report)
+}
+
+/// The first characters of a digest, enough to tell two apart in a message.
+fn short(hex: &str) -> &str {
+    hex.get(..12).unwrap_or(hex)
 }
 
 /// Node `node`'s replica of `shard`: the state at its horizon and every version up to

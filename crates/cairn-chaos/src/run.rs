@@ -257,7 +257,7 @@ impl Run {
             }
             Err(e) => {
                 let dir = cluster.keep_dir();
-                Err(ChaosError::Misuse(format!(
+                Err(ChaosError::RunAborted(format!(
                     "chaos run {} (seed {}) could not complete: {e}\nreplay: {}\ndata and logs kept in {}\n{}",
                     scenario.name,
                     scenario.seed,
