@@ -208,7 +208,7 @@ struct WorkloadClient {
 impl WorkloadClient {
     async fn run(&mut self, stop: CancellationToken, progress: Arc<Progress>) -> Vec<Operation> {
         let mut ops = Vec::new();
-        while !stop.is_cancelled() && !self.endpoints.is_empty() {
+        while !stop.is_cancelled() && !self.endpoints.is_empty() && !self.keys.is_empty() {
             let index = self
                 .pinned
                 .unwrap_or_else(|| self.rng.gen_range(0..self.endpoints.len()));
