@@ -9,6 +9,7 @@
 //! s/name/{name}               id (u64 BE) of a named snapshot
 //! s/time/{!millis BE}{id BE}  present for completed snapshots: time -> id, newest first
 //! s/open/{id BE}              epochs whose shards may still hold an alignment window
+//! s/marking/{id BE}           epochs whose markers may still be in flight (see `gate`)
 //! s/auto/{millis BE}{id BE}   completed automatic snapshots, oldest first (retention)
 //! ```
 //!
@@ -22,6 +23,7 @@ use cairn_store::{Condition, ShardId, Versioned, WriteOp};
 use serde::{Deserialize, Serialize};
 
 use crate::error::SnapshotError;
+use crate::gate;
 use crate::meta::{delete, put, Meta};
 use crate::Shards;
 
@@ -31,6 +33,9 @@ const NAME: &[u8] = b"s/name/";
 const TIME: &[u8] = b"s/time/";
 const OPEN: &[u8] = b"s/open/";
 const AUTO: &[u8] = b"s/auto/";
+
+/// How long an allocation waits for committing transactions to resolve.
+pub const GATE_WAIT: Duration = Duration::from_secs(2);
 
 /// Longest snapshot name.
 pub const MAX_NAME_BYTES: usize = 256;
@@ -160,7 +165,9 @@ impl<'a, S: Shards> Registry<'a, S> {
         })
     }
 
-    /// Register a new pending snapshot with the next epoch.
+    /// Register a new pending snapshot with the next epoch. Waits (up to
+    /// [`GATE_WAIT`]) while a cross-shard transaction is being resolved: an epoch may
+    /// not start marking then (see [`crate::gate`]).
     pub async fn allocate(&self, name: Option<&str>, auto: bool) -> Result<Tracked, SnapshotError> {
         if let Some(name) = name {
             if name.is_empty() || name.len() > MAX_NAME_BYTES || name.parse::<u64>().is_ok() {
@@ -173,7 +180,10 @@ impl<'a, S: Shards> Registry<'a, S> {
             }
         }
         // Concurrent allocations race on `s/next`; the loser reads again.
-        for _ in 0..16 {
+        let gate_deadline = tokio::time::Instant::now() + GATE_WAIT;
+        let mut contended = 0;
+        let mut pause = Duration::from_millis(2);
+        while contended < 16 {
             let next = self.get_raw(NEXT.to_vec()).await?;
             let (id, condition) = match &next {
                 Some(v) => (be_u64(&v.value)?, Condition::Version(v.version)),
@@ -189,9 +199,11 @@ impl<'a, S: Shards> Registry<'a, S> {
             let encoded =
                 serde_json::to_vec(&record).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
             let mut ops = vec![
+                gate::no_commit_in_flight(),
                 put(NEXT.to_vec(), (id + 1).to_be_bytes().to_vec(), condition),
                 put(id_key(id), encoded, Condition::Always),
                 put(open_key(id), Vec::new(), Condition::Always),
+                put(gate::marking_key(id), Vec::new(), Condition::Always),
             ];
             if let Some(name) = name {
                 ops.push(put(
@@ -200,8 +212,16 @@ impl<'a, S: Shards> Registry<'a, S> {
                     Condition::Absent,
                 ));
             }
-            if let Some(version) = self.write(ops).await? {
-                return Ok(Tracked { record, version });
+            match self.meta().try_write(ops).await? {
+                Ok(version) => return Ok(Tracked { record, version }),
+                // A transaction is committing: it resolves within a round trip.
+                Err(0) if tokio::time::Instant::now() + pause < gate_deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                    continue;
+                }
+                Err(0) => return Err(SnapshotError::Blocked),
+                Err(_) => contended += 1,
             }
             if let Some(name) = name {
                 if self.get_raw(name_key(name)).await?.is_some() {
@@ -227,11 +247,14 @@ impl<'a, S: Shards> Registry<'a, S> {
         record.state = state;
         let encoded =
             serde_json::to_vec(&record).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
-        let mut ops = vec![put(
-            id_key(record.id),
-            encoded,
-            Condition::Version(pending.version),
-        )];
+        let mut ops = vec![
+            put(
+                id_key(record.id),
+                encoded,
+                Condition::Version(pending.version),
+            ),
+            delete(gate::marking_key(record.id)),
+        ];
         if done {
             ops.push(put(
                 time_key(record.time_ms, record.id),
@@ -250,7 +273,9 @@ impl<'a, S: Shards> Registry<'a, S> {
 
     /// The epoch's shards have all been released: it no longer needs sweeping.
     pub async fn close(&self, id: u64) -> Result<(), SnapshotError> {
-        self.write(vec![delete(open_key(id))]).await.map(|_| ())
+        self.write(vec![delete(open_key(id)), delete(gate::marking_key(id))])
+            .await
+            .map(|_| ())
     }
 
     /// Epochs that may still hold alignment windows somewhere.
@@ -387,7 +412,10 @@ impl<'a, S: Shards> Registry<'a, S> {
 
     /// Remove a snapshot from the registry. Its versions become collectable.
     pub async fn delete(&self, record: &SnapshotRecord) -> Result<(), SnapshotError> {
-        let mut ops = vec![delete(id_key(record.id))];
+        let mut ops = vec![
+            delete(id_key(record.id)),
+            delete(gate::marking_key(record.id)),
+        ];
         if let Some(name) = &record.name {
             ops.push(delete(name_key(name)));
         }

@@ -34,6 +34,7 @@ pub mod keys;
 mod raft_log;
 mod stage;
 mod state;
+pub mod txn;
 
 use std::path::Path;
 
@@ -47,6 +48,7 @@ pub use history::{HistoryRange, KeyVersion};
 pub use raft_log::RaftLog;
 pub use stage::SnapshotStage;
 pub use state::{AppliedState, ApplyOutcome, ShardState, Versioned};
+pub use txn::{txn_id, txn_started_ms, ReadScope, TxnRecord};
 
 /// A shard number, `0..shards`.
 pub type ShardId = u32;
