@@ -87,7 +87,8 @@ pub enum Request {
         key: String,
         pre: Precondition,
     },
-    /// An atomic batch within one shard, unconditional.
+    /// An atomic batch, unconditional: within one shard, or across shards (a
+    /// cross-shard transaction).
     Batch {
         puts: Vec<(String, WriteId)>,
         deletes: Vec<String>,
@@ -112,8 +113,11 @@ impl Request {
 pub enum Answer {
     /// A read: the value and its version, or absent.
     Value(Option<(Vec<u8>, u64)>),
-    /// A put or batch: its version (log index).
+    /// A put: its version (log index).
     Written { version: u64 },
+    /// A batch: each op's version (puts first, then deletes, as in the request); one
+    /// version per shard. `None`: committed, but that shard had not confirmed it yet.
+    Batched { versions: Vec<Option<u64>> },
     /// A delete: whether the key was live, and the delete's version.
     Deleted { deleted: bool, version: u64 },
     /// A scan: (key, value, version) in key order; `complete` when the page held
@@ -190,6 +194,7 @@ impl fmt::Display for Operation {
                 write!(f, " -> {} @{version}", String::from_utf8_lossy(value))
             }
             Outcome::Ok(Answer::Written { version }) => write!(f, " -> ok @{version}"),
+            Outcome::Ok(Answer::Batched { versions }) => write!(f, " -> ok @{versions:?}"),
             Outcome::Ok(Answer::Deleted { deleted, version }) => {
                 write!(f, " -> ok deleted={deleted} @{version}")
             }
@@ -262,6 +267,25 @@ pub fn touches(request: &Request, key: &str) -> bool {
             puts.iter().any(|(k, _)| k == key) || deletes.iter().any(|k| k == key)
         }
         Request::Scan { prefix } => key.starts_with(prefix.as_str()),
+    }
+}
+
+impl Request {
+    /// A batch's ops with the version each was written at, in request order (puts
+    /// first): `(key, Some(write) for a put | None for a delete, version)`.
+    pub fn batch_ops<'a>(
+        &'a self,
+        versions: &'a [Option<u64>],
+    ) -> Vec<(&'a str, Option<WriteId>, Option<u64>)> {
+        let Request::Batch { puts, deletes } = self else {
+            return Vec::new();
+        };
+        puts.iter()
+            .map(|(k, w)| (k.as_str(), Some(*w)))
+            .chain(deletes.iter().map(|k| (k.as_str(), None)))
+            .enumerate()
+            .map(|(i, (k, w))| (k, w, versions.get(i).copied().flatten()))
+            .collect()
     }
 }
 

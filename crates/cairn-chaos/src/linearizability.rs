@@ -307,9 +307,11 @@ fn per_key(history: &History) -> (BTreeMap<String, Vec<Timed>>, Vec<String>, BTr
             (Request::Put { key, write, .. }, Answer::Written { version }) => {
                 observe(key, *version, *write, op.id, &mut observations)
             }
-            (Request::Batch { puts, .. }, Answer::Written { version }) => {
-                for (key, write) in puts {
-                    observe(key, *version, *write, op.id, &mut observations);
+            (Request::Batch { .. }, Answer::Batched { versions }) => {
+                for (key, write, version) in op.request.batch_ops(versions) {
+                    if let (Some(w), Some(v)) = (write, version) {
+                        observe(key, v, w, op.id, &mut observations);
+                    }
                 }
             }
             (Request::Get { key }, Answer::Value(Some((value, version)))) => {

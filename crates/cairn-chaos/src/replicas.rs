@@ -20,7 +20,8 @@
 //!   left a value;
 //! - **reads came from real versions**: every value a read returned with its version is
 //!   that version's value;
-//! - **batches are atomic**: a batch's values are all there at one version, or none.
+//! - **batches are atomic**: a batch's values are all there (at one version per
+//!   shard), or none.
 //!
 //! Versions at or below the horizon may have been collected (only the newest one per
 //! key at the horizon is kept), so the checks that need a version to exist skip those.
@@ -436,22 +437,27 @@ pub fn check_versions(history: &History, index: &VersionIndex, shards: u32) -> V
         }
     }
     for op in &history.ops {
-        let mut expect_value = |key: &str, version: u64, write: WriteId, what: &str| {
+        // The finding, if `key` does not hold `write` at `version`.
+        let expect_value = |key: &str,
+                            version: u64,
+                            write: WriteId,
+                            what: &str|
+         -> Option<String> {
             if !in_range(key, version) {
-                return;
+                return None;
             }
             match at(key, version) {
-                Some(Some(v)) if WriteId::parse(v) == Some(write) => {}
-                Some(Some(v)) => violations.push(format!(
+                Some(Some(v)) if WriteId::parse(v) == Some(write) => None,
+                Some(Some(v)) => Some(format!(
                     "op #{} {what} {write} at {key} version {version}, but that version holds {}",
                     op.id,
                     String::from_utf8_lossy(v)
                 )),
-                Some(None) => violations.push(format!(
+                Some(None) => Some(format!(
                     "op #{} {what} {write} at {key} version {version}, but that version is a tombstone",
                     op.id
                 )),
-                None => violations.push(format!(
+                None => Some(format!(
                     "op #{} {what} {write} at {key} version {version}, but no replica version {version} of {key} exists (lost)",
                     op.id
                 )),
@@ -459,26 +465,28 @@ pub fn check_versions(history: &History, index: &VersionIndex, shards: u32) -> V
         };
         match (&op.request, &op.outcome) {
             (Request::Put { key, write, .. }, Outcome::Ok(Answer::Written { version })) => {
-                expect_value(key, *version, *write, "acknowledged")
+                violations.extend(expect_value(key, *version, *write, "acknowledged"))
             }
-            (Request::Batch { puts, deletes }, Outcome::Ok(Answer::Written { version })) => {
-                for (key, write) in puts {
-                    expect_value(key, *version, *write, "acknowledged (batch)");
-                }
-                for key in deletes {
-                    if in_range(key, *version) {
-                        if let Some(Some(_)) = at(key, *version) {
-                            violations.push(format!(
-                                "op #{} deleted {key} in a batch at version {version}, but that version holds a value",
-                                op.id
-                            ));
+            (Request::Batch { .. }, Outcome::Ok(Answer::Batched { versions })) => {
+                for (key, write, version) in op.request.batch_ops(versions) {
+                    let Some(version) = version else { continue };
+                    match write {
+                        Some(w) => violations.extend(expect_value(key, version, w, "acknowledged (batch)")),
+                        None if in_range(key, version) => {
+                            if let Some(Some(_)) = at(key, version) {
+                                violations.push(format!(
+                                    "op #{} deleted {key} in a batch at version {version}, but that version holds a value",
+                                    op.id
+                                ));
+                            }
                         }
+                        None => {}
                     }
                 }
             }
             (Request::Get { key }, Outcome::Ok(Answer::Value(Some((value, version))))) => {
                 if let Some(w) = WriteId::parse(value) {
-                    expect_value(key, *version, w, "read");
+                    violations.extend(expect_value(key, *version, w, "read"));
                 }
             }
             (
@@ -503,21 +511,33 @@ pub fn check_versions(history: &History, index: &VersionIndex, shards: u32) -> V
                 }
             }
             (Request::Batch { puts, .. }, outcome) => {
-                let found: Vec<Option<&(String, u64)>> = puts.iter().map(|(_, w)| seen.get(w)).collect();
-                let versions: Vec<u64> = found.iter().flatten().map(|(_, v)| *v).collect();
-                let refused = matches!(outcome, Outcome::Refused { .. });
-                if refused && !versions.is_empty() {
+                // Where each put's value is, per shard: a batch is all there or not
+                // at all, at one version per shard.
+                let found: Vec<(u32, Option<&(String, u64)>)> = puts
+                    .iter()
+                    .map(|(k, w)| (shard_for_key(k.as_bytes(), shards), seen.get(w)))
+                    .collect();
+                let any = found.iter().any(|(_, f)| f.is_some());
+                if matches!(outcome, Outcome::Refused { .. }) && any {
                     violations.push(format!("op #{} batch was refused, yet part of it was applied", op.id));
-                } else if !versions.is_empty() {
-                    let partial = found.iter().any(|f| f.is_none())
-                        && puts.iter().all(|(k, _)| {
-                            versions.iter().all(|&v| in_range(k, v))
-                        });
-                    if partial || versions.windows(2).any(|w| w[0] != w[1]) {
+                } else if any {
+                    // A missing value is a lost half only where history is complete
+                    // (the run's base snapshot keeps the horizon below its writes).
+                    let checkable = found
+                        .iter()
+                        .filter_map(|(_, f)| *f)
+                        .all(|(k, v)| in_range(k, *v));
+                    let partial = found.iter().any(|(_, f)| f.is_none());
+                    let mut per_shard: HashMap<u32, u64> = HashMap::new();
+                    let split = found.iter().any(|(s, f)| match f {
+                        Some((_, v)) => *per_shard.entry(*s).or_insert(*v) != *v,
+                        None => false,
+                    });
+                    if (checkable && partial) || split {
                         violations.push(format!(
                             "op #{} batch is not atomic in the replicas: its values are at {:?}",
                             op.id,
-                            found.iter().map(|f| f.map(|(k, v)| format!("{k}@{v}"))).collect::<Vec<_>>()
+                            found.iter().map(|(_, f)| f.map(|(k, v)| format!("{k}@{v}"))).collect::<Vec<_>>()
                         ));
                     }
                 }

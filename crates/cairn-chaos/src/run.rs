@@ -132,6 +132,8 @@ pub struct RunReport {
     pub convergence: ConvergenceReport,
     /// Versions of the replicas' history checked against the record.
     pub versions_checked: usize,
+    /// Acknowledged batches within one shard, and across shards (transactions).
+    pub batches: (usize, usize),
     /// Every finding, one line each.
     pub violations: Vec<String>,
     /// Where the cluster's data and logs were kept (a failed run keeps them).
@@ -157,13 +159,15 @@ impl RunReport {
             .count();
         let s = &self.snapshots;
         let mut out = format!(
-            "run {} (seed {}) in {:.1}s: {total} operations ({ok} ok, {refused} refused, {unknown} unknown); \
+            "run {} (seed {}) in {:.1}s: {total} operations ({ok} ok, {refused} refused, {unknown} unknown; {} batches within a shard and {} across shards acknowledged); \
              linearizability: {decided}/{} keys linearizable, {} key-operations checked, {} undecided; \
              faults: {}; snapshots: {} requested, {} completed, {} aborted, {} failed, {} checked on all four guarantees, {} automatic ones on 3 and 4, {} writes inside them; \
              replicas: {} groups converged, {} versions checked, {} raft snapshots installed; {} violations",
             self.name,
             self.seed,
             self.elapsed.as_secs_f64(),
+            self.batches.0,
+            self.batches.1,
             lin.keys.len(),
             lin.ops_checked(),
             lin.undecided().len(),
@@ -434,6 +438,24 @@ impl Run {
             violations.push("no snapshot requested during the run completed".into());
         }
         let (ok, refused, unknown) = history.tally();
+        let mut batches = (0, 0);
+        for op in &history.ops {
+            if let (Request::Batch { puts, deletes }, true) = (&op.request, op.outcome.is_ok()) {
+                let mut shards: Vec<u32> = puts
+                    .iter()
+                    .map(|(k, _)| k)
+                    .chain(deletes)
+                    .map(|k| cairn_store::shard_for_key(k.as_bytes(), scenario.shards))
+                    .collect();
+                shards.sort_unstable();
+                shards.dedup();
+                if shards.len() > 1 {
+                    batches.1 += 1;
+                } else {
+                    batches.0 += 1;
+                }
+            }
+        }
         let report = RunReport {
             name: scenario.name.clone(),
             seed: scenario.seed,
@@ -445,6 +467,7 @@ impl Run {
             snapshots,
             convergence,
             versions_checked,
+            batches,
             violations,
             kept: None,
         };

@@ -141,8 +141,9 @@ struct KnownWrite {
     acked_at: Option<Duration>,
 }
 
-/// Batch op id -> its keys, with the write each put (`None`: a delete).
-type Batches = HashMap<usize, Vec<(String, Option<WriteId>)>>;
+/// Batch op id -> its keys, with the write of each put (`None`: a delete) and the
+/// version it was written at (one per shard).
+type Batches = HashMap<usize, Vec<(String, Option<WriteId>, u64)>>;
 
 fn known_writes(
     history: &History,
@@ -205,27 +206,30 @@ fn known_writes(
             (Request::Delete { key, .. }, Outcome::Ok(Answer::Deleted { version, .. })) => {
                 push(key, *version, None)
             }
-            (Request::Batch { puts, deletes }, outcome) => {
-                let version = match outcome {
-                    Outcome::Ok(Answer::Written { version }) => Some(*version),
-                    Outcome::Unknown { .. } => {
-                        puts.iter().find_map(|(_, w)| found.get(w).map(|(_, v)| *v))
-                    }
-                    _ => None,
+            (Request::Batch { puts, .. }, outcome) => {
+                // Each op's version: acknowledged, or (unknown outcome) where the
+                // replicas hold its value, one version per shard.
+                let versions: Vec<Option<u64>> = match outcome {
+                    Outcome::Ok(Answer::Batched { versions }) => versions.clone(),
+                    Outcome::Unknown { .. } => puts
+                        .iter()
+                        .map(|(_, w)| found.get(w).map(|(_, v)| *v))
+                        .collect(),
+                    _ => continue,
                 };
-                let Some(version) = version else { continue };
                 let mut members = Vec::new();
-                for (key, write) in puts {
-                    push(key, version, Some(*write));
-                    members.push((key.clone(), Some(*write)));
-                }
-                if acked.is_some() {
-                    for key in deletes {
-                        push(key, version, None);
-                        members.push((key.clone(), None));
+                for (key, write, version) in op.request.batch_ops(&versions) {
+                    let Some(version) = version else { continue };
+                    // An unknown batch's deletes have no known version.
+                    if write.is_none() && acked.is_none() {
+                        continue;
                     }
+                    push(key, version, write);
+                    members.push((key.to_owned(), write, version));
                 }
-                batches.insert(op.id, members);
+                if !members.is_empty() {
+                    batches.insert(op.id, members);
+                }
             }
             _ => {}
         }
@@ -363,20 +367,39 @@ pub async fn check(inputs: SnapshotInputs<'_>) -> SnapshotReport {
             }
         }
         for (op, members) in &batches {
-            let Some(version) = writes.iter().find(|w| w.op == *op).map(|w| w.version) else {
-                continue;
-            };
-            // Per put of the batch: does the snapshot show it (or a later write) or an
-            // earlier state? A key absent there says nothing (a later delete would
-            // hide the batch's value), so it is left out.
+            // 4, by the cuts: every op of the batch inside, or none.
+            let inside: Vec<bool> = members
+                .iter()
+                .map(|(key, _, version)| {
+                    let shard = shard_for_key(key.as_bytes(), shards);
+                    info.cuts.get(&shard).is_some_and(|&cut| *version < cut)
+                })
+                .collect();
+            if inside.iter().any(|&i| i) && inside.iter().any(|&i| !i) {
+                v.push(format!(
+                    "snapshot {id} (cuts {:?}) splits batch op #{op}: {:?}: guarantee 4",
+                    info.cuts,
+                    members
+                        .iter()
+                        .zip(&inside)
+                        .map(|((k, _, version), i)| format!(
+                            "{k}@{version}{}",
+                            if *i { " in" } else { " out" }
+                        ))
+                        .collect::<Vec<_>>()
+                ));
+            }
+            // 4, by the read-back: per put, does the snapshot show it (or a later
+            // write) or an earlier state? A key absent there says nothing (a later
+            // delete would hide the batch's value), so it is left out.
             let flags: Vec<bool> = members
                 .iter()
-                .filter(|(_, w)| w.is_some())
-                .filter_map(|(key, _)| got.get(key.as_str()).map(|(_, v)| *v >= version))
+                .filter(|(_, w, _)| w.is_some())
+                .filter_map(|(key, _, version)| got.get(key.as_str()).map(|(_, v)| *v >= *version))
                 .collect();
             if flags.iter().any(|&f| f) && flags.iter().any(|&f| !f) {
                 v.push(format!(
-                    "snapshot {id} read on node {node} shows batch op #{op} (version {version}) in part: guarantee 4"
+                    "snapshot {id} read on node {node} shows batch op #{op} in part: guarantee 4"
                 ));
             }
         }

@@ -8,8 +8,8 @@
 //! The mix, over a fixed set of keys under one prefix: linearizable gets, puts,
 //! compare-and-set puts (`If-Match` with a version the client saw earlier, so some
 //! succeed and some get 412), create-only puts (`If-None-Match: *`), deletes, deletes
-//! with `If-Match`, single-shard batches of puts and deletes, and prefix scans of the
-//! whole key set. Every put writes a unique [`WriteId`]. A client pauses a random
+//! with `If-Match`, batches of puts and deletes (half within one shard, half across
+//! shards: cross-shard transactions), and prefix scans of the whole key set. Every put writes a unique [`WriteId`]. A client pauses a random
 //! think time between operations, so the machine is not saturated by the clients
 //! themselves.
 //!
@@ -286,8 +286,12 @@ impl WorkloadClient {
                 None => Request::Get { key },
             },
             87..=96 if !self.groups.is_empty() => {
-                let group = &self.groups[self.rng.gen_range(0..self.groups.len())];
-                let mut members = group.clone();
+                // Half within one shard, half across shards (a transaction).
+                let mut members = if self.rng.gen_bool(0.5) {
+                    self.groups[self.rng.gen_range(0..self.groups.len())].clone()
+                } else {
+                    self.keys.clone()
+                };
                 let n = self.rng.gen_range(2..=members.len().min(3));
                 let mut puts = Vec::new();
                 let mut deletes = Vec::new();
@@ -323,12 +327,16 @@ impl WorkloadClient {
             | (Request::Delete { key, .. }, Answer::Deleted { .. }) => {
                 self.versions.remove(key);
             }
-            (Request::Batch { puts, deletes }, Answer::Written { version }) => {
-                for (key, _) in puts {
-                    self.versions.insert(key.clone(), *version);
-                }
-                for key in deletes {
-                    self.versions.remove(key);
+            (Request::Batch { .. }, Answer::Batched { versions }) => {
+                for (key, write, version) in request.batch_ops(versions) {
+                    match (write, version) {
+                        (Some(_), Some(v)) => {
+                            self.versions.insert(key.to_owned(), v);
+                        }
+                        _ => {
+                            self.versions.remove(key);
+                        }
+                    }
                 }
             }
             _ => {}
@@ -369,9 +377,11 @@ pub async fn execute(client: &Client, request: &Request) -> Outcome {
                 .collect();
             ops.extend(deletes.iter().map(|k| BatchOp::delete(k.as_bytes())));
             client
-                .batch(ops)
+                .batch_versions(ops)
                 .await
-                .map(|version| Answer::Written { version })
+                .map(|answer| Answer::Batched {
+                    versions: answer.versions,
+                })
         }
         Request::Scan { prefix } => scan(client, prefix).await,
     };
