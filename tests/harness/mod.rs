@@ -170,9 +170,24 @@ impl Cluster {
     /// Spawns node `id` with its usual arguments, data dir and ports (logs are
     /// appended to). Does not wait for it to become ready.
     pub fn start_node(&mut self, id: usize) {
+        self.start_node_with_env(id, &[]);
+    }
+
+    /// Like [`Cluster::start_node`], with extra environment variables (for example
+    /// `FAILPOINTS`, which arms crash points in test builds).
+    pub fn start_node_with_env(&mut self, id: usize, env: &[(&str, &str)]) {
         self.inner
-            .start_node(node(id))
+            .start_node_with_env(node(id), env)
             .unwrap_or_else(|e| panic!("start node {id}: {e}"));
+    }
+
+    /// Waits up to `timeout` for node `id` to exit by itself; returns (and reaps) its
+    /// exit status, or `None` if it is still running.
+    pub async fn wait_exit(&mut self, id: usize, timeout: Duration) -> Option<ExitStatus> {
+        self.inner
+            .wait_exit(node(id), timeout)
+            .await
+            .unwrap_or_else(|e| panic!("wait for node {id}: {e}"))
     }
 
     /// SIGKILLs node `id` and reaps it.

@@ -326,6 +326,12 @@ impl Cluster {
     /// Spawns node `id` with its arguments, data dir and ports (logs are appended to).
     /// Does not wait for it to become ready.
     pub fn start_node(&mut self, id: NodeId) -> Result<()> {
+        self.start_node_with_env(id, &[])
+    }
+
+    /// Like [`Cluster::start_node`], with extra environment variables (for example
+    /// `FAILPOINTS`, which arms crash points in test builds).
+    pub fn start_node_with_env(&mut self, id: NodeId, env: &[(&str, &str)]) -> Result<()> {
         if self.is_running(id) {
             return Err(ChaosError::Misuse(format!("node {id} is already running")));
         }
@@ -334,6 +340,7 @@ impl Cluster {
         let stderr = append(&self.stderr_path(id))?;
         let binary = self.opts.binary.clone();
         let child = Cluster::command(&binary, &args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -369,6 +376,30 @@ impl Cluster {
             .wait()
             .map_err(|e| ChaosError::io(format!("wait for killed node {id}"), e))?;
         Ok(())
+    }
+
+    /// Waits up to `timeout` for node `id` to exit by itself (a crash point, say);
+    /// returns (and reaps) its exit status, or `None` if it is still running.
+    pub async fn wait_exit(&mut self, id: NodeId, timeout: Duration) -> Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let node = self.node_mut(id)?;
+            let Some(child) = node.child.as_mut() else {
+                return Ok(None);
+            };
+            if let Some(status) = child
+                .try_wait()
+                .map_err(|e| ChaosError::io(format!("wait for node {id}"), e))?
+            {
+                node.child = None;
+                node.paused = false;
+                return Ok(Some(status));
+            }
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// SIGKILLs every running node.

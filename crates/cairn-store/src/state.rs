@@ -203,6 +203,7 @@ impl ShardState {
                 applied: applied.index,
             });
         }
+        crate::crash_point!("state.apply.before");
         let mut batch = sled::Batch::default();
         batch.insert(
             keys::APPLIED_KEY,
@@ -279,6 +280,7 @@ impl ShardState {
             }
         };
         self.tree.apply_batch(batch)?;
+        crate::crash_point!("state.apply.after");
         Ok(outcome)
     }
 
@@ -609,6 +611,8 @@ impl ShardState {
         &self,
         upto: u64,
     ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + Send + 'static {
+        // On the leader, as it starts streaming a Raft snapshot to a follower.
+        crate::crash_point!("state.snapshot_export");
         let cuts = self
             .tree
             .scan_prefix([cut::CUT_PREFIX])
@@ -659,6 +663,7 @@ impl ShardState {
     /// state, in one sled batch. `Corrupt` (nothing written) if any staged pair is not a
     /// valid data record.
     pub fn install(&self, stage: &SnapshotStage, applied: AppliedState) -> Result<()> {
+        crate::crash_point!("state.snapshot_install.before");
         let mut batch = sled::Batch::default();
         for k in self.tree.iter().keys() {
             batch.remove(k?);
@@ -685,6 +690,7 @@ impl ShardState {
         }
         batch.insert(keys::APPLIED_KEY, &encode_applied(applied)[..]);
         self.tree.apply_batch(batch)?;
+        crate::crash_point!("state.snapshot_install.after");
         Ok(())
     }
 
