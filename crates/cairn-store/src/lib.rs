@@ -28,6 +28,7 @@
 mod command;
 mod crash;
 pub mod cut;
+mod digest;
 mod error;
 mod history;
 pub mod keys;
@@ -43,6 +44,7 @@ use serde::{Deserialize, Serialize};
 pub use command::{Command, Condition, OpKind, WriteOp};
 pub use crash::{arm_crash_points, crash};
 pub use cut::Cut;
+pub use digest::ShardDigest;
 pub use error::{Result, StoreError};
 #[doc(hidden)]
 pub use fail as __fail;
