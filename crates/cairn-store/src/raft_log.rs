@@ -199,9 +199,11 @@ impl RaftLog {
     /// entries already stored at and after the first new index are replaced (raft's
     /// overwrite of a conflicting suffix).
     pub fn persist(&self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<()> {
+        // Two points, not one with two names: `crash_point!` needs a literal.
         if !entries.is_empty() {
             crate::crash_point!("log.append.before");
-        } else {
+        }
+        if entries.is_empty() {
             crate::crash_point!("log.hard_state.before");
         }
         let mut batch = sled::Batch::default();
@@ -254,7 +256,8 @@ impl RaftLog {
         self.tree.apply_batch(batch)?;
         if !entries.is_empty() {
             crate::crash_point!("log.append.after");
-        } else {
+        }
+        if entries.is_empty() {
             crate::crash_point!("log.hard_state.after");
         }
         Ok(())
