@@ -540,9 +540,6 @@ impl stateright::Model for Cluster {
         for msg in state.net.iter() {
             if state.shards[msg.shard as usize].log.len() < c.max_log as usize {
                 actions.push(Action::Deliver { msg, keep: false });
-                if state.duplicates < c.duplicates {
-                    actions.push(Action::Deliver { msg, keep: true });
-                }
             }
             if c.lossy {
                 actions.push(Action::Lose(msg));
@@ -610,6 +607,15 @@ impl stateright::Model for Cluster {
             }
             if txn.record == TxnRecord::Pending || txn.commit_key {
                 actions.push(Action::SweepTxn(t));
+            }
+        }
+        // Duplicating deliveries last: breadth-first search then prefers
+        // counterexamples without them, which read more easily.
+        if state.duplicates < c.duplicates {
+            for msg in state.net.iter() {
+                if state.shards[msg.shard as usize].log.len() < c.max_log as usize {
+                    actions.push(Action::Deliver { msg, keep: true });
+                }
             }
         }
     }
