@@ -2,13 +2,13 @@
 //! from a prefix of it.
 //!
 //! Raft itself is abstracted to what the marker protocol relies on: a log whose
-//! committed prefix never changes, a leader that appends to an uncommitted tail, and a
-//! leader change that may drop any suffix of that tail. Every replica's state machine
-//! is a function of how far it has applied (`ShardState::apply` is deterministic), so
-//! a replica is just its applied index, and [`View`] replays the prefix to get its cut
-//! table, its open cuts (`Replica::open_cuts`), its locks and the visible data.
-//! Only the leader has memory beyond the log: the answers it holds back and its
-//! pending linearizable read; a leader change loses both, as `fail_pending` does.
+//! committed prefix never changes, a leader that appends what it is sent, and (with
+//! `tails`) an uncommitted tail of which a leader change may lose any suffix. Every
+//! replica's state machine is a function of how far it has applied
+//! (`ShardState::apply` is deterministic), so [`View`] replays a prefix to get its cut
+//! table, its open cuts (`Replica::open_cuts`), its `hold_from`, its locks and the
+//! visible data. Only the leader has memory beyond the log: the answers it holds back
+//! and its held linearizable read; a leader change loses both, as `fail_pending` does.
 
 /// A write (single-shard batch or cross-shard transaction) by its index in the
 /// configuration's script.
