@@ -252,11 +252,18 @@ impl Cluster {
     /// Spawns node `id` with its usual arguments, data dir and ports (logs are
     /// appended to). Does not wait for it to become ready.
     pub fn start_node(&mut self, id: usize) {
+        self.start_node_with_env(id, &[]);
+    }
+
+    /// Like [`Cluster::start_node`], with extra environment variables (for example
+    /// `FAILPOINTS`, which arms crash points in test builds).
+    pub fn start_node_with_env(&mut self, id: usize, env: &[(&str, &str)]) {
         assert!(!self.is_running(id), "node {id} is already running");
         let args = self.node_args(id);
         let stdout = append(&self.stdout_path(id));
         let stderr = append(&self.stderr_path(id));
         let child = Cluster::command(&args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -275,6 +282,23 @@ impl Cluster {
         signal(&child, libc::SIGKILL);
         // SIGKILL cannot be ignored; the wait is immediate.
         child.wait().expect("wait for killed node");
+    }
+
+    /// Waits up to `timeout` for node `id` to exit by itself; returns (and reaps) its
+    /// exit status, or `None` if it is still running.
+    pub async fn wait_exit(&mut self, id: usize, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.node_mut(id).child.as_mut()?;
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.node_mut(id).child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// SIGKILLs every running node.
