@@ -9,6 +9,7 @@
 mod backups;
 mod cluster;
 mod kv;
+mod openapi;
 mod snapshots;
 pub mod url;
 
@@ -66,6 +67,7 @@ pub fn app(state: Arc<ApiState>) -> axum::Router {
         .route("/v1/revert", post(backups::revert))
         .route("/v1/reverts", get(backups::reverts))
         .route("/v1/cluster", get(cluster::status))
+        .route("/v1/openapi.json", get(openapi::document))
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))
         .route("/metrics", get(cluster::metrics))
