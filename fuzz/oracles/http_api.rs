@@ -81,25 +81,7 @@ pub fn check(data: &[u8]) {
         return;
     };
     let what = format!("{} {}", request.method(), request.uri());
-    let (status, content_type, body) = node.runtime.block_on(async {
-        let response = node
-            .app
-            .clone()
-            .oneshot(request)
-            .await
-            .expect("the router is infallible");
-        let status = response.status();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .expect("a response body");
-        (status, content_type, body)
-    });
+    let (status, content_type, body) = answer(request);
     let text = String::from_utf8_lossy(&body);
     assert!(
         !matches!(status.as_u16(), 500 | 501 | 502),
@@ -118,6 +100,41 @@ pub fn check(data: &[u8]) {
         serde_json::from_slice::<serde_json::Value>(&body)
             .unwrap_or_else(|e| panic!("{what}: {status} with bad JSON ({e}): {text}"));
     }
+}
+
+/// Send `method uri` with `body` to the in-process node: its status and body.
+pub fn send(method: &str, uri: &str, body: &[u8]) -> (StatusCode, Vec<u8>) {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Body::from(body.to_vec()))
+        .expect("a valid request");
+    let (status, _, body) = answer(request);
+    (status, body.to_vec())
+}
+
+/// The node's answer to `request`: status, content type, body.
+fn answer(request: Request<Body>) -> (StatusCode, String, axum::body::Bytes) {
+    let node = node();
+    node.runtime.block_on(async {
+        let response = node
+            .app
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("the router is infallible");
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("a response body");
+        (status, content_type, body)
+    })
 }
 
 /// The request a case describes, or `None` when its bytes make no valid HTTP request
