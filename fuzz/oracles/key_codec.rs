@@ -42,5 +42,8 @@ pub fn check(data: &[u8]) {
     assert!(ea.starts_with(&keys::versions_prefix(&a)));
     assert_eq!(ea.starts_with(&keys::scan_prefix(&p)), a.starts_with(&p));
     assert_eq!(eb > keys::after_key(&a), b > a);
-    assert_eq!(keys::decode_value(&keys::encode_value(Some(&b))).ok(), Some(Some(&b[..])));
+    assert_eq!(
+        keys::decode_value(&keys::encode_value(Some(&b))).ok(),
+        Some(Some(&b[..]))
+    );
 }

@@ -20,11 +20,18 @@ pub fn replay(target: &str, check: fn(&[u8])) -> usize {
                 .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&data)));
             if outcome.is_err() {
-                panic!("{target}: {} fails its oracle (see the panic above)", path.display());
+                panic!(
+                    "{target}: {} fails its oracle (see the panic above)",
+                    path.display()
+                );
             }
             inputs += 1;
         }
     }
-    assert!(inputs > 0, "{target}: no seeds or regressions under {}", fuzz.display());
+    assert!(
+        inputs > 0,
+        "{target}: no seeds or regressions under {}",
+        fuzz.display()
+    );
     inputs
 }

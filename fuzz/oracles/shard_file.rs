@@ -24,7 +24,11 @@ pub fn check(data: &[u8]) {
     let mut input = Input::new(data);
     let compress = input.bool();
     let body = input.rest();
-    let file = if compress { zstd_frame(body) } else { body.to_vec() };
+    let file = if compress {
+        zstd_frame(body)
+    } else {
+        body.to_vec()
+    };
 
     let read = read_all(&file);
     if let Ok((shard, records)) = &read {

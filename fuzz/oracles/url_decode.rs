@@ -26,8 +26,10 @@ pub fn check(data: &[u8]) {
                 "refused a valid escape at {}",
                 e.position
             );
-            assert!(text.as_bytes()[..e.position].iter().all(|&b| b != b'%')
-                || url::decode(&text[..e.position]).is_ok());
+            assert!(
+                text.as_bytes()[..e.position].iter().all(|&b| b != b'%')
+                    || url::decode(&text[..e.position]).is_ok()
+            );
         }
     }
 

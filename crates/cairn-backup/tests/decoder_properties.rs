@@ -57,7 +57,12 @@ fn mutate(mut bytes: Vec<u8>, m: &Mutation) -> Vec<u8> {
 }
 
 fn cuts(shards: u32) -> impl Strategy<Value = BTreeMap<u32, u64>> {
-    vec(1..1000u64, shards as usize).prop_map(|c| c.into_iter().enumerate().map(|(s, c)| (s as u32, c)).collect())
+    vec(1..1000u64, shards as usize).prop_map(|c| {
+        c.into_iter()
+            .enumerate()
+            .map(|(s, c)| (s as u32, c))
+            .collect()
+    })
 }
 
 fn manifest() -> impl Strategy<Value = Manifest> {
@@ -69,40 +74,46 @@ fn manifest() -> impl Strategy<Value = Manifest> {
             any::<bool>(),
             "[a-z0-9./-]{0,12}",
         )
-            .prop_map(move |(snapshot, parent, covered, scheduled, path)| Manifest {
-                format_version: 1,
-                cluster_id: "befddce112508f48".into(),
-                backup_id: "20261123T153001Z-000007".into(),
-                snapshot: SnapshotRef {
-                    id: 42,
-                    time: "2026-11-23T13:35:08.218Z".into(),
-                    cuts: snapshot,
-                },
-                parent: parent.map(|cuts| ParentRef {
-                    backup_id: "20261123T150001Z-000005".into(),
-                    cuts,
-                }),
-                shards,
-                files: (0..shards)
-                    .map(|s| FileEntry {
-                        path: if s == 0 { path.clone() } else { format!("shard-{s}.cbk") },
-                        shard: s,
-                        bytes: 100,
-                        blake3: "9f2c".repeat(16),
-                        keys: 1,
-                        versions: 1,
-                    })
-                    .collect(),
-                schedule: scheduled.then(|| "quarter-hourly".into()),
-                covered: covered
-                    .into_iter()
-                    .map(|cuts| SnapshotRef {
-                        id: 40,
-                        time: "2026-11-23T13:35:06.101Z".into(),
+            .prop_map(
+                move |(snapshot, parent, covered, scheduled, path)| Manifest {
+                    format_version: 1,
+                    cluster_id: "befddce112508f48".into(),
+                    backup_id: "20261123T153001Z-000007".into(),
+                    snapshot: SnapshotRef {
+                        id: 42,
+                        time: "2026-11-23T13:35:08.218Z".into(),
+                        cuts: snapshot,
+                    },
+                    parent: parent.map(|cuts| ParentRef {
+                        backup_id: "20261123T150001Z-000005".into(),
                         cuts,
-                    })
-                    .collect(),
-            })
+                    }),
+                    shards,
+                    files: (0..shards)
+                        .map(|s| FileEntry {
+                            path: if s == 0 {
+                                path.clone()
+                            } else {
+                                format!("shard-{s}.cbk")
+                            },
+                            shard: s,
+                            bytes: 100,
+                            blake3: "9f2c".repeat(16),
+                            keys: 1,
+                            versions: 1,
+                        })
+                        .collect(),
+                    schedule: scheduled.then(|| "quarter-hourly".into()),
+                    covered: covered
+                        .into_iter()
+                        .map(|cuts| SnapshotRef {
+                            id: 40,
+                            time: "2026-11-23T13:35:06.101Z".into(),
+                            cuts,
+                        })
+                        .collect(),
+                },
+            )
     })
 }
 
@@ -118,7 +129,11 @@ fn records() -> impl Strategy<Value = Vec<Record>> {
     .prop_map(|records| {
         let mut records: Vec<Record> = records
             .into_iter()
-            .map(|(key, version, value)| Record { key, version, value })
+            .map(|(key, version, value)| Record {
+                key,
+                version,
+                value,
+            })
             .collect();
         records.sort_by(|a, b| a.key.cmp(&b.key).then(b.version.cmp(&a.version)));
         records.dedup_by(|a, b| a.key == b.key && a.version == b.version);

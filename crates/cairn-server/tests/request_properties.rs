@@ -48,13 +48,24 @@ fn object(fields: &'static [&'static str]) -> impl Strategy<Value = Value> {
     (vec((0..fields.len() + 1, scalar()), 0..5)).prop_map(move |pairs| {
         let mut object = serde_json::Map::new();
         for (i, value) in pairs {
-            object.insert(fields.get(i).copied().unwrap_or("unknown").to_owned(), value);
+            object.insert(
+                fields.get(i).copied().unwrap_or("unknown").to_owned(),
+                value,
+            );
         }
         Value::Object(object)
     })
 }
 
-const OP_FIELDS: &[&str] = &["op", "key", "key_b64", "value", "value_b64", "if_version", "if_absent"];
+const OP_FIELDS: &[&str] = &[
+    "op",
+    "key",
+    "key_b64",
+    "value",
+    "value_b64",
+    "if_version",
+    "if_absent",
+];
 
 /// A body for one of the four JSON routes, and that route's index in the oracle's
 /// `ROUTES`.

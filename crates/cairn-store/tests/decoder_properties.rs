@@ -57,7 +57,10 @@ fn mutate(mut bytes: Vec<u8>, m: &Mutation) -> Vec<u8> {
 
 /// Keys with few distinct bytes, so escapes and prefixes collide.
 fn key() -> impl Strategy<Value = Vec<u8>> {
-    vec(prop_oneof![Just(0u8), Just(0xFF), Just(1), any::<u8>()], 0..10)
+    vec(
+        prop_oneof![Just(0u8), Just(0xFF), Just(1), any::<u8>()],
+        0..10,
+    )
 }
 
 fn command() -> impl Strategy<Value = Command> {
@@ -128,5 +131,9 @@ proptest! {
 fn a_command_with_trailing_bytes_is_corrupt() {
     let mut bytes = Command::Marker { epoch: 42 }.encode();
     bytes.push(0);
-    assert!(Command::decode(&bytes).is_err(), "decoded {:?}", Command::decode(&bytes));
+    assert!(
+        Command::decode(&bytes).is_err(),
+        "decoded {:?}",
+        Command::decode(&bytes)
+    );
 }

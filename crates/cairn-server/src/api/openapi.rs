@@ -44,9 +44,9 @@ mod tests {
                 .map_or(call.len(), |(i, _)| i);
             let methods = &call[..end];
             for method in ["get", "put", "post", "delete", "patch"] {
-                let called = methods.match_indices(&format!("{method}(")).any(|(i, _)| {
-                    i == 0 || !methods.as_bytes()[i - 1].is_ascii_alphanumeric()
-                });
+                let called = methods
+                    .match_indices(&format!("{method}("))
+                    .any(|(i, _)| i == 0 || !methods.as_bytes()[i - 1].is_ascii_alphanumeric());
                 if called {
                     routes.insert((path.clone(), method.to_owned()));
                 }
@@ -56,7 +56,8 @@ mod tests {
     }
 
     fn documented_routes() -> BTreeSet<(String, String)> {
-        let doc: serde_json::Value = serde_json::from_str(DOCUMENT).expect("docs/openapi.json is JSON");
+        let doc: serde_json::Value =
+            serde_json::from_str(DOCUMENT).expect("docs/openapi.json is JSON");
         let paths = doc["paths"].as_object().expect("a paths object");
         paths
             .iter()
