@@ -82,12 +82,18 @@ pub fn check(data: &[u8]) {
         return;
     };
     let what = format!("{} {}", request.method(), request.uri());
+    let head = request.method() == Method::HEAD;
     let (status, content_type, body) = answer(request);
     let text = String::from_utf8_lossy(&body);
     assert!(
         !(500..=502).contains(&status.as_u16()),
         "{what}: {status} {text}"
     );
+    if head {
+        // A HEAD answer has the GET answer's headers and no body.
+        assert!(body.is_empty(), "{what}: a body");
+        return;
+    }
     if status.is_client_error() || status.is_server_error() {
         let error: serde_json::Value = serde_json::from_slice(&body)
             .unwrap_or_else(|e| panic!("{what}: {status} with a non-JSON body ({e}): {text}"));

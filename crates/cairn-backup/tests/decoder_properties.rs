@@ -4,12 +4,19 @@
 //! is an error naming its file, and what is accepted is consistent. Fixed seed and
 //! case count, so CI runs the same cases every time (docs/FUZZING.md).
 
+#[path = "../../../fuzz/oracles/allocation_cap.rs"]
+mod allocation_cap;
 #[path = "../../../fuzz/oracles/input.rs"]
 mod input;
 #[path = "../../../fuzz/oracles/manifest_decode.rs"]
 mod manifest_decode;
 #[path = "../../../fuzz/oracles/shard_file.rs"]
 mod shard_file;
+
+/// As in the fuzz targets: one allocation over 256 MiB aborts (a length field sized a
+/// buffer), so a regression of that kind fails here too.
+#[global_allocator]
+static ALLOCATOR: allocation_cap::AllocationCap = allocation_cap::AllocationCap;
 
 use std::collections::BTreeMap;
 use std::io::Read;

@@ -2,6 +2,8 @@
 //! every input a fuzzer ever crashed on, through the same oracle `cargo fuzz` runs
 //! (`fuzz/oracles/`, docs/FUZZING.md).
 
+#[path = "../../../fuzz/oracles/allocation_cap.rs"]
+mod allocation_cap;
 #[path = "../../../fuzz/oracles/input.rs"]
 mod input;
 #[path = "../../../fuzz/oracles/manifest_decode.rs"]
@@ -10,6 +12,11 @@ mod manifest_decode;
 mod replay;
 #[path = "../../../fuzz/oracles/shard_file.rs"]
 mod shard_file;
+
+/// As in the fuzz targets: one allocation over 256 MiB aborts (a length field sized a
+/// buffer), so a regression of that kind fails here too.
+#[global_allocator]
+static ALLOCATOR: allocation_cap::AllocationCap = allocation_cap::AllocationCap;
 
 #[test]
 fn manifest_decode_inputs() {

@@ -2,6 +2,8 @@
 //! fuzzer ever crashed on, through the same oracle `cargo fuzz` runs (`fuzz/oracles/`,
 //! docs/FUZZING.md). `http_api` starts one in-process single-node cluster.
 
+#[path = "../../../fuzz/oracles/allocation_cap.rs"]
+mod allocation_cap;
 #[path = "../../../fuzz/oracles/http_api.rs"]
 mod http_api;
 #[path = "../../../fuzz/oracles/input.rs"]
@@ -10,6 +12,11 @@ mod input;
 mod replay;
 #[path = "../../../fuzz/oracles/url_decode.rs"]
 mod url_decode;
+
+/// As in the fuzz targets: one allocation over 256 MiB aborts (a length field sized a
+/// buffer), so a regression of that kind fails here too.
+#[global_allocator]
+static ALLOCATOR: allocation_cap::AllocationCap = allocation_cap::AllocationCap;
 
 #[test]
 fn url_decode_inputs() {

@@ -3,6 +3,8 @@
 //! encodings go through the fuzz targets' oracles (`fuzz/oracles/`), with a fixed seed
 //! and case count so CI runs the same cases every time (docs/FUZZING.md).
 
+#[path = "../../../fuzz/oracles/allocation_cap.rs"]
+mod allocation_cap;
 #[path = "../../../fuzz/oracles/command_decode.rs"]
 mod command_decode;
 #[path = "../../../fuzz/oracles/cut_decode.rs"]
@@ -11,6 +13,11 @@ mod cut_decode;
 mod input;
 #[path = "../../../fuzz/oracles/key_codec.rs"]
 mod key_codec;
+
+/// As in the fuzz targets: one allocation over 256 MiB aborts (a length field sized a
+/// buffer), so a regression of that kind fails here too.
+#[global_allocator]
+static ALLOCATOR: allocation_cap::AllocationCap = allocation_cap::AllocationCap;
 
 use cairn_store::{cut, keys, Command, Condition, Cut, OpKind, WriteOp};
 use proptest::collection::vec;

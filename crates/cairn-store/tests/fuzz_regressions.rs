@@ -2,6 +2,8 @@
 //! every input a fuzzer ever crashed on, through the same oracle `cargo fuzz` runs
 //! (`fuzz/oracles/`, docs/FUZZING.md).
 
+#[path = "../../../fuzz/oracles/allocation_cap.rs"]
+mod allocation_cap;
 #[path = "../../../fuzz/oracles/command_decode.rs"]
 mod command_decode;
 #[path = "../../../fuzz/oracles/cut_decode.rs"]
@@ -12,6 +14,11 @@ mod input;
 mod key_codec;
 #[path = "../../../fuzz/oracles/replay.rs"]
 mod replay;
+
+/// As in the fuzz targets: one allocation over 256 MiB aborts (a length field sized a
+/// buffer), so a regression of that kind fails here too.
+#[global_allocator]
+static ALLOCATOR: allocation_cap::AllocationCap = allocation_cap::AllocationCap;
 
 #[test]
 fn key_codec_inputs() {
