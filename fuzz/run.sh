@@ -26,5 +26,5 @@ for target in "${targets[@]}"; do
   echo "== $target: ${SECONDS_EACH} s"
   cargo fuzz run -s none "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
     -max_total_time="$SECONDS_EACH" -print_final_stats=1 -rss_limit_mb=2048 \
-    -max_len=4096 "${dict[@]}" 2>&1 | tee "fuzz/logs/$target.log" | grep -E "^(#[0-9]+\s+(INITED|DONE)|Done|stat::|==[0-9]+==|SUMMARY|.*panicked)" || true
+    -max_len=4096 "${dict[@]}" ${FUZZ_ARGS:-} 2>&1 | tee "fuzz/logs/$target.log" | grep -E "^(#[0-9]+\s+(INITED|DONE)|Done|stat::|==[0-9]+==|SUMMARY|.*panicked)" || true
 done

@@ -18,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-EXAMPLES=${API_FUZZ_EXAMPLES:-20}
+EXAMPLES=${API_FUZZ_EXAMPLES:-100}
 SEED=${API_FUZZ_SEED:-20261201}
 VENV=${API_FUZZ_VENV:-target/api-fuzz-venv}
 SCHEMATHESIS=schemathesis==4.32.5
