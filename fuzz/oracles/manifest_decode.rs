@@ -2,8 +2,9 @@
 //! backup's `manifest.json` before verify, restore or retention trusts it.
 //!
 //! On arbitrary bytes it never panics; an error names the manifest's file; an
-//! accepted manifest is consistent (a cut and exactly one file per shard, paths inside
-//! the backup) and survives its own `to_json`.
+//! accepted manifest is consistent (a cut for every shard `0..shards` in its snapshot,
+//! its parent and what it covers; exactly one file per shard; paths inside the backup)
+//! and survives its own `to_json`.
 
 use cairn_backup::Manifest;
 
@@ -13,7 +14,18 @@ pub fn check(data: &[u8]) {
     match Manifest::from_json(data, NAME) {
         Ok(manifest) => {
             let shards = manifest.shards as usize;
-            assert_eq!(manifest.snapshot.cuts.len(), shards);
+            let every_shard = |cuts: &std::collections::BTreeMap<u32, u64>| {
+                cuts.keys().copied().eq(0..manifest.shards)
+            };
+            assert!(every_shard(&manifest.snapshot.cuts), "snapshot cuts");
+            assert!(
+                manifest.covered.iter().all(|c| every_shard(&c.cuts)),
+                "covered cuts"
+            );
+            assert!(
+                manifest.parent.iter().all(|p| every_shard(&p.cuts)),
+                "parent cuts"
+            );
             assert_eq!(manifest.files.len(), shards);
             let mut files: Vec<u32> = manifest.files.iter().map(|f| f.shard).collect();
             files.sort_unstable();
