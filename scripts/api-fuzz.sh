@@ -24,8 +24,14 @@ VENV=${API_FUZZ_VENV:-target/api-fuzz-venv}
 SCHEMATHESIS=schemathesis==4.32.5
 CHECKS=not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance
 
+# python3 (with venv) and curl: present on the development image; from Debian if not.
+if ! command -v curl >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  echo "== installing python3, python3-venv and curl (apt)"
+  apt-get update -qq && apt-get install -y -qq python3 python3-venv curl >/dev/null
+fi
 if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "${SCHEMATHESIS#*==}"; then
   echo "== installing $SCHEMATHESIS into $VENV"
+  rm -rf "$VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "$SCHEMATHESIS"
 fi
