@@ -220,8 +220,9 @@ fn node() -> &'static InProcessNode {
             .enable_all()
             .build()
             .expect("tokio runtime");
+        remove_stale_dirs();
         let temp = tempfile::Builder::new()
-            .prefix("cairn-http-fuzz-")
+            .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
             .tempdir()
             .expect("temp dir");
         let dir = temp.path().to_path_buf();
@@ -233,6 +234,35 @@ fn node() -> &'static InProcessNode {
             _temp: temp,
         }
     })
+}
+
+/// The node's directory is `<tmp>/cairn-http-fuzz-<pid>-<random>`. A process never
+/// drops its statics (libFuzzer and the test harness both end with `exit`), so each
+/// run removes the directories of runs whose process is gone.
+const DIR_PREFIX: &str = "cairn-http-fuzz-";
+
+fn remove_stale_dirs() {
+    // Whether a process is alive is read from /proc; elsewhere, leave everything.
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(DIR_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Start a one-node cluster as `cairn server` would (node.rs), without its HTTP
