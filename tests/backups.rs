@@ -533,6 +533,98 @@ async fn prefix_revert_restores_a_snapshot_state() {
     }
 }
 
+/// A revert is one cross-shard transaction: a reader that has seen one key reverted
+/// sees every later-read key reverted too, and every snapshot holds the revert
+/// entirely or not at all. Readers read the keys in reverse shard order, the order
+/// that would catch a revert applied shard by shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_prefix_revert_is_atomic_for_readers_and_snapshots() {
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let client = cluster.client(1);
+    let mut keys: Vec<Vec<u8>> = (0..8u32)
+        .map(|shard| {
+            (0..)
+                .map(|i| format!("flip/{i}").into_bytes())
+                .find(|k| harness::shard_of(k, 8) == shard)
+                .expect("a key for every shard")
+        })
+        .collect();
+    keys.reverse();
+    let keys = std::sync::Arc::new(keys);
+    let all = |value: &'static [u8]| -> Vec<cairn_client::api::BatchOp> {
+        keys.iter()
+            .map(|k| cairn_client::api::BatchOp::put(k, value))
+            .collect()
+    };
+    client.batch(all(b"old")).await.expect("old state");
+    client.create_snapshot(Some("old-state")).await.unwrap();
+    let (mut passes, mut snapshots) = (0, 0);
+    for round in 0..5 {
+        client.batch(all(b"new")).await.expect("new state");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut readers = Vec::new();
+        for r in 0..3 {
+            let (client, keys, stop) = (cluster.client(1 + r % 3), keys.clone(), stop.clone());
+            readers.push(tokio::spawn(async move {
+                let mut passes = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut seen = Vec::new();
+                    for k in keys.iter() {
+                        seen.push(client.get(k).await.unwrap().expect("present").value);
+                    }
+                    if let Some(first_old) = seen.iter().position(|v| v == b"old") {
+                        assert!(
+                            seen[first_old..].iter().all(|v| v == b"old"),
+                            "round {round}: a reader saw the revert on one shard and not on a later-read one: {:?}",
+                            seen.iter().map(|v| String::from_utf8_lossy(v).into_owned()).collect::<Vec<_>>()
+                        );
+                    }
+                    passes += 1;
+                }
+                passes
+            }));
+        }
+        let snapshotter = {
+            let (client, keys, stop) = (cluster.client(2), keys.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut taken = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok(snap) = client.create_snapshot(None).await else {
+                        continue;
+                    };
+                    let at = ReadAt::Snapshot(snap.id.to_string());
+                    let mut seen = Vec::new();
+                    for k in keys.iter() {
+                        let got = client.get_at(k, &at).await.unwrap();
+                        seen.push(got.value.expect("present").value);
+                    }
+                    assert!(
+                        seen.windows(2).all(|w| w[0] == w[1]),
+                        "round {round}: snapshot {} holds half a revert",
+                        snap.id
+                    );
+                    taken += 1;
+                }
+                taken
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let reverted = client.revert(b"flip/", "old-state").await.expect("revert");
+        assert_eq!(reverted.restored, 8, "{reverted:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for r in readers {
+            passes += r.await.expect("reader");
+        }
+        snapshots += snapshotter.await.expect("snapshots");
+        for k in keys.iter() {
+            assert_eq!(client.get(k).await.unwrap().unwrap().value, b"old");
+        }
+    }
+    assert!(passes >= 30, "readers checked too little ({passes} passes)");
+    assert!(snapshots >= 5, "too few snapshots checked ({snapshots})");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_backups_round_trip() {
     let server = s3_server::S3Server::start("cairn-backups");

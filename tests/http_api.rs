@@ -773,16 +773,22 @@ async fn batches() {
         .unwrap_err();
     assert!(err.is_precondition_failed(), "{err}");
 
-    // Keys of different shards are refused, and nothing of the batch is applied.
+    // Keys of different shards: one transaction. A failed condition on any shard's
+    // key refuses the whole batch, on every shard.
     let letters: Vec<String> = (b'a'..=b'z').map(|c| format!("xs/{}", c as char)).collect();
     let shards: std::collections::BTreeSet<u32> =
         letters.iter().map(|k| shard_of(k.as_bytes(), 8)).collect();
     assert!(shards.len() > 1);
-    let ops: Vec<api::BatchOp> = letters
+    let mut ops: Vec<api::BatchOp> = letters
         .iter()
         .map(|k| api::BatchOp::put(k.as_bytes(), b"v"))
         .collect();
+    ops.push(api::BatchOp {
+        if_absent: Some(false),
+        ..api::BatchOp::put(b"xs/never-written", b"v")
+    });
     let body = serde_json::to_vec(&api::BatchRequest { ops: ops.clone() }).unwrap();
+    let before = state(&c1).await;
     let resp = send(
         "POST",
         &url(&cluster, 1, "/v1/batch"),
@@ -793,14 +799,12 @@ async fn batches() {
     refused(
         &c1,
         &before,
-        "cross-shard batch",
+        "cross-shard batch with a failed condition",
         resp,
-        400,
-        &["cross_shard_batch"],
+        412,
+        &["precondition_failed"],
     )
     .await;
-    let err = c1.batch(ops).await.unwrap_err();
-    assert_eq!(err.code(), Some("cross_shard_batch"), "{err}");
     for k in &letters {
         assert_eq!(
             c1.get(k.as_bytes()).await.unwrap(),
@@ -808,11 +812,54 @@ async fn batches() {
             "{k} written by a refused batch"
         );
     }
-    // A batch of one key per shard, each its own batch, all succeed.
-    for k in &letters {
-        c1.batch(vec![api::BatchOp::put(k.as_bytes(), b"v")])
+    ops.pop();
+    let written = cluster
+        .client(2)
+        .batch_versions(ops)
+        .await
+        .expect("cross-shard batch");
+    assert!(written.transaction.is_some(), "{written:?}");
+    assert_eq!(written.versions.len(), letters.len());
+    let mut per_shard = std::collections::BTreeMap::new();
+    for (k, version) in letters.iter().zip(&written.versions) {
+        let version = version.expect("resolved on every shard in time");
+        let got = cluster
+            .client(3)
+            .get(k.as_bytes())
             .await
-            .unwrap();
+            .unwrap()
+            .expect("written");
+        assert_eq!(
+            (got.value.as_slice(), got.version),
+            (&b"v"[..], version),
+            "{k}"
+        );
+        // One version per shard: the index of that shard's resolve.
+        assert_eq!(
+            *per_shard
+                .entry(shard_of(k.as_bytes(), 8))
+                .or_insert(version),
+            version,
+            "{k}"
+        );
+    }
+    assert_eq!(per_shard.len(), shards.len());
+    assert_eq!(
+        written.version,
+        written.versions.iter().flatten().copied().max().unwrap()
+    );
+    // Cross-shard conditions that hold, with the versions just returned.
+    let ops: Vec<api::BatchOp> = letters
+        .iter()
+        .zip(&written.versions)
+        .map(|(k, v)| api::BatchOp {
+            if_version: *v,
+            ..api::BatchOp::delete(k.as_bytes())
+        })
+        .collect();
+    c1.batch(ops).await.expect("conditional cross-shard batch");
+    for k in &letters {
+        assert_eq!(c1.get(k.as_bytes()).await.unwrap(), None, "{k}");
     }
 }
 
@@ -1278,15 +1325,18 @@ async fn bad_input_is_refused_and_changes_nothing() {
             &["request_too_large"],
         ),
         (
-            "cross-shard batch",
+            "failed condition in a cross-shard batch",
             serde_json::to_string(&api::BatchRequest {
                 ops: (b'a'..=b'z')
-                    .map(|c| api::BatchOp::put(&[c], b"x"))
+                    .map(|c| api::BatchOp {
+                        if_version: Some(1),
+                        ..api::BatchOp::put(&[c], b"x")
+                    })
                     .collect(),
             })
             .unwrap(),
-            400,
-            &["cross_shard_batch"],
+            412,
+            &["precondition_failed"],
         ),
         (
             "failed condition in batch",

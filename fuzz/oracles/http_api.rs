@@ -33,6 +33,7 @@ use cairn_server::router::Router;
 use cairn_server::Settings;
 use cairn_snapshot::Coordinator;
 use cairn_store::NodeStore;
+use cairn_txn::{Transactions, TxnConfig};
 use tower::ServiceExt;
 
 use crate::input::Input;
@@ -68,8 +69,9 @@ const ROUTES: [&str; 16] = [
 ];
 
 /// Codes a 503 may carry: each tells the client to retry.
-const RETRYABLE: [&str; 5] = [
+const RETRYABLE: [&str; 6] = [
     "unavailable",
+    "transaction_aborted",
     "outcome_unknown",
     "shutting_down",
     "snapshot_aborted",
@@ -294,7 +296,7 @@ async fn start(dir: &Path) -> axum::Router {
         cluster_id: identity.cluster_id.clone(),
         shards: config.shards,
         peers: config.initial_cluster.clone(),
-        listen: config.peer,
+        listen: config.peer_listen,
         tick: config.tick(),
         election_ticks: config.election_ticks,
         heartbeat_ticks: config.heartbeat_ticks,
@@ -312,6 +314,11 @@ async fn start(dir: &Path) -> axum::Router {
         config.request_timeout(),
     ));
     let snapshots = Arc::new(Coordinator::new(router.clone(), config.snapshots()));
+    let txns = Arc::new(Transactions::new(
+        router.clone(),
+        config.id,
+        TxnConfig::default(),
+    ));
     let backups = Backups::new(
         router.clone(),
         snapshots.clone(),
@@ -324,6 +331,7 @@ async fn start(dir: &Path) -> axum::Router {
     let app = api::app(Arc::new(ApiState {
         router,
         snapshots,
+        txns,
         backups,
         cluster_id: identity.cluster_id,
         metrics: None,

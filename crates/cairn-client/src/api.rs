@@ -23,11 +23,27 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
-/// Response to a successful `PUT /v1/kv/{key}` or `POST /v1/batch`.
+/// Response to a successful `PUT /v1/kv/{key}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WriteResponse {
     /// The version of the write: the Raft log index at which it was applied.
     pub version: u64,
+}
+
+/// Response to a successful `POST /v1/batch`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BatchResponse {
+    /// The highest version the batch wrote (for a batch within one shard, the
+    /// version of all of it).
+    pub version: u64,
+    /// Per op, the version its key was written at. A batch across shards is written
+    /// at one version per shard. `null` only when the batch is committed but that
+    /// op's shard had not confirmed it by the deadline: it is applied there shortly,
+    /// and reads of the key wait for it.
+    pub versions: Vec<Option<u64>>,
+    /// The transaction id, for a batch across shards.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub transaction: Option<u64>,
 }
 
 /// Response to a successful `DELETE /v1/kv/{key}`.

@@ -333,13 +333,19 @@ impl Client {
         }
     }
 
-    /// Applies `ops` atomically (all keys must live in one shard); returns the
-    /// batch's version.
+    /// Applies `ops` atomically, within one shard or across several; returns the
+    /// highest version the batch wrote.
     pub async fn batch(&self, ops: Vec<api::BatchOp>) -> Result<u64> {
+        Ok(self.batch_versions(ops).await?.version)
+    }
+
+    /// Like [`Client::batch`], with each op's version (a batch across shards is
+    /// written at one version per shard) and the transaction id, if it was one.
+    pub async fn batch_versions(&self, ops: Vec<api::BatchOp>) -> Result<api::BatchResponse> {
         let url = format!("{}/v1/batch", self.base);
         let body = api::BatchRequest { ops };
         let response = check(self.http.post(url).json(&body).send().await?).await?;
-        Ok(json::<api::WriteResponse>(response).await?.version)
+        json(response).await
     }
 
     /// The answering node's view of the cluster.

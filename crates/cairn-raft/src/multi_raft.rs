@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use cairn_store::{NodeId, NodeStore, ShardId, ShardState};
+use cairn_store::{NodeId, NodeStore, ReadScope, ShardId, ShardState};
 use crossbeam_channel::{bounded, Sender};
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
@@ -64,7 +64,8 @@ impl LocalShards {
             ShardRequest::Get {
                 key, consistency, ..
             } => {
-                let at = self.read_version(inbox, consistency, shard).await?;
+                let scope = ReadScope::Key(key.clone());
+                let at = self.read_version(inbox, consistency, shard, scope).await?;
                 let value = state.get(&key, at).map_err(|e| storage(shard, e))?;
                 Ok(ShardResponse::Value(value))
             }
@@ -75,7 +76,11 @@ impl LocalShards {
                 consistency,
                 ..
             } => {
-                let at = self.read_version(inbox, consistency, shard).await?;
+                let scope = ReadScope::Range {
+                    prefix: prefix.clone(),
+                    start_after: start_after.clone(),
+                };
+                let at = self.read_version(inbox, consistency, shard, scope).await?;
                 let state = state.clone();
                 let items = tokio::task::spawn_blocking(move || {
                     state.scan(&prefix, start_after.as_deref(), limit, at)
@@ -93,8 +98,13 @@ impl LocalShards {
                 to,
                 ..
             } => {
-                self.read_version(inbox, Consistency::AtVersion(from.max(to)), shard)
-                    .await?;
+                self.read_version(
+                    inbox,
+                    Consistency::AtVersion(from.max(to)),
+                    shard,
+                    ReadScope::Nothing,
+                )
+                .await?;
                 let state = state.clone();
                 let changes = tokio::task::spawn_blocking(move || {
                     state.diff(&prefix, start_after.as_deref(), limit, from, to)
@@ -108,13 +118,20 @@ impl LocalShards {
     }
 
     /// The version a read must see: the leader's confirmed, unheld version for a
-    /// linearizable read; everything applied for a stale one; the given version for a
-    /// fixed-version read, once this replica has applied it.
+    /// linearizable read (once no transaction locks a key in `scope`); everything
+    /// applied for a stale one; the given version for a fixed-version read, once this
+    /// replica has applied it.
+    ///
+    /// Only linearizable reads wait for locks. A fixed version is a snapshot's cut,
+    /// and no transaction is ever resolved on one side of a cut and not the other (the
+    /// meta group keeps commits and epoch allocations apart); a stale read promises
+    /// nothing across shards.
     async fn read_version(
         &self,
         inbox: &Sender<ReplicaMsg>,
         consistency: Consistency,
         shard: ShardId,
+        scope: ReadScope,
     ) -> Result<u64, ShardError> {
         match consistency {
             // Local reads never see past an open epoch's cut (guarantee 3): a stale
@@ -135,7 +152,7 @@ impl LocalShards {
             Consistency::Linearizable => {
                 let (reply, rx) = oneshot::channel();
                 inbox
-                    .try_send(ReplicaMsg::ReadBarrier { reply })
+                    .try_send(ReplicaMsg::ReadBarrier { scope, reply })
                     .map_err(|_| ShardError::Unavailable {
                         shard,
                         reason: "replica queue is full".into(),
@@ -162,6 +179,12 @@ impl LocalShards {
             }
         }
         Ok(removed)
+    }
+
+    /// This node's replica of `shard`'s state machine, for reads that need no
+    /// leader (backups, status, tests).
+    pub fn state(&self, shard: ShardId) -> Option<&ShardState> {
+        self.states.get(shard as usize)
     }
 
     pub fn gauges(&self, shard: ShardId) -> Option<&ReplicaGauges> {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_store::{
-    AppliedState, ApplyOutcome, Command, NodeId, NodeStore, RaftLog, ShardId, ShardState,
+    AppliedState, ApplyOutcome, Command, NodeId, NodeStore, RaftLog, ReadScope, ShardId, ShardState,
 };
 use crossbeam_channel::{select, tick, Receiver};
 use protobuf::Message as _;
@@ -44,9 +44,9 @@ pub enum ReplicaMsg {
     },
     /// From the router: a linearizable-read barrier. Answered, with the version the
     /// caller must read the shard's tree at, once this leader has confirmed its
-    /// leadership (ReadIndex), applied up to the read index, and no alignment hold
-    /// covers that version.
-    ReadBarrier { reply: ReadReply },
+    /// leadership (ReadIndex), applied up to the read index, no transaction holds a
+    /// lock on a key in `scope`, and no alignment hold covers that version.
+    ReadBarrier { scope: ReadScope, reply: ReadReply },
     /// From the transport: a Raft message from a peer. May be dropped (Raft retries).
     Raft(Box<Message>),
     /// From the snapshot receiver: a `MsgSnapshot` whose data has been staged in this
@@ -114,10 +114,25 @@ struct PendingWrite {
     reply: WriteReply,
 }
 
+/// A linearizable read waiting for its barrier: what it will read, and where to
+/// send the version it may read at.
+struct Reader {
+    scope: ReadScope,
+    reply: ReadReply,
+}
+
 /// Reads waiting for a read index to be confirmed, then applied.
 struct PendingReads {
     deadline: u64,
-    replies: Vec<ReadReply>,
+    readers: Vec<Reader>,
+}
+
+/// A read whose barrier passed but whose scope a prepared transaction has locked: the
+/// transaction may be committed already, with its writes not yet resolved here, so
+/// the read waits for the resolve rather than answer with the old value.
+struct LockWait {
+    deadline: u64,
+    reader: Reader,
 }
 
 /// An answer ready to go but held back by a snapshot's alignment window: it depends
@@ -150,7 +165,7 @@ pub struct Replica {
     role: StateRole,
     writes: HashMap<u64, PendingWrite>,
     /// Reads that arrived since the last ReadIndex was issued.
-    reads_unissued: Vec<ReadReply>,
+    reads_unissued: Vec<Reader>,
     /// ReadIndex requests in flight, by context id.
     reads_inflight: HashMap<u64, PendingReads>,
     /// Confirmed read indexes waiting for apply to catch up.
@@ -160,6 +175,8 @@ pub struct Replica {
     open_cuts: BTreeMap<u64, u64>,
     /// Answers held back by the alignment window.
     held: Vec<Held>,
+    /// Reads waiting for a transaction (by id) to resolve here.
+    lock_waits: HashMap<u64, Vec<LockWait>>,
     /// Snapshot receivers waiting for their staged snapshot to be handled.
     snapshot_done: Vec<oneshot::Sender<()>>,
 }
@@ -250,6 +267,7 @@ impl Replica {
             reads_confirmed: BTreeMap::new(),
             open_cuts,
             held: Vec::new(),
+            lock_waits: HashMap::new(),
             snapshot_done: Vec::new(),
         })
     }
@@ -287,9 +305,9 @@ impl Replica {
     fn handle(&mut self, msg: ReplicaMsg) {
         match msg {
             ReplicaMsg::Propose { command, reply } => self.propose(command, reply),
-            ReplicaMsg::ReadBarrier { reply } => {
+            ReplicaMsg::ReadBarrier { scope, reply } => {
                 if self.role == StateRole::Leader {
-                    self.reads_unissued.push(reply);
+                    self.reads_unissued.push(Reader { scope, reply });
                 } else {
                     let _ = reply.send(Err(self.not_leader()));
                 }
@@ -375,6 +393,17 @@ impl Replica {
                 reason: "could not confirm leadership for a read in time".into(),
             });
         }
+        for (txn, waits) in self.lock_waits.iter_mut() {
+            for w in waits.extract_if(.., |w| w.deadline <= now) {
+                let _ = w.reader.reply.send(Err(ShardError::Unavailable {
+                    shard,
+                    reason: format!(
+                        "the key is locked by transaction {txn}, which did not resolve in time"
+                    ),
+                }));
+            }
+        }
+        self.lock_waits.retain(|_, waits| !waits.is_empty());
         // An alignment window normally closes within a round trip; one that outlives
         // the request's deadline (a coordinator that died) fails the request rather
         // than holding it forever. The meta leader aborts such epochs.
@@ -407,7 +436,7 @@ impl Replica {
         self.next_id = self.next_id.wrapping_add(1);
         let reads = PendingReads {
             deadline: self.now + self.request_ticks,
-            replies: std::mem::take(&mut self.reads_unissued),
+            readers: std::mem::take(&mut self.reads_unissued),
         };
         self.reads_inflight.insert(id, reads);
         self.raw.read_index(id.to_be_bytes().to_vec());
@@ -474,7 +503,7 @@ impl Replica {
         self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
 
-        self.release_reads();
+        self.release_reads()?;
         self.gauges
             .commit
             .store(self.raw.raft.raft_log.committed, Ordering::Relaxed);
@@ -525,20 +554,51 @@ impl Replica {
         }
     }
 
-    fn release_reads(&mut self) {
+    fn release_reads(&mut self) -> Result<(), String> {
         let applied = self.gauges.applied.load(Ordering::Relaxed);
         let later = self.reads_confirmed.split_off(&(applied + 1));
         for (_, batch) in std::mem::replace(&mut self.reads_confirmed, later) {
             for reads in batch {
-                // The caller reads at exactly `applied`: the hold decision and the
-                // data read concern the same version.
-                self.answer(Held {
-                    version: applied,
-                    deadline: reads.deadline,
-                    answer: Answer::Reads(reads.replies),
-                });
+                self.release_unlocked(applied, reads.deadline, reads.readers)?;
             }
         }
+        Ok(())
+    }
+
+    /// Answer the readers whose scope no transaction locks at `version` (the applied
+    /// index: this thread alone applies, so the lock table is exact there); park the
+    /// others until their transaction resolves.
+    fn release_unlocked(
+        &mut self,
+        version: u64,
+        deadline: u64,
+        readers: Vec<Reader>,
+    ) -> Result<(), String> {
+        let mut free = Vec::new();
+        for reader in readers {
+            match self
+                .state
+                .lock_in(&reader.scope)
+                .map_err(|e| e.to_string())?
+            {
+                Some(txn) => self
+                    .lock_waits
+                    .entry(txn)
+                    .or_default()
+                    .push(LockWait { deadline, reader }),
+                None => free.push(reader.reply),
+            }
+        }
+        if !free.is_empty() {
+            // The caller reads at exactly `version`: the hold decision and the data
+            // read concern the same version.
+            self.answer(Held {
+                version,
+                deadline,
+                answer: Answer::Reads(free),
+            });
+        }
+        Ok(())
     }
 
     /// Whether an answer depending on state at `version` must wait: an open epoch's
@@ -597,7 +657,17 @@ impl Replica {
                 .state
                 .apply(index, term, command.as_ref())
                 .map_err(|e| e.to_string())?;
-            if matches!(command, Some(Command::Batch(_))) {
+            // Write batches and committed resolves count (automatic snapshots follow
+            // this figure); markers, releases and refused batches do not.
+            if matches!(
+                outcome,
+                ApplyOutcome::Applied { .. }
+                    | ApplyOutcome::Resolved {
+                        version: Some(_),
+                        ..
+                    }
+            ) && matches!(command, Some(Command::Batch(_) | Command::Resolve { .. }))
+            {
                 self.gauges.writes_applied.fetch_add(1, Ordering::Relaxed);
             }
             let mut control = false;
@@ -622,6 +692,13 @@ impl Replica {
             }
 
             self.gauges.applied.store(index, Ordering::Release);
+            if let Some(Command::Resolve { txn, .. }) = &command {
+                if let Some(waits) = self.lock_waits.remove(txn) {
+                    for w in waits {
+                        self.release_unlocked(index, w.deadline, vec![w.reader])?;
+                    }
+                }
+            }
 
             let id = entry
                 .context
@@ -748,8 +825,13 @@ impl Replica {
         for (_, w) in self.writes.drain() {
             let _ = w.reply.send(Err(write_err()));
         }
-        for reply in self.reads_unissued.drain(..) {
-            let _ = reply.send(Err(read_err()));
+        for reader in self.reads_unissued.drain(..) {
+            let _ = reader.reply.send(Err(read_err()));
+        }
+        for (_, waits) in self.lock_waits.drain() {
+            for w in waits {
+                let _ = w.reader.reply.send(Err(read_err()));
+            }
         }
         for (_, r) in self.reads_inflight.drain() {
             r.fail(read_err());
@@ -784,8 +866,8 @@ impl Held {
 
 impl PendingReads {
     fn fail(self, err: ShardError) {
-        for reply in self.replies {
-            let _ = reply.send(Err(err.clone()));
+        for reader in self.readers {
+            let _ = reader.reply.send(Err(err.clone()));
         }
     }
 }

@@ -334,3 +334,97 @@ async fn answers_after_a_cut_wait_for_the_release_even_across_a_leader_change() 
         cluster.stop_host(id).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_locked_keys_wait_for_the_resolve_even_across_a_leader_change() {
+    let mut cluster = TestCluster::start().await;
+    let shard = 2;
+    cluster.put(shard, "k", "before").await;
+    let txn = 7 << 40;
+    let prepare = Command::Prepare {
+        txn,
+        ops: vec![WriteOp {
+            key: b"k".to_vec(),
+            kind: OpKind::Put(b"committed".to_vec()),
+            condition: Condition::Always,
+        }],
+    };
+    match cluster.propose(shard, prepare).await {
+        Ok(ShardResponse::Written(ApplyOutcome::Prepared { existed })) => {
+            assert_eq!(existed, vec![true])
+        }
+        other => panic!("prepare: {other:?}"),
+    }
+    // A write of the locked key is refused, and changes nothing.
+    match cluster.propose(shard, put("k", "blind")).await {
+        Ok(ShardResponse::Written(ApplyOutcome::Locked { op: 0, txn: t })) => assert_eq!(t, txn),
+        other => panic!("write of a locked key: {other:?}"),
+    }
+    // A linearizable read of it waits (the transaction may be committed elsewhere);
+    // a read of another key does not, nor does a scan of a range without locks.
+    let leader = cluster.leader(shard).await;
+    assert_eq!(
+        cluster
+            .get(leader, shard, "other", Consistency::Linearizable)
+            .await,
+        Ok(None)
+    );
+    let scan = |prefix: &str| ShardRequest::Scan {
+        shard,
+        prefix: prefix.as_bytes().to_vec(),
+        start_after: None,
+        limit: 10,
+        consistency: Consistency::Linearizable,
+    };
+    assert!(cluster.hosts[&leader]
+        .local()
+        .execute(scan("x"))
+        .await
+        .is_ok());
+    {
+        let read = cluster.get(leader, shard, "k", Consistency::Linearizable);
+        tokio::pin!(read);
+        assert!(
+            tokio::time::timeout(HELD_FOR, &mut read).await.is_err(),
+            "a read of a locked key was answered before the resolve"
+        );
+        let scan_all = cluster.hosts[&leader].local().execute(scan(""));
+        tokio::pin!(scan_all);
+        assert!(
+            tokio::time::timeout(HELD_FOR, &mut scan_all).await.is_err(),
+            "a scan over a locked key was answered before the resolve"
+        );
+        // Stale reads never wait: they promise nothing across shards.
+        assert_eq!(
+            cluster.get(leader, shard, "k", Consistency::Stale).await,
+            Ok(Some(b"before".to_vec()))
+        );
+    }
+    {
+        // The leader changes: the lock is in the applied state, so the new leader
+        // holds reads just the same.
+        cluster.stop_host(leader).await;
+        let leader = cluster.leader(shard).await;
+        let read2 = cluster.get(leader, shard, "k", Consistency::Linearizable);
+        tokio::pin!(read2);
+        assert!(
+            tokio::time::timeout(HELD_FOR, &mut read2).await.is_err(),
+            "the new leader answered a read of a locked key"
+        );
+        match cluster
+            .propose(shard, Command::Resolve { txn, commit: true })
+            .await
+        {
+            Ok(ShardResponse::Written(ApplyOutcome::Resolved {
+                committed: true,
+                version: Some(_),
+            })) => {}
+            other => panic!("resolve: {other:?}"),
+        }
+        assert_eq!(read2.await, Ok(Some(b"committed".to_vec())));
+    }
+    cluster.put(shard, "k", "after").await;
+    for id in [1, 2, 3] {
+        cluster.stop_host(id).await;
+    }
+}

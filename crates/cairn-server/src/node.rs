@@ -12,6 +12,7 @@ use cairn_backup::Backups;
 use cairn_raft::{MultiRaft, RaftConfig};
 use cairn_snapshot::Coordinator;
 use cairn_store::NodeStore;
+use cairn_txn::{Transactions, TxnConfig};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -47,7 +48,7 @@ impl Node {
             cluster_id: identity.cluster_id.clone(),
             shards: config.shards,
             peers: config.initial_cluster.clone(),
-            listen: config.peer,
+            listen: config.peer_listen,
             tick: config.tick(),
             election_ticks: config.election_ticks,
             heartbeat_ticks: config.heartbeat_ticks,
@@ -71,6 +72,11 @@ impl Node {
             config.request_timeout(),
         ));
         let snapshots = Arc::new(Coordinator::new(router.clone(), config.snapshots()));
+        let txns = Arc::new(Transactions::new(
+            router.clone(),
+            config.id,
+            TxnConfig::default(),
+        ));
         let stop_sweeper = CancellationToken::new();
         let span = tracing::info_span!("snapshot_sweeper", node = config.id);
         let sweep = snapshots
@@ -86,6 +92,11 @@ impl Node {
         let gc = snapshots
             .clone()
             .run_gc(stop_sweeper.clone())
+            .instrument(span);
+        let span = tracing::info_span!("txn_sweeper", node = config.id);
+        let txn_sweep = txns
+            .clone()
+            .run_sweeper(stop_sweeper.clone())
             .instrument(span);
         let span = tracing::info_span!("history_collector", node = config.id);
         let collect = collect_history(
@@ -113,11 +124,12 @@ impl Node {
             .run_sweeper(stop_sweeper.clone())
             .instrument(span);
         let sweeper = tokio::spawn(async move {
-            tokio::join!(sweep, auto, gc, collect, schedules, backup_sweep);
+            tokio::join!(sweep, auto, gc, collect, schedules, backup_sweep, txn_sweep);
         });
         let state = Arc::new(ApiState {
             router,
             snapshots,
+            txns,
             backups: backups.clone(),
             cluster_id: identity.cluster_id,
             metrics: prometheus(),

@@ -1,43 +1,45 @@
 //! Online prefix revert: set every key under a prefix back to its value at a snapshot,
-//! deleting the keys created since.
+//! deleting the keys created since, as one atomic change.
 //!
-//! Per shard, the change is one atomic batch whose every op is conditional on the
-//! version it replaces, computed from a linearizable scan of now and a scan at the
-//! snapshot. If a concurrent write slips in between, the batch is rejected as a whole
-//! and that shard is computed again, so a revert never overwrites a write it did not
-//! see. Each revert leaves an audit record in the meta group (`GET /v1/reverts`).
-//!
-//! Not atomic across shards: a reader may see one shard reverted and another not yet
-//! (keys under one prefix hash to every shard). Cross-shard atomic batches are a later
-//! piece of work; `docs/ARCHITECTURE.md` says so.
+//! The change is computed per shard from a linearizable scan of now and a scan at the
+//! snapshot, then applied as **one cross-shard transaction** (`cairn-txn`) whose every
+//! op is conditional on the version it replaces. Readers see the prefix either all
+//! before or all after the revert, and a snapshot holds it entirely or not at all. If
+//! a concurrent write slips in between planning and prepare, the transaction is
+//! refused as a whole and planned again, so a revert never overwrites a write it did
+//! not see. Each revert leaves an audit record in the meta group (`GET /v1/reverts`).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use cairn_client::api::{RevertResponse, RevertShard};
 use cairn_raft::{Consistency, ShardError, ShardRequest, ShardResponse};
 use cairn_snapshot::meta::{put, Meta};
 use cairn_snapshot::registry::now_ms;
 use cairn_snapshot::SnapshotRecord;
-use cairn_store::{ApplyOutcome, Command, Condition, OpKind, ShardId, WriteOp};
+use cairn_store::{Condition, OpKind, ShardId, WriteOp};
+use cairn_txn::{Transactions, TxnError};
 use serde::{Deserialize, Serialize};
 
 use crate::router::{unexpected, Router};
 
 const AUDIT: &[u8] = b"r/";
-/// Most keys one shard's revert batch may change; more is refused (use a restore).
+/// Most keys one shard's part of a revert may change; more is refused (use a restore).
 pub const MAX_REVERT_KEYS: usize = 10_000;
 const PAGE: usize = 1000;
 const ATTEMPTS: usize = 8;
 
-/// Why a revert did not happen (or only partly).
+/// Why a revert did not happen. In every case nothing was changed.
 #[derive(Debug, thiserror::Error)]
 pub enum RevertError {
     #[error(transparent)]
     Shard(#[from] ShardError),
+    #[error(transparent)]
+    Txn(TxnError),
     #[error("reverting shard {shard} would change more than {MAX_REVERT_KEYS} keys; restore from a backup instead")]
     TooLarge { shard: ShardId },
-    #[error("shard {shard} kept changing under the revert ({ATTEMPTS} attempts); shards before it were reverted: {done:?}")]
-    Contended { shard: ShardId, done: Vec<ShardId> },
+    #[error("keys under the prefix kept changing under the revert ({ATTEMPTS} attempts); nothing was changed")]
+    Contended,
     #[error("{0}")]
     Meta(String),
 }
@@ -52,64 +54,64 @@ pub struct RevertAudit {
     pub snapshot: u64,
     pub node: u64,
     pub shards: Vec<RevertShard>,
+    /// The transaction that applied it (absent if nothing changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<u64>,
 }
 
-/// Revert `prefix` to `snapshot` on every shard, then record it.
+/// Revert `prefix` to `snapshot` on every shard in one transaction, then record it.
 pub async fn revert(
     router: &Router,
+    txns: &Transactions<Router>,
+    timeout: Duration,
     node: u64,
     prefix: &[u8],
     snapshot: &SnapshotRecord,
 ) -> Result<RevertResponse, RevertError> {
-    let mut shards = Vec::new();
-    for shard in 0..cairn_snapshot::Shards::shard_count(router) {
-        let at = snapshot.read_version(shard).ok_or_else(|| {
-            RevertError::Meta(format!(
-                "snapshot {} has no cut for shard {shard}",
-                snapshot.id
-            ))
-        })?;
-        let mut attempt = 0;
-        let outcome = loop {
-            attempt += 1;
-            let ops = plan_shard(router, shard, prefix, at).await?;
-            let (restored, deleted) = ops.iter().fold((0, 0), |(r, d), op| match op.kind {
-                OpKind::Put(_) => (r + 1, d),
-                OpKind::Delete => (r, d + 1),
-            });
-            if ops.is_empty() {
-                break RevertShard {
-                    shard,
-                    version: None,
-                    restored: 0,
-                    deleted: 0,
-                };
-            }
-            let request = ShardRequest::Write {
+    let mut attempt = 0;
+    let (shards, transaction) = loop {
+        attempt += 1;
+        let mut ops = Vec::new();
+        let mut parts = Vec::new();
+        for shard in 0..cairn_snapshot::Shards::shard_count(router) {
+            let at = snapshot.read_version(shard).ok_or_else(|| {
+                RevertError::Meta(format!(
+                    "snapshot {} has no cut for shard {shard}",
+                    snapshot.id
+                ))
+            })?;
+            let shard_ops = plan_shard(router, shard, prefix, at).await?;
+            let restored = shard_ops
+                .iter()
+                .filter(|op| matches!(op.kind, OpKind::Put(_)))
+                .count() as u64;
+            parts.push(RevertShard {
                 shard,
-                command: Command::Batch(ops),
-            };
-            match router.execute(request).await? {
-                ShardResponse::Written(ApplyOutcome::Applied { version, .. }) => {
-                    break RevertShard {
-                        shard,
-                        version: Some(version),
-                        restored,
-                        deleted,
+                version: None,
+                restored,
+                deleted: shard_ops.len() as u64 - restored,
+            });
+            ops.extend(shard_ops);
+        }
+        if ops.is_empty() {
+            break (parts, None);
+        }
+        let shard_of: Vec<ShardId> = ops.iter().map(|op| router.shard_of(&op.key)).collect();
+        match txns.commit(ops, timeout).await {
+            Ok(outcome) => {
+                for (shard, version) in shard_of.iter().zip(&outcome.versions) {
+                    if let Some(part) = parts.iter_mut().find(|p| p.shard == *shard) {
+                        part.version = part.version.max(*version);
                     }
                 }
-                ShardResponse::Written(ApplyOutcome::Rejected { .. }) if attempt < ATTEMPTS => {}
-                ShardResponse::Written(ApplyOutcome::Rejected { .. }) => {
-                    return Err(RevertError::Contended {
-                        shard,
-                        done: shards.iter().map(|s: &RevertShard| s.shard).collect(),
-                    })
-                }
-                other => return Err(unexpected(other).into()),
+                break (parts, Some(outcome.txn));
             }
-        };
-        shards.push(outcome);
-    }
+            // A key changed since the plan: plan again from the new state.
+            Err(TxnError::Rejected { .. }) if attempt < ATTEMPTS => {}
+            Err(TxnError::Rejected { .. }) => return Err(RevertError::Contended),
+            Err(e) => return Err(RevertError::Txn(e)),
+        }
+    };
     let time_ms = now_ms();
     let audit = RevertAudit {
         id: time_ms,
@@ -118,6 +120,7 @@ pub async fn revert(
         snapshot: snapshot.id,
         node,
         shards: shards.clone(),
+        transaction,
     };
     let record = serde_json::to_vec(&audit).map_err(|e| RevertError::Meta(e.to_string()))?;
     let key = [AUDIT, &time_ms.to_be_bytes(), &node.to_be_bytes()].concat();
@@ -125,7 +128,7 @@ pub async fn revert(
         .write(vec![put(key, record, Condition::Always)])
         .await
         .map_err(|e| RevertError::Meta(format!("recording the revert: {e}")))?;
-    tracing::info!(snapshot = snapshot.id, prefix = %String::from_utf8_lossy(prefix), "prefix reverted");
+    tracing::info!(snapshot = snapshot.id, prefix = %String::from_utf8_lossy(prefix), ?transaction, "prefix reverted");
     Ok(RevertResponse {
         id: audit.id,
         snapshot: snapshot.id,

@@ -16,6 +16,10 @@ pub enum SnapshotError {
     NameTaken(String),
     #[error("{0}")]
     BadName(String),
+    /// Cross-shard transactions kept committing for longer than an allocation waits
+    /// (see `gate`); nothing was allocated. Retry.
+    #[error("cross-shard transactions are being resolved; no snapshot was started, retry")]
+    Blocked,
     /// Too many concurrent snapshot requests raced for the next id; retry.
     #[error("too many concurrent snapshot requests; retry")]
     Contended,

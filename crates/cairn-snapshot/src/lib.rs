@@ -14,8 +14,11 @@
 
 pub mod coordinator;
 pub mod error;
+pub mod gate;
 pub mod meta;
 pub mod registry;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::future::Future;
 

@@ -79,13 +79,19 @@ impl<'a, S: Shards> Meta<'a, S> {
     /// Apply a batch atomically; `Ok(None)` if a condition failed (nothing written),
     /// else the version it was written at.
     pub async fn write(&self, ops: Vec<WriteOp>) -> Result<Option<u64>, SnapshotError> {
+        Ok(self.try_write(ops).await?.ok())
+    }
+
+    /// Apply a batch atomically: `Ok(Ok(version))` if written, `Ok(Err(op))` if the
+    /// condition of op `op` (the first that failed) refused it and nothing was written.
+    pub async fn try_write(&self, ops: Vec<WriteOp>) -> Result<Result<u64, usize>, SnapshotError> {
         let request = ShardRequest::Write {
             shard: self.group(),
             command: Command::Batch(ops),
         };
         match self.shards.execute(request).await? {
-            ShardResponse::Written(ApplyOutcome::Applied { version, .. }) => Ok(Some(version)),
-            ShardResponse::Written(ApplyOutcome::Rejected { .. }) => Ok(None),
+            ShardResponse::Written(ApplyOutcome::Applied { version, .. }) => Ok(Ok(version)),
+            ShardResponse::Written(ApplyOutcome::Rejected { op, .. }) => Ok(Err(op)),
             other => Err(SnapshotError::unexpected(other)),
         }
     }

@@ -9,6 +9,7 @@
 //! s/name/{name}               id (u64 BE) of a named snapshot
 //! s/time/{!millis BE}{id BE}  present for completed snapshots: time -> id, newest first
 //! s/open/{id BE}              epochs whose shards may still hold an alignment window
+//! s/marking/{id BE}           epochs whose markers may still be in flight (see `gate`)
 //! s/auto/{millis BE}{id BE}   completed automatic snapshots, oldest first (retention)
 //! ```
 //!
@@ -22,6 +23,7 @@ use cairn_store::{Condition, ShardId, Versioned, WriteOp};
 use serde::{Deserialize, Serialize};
 
 use crate::error::SnapshotError;
+use crate::gate;
 use crate::meta::{delete, put, Meta};
 use crate::Shards;
 
@@ -31,6 +33,9 @@ const NAME: &[u8] = b"s/name/";
 const TIME: &[u8] = b"s/time/";
 const OPEN: &[u8] = b"s/open/";
 const AUTO: &[u8] = b"s/auto/";
+
+/// How long an allocation waits for committing transactions to resolve.
+pub const GATE_WAIT: Duration = Duration::from_secs(2);
 
 /// Longest snapshot name.
 pub const MAX_NAME_BYTES: usize = 256;
@@ -84,6 +89,14 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+fn rand_nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // Unique enough for a key that lives a few milliseconds, without a dependency.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms());
+    h.finish()
 }
 
 fn id_key(id: u64) -> Vec<u8> {
@@ -160,7 +173,9 @@ impl<'a, S: Shards> Registry<'a, S> {
         })
     }
 
-    /// Register a new pending snapshot with the next epoch.
+    /// Register a new pending snapshot with the next epoch. Waits (up to
+    /// [`GATE_WAIT`]) while a cross-shard transaction is being resolved: an epoch may
+    /// not start marking then (see [`crate::gate`]).
     pub async fn allocate(&self, name: Option<&str>, auto: bool) -> Result<Tracked, SnapshotError> {
         if let Some(name) = name {
             if name.is_empty() || name.len() > MAX_NAME_BYTES || name.parse::<u64>().is_ok() {
@@ -173,7 +188,15 @@ impl<'a, S: Shards> Registry<'a, S> {
             }
         }
         // Concurrent allocations race on `s/next`; the loser reads again.
-        for _ in 0..16 {
+        let gate_deadline = tokio::time::Instant::now() + GATE_WAIT;
+        let mut contended = 0;
+        let mut pause = Duration::from_millis(2);
+        // Written once commits in flight make us wait, so new ones wait for us.
+        let mut want: Option<Vec<u8>> = None;
+        let result = loop {
+            if contended >= 16 {
+                break Err(SnapshotError::Contended);
+            }
             let next = self.get_raw(NEXT.to_vec()).await?;
             let (id, condition) = match &next {
                 Some(v) => (be_u64(&v.value)?, Condition::Version(v.version)),
@@ -189,9 +212,11 @@ impl<'a, S: Shards> Registry<'a, S> {
             let encoded =
                 serde_json::to_vec(&record).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
             let mut ops = vec![
+                gate::no_commit_in_flight(),
                 put(NEXT.to_vec(), (id + 1).to_be_bytes().to_vec(), condition),
                 put(id_key(id), encoded, Condition::Always),
                 put(open_key(id), Vec::new(), Condition::Always),
+                put(gate::marking_key(id), Vec::new(), Condition::Always),
             ];
             if let Some(name) = name {
                 ops.push(put(
@@ -200,16 +225,60 @@ impl<'a, S: Shards> Registry<'a, S> {
                     Condition::Absent,
                 ));
             }
-            if let Some(version) = self.write(ops).await? {
-                return Ok(Tracked { record, version });
+            if let Some(key) = &want {
+                ops.push(delete(key.clone()));
+            }
+            let written = match self.meta().try_write(ops).await {
+                Ok(written) => written,
+                Err(e) => break Err(e),
+            };
+            match written {
+                Ok(version) => return Ok(Tracked { record, version }),
+                // A transaction is committing: it resolves within a round trip.
+                Err(0) if tokio::time::Instant::now() + pause < gate_deadline => {
+                    if want.is_none() {
+                        let key = gate::want_key(rand_nonce());
+                        let label = now_ms().to_be_bytes().to_vec();
+                        if let Err(e) = self
+                            .write(vec![put(key.clone(), label, Condition::Always)])
+                            .await
+                        {
+                            break Err(e);
+                        }
+                        want = Some(key);
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                    continue;
+                }
+                Err(0) => break Err(SnapshotError::Blocked),
+                Err(_) => contended += 1,
             }
             if let Some(name) = name {
                 if self.get_raw(name_key(name)).await?.is_some() {
-                    return Err(SnapshotError::NameTaken(name.to_owned()));
+                    break Err(SnapshotError::NameTaken(name.to_owned()));
                 }
             }
+        };
+        if let Some(key) = want {
+            // Best effort: the sweeper removes it if this fails.
+            let _ = self.write(vec![delete(key)]).await;
         }
-        Err(SnapshotError::Contended)
+        result
+    }
+
+    /// Remove wants older than [`gate::WANT_EXPIRES`]: their allocations gave up or
+    /// their coordinators died, and they would hold commits back.
+    pub async fn drop_stale_wants(&self) -> Result<usize, SnapshotError> {
+        let cutoff = now_ms().saturating_sub(gate::WANT_EXPIRES.as_millis() as u64);
+        let mut dropped = 0;
+        for (key, value) in self.scan_raw(gate::WANT, None, 1000).await? {
+            if be_u64(&value.value)? < cutoff {
+                self.write(vec![delete(key)]).await?;
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
     }
 
     /// Move a pending record to its final state, unless someone else did first.
@@ -227,11 +296,14 @@ impl<'a, S: Shards> Registry<'a, S> {
         record.state = state;
         let encoded =
             serde_json::to_vec(&record).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
-        let mut ops = vec![put(
-            id_key(record.id),
-            encoded,
-            Condition::Version(pending.version),
-        )];
+        let mut ops = vec![
+            put(
+                id_key(record.id),
+                encoded,
+                Condition::Version(pending.version),
+            ),
+            delete(gate::marking_key(record.id)),
+        ];
         if done {
             ops.push(put(
                 time_key(record.time_ms, record.id),
@@ -250,7 +322,9 @@ impl<'a, S: Shards> Registry<'a, S> {
 
     /// The epoch's shards have all been released: it no longer needs sweeping.
     pub async fn close(&self, id: u64) -> Result<(), SnapshotError> {
-        self.write(vec![delete(open_key(id))]).await.map(|_| ())
+        self.write(vec![delete(open_key(id)), delete(gate::marking_key(id))])
+            .await
+            .map(|_| ())
     }
 
     /// Epochs that may still hold alignment windows somewhere.
@@ -387,7 +461,10 @@ impl<'a, S: Shards> Registry<'a, S> {
 
     /// Remove a snapshot from the registry. Its versions become collectable.
     pub async fn delete(&self, record: &SnapshotRecord) -> Result<(), SnapshotError> {
-        let mut ops = vec![delete(id_key(record.id))];
+        let mut ops = vec![
+            delete(id_key(record.id)),
+            delete(gate::marking_key(record.id)),
+        ];
         if let Some(name) = &record.name {
             ops.push(delete(name_key(name)));
         }

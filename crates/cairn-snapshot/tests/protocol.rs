@@ -3,66 +3,39 @@
 //! abandoned by its coordinator that the sweeper aborts. In each case the alignment
 //! window ends: held answers are released.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_raft::{Consistency, MultiRaft, RaftConfig, ShardError, ShardRequest, ShardResponse};
+use cairn_raft::{Consistency, ShardError, ShardRequest, ShardResponse};
+use cairn_snapshot::testing::LocalCluster;
 use cairn_snapshot::{Coordinator, Shards, SnapshotConfig, SnapshotError, SnapshotState};
-use cairn_store::{ApplyOutcome, Command, Condition, NodeStore, OpKind, WriteOp};
+use cairn_store::{ApplyOutcome, Command, Condition, OpKind, WriteOp};
 use tokio::sync::Notify;
 
 const SHARDS: u32 = 3;
-
-fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
-}
 
 /// Three hosts, routing each request to the shard's leader. `broken` makes one
 /// shard's markers never commit, as in a shard without quorum; `marked` is told when
 /// shard 0's marker has been placed.
 struct Cluster {
-    _dir: tempfile::TempDir,
-    hosts: BTreeMap<u64, MultiRaft>,
+    local: LocalCluster,
     broken: Option<u32>,
     marked: Arc<Notify>,
 }
 
 impl Cluster {
     async fn start(broken: Option<u32>) -> Cluster {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let peers: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, free_addr())).collect();
-        let mut hosts = BTreeMap::new();
-        for id in 1..=3 {
-            let store = NodeStore::open(&dir.path().join(format!("n{id}"))).expect("store");
-            let config = RaftConfig {
-                node_id: id,
-                cluster_id: "test".into(),
-                shards: SHARDS,
-                peers: peers.clone(),
-                listen: peers[&id],
-                tick: Duration::from_millis(20),
-                election_ticks: 10,
-                heartbeat_ticks: 2,
-                log_compact_entries: 1000,
-                request_ticks: 250,
-            };
-            hosts.insert(id, MultiRaft::start(config, store).await.expect("start"));
-        }
+        let local = LocalCluster::start(SHARDS).await;
         Cluster {
-            _dir: dir,
-            hosts,
+            local,
             broken,
             marked: Arc::new(Notify::new()),
         }
     }
 
     async fn stop(self) {
-        for (_, host) in self.hosts {
-            host.shutdown().await;
-        }
+        self.local.stop().await
     }
 }
 
@@ -73,48 +46,25 @@ impl Shards for Cluster {
 
     async fn execute(&self, request: ShardRequest) -> Result<ShardResponse, ShardError> {
         let shard = request.shard();
-        if let (
-            Some(broken),
-            ShardRequest::Write {
-                command: Command::Marker { .. },
-                ..
-            },
-        ) = (self.broken, &request)
-        {
-            if broken == shard {
-                tokio::time::sleep(Duration::from_secs(30)).await;
-                return Err(ShardError::Unavailable {
-                    shard,
-                    reason: "no quorum (simulated)".into(),
-                });
-            }
-        }
         let marker = matches!(
             request,
             ShardRequest::Write {
-                shard: 0,
                 command: Command::Marker { .. },
+                ..
             }
         );
-        for _ in 0..500 {
-            let leader = self.hosts.values().find_map(|h| h.leader_of(shard));
-            if let Some(host) = leader.and_then(|l| self.hosts.get(&l)) {
-                match host.local().execute(request.clone()).await {
-                    Err(e) if e.is_retryable() => {}
-                    other => {
-                        if marker && other.is_ok() {
-                            self.marked.notify_waiters();
-                        }
-                        return other;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        if marker && self.broken == Some(shard) {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            return Err(ShardError::Unavailable {
+                shard,
+                reason: "no quorum (simulated)".into(),
+            });
         }
-        Err(ShardError::Unavailable {
-            shard,
-            reason: "no leader".into(),
-        })
+        let answer = self.local.route(request).await;
+        if marker && shard == 0 && answer.is_ok() {
+            self.marked.notify_waiters();
+        }
+        answer
     }
 
     fn leads_meta(&self) -> bool {
@@ -122,7 +72,7 @@ impl Shards for Cluster {
     }
 
     fn writes_seen(&self) -> u64 {
-        self.hosts.values().map(|h| h.writes_applied()).sum()
+        self.local.writes_applied()
     }
 }
 
@@ -316,7 +266,7 @@ async fn read_everywhere(
     version: u64,
 ) -> Vec<Result<Option<Vec<u8>>, ShardError>> {
     let mut answers = Vec::new();
-    for host in cluster.hosts.values() {
+    for host in cluster.local.hosts.values() {
         let request = ShardRequest::Get {
             shard: 0,
             key: key.as_bytes().to_vec(),
@@ -396,7 +346,7 @@ async fn history_gc_keeps_what_retained_snapshots_read_and_refuses_the_rest() {
 /// Every host applies the compaction (a log entry) and then collects.
 async fn collect_everywhere(cluster: &Cluster) {
     tokio::time::sleep(Duration::from_millis(300)).await;
-    for host in cluster.hosts.values() {
+    for host in cluster.local.hosts.values() {
         let mut collected = Vec::new();
         host.collect_history(&mut collected).expect("collect");
     }

@@ -28,6 +28,17 @@ pub enum Command {
     /// Raise the history horizon to `horizon`: reads below it are refused from now on,
     /// and versions no read at or above it can see may be collected. Never lowers it.
     Compact { horizon: u64 },
+    /// Phase one of a cross-shard transaction (see [`crate::txn`]): check the ops'
+    /// conditions and lock their keys, or refuse and lock nothing. The ops take effect
+    /// only when a `Resolve { commit: true }` of the same transaction is applied.
+    Prepare { txn: u64, ops: Vec<WriteOp> },
+    /// Phase two: apply (`commit`) or drop the transaction's prepared ops and unlock
+    /// its keys. Idempotent; a resolve that arrives before its prepare is remembered,
+    /// so the late prepare is refused.
+    Resolve { txn: u64, commit: bool },
+    /// Forget resolved transactions started before `before_ms` (their id's clock
+    /// part) and refuse any later prepare of such a transaction. Never lowered.
+    TxnHorizon { before_ms: u64 },
 }
 
 /// One write of a batch.
@@ -48,6 +59,9 @@ pub enum OpKind {
     Put(Vec<u8>),
     /// Delete the key (writes a tombstone if it was live, nothing otherwise).
     Delete,
+    /// Write nothing: only the condition counts. Used by the cluster's own records to
+    /// make a batch depend on keys it does not change.
+    Check,
 }
 
 /// A precondition on a key's state before the batch.
@@ -62,16 +76,22 @@ pub enum Condition {
     /// The key has a live value written at exactly this version. Versions are log
     /// indexes (>= 1), so `Version(0)` never holds; use `Absent` for "not there".
     Version(u64),
+    /// No live key starts with the op's key (read as a prefix). Evaluated by the
+    /// state machine with a scan, not by [`Condition::holds`].
+    NothingUnder,
 }
 
 impl Condition {
     /// Whether the condition holds for a key whose live version is `current`.
+    /// `NothingUnder` depends on other keys than the op's own, so it never holds here;
+    /// the state machine evaluates it itself.
     pub fn holds(self, current: Option<u64>) -> bool {
         match self {
             Condition::Always => true,
             Condition::Absent => current.is_none(),
             Condition::Exists => current.is_some(),
             Condition::Version(v) => current == Some(v),
+            Condition::NothingUnder => false,
         }
     }
 }

@@ -23,7 +23,8 @@
 //! value's bytes. Tombstones are kept (not removed) so older versions stay readable.
 //!
 //! Keys that do not start with `b'd'` are shard metadata written in the same batches as
-//! the data: [`APPLIED_KEY`] holds the applied (index, term).
+//! the data: [`APPLIED_KEY`] holds the applied (index, term); `b'l'` keys are the locks
+//! of prepared transactions and `b't'` keys their records (see [`crate::txn`]).
 
 use crate::error::{Result, StoreError};
 
@@ -34,6 +35,13 @@ pub const APPLIED_KEY: &[u8] = b"m/applied";
 /// Key of the history horizon: reads below it are refused, versions below it may be
 /// collected.
 pub const HORIZON_KEY: &[u8] = b"m/horizon";
+/// Where the transaction horizon is kept: transactions started before it are
+/// forgotten and may no longer prepare here (see [`crate::txn`]).
+pub const TXN_HORIZON_KEY: &[u8] = b"m/txn_horizon";
+/// First byte of every lock key: `b'l' ++ escape(user_key) ++ [0,0]`.
+pub const LOCK_PREFIX: u8 = b'l';
+/// First byte of every transaction record key: `b't' ++ txn id (u64 BE)`.
+pub const TXN_PREFIX: u8 = b't';
 /// Value tag of a deletion.
 pub const TAG_TOMBSTONE: u8 = 0;
 /// Value tag of a live value; the value's bytes follow.
@@ -51,13 +59,47 @@ fn push_escaped(out: &mut Vec<u8>, user_key: &[u8]) {
     }
 }
 
-/// `b'd' ++ escape(user_key) ++ [0,0]`: the common prefix of all versions of `user_key`.
-pub fn versions_prefix(user_key: &[u8]) -> Vec<u8> {
+fn terminated(tag: u8, user_key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(user_key.len() + 3 + VERSION_LEN);
-    out.push(DATA_PREFIX);
+    out.push(tag);
     push_escaped(&mut out, user_key);
     out.extend_from_slice(&TERMINATOR);
     out
+}
+
+/// `b'd' ++ escape(user_key) ++ [0,0]`: the common prefix of all versions of `user_key`.
+pub fn versions_prefix(user_key: &[u8]) -> Vec<u8> {
+    terminated(DATA_PREFIX, user_key)
+}
+
+/// The lock-table key of `user_key`: `b'l' ++ escape(user_key) ++ [0,0]`. Lock keys
+/// sort like user keys, so the locks under a prefix are one range.
+pub fn lock_key(user_key: &[u8]) -> Vec<u8> {
+    terminated(LOCK_PREFIX, user_key)
+}
+
+/// `b'l' ++ escape(prefix)`: the lock keys of every user key starting with `prefix`.
+pub fn lock_scan_prefix(prefix: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(prefix.len() + 1);
+    out.push(LOCK_PREFIX);
+    push_escaped(&mut out, prefix);
+    out
+}
+
+/// Above the lock key of `user_key` and below that of any greater user key.
+pub fn lock_after_key(user_key: &[u8]) -> Vec<u8> {
+    let mut out = lock_key(user_key);
+    let last = out.len() - 1;
+    out[last] = 0x01;
+    out
+}
+
+/// The record key of transaction `txn`.
+pub fn txn_key(txn: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = TXN_PREFIX;
+    k[1..].copy_from_slice(&txn.to_be_bytes());
+    k
 }
 
 /// The tree key of `user_key` at `version`.
@@ -136,6 +178,22 @@ pub fn key_version(raw: &[u8]) -> Result<u64> {
 /// The bytes of `raw` that identify its user key (everything but the version).
 pub(crate) fn key_identity(raw: &[u8]) -> &[u8] {
     &raw[..raw.len().saturating_sub(VERSION_LEN)]
+}
+
+/// Two numbers as 16 bytes (big-endian each): the layout of the applied state, the
+/// cut table's records and the transaction horizon.
+pub fn encode_pair(a: u64, b: u64) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&a.to_be_bytes());
+    v[8..].copy_from_slice(&b.to_be_bytes());
+    v
+}
+
+/// The inverse of [`encode_pair`]; `None` unless `bytes` is exactly 16 long.
+pub fn decode_pair(bytes: &[u8]) -> Option<(u64, u64)> {
+    let a = bytes.get(..8)?.try_into().ok().map(u64::from_be_bytes)?;
+    let b = bytes.get(8..)?.try_into().ok().map(u64::from_be_bytes)?;
+    Some((a, b))
 }
 
 /// Encode a value: `Some(bytes)` is live, `None` a tombstone.

@@ -26,25 +26,33 @@
 //! [`StoreError::Corrupt`] naming the record, never a panic and never a served guess.
 
 mod command;
+mod crash;
 pub mod cut;
+mod digest;
 mod error;
 mod history;
 pub mod keys;
 mod raft_log;
 mod stage;
 mod state;
+pub mod txn;
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 pub use command::{Command, Condition, OpKind, WriteOp};
+pub use crash::{arm_crash_points, crash};
 pub use cut::Cut;
+pub use digest::ShardDigest;
 pub use error::{Result, StoreError};
+#[doc(hidden)]
+pub use fail as __fail;
 pub use history::{HistoryRange, KeyVersion};
 pub use raft_log::RaftLog;
 pub use stage::SnapshotStage;
 pub use state::{AppliedState, ApplyOutcome, ShardState, Versioned};
+pub use txn::{txn_id, txn_started_ms, ReadScope, TxnRecord};
 
 /// A shard number, `0..shards`.
 pub type ShardId = u32;
@@ -172,7 +180,9 @@ impl NodeStore {
     /// Fsync everything written so far, by every shard. Group commit calls this once
     /// for many writers.
     pub fn flush(&self) -> Result<()> {
+        crash_point!("store.fsync.before");
         self.db.flush()?;
+        crash_point!("store.fsync.after");
         Ok(())
     }
 }

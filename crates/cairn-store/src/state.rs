@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, OpKind};
+use crate::command::{Command, Condition, OpKind, WriteOp};
 use crate::cut::{self, Cut};
 use crate::error::{Result, StoreError};
 use crate::keys;
@@ -54,6 +54,30 @@ pub enum ApplyOutcome {
     Released,
     /// A compaction was applied; `horizon` is the shard's horizon now.
     Compacted { horizon: u64 },
+    /// A batch or prepare touched a key that transaction `txn` has locked; nothing was
+    /// written. Retrying after the transaction resolves may succeed.
+    Locked {
+        /// Index in the batch of the first op whose key is locked.
+        op: usize,
+        txn: u64,
+    },
+    /// A prepare's conditions held: its keys are locked until the transaction resolves.
+    Prepared {
+        /// `existed[i]`: the key of op `i` had a live value at the prepare.
+        existed: Vec<bool>,
+    },
+    /// A prepare was refused because its transaction was already resolved here, or
+    /// is older than the transaction horizon. Nothing was locked.
+    TxnClosed,
+    /// A resolve was applied (or had been before: the first outcome is repeated).
+    Resolved {
+        /// The outcome recorded here: whether the ops were applied.
+        committed: bool,
+        /// The version the ops were written at, if they were written here.
+        version: Option<u64>,
+    },
+    /// The transaction horizon was raised; `forgotten` resolved records were dropped.
+    TxnsForgotten { forgotten: usize },
 }
 
 /// The last log entry applied to a shard's state machine.
@@ -90,14 +114,33 @@ impl std::fmt::Debug for ShardState {
 }
 
 fn encode_applied(a: AppliedState) -> [u8; 16] {
-    let mut v = [0u8; 16];
-    v[..8].copy_from_slice(&a.index.to_be_bytes());
-    v[8..].copy_from_slice(&a.term.to_be_bytes());
-    v
+    keys::encode_pair(a.index, a.term)
 }
 
 /// The newest version of a key, whatever it is: `(version, live)`.
 type Newest = Option<(u64, bool)>;
+
+/// The state of every key a batch touches, before it applies.
+pub(crate) struct Before<'a> {
+    newest: BTreeMap<&'a [u8], Newest>,
+}
+
+impl Before<'_> {
+    /// The key's live version, `None` if absent or deleted.
+    pub(crate) fn live_version(&self, key: &[u8]) -> Option<u64> {
+        match self.newest.get(key) {
+            Some(Some((v, true))) => Some(*v),
+            _ => None,
+        }
+    }
+
+    /// Per op: whether its key had a live value.
+    pub(crate) fn existed(&self, ops: &[WriteOp]) -> Vec<bool> {
+        ops.iter()
+            .map(|op| self.live_version(&op.key).is_some())
+            .collect()
+    }
+}
 
 impl ShardState {
     pub(crate) fn new(shard: ShardId, tree: sled::Tree) -> ShardState {
@@ -114,20 +157,18 @@ impl ShardState {
         let Some(v) = self.tree.get(keys::APPLIED_KEY)? else {
             return Ok(AppliedState::default());
         };
-        let (Ok(index), Ok(term)) = (
-            v.get(..8).unwrap_or_default().try_into(),
-            v.get(8..).unwrap_or_default().try_into(),
-        ) else {
+        let Some((index, term)) = keys::decode_pair(&v) else {
             return Err(StoreError::corrupt(format!(
                 "shard {} applied state has length {}",
                 self.shard,
                 v.len()
             )));
         };
-        Ok(AppliedState {
-            index: u64::from_be_bytes(index),
-            term: u64::from_be_bytes(term),
-        })
+        Ok(AppliedState { index, term })
+    }
+
+    pub(crate) fn tree(&self) -> &sled::Tree {
+        &self.tree
     }
 
     fn newest(&self, key: &[u8]) -> Result<Newest> {
@@ -153,6 +194,7 @@ impl ShardState {
                 applied: applied.index,
             });
         }
+        crate::crash_point!("state.apply.before");
         let mut batch = sled::Batch::default();
         batch.insert(
             keys::APPLIED_KEY,
@@ -164,49 +206,29 @@ impl ShardState {
                 existed: Vec::new(),
             },
             Some(Command::Batch(ops)) => {
-                // Pre-batch state of every key touched, read once.
-                let mut before: BTreeMap<&[u8], Newest> = BTreeMap::new();
-                for op in ops {
-                    if !before.contains_key(op.key.as_slice()) {
-                        before.insert(&op.key, self.newest(&op.key)?);
-                    }
+                if let Some((op, txn)) = self.first_locked(ops, None)? {
+                    self.tree.apply_batch(batch)?;
+                    return Ok(ApplyOutcome::Locked { op, txn });
                 }
-                let live_version = |key: &[u8]| match before.get(key) {
-                    Some(Some((v, true))) => Some(*v),
-                    _ => None,
-                };
-                if let Some((op, current)) = ops.iter().enumerate().find_map(|(i, op)| {
-                    let current = live_version(&op.key);
-                    (!op.condition.holds(current)).then_some((i, current))
-                }) {
+                let before = self.read_before(ops)?;
+                if let Some((op, current)) = self.failed_condition(ops, &before)? {
                     self.tree.apply_batch(batch)?;
                     return Ok(ApplyOutcome::Rejected { op, current });
                 }
-                // A later op on the same key wins.
-                let mut last_op: BTreeMap<&[u8], &OpKind> = BTreeMap::new();
-                for op in ops {
-                    last_op.insert(&op.key, &op.kind);
-                }
-                for (key, kind) in last_op {
-                    match kind {
-                        OpKind::Put(value) => batch.insert(
-                            keys::encode_key(key, index),
-                            keys::encode_value(Some(value)),
-                        ),
-                        // A tombstone only matters if there is something to hide.
-                        OpKind::Delete if live_version(key).is_some() => {
-                            batch.insert(keys::encode_key(key, index), keys::encode_value(None))
-                        }
-                        OpKind::Delete => {}
-                    }
-                }
+                self.write_ops(&mut batch, ops, &before, index);
                 ApplyOutcome::Applied {
                     version: index,
-                    existed: ops
-                        .iter()
-                        .map(|op| live_version(&op.key).is_some())
-                        .collect(),
+                    existed: before.existed(ops),
                 }
+            }
+            Some(Command::Prepare { txn, ops }) => {
+                self.apply_prepare(&mut batch, index, *txn, ops)?
+            }
+            Some(Command::Resolve { txn, commit }) => {
+                self.apply_resolve(&mut batch, index, *txn, *commit)?
+            }
+            Some(Command::TxnHorizon { before_ms }) => {
+                self.apply_txn_horizon(&mut batch, index, *before_ms)?
             }
             Some(Command::Marker { epoch }) => match self.cut(*epoch)? {
                 Some(existing) => ApplyOutcome::Marked {
@@ -249,7 +271,68 @@ impl ShardState {
             }
         };
         self.tree.apply_batch(batch)?;
+        crate::crash_point!("state.apply.after");
         Ok(outcome)
+    }
+
+    /// The newest version of every key `ops` touch, read once before they apply.
+    pub(crate) fn read_before<'a>(&self, ops: &'a [WriteOp]) -> Result<Before<'a>> {
+        let mut newest = BTreeMap::new();
+        for op in ops {
+            if !newest.contains_key(op.key.as_slice()) {
+                newest.insert(op.key.as_slice(), self.newest(&op.key)?);
+            }
+        }
+        Ok(Before { newest })
+    }
+
+    /// The first op whose condition fails against the state before the batch, with
+    /// its key's live version.
+    pub(crate) fn failed_condition(
+        &self,
+        ops: &[WriteOp],
+        before: &Before<'_>,
+    ) -> Result<Option<(usize, Option<u64>)>> {
+        for (i, op) in ops.iter().enumerate() {
+            let current = before.live_version(&op.key);
+            let holds = match op.condition {
+                Condition::NothingUnder => self.scan(&op.key, None, 1, u64::MAX)?.is_empty(),
+                other => other.holds(current),
+            };
+            if !holds {
+                return Ok(Some((i, current)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Add `ops`' writes at `version` to `batch`: the last op on a key wins, and a
+    /// delete writes a tombstone only if there is something to hide.
+    pub(crate) fn write_ops(
+        &self,
+        batch: &mut sled::Batch,
+        ops: &[WriteOp],
+        before: &Before<'_>,
+        version: u64,
+    ) {
+        let mut last_op: BTreeMap<&[u8], &OpKind> = BTreeMap::new();
+        for op in ops {
+            if op.kind != OpKind::Check {
+                last_op.insert(&op.key, &op.kind);
+            }
+        }
+        for (key, kind) in last_op {
+            match kind {
+                OpKind::Put(value) => batch.insert(
+                    keys::encode_key(key, version),
+                    keys::encode_value(Some(value)),
+                ),
+                OpKind::Delete if before.live_version(key).is_some() => {
+                    batch.insert(keys::encode_key(key, version), keys::encode_value(None))
+                }
+                OpKind::Delete | OpKind::Check => {}
+            }
+        }
     }
 
     /// Newest live version of `key` with version <= `at` (`u64::MAX` for latest); `None`
@@ -337,12 +420,6 @@ impl ShardState {
         Ok(out)
     }
 
-    /// Raw (tree key, tree value) pairs of every data version <= `upto`, in tree order:
-    /// the shard's state (with history) at `upto`, for streaming a Raft snapshot.
-    ///
-    /// Versions <= the applied index never change, so the result is exact even while
-    /// `apply` continues; `upto` above the applied index gives whatever is applied by
-    /// the time the iterator gets there.
     /// Keys under `prefix`, after `start_after`, whose visible value at version `to`
     /// differs from the one at `from`, in key order, at most `limit`: each with its
     /// value at `to`, or `None` if it was deleted (or is absent) there.
@@ -514,10 +591,19 @@ impl ShardState {
         Ok(self.cuts()?.into_iter().filter(Cut::is_open).collect())
     }
 
+    /// Raw (tree key, tree value) pairs of the shard's state (with history) as of `upto`,
+    /// in tree order, for streaming a Raft snapshot: the horizon, the cut table and the
+    /// transaction records as they stood after entry `upto`, and every data version <= it.
+    ///
+    /// Versions <= the applied index never change, so the result is exact even while
+    /// `apply` continues; `upto` above the applied index gives whatever is applied by
+    /// the time the iterator gets there.
     pub fn export(
         &self,
         upto: u64,
     ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + Send + 'static {
+        // On the leader, as it starts streaming a Raft snapshot to a follower.
+        crate::crash_point!("state.snapshot_export");
         let cuts = self
             .tree
             .scan_prefix([cut::CUT_PREFIX])
@@ -560,20 +646,24 @@ impl ShardState {
             .map_err(StoreError::from)
             .map(|h| h.map(|h| (keys::HORIZON_KEY.to_vec(), h.to_vec())))
             .transpose();
-        horizon.into_iter().chain(cuts).chain(data)
+        let txns = self.export_txns(upto);
+        horizon.into_iter().chain(cuts).chain(txns).chain(data)
     }
 
     /// Replace this shard's whole state with the pairs in `stage`, and set the applied
     /// state, in one sled batch. `Corrupt` (nothing written) if any staged pair is not a
     /// valid data record.
     pub fn install(&self, stage: &SnapshotStage, applied: AppliedState) -> Result<()> {
+        crate::crash_point!("state.snapshot_install.before");
         let mut batch = sled::Batch::default();
         for k in self.tree.iter().keys() {
             batch.remove(k?);
         }
         for item in stage.iter() {
             let (k, v) = item?;
-            let valid = if k.first() == Some(&cut::CUT_PREFIX) {
+            let valid = if let Some(valid) = crate::txn::validate_staged(&k, &v) {
+                valid
+            } else if k.first() == Some(&cut::CUT_PREFIX) {
                 cut::decode(&k, &v).map(|_| ())
             } else if k.as_ref() == keys::HORIZON_KEY {
                 if v.len() == 8 {
@@ -591,6 +681,7 @@ impl ShardState {
         }
         batch.insert(keys::APPLIED_KEY, &encode_applied(applied)[..]);
         self.tree.apply_batch(batch)?;
+        crate::crash_point!("state.snapshot_install.after");
         Ok(())
     }
 

@@ -97,7 +97,15 @@ pub async fn revert(
     }
     let record = api.snapshots.registry().lookup(&request.snapshot).await?;
     let record = super::snapshots::done(record)?;
-    let response = revert::revert(&api.router, api.config.id, &prefix, &record).await?;
+    let response = revert::revert(
+        &api.router,
+        &api.txns,
+        api.config.request_timeout(),
+        api.config.id,
+        &prefix,
+        &record,
+    )
+    .await?;
     Ok(Json(response))
 }
 
@@ -160,12 +168,13 @@ impl From<RevertError> for ApiError {
     fn from(e: RevertError) -> ApiError {
         match e {
             RevertError::Shard(s) => ApiError::from(s),
+            RevertError::Txn(t) => ApiError::from(t),
             RevertError::TooLarge { .. } => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "revert_too_large",
                 e.to_string(),
             ),
-            RevertError::Contended { .. } => {
+            RevertError::Contended => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
             RevertError::Meta(_) => ApiError::new(

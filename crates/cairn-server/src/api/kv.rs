@@ -8,11 +8,12 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cairn_client::api::{
-    join_bytes, BatchOpKind, BatchRequest, DeleteResponse, Encoding, ScanItem, ScanResponse,
-    WriteResponse,
+    join_bytes, BatchOpKind, BatchRequest, BatchResponse, DeleteResponse, Encoding, ScanItem,
+    ScanResponse, WriteResponse,
 };
 use cairn_raft::{Consistency, ShardRequest, ShardResponse};
 use cairn_store::{ApplyOutcome, Command, Condition, OpKind, WriteOp};
+use cairn_txn::TxnError;
 
 use super::{snapshots, url, ApiError, ApiState};
 use crate::router::unexpected;
@@ -214,7 +215,7 @@ pub async fn batch(
     State(api): Shared,
     uri: Uri,
     body: Body,
-) -> Result<Json<WriteResponse>, ApiError> {
+) -> Result<Json<BatchResponse>, ApiError> {
     Params::parse(&uri, &[])?;
     let body = read_body(&api, body).await?;
     let request: BatchRequest = serde_json::from_slice(&body)
@@ -264,8 +265,7 @@ pub async fn batch(
             condition,
         });
     }
-    let (version, _) = api.write(ops).await?;
-    Ok(Json(WriteResponse { version }))
+    Ok(Json(api.write_batch(ops).await?))
 }
 
 impl ApiState {
@@ -317,52 +317,111 @@ impl ApiState {
         Ok(())
     }
 
-    /// Propose ops that must all fall in one shard; returns the version and, per op,
-    /// whether its key had a live value.
-    async fn write(&self, ops: Vec<WriteOp>) -> Result<(u64, Vec<bool>), ApiError> {
-        let mut shards: Vec<u32> = ops.iter().map(|op| self.router.shard_of(&op.key)).collect();
-        shards.sort_unstable();
-        shards.dedup();
-        if shards.len() > 1 {
-            return Err(ApiError::bad_request(
-                "cross_shard_batch",
-                format!(
-                    "the batch's keys fall in shards {shards:?}; a batch is atomic only within one shard"
-                ),
-            ));
+    /// Apply a batch: within one shard as one log entry, across shards as a
+    /// transaction.
+    async fn write_batch(&self, ops: Vec<WriteOp>) -> Result<BatchResponse, ApiError> {
+        let first = self.router.shard_of(&ops[0].key);
+        if ops.iter().all(|op| self.router.shard_of(&op.key) == first) {
+            let n = ops.len();
+            let (version, _) = self.write(ops).await?;
+            return Ok(BatchResponse {
+                version,
+                versions: vec![Some(version); n],
+                transaction: None,
+            });
         }
         let keys: Vec<Vec<u8>> = ops.iter().map(|op| op.key.clone()).collect();
-        let answer = self
-            .router
-            .execute(ShardRequest::Write {
-                shard: shards[0],
-                command: Command::Batch(ops),
-            })
-            .await?;
-        match answer {
-            ShardResponse::Written(ApplyOutcome::Applied { version, existed }) => {
-                Ok((version, existed))
-            }
-            ShardResponse::Written(ApplyOutcome::Rejected { op, current }) => {
-                let key = keys.get(op).map(|k| url::encode(k)).unwrap_or_default();
-                let now = match current {
-                    Some(v) => format!("its current version is {v}"),
-                    None => "it is absent".to_owned(),
-                };
-                let which = if keys.len() > 1 {
-                    format!("op {op} (key `{key}`)")
-                } else {
-                    format!("key `{key}`")
-                };
-                Err(ApiError::new(
-                    StatusCode::PRECONDITION_FAILED,
-                    "precondition_failed",
-                    format!("the condition on {which} failed: {now}; nothing was written"),
-                ))
-            }
-            other => Err(unexpected(other).into()),
+        match self.txns.commit(ops, self.config.request_timeout()).await {
+            Ok(outcome) => Ok(BatchResponse {
+                version: outcome
+                    .versions
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .max()
+                    .unwrap_or(0),
+                versions: outcome.versions,
+                transaction: Some(outcome.txn),
+            }),
+            Err(TxnError::Rejected { op, current }) => Err(precondition_failed(&keys, op, current)),
+            Err(TxnError::Locked { op, txn }) => Err(locked(&keys, op, txn)),
+            Err(e) => Err(e.into()),
         }
     }
+
+    /// Propose ops that must all fall in one shard; returns the version and, per op,
+    /// whether its key had a live value. A key locked by a cross-shard transaction
+    /// is retried until the request deadline (the transaction resolves within a
+    /// round trip, or the sweeper ends it).
+    async fn write(&self, ops: Vec<WriteOp>) -> Result<(u64, Vec<bool>), ApiError> {
+        let shard = self.router.shard_of(&ops[0].key);
+        debug_assert!(ops.iter().all(|op| self.router.shard_of(&op.key) == shard));
+        let keys: Vec<Vec<u8>> = ops.iter().map(|op| op.key.clone()).collect();
+        let deadline = tokio::time::Instant::now() + self.config.request_timeout();
+        let mut pause = std::time::Duration::from_millis(2);
+        loop {
+            let answer = self
+                .router
+                .execute(ShardRequest::Write {
+                    shard,
+                    command: Command::Batch(ops.clone()),
+                })
+                .await?;
+            match answer {
+                ShardResponse::Written(ApplyOutcome::Applied { version, existed }) => {
+                    return Ok((version, existed))
+                }
+                ShardResponse::Written(ApplyOutcome::Rejected { op, current }) => {
+                    return Err(precondition_failed(&keys, op, current))
+                }
+                // Nothing was written: waiting and trying again is safe.
+                ShardResponse::Written(ApplyOutcome::Locked { op, txn }) => {
+                    if tokio::time::Instant::now() + pause >= deadline {
+                        return Err(locked(&keys, op, txn));
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(100));
+                }
+                other => return Err(unexpected(other).into()),
+            }
+        }
+    }
+}
+
+/// The op of a batch (or the single key) a refusal is about, for messages.
+fn which_op(keys: &[Vec<u8>], op: usize) -> String {
+    let key = keys.get(op).map(|k| url::encode(k)).unwrap_or_default();
+    if keys.len() > 1 {
+        format!("op {op} (key `{key}`)")
+    } else {
+        format!("key `{key}`")
+    }
+}
+
+fn precondition_failed(keys: &[Vec<u8>], op: usize, current: Option<u64>) -> ApiError {
+    let now = match current {
+        Some(v) => format!("its current version is {v}"),
+        None => "it is absent".to_owned(),
+    };
+    ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        "precondition_failed",
+        format!(
+            "the condition on {} failed: {now}; nothing was written",
+            which_op(keys, op)
+        ),
+    )
+}
+
+fn locked(keys: &[Vec<u8>], op: usize, txn: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "key_locked",
+        format!(
+            "{} is locked by transaction {txn}, which did not finish before the deadline; nothing was written, retry",
+            which_op(keys, op)
+        ),
+    )
 }
 
 /// The condition of `If-Match` / `If-None-Match`.

@@ -8,6 +8,7 @@
 
 mod backups;
 mod cluster;
+mod debug;
 mod kv;
 mod openapi;
 mod snapshots;
@@ -24,6 +25,7 @@ use cairn_backup::Backups;
 use cairn_client::api::{ErrorBody, ErrorDetail};
 use cairn_raft::ShardError;
 use cairn_snapshot::{Coordinator, SnapshotError};
+use cairn_txn::{Transactions, TxnError};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Config;
@@ -33,6 +35,7 @@ use crate::router::Router;
 pub struct ApiState {
     pub router: Arc<Router>,
     pub snapshots: Arc<Coordinator<Router>>,
+    pub txns: Arc<Transactions<Router>>,
     pub backups: Arc<Backups<Router>>,
     pub config: Config,
     pub cluster_id: String,
@@ -71,6 +74,7 @@ pub fn app(state: Arc<ApiState>) -> axum::Router {
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))
         .route("/metrics", get(cluster::metrics))
+        .merge(debug::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Bodies are read with explicit limits in the handlers, which answer in JSON.
@@ -182,9 +186,26 @@ impl ApiError {
             SnapshotError::Aborted { .. } => (StatusCode::SERVICE_UNAVAILABLE, "snapshot_aborted"),
             SnapshotError::NameTaken(_) => (StatusCode::CONFLICT, "snapshot_name_taken"),
             SnapshotError::BadName(_) => (StatusCode::BAD_REQUEST, "bad_snapshot_name"),
-            SnapshotError::Contended => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            SnapshotError::Contended | SnapshotError::Blocked => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
             SnapshotError::Shard(shard) => return ApiError::from(shard.clone()),
             SnapshotError::Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<TxnError> for ApiError {
+    fn from(e: TxnError) -> ApiError {
+        let (status, code) = match &e {
+            TxnError::Rejected { .. } => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
+            TxnError::Locked { .. } => (StatusCode::CONFLICT, "key_locked"),
+            TxnError::Aborted { .. } => (StatusCode::SERVICE_UNAVAILABLE, "transaction_aborted"),
+            TxnError::OutcomeUnknown { .. } => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
+            TxnError::Shard(shard) => return ApiError::from(shard.clone()),
+            TxnError::Meta(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            TxnError::Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
         };
         ApiError::new(status, code, e.to_string())
     }

@@ -20,12 +20,19 @@ mod tests {
     use super::DOCUMENT;
 
     /// `(path, method)` for every route `api::app` serves, read from its source (axum
-    /// cannot list a router's routes), with axum's `{*key}` written `{key}` as
-    /// OpenAPI does. HEAD is implied by GET in both.
+    /// cannot list a router's routes; a module merged in with `.merge` must be listed
+    /// here), with axum's `{*key}` written `{key}` as OpenAPI does. HEAD is implied by
+    /// GET in both.
     fn served_routes() -> BTreeSet<(String, String)> {
-        let source = include_str!("mod.rs");
+        // `api::app`'s own routes, and the ones it merges in.
+        let sources = [include_str!("mod.rs"), include_str!("debug.rs")];
+        assert_eq!(
+            sources[0].matches(".merge(").count(),
+            sources.len() - 1,
+            "api::app merges a router this test does not read"
+        );
         let mut routes = BTreeSet::new();
-        for call in source.split(".route(").skip(1) {
+        for call in sources.iter().flat_map(|s| s.split(".route(").skip(1)) {
             let mut quoted = call.splitn(3, '"');
             let path = quoted.nth(1).expect("a route's path literal");
             let path = path.replace("{*", "{");

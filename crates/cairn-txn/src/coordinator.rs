@@ -1,0 +1,550 @@
+//! Running transactions: the coordinator's path (record, prepare, decide, resolve) and
+//! the sweeper that finishes what a dead coordinator left behind.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_raft::{ShardError, ShardRequest, ShardResponse};
+use cairn_snapshot::meta::{delete, put};
+use cairn_snapshot::registry::now_ms;
+use cairn_snapshot::{gate, Meta, Shards};
+use cairn_store::{
+    shard_for_key, txn_id, txn_started_ms, ApplyOutcome, Command, Condition, ShardId, WriteOp,
+};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::TxnError;
+use crate::record::{self, meta_error, txn_key, Tracked, TxnRecord, TxnState};
+
+/// Timing of the protocol.
+#[derive(Debug, Clone)]
+pub struct TxnConfig {
+    /// How long a transaction may stay pending before the sweeper aborts it. A live
+    /// coordinator finishes well within its request deadline; this bounds how long a
+    /// dead one keeps keys locked.
+    pub abort_after: Duration,
+    /// How long the sweeper leaves a decided transaction to its coordinator before
+    /// resolving it itself.
+    pub resolve_after: Duration,
+    /// How often the sweeper looks at the records.
+    pub sweep_every: Duration,
+    /// How often the transaction horizon is raised on every shard.
+    pub horizon_every: Duration,
+    /// How far behind the meta leader's clock the horizon stays: prepares of
+    /// transactions started earlier are refused, their resolved records forgotten.
+    pub horizon_age: Duration,
+}
+
+impl Default for TxnConfig {
+    fn default() -> Self {
+        TxnConfig {
+            abort_after: Duration::from_secs(5),
+            resolve_after: Duration::from_secs(1),
+            sweep_every: Duration::from_secs(1),
+            horizon_every: Duration::from_secs(30),
+            horizon_age: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A committed transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnOutcome {
+    pub txn: u64,
+    /// Per op: the version its key was written at, `None` if its shard had not
+    /// confirmed the resolve by the deadline (it is committed; the sweeper finishes it).
+    pub versions: Vec<Option<u64>>,
+    /// Per op: whether its key had a live value before.
+    pub existed: Vec<bool>,
+}
+
+/// The caller's ops, grouped by shard, remembering each op's place.
+struct Plan {
+    by_shard: BTreeMap<ShardId, Vec<(usize, WriteOp)>>,
+    /// The shard of each op, in the caller's order.
+    shard_of: Vec<ShardId>,
+}
+
+impl Plan {
+    fn new(ops: Vec<WriteOp>, shards: u32) -> Plan {
+        let mut by_shard: BTreeMap<ShardId, Vec<(usize, WriteOp)>> = BTreeMap::new();
+        let mut shard_of = Vec::with_capacity(ops.len());
+        for (i, op) in ops.into_iter().enumerate() {
+            let shard = shard_for_key(&op.key, shards);
+            shard_of.push(shard);
+            by_shard.entry(shard).or_default().push((i, op));
+        }
+        Plan { by_shard, shard_of }
+    }
+
+    fn shards(&self) -> Vec<ShardId> {
+        self.by_shard.keys().copied().collect()
+    }
+
+    /// The caller's index of op `op` of `shard`'s part.
+    fn op_index(&self, shard: ShardId, op: usize) -> usize {
+        self.by_shard
+            .get(&shard)
+            .and_then(|ops| ops.get(op))
+            .map(|(i, _)| *i)
+            .unwrap_or(0)
+    }
+}
+
+/// Whether transaction `a` started before `b` (ids break ties).
+fn older(a: u64, b: u64) -> bool {
+    (txn_started_ms(a), a) < (txn_started_ms(b), b)
+}
+
+/// Every shard resolved: drop the record (and release the snapshot gate).
+async fn forget<S: Shards>(shards: &S, id: u64) {
+    let ops = vec![delete(txn_key(id)), delete(gate::committing_key(id))];
+    if let Err(e) = Meta::new(shards).write(ops).await {
+        tracing::debug!(txn = id, error = %e, "could not drop the record; the sweeper will");
+    }
+}
+
+/// Why a prepare did not succeed on one shard.
+enum Refusal {
+    Rejected { op: usize, current: Option<u64> },
+    Locked { op: usize, txn: u64 },
+    Failed(String),
+}
+
+/// Runs cross-shard transactions through [`Shards`].
+pub struct Transactions<S: Shards> {
+    shards: Arc<S>,
+    config: TxnConfig,
+    node: u64,
+}
+
+impl<S: Shards> Transactions<S> {
+    pub fn new(shards: Arc<S>, node: u64, config: TxnConfig) -> Self {
+        Transactions {
+            shards,
+            config,
+            node,
+        }
+    }
+
+    fn meta(&self) -> Meta<'_, S> {
+        Meta::new(&self.shards)
+    }
+
+    /// Apply `ops` atomically across every shard they touch, or not at all, within
+    /// `timeout`. A lock held by another transaction is retried with backoff until
+    /// the deadline.
+    pub async fn commit(
+        &self,
+        ops: Vec<WriteOp>,
+        timeout: Duration,
+    ) -> Result<TxnOutcome, TxnError> {
+        let deadline = Instant::now() + timeout;
+        let plan = Plan::new(ops, self.shards.shard_count());
+        // Every attempt carries the first one's start time: its age decides who waits
+        // for whom (wait-die), so a transaction that keeps losing grows old and wins.
+        let started_ms = now_ms();
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match self.attempt(&plan, started_ms, deadline).await {
+                Err(TxnError::Locked { .. }) if Instant::now() + pause < deadline => {
+                    // Jitter so two transactions that collided do not collide again.
+                    let jitter = rand::random::<u64>() % (pause.as_millis() as u64 + 1);
+                    tokio::time::sleep(pause + Duration::from_millis(jitter)).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        plan: &Plan,
+        started_ms: u64,
+        deadline: Instant,
+    ) -> Result<TxnOutcome, TxnError> {
+        let tracked = self.create(plan, started_ms).await?;
+        let id = tracked.record.id;
+        let mut existed = vec![false; plan.shard_of.len()];
+        let mut refusal = None;
+        let prepares = plan.by_shard.iter().map(|(&shard, ops)| {
+            let ops: Vec<WriteOp> = ops.iter().map(|(_, op)| op.clone()).collect();
+            let command = Command::Prepare { txn: id, ops };
+            async move {
+                // Wait-die: an older transaction waits for a younger one's lock (it
+                // prepares again once that resolves); a younger one dies at once.
+                // Waits only ever point from older to younger, so none can cycle.
+                let mut pause = Duration::from_millis(2);
+                loop {
+                    let result = self.write(shard, command.clone(), deadline).await;
+                    match &result {
+                        Ok(ApplyOutcome::Locked { txn: holder, .. })
+                            if older(id, *holder) && Instant::now() + pause < deadline =>
+                        {
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_millis(50));
+                        }
+                        _ => return (shard, result),
+                    }
+                }
+            }
+        });
+        for (shard, result) in futures::future::join_all(prepares).await {
+            match result {
+                Ok(ApplyOutcome::Prepared { existed: e }) => {
+                    for (op, was) in e.into_iter().enumerate() {
+                        if let Some(slot) = existed.get_mut(plan.op_index(shard, op)) {
+                            *slot = was;
+                        }
+                    }
+                }
+                Ok(ApplyOutcome::Rejected { op, current }) => {
+                    refusal = Some(Refusal::Rejected {
+                        op: plan.op_index(shard, op),
+                        current,
+                    })
+                }
+                Ok(ApplyOutcome::Locked { op, txn }) => {
+                    refusal.get_or_insert(Refusal::Locked {
+                        op: plan.op_index(shard, op),
+                        txn,
+                    });
+                }
+                Ok(ApplyOutcome::TxnClosed) => {
+                    refusal.get_or_insert(Refusal::Failed(format!(
+                        "shard {shard} refused the prepare as too old (is this node's clock behind the meta leader's?)"
+                    )));
+                }
+                Ok(other) => {
+                    refusal.get_or_insert(Refusal::Failed(format!(
+                        "shard {shard} answered {other:?}"
+                    )));
+                }
+                Err(e) => {
+                    refusal.get_or_insert(Refusal::Failed(format!("shard {shard}: {e}")));
+                }
+            }
+        }
+        if let Some(refusal) = refusal {
+            self.abort(&tracked, deadline).await;
+            metrics::counter!("cairn_txn_aborted_total").increment(1);
+            return Err(match refusal {
+                Refusal::Rejected { op, current } => TxnError::Rejected { op, current },
+                Refusal::Locked { op, txn } => TxnError::Locked { op, txn },
+                Refusal::Failed(reason) => TxnError::Aborted { reason },
+            });
+        }
+        cairn_store::crash_point!("txn.prepared");
+        self.decide(&tracked, deadline).await?;
+        cairn_store::crash_point!("txn.decided");
+        metrics::counter!("cairn_txn_committed_total").increment(1);
+        let resolved = self.resolve(&tracked.record, true, deadline).await;
+        let versions = plan
+            .shard_of
+            .iter()
+            .map(|shard| resolved.get(shard).copied().flatten().flatten())
+            .collect();
+        if resolved.values().all(Option::is_some) {
+            // Off the caller's path: the outcome is known, only bookkeeping is left
+            // (and the sweeper does it if this fails).
+            let shards = self.shards.clone();
+            tokio::spawn(async move { forget(&*shards, id).await });
+        }
+        Ok(TxnOutcome {
+            txn: id,
+            versions,
+            existed,
+        })
+    }
+
+    /// Record a new pending transaction under a fresh id.
+    async fn create(&self, plan: &Plan, started_ms: u64) -> Result<Tracked, TxnError> {
+        for _ in 0..4 {
+            let record = TxnRecord {
+                id: txn_id(started_ms, rand::random()),
+                state: TxnState::Pending,
+                shards: plan.shards(),
+                started_ms,
+                node: self.node,
+            };
+            let ops = vec![put(txn_key(record.id), record.encode()?, Condition::Absent)];
+            // Nothing is prepared yet: whatever happens here, nothing was written.
+            match self.meta().write(ops).await {
+                Ok(Some(version)) => return Ok(Tracked { record, version }),
+                Ok(None) => continue, // an id collision: draw another
+                Err(e) => {
+                    return Err(TxnError::Aborted {
+                        reason: format!("could not record the transaction: {e}"),
+                    })
+                }
+            }
+        }
+        Err(TxnError::Aborted {
+            reason: "could not draw an unused transaction id".into(),
+        })
+    }
+
+    /// Write the commit decision. It waits while a snapshot epoch is marking; if the
+    /// deadline passes first, the transaction is aborted instead.
+    async fn decide(&self, tracked: &Tracked, deadline: Instant) -> Result<(), TxnError> {
+        let id = tracked.record.id;
+        let committed = TxnRecord {
+            state: TxnState::Committed,
+            ..tracked.record.clone()
+        };
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let mut ops = vec![
+                put(
+                    txn_key(id),
+                    committed.encode()?,
+                    Condition::Version(tracked.version),
+                ),
+                put(gate::committing_key(id), Vec::new(), Condition::Always),
+            ];
+            ops.extend(gate::no_epoch_marking());
+            match self.meta().try_write(ops).await {
+                Ok(Ok(_)) => return Ok(()),
+                // A snapshot is placing markers (or waits to): it finishes within a
+                // round trip.
+                Ok(Err(op)) if op >= 2 && Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                    continue;
+                }
+                Ok(Err(op)) if op >= 2 => {
+                    self.abort(tracked, deadline).await;
+                    return match self.state_of(id).await {
+                        Ok(Some(TxnState::Committed)) => Ok(()),
+                        _ => Err(TxnError::Aborted {
+                            reason: "snapshots kept the commit waiting past the deadline".into(),
+                        }),
+                    };
+                }
+                // The record changed (the sweeper decided), or the write's outcome is
+                // unknown: the record says what happened.
+                Ok(Err(_)) | Err(_) => match self.state_of(id).await {
+                    Ok(Some(TxnState::Committed)) => return Ok(()),
+                    Ok(Some(TxnState::Pending)) if Instant::now() + pause < deadline => {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(50));
+                    }
+                    Ok(Some(TxnState::Aborted)) | Ok(None) => {
+                        return Err(TxnError::Aborted {
+                            reason: "the sweeper aborted it before it could commit".into(),
+                        })
+                    }
+                    Ok(Some(TxnState::Pending)) | Err(_) => {
+                        return Err(TxnError::OutcomeUnknown {
+                            txn: id,
+                            reason: "the meta group did not confirm the commit decision in time"
+                                .into(),
+                        })
+                    }
+                },
+            }
+        }
+    }
+
+    async fn state_of(&self, id: u64) -> Result<Option<TxnState>, TxnError> {
+        Ok(record::read(&self.meta(), id)
+            .await?
+            .map(|t| t.record.state))
+    }
+
+    /// Decide abort (unless decided otherwise already) and resolve every shard.
+    async fn abort(&self, tracked: &Tracked, deadline: Instant) {
+        let id = tracked.record.id;
+        let aborted = TxnRecord {
+            state: TxnState::Aborted,
+            ..tracked.record.clone()
+        };
+        let decided = match aborted.encode() {
+            Ok(value) => self
+                .meta()
+                .write(vec![put(
+                    txn_key(id),
+                    value,
+                    Condition::Version(tracked.version),
+                )])
+                .await
+                .map(|v| v.is_some()),
+            Err(e) => {
+                tracing::error!(txn = id, error = %e, "cannot encode the abort");
+                return;
+            }
+        };
+        let commit = match decided {
+            Ok(true) => false,
+            // Someone decided first, or the write's fate is unknown: follow the record.
+            _ => match self.state_of(id).await {
+                Ok(Some(TxnState::Aborted)) => false,
+                Ok(Some(TxnState::Committed)) => true,
+                // Leave it to the sweeper, which will abort it.
+                _ => return,
+            },
+        };
+        // Unlock promptly even if the client's deadline is close: other writers wait.
+        let deadline = deadline.max(Instant::now() + Duration::from_secs(1));
+        let resolved = self.resolve(&aborted, commit, deadline).await;
+        if resolved.values().all(Option::is_some) {
+            self.forget(id).await;
+        }
+    }
+
+    /// Resolve `record` on each of its shards, retrying until `deadline`. Per shard:
+    /// `Some(version written at, if any)` once resolved, `None` if it did not answer.
+    async fn resolve(
+        &self,
+        record: &TxnRecord,
+        commit: bool,
+        deadline: Instant,
+    ) -> BTreeMap<ShardId, Option<Option<u64>>> {
+        let id = record.id;
+        let resolves = record.shards.iter().map(|&shard| async move {
+            let mut pause = Duration::from_millis(10);
+            loop {
+                let command = Command::Resolve { txn: id, commit };
+                match self.write(shard, command, deadline).await {
+                    Ok(ApplyOutcome::Resolved { committed, version }) => {
+                        if committed != commit {
+                            tracing::error!(
+                                txn = id,
+                                shard,
+                                committed,
+                                "a shard resolved the transaction the other way"
+                            );
+                        }
+                        return (shard, Some(version));
+                    }
+                    other => {
+                        tracing::debug!(txn = id, shard, ?other, "resolve not confirmed; retrying");
+                    }
+                }
+                // Resolving is idempotent: repeating it is always safe.
+                if Instant::now() + pause >= deadline {
+                    return (shard, None);
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+        });
+        futures::future::join_all(resolves)
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    async fn forget(&self, id: u64) {
+        forget(&*self.shards, id).await
+    }
+
+    async fn write(
+        &self,
+        shard: ShardId,
+        command: Command,
+        deadline: Instant,
+    ) -> Result<ApplyOutcome, ShardError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let request = ShardRequest::Write { shard, command };
+        match tokio::time::timeout(left, self.shards.execute(request)).await {
+            Ok(Ok(ShardResponse::Written(outcome))) => Ok(outcome),
+            Ok(Ok(other)) => Err(ShardError::Storage {
+                shard,
+                reason: format!("unexpected answer {other:?}"),
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ShardError::OutcomeUnknown {
+                shard,
+                reason: "no answer before the deadline".into(),
+            }),
+        }
+    }
+
+    /// One pass of the sweeper (meta leader only): abort transactions pending for
+    /// longer than `abort_after`, resolve decided ones their coordinator left. Aged by
+    /// the older of the record's wall-clock label and this leader's first sighting,
+    /// as the snapshot sweeper does.
+    pub async fn sweep(&self, first_seen: &mut HashMap<u64, Instant>) -> Result<(), TxnError> {
+        if !self.shards.leads_meta() {
+            first_seen.clear();
+            return Ok(());
+        }
+        let records = self
+            .meta()
+            .scan_all(record::TXN)
+            .await
+            .map_err(meta_error)?;
+        let mut live = Vec::new();
+        for (_, value) in records {
+            let tracked = Tracked {
+                record: TxnRecord::decode(&value)?,
+                version: value.version,
+            };
+            let id = tracked.record.id;
+            live.push(id);
+            let seen = *first_seen.entry(id).or_insert_with(Instant::now);
+            let age = seen.elapsed().max(Duration::from_millis(
+                now_ms().saturating_sub(tracked.record.started_ms),
+            ));
+            let deadline = Instant::now() + self.config.abort_after;
+            match tracked.record.state {
+                TxnState::Pending if age >= self.config.abort_after => {
+                    tracing::warn!(txn = id, "aborting a transaction its coordinator left");
+                    self.abort(&tracked, deadline).await;
+                }
+                TxnState::Committed | TxnState::Aborted if age >= self.config.resolve_after => {
+                    let commit = tracked.record.state == TxnState::Committed;
+                    let resolved = self.resolve(&tracked.record, commit, deadline).await;
+                    if resolved.values().all(Option::is_some) {
+                        self.forget(id).await;
+                    }
+                }
+                _ => {}
+            }
+        }
+        first_seen.retain(|id, _| live.contains(id));
+        Ok(())
+    }
+
+    /// Raise the transaction horizon on every data shard (meta leader only).
+    pub async fn raise_horizon(&self) -> Result<(), TxnError> {
+        if !self.shards.leads_meta() {
+            return Ok(());
+        }
+        let before_ms = now_ms().saturating_sub(self.config.horizon_age.as_millis() as u64);
+        let deadline = Instant::now() + self.config.abort_after;
+        for shard in 0..self.shards.shard_count() {
+            self.write(shard, Command::TxnHorizon { before_ms }, deadline)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Run the sweeper and the horizon until `cancel` fires.
+    pub async fn run_sweeper(self: Arc<Self>, cancel: CancellationToken) {
+        let mut first_seen = HashMap::new();
+        let mut sweep = tokio::time::interval(self.config.sweep_every);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut horizon = tokio::time::interval(self.config.horizon_every);
+        horizon.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = sweep.tick() => {
+                    if let Err(e) = self.sweep(&mut first_seen).await {
+                        tracing::debug!(error = %e, "transaction sweep incomplete; retrying");
+                    }
+                }
+                _ = horizon.tick() => {
+                    if let Err(e) = self.raise_horizon().await {
+                        tracing::debug!(error = %e, "transaction horizon not raised everywhere");
+                    }
+                }
+            }
+        }
+    }
+}
