@@ -173,11 +173,20 @@ impl<R: Read> ShardReader<R> {
         Ok(buf)
     }
 
+    /// `len` bytes. The buffer grows with what the file holds rather than being sized
+    /// by `len`: a corrupt length (up to 4 GiB) must be an error, not an allocation.
     fn bytes(&mut self, len: u32, what: &str) -> Result<Vec<u8>, BackupError> {
-        let mut buf = vec![0u8; len as usize];
-        self.decoder
-            .read_exact(&mut buf)
+        let mut buf = Vec::new();
+        (&mut self.decoder)
+            .take(u64::from(len))
+            .read_to_end(&mut buf)
             .map_err(|e| BackupError::Corrupt(format!("{what}: {e}")))?;
+        if buf.len() != len as usize {
+            return Err(BackupError::Corrupt(format!(
+                "{what}: the file ends {} bytes into {len}",
+                buf.len()
+            )));
+        }
         Ok(buf)
     }
 

@@ -98,19 +98,31 @@ impl Manifest {
                 self.format_version
             ));
         }
-        if self.snapshot.cuts.len() != self.shards as usize {
+        // A cut for every shard `0..shards` and no other: a count alone would accept
+        // cuts naming shards the backup does not have.
+        let every_shard = |cuts: &BTreeMap<u32, u64>| cuts.keys().copied().eq(0..self.shards);
+        if !every_shard(&self.snapshot.cuts) {
             return bad(format!(
-                "{} cuts for {} shards",
-                self.snapshot.cuts.len(),
+                "the snapshot's cuts name shards {:?}, not 0..{}",
+                self.snapshot.cuts.keys().collect::<Vec<_>>(),
                 self.shards
             ));
         }
         for covered in &self.covered {
-            if covered.cuts.len() != self.shards as usize {
+            if !every_shard(&covered.cuts) {
                 return bad(format!(
-                    "covered snapshot {} has {} cuts for {} shards",
+                    "covered snapshot {} has cuts for shards {:?}, not 0..{}",
                     covered.id,
-                    covered.cuts.len(),
+                    covered.cuts.keys().collect::<Vec<_>>(),
+                    self.shards
+                ));
+            }
+        }
+        if let Some(parent) = &self.parent {
+            if !every_shard(&parent.cuts) {
+                return bad(format!(
+                    "the parent's cuts name shards {:?}, not 0..{}",
+                    parent.cuts.keys().collect::<Vec<_>>(),
                     self.shards
                 ));
             }

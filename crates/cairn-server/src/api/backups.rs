@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::Json;
 use cairn_backup::{BackupError, BackupRecord, BackupRequest, BackupState};
@@ -14,7 +14,7 @@ use cairn_client::api::{
 };
 
 use super::kv::{read_body, read_optional_json, Params};
-use super::{ApiError, ApiState};
+use super::{path_param, ApiError, ApiState};
 use crate::revert::{self, RevertAudit, RevertError};
 
 type Shared = State<Arc<ApiState>>;
@@ -44,10 +44,8 @@ pub async fn list(State(api): Shared, uri: Uri) -> Result<Json<BackupList>, ApiE
     Ok(Json(BackupList { backups }))
 }
 
-pub async fn show(
-    State(api): Shared,
-    Path(id): Path<String>,
-) -> Result<Json<BackupInfo>, ApiError> {
+pub async fn show(State(api): Shared, uri: Uri) -> Result<Json<BackupInfo>, ApiError> {
+    let id = path_param(&uri, 3, "id")?;
     Ok(Json(info(api.backups.get(&id).await?)))
 }
 

@@ -10,6 +10,7 @@ mod backups;
 mod cluster;
 mod debug;
 mod kv;
+mod openapi;
 mod snapshots;
 pub mod url;
 
@@ -69,6 +70,7 @@ pub fn app(state: Arc<ApiState>) -> axum::Router {
         .route("/v1/revert", post(backups::revert))
         .route("/v1/reverts", get(backups::reverts))
         .route("/v1/cluster", get(cluster::status))
+        .route("/v1/openapi.json", get(openapi::document))
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))
         .route("/metrics", get(cluster::metrics))
@@ -78,6 +80,26 @@ pub fn app(state: Arc<ApiState>) -> axum::Router {
         // Bodies are read with explicit limits in the handlers, which answer in JSON.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// Path parameter `index` (counting `/`-separated segments from 0, the empty one
+/// before the first `/` included) of `uri`, decoded like keys: strict percent-decoding,
+/// then UTF-8. axum's `Path` would answer a non-UTF-8 one with a plain-text 400 (and
+/// decode malformed escapes leniently); this answers `bad_path` in JSON.
+pub(crate) fn path_param(
+    uri: &axum::http::Uri,
+    index: usize,
+    name: &str,
+) -> Result<String, ApiError> {
+    let raw = uri.path().split('/').nth(index).unwrap_or_default();
+    let bad = |why: String| ApiError::bad_request("bad_path", format!("`{name}` {why}"));
+    let bytes = url::decode(raw).map_err(|e| {
+        bad(format!(
+            "has a malformed percent-escape at byte {} (use %XX with two hex digits)",
+            e.position
+        ))
+    })?;
+    String::from_utf8(bytes).map_err(|_| bad("is not UTF-8 once percent-decoded".into()))
 }
 
 async fn not_found() -> ApiError {

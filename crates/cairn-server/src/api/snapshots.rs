@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::Json;
 use cairn_client::api::{
@@ -14,7 +14,7 @@ use cairn_client::api::{
 use cairn_snapshot::{SnapshotError, SnapshotRecord, SnapshotState};
 
 use super::kv::{read_optional_json, Params};
-use super::{url, ApiError, ApiState};
+use super::{path_param, url, ApiError, ApiState};
 
 type Shared = State<Arc<ApiState>>;
 
@@ -56,15 +56,14 @@ pub async fn list(State(api): Shared, uri: Uri) -> Result<Json<SnapshotList>, Ap
     }))
 }
 
-pub async fn show(
-    State(api): Shared,
-    Path(id): Path<String>,
-) -> Result<Json<SnapshotInfo>, ApiError> {
+pub async fn show(State(api): Shared, uri: Uri) -> Result<Json<SnapshotInfo>, ApiError> {
+    let id = path_param(&uri, 3, "id")?;
     let record = done(api.snapshots.registry().lookup(&id).await?)?;
     Ok(Json(info(&record)?))
 }
 
-pub async fn delete(State(api): Shared, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(State(api): Shared, uri: Uri) -> Result<StatusCode, ApiError> {
+    let id = path_param(&uri, 3, "id")?;
     let registry = api.snapshots.registry();
     let record = done(registry.lookup(&id).await?)?;
     registry.delete(&record).await?;
@@ -73,11 +72,8 @@ pub async fn delete(State(api): Shared, Path(id): Path<String>) -> Result<Status
 
 /// `GET /v1/snapshots/{a}/diff/{b}`: keys whose value differs between snapshot `a`
 /// and snapshot `b`, with their value in `b` (or `deleted`), in key order, paginated.
-pub async fn diff(
-    State(api): Shared,
-    Path((a, b)): Path<(String, String)>,
-    uri: Uri,
-) -> Result<Json<DiffResponse>, ApiError> {
+pub async fn diff(State(api): Shared, uri: Uri) -> Result<Json<DiffResponse>, ApiError> {
+    let (a, b) = (path_param(&uri, 3, "a")?, path_param(&uri, 5, "b")?);
     let params = Params::parse(&uri, &["prefix", "start_after", "limit", "encoding"])?;
     let prefix = params.bytes("prefix").unwrap_or_default();
     let start_after = params.bytes("start_after");
