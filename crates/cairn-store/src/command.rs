@@ -110,7 +110,7 @@ impl Command {
     pub fn decode(bytes: &[u8]) -> Result<Command> {
         match bytes.split_first() {
             Some((&FORMAT_V1, body)) => {
-                bincode::deserialize(body).map_err(|e| StoreError::corrupt(format!("command: {e}")))
+                crate::exact_bincode(body).map_err(|e| StoreError::corrupt(format!("command: {e}")))
             }
             Some((v, _)) => Err(StoreError::corrupt(format!(
                 "command: unknown format version {v}"

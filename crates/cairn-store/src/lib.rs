@@ -59,6 +59,16 @@ pub type ShardId = u32;
 /// A node's id in the cluster (also its Raft peer id).
 pub type NodeId = u64;
 
+/// Decode bincode written by `bincode::serialize` (fixed-width integers), refusing
+/// trailing bytes: a record with junk after it is corrupt, not the record before it.
+pub(crate) fn exact_bincode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> bincode::Result<T> {
+    use bincode::Options as _;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .reject_trailing_bytes()
+        .deserialize(bytes)
+}
+
 /// Stable key -> shard hash: `xxh3_64(key) % shards`.
 ///
 /// Must never change: data directories and backups outlive binaries, and a key found
@@ -124,7 +134,7 @@ impl NodeStore {
         let tree = self.db.open_tree(NODE_TREE)?;
         match tree.get(IDENTITY_KEY)? {
             None => Ok(None),
-            Some(v) => bincode::deserialize(&v)
+            Some(v) => exact_bincode(&v)
                 .map(Some)
                 .map_err(|e| StoreError::corrupt(format!("node identity: {e}"))),
         }

@@ -113,7 +113,7 @@ impl TxnRecord {
 
     fn decode(txn: u64, bytes: &[u8]) -> Result<TxnRecord> {
         match bytes.split_first() {
-            Some((&RECORD_V1, body)) => bincode::deserialize(body)
+            Some((&RECORD_V1, body)) => crate::exact_bincode(body)
                 .map_err(|e| StoreError::corrupt(format!("transaction {txn} record: {e}"))),
             _ => Err(StoreError::corrupt(format!(
                 "transaction {txn} record: unknown format"

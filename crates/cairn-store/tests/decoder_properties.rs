@@ -129,12 +129,10 @@ proptest! {
     }
 }
 
-/// A log entry with bytes after its command is corrupt, but `Command::decode` reads
-/// it as the command alone: bincode 1's `deserialize` allows trailing bytes. Found by
-/// the `command_decode` fuzz target's canonical-encoding check; left to the owner of
-/// `command.rs` (docs/FUZZING.md, "Found and left").
+/// A log entry with bytes after its command is corrupt, not the command alone (bincode
+/// 1's `deserialize` allowed trailing bytes). Found by the `command_decode` fuzz
+/// target's canonical-encoding check; fixed with exact decoding.
 #[test]
-#[ignore = "Command::decode accepts trailing bytes (cairn-store/src/command.rs)"]
 fn a_command_with_trailing_bytes_is_corrupt() {
     let mut bytes = Command::Marker { epoch: 42 }.encode();
     bytes.push(0);
