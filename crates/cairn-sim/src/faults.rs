@@ -3,7 +3,9 @@
 //! Every 0.2 to 1.5 virtual seconds of the active phase it picks one of: crash a node
 //! (its disk keeps only what a crash may keep, see [`crate::node`]) and restart it
 //! after up to 2.5 s; crash every node at once; isolate a node both ways; cut a node's
-//! outbound or inbound links only (one-way); cut one directed link; or a storm, a
+//! outbound or inbound links only (one-way); cut one directed link; pause a node
+//! (SIGSTOP: it misses its ticks, and what reaches it waits until it resumes, so a
+//! paused leader wakes up still believing it leads); or a storm, a
 //! spell of message loss, duplication, long delays and breaking snapshot streams.
 //! Faults overlap freely, so two nodes can be down or a node can be both partitioned
 //! and lossy; safety must hold throughout, liveness only after healing.
@@ -56,6 +58,15 @@ impl World {
                 let other = others[self.rng.gen_range(0..others.len())];
                 self.cut_for_a_while(vec![(node, other)]);
             }
+            73..=82 => {
+                if self.is_up(node) {
+                    self.faults.pauses += 1;
+                    let lasts = self.rng.gen_range(100..=2000);
+                    let until = self.clock.now() + lasts;
+                    let n = &mut self.nodes[(node - 1) as usize];
+                    n.paused_until = n.paused_until.max(until);
+                }
+            }
             _ => {
                 self.faults.storms += 1;
                 self.storm += 1;
@@ -94,6 +105,10 @@ impl World {
         self.net.heal();
         self.calm();
         self.storm += 1;
+        let now = self.clock.now();
+        for node in &mut self.nodes {
+            node.paused_until = node.paused_until.min(now);
+        }
         for id in 1..=self.cfg.nodes {
             if !self.is_up(id) {
                 if let Err(e) = self.start_node(id) {

@@ -169,6 +169,8 @@ pub struct SimNode {
     pub down_image: StoreImage,
     /// Each node's ticks run a little fast or slow (9 to 11 ms): clock drift.
     pub tick_ms: u64,
+    /// A paused node (SIGSTOP) does nothing until then; what reaches it waits.
+    pub paused_until: u64,
     /// Per shard, the fixed election timeout of the current life.
     pub election_timeouts: Vec<usize>,
     /// Disk figures of earlier lives.
@@ -213,6 +215,7 @@ impl SimNode {
             live: None,
             down_image: StoreImage::default(),
             tick_ms,
+            paused_until: 0,
             election_timeouts: Vec::new(),
             past_disk: DiskStats::default(),
             past_snapshots_installed: 0,

@@ -142,7 +142,21 @@ pub struct FaultStats {
     pub partitions: u64,
     pub one_way_partitions: u64,
     pub storms: u64,
+    /// Nodes stopped (SIGSTOP) for a while, then resumed.
+    pub pauses: u64,
     pub snapshot_streams_failed: u64,
+}
+
+impl FaultStats {
+    /// Faults injected (crashes of a full restart count one by one).
+    pub fn total(&self) -> u64 {
+        self.crashes
+            + self.partitions
+            + self.one_way_partitions
+            + self.storms
+            + self.pauses
+            + self.snapshot_streams_failed
+    }
 }
 
 /// Which part of the run we are in.
@@ -415,11 +429,35 @@ impl World {
         Ok(())
     }
 
+    /// The time a paused node resumes, if `node` is paused now.
+    fn paused(&self, node: NodeId) -> Option<Millis> {
+        let until = self.node(node).paused_until;
+        (until > self.clock.now()).then_some(until)
+    }
+
     fn on_event(&mut self, event: Event) {
+        // A paused process handles nothing; what reaches it waits in its socket
+        // buffers and inbox, in arrival order, until it resumes.
+        let waits_for = match &event {
+            Event::Raft { to, .. } | Event::Snapshot { to, .. } => self.paused(*to),
+            Event::SnapshotSent { node, .. } => self.paused(*node),
+            _ => None,
+        };
+        if let Some(until) = waits_for {
+            let now = self.clock.now();
+            self.clock.after(until - now, event);
+            return;
+        }
         match event {
             Event::Tick(node, inc) => {
                 let n = self.node(node);
                 if n.live.is_none() || n.incarnation != inc {
+                    return;
+                }
+                if self.paused(node).is_some() {
+                    // A stopped process misses its ticks.
+                    let tick = self.node(node).tick_ms;
+                    self.clock.after(tick, Event::Tick(node, inc));
                     return;
                 }
                 for shard in 0..self.shards {
@@ -617,6 +655,13 @@ impl World {
         let node = target.unwrap_or_else(|| self.rng.gen_range(1..=self.cfg.nodes));
         if !self.is_up(node) {
             self.retry(id, None, format!("node {node} is down"));
+            return;
+        }
+        if let Some(until) = self.paused(node) {
+            // The request sits in the paused node's inbox.
+            let call = self.calls.get_mut(&id).expect("present above");
+            call.target = Some(node);
+            self.clock.after(until - now, Event::Attempt(id));
             return;
         }
         let inc = self.node(node).incarnation;

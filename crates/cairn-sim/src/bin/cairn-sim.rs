@@ -57,8 +57,7 @@ fn main() -> anyhow::Result<()> {
                 passed += 1;
                 ops += r.checked.ops;
                 virtual_ms += r.virtual_ms;
-                let f = &r.faults;
-                faults += f.crashes + f.partitions + f.one_way_partitions + f.storms;
+                faults += r.faults.total();
             }
             Err(failure) => {
                 eprintln!("{failure}");
