@@ -33,9 +33,9 @@ pub struct SimConfig {
     pub snapshots: bool,
     /// Whether clients also run cross-shard transactions (prepare / resolve).
     pub transactions: bool,
-    /// Compact a shard's log after this many applied entries (small: followers that
-    /// fall behind need a Raft snapshot).
-    pub log_compact_entries: u64,
+    /// Compact a shard's log after this many applied entries, drawn from this range
+    /// (small: followers that fall behind need a Raft snapshot).
+    pub log_compact_entries: (u64, u64),
 }
 
 impl Default for SimConfig {
@@ -50,7 +50,7 @@ impl Default for SimConfig {
             faults: true,
             snapshots: true,
             transactions: true,
-            log_compact_entries: 24,
+            log_compact_entries: (6, 40),
         }
     }
 }

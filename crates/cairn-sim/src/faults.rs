@@ -25,13 +25,14 @@ impl World {
         match self.rng.gen_range(0..100) {
             0..=29 => {
                 let down = self.rng.gen_range(50..=2500);
-                self.arm_crash(node, down);
+                let prefix = [0.0, 0.1, 0.5][self.rng.gen_range(0..3)];
+                self.arm_crash(node, down, prefix);
             }
             30..=34 => {
                 self.faults.full_restarts += 1;
                 let down = self.rng.gen_range(20..=500);
                 for id in 1..=nodes {
-                    self.arm_crash(id, down);
+                    self.arm_crash(id, down, 0.2);
                 }
             }
             35..=54 => {

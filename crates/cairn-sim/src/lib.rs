@@ -104,7 +104,8 @@ pub fn run_profile(seed: u64, name: &str) -> Result<Report, Failure> {
     run(seed, name, cfg)
 }
 
-/// Run one seed: simulate, settle, check.
+/// Run one seed: simulate, settle, check. A panic inside Cairn's code (raft-rs's
+/// fatal checks among them) is a failure of the seed like any other.
 pub fn run(seed: u64, profile: &str, cfg: SimConfig) -> Result<Report, Failure> {
     let failure = |message: String| Failure {
         seed,
@@ -112,13 +113,27 @@ pub fn run(seed: u64, profile: &str, cfg: SimConfig) -> Result<Report, Failure> 
         message,
         replay: replay_command(seed, profile),
     };
-    let mut world = World::new(seed, cfg).map_err(failure)?;
-    world.run().map_err(failure)?;
-    let (finals, digests) = converge(&world).map_err(failure)?;
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_checked(seed, cfg))) {
+        Ok(result) => result.map_err(failure),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            Err(failure(format!("panicked: {what}")))
+        }
+    }
+}
+
+fn run_checked(seed: u64, cfg: SimConfig) -> Result<Report, String> {
+    let mut world = World::new(seed, cfg)?;
+    world.run()?;
+    let (finals, digests) = converge(&world)?;
     let shards = world.shards;
     let shard_of = |key: &str| cairn_store::shard_for_key(key.as_bytes(), shards);
     let checked = check::all(&world.history, &finals, &shard_of)
-        .map_err(|violations| failure(violations.join("\n")))?;
+        .map_err(|violations| violations.join("\n"))?;
 
     let mut trace = xxhash_rust::xxh3::Xxh3::new();
     trace.update(format!("{:?}", world.history).as_bytes());

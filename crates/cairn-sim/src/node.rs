@@ -91,7 +91,8 @@ pub struct Disk {
     /// While a crash is armed: the states it may leave, oldest first (the first is the
     /// state at arming or at the last sync since).
     candidates: Option<Vec<StoreImage>>,
-    /// Chance that a write between syncs is recorded as a possible crash state.
+    /// While armed: the chance that a write between syncs is recorded as a possible
+    /// crash state.
     prefix_chance: f64,
     rng: ChaCha8Rng,
     error: Option<String>,
@@ -99,8 +100,10 @@ pub struct Disk {
 }
 
 impl Disk {
-    /// A crash is coming: from now on record what it may leave.
-    pub fn arm(&mut self) {
+    /// A crash is coming: from now on record what it may leave, keeping each write
+    /// between syncs with `prefix_chance`.
+    pub fn arm(&mut self, prefix_chance: f64) {
+        self.prefix_chance = prefix_chance;
         let image = self.image();
         self.candidates = image.map(|i| vec![i]);
     }
@@ -229,13 +232,12 @@ impl SimNode {
         cfg: &RaftConfig,
         timeouts: Vec<usize>,
         rng: &mut ChaCha8Rng,
-        prefix_chance: f64,
     ) -> Result<(), String> {
         let store = NodeStore::open_image(&self.down_image).map_err(|e| e.to_string())?;
         let disk = Rc::new(RefCell::new(Disk {
             store: store.clone(),
             candidates: None,
-            prefix_chance,
+            prefix_chance: 0.0,
             rng: ChaCha8Rng::seed_from_u64(rng.gen()),
             error: None,
             stats: DiskStats::default(),
@@ -352,9 +354,9 @@ impl SimNode {
     }
 
     /// Arm a crash of this node (see the module doc).
-    pub fn arm_crash(&self) {
+    pub fn arm_crash(&self, prefix_chance: f64) {
         if let Some(live) = &self.live {
-            live.disk.borrow_mut().arm();
+            live.disk.borrow_mut().arm(prefix_chance);
         }
     }
 

@@ -138,6 +138,8 @@ pub struct FaultStats {
     pub crashes: u64,
     /// Crashes that lost writes made after the node's last sync.
     pub crashes_losing_unsynced: u64,
+    /// Crashes armed just before a Raft snapshot install.
+    pub crashes_during_install: u64,
     pub full_restarts: u64,
     pub partitions: u64,
     pub one_way_partitions: u64,
@@ -187,8 +189,6 @@ pub struct World {
     pub(crate) faults: FaultStats,
     /// Chance that a Raft snapshot stream breaks half way.
     pub(crate) snapshot_fail: f64,
-    /// Chance that a write between syncs is kept as a possible crash state.
-    pub(crate) prefix_chance: f64,
     pub(crate) storm: u64,
     /// The first thing that went wrong inside the simulation (a storage error in a
     /// replica, a broken invariant): ends the run as a failure.
@@ -200,13 +200,13 @@ impl World {
     pub fn new(seed: u64, cfg: SimConfig) -> Result<World, String> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let shards = rng.gen_range(cfg.shards.0..=cfg.shards.1);
+        let compact = rng.gen_range(cfg.log_compact_entries.0..=cfg.log_compact_entries.1);
         let raft_cfgs = (1..=cfg.nodes)
-            .map(|id| raft_config(id, cfg.nodes, shards, cfg.log_compact_entries))
+            .map(|id| raft_config(id, cfg.nodes, shards, compact))
             .collect();
         let nodes = (1..=cfg.nodes)
             .map(|id| SimNode::new(id, TICK_MS - 1 + rng.gen_range(0..=2)))
             .collect();
-        let prefix_chance = if rng.gen_bool(0.5) { 0.05 } else { 0.0 };
         let work = Workload::new(&cfg, shards, &mut rng);
         let mut world = World {
             cfg,
@@ -224,7 +224,6 @@ impl World {
             phase: Phase::Active,
             faults: FaultStats::default(),
             snapshot_fail: 0.0,
-            prefix_chance,
             storm: 0,
             error: None,
             events: 0,
@@ -283,10 +282,9 @@ impl World {
             );
         }
         let cfg = self.raft_cfgs[(id - 1) as usize].clone();
-        let prefix = self.prefix_chance;
         let mut rng = ChaCha8Rng::seed_from_u64(self.rng.gen());
         let node = self.node_mut(id);
-        node.start(&cfg, timeouts, &mut rng, prefix)?;
+        node.start(&cfg, timeouts, &mut rng)?;
         let (inc, tick) = (node.incarnation, node.tick_ms);
         let phase = self.rng.gen_range(0..tick);
         self.clock.after(phase, Event::Tick(id, inc));
@@ -294,13 +292,14 @@ impl World {
     }
 
     /// Arm a crash of `id` that fires within a few milliseconds and keeps it down for
-    /// `down` ms.
-    pub(crate) fn arm_crash(&mut self, id: NodeId, down: Millis) {
+    /// `down` ms; until it fires, each write between syncs becomes a possible crash
+    /// state with `prefix_chance`.
+    pub(crate) fn arm_crash(&mut self, id: NodeId, down: Millis, prefix_chance: f64) {
         let node = self.node(id);
         if node.live.is_none() {
             return;
         }
-        node.arm_crash();
+        node.arm_crash(prefix_chance);
         let inc = node.incarnation;
         let after = self.rng.gen_range(1..=40);
         self.clock.after(
@@ -374,7 +373,13 @@ impl World {
                     }
                 }
                 Outgoing::Snapshot { shard, msg, state } => {
-                    let delay = self.rng.gen_range(5..=60);
+                    // Streams take a while; in a storm some arrive very late, after
+                    // the receiver caught up another way.
+                    let delay = if self.net.weather.long_delay > 0.0 && self.rng.gen_bool(0.2) {
+                        self.rng.gen_range(200..=2000)
+                    } else {
+                        self.rng.gen_range(5..=60)
+                    };
                     let to = msg.to;
                     self.clock.after(
                         delay,
@@ -590,6 +595,13 @@ impl World {
             self.faults.snapshot_streams_failed += 1;
             report(self, false);
             return;
+        }
+        // The install is where a crash is most delicate (data installed, log not yet
+        // moved): now and then crash right there, keeping every intermediate state.
+        if self.phase == Phase::Active && self.cfg.faults && self.rng.gen_bool(0.2) {
+            self.faults.crashes_during_install += 1;
+            let down = self.rng.gen_range(20..=500);
+            self.arm_crash(to, down, 1.0);
         }
         let (done, handled) = oneshot::channel();
         self.with_replica(to, shard, |r| {

@@ -323,3 +323,101 @@ fn describe(ops: &KeyOps) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{write_id, Op};
+
+    fn stamp(ms: u64) -> Stamp {
+        Stamp { ms, seq: ms }
+    }
+
+    fn put(id: usize, key: &str, from: u64, to: Option<u64>, outcome: Outcome) -> Op {
+        Op {
+            id,
+            client: id,
+            action: Action::Batch {
+                shard: 0,
+                writes: vec![KeyWrite {
+                    key: key.into(),
+                    value: Some(write_id(id, 0)),
+                    cond: Cond::Always,
+                }],
+            },
+            invoked: stamp(from),
+            completed: to.map(stamp),
+            outcome,
+        }
+    }
+
+    fn get(id: usize, key: &str, from: u64, to: u64, saw: Option<(u64, u64)>) -> Op {
+        Op {
+            id,
+            client: id,
+            action: Action::Get {
+                shard: 0,
+                key: key.into(),
+                stale: false,
+            },
+            invoked: stamp(from),
+            completed: Some(stamp(to)),
+            outcome: Outcome::Read { at: 10, value: saw },
+        }
+    }
+
+    fn verdict(ops: Vec<Op>) -> Vec<String> {
+        let history = History {
+            ops,
+            epochs: Vec::new(),
+        };
+        let finals = BTreeMap::from([(0, ShardFinal::default())]);
+        let mut stats = CheckStats::default();
+        let mut violations = Vec::new();
+        check(&history, &finals, &|_| 0, &mut stats, &mut violations);
+        violations
+    }
+
+    fn applied(version: u64) -> Outcome {
+        Outcome::Applied {
+            version,
+            existed: vec![false],
+        }
+    }
+
+    #[test]
+    fn a_read_after_an_acknowledged_write_must_see_it() {
+        let w = write_id(0, 0);
+        // The write is acknowledged at 2; a read from 3 to 4 sees nothing: stale.
+        let stale = vec![put(0, "k", 1, Some(2), applied(5)), get(1, "k", 3, 4, None)];
+        assert_eq!(verdict(stale).len(), 1);
+        // Overlapping the write, either answer is legal.
+        let early = vec![put(0, "k", 1, Some(4), applied(5)), get(1, "k", 2, 3, None)];
+        assert!(verdict(early).is_empty());
+        let fresh = vec![
+            put(0, "k", 1, Some(2), applied(5)),
+            get(1, "k", 3, 4, Some((5, w))),
+        ];
+        assert!(verdict(fresh).is_empty());
+    }
+
+    #[test]
+    fn an_unknown_write_may_land_late_or_never_but_not_come_back() {
+        let w = write_id(0, 0);
+        let unknown = || put(0, "k", 1, None, Outcome::Unknown("lost".into()));
+        // Seen late, after a read that missed it: fine.
+        let late = vec![
+            unknown(),
+            get(1, "k", 2, 3, None),
+            get(2, "k", 4, 5, Some((5, w))),
+        ];
+        assert!(verdict(late).is_empty());
+        // Seen, then gone without another write: not linearizable.
+        let flicker = vec![
+            unknown(),
+            get(1, "k", 2, 3, Some((5, w))),
+            get(2, "k", 4, 5, None),
+        ];
+        assert_eq!(verdict(flicker).len(), 1);
+    }
+}
