@@ -42,6 +42,12 @@ impl<E> Ord for Scheduled<E> {
     }
 }
 
+impl<E> Default for Clock<E> {
+    fn default() -> Clock<E> {
+        Clock::new()
+    }
+}
+
 impl<E> Clock<E> {
     pub fn new() -> Clock<E> {
         Clock {

@@ -64,6 +64,12 @@ pub struct NetStats {
     pub delivered: u64,
 }
 
+impl Default for Network {
+    fn default() -> Network {
+        Network::new()
+    }
+}
+
 impl Network {
     pub fn new() -> Network {
         Network {

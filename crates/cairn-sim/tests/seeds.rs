@@ -68,9 +68,15 @@ fn a_seed_replays_the_same_run() {
     let first = run(7, "default");
     let again = run(7, "default");
     assert_eq!(first, again, "seed 7 gave two different runs");
-    assert!(first.faults.total() > 0, "seed 7 injected no fault: {first:?}");
+    assert!(
+        first.faults.total() > 0,
+        "seed 7 injected no fault: {first:?}"
+    );
     let other = run(8, "default");
-    assert_ne!(first.trace, other.trace, "seeds 7 and 8 gave the same trace");
+    assert_ne!(
+        first.trace, other.trace,
+        "seeds 7 and 8 gave the same trace"
+    );
 }
 
 /// Replays `CAIRN_SIM_SEED` (with `CAIRN_SIM_PROFILE`, default `default`) and prints

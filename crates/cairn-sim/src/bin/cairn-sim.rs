@@ -68,7 +68,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         let done = passed + failed.len() as u64;
-        if done % 100 == 0 {
+        if done.is_multiple_of(100) {
             eprintln!(
                 "{done} seeds, {} failed, {:.1} seeds/s",
                 failed.len(),

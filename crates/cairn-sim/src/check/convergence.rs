@@ -8,9 +8,12 @@
 
 use cairn_store::{NodeId, ShardId, ShardState};
 
+/// Raw tree pairs, as `ShardState::export` yields them.
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A digest of a replica's export at `at`, and the pairs it covered.
-pub fn digest(state: &ShardState, at: u64) -> Result<(u64, Vec<(Vec<u8>, Vec<u8>)>), String> {
-    let pairs: Vec<(Vec<u8>, Vec<u8>)> = state
+pub fn digest(state: &ShardState, at: u64) -> Result<(u64, Pairs), String> {
+    let pairs: Pairs = state
         .export(at)
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
@@ -26,7 +29,7 @@ pub fn digest(state: &ShardState, at: u64) -> Result<(u64, Vec<(Vec<u8>, Vec<u8>
 
 /// Compare every replica of `shard` at `at`; the first difference is named.
 pub fn check(shard: ShardId, replicas: &[(NodeId, ShardState)], at: u64) -> Result<u64, String> {
-    let mut first: Option<(NodeId, u64, Vec<(Vec<u8>, Vec<u8>)>)> = None;
+    let mut first: Option<(NodeId, u64, Pairs)> = None;
     for (node, state) in replicas {
         let (d, pairs) = digest(state, at)?;
         match &first {
