@@ -37,6 +37,12 @@ impl World {
             }
             35..=54 => {
                 self.faults.partitions += 1;
+                // Half the time the node cut off is a leader: it goes on accepting
+                // proposals it can never commit, a divergent tail for later.
+                let node = match self.a_leader() {
+                    Some(leader) if self.rng.gen_bool(0.5) => leader,
+                    _ => node,
+                };
                 let mut links = Vec::new();
                 for other in (1..=nodes).filter(|&o| o != node) {
                     links.push((node, other));
@@ -85,6 +91,16 @@ impl World {
         }
         let next = self.rng.gen_range(200..=1500);
         self.clock.after(next, Event::Fault);
+    }
+
+    /// The leader of a random shard, as its own replica believes.
+    fn a_leader(&mut self) -> Option<u64> {
+        let shard = self.rng.gen_range(0..self.shards) as usize;
+        self.nodes.iter().find_map(|n| {
+            let live = n.live.as_ref()?;
+            let leader = live.gauges[shard].leader();
+            (leader == Some(n.id)).then_some(n.id)
+        })
     }
 
     fn cut_for_a_while(&mut self, links: Vec<(u64, u64)>) {
