@@ -15,12 +15,29 @@ fn run(seed: u64, profile: &str) -> Report {
     }
 }
 
-/// Run `count` seeds from `from`, and fail with every failing seed's report.
+/// Run `count` seeds from `from`, print what they covered (`--nocapture` shows it),
+/// and fail with every failing seed's report.
 fn seeds(from: u64, count: u64, profile: &str) {
-    let failures: Vec<String> = (from..from + count)
-        .filter_map(|seed| cairn_sim::run_profile(seed, profile).err())
-        .map(|f| f.to_string())
-        .collect();
+    let started = std::time::Instant::now();
+    let mut failures = Vec::new();
+    let (mut ops, mut faults, mut crashes, mut installs, mut epochs) = (0, 0, 0, 0, 0);
+    for seed in from..from + count {
+        match cairn_sim::run_profile(seed, profile) {
+            Ok(r) => {
+                ops += r.checked.ops;
+                faults += r.faults.total();
+                crashes += r.faults.crashes;
+                installs += r.raft_snapshots_installed;
+                epochs += r.checked.snapshots_done + r.checked.snapshots_aborted;
+            }
+            Err(f) => failures.push(f.to_string()),
+        }
+    }
+    println!(
+        "{profile} seeds {from}..{}: {ops} operations checked, {faults} faults ({crashes} crashes), {installs} raft snapshots installed, {epochs} snapshot epochs, in {:.1?}",
+        from + count - 1,
+        started.elapsed()
+    );
     assert!(
         failures.is_empty(),
         "{} of {count} seeds failed:\n\n{}",
