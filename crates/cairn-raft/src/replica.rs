@@ -283,9 +283,9 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
         // state machine at a point the log does not hold: beyond its end, or, over a
         // divergent log that reaches further, at an index holding another term. Left
         // alone, the second case marks the divergent entries committed, and the
-        // leader's appends are then refused forever. (An applied point below the
+        // leader's appends are then refused forever. (An applied point at or below the
         // compacted prefix is the log being ahead, which is fine.)
-        let holds_applied = applied.index + 1 < log.first_index()?
+        let holds_applied = applied.index < log.first_index()?
             || (applied.index <= log.last_index()? && log.term_of(applied.index)? == applied.term);
         if !holds_applied {
             let mut meta = raft::prelude::SnapshotMetadata {
