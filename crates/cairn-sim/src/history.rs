@@ -63,7 +63,14 @@ pub enum Action {
         key: String,
         stale: bool,
     },
-    /// A cross-shard transaction of unconditional writes.
+    /// A linearizable scan of every live key under `prefix` in one shard; `keys` are
+    /// the workload's keys there (the ones it must report on, live or not).
+    Scan {
+        shard: ShardId,
+        prefix: String,
+        keys: Vec<String>,
+    },
+    /// A cross-shard transaction.
     Txn {
         txn: u64,
         writes: Vec<(ShardId, KeyWrite)>,
@@ -95,6 +102,12 @@ pub enum Outcome {
     Read {
         at: u64,
         value: Option<(u64, u64)>,
+    },
+    /// A scan: the version it was served at and every live key it saw with
+    /// `(version, value id)`.
+    Scanned {
+        at: u64,
+        items: BTreeMap<String, (u64, u64)>,
     },
     /// A read that was refused (no effect, no observation).
     ReadFailed(String),

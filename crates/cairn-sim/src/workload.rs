@@ -1,10 +1,10 @@
 //! The clients and the two coordinators the simulator plays: what they ask for, and
 //! what they record.
 //!
-//! **Clients** run one operation at a time: linearizable and stale reads, puts,
-//! conditional puts and deletes (on versions they observed), single-shard batches of
-//! two or three keys, and cross-shard transactions. Every value is unique (see
-//! [`crate::history`]).
+//! **Clients** run one operation at a time: linearizable and stale reads, linearizable
+//! scans of a shard, puts, conditional puts and deletes (on versions they observed),
+//! single-shard batches of two or three keys, and cross-shard transactions (some
+//! conditional). Every value is unique (see [`crate::history`]).
 //!
 //! **Transactions** follow `cairn-txn`'s protocol through the shards' own logs:
 //! `Prepare` on every shard involved, commit only if all prepared, then `Resolve` on
@@ -167,7 +167,17 @@ impl World {
         };
         let roll = self.rng.gen_range(0..100);
         let action = match roll {
-            0..=34 => Action::Get {
+            0..=4 => Action::Scan {
+                shard,
+                prefix: "k".into(),
+                keys: self
+                    .work
+                    .keys_of(shard)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+            },
+            5..=34 => Action::Get {
                 shard,
                 key: name,
                 stale: false,
@@ -234,6 +244,12 @@ impl World {
                 };
                 let others = self.work.keys_of(other);
                 let k2 = others[self.rng.gen_range(0..others.len())].to_owned();
+                // Now and then a condition, so that some prepares are refused.
+                let cond = if self.rng.gen_bool(0.3) {
+                    cond_on_known(&mut self.rng)
+                } else {
+                    Cond::Always
+                };
                 self.work.txn_counter += 1;
                 let txn = txn_id(
                     TXN_EPOCH_MS + self.clock.now(),
@@ -247,7 +263,7 @@ impl World {
                             KeyWrite {
                                 key: name,
                                 value: Some(write_id(op, 0)),
-                                cond: Cond::Always,
+                                cond,
                             },
                         ),
                         (
@@ -282,6 +298,15 @@ impl World {
                 let req = Req::Read {
                     key: key.into_bytes(),
                     stale,
+                    scan: false,
+                };
+                self.call(Owner::Op(op), shard, req, deadline, false);
+            }
+            Action::Scan { shard, prefix, .. } => {
+                let req = Req::Read {
+                    key: prefix.into_bytes(),
+                    stale: false,
+                    scan: true,
                 };
                 self.call(Owner::Op(op), shard, req, deadline, false);
             }
@@ -392,7 +417,10 @@ impl World {
 
     /// The history's outcome for a batch or read call's end.
     fn outcome_of(&mut self, op: OpId, end: CallEnd) -> Outcome {
-        let is_read = matches!(self.history.ops[op].action, Action::Get { .. });
+        let is_read = matches!(
+            self.history.ops[op].action,
+            Action::Get { .. } | Action::Scan { .. }
+        );
         match end {
             CallEnd::Written(ApplyOutcome::Applied { version, existed }) => {
                 Outcome::Applied { version, existed }
@@ -421,6 +449,21 @@ impl World {
                 };
                 Outcome::Read { at, value }
             }
+            CallEnd::Scanned { at, items } => {
+                let mut seen = BTreeMap::new();
+                for (key, v) in items {
+                    let key = String::from_utf8_lossy(&key).into_owned();
+                    match parse_value(&v.value) {
+                        Some(id) => {
+                            seen.insert(key, (v.version, id));
+                        }
+                        None => self.fail(format!(
+                            "operation {op}: scanned a value no client wrote at {key}"
+                        )),
+                    }
+                }
+                Outcome::Scanned { at, items: seen }
+            }
             CallEnd::NotApplied(why) if is_read => Outcome::ReadFailed(why),
             CallEnd::Unknown(why) if is_read => Outcome::ReadFailed(why),
             CallEnd::NotApplied(why) => Outcome::NotApplied(why),
@@ -436,6 +479,11 @@ impl World {
         match (&o.action, outcome) {
             (Action::Get { key, .. }, Outcome::Read { value, .. }) => {
                 seen.push((key.clone(), value.map(|(v, _)| v)));
+            }
+            (Action::Scan { keys, .. }, Outcome::Scanned { items, .. }) => {
+                for k in keys {
+                    seen.push((k.clone(), items.get(k).map(|(v, _)| *v)));
+                }
             }
             (Action::Batch { writes, .. }, Outcome::Applied { version, .. }) => {
                 for w in writes {

@@ -104,7 +104,12 @@ pub(crate) struct Call {
 
 pub(crate) enum Req {
     Write(Command),
-    Read { key: Vec<u8>, stale: bool },
+    /// A read of `key`, or with `scan` of every live key under the prefix `key`.
+    Read {
+        key: Vec<u8>,
+        stale: bool,
+        scan: bool,
+    },
 }
 
 pub(crate) enum Waiting {
@@ -115,9 +120,26 @@ pub(crate) enum Waiting {
         node: NodeId,
         inc: u64,
         key: Vec<u8>,
+        scan: bool,
         rx: oneshot::Receiver<Result<u64, ShardError>>,
     },
 }
+
+/// Read the tree at `at` as the request asks: the key, or the live keys under it.
+fn read_tree(state: &ShardState, key: &[u8], scan: bool, at: u64) -> Result<CallEnd, String> {
+    if scan {
+        let items = state
+            .scan(key, None, SCAN_LIMIT, at)
+            .map_err(|e| e.to_string())?;
+        Ok(CallEnd::Scanned { at, items })
+    } else {
+        let value = state.get(key, at).map_err(|e| e.to_string())?;
+        Ok(CallEnd::Read { at, value })
+    }
+}
+
+/// Scans return every workload key: far more than a shard holds.
+const SCAN_LIMIT: usize = 1000;
 
 /// How a call ended.
 #[derive(Debug, Clone)]
@@ -126,6 +148,10 @@ pub(crate) enum CallEnd {
     Read {
         at: u64,
         value: Option<Versioned>,
+    },
+    Scanned {
+        at: u64,
+        items: Vec<(Vec<u8>, Versioned)>,
     },
     /// Nothing changed (every attempt was refused before proposing).
     NotApplied(String),
@@ -687,31 +713,45 @@ impl World {
                     r.handle(ReplicaMsg::Propose { command, reply })
                 });
             }
-            Req::Read { key, stale: true } => {
+            &Req::Read {
+                ref key,
+                stale: true,
+                scan,
+            } => {
                 // A stale read never asks the replica thread: the published unheld
                 // version and the tree, as `LocalShards` serves it.
                 let key = key.clone();
                 let live = self.node(node).live.as_ref().expect("checked up");
                 let at = live.gauges[shard as usize].unheld_version();
-                match live.states[shard as usize].get(&key, at) {
-                    Ok(value) => self.finish(id, CallEnd::Read { at, value }),
+                match read_tree(&live.states[shard as usize], &key, scan, at) {
+                    Ok(end) => self.finish(id, end),
                     Err(e) => self.fail(format!("node {node}: stale read: {e}")),
                 }
             }
-            Req::Read { key, stale: false } => {
+            &Req::Read {
+                ref key,
+                stale: false,
+                scan,
+            } => {
                 let key = key.clone();
                 let (reply, rx) = oneshot::channel();
                 call.waiting = Some(Waiting::Read {
                     node,
                     inc,
                     key: key.clone(),
+                    scan,
                     rx,
                 });
+                let scope = if scan {
+                    ReadScope::Range {
+                        prefix: key,
+                        start_after: None,
+                    }
+                } else {
+                    ReadScope::Key(key)
+                };
                 self.with_replica(node, shard, |r| {
-                    r.handle(ReplicaMsg::ReadBarrier {
-                        scope: ReadScope::Key(key),
-                        reply,
-                    })
+                    r.handle(ReplicaMsg::ReadBarrier { scope, reply })
                 });
             }
         }
@@ -774,19 +814,27 @@ impl World {
                         other => self.unknown(id, other.to_string()),
                     },
                 },
-                Waiting::Read { node, inc, key, rx } => match rx.try_recv() {
+                Waiting::Read {
+                    node,
+                    inc,
+                    key,
+                    scan,
+                    rx,
+                } => match rx.try_recv() {
                     Err(oneshot::error::TryRecvError::Empty) => {}
                     Err(oneshot::error::TryRecvError::Closed) => {
                         self.retry(id, None, "the reply was lost with its node".into())
                     }
                     Ok(Ok(at)) => {
-                        let (node, inc, key) = (*node, *inc, key.clone());
+                        let (node, inc, key, scan) = (*node, *inc, key.clone(), *scan);
                         let n = self.node(node);
                         match n.live.as_ref().filter(|_| n.incarnation == inc) {
-                            Some(live) => match live.states[shard as usize].get(&key, at) {
-                                Ok(value) => self.finish(id, CallEnd::Read { at, value }),
-                                Err(e) => self.fail(format!("node {node}: read at {at}: {e}")),
-                            },
+                            Some(live) => {
+                                match read_tree(&live.states[shard as usize], &key, scan, at) {
+                                    Ok(end) => self.finish(id, end),
+                                    Err(e) => self.fail(format!("node {node}: read at {at}: {e}")),
+                                }
+                            }
                             None => self.retry(id, None, "node restarted before the read".into()),
                         }
                     }

@@ -45,7 +45,7 @@ pub fn check(
                 let wrote = history.ops.get(op).and_then(|o| match &o.action {
                     Action::Batch { writes, .. } => writes.get(i).cloned(),
                     Action::Txn { writes, .. } => writes.get(i).map(|(_, w)| w.clone()),
-                    Action::Get { .. } => None,
+                    Action::Get { .. } | Action::Scan { .. } => None,
                 });
                 match wrote {
                     Some(w) if w.key == *key && w.value == Some(id) => {}
@@ -177,7 +177,40 @@ pub fn check(
                     ));
                 }
             }
-            (Action::Get { .. }, Outcome::ReadFailed(_)) => {}
+            (
+                Action::Scan {
+                    shard,
+                    prefix,
+                    keys,
+                },
+                Outcome::Scanned { at, items },
+            ) => {
+                stats.reads += 1;
+                let fin = &finals[shard];
+                for (key, seen) in items {
+                    if !key.starts_with(prefix.as_str()) || !keys.contains(key) {
+                        violations.push(format!(
+                            "scan {} under {prefix:?} of shard {shard} returned {key}, not one of its keys",
+                            op.id
+                        ));
+                    }
+                    let _ = seen;
+                }
+                for key in keys {
+                    let seen = items.get(key).map(|&(v, id)| (v, Some(id)));
+                    let tree = fin.at(key, *at).filter(|(_, id)| id.is_some());
+                    if seen != tree {
+                        violations.push(format!(
+                            "scan {} at version {at} saw {key} as {seen:?}; the shard's tree holds {tree:?} there",
+                            op.id
+                        ));
+                    }
+                }
+            }
+            (Action::Get { .. } | Action::Scan { .. }, Outcome::ReadFailed(_)) => {}
+            (Action::Scan { .. }, other) => {
+                violations.push(format!("scan {} ended as {other:?}", op.id))
+            }
             (Action::Get { .. }, other) => {
                 violations.push(format!("read {} ended as {other:?}", op.id))
             }

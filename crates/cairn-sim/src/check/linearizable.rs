@@ -178,6 +178,14 @@ pub fn check(
                     saw: value.map(|(_, id)| id),
                 },
             ),
+            (Action::Scan { keys, .. }, Outcome::Scanned { items, .. }) => {
+                // Per key a read at the scan's point (the scan is atomic per shard,
+                // which this per-key view does not even need).
+                for key in keys {
+                    let saw = items.get(key).map(|&(_, id)| id);
+                    add(key, op.invoked, op.completed, KOp::Read { saw });
+                }
+            }
             (Action::Batch { shard, writes }, outcome) => {
                 let fin = &finals[shard];
                 let kop = |w: &KeyWrite, expect| KOp::Write {
@@ -231,12 +239,14 @@ pub fn check(
             (Action::Txn { writes, .. }, Outcome::TxnCommitted { resolved }) => {
                 for (s, w) in writes {
                     let completed = resolved.get(s).map(|(_, at)| *at);
+                    // The condition held at the prepare, and the lock kept the key
+                    // unchanged until the resolve wrote it.
                     add(
                         &w.key,
                         op.invoked,
                         completed,
                         KOp::Write {
-                            cond: KCond::Always,
+                            cond: cond_of(w.cond, &w.key, &finals[s]),
                             effect: w.value,
                             expect: Expect::Applied { existed: None },
                         },

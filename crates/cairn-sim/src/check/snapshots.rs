@@ -58,6 +58,12 @@ pub fn check(
                     observe(*id, done);
                 }
             }
+            (Action::Scan { shard, .. }, Outcome::Scanned { at, items }) => {
+                answers.push((*shard, *at, done, format!("scan {}", op.id)));
+                for &(_, id) in items.values() {
+                    observe(id, done);
+                }
+            }
             (Action::Txn { writes, .. }, Outcome::TxnCommitted { resolved }) => {
                 for (s, (v, at)) in resolved {
                     answers.push((*s, *v, *at, format!("resolve of operation {}", op.id)));
