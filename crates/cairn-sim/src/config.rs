@@ -36,6 +36,8 @@ pub struct SimConfig {
     /// Compact a shard's log after this many applied entries, drawn from this range
     /// (small: followers that fall behind need a Raft snapshot).
     pub log_compact_entries: (u64, u64),
+    /// Chance that a Raft snapshot install during the active phase is crashed inside.
+    pub install_crash_chance: f64,
 }
 
 impl Default for SimConfig {
@@ -51,11 +53,22 @@ impl Default for SimConfig {
             snapshots: true,
             transactions: true,
             log_compact_entries: (6, 40),
+            install_crash_chance: 0.2,
         }
     }
 }
 
 impl SimConfig {
+    /// Aimed at Raft snapshots: a log compacted after 6 to 8 entries (lagging
+    /// followers always need a snapshot) and most installs crashed inside.
+    pub fn installs() -> SimConfig {
+        SimConfig {
+            log_compact_entries: (6, 8),
+            install_crash_chance: 0.8,
+            ..SimConfig::default()
+        }
+    }
+
     /// A longer run for the soak binary: more time, more keys, same shape.
     pub fn long() -> SimConfig {
         SimConfig {

@@ -85,6 +85,7 @@ pub fn profile(name: &str) -> Option<SimConfig> {
     match name {
         "default" => Some(SimConfig::default()),
         "long" => Some(SimConfig::long()),
+        "installs" => Some(SimConfig::installs()),
         "calm" => Some(SimConfig {
             faults: false,
             ..SimConfig::default()
@@ -98,7 +99,7 @@ pub fn run_profile(seed: u64, name: &str) -> Result<Report, Failure> {
     let cfg = profile(name).ok_or_else(|| Failure {
         seed,
         profile: name.to_owned(),
-        message: format!("no profile named {name:?} (default, long, calm)"),
+        message: format!("no profile named {name:?} (default, long, installs, calm)"),
         replay: String::new(),
     })?;
     run(seed, name, cfg)

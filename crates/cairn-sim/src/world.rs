@@ -624,7 +624,10 @@ impl World {
         }
         // The install is where a crash is most delicate (data installed, log not yet
         // moved): now and then crash right there, keeping every intermediate state.
-        if self.phase == Phase::Active && self.cfg.faults && self.rng.gen_bool(0.2) {
+        if self.phase == Phase::Active
+            && self.cfg.faults
+            && self.rng.gen_bool(self.cfg.install_crash_chance)
+        {
             self.faults.crashes_during_install += 1;
             let down = self.rng.gen_range(20..=500);
             self.arm_crash(to, down, 1.0);

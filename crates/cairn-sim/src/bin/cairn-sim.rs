@@ -25,7 +25,8 @@ struct Args {
     /// The first seed of the range.
     #[arg(long, default_value_t = 1)]
     from: u64,
-    /// default (8 s of faults), long (30 s), or calm (no faults).
+    /// default (8 s of faults), long (30 s), installs (snapshot installs crashed), or calm
+    /// (no faults).
     #[arg(long, default_value = "default")]
     profile: String,
     /// Run every seed even after a failure.
