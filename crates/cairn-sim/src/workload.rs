@@ -13,7 +13,8 @@
 //!
 //! **Snapshots** follow `cairn-snapshot`'s coordinator: `Marker(e)` on every shard (2 s
 //! to place them all, else the epoch aborts), then `Release(e)` everywhere until each
-//! has applied it. The meta group's gate is kept here too: an epoch does not start
+//! has applied it. Two coordinators run side by side (any node may coordinate), so
+//! epochs overlap and a shard can hold two open cuts at once. The meta group's gate is kept here too: an epoch does not start
 //! while a committed transaction is still resolving, and a transaction that would
 //! commit while an epoch is marking aborts instead.
 
@@ -37,8 +38,9 @@ pub(crate) enum Owner {
     /// Transaction (index into `Workload::txns`) preparing on a shard.
     Prepare(usize, ShardId),
     Resolve(usize, ShardId),
-    Marker(ShardId),
-    Release(ShardId),
+    /// Epoch `e`'s marker or release on a shard.
+    Marker(u64, ShardId),
+    Release(u64, ShardId),
     /// The write that shows the healed cluster is live.
     Final(ShardId, OpId),
 }
@@ -68,6 +70,8 @@ impl TxnRun {
 struct EpochRun {
     /// Index in `History::epochs`.
     index: usize,
+    /// Which coordinator runs it.
+    coordinator: usize,
     markers: BTreeMap<ShardId, Option<u64>>,
     decided: bool,
     releases_left: usize,
@@ -78,7 +82,8 @@ pub(crate) struct Workload {
     keys: Vec<(String, ShardId)>,
     clients: Vec<Client>,
     txns: Vec<TxnRun>,
-    epoch: Option<EpochRun>,
+    /// Epochs in flight, by id.
+    epochs: BTreeMap<u64, EpochRun>,
     final_keys: Vec<String>,
     pub(crate) final_versions: BTreeMap<ShardId, u64>,
     txn_counter: u64,
@@ -112,7 +117,7 @@ impl Workload {
             keys,
             clients: (0..cfg.clients).map(|_| Client::default()).collect(),
             txns: Vec::new(),
-            epoch: None,
+            epochs: BTreeMap::new(),
             final_keys,
             final_versions: BTreeMap::new(),
             txn_counter: 0,
@@ -385,29 +390,30 @@ impl World {
                 self.work.txns[t].resolved.insert(s, (version, at));
                 self.maybe_finish_txn(t, at);
             }
-            Owner::Marker(s) => {
+            Owner::Marker(e, s) => {
                 let cut = match end {
                     CallEnd::Written(ApplyOutcome::Marked { cut }) if cut > 0 => Some(cut),
                     _ => None,
                 };
-                if let Some(epoch) = self.work.epoch.as_mut() {
+                if let Some(epoch) = self.work.epochs.get_mut(&e) {
                     epoch.markers.insert(s, cut);
                     if let Some(c) = cut {
                         self.history.epochs[epoch.index].cuts.insert(s, c);
                     }
                 }
-                self.maybe_decide_epoch();
+                self.maybe_decide_epoch(e);
             }
-            Owner::Release(_) => {
-                let Some(epoch) = self.work.epoch.as_mut() else {
+            Owner::Release(e, _) => {
+                let Some(epoch) = self.work.epochs.get_mut(&e) else {
                     return;
                 };
                 epoch.releases_left -= 1;
                 if epoch.releases_left == 0 {
-                    self.work.epoch = None;
+                    let coordinator = epoch.coordinator;
+                    self.work.epochs.remove(&e);
                     if self.phase == Phase::Active {
                         let next = self.rng.gen_range(300..=1500);
-                        self.clock.after(next, Event::EpochStart);
+                        self.clock.after(next, Event::EpochStart(coordinator));
                     }
                 }
             }
@@ -505,7 +511,7 @@ impl World {
         }
         let all = run.prepared.values().all(|&p| p);
         // The gate: no commit while an epoch is marking.
-        let marking = self.work.epoch.as_ref().is_some_and(|e| !e.decided);
+        let marking = self.work.epochs.values().any(|e| !e.decided);
         let commit = all && !marking;
         let run = &mut self.work.txns[t];
         run.commit = Some(commit);
@@ -552,13 +558,14 @@ impl World {
         self.next_op_later(client);
     }
 
-    pub(crate) fn epoch_start(&mut self) {
-        if self.phase != Phase::Active || self.work.epoch.is_some() {
+    /// Coordinator `coordinator` starts its next epoch.
+    pub(crate) fn epoch_start(&mut self, coordinator: usize) {
+        if self.phase != Phase::Active {
             return;
         }
         // The gate: no epoch while a committed transaction is still resolving.
         if self.work.txns.iter().any(TxnRun::committed_unresolved) {
-            self.clock.after(20, Event::EpochStart);
+            self.clock.after(20, Event::EpochStart(coordinator));
             return;
         }
         let id = self.history.epochs.len() as u64 + 1;
@@ -570,16 +577,18 @@ impl World {
             done: false,
             cuts: BTreeMap::new(),
         });
-        self.work.epoch = Some(EpochRun {
+        let run = EpochRun {
             index: self.history.epochs.len() - 1,
+            coordinator,
             markers: BTreeMap::new(),
             decided: false,
             releases_left: self.shards as usize,
-        });
+        };
+        self.work.epochs.insert(id, run);
         let deadline = self.clock.now() + MARKING_MS;
         for s in 0..self.shards {
             self.call(
-                Owner::Marker(s),
+                Owner::Marker(id, s),
                 s,
                 Req::Write(Command::Marker { epoch: id }),
                 deadline,
@@ -588,9 +597,9 @@ impl World {
         }
     }
 
-    fn maybe_decide_epoch(&mut self) {
+    fn maybe_decide_epoch(&mut self, e: u64) {
         let shards = self.shards as usize;
-        let Some(epoch) = self.work.epoch.as_mut() else {
+        let Some(epoch) = self.work.epochs.get_mut(&e) else {
             return;
         };
         if epoch.decided || epoch.markers.len() < shards {
@@ -606,7 +615,7 @@ impl World {
         let id = record.id;
         for s in 0..self.shards {
             self.call(
-                Owner::Release(s),
+                Owner::Release(id, s),
                 s,
                 Req::Write(Command::Release { epoch: id }),
                 u64::MAX,
@@ -653,7 +662,7 @@ impl World {
                     .txns
                     .iter()
                     .any(|t| t.commit.is_none() || t.resolved.len() < t.ops.len());
-                if self.calls.is_empty() && !txns_open && self.work.epoch.is_none() {
+                if self.calls.is_empty() && !txns_open && self.work.epochs.is_empty() {
                     self.phase = Phase::Final;
                     for s in 0..self.shards {
                         self.final_write(s);

@@ -63,8 +63,8 @@ pub(crate) enum Event {
     Attempt(CallId),
     /// A client starts its next operation.
     ClientNext(usize),
-    /// The snapshot coordinator starts an epoch.
-    EpochStart,
+    /// Snapshot coordinator `c` starts an epoch.
+    EpochStart(usize),
     /// The nemesis picks its next fault.
     Fault,
     /// An armed crash fires (if the node is still in life `inc`); it stays down
@@ -431,8 +431,10 @@ impl World {
             self.clock.after(first, Event::Fault);
         }
         if self.cfg.snapshots {
-            let first = self.rng.gen_range(200..1500);
-            self.clock.after(first, Event::EpochStart);
+            for coordinator in 0..2 {
+                let first = self.rng.gen_range(200..1500);
+                self.clock.after(first, Event::EpochStart(coordinator));
+            }
         }
         for c in 0..self.cfg.clients {
             let first = self.rng.gen_range(0..100);
@@ -533,7 +535,7 @@ impl World {
             }
             Event::Attempt(id) => self.attempt(id),
             Event::ClientNext(c) => self.client_next(c),
-            Event::EpochStart => self.epoch_start(),
+            Event::EpochStart(c) => self.epoch_start(c),
             Event::Fault => self.fault(),
             Event::Crash { node, inc, down } => {
                 let n = self.node(node);
