@@ -5,23 +5,23 @@
 //! node reports `/ready`. Nodes are numbered from 1, like their Raft node ids, and
 //! every method taking a node takes that id.
 //!
-//! Processes never outlive the test: [`Cluster`]'s `Drop` SIGKILLs every child still
-//! running, also when the test panics, and then prints the tail of each node's log.
-//! At most one cluster runs at a time per test binary (a process-wide lock held by
-//! each `Cluster`), so test functions can run in parallel without oversubscribing the
-//! machine or racing for ports.
-//!
-//! Waiting on processes is polling by necessity: a child process has no async
-//! notification here, and a node's readiness is only visible through HTTP.
+//! The processes themselves are managed by `cairn_chaos::cluster`, the one
+//! implementation shared with the fault-injection harness (ports, data dirs, logs,
+//! signals, readiness, and children that never outlive their cluster: its `Drop`
+//! SIGKILLs every child still running, also when the test panics). This wrapper adds
+//! what tests want: the `cairn` binary of this package, panics with the nodes' logs
+//! instead of errors, and at most one cluster at a time per test binary (a
+//! process-wide lock held by each `Cluster`), so test functions can run in parallel
+//! without oversubscribing the machine or racing for ports.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
-use std::fs::{File, OpenOptions};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
+use cairn_chaos::cluster as processes;
 use cairn_client::{api, Client};
 
 /// At most one cluster per test binary at a time.
@@ -53,23 +53,15 @@ impl Default for ClusterOptions {
     }
 }
 
-struct Node {
-    id: usize,
-    http: SocketAddr,
-    peer: SocketAddr,
-    data_dir: PathBuf,
-    child: Option<Child>,
-    client: Client,
+pub struct Cluster {
+    // Field order matters: the processes go first (their `Drop` kills the children
+    // and removes the temporary directory), then the lock is released.
+    inner: processes::Cluster,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
-pub struct Cluster {
-    opts: ClusterOptions,
-    nodes: Vec<Node>,
-    initial_cluster: String,
-    // Field order matters: `Drop::drop` kills the children first, then the temporary
-    // directory goes, then the lock is released for the next cluster.
-    dir: tempfile::TempDir,
-    _turn: tokio::sync::MutexGuard<'static, ()>,
+fn node(id: usize) -> u64 {
+    id as u64
 }
 
 impl Cluster {
@@ -83,43 +75,12 @@ impl Cluster {
     /// are chosen and before any node starts (to restore data dirs from a backup).
     pub async fn start_prepared(opts: ClusterOptions, prepare: impl FnOnce(&Cluster)) -> Cluster {
         let turn = ONE_CLUSTER_AT_A_TIME.lock().await;
-        let dir = tempfile::Builder::new()
-            .prefix("cairn-test-")
-            .tempdir()
-            .expect("create temp dir");
-        // Hold every listener until all ports are chosen so no two coincide.
-        let listeners: Vec<(TcpListener, TcpListener)> = (0..opts.nodes)
-            .map(|_| (free_listener(), free_listener()))
-            .collect();
-        let nodes: Vec<Node> = listeners
-            .iter()
-            .enumerate()
-            .map(|(index, (http, peer))| {
-                let id = index + 1;
-                let http = http.local_addr().expect("local addr");
-                Node {
-                    id,
-                    http,
-                    peer: peer.local_addr().expect("local addr"),
-                    data_dir: dir.path().join(format!("node{id}")),
-                    child: None,
-                    client: Client::new(format!("http://{http}")),
-                }
-            })
-            .collect();
-        drop(listeners);
-        let initial_cluster = nodes
-            .iter()
-            .map(|n| format!("{}={}", n.id, n.peer))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut cluster = Cluster {
-            opts,
-            nodes,
-            initial_cluster,
-            dir,
-            _turn: turn,
-        };
+        let mut options = processes::ClusterOptions::new(cairn_bin());
+        options.nodes = opts.nodes;
+        options.shards = opts.shards;
+        options.extra_args = opts.extra_args;
+        let inner = processes::Cluster::new(options).unwrap_or_else(|e| panic!("{e}"));
+        let mut cluster = Cluster { inner, _turn: turn };
         prepare(&cluster);
         for id in cluster.ids() {
             cluster.start_node(id);
@@ -130,158 +91,117 @@ impl Cluster {
 
     /// Node ids, 1..=n.
     pub fn ids(&self) -> Vec<usize> {
-        self.nodes.iter().map(|n| n.id).collect()
+        self.inner.ids().into_iter().map(|id| id as usize).collect()
     }
 
     pub fn shards(&self) -> u32 {
-        self.opts.shards
-    }
-
-    fn node(&self, id: usize) -> &Node {
-        assert!(
-            id >= 1 && id <= self.nodes.len(),
-            "no node {id} (nodes are numbered 1..={})",
-            self.nodes.len()
-        );
-        &self.nodes[id - 1]
-    }
-
-    fn node_mut(&mut self, id: usize) -> &mut Node {
-        assert!(id >= 1 && id <= self.nodes.len(), "no node {id}");
-        &mut self.nodes[id - 1]
+        self.inner.shards()
     }
 
     /// A client talking to node `id`.
     pub fn client(&self, id: usize) -> Client {
-        self.node(id).client.clone()
+        self.inner
+            .client(node(id))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub fn http_addr(&self, id: usize) -> SocketAddr {
-        self.node(id).http
+        self.inner
+            .http_addr(node(id))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub fn peer_addr(&self, id: usize) -> SocketAddr {
-        self.node(id).peer
+        self.inner
+            .peer_addr(node(id))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub fn data_dir(&self, id: usize) -> PathBuf {
-        self.node(id).data_dir.clone()
+        self.inner
+            .data_dir(node(id))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The temporary directory holding data dirs and logs.
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.inner.dir()
     }
 
     pub fn initial_cluster(&self) -> &str {
-        &self.initial_cluster
+        self.inner.initial_cluster()
     }
 
     pub fn is_running(&self, id: usize) -> bool {
-        self.node(id).child.is_some()
+        self.inner.is_running(node(id))
     }
 
     /// Ids of the nodes whose process this harness believes is running.
     pub fn running(&self) -> Vec<usize> {
-        self.nodes
-            .iter()
-            .filter(|n| n.child.is_some())
-            .map(|n| n.id)
+        self.inner
+            .running()
+            .into_iter()
+            .map(|id| id as usize)
             .collect()
     }
 
     /// The `cairn server ...` arguments node `id` runs with.
     pub fn node_args(&self, id: usize) -> Vec<String> {
-        let node = self.node(id);
-        let mut args: Vec<String> = vec![
-            "server".into(),
-            "--id".into(),
-            id.to_string(),
-            "--data-dir".into(),
-            node.data_dir.display().to_string(),
-            "--http".into(),
-            node.http.to_string(),
-            "--peer".into(),
-            node.peer.to_string(),
-            "--initial-cluster".into(),
-            self.initial_cluster.clone(),
-            "--shards".into(),
-            self.opts.shards.to_string(),
-        ];
-        args.extend(self.opts.extra_args.iter().cloned());
-        args
+        self.inner
+            .node_args(node(id))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// A command running the `cairn` binary with `args`, with its environment cleaned
-    /// of `CAIRN_*` variables so the test alone decides the configuration.
+    /// of `CAIRN_*` variables so the test alone decides the configuration (and, on
+    /// Linux, killed by the kernel should the test process die).
     pub fn command(args: &[String]) -> Command {
-        let mut command = Command::new(cairn_bin());
-        command.args(args);
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("CAIRN_") {
-                command.env_remove(name);
-            }
-        }
-        if std::env::var_os("RUST_LOG").is_none() {
-            command.env("RUST_LOG", "info");
-        }
-        // Belt and braces for `Drop`: should the test process itself be killed, the
-        // kernel SIGKILLs its nodes too.
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::unix::process::CommandExt as _;
-            // SAFETY: `prctl` is async-signal-safe and touches no memory of ours.
-            unsafe {
-                command.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-        }
-        command
+        processes::Cluster::command(Path::new(cairn_bin()), args)
     }
 
     pub fn stdout_path(&self, id: usize) -> PathBuf {
-        self.dir.path().join(format!("node{id}.stdout.log"))
+        self.inner.stdout_path(node(id))
     }
 
     pub fn stderr_path(&self, id: usize) -> PathBuf {
-        self.dir.path().join(format!("node{id}.stderr.log"))
+        self.inner.stderr_path(node(id))
     }
 
     /// Spawns node `id` with its usual arguments, data dir and ports (logs are
     /// appended to). Does not wait for it to become ready.
     pub fn start_node(&mut self, id: usize) {
-        assert!(!self.is_running(id), "node {id} is already running");
-        let args = self.node_args(id);
-        let stdout = append(&self.stdout_path(id));
-        let stderr = append(&self.stderr_path(id));
-        let child = Cluster::command(&args)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {} {args:?}: {e}", cairn_bin()));
-        self.node_mut(id).child = Some(child);
+        self.start_node_with_env(id, &[]);
+    }
+
+    /// Like [`Cluster::start_node`], with extra environment variables (for example
+    /// `FAILPOINTS`, which arms crash points in test builds).
+    pub fn start_node_with_env(&mut self, id: usize, env: &[(&str, &str)]) {
+        self.inner
+            .start_node_with_env(node(id), env)
+            .unwrap_or_else(|e| panic!("start node {id}: {e}"));
+    }
+
+    /// Waits up to `timeout` for node `id` to exit by itself; returns (and reaps) its
+    /// exit status, or `None` if it is still running.
+    pub async fn wait_exit(&mut self, id: usize, timeout: Duration) -> Option<ExitStatus> {
+        self.inner
+            .wait_exit(node(id), timeout)
+            .await
+            .unwrap_or_else(|e| panic!("wait for node {id}: {e}"))
     }
 
     /// SIGKILLs node `id` and reaps it.
     pub async fn kill(&mut self, id: usize) {
-        let mut child = self
-            .node_mut(id)
-            .child
-            .take()
-            .unwrap_or_else(|| panic!("node {id} is not running"));
-        signal(&child, libc::SIGKILL);
-        // SIGKILL cannot be ignored; the wait is immediate.
-        child.wait().expect("wait for killed node");
+        self.inner
+            .kill(node(id))
+            .unwrap_or_else(|e| panic!("kill node {id}: {e}"));
     }
 
     /// SIGKILLs every running node.
     pub async fn kill_all(&mut self) {
-        for id in self.running() {
-            self.kill(id).await;
-        }
+        self.inner
+            .kill_all()
+            .unwrap_or_else(|e| panic!("kill all: {e}"));
     }
 
     /// SIGTERMs node `id`, waits for it to exit (at most 20 s) and asserts it exited
@@ -297,23 +217,15 @@ impl Cluster {
     /// SIGTERMs node `id` and returns its exit status (SIGKILLing it and panicking if
     /// it does not exit within 20 s).
     pub async fn terminate(&mut self, id: usize) -> ExitStatus {
-        let mut child = self
-            .node_mut(id)
-            .child
-            .take()
-            .unwrap_or_else(|| panic!("node {id} is not running"));
-        signal(&child, libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match child.try_wait().expect("try_wait") {
-                Some(status) => return status,
-                None if Instant::now() > deadline => {
-                    signal(&child, libc::SIGKILL);
-                    let _ = child.wait();
-                    self.print_log_tail(id, 60);
-                    panic!("node {id} did not exit within 20 s of SIGTERM");
-                }
-                None => tokio::time::sleep(Duration::from_millis(50)).await,
+        match self
+            .inner
+            .terminate(node(id), Duration::from_secs(20))
+            .await
+        {
+            Ok(status) => status,
+            Err(e) => {
+                self.print_log_tail(id, 60);
+                panic!("node {id}: {e}");
             }
         }
     }
@@ -331,48 +243,16 @@ impl Cluster {
     /// Waits until every running node answers `/ready` with true; panics with the
     /// nodes' logs after [`READY_TIMEOUT`] or if a node's process exits.
     pub async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut last = String::new();
-        loop {
-            self.assert_alive();
-            let mut all = true;
-            for id in self.running() {
-                match self.client(id).ready().await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        all = false;
-                        last = format!("node {id}: not ready");
-                    }
-                    Err(e) => {
-                        all = false;
-                        last = format!("node {id}: {e}");
-                    }
-                }
-            }
-            if all {
-                return;
-            }
-            if Instant::now() > deadline {
-                self.print_all_logs(80);
-                panic!("cluster not ready within {READY_TIMEOUT:?}; last: {last}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Err(e) = self.inner.wait_ready(READY_TIMEOUT).await {
+            self.print_all_logs(80);
+            panic!("cluster not ready: {e}");
         }
     }
 
     /// Panics (with the log) if a node the harness started has exited on its own.
     pub fn assert_alive(&mut self) {
-        for index in 0..self.nodes.len() {
-            let id = index + 1;
-            let exited = match self.nodes[index].child.as_mut() {
-                Some(child) => child.try_wait().expect("try_wait"),
-                None => None,
-            };
-            if let Some(status) = exited {
-                self.nodes[index].child = None;
-                self.print_log_tail(id, 80);
-                panic!("node {id} exited unexpectedly with {status}");
-            }
+        if let Err(e) = self.inner.check_alive() {
+            panic!("{e}");
         }
     }
 
@@ -404,11 +284,7 @@ impl Cluster {
 
     /// The last `lines` lines of node `id`'s stderr log.
     pub fn log_tail(&self, id: usize, lines: usize) -> String {
-        let text = std::fs::read(self.stderr_path(id))
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        self.inner.log_tail(node(id), lines)
     }
 
     pub fn print_log_tail(&self, id: usize, lines: usize) {
@@ -428,36 +304,11 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                signal(&child, libc::SIGKILL);
-                let _ = child.wait();
-            }
-        }
+        // The children are killed by `inner`'s own `Drop`, right after this.
         if std::thread::panicking() {
             self.print_all_logs(40);
         }
     }
-}
-
-fn signal(child: &Child, signal: libc::c_int) {
-    let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
-    // SAFETY: `kill` has no memory-safety preconditions; the pid is our own child,
-    // not yet reaped, so it cannot have been reused.
-    let rc = unsafe { libc::kill(pid, signal) };
-    assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
-}
-
-fn free_listener() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
-}
-
-fn append(path: &Path) -> File {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
 }
 
 /// The shard of `key` in a cluster of `shards` shards: `xxh3_64(key) % shards`.

@@ -430,7 +430,9 @@ impl<S: Shards> Backups<S> {
             };
             self.wait_applied(shard, upto).await?;
             let (bytes, entry) = self.encode(job, shard, range).await?;
+            cairn_store::crash_point!("backup.shard_file.before");
             job.dest.put(&format!("{id}/{}", entry.path), bytes).await?;
+            cairn_store::crash_point!("backup.shard_file.after");
             self.record(job, |r| {
                 r.progress.shards_done += 1;
                 r.progress.bytes += entry.bytes;
@@ -454,7 +456,10 @@ impl<S: Shards> Backups<S> {
             schedule,
             covered,
         };
+        cairn_store::crash_point!("backup.manifest.before");
         put_manifest(&job.dest, &manifest).await?;
+        // Published at the destination, not yet recorded done in the catalog.
+        cairn_store::crash_point!("backup.manifest.after");
         Ok(manifest)
     }
 

@@ -233,6 +233,7 @@ pub fn write(
     }
     // A small cache: the restore writes once and never reads back.
     let store = NodeStore::open_with_cache(&staging, 64 << 20)?;
+    cairn_store::crash_point!("restore.write.before");
     let mut stats = RestoreStats::default();
     for shard in 0..plan.shards {
         let cut = plan.snapshot.cuts.get(&shard).copied().ok_or_else(|| {
@@ -279,12 +280,14 @@ pub fn write(
             .shard_state(shard)?
             .load(counted, applied, cut, 10_000)?;
         store.raft_log(shard)?.start_at(cut, 1, voters.clone())?;
+        cairn_store::crash_point!("restore.shard.after");
         progress(shard);
     }
     store.set_identity(identity)?;
     store.set_restored_from(origin)?;
     store.flush()?;
     drop(store);
+    cairn_store::crash_point!("restore.rename.before");
     if dir.exists() {
         std::fs::remove_dir(dir).map_err(io("replacing the empty target directory"))?;
     }

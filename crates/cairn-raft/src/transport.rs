@@ -13,7 +13,21 @@
 //! stage and only then hands the message to the replica, which installs the stage.
 //!
 //! Every connection starts with a `Hello` naming the cluster id; a peer of another
-//! cluster is refused. Frames are length-delimited bincode, with a size cap so a bad
+//! cluster is refused.
+//!
+//! **A forwarded call runs at most once.** The network may deliver a frame twice (a
+//! retransmitting middlebox, a proxy, a replayed connection), and a write executed
+//! twice is a write applied twice: its value appears at two versions and may overwrite
+//! a later write. So every call carries an id, unique within its sender's
+//! *incarnation* (a random number each process picks at start and names in its
+//! `Hello`), and the receiver keeps a ledger (`CallLedger`) of the ids it has seen per
+//! (sender, incarnation). A duplicate is never executed again: if the original has
+//! finished and was a write, its (small) answer is sent again, since that is what a
+//! retransmitting peer needs; otherwise it is dropped, and the original's answer is
+//! on its way. Ids come from a counter, so the ledger keeps a window of the most
+//! recent ones and treats anything below the window as already seen: forgetting can
+//! only cost a delayed call its answer (its caller then reports the outcome unknown),
+//! never run it twice. Frames are length-delimited bincode, with a size cap so a bad
 //! peer cannot make us allocate without bound. Messages to an unreachable peer are
 //! dropped: Raft retransmits, and forwarded calls fail at their deadline.
 
@@ -54,8 +68,13 @@ type Versions = Box<dyn Iterator<Item = cairn_store::Result<(Vec<u8>, Vec<u8>)>>
 /// One frame on a peer connection.
 #[derive(Debug, Serialize, Deserialize)]
 enum Frame {
-    /// First frame of every connection, from the connecting side.
-    Hello { cluster_id: String, from: NodeId },
+    /// First frame of every connection, from the connecting side. `incarnation` is
+    /// random per process start: with `from` it scopes the ids of the sender's calls.
+    Hello {
+        cluster_id: String,
+        from: NodeId,
+        incarnation: u64,
+    },
     /// A Raft message (protobuf bytes) for a shard's replica. Droppable.
     Raft { shard: ShardId, msg: Vec<u8> },
     /// A forwarded client request, answered by `Reply` with the same id.
@@ -71,6 +90,57 @@ enum Frame {
     SnapshotEnd { shard: ShardId, msg: Vec<u8> },
     /// The receiver has handed the snapshot to its replica.
     SnapshotAck,
+}
+
+/// What a peer frame is, as seen by a tool sitting on the wire between two nodes (the
+/// fault-injecting proxy of `cairn-chaos`), which must tell the handshake from a Raft
+/// message, a forwarded call or a snapshot stream without knowing the encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// The handshake, first on every connection, sent by the connecting node.
+    Hello { from: NodeId },
+    /// A Raft message; Raft tolerates its loss, delay, reordering and duplication.
+    Raft { shard: ShardId },
+    /// A forwarded request (connecting side to accepting side); `control` for the
+    /// snapshot protocol's and GC's commands (markers, releases, compactions), which
+    /// a tool may want to slow down alone.
+    Call { id: u64, control: bool },
+    /// The answer to a forwarded request (accepting side back to the caller).
+    Reply { id: u64 },
+    /// Part of a streamed Raft snapshot: a chunk, its end, or the receiver's
+    /// acknowledgement. The stream relies on TCP's ordering and completeness.
+    Snapshot,
+}
+
+/// Classifies one frame's bytes (the payload of a length-delimited frame, as
+/// [`frame_codec`] cuts them); `None` if they are not a frame of this transport.
+pub fn frame_kind(bytes: &[u8]) -> Option<FrameKind> {
+    Some(match bincode::deserialize::<Frame>(bytes).ok()? {
+        Frame::Hello { from, .. } => FrameKind::Hello { from },
+        Frame::Raft { shard, .. } => FrameKind::Raft { shard },
+        Frame::Call { id, req } => FrameKind::Call {
+            id,
+            control: matches!(
+                req,
+                ShardRequest::Write {
+                    command: cairn_store::Command::Marker { .. }
+                        | cairn_store::Command::Release { .. }
+                        | cairn_store::Command::Compact { .. },
+                    ..
+                }
+            ),
+        },
+        Frame::Reply { id, .. } => FrameKind::Reply { id },
+        Frame::SnapshotChunk { .. } | Frame::SnapshotEnd { .. } | Frame::SnapshotAck => {
+            FrameKind::Snapshot
+        }
+    })
+}
+
+/// The codec cutting a peer connection's byte stream into frames (length-delimited,
+/// with the transport's size cap).
+pub fn frame_codec() -> LengthDelimitedCodec {
+    codec()
 }
 
 /// Serves forwarded requests on this node (implemented by the local shards).
@@ -98,6 +168,10 @@ struct Inner {
     store: NodeStore,
     calls: Mutex<HashMap<u64, oneshot::Sender<CallResult>>>,
     next_call: AtomicU64,
+    /// This process's incarnation (see the module doc), named in every `Hello`.
+    incarnation: u64,
+    /// Calls received, per sender incarnation: a duplicate is never executed twice.
+    ledger: Mutex<CallLedger>,
     /// One staged snapshot per shard at a time.
     stage_locks: Vec<Arc<tokio::sync::Mutex<()>>>,
     cancel: CancellationToken,
@@ -140,6 +214,8 @@ impl Transport {
                 store,
                 calls: Mutex::new(HashMap::new()),
                 next_call: AtomicU64::new(1),
+                incarnation: rand::random(),
+                ledger: Mutex::new(CallLedger::default()),
                 stage_locks: (0..shards).map(|_| Default::default()).collect(),
                 cancel,
             }),
@@ -240,10 +316,23 @@ impl Transport {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn admit(&self, sender: CallSender, id: u64) -> Admission {
+        self.lock_ledger().admit(sender, id)
+    }
+
+    fn lock_ledger(&self) -> std::sync::MutexGuard<'_, CallLedger> {
+        // Entries are independent; a panicked holder leaves nothing half-written.
+        self.inner
+            .ledger
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn hello(&self) -> Frame {
         Frame::Hello {
             cluster_id: self.inner.cluster_id.clone(),
             from: self.inner.node_id,
+            incarnation: self.inner.incarnation,
         }
     }
 
@@ -374,15 +463,20 @@ impl Transport {
         let hello = tokio::time::timeout(Duration::from_secs(5), framed.next())
             .await
             .map_err(|_| "no hello".to_owned())?;
-        match hello.map(|r| r.map(|b| bincode::deserialize::<Frame>(&b))) {
-            Some(Ok(Ok(Frame::Hello { cluster_id, from }))) => {
+        let sender = match hello.map(|r| r.map(|b| bincode::deserialize::<Frame>(&b))) {
+            Some(Ok(Ok(Frame::Hello {
+                cluster_id,
+                from,
+                incarnation,
+            }))) => {
                 if cluster_id != self.inner.cluster_id {
                     tracing::warn!(from, %cluster_id, "refused a peer of another cluster");
                     return Err("cluster id mismatch".into());
                 }
+                (from, incarnation)
             }
             _ => return Err("bad hello".into()),
-        }
+        };
         let (mut sink, mut stream) = framed.split();
         let (reply_tx, mut reply_rx) = mpsc::channel::<Frame>(1024);
         let writer = tokio::spawn(async move {
@@ -416,14 +510,26 @@ impl Transport {
             };
             match frame {
                 Frame::Raft { shard, msg } => self.deliver(shard, &msg),
-                Frame::Call { id, req } => {
-                    let reply_tx = reply_tx.clone();
-                    let fut = handler.clone().call(req);
-                    tokio::spawn(async move {
-                        let result = fut.await;
+                Frame::Call { id, req } => match self.admit(sender, id) {
+                    Admission::New => {
+                        let reply_tx = reply_tx.clone();
+                        let is_write = matches!(req, ShardRequest::Write { .. });
+                        let fut = handler.clone().call(req);
+                        let t = self.clone();
+                        tokio::spawn(async move {
+                            let result = fut.await;
+                            t.lock_ledger()
+                                .finish(sender, id, is_write.then(|| result.clone()));
+                            let _ = reply_tx.send(Frame::Reply { id, result }).await;
+                        });
+                    }
+                    Admission::Answered(result) => {
                         let _ = reply_tx.send(Frame::Reply { id, result }).await;
-                    });
-                }
+                    }
+                    Admission::Duplicate => {
+                        tracing::debug!(from = sender.0, id, "dropped a duplicate call");
+                    }
+                },
                 Frame::SnapshotChunk { shard, pairs } => {
                     if let Err(e) = self.stage_chunk(&mut staging, shard, pairs).await {
                         break Err(e);
@@ -575,6 +681,85 @@ impl Transport {
     }
 }
 
+/// Calls remembered per sender incarnation; older ones count as seen.
+const LEDGER_WINDOW: usize = 4096;
+/// Incarnations remembered per sender (a restarted node's old connections may still
+/// deliver for a moment).
+const LEDGER_INCARNATIONS: usize = 4;
+
+/// (sender node, sender incarnation).
+type CallSender = (NodeId, u64);
+
+/// What to do with a received call.
+#[derive(Debug)]
+enum Admission {
+    /// First sight: execute it.
+    New,
+    /// A duplicate of a finished write: send its answer again.
+    Answered(CallResult),
+    /// A duplicate of a call running, of a read, or of one too old to remember: drop it.
+    Duplicate,
+}
+
+/// The calls a node received, per sender incarnation (see the module doc).
+#[derive(Debug, Default)]
+struct CallLedger {
+    senders: HashMap<CallSender, CallWindow>,
+    /// Per node, its incarnations in the order first seen.
+    incarnations: HashMap<NodeId, std::collections::VecDeque<u64>>,
+}
+
+#[derive(Debug, Default)]
+struct CallWindow {
+    /// Every id below it counts as seen.
+    floor: u64,
+    /// Ids at or above `floor` seen so far: `None` while running (or a read),
+    /// a write's answer once finished.
+    seen: std::collections::BTreeMap<u64, Option<CallResult>>,
+}
+
+impl CallLedger {
+    fn admit(&mut self, sender: CallSender, id: u64) -> Admission {
+        if !self.senders.contains_key(&sender) {
+            let known = self.incarnations.entry(sender.0).or_default();
+            known.push_back(sender.1);
+            if known.len() > LEDGER_INCARNATIONS {
+                if let Some(old) = known.pop_front() {
+                    self.senders.remove(&(sender.0, old));
+                }
+            }
+        }
+        let window = self.senders.entry(sender).or_default();
+        if id < window.floor {
+            return Admission::Duplicate;
+        }
+        match window.seen.get(&id) {
+            Some(Some(answer)) => Admission::Answered(answer.clone()),
+            Some(None) => Admission::Duplicate,
+            None => {
+                window.seen.insert(id, None);
+                while window.seen.len() > LEDGER_WINDOW {
+                    if let Some((oldest, _)) = window.seen.pop_first() {
+                        window.floor = window.floor.max(oldest + 1);
+                    }
+                }
+                Admission::New
+            }
+        }
+    }
+
+    /// Record a finished call's answer (`None`: not worth keeping, e.g. a read's).
+    fn finish(&mut self, sender: CallSender, id: u64, answer: Option<CallResult>) {
+        if let Some(slot) = self
+            .senders
+            .get_mut(&sender)
+            .and_then(|w| w.seen.get_mut(&id))
+        {
+            *slot = answer;
+        }
+    }
+}
+
 fn codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .max_frame_length(MAX_FRAME)
@@ -615,4 +800,162 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use cairn_store::{ApplyOutcome, Command};
+
+    use super::*;
+
+    /// Answers every call with the same write outcome, counting executions.
+    struct Counting {
+        calls: AtomicUsize,
+    }
+
+    impl CallHandler for Counting {
+        fn call(self: Arc<Self>, _req: ShardRequest) -> BoxFuture<'static, CallResult> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok(ShardResponse::Written(ApplyOutcome::Applied {
+                    version: 7,
+                    existed: vec![false],
+                }))
+            })
+        }
+    }
+
+    fn write() -> ShardRequest {
+        ShardRequest::Write {
+            shard: 0,
+            command: Command::Batch(Vec::new()),
+        }
+    }
+
+    async fn dial(addr: SocketAddr, incarnation: u64) -> Framed<TcpStream, LengthDelimitedCodec> {
+        let hello = Frame::Hello {
+            cluster_id: "c".into(),
+            from: 1,
+            incarnation,
+        };
+        for _ in 0..100 {
+            if let Ok(framed) = connect(addr, hello_clone(&hello)).await {
+                return framed;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("transport at {addr} never accepted");
+    }
+
+    fn hello_clone(frame: &Frame) -> Frame {
+        bincode::deserialize(&bincode::serialize(frame).unwrap()).unwrap()
+    }
+
+    /// Replies arriving within a short while.
+    async fn replies(framed: &mut Framed<TcpStream, LengthDelimitedCodec>) -> Vec<u64> {
+        let mut ids = Vec::new();
+        while let Ok(Some(Ok(bytes))) =
+            tokio::time::timeout(Duration::from_millis(300), framed.next()).await
+        {
+            match bincode::deserialize::<Frame>(&bytes).unwrap() {
+                Frame::Reply { id, result } => {
+                    assert!(result.is_ok(), "{result:?}");
+                    ids.push(id);
+                }
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+        ids
+    }
+
+    /// Found by the chaos harness (`tests/chaos.rs`, `duplicated_frames`): a peer
+    /// frame delivered twice ran a forwarded write twice, so its value appeared at two
+    /// versions and could overwrite a later write.
+    #[tokio::test]
+    async fn a_duplicated_forwarded_write_runs_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = NodeStore::open(dir.path()).unwrap();
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let handler = Arc::new(Counting {
+            calls: AtomicUsize::new(0),
+        });
+        let cancel = CancellationToken::new();
+        let _transport = Transport::start(
+            2,
+            "c".into(),
+            addr,
+            &Default::default(),
+            Vec::new(),
+            store,
+            handler.clone(),
+            cancel.clone(),
+        )
+        .await
+        .unwrap();
+
+        let mut link = dial(addr, 9).await;
+        // The same call three times: twice at once (the first still running), once
+        // after it finished.
+        let call = || {
+            encode(&Frame::Call {
+                id: 1,
+                req: write(),
+            })
+            .unwrap()
+        };
+        link.send(call()).await.unwrap();
+        link.send(call()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        link.send(call()).await.unwrap();
+        let got = replies(&mut link).await;
+        assert_eq!(
+            handler.calls.load(Ordering::SeqCst),
+            1,
+            "executed more than once"
+        );
+        // The original's answer, and the finished write's answer again for the late
+        // duplicate; none for the duplicate that arrived while it ran.
+        assert_eq!(got, vec![1, 1]);
+
+        // A duplicate on another connection of the same sender is still a duplicate.
+        let mut again = dial(addr, 9).await;
+        again.send(call()).await.unwrap();
+        assert_eq!(replies(&mut again).await, vec![1]);
+        assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
+
+        // A restarted sender (new incarnation) counts from 1 again: a new call.
+        let mut restarted = dial(addr, 10).await;
+        restarted.send(call()).await.unwrap();
+        assert_eq!(replies(&mut restarted).await, vec![1]);
+        assert_eq!(handler.calls.load(Ordering::SeqCst), 2);
+        cancel.cancel();
+    }
+
+    #[test]
+    fn the_ledger_forgets_old_calls_as_seen_never_as_new() {
+        let mut ledger = CallLedger::default();
+        let sender = (1, 5);
+        for id in 0..(LEDGER_WINDOW as u64 + 100) {
+            assert!(matches!(ledger.admit(sender, id), Admission::New));
+            ledger.finish(sender, id, None);
+        }
+        // Below the window: a duplicate, never run again.
+        assert!(matches!(ledger.admit(sender, 3), Admission::Duplicate));
+        assert!(matches!(
+            ledger.admit(sender, LEDGER_WINDOW as u64 + 50),
+            Admission::Duplicate
+        ));
+        // A node's oldest incarnations are forgotten first.
+        for incarnation in 6..(6 + LEDGER_INCARNATIONS as u64) {
+            assert!(matches!(ledger.admit((1, incarnation), 0), Admission::New));
+        }
+        assert!(!ledger.senders.contains_key(&sender));
+        assert!(ledger.senders.contains_key(&(1, 6)));
+    }
 }

@@ -1,7 +1,9 @@
 //! `cairn bench`: write and read throughput and latency against a running cluster.
 //!
 //! Many concurrent clients, spread over the given endpoints, first write a key space
-//! for `--duration`, then read it back (linearizable reads) for `--duration`. With
+//! for `--duration`, then read it back (linearizable reads) for `--duration`; with
+//! `--batch-keys N`, a third phase writes batches of N keys each, which fall in several
+//! shards and so are cross-shard transactions. With
 //! `--snapshots`, it instead preloads `--keys` keys and measures snapshots: their
 //! latency, point-in-time versus current reads, and writes with and without a snapshot
 //! every 100 ms. With `--backup`, it preloads `--keys` keys and measures backups: writes
@@ -62,6 +64,10 @@ pub struct BenchArgs {
     /// instead of `x` repeated.
     #[arg(long)]
     random_values: bool,
+    /// After the write and read phases, a phase of batches of this many keys
+    /// (spread over shards: cross-shard transactions). 0: no such phase.
+    #[arg(long, default_value_t = 0)]
+    batch_keys: usize,
     /// Shard count of the cluster (to preload with single-shard batches).
     #[arg(long, default_value_t = 8)]
     shards: u32,
@@ -160,9 +166,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.backup {
         return backup(&args, &endpoints, value).await;
     }
-    for write in [true, false] {
-        let phase = phase(&args, &endpoints, value.clone(), write, None).await;
-        report(if write { "writes" } else { "reads" }, phase);
+    for workload in [Workload::Put, Workload::Get] {
+        let phase = phase(&args, &endpoints, value.clone(), workload, None).await;
+        report(workload.name(), phase);
+    }
+    if args.batch_keys > 0 {
+        let workload = Workload::Batch(args.batch_keys);
+        let phase = phase(&args, &endpoints, value.clone(), workload, None).await;
+        report(workload.name(), phase);
     }
     Ok(())
 }
@@ -203,7 +214,7 @@ async fn snapshots(args: &BenchArgs, endpoints: &[String], value: Values) -> any
     }
 
     for every in [None, Some(Duration::from_millis(100))] {
-        let phase = phase(args, endpoints, value.clone(), true, every).await;
+        let phase = phase(args, endpoints, value.clone(), Workload::Put, every).await;
         report(
             if every.is_some() {
                 "writes+snap/100ms"
@@ -328,7 +339,7 @@ async fn backup_and_restore(
 
     report(
         "writes",
-        phase(args, endpoints, value.clone(), true, None).await,
+        phase(args, endpoints, value.clone(), Workload::Put, None).await,
     );
 
     let request = CreateBackup {
@@ -350,7 +361,7 @@ async fn backup_and_restore(
         Ok::<_, anyhow::Error>((done, begin, Instant::now()))
     };
     let (writes, backed_up) = futures::join!(
-        phase(args, endpoints, value.clone(), true, None),
+        phase(args, endpoints, value.clone(), Workload::Put, None),
         backing_up
     );
     let (full, begin, end) = backed_up?;
@@ -519,11 +530,32 @@ fn report_latencies(name: &str, latencies: &mut [Duration]) {
     );
 }
 
+/// What each client of a phase does, over and over.
+#[derive(Debug, Clone, Copy)]
+enum Workload {
+    /// Put one key.
+    Put,
+    /// Read one key (linearizable).
+    Get,
+    /// Put this many keys in one batch (spread over shards).
+    Batch(usize),
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Put => "writes",
+            Workload::Get => "reads",
+            Workload::Batch(_) => "cross-shard batches",
+        }
+    }
+}
+
 async fn phase(
     args: &BenchArgs,
     endpoints: &[String],
     value: Values,
-    write: bool,
+    workload: Workload,
     snapshot_every: Option<Duration>,
 ) -> Phase {
     let start = Instant::now();
@@ -557,13 +589,28 @@ async fn phase(
                     n += 1;
                     written += 1;
                     let t = Instant::now();
-                    let ok = if write {
-                        client
+                    let ok = match workload {
+                        Workload::Put => client
                             .put(key.as_bytes(), &value.get(id, written))
                             .await
-                            .is_ok()
-                    } else {
-                        client.get(key.as_bytes()).await.is_ok()
+                            .is_ok(),
+                        Workload::Get => client.get(key.as_bytes()).await.is_ok(),
+                        Workload::Batch(len) => {
+                            // Clients are one step apart in `n`; shift each one's
+                            // batches so that they do not chase each other's locks.
+                            let base = id + 56 * i as u64;
+                            let ops = (0..len as u64)
+                                .map(|j| {
+                                    let id = (base + j) % keys;
+                                    let key = self::key(id);
+                                    cairn_client::api::BatchOp::put(
+                                        key.as_bytes(),
+                                        &value.get(id, written),
+                                    )
+                                })
+                                .collect();
+                            client.batch(ops).await.is_ok()
+                        }
                     };
                     let latency = t.elapsed();
                     let at = t.duration_since(start) + latency;

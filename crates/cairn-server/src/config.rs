@@ -25,8 +25,13 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Address of the HTTP API.
     pub http: SocketAddr,
-    /// Address peers connect to for Raft traffic and forwarded requests.
+    /// Address peers connect to for Raft traffic and forwarded requests (the one
+    /// `initial_cluster` lists for this node).
     pub peer: SocketAddr,
+    /// Address the peer transport listens on. Default: `peer`. It differs only when
+    /// something between the nodes forwards `peer` to it (a NAT, or the fault-injecting
+    /// proxy of `cairn-chaos`); the cluster id keeps deriving from `initial_cluster`.
+    pub peer_listen: SocketAddr,
     /// Every node of the cluster and its peer address, this one included.
     pub initial_cluster: BTreeMap<NodeId, SocketAddr>,
     /// Number of shards; fixed when the cluster is created. Default 8.
@@ -107,6 +112,10 @@ pub struct Settings {
     /// Peer address, e.g. 127.0.0.1:9081.
     #[arg(long, env = "CAIRN_PEER")]
     pub peer: Option<SocketAddr>,
+    /// Address to listen on for peers, when they reach this node's --peer address
+    /// through a forwarder (NAT, test proxy) [default: --peer].
+    #[arg(long, env = "CAIRN_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
     /// Every node: `1=127.0.0.1:9081,2=127.0.0.1:9082,3=127.0.0.1:9083`.
     #[arg(long, env = "CAIRN_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
@@ -180,6 +189,7 @@ impl Settings {
             data_dir,
             http,
             peer,
+            peer_listen,
             initial_cluster,
             shards,
             cluster_token,
@@ -217,11 +227,13 @@ impl Settings {
                 .as_deref()
                 .ok_or_else(|| missing("initial-cluster"))?,
         )?;
+        let peer = self.peer.ok_or_else(|| missing("peer"))?;
         let config = Config {
             id: self.id.ok_or_else(|| missing("id"))?,
             data_dir: self.data_dir.ok_or_else(|| missing("data-dir"))?,
             http: self.http.ok_or_else(|| missing("http"))?,
-            peer: self.peer.ok_or_else(|| missing("peer"))?,
+            peer,
+            peer_listen: self.peer_listen.unwrap_or(peer),
             initial_cluster,
             shards: self.shards.unwrap_or(8),
             cluster_token: self.cluster_token.unwrap_or_else(|| "cairn".into()),
@@ -274,6 +286,12 @@ impl Config {
                 ))
             }
             Some(_) => {}
+        }
+        if self.peer_listen == self.http {
+            return fail(format!(
+                "--peer-listen and --http are both {}; the peer transport and the HTTP API need their own ports",
+                self.http
+            ));
         }
         if self.shards == 0 || self.shards > 4096 {
             return fail("--shards must be between 1 and 4096".into());
@@ -483,5 +501,26 @@ mod tests {
             ..base()
         })
         .contains("--shards"));
+        assert!(err(Settings {
+            peer_listen: Some("127.0.0.1:8081".parse().unwrap()),
+            ..base()
+        })
+        .contains("--peer-listen"));
+    }
+
+    #[test]
+    fn peer_listen_defaults_to_peer() {
+        let c = base().resolve().unwrap();
+        assert_eq!(c.peer_listen, c.peer);
+        let listen: SocketAddr = "127.0.0.1:19081".parse().unwrap();
+        let c = Settings {
+            peer_listen: Some(listen),
+            ..base()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.peer_listen, listen);
+        // The advertised address (and so the cluster id) stays `--peer`.
+        assert_eq!(c.initial_cluster[&1], c.peer);
     }
 }

@@ -48,7 +48,7 @@ impl Node {
             cluster_id: identity.cluster_id.clone(),
             shards: config.shards,
             peers: config.initial_cluster.clone(),
-            listen: config.peer,
+            listen: config.peer_listen,
             tick: config.tick(),
             election_ticks: config.election_ticks,
             heartbeat_ticks: config.heartbeat_ticks,

@@ -87,6 +87,7 @@ impl<S: Shards> Coordinator<S> {
     ) -> Result<SnapshotRecord, SnapshotError> {
         let registry = self.registry();
         let pending = registry.allocate(name, auto).await?;
+        cairn_store::crash_point!("snapshot.allocated");
         let epoch = pending.record.id;
         let count = self.shards.shard_count();
         let markers = (0..count).map(|shard| async move {
@@ -121,6 +122,7 @@ impl<S: Shards> Coordinator<S> {
                 Err(reason) => failures.push(format!("shard {shard}: {reason}")),
             }
         }
+        cairn_store::crash_point!("snapshot.marked");
         let state = if failures.is_empty() {
             SnapshotState::Done { cuts }
         } else {
@@ -129,6 +131,7 @@ impl<S: Shards> Coordinator<S> {
             }
         };
         let record = registry.finish(&pending, state).await;
+        cairn_store::crash_point!("snapshot.finished");
         // Release even if recording failed: the windows must close either way.
         self.release(epoch).await;
         let record = record?;
@@ -183,6 +186,7 @@ impl<S: Shards> Coordinator<S> {
             return Ok(());
         }
         let registry = self.registry();
+        registry.drop_stale_wants().await?;
         let open = registry.open_epochs().await?;
         first_seen.retain(|id, _| open.contains(id));
         for epoch in open {

@@ -23,6 +23,13 @@
 //! trip (the sweeper aborts it within seconds if its coordinator dies), and a
 //! committed transaction resolves in one round trip (the transaction sweeper finishes
 //! it if its coordinator dies).
+//!
+//! **Fairness.** Under a steady stream of transactions, their commit windows overlap
+//! and `t/commit/` might never be empty, starving snapshots. So an allocation that
+//! finds commits in flight first writes `s/want/{nonce}` (its wall-clock time): new
+//! commits wait while any want exists, the ones in flight resolve, and the allocation
+//! gets its turn (its batch deletes the want). A want left by a coordinator that died
+//! is removed by the snapshot sweeper after [`WANT_EXPIRES`].
 
 use cairn_store::{Condition, OpKind, WriteOp};
 
@@ -30,6 +37,14 @@ use cairn_store::{Condition, OpKind, WriteOp};
 pub const MARKING: &[u8] = b"s/marking/";
 /// Transactions committed and not yet resolved on every shard.
 pub const COMMITTING: &[u8] = b"t/commit/";
+/// Allocations waiting for commits in flight to resolve.
+pub const WANT: &[u8] = b"s/want/";
+/// How old a want may grow before the sweeper removes it as abandoned.
+pub const WANT_EXPIRES: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub fn want_key(nonce: u64) -> Vec<u8> {
+    [WANT, &nonce.to_be_bytes()].concat()
+}
 
 pub fn marking_key(epoch: u64) -> Vec<u8> {
     [MARKING, &epoch.to_be_bytes()].concat()
@@ -52,7 +67,8 @@ pub fn no_commit_in_flight() -> WriteOp {
     nothing_under(COMMITTING)
 }
 
-/// The check a transaction's commit carries: no epoch is placing markers.
-pub fn no_epoch_marking() -> WriteOp {
-    nothing_under(MARKING)
+/// The checks a transaction's commit carries: no epoch is placing markers, and none
+/// is waiting for its turn.
+pub fn no_epoch_marking() -> [WriteOp; 2] {
+    [nothing_under(MARKING), nothing_under(WANT)]
 }

@@ -91,6 +91,14 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+fn rand_nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // Unique enough for a key that lives a few milliseconds, without a dependency.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms());
+    h.finish()
+}
+
 fn id_key(id: u64) -> Vec<u8> {
     [ID, &(!id).to_be_bytes()].concat()
 }
@@ -183,7 +191,12 @@ impl<'a, S: Shards> Registry<'a, S> {
         let gate_deadline = tokio::time::Instant::now() + GATE_WAIT;
         let mut contended = 0;
         let mut pause = Duration::from_millis(2);
-        while contended < 16 {
+        // Written once commits in flight make us wait, so new ones wait for us.
+        let mut want: Option<Vec<u8>> = None;
+        let result = loop {
+            if contended >= 16 {
+                break Err(SnapshotError::Contended);
+            }
             let next = self.get_raw(NEXT.to_vec()).await?;
             let (id, condition) = match &next {
                 Some(v) => (be_u64(&v.value)?, Condition::Version(v.version)),
@@ -212,24 +225,60 @@ impl<'a, S: Shards> Registry<'a, S> {
                     Condition::Absent,
                 ));
             }
-            match self.meta().try_write(ops).await? {
+            if let Some(key) = &want {
+                ops.push(delete(key.clone()));
+            }
+            let written = match self.meta().try_write(ops).await {
+                Ok(written) => written,
+                Err(e) => break Err(e),
+            };
+            match written {
                 Ok(version) => return Ok(Tracked { record, version }),
                 // A transaction is committing: it resolves within a round trip.
                 Err(0) if tokio::time::Instant::now() + pause < gate_deadline => {
+                    if want.is_none() {
+                        let key = gate::want_key(rand_nonce());
+                        let label = now_ms().to_be_bytes().to_vec();
+                        if let Err(e) = self
+                            .write(vec![put(key.clone(), label, Condition::Always)])
+                            .await
+                        {
+                            break Err(e);
+                        }
+                        want = Some(key);
+                    }
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(50));
                     continue;
                 }
-                Err(0) => return Err(SnapshotError::Blocked),
+                Err(0) => break Err(SnapshotError::Blocked),
                 Err(_) => contended += 1,
             }
             if let Some(name) = name {
                 if self.get_raw(name_key(name)).await?.is_some() {
-                    return Err(SnapshotError::NameTaken(name.to_owned()));
+                    break Err(SnapshotError::NameTaken(name.to_owned()));
                 }
             }
+        };
+        if let Some(key) = want {
+            // Best effort: the sweeper removes it if this fails.
+            let _ = self.write(vec![delete(key)]).await;
         }
-        Err(SnapshotError::Contended)
+        result
+    }
+
+    /// Remove wants older than [`gate::WANT_EXPIRES`]: their allocations gave up or
+    /// their coordinators died, and they would hold commits back.
+    pub async fn drop_stale_wants(&self) -> Result<usize, SnapshotError> {
+        let cutoff = now_ms().saturating_sub(gate::WANT_EXPIRES.as_millis() as u64);
+        let mut dropped = 0;
+        for (key, value) in self.scan_raw(gate::WANT, None, 1000).await? {
+            if be_u64(&value.value)? < cutoff {
+                self.write(vec![delete(key)]).await?;
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
     }
 
     /// Move a pending record to its final state, unless someone else did first.

@@ -60,10 +60,7 @@ pub fn encode_key(epoch: u64) -> [u8; 9] {
 }
 
 pub fn encode_value(cut: &Cut) -> [u8; 16] {
-    let mut v = [0u8; 16];
-    v[..8].copy_from_slice(&cut.index.to_be_bytes());
-    v[8..].copy_from_slice(&cut.released_at.unwrap_or(0).to_be_bytes());
-    v
+    crate::keys::encode_pair(cut.index, cut.released_at.unwrap_or(0))
 }
 
 pub fn decode(key: &[u8], value: &[u8]) -> Result<Cut> {
@@ -72,16 +69,12 @@ pub fn decode(key: &[u8], value: &[u8]) -> Result<Cut> {
     else {
         return Err(bad());
     };
-    let (Ok(index), Ok(released)) = (
-        value.get(..8).unwrap_or_default().try_into(),
-        value.get(8..).unwrap_or_default().try_into(),
-    ) else {
+    let Some((index, released)) = crate::keys::decode_pair(value) else {
         return Err(bad());
     };
-    let released = u64::from_be_bytes(released);
     Ok(Cut {
         epoch: u64::from_be_bytes(epoch),
-        index: u64::from_be_bytes(index),
+        index,
         released_at: (released != 0).then_some(released),
     })
 }

@@ -180,6 +180,22 @@ pub(crate) fn key_identity(raw: &[u8]) -> &[u8] {
     &raw[..raw.len().saturating_sub(VERSION_LEN)]
 }
 
+/// Two numbers as 16 bytes (big-endian each): the layout of the applied state, the
+/// cut table's records and the transaction horizon.
+pub fn encode_pair(a: u64, b: u64) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&a.to_be_bytes());
+    v[8..].copy_from_slice(&b.to_be_bytes());
+    v
+}
+
+/// The inverse of [`encode_pair`]; `None` unless `bytes` is exactly 16 long.
+pub fn decode_pair(bytes: &[u8]) -> Option<(u64, u64)> {
+    let a = bytes.get(..8)?.try_into().ok().map(u64::from_be_bytes)?;
+    let b = bytes.get(8..)?.try_into().ok().map(u64::from_be_bytes)?;
+    Some((a, b))
+}
+
 /// Encode a value: `Some(bytes)` is live, `None` a tombstone.
 pub fn encode_value(value: Option<&[u8]>) -> Vec<u8> {
     match value {

@@ -26,7 +26,9 @@
 //! [`StoreError::Corrupt`] naming the record, never a panic and never a served guess.
 
 mod command;
+mod crash;
 pub mod cut;
+mod digest;
 mod error;
 mod history;
 mod image;
@@ -41,8 +43,12 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use command::{Command, Condition, OpKind, WriteOp};
+pub use crash::{arm_crash_points, crash};
 pub use cut::Cut;
+pub use digest::ShardDigest;
 pub use error::{Result, StoreError};
+#[doc(hidden)]
+pub use fail as __fail;
 pub use history::{HistoryRange, KeyVersion};
 pub use image::StoreImage;
 pub use raft_log::RaftLog;
@@ -176,7 +182,9 @@ impl NodeStore {
     /// Fsync everything written so far, by every shard. Group commit calls this once
     /// for many writers.
     pub fn flush(&self) -> Result<()> {
+        crash_point!("store.fsync.before");
         self.db.flush()?;
+        crash_point!("store.fsync.after");
         Ok(())
     }
 }

@@ -199,6 +199,13 @@ impl RaftLog {
     /// entries already stored at and after the first new index are replaced (raft's
     /// overwrite of a conflicting suffix).
     pub fn persist(&self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<()> {
+        // Two points, not one with two names: `crash_point!` needs a literal.
+        if !entries.is_empty() {
+            crate::crash_point!("log.append.before");
+        }
+        if entries.is_empty() {
+            crate::crash_point!("log.hard_state.before");
+        }
         let mut batch = sled::Batch::default();
         if let Some(first) = entries.first() {
             let start = first.index;
@@ -247,6 +254,12 @@ impl RaftLog {
             );
         }
         self.tree.apply_batch(batch)?;
+        if !entries.is_empty() {
+            crate::crash_point!("log.append.after");
+        }
+        if entries.is_empty() {
+            crate::crash_point!("log.hard_state.after");
+        }
         Ok(())
     }
 
@@ -283,6 +296,8 @@ impl RaftLog {
         if self.first_index()? > meta.index {
             return Err(StoreError::raft_storage(StorageError::SnapshotOutOfDate));
         }
+        // Between a Raft snapshot's data and its log metadata: `Replica::open` repairs.
+        crate::crash_point!("log.snapshot_metadata.before");
         let mut hs = self.hard_state()?;
         hs.commit = hs.commit.max(meta.index);
         hs.term = hs.term.max(meta.term);
@@ -340,6 +355,7 @@ impl RaftLog {
             )));
         }
         let term = self.term_of(compact_index - 1)?;
+        crate::crash_point!("log.compact.before");
         let mut batch = sled::Batch::default();
         self.remove_entries(&mut batch, Some(compact_index))?;
         batch.insert(
@@ -347,6 +363,7 @@ impl RaftLog {
             &Self::truncated_value(compact_index - 1, term)[..],
         );
         self.tree.apply_batch(batch)?;
+        crate::crash_point!("log.compact.after");
         Ok(())
     }
 

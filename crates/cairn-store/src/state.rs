@@ -114,10 +114,7 @@ impl std::fmt::Debug for ShardState {
 }
 
 fn encode_applied(a: AppliedState) -> [u8; 16] {
-    let mut v = [0u8; 16];
-    v[..8].copy_from_slice(&a.index.to_be_bytes());
-    v[8..].copy_from_slice(&a.term.to_be_bytes());
-    v
+    keys::encode_pair(a.index, a.term)
 }
 
 /// The newest version of a key, whatever it is: `(version, live)`.
@@ -160,20 +157,14 @@ impl ShardState {
         let Some(v) = self.tree.get(keys::APPLIED_KEY)? else {
             return Ok(AppliedState::default());
         };
-        let (Ok(index), Ok(term)) = (
-            v.get(..8).unwrap_or_default().try_into(),
-            v.get(8..).unwrap_or_default().try_into(),
-        ) else {
+        let Some((index, term)) = keys::decode_pair(&v) else {
             return Err(StoreError::corrupt(format!(
                 "shard {} applied state has length {}",
                 self.shard,
                 v.len()
             )));
         };
-        Ok(AppliedState {
-            index: u64::from_be_bytes(index),
-            term: u64::from_be_bytes(term),
-        })
+        Ok(AppliedState { index, term })
     }
 
     pub(crate) fn tree(&self) -> &sled::Tree {
@@ -203,6 +194,7 @@ impl ShardState {
                 applied: applied.index,
             });
         }
+        crate::crash_point!("state.apply.before");
         let mut batch = sled::Batch::default();
         batch.insert(
             keys::APPLIED_KEY,
@@ -279,6 +271,7 @@ impl ShardState {
             }
         };
         self.tree.apply_batch(batch)?;
+        crate::crash_point!("state.apply.after");
         Ok(outcome)
     }
 
@@ -609,6 +602,8 @@ impl ShardState {
         &self,
         upto: u64,
     ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + Send + 'static {
+        // On the leader, as it starts streaming a Raft snapshot to a follower.
+        crate::crash_point!("state.snapshot_export");
         let cuts = self
             .tree
             .scan_prefix([cut::CUT_PREFIX])
@@ -659,6 +654,7 @@ impl ShardState {
     /// state, in one sled batch. `Corrupt` (nothing written) if any staged pair is not a
     /// valid data record.
     pub fn install(&self, stage: &SnapshotStage, applied: AppliedState) -> Result<()> {
+        crate::crash_point!("state.snapshot_install.before");
         let mut batch = sled::Batch::default();
         for k in self.tree.iter().keys() {
             batch.remove(k?);
@@ -685,6 +681,7 @@ impl ShardState {
         }
         batch.insert(keys::APPLIED_KEY, &encode_applied(applied)[..]);
         self.tree.apply_batch(batch)?;
+        crate::crash_point!("state.snapshot_install.after");
         Ok(())
     }
 

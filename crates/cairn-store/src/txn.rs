@@ -137,25 +137,16 @@ pub struct TxnHorizon {
 
 impl TxnHorizon {
     fn encode(&self) -> [u8; 16] {
-        let mut v = [0u8; 16];
-        v[..8].copy_from_slice(&self.before_ms.to_be_bytes());
-        v[8..].copy_from_slice(&self.applied_at.to_be_bytes());
-        v
+        keys::encode_pair(self.before_ms, self.applied_at)
     }
 
     fn decode(bytes: &[u8]) -> Result<TxnHorizon> {
-        let (Ok(before), Ok(at)) = (
-            bytes.get(..8).unwrap_or_default().try_into(),
-            bytes.get(8..).unwrap_or_default().try_into(),
-        ) else {
-            return Err(StoreError::corrupt(format!(
-                "transaction horizon has length {}",
-                bytes.len()
-            )));
-        };
+        let (before_ms, applied_at) = keys::decode_pair(bytes).ok_or_else(|| {
+            StoreError::corrupt(format!("transaction horizon has length {}", bytes.len()))
+        })?;
         Ok(TxnHorizon {
-            before_ms: u64::from_be_bytes(before),
-            applied_at: u64::from_be_bytes(at),
+            before_ms,
+            applied_at,
         })
     }
 }

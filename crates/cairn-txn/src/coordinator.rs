@@ -9,7 +9,9 @@ use cairn_raft::{ShardError, ShardRequest, ShardResponse};
 use cairn_snapshot::meta::{delete, put};
 use cairn_snapshot::registry::now_ms;
 use cairn_snapshot::{gate, Meta, Shards};
-use cairn_store::{shard_for_key, txn_id, ApplyOutcome, Command, Condition, ShardId, WriteOp};
+use cairn_store::{
+    shard_for_key, txn_id, txn_started_ms, ApplyOutcome, Command, Condition, ShardId, WriteOp,
+};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -91,6 +93,19 @@ impl Plan {
     }
 }
 
+/// Whether transaction `a` started before `b` (ids break ties).
+fn older(a: u64, b: u64) -> bool {
+    (txn_started_ms(a), a) < (txn_started_ms(b), b)
+}
+
+/// Every shard resolved: drop the record (and release the snapshot gate).
+async fn forget<S: Shards>(shards: &S, id: u64) {
+    let ops = vec![delete(txn_key(id)), delete(gate::committing_key(id))];
+    if let Err(e) = Meta::new(shards).write(ops).await {
+        tracing::debug!(txn = id, error = %e, "could not drop the record; the sweeper will");
+    }
+}
+
 /// Why a prepare did not succeed on one shard.
 enum Refusal {
     Rejected { op: usize, current: Option<u64> },
@@ -128,9 +143,12 @@ impl<S: Shards> Transactions<S> {
     ) -> Result<TxnOutcome, TxnError> {
         let deadline = Instant::now() + timeout;
         let plan = Plan::new(ops, self.shards.shard_count());
+        // Every attempt carries the first one's start time: its age decides who waits
+        // for whom (wait-die), so a transaction that keeps losing grows old and wins.
+        let started_ms = now_ms();
         let mut pause = Duration::from_millis(5);
         loop {
-            match self.attempt(&plan, deadline).await {
+            match self.attempt(&plan, started_ms, deadline).await {
                 Err(TxnError::Locked { .. }) if Instant::now() + pause < deadline => {
                     // Jitter so two transactions that collided do not collide again.
                     let jitter = rand::random::<u64>() % (pause.as_millis() as u64 + 1);
@@ -142,15 +160,37 @@ impl<S: Shards> Transactions<S> {
         }
     }
 
-    async fn attempt(&self, plan: &Plan, deadline: Instant) -> Result<TxnOutcome, TxnError> {
-        let tracked = self.create(plan).await?;
+    async fn attempt(
+        &self,
+        plan: &Plan,
+        started_ms: u64,
+        deadline: Instant,
+    ) -> Result<TxnOutcome, TxnError> {
+        let tracked = self.create(plan, started_ms).await?;
         let id = tracked.record.id;
         let mut existed = vec![false; plan.shard_of.len()];
         let mut refusal = None;
         let prepares = plan.by_shard.iter().map(|(&shard, ops)| {
             let ops: Vec<WriteOp> = ops.iter().map(|(_, op)| op.clone()).collect();
             let command = Command::Prepare { txn: id, ops };
-            async move { (shard, self.write(shard, command, deadline).await) }
+            async move {
+                // Wait-die: an older transaction waits for a younger one's lock (it
+                // prepares again once that resolves); a younger one dies at once.
+                // Waits only ever point from older to younger, so none can cycle.
+                let mut pause = Duration::from_millis(2);
+                loop {
+                    let result = self.write(shard, command.clone(), deadline).await;
+                    match &result {
+                        Ok(ApplyOutcome::Locked { txn: holder, .. })
+                            if older(id, *holder) && Instant::now() + pause < deadline =>
+                        {
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_millis(50));
+                        }
+                        _ => return (shard, result),
+                    }
+                }
+            }
         });
         for (shard, result) in futures::future::join_all(prepares).await {
             match result {
@@ -197,7 +237,9 @@ impl<S: Shards> Transactions<S> {
                 Refusal::Failed(reason) => TxnError::Aborted { reason },
             });
         }
+        cairn_store::crash_point!("txn.prepared");
         self.decide(&tracked, deadline).await?;
+        cairn_store::crash_point!("txn.decided");
         metrics::counter!("cairn_txn_committed_total").increment(1);
         let resolved = self.resolve(&tracked.record, true, deadline).await;
         let versions = plan
@@ -206,7 +248,10 @@ impl<S: Shards> Transactions<S> {
             .map(|shard| resolved.get(shard).copied().flatten().flatten())
             .collect();
         if resolved.values().all(Option::is_some) {
-            self.forget(id).await;
+            // Off the caller's path: the outcome is known, only bookkeeping is left
+            // (and the sweeper does it if this fails).
+            let shards = self.shards.clone();
+            tokio::spawn(async move { forget(&*shards, id).await });
         }
         Ok(TxnOutcome {
             txn: id,
@@ -216,9 +261,8 @@ impl<S: Shards> Transactions<S> {
     }
 
     /// Record a new pending transaction under a fresh id.
-    async fn create(&self, plan: &Plan) -> Result<Tracked, TxnError> {
+    async fn create(&self, plan: &Plan, started_ms: u64) -> Result<Tracked, TxnError> {
         for _ in 0..4 {
-            let started_ms = now_ms();
             let record = TxnRecord {
                 id: txn_id(started_ms, rand::random()),
                 state: TxnState::Pending,
@@ -253,24 +297,25 @@ impl<S: Shards> Transactions<S> {
         };
         let mut pause = Duration::from_millis(2);
         loop {
-            let ops = vec![
+            let mut ops = vec![
                 put(
                     txn_key(id),
                     committed.encode()?,
                     Condition::Version(tracked.version),
                 ),
                 put(gate::committing_key(id), Vec::new(), Condition::Always),
-                gate::no_epoch_marking(),
             ];
+            ops.extend(gate::no_epoch_marking());
             match self.meta().try_write(ops).await {
                 Ok(Ok(_)) => return Ok(()),
-                // A snapshot is placing markers: it finishes within a round trip.
-                Ok(Err(2)) if Instant::now() + pause < deadline => {
+                // A snapshot is placing markers (or waits to): it finishes within a
+                // round trip.
+                Ok(Err(op)) if op >= 2 && Instant::now() + pause < deadline => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(50));
                     continue;
                 }
-                Ok(Err(2)) => {
+                Ok(Err(op)) if op >= 2 => {
                     self.abort(tracked, deadline).await;
                     return match self.state_of(id).await {
                         Ok(Some(TxnState::Committed)) => Ok(()),
@@ -393,12 +438,8 @@ impl<S: Shards> Transactions<S> {
             .collect()
     }
 
-    /// Every shard resolved: drop the record (and release the snapshot gate).
     async fn forget(&self, id: u64) {
-        let ops = vec![delete(txn_key(id)), delete(gate::committing_key(id))];
-        if let Err(e) = self.meta().write(ops).await {
-            tracing::debug!(txn = id, error = %e, "could not drop the record; the sweeper will");
-        }
+        forget(&*self.shards, id).await
     }
 
     async fn write(

@@ -27,10 +27,10 @@
 //! transaction after `abort_after` and re-resolves a decided one. A prepare that
 //! reaches a shard after its abort there is refused (the shard remembers resolved
 //! transactions until the transaction horizon, which the sweeper raises, forgets
-//! them; prepares older than the horizon are refused outright). Conflicts are not
-//! waited on: a prepare that meets another transaction's lock aborts, and the
-//! coordinator retries with a new id after a short backoff, so two transactions can
-//! never wait for each other.
+//! them; prepares older than the horizon are refused outright). Conflicts follow
+//! wait-die: an older transaction waits for a younger one's lock, a younger one
+//! aborts and retries under a new id that keeps its first start time, so waits never
+//! form a cycle and a transaction that keeps losing grows old and wins.
 //!
 //! This crate reaches shards and the meta group only through
 //! [`cairn_snapshot::Shards`]; it never reads a tree or knows where a leader is.

@@ -8,6 +8,7 @@
 
 mod backups;
 mod cluster;
+mod debug;
 mod kv;
 mod snapshots;
 pub mod url;
@@ -71,6 +72,7 @@ pub fn app(state: Arc<ApiState>) -> axum::Router {
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))
         .route("/metrics", get(cluster::metrics))
+        .merge(debug::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Bodies are read with explicit limits in the handlers, which answer in JSON.

@@ -1,0 +1,436 @@
+//! The nemesis: which faults, when, against whom, and proof that each one fired.
+//!
+//! A run's faults are a list of [`FaultKind`]s played in order; the seed gives each
+//! its quiet gap before it, how long it holds, and its parameters (loss rate, delay
+//! range, which group's leader). Faults that target "a leader" pick a Raft group (a
+//! data shard, or the meta group, whose leader coordinates snapshots' sweeping and
+//! schedules) and ask `GET /v1/cluster` who leads it at that moment.
+//!
+//! | fault | injection | healing | it fired when |
+//! |---|---|---|---|
+//! | `kill-follower` | SIGKILL a node that does not lead the chosen group | restart it | the process was killed |
+//! | `kill-leader` | SIGKILL the chosen group's leader | restart it | the process was killed |
+//! | `pause` | SIGSTOP a node (half the time a leader) | SIGCONT | the process was stopped |
+//! | `restart-all` | SIGKILL every node | start them all | every process was killed |
+//! | `partition` | one node cut off from the others both ways (minority / majority) | heal | frames were dropped |
+//! | `isolate-leader` | the chosen group's leader cut off both ways | heal | frames were dropped |
+//! | `one-way` | frames from the leader to the others dropped, or the reverse | heal | frames were dropped |
+//! | `loss` | 10–35 % of Raft messages, calls and replies dropped | heal | frames were lost |
+//! | `delay` | every frame delayed up to 50–250 ms, or one node's outbound frames 50–400 ms | heal | frames were delayed |
+//! | `duplicate` | 20–50 % of Raft messages, calls and replies sent twice | heal | frames were duplicated |
+//! | `slow-markers` | forwarded markers and releases delayed 100–600 ms, so shards' cuts land far apart | heal | a marker was delayed |
+//!
+//! A fault that did not fire (no leader to find, no frame crossed the proxy while it
+//! held) fails the run: a harness that cannot hurt the cluster must not pass.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use cairn_store::NodeId;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+use crate::cluster::Cluster;
+use crate::error::{ChaosError, Result};
+use crate::network::{FrameCounts, LinkFaults, Network};
+
+/// The kinds of fault (see the module doc's table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FaultKind {
+    KillFollower,
+    KillLeader,
+    Pause,
+    RestartAll,
+    Partition,
+    IsolateLeader,
+    OneWay,
+    Loss,
+    Delay,
+    Duplicate,
+    SlowMarkers,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 11] = [
+        FaultKind::KillFollower,
+        FaultKind::KillLeader,
+        FaultKind::Pause,
+        FaultKind::RestartAll,
+        FaultKind::Partition,
+        FaultKind::IsolateLeader,
+        FaultKind::OneWay,
+        FaultKind::Loss,
+        FaultKind::Delay,
+        FaultKind::Duplicate,
+        FaultKind::SlowMarkers,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::KillFollower => "kill-follower",
+            FaultKind::KillLeader => "kill-leader",
+            FaultKind::Pause => "pause",
+            FaultKind::RestartAll => "restart-all",
+            FaultKind::Partition => "partition",
+            FaultKind::IsolateLeader => "isolate-leader",
+            FaultKind::OneWay => "one-way",
+            FaultKind::Loss => "loss",
+            FaultKind::Delay => "delay",
+            FaultKind::Duplicate => "duplicate",
+            FaultKind::SlowMarkers => "slow-markers",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<FaultKind> {
+        FaultKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    fn is_network(self) -> bool {
+        matches!(
+            self,
+            FaultKind::Partition
+                | FaultKind::IsolateLeader
+                | FaultKind::OneWay
+                | FaultKind::Loss
+                | FaultKind::Delay
+                | FaultKind::Duplicate
+                | FaultKind::SlowMarkers
+        )
+    }
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One fault as the seed planned it.
+#[derive(Debug, Clone)]
+pub struct FaultPlan {
+    pub kind: FaultKind,
+    /// Quiet time before it.
+    pub gap: Duration,
+    /// How long it holds.
+    pub hold: Duration,
+}
+
+/// Plan `kinds` in order, gaps and holds drawn from the ranges.
+pub fn plan(
+    kinds: &[FaultKind],
+    gap: (Duration, Duration),
+    hold: (Duration, Duration),
+    rng: &mut StdRng,
+) -> Vec<FaultPlan> {
+    kinds
+        .iter()
+        .map(|&kind| FaultPlan {
+            kind,
+            gap: rng.gen_range(gap.0..=gap.1),
+            // A full restart is its own outage; keep the dark time short.
+            hold: if kind == FaultKind::RestartAll {
+                rng.gen_range(Duration::from_millis(200)..=Duration::from_millis(1500))
+            } else {
+                rng.gen_range(hold.0..=hold.1)
+            },
+        })
+        .collect()
+}
+
+/// What a fault did, for the report.
+#[derive(Debug, Clone)]
+pub struct FaultRecord {
+    pub kind: FaultKind,
+    /// Whom it hit and how, in words.
+    pub target: String,
+    pub injected: Duration,
+    pub healed: Duration,
+    /// The proxy's counts over the fault's hold (network faults).
+    pub frames: FrameCounts,
+    pub fired: bool,
+}
+
+impl fmt::Display for FaultRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} [{:.1}s, {:.1}s] {}",
+            self.kind,
+            self.injected.as_secs_f64(),
+            self.healed.as_secs_f64(),
+            self.target
+        )?;
+        if self.kind.is_network() {
+            let c = &self.frames;
+            write!(
+                f,
+                " (frames: {} forwarded, {} blocked, {} lost, {} duplicated, {} delayed, {} snapshot streams cut)",
+                c.forwarded, c.blocked, c.lost, c.duplicated, c.delayed, c.streams_cut
+            )?;
+        }
+        if !self.fired {
+            write!(f, " NEVER FIRED")?;
+        }
+        Ok(())
+    }
+}
+
+/// A fault in force, and what healing it must undo.
+pub struct Injected {
+    kind: FaultKind,
+    target: String,
+    injected: Duration,
+    killed: Vec<NodeId>,
+    paused: Vec<NodeId>,
+    network: bool,
+    counts: FrameCounts,
+}
+
+/// Injects and heals faults on a cluster and its network.
+pub struct Nemesis {
+    rng: StdRng,
+    clock: Instant,
+}
+
+/// How long to look for a leader before declaring the fault could not fire.
+const FIND_LEADER: Duration = Duration::from_secs(15);
+
+impl Nemesis {
+    pub fn new(rng: StdRng, clock: Instant) -> Nemesis {
+        Nemesis { rng, clock }
+    }
+
+    /// A group to aim at: the meta group a quarter of the time, else a data shard.
+    fn group(&mut self, shards: u32) -> (Option<u32>, String) {
+        if self.rng.gen_bool(0.25) {
+            (None, "the meta group".into())
+        } else {
+            let shard = self.rng.gen_range(0..shards);
+            (Some(shard), format!("shard {shard}"))
+        }
+    }
+
+    /// The current leader of `group` (`None`: the meta group), waiting for one.
+    async fn leader(&self, cluster: &Cluster, group: Option<u32>) -> Result<NodeId> {
+        let deadline = Instant::now() + FIND_LEADER;
+        loop {
+            let last = match cluster.leaders().await {
+                Ok(leaders) => {
+                    let leader = match group {
+                        None => leaders.meta,
+                        Some(s) => leaders
+                            .shards
+                            .iter()
+                            .find(|(id, _)| *id == s)
+                            .and_then(|(_, l)| *l),
+                    };
+                    match leader {
+                        Some(l) if cluster.responsive().contains(&l) => return Ok(l),
+                        Some(l) => format!("leader {l} is not responsive"),
+                        None => "no leader known".into(),
+                    }
+                }
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() > deadline {
+                return Err(ChaosError::Timeout {
+                    what: format!("a leader of group {group:?} to aim a fault at"),
+                    waited: FIND_LEADER,
+                    last,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Inject one fault.
+    pub async fn inject(
+        &mut self,
+        kind: FaultKind,
+        cluster: &mut Cluster,
+        network: &Network,
+    ) -> Result<Injected> {
+        let ids = cluster.ids();
+        let shards = cluster.shards();
+        let mut killed = Vec::new();
+        let mut paused = Vec::new();
+        let counts = network.counts();
+        let target = match kind {
+            FaultKind::KillFollower | FaultKind::KillLeader => {
+                let (group, name) = self.group(shards);
+                let leader = self.leader(cluster, group).await?;
+                let victim = if kind == FaultKind::KillLeader {
+                    leader
+                } else {
+                    let followers: Vec<NodeId> = cluster
+                        .responsive()
+                        .into_iter()
+                        .filter(|&n| n != leader)
+                        .collect();
+                    *followers
+                        .choose(&mut self.rng)
+                        .ok_or_else(|| ChaosError::Misuse("no follower to kill".into()))?
+                };
+                cluster.kill(victim)?;
+                killed.push(victim);
+                format!("SIGKILL node {victim} ({name} was led by node {leader})")
+            }
+            FaultKind::Pause => {
+                let victim = if self.rng.gen_bool(0.5) {
+                    let (group, _) = self.group(shards);
+                    self.leader(cluster, group).await?
+                } else {
+                    *cluster
+                        .responsive()
+                        .choose(&mut self.rng)
+                        .ok_or_else(|| ChaosError::Misuse("no node to pause".into()))?
+                };
+                cluster.pause(victim)?;
+                paused.push(victim);
+                format!("SIGSTOP node {victim}")
+            }
+            FaultKind::RestartAll => {
+                killed = cluster.running();
+                cluster.kill_all()?;
+                format!("SIGKILL nodes {killed:?}, then start them all")
+            }
+            FaultKind::Partition => {
+                let victim = *ids
+                    .choose(&mut self.rng)
+                    .ok_or_else(|| ChaosError::Misuse("no nodes".into()))?;
+                network.set(LinkFaults::isolate(victim, &ids));
+                format!("node {victim} partitioned from {:?}", others(&ids, victim))
+            }
+            FaultKind::IsolateLeader => {
+                let (group, name) = self.group(shards);
+                let leader = self.leader(cluster, group).await?;
+                network.set(LinkFaults::isolate(leader, &ids));
+                format!("node {leader}, leader of {name}, isolated")
+            }
+            FaultKind::OneWay => {
+                let (group, name) = self.group(shards);
+                let leader = self.leader(cluster, group).await?;
+                let outbound = self.rng.gen_bool(0.5);
+                let blocked = others(&ids, leader)
+                    .into_iter()
+                    .map(|o| if outbound { (leader, o) } else { (o, leader) })
+                    .collect();
+                network.set(LinkFaults {
+                    blocked,
+                    ..LinkFaults::default()
+                });
+                if outbound {
+                    format!("frames from node {leader} (leader of {name}) to the others dropped")
+                } else {
+                    format!("frames to node {leader} (leader of {name}) from the others dropped")
+                }
+            }
+            FaultKind::Loss => {
+                let loss = self.rng.gen_range(0.10..=0.35);
+                network.set(LinkFaults {
+                    loss,
+                    ..LinkFaults::default()
+                });
+                format!("{:.0}% of frames lost", loss * 100.0)
+            }
+            FaultKind::Delay if self.rng.gen_bool(0.5) => {
+                let low = Duration::from_millis(self.rng.gen_range(0..=20));
+                let high = Duration::from_millis(self.rng.gen_range(50..=250));
+                network.set(LinkFaults {
+                    delay: Some((low, high)),
+                    ..LinkFaults::default()
+                });
+                format!("frames delayed {low:?} to {high:?}")
+            }
+            FaultKind::Delay => {
+                // One slow node: what it sends (Raft traffic, the snapshot markers it
+                // coordinates, forwarded writes) lags while the rest is fast.
+                let slow = *ids
+                    .choose(&mut self.rng)
+                    .ok_or_else(|| ChaosError::Misuse("no nodes".into()))?;
+                let low = Duration::from_millis(self.rng.gen_range(50..=100));
+                let high = Duration::from_millis(self.rng.gen_range(200..=400));
+                network.set(LinkFaults {
+                    delay: Some((low, high)),
+                    slow: others(&ids, slow).into_iter().map(|o| (slow, o)).collect(),
+                    ..LinkFaults::default()
+                });
+                format!("frames from node {slow} delayed {low:?} to {high:?}")
+            }
+            FaultKind::SlowMarkers => {
+                let low = Duration::from_millis(self.rng.gen_range(100..=200));
+                let high = Duration::from_millis(self.rng.gen_range(300..=600));
+                network.set(LinkFaults {
+                    slow_control: Some((low, high)),
+                    ..LinkFaults::default()
+                });
+                format!("forwarded markers and releases delayed {low:?} to {high:?}")
+            }
+            FaultKind::Duplicate => {
+                let duplicate = self.rng.gen_range(0.20..=0.50);
+                network.set(LinkFaults {
+                    duplicate,
+                    ..LinkFaults::default()
+                });
+                format!("{:.0}% of frames duplicated", duplicate * 100.0)
+            }
+        };
+        tracing::info!(fault = %kind, %target, "fault injected");
+        Ok(Injected {
+            kind,
+            target,
+            injected: self.clock.elapsed(),
+            killed,
+            paused,
+            network: kind.is_network(),
+            counts,
+        })
+    }
+
+    /// Undo a fault: restart what was killed, continue what was stopped, heal the
+    /// network. Does not wait for the cluster to recover.
+    pub fn heal(
+        &mut self,
+        injected: Injected,
+        cluster: &mut Cluster,
+        network: &Network,
+    ) -> Result<FaultRecord> {
+        let frames = network.counts().since(&injected.counts);
+        if injected.network {
+            network.heal();
+        }
+        for &node in &injected.paused {
+            cluster.resume(node)?;
+        }
+        for &node in &injected.killed {
+            cluster.start_node(node)?;
+        }
+        let fired = match injected.kind {
+            FaultKind::Partition | FaultKind::IsolateLeader | FaultKind::OneWay => {
+                frames.blocked + frames.streams_cut > 0
+            }
+            FaultKind::Loss => frames.lost > 0,
+            FaultKind::Delay | FaultKind::SlowMarkers => frames.delayed > 0,
+            FaultKind::Duplicate => frames.duplicated > 0,
+            FaultKind::KillFollower | FaultKind::KillLeader | FaultKind::RestartAll => {
+                !injected.killed.is_empty()
+            }
+            FaultKind::Pause => !injected.paused.is_empty(),
+        };
+        let record = FaultRecord {
+            kind: injected.kind,
+            target: injected.target,
+            injected: injected.injected,
+            healed: self.clock.elapsed(),
+            frames,
+            fired,
+        };
+        tracing::info!(fault = %record, "fault healed");
+        Ok(record)
+    }
+}
+
+fn others(ids: &[NodeId], node: NodeId) -> Vec<NodeId> {
+    ids.iter().copied().filter(|&o| o != node).collect()
+}

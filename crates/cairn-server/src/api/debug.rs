@@ -1,0 +1,196 @@
+//! `/v1/debug/*`: read-only views of this node's own replicas, for tests and operators
+//! checking that replicas agree. Nothing here is forwarded or linearizable: each
+//! answer describes the local replica as it is, which is the point (the chaos harness
+//! asks every node and compares).
+//!
+//! - `GET /v1/debug/digest?shard=S&at=V[&after=H]`: the replica's [`ShardDigest`] at
+//!   version `V` (default: its applied index), history part over `(H, V]` (default:
+//!   its horizon). 409 `not_applied` if `V` is above what it applied; 410
+//!   `history_unavailable` below its horizon.
+//! - `GET /v1/debug/versions?shard=S[&after=A][&upto=V]`: the state at `A` and every
+//!   version of every key in `(A, V]` (defaults: the horizon, the applied index),
+//!   tombstones included, in key order and newest first per key. A value at two
+//!   versions is a write applied twice.
+//!
+//! `S` may be the meta group's number. Both read the whole data tree, on the blocking
+//! pool; they are for small test clusters and occasional checks, not for monitoring.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
+use axum::Json;
+use cairn_client::api::{split_bytes, Encoding};
+use cairn_store::{HistoryRange, KeyVersion, ShardDigest, ShardState, StoreError};
+use serde::{Deserialize, Serialize};
+
+use super::kv::Params;
+use super::{ApiError, ApiState};
+
+type Shared = State<Arc<ApiState>>;
+
+/// One version of one key (`GET /v1/debug/versions`). Keys and values use the
+/// binary-safe JSON form of scans: `key` when UTF-8, else `key_b64`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionItem {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_b64: Option<String>,
+    pub version: u64,
+    /// Absent for a tombstone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_b64: Option<String>,
+    /// True for a tombstone (the key was deleted at this version).
+    pub deleted: bool,
+}
+
+/// Answer of `GET /v1/debug/versions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionsResponse {
+    pub shard: u32,
+    pub applied: u64,
+    pub horizon: u64,
+    pub after: u64,
+    pub upto: u64,
+    /// The state at `after`: each live key's newest version at or below it, so that
+    /// `base` and `versions` together give the state at any version in `[after, upto]`.
+    pub base: Vec<VersionItem>,
+    /// Every version in `(after, upto]`.
+    pub versions: Vec<VersionItem>,
+}
+
+pub async fn digest(State(api): Shared, uri: Uri) -> Result<Json<ShardDigest>, ApiError> {
+    let params = Params::parse(&uri, &["shard", "at", "after"])?;
+    let state = replica(&api, &params)?;
+    let at = number(&params, "at")?;
+    let after = number(&params, "after")?;
+    let digest = blocking(move || {
+        let at = match at {
+            Some(at) => at,
+            None => state.applied()?.index,
+        };
+        let after = match after {
+            Some(after) => after,
+            None => state.horizon()?.min(at),
+        };
+        state.digest(at, after)
+    })
+    .await?;
+    Ok(Json(digest))
+}
+
+pub async fn versions(State(api): Shared, uri: Uri) -> Result<Json<VersionsResponse>, ApiError> {
+    let params = Params::parse(&uri, &["shard", "after", "upto"])?;
+    let state = replica(&api, &params)?;
+    let after = number(&params, "after")?;
+    let upto = number(&params, "upto")?;
+    let answer = blocking(move || {
+        let applied = state.applied()?.index;
+        let horizon = state.horizon()?;
+        let upto = upto.unwrap_or(applied);
+        if upto > applied {
+            return Err(StoreError::Invalid {
+                reason: format!("versions up to {upto}, but only {applied} is applied here"),
+            });
+        }
+        let after = after.unwrap_or(horizon).min(upto);
+        let items = |range| {
+            state
+                .history(range)
+                .map(|v| v.map(|v| item(&v)))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(VersionsResponse {
+            shard: state.shard(),
+            applied,
+            horizon,
+            after,
+            upto,
+            base: items(HistoryRange::StateAt { at: after })?,
+            versions: items(HistoryRange::Between { after, upto })?,
+        })
+    })
+    .await?;
+    Ok(Json(answer))
+}
+
+fn item(v: &KeyVersion) -> VersionItem {
+    let (key, key_b64) = split_bytes(&v.key, Encoding::Utf8);
+    let (value, value_b64) = match &v.value {
+        Some(bytes) => split_bytes(bytes, Encoding::Utf8),
+        None => (None, None),
+    };
+    VersionItem {
+        key,
+        key_b64,
+        version: v.version,
+        value,
+        value_b64,
+        deleted: v.value.is_none(),
+    }
+}
+
+/// The local replica named by `shard=` (a data shard or the meta group).
+fn replica(api: &ApiState, params: &Params) -> Result<ShardState, ApiError> {
+    let shard = number(params, "shard")?
+        .ok_or_else(|| ApiError::bad_request("bad_query", "`shard` is required"))?;
+    u32::try_from(shard)
+        .ok()
+        .and_then(|s| api.router.raft().local().state(s))
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("this node has no replica of shard {shard}"),
+            )
+        })
+}
+
+fn number(params: &Params, name: &str) -> Result<Option<u64>, ApiError> {
+    params
+        .text(name)?
+        .map(|text| {
+            text.parse::<u64>().map_err(|_| {
+                ApiError::bad_request("bad_query", format!("`{name}` must be a number"))
+            })
+        })
+        .transpose()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> cairn_store::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let result = tokio::task::spawn_blocking(f).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage_error",
+            format!("debug read failed: {e}"),
+        )
+    })?;
+    result.map_err(|e| match e {
+        StoreError::Invalid { reason } => {
+            ApiError::new(StatusCode::CONFLICT, "not_applied", reason)
+        }
+        StoreError::HistoryCollected { horizon } => ApiError::new(
+            StatusCode::GONE,
+            "history_unavailable",
+            format!("history below version {horizon} has been collected on this replica"),
+        ),
+        other => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage_error",
+            other.to_string(),
+        ),
+    })
+}
+
+/// The debug routes, merged into the application by `api::app`.
+pub fn routes() -> axum::Router<Arc<ApiState>> {
+    axum::Router::new()
+        .route("/v1/debug/digest", axum::routing::get(digest))
+        .route("/v1/debug/versions", axum::routing::get(versions))
+}

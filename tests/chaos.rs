@@ -1,0 +1,101 @@
+//! The CI slice of the black-box fault-injection harness (`crates/cairn-chaos`): real
+//! `cairn` processes behind the fault proxy, ten recorded clients, snapshots every
+//! 1–2 s, and a few faults per run; every run is checked for per-key linearizability,
+//! lost or twice-applied writes, replica convergence and the four snapshot
+//! guarantees, and fails if a fault never fired or the workload did too little.
+//!
+//! Every fault kind appears at least once across the slice; seeds are fixed so a
+//! failure reproduces (`CAIRN_TEST_SEED` replaces a test's seed). Runs take turns
+//! (one cluster at a time), so the slice's wall time is the sum of its runs. The
+//! long version is the `cairn-chaos` binary; see docs/TESTING.md.
+
+use cairn_chaos::nemesis::FaultKind::{self, *};
+use cairn_chaos::{Run, Scenario};
+
+/// One cluster at a time: runs in parallel would only slow each other down.
+static ONE_RUN_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn chaos(name: &str, default_seed: u64, faults: &[FaultKind]) {
+    let _turn = ONE_RUN_AT_A_TIME.lock().await;
+    let seed = match std::env::var("CAIRN_TEST_SEED") {
+        Ok(text) => text.parse().expect("CAIRN_TEST_SEED must be a u64"),
+        Err(_) => default_seed,
+    };
+    eprintln!("chaos {name}: seed {seed} (set CAIRN_TEST_SEED to replay another)");
+    let mut scenario = Scenario::new(name, seed, faults.to_vec(), env!("CARGO_BIN_EXE_cairn"));
+    let names: Vec<&str> = faults.iter().map(|f| f.name()).collect();
+    scenario.replay = format!(
+        "CAIRN_TEST_SEED={seed} cargo test -p cairn-server --test chaos {name} -- --nocapture   (or: target/debug/cairn-chaos --seed {seed} --faults {})",
+        names.join(",")
+    );
+    let report = match Run::execute(&scenario).await {
+        Ok(report) => report,
+        Err(e) => panic!("{e}"),
+    };
+    eprintln!("{}", report.summary());
+    assert!(report.passed(), "{}", report.failure());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_and_follower_crashes() {
+    chaos(
+        "leader_and_follower_crashes",
+        101,
+        &[KillLeader, KillFollower, KillLeader],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_node_and_full_restart() {
+    chaos(
+        "paused_node_and_full_restart",
+        102,
+        &[Pause, RestartAll, Pause],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions() {
+    chaos("partitions", 103, &[Partition, IsolateLeader, OneWay]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lossy_slow_network() {
+    chaos("lossy_slow_network", 104, &[Loss, Delay, Delay]).await;
+}
+
+/// Regression: a duplicated peer frame ran a forwarded write twice (fixed in the
+/// transport; `transport::tests::a_duplicated_forwarded_write_runs_once`). With seed 2
+/// the unfixed code showed 91 writes applied twice and 6 keys not linearizable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicated_frames() {
+    chaos("duplicated_frames", 2, &[Duplicate, Duplicate]).await;
+}
+
+/// Markers reach some shards hundreds of milliseconds after others: without the
+/// alignment hold, writes acknowledged after one shard's cut are followed by writes
+/// landing before another's (with the hold disabled, seed 12 showed 13 violations of
+/// guarantee 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_markers() {
+    chaos("slow_markers", 12, &[SlowMarkers, SlowMarkers, KillLeader]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_faults() {
+    chaos(
+        "mixed_faults",
+        106,
+        &[
+            Duplicate,
+            KillLeader,
+            Loss,
+            IsolateLeader,
+            RestartAll,
+            SlowMarkers,
+        ],
+    )
+    .await;
+}
