@@ -7,6 +7,10 @@
 //! `flush()` once, and wakes them all; writers that arrive during a flush wait for the
 //! next one. Under load one flush therefore serves many shards, which is what lets a
 //! node's write rate exceed its disk's fsync rate.
+//!
+//! The replica sees durability only through the [`Durability`] trait, so the decision
+//! code never knows whether an fsync happens or a simulation merely records what a
+//! crash at that moment would leave on disk (`cairn-sim`).
 
 use std::thread::JoinHandle;
 
@@ -14,6 +18,23 @@ use cairn_store::NodeStore;
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 type Waiter = Sender<Result<(), String>>;
+
+/// How a replica makes what it wrote to the store durable.
+///
+/// Contract: when `sync` returns `Ok`, every write the calling replica made to the node's
+/// store before the call survives a crash (an error is fatal to the replica). Writes
+/// not yet synced may survive a crash or not, but always as a prefix: sled applies each
+/// batch atomically and recovers a prefix of its write stream.
+pub trait Durability {
+    /// Block until everything the caller wrote to the store before the call is durable.
+    fn sync(&self) -> Result<(), String>;
+
+    /// One atomic batch just reached the store, not yet durable. Production has
+    /// nothing to do; a simulation records what a crash from here on could leave on
+    /// disk, which is how it reaches the states between two syncs (the middle of a
+    /// snapshot install, an apply ahead of the log's commit index).
+    fn written(&self) {}
+}
 
 /// Handle to the node's flusher thread. Cloning shares the same thread.
 #[derive(Clone)]
@@ -43,6 +64,12 @@ impl GroupCommit {
             .send(tx)
             .map_err(|_| "group commit stopped".to_owned())?;
         rx.recv().map_err(|_| "group commit stopped".to_owned())?
+    }
+}
+
+impl Durability for GroupCommit {
+    fn sync(&self) -> Result<(), String> {
+        GroupCommit::sync(self)
     }
 }
 

@@ -12,8 +12,16 @@
 //! Answers to clients are matched to log entries by a per-proposal id carried in the
 //! entry's context, never by queue position: an entry proposed by an old leader and
 //! overwritten later can never answer a new request.
+//!
+//! The deciding code is independent of threads, sockets and wall time: what leaves the
+//! replica goes through an [`Outbox`] (the peer [`Transport`] in production), what must
+//! become durable through a [`Durability`] ([`GroupCommit`]), and what production draws
+//! at random can be fixed with a [`ReplicaSeed`]. The thread loop ([`Replica::run`])
+//! only selects over its inputs and calls [`Replica::handle`], [`Replica::tick`] and
+//! [`Replica::process`]; the deterministic simulator (`cairn-sim`) calls the same three
+//! methods on a virtual clock, so what it checks is this code, not a model of it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +35,7 @@ use raft::prelude::{ConfChange, ConfChangeV2, Entry, EntryType, Message, Message
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
 
-use crate::commit::GroupCommit;
+use crate::commit::{Durability, GroupCommit};
 use crate::config::RaftConfig;
 use crate::error::ShardError;
 use crate::transport::Transport;
@@ -58,6 +66,51 @@ pub enum ReplicaMsg {
     },
     /// From the snapshot sender: how streaming a snapshot to `to` ended.
     SnapshotSent { to: NodeId, ok: bool },
+}
+
+/// Where a replica's outbound traffic goes. Production: the peer [`Transport`]; the
+/// simulator: its virtual network. Both may drop what they are given (Raft retries).
+pub trait Outbox {
+    /// Send a Raft message to peer `msg.to`. Returns false if it was dropped at once.
+    fn send_raft(&mut self, shard: ShardId, msg: Message) -> bool;
+
+    /// Start sending a Raft snapshot (`msg` is the `MsgSnapshot`; its data is `state`
+    /// exported at the snapshot's index). How it ended must come back to the replica
+    /// as [`ReplicaMsg::SnapshotSent`]. Returns false if it could not even be started.
+    fn send_snapshot(&mut self, shard: ShardId, msg: Message, state: ShardState) -> bool;
+}
+
+impl Outbox for Transport {
+    fn send_raft(&mut self, shard: ShardId, msg: Message) -> bool {
+        Transport::send_raft(self, shard, msg)
+    }
+
+    fn send_snapshot(&mut self, shard: ShardId, msg: Message, state: ShardState) -> bool {
+        Transport::send_snapshot(self, shard, msg, state)
+    }
+}
+
+/// What a replica would otherwise draw at random, fixed by a caller whose runs must
+/// repeat exactly (the simulator). Production uses [`ReplicaSeed::random`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaSeed {
+    /// The first proposal id. Ids only need to differ from those of entries another
+    /// incarnation or leader may still commit; a random start makes a collision after
+    /// a restart negligible.
+    pub proposal_ids: u64,
+    /// A fixed election timeout in ticks (at least `election_ticks`) instead of
+    /// raft-rs's, which it draws from `thread_rng` in `[election, 2 * election)`.
+    pub election_timeout: Option<usize>,
+}
+
+impl ReplicaSeed {
+    /// Production's choice: a random first id and raft-rs's randomised timeouts.
+    pub fn random() -> ReplicaSeed {
+        ReplicaSeed {
+            proposal_ids: rand::random::<u64>() >> 1,
+            election_timeout: None,
+        }
+    }
 }
 
 /// A replica's live figures, written by the replica thread only.
@@ -148,14 +201,16 @@ enum Answer {
     Reads(Vec<ReadReply>),
 }
 
-pub struct Replica {
+/// One shard's replica. `O` and `D` are its outbound side and its durability, so the
+/// same code runs on threads and sockets or inside the simulator.
+pub struct Replica<O: Outbox = Transport, D: Durability = GroupCommit> {
     shard: ShardId,
     raw: RawNode<RaftLog>,
     log: RaftLog,
     state: ShardState,
     store: NodeStore,
-    commit: GroupCommit,
-    transport: Transport,
+    commit: D,
+    transport: O,
     gauges: Arc<ReplicaGauges>,
     log_compact_entries: u64,
     request_ticks: u64,
@@ -163,11 +218,13 @@ pub struct Replica {
     now: u64,
     next_id: u64,
     role: StateRole,
-    writes: HashMap<u64, PendingWrite>,
+    // Ordered maps throughout: iteration order decides the order of replies, which a
+    // simulated run must repeat exactly.
+    writes: BTreeMap<u64, PendingWrite>,
     /// Reads that arrived since the last ReadIndex was issued.
     reads_unissued: Vec<Reader>,
     /// ReadIndex requests in flight, by context id.
-    reads_inflight: HashMap<u64, PendingReads>,
+    reads_inflight: BTreeMap<u64, PendingReads>,
     /// Confirmed read indexes waiting for apply to catch up.
     reads_confirmed: BTreeMap<u64, Vec<PendingReads>>,
     /// Open snapshot epochs (marker applied, release not yet) and their cuts, derived
@@ -176,12 +233,12 @@ pub struct Replica {
     /// Answers held back by the alignment window.
     held: Vec<Held>,
     /// Reads waiting for a transaction (by id) to resolve here.
-    lock_waits: HashMap<u64, Vec<LockWait>>,
+    lock_waits: BTreeMap<u64, Vec<LockWait>>,
     /// Snapshot receivers waiting for their staged snapshot to be handled.
     snapshot_done: Vec<oneshot::Sender<()>>,
 }
 
-impl Replica {
+impl<O: Outbox, D: Durability> Replica<O, D> {
     /// Open the shard's log and state, initialising a brand-new shard with every peer
     /// as a voter, and repair the log if the state machine is ahead of it (a crash
     /// between installing a snapshot's data and its log metadata).
@@ -189,10 +246,31 @@ impl Replica {
         shard: ShardId,
         cfg: &RaftConfig,
         store: NodeStore,
-        commit: GroupCommit,
-        transport: Transport,
+        commit: D,
+        transport: O,
         gauges: Arc<ReplicaGauges>,
-    ) -> Result<Replica, crate::error::RaftError> {
+    ) -> Result<Replica<O, D>, crate::error::RaftError> {
+        Self::open_seeded(
+            shard,
+            cfg,
+            store,
+            commit,
+            transport,
+            gauges,
+            ReplicaSeed::random(),
+        )
+    }
+
+    /// [`Replica::open`] with what it would draw at random fixed by `seed`.
+    pub fn open_seeded(
+        shard: ShardId,
+        cfg: &RaftConfig,
+        store: NodeStore,
+        commit: D,
+        transport: O,
+        gauges: Arc<ReplicaGauges>,
+        seed: ReplicaSeed,
+    ) -> Result<Replica<O, D>, crate::error::RaftError> {
         let state = store.shard_state(shard)?;
         let mut log = store.raft_log(shard)?;
         log.attach_state(state.clone());
@@ -201,7 +279,15 @@ impl Replica {
 
         let applied = state.applied()?;
         let mut hs = log.hard_state()?;
-        if applied.index > log.last_index()? {
+        // A crash between installing a snapshot's data and moving the log leaves the
+        // state machine at a point the log does not hold: beyond its end, or, over a
+        // divergent log that reaches further, at an index holding another term. Left
+        // alone, the second case marks the divergent entries committed, and the
+        // leader's appends are then refused forever. (An applied point at or below the
+        // compacted prefix is the log being ahead, which is fine.)
+        let holds_applied = applied.index < log.first_index()?
+            || (applied.index <= log.last_index()? && log.term_of(applied.index)? == applied.term);
+        if !holds_applied {
             let mut meta = raft::prelude::SnapshotMetadata {
                 index: applied.index,
                 term: applied.term,
@@ -209,18 +295,27 @@ impl Replica {
             };
             meta.set_conf_state(raft::Storage::initial_state(&log)?.conf_state);
             log.apply_snapshot_metadata(&meta)?;
+            commit.written();
             hs = log.hard_state()?;
         }
         if hs.commit < applied.index {
             // Applying an entry proves it was committed; the commit index write may
             // simply not have reached the disk before a crash.
             log.set_commit(applied.index)?;
+            commit.written();
         }
 
+        // A fixed timeout is the one-value range [t, t + 1): raft-rs then draws nothing.
+        let (min_election_tick, max_election_tick) = match seed.election_timeout {
+            Some(t) => (t, t + 1),
+            None => (0, 0),
+        };
         let raft_cfg = raft::Config {
             id: cfg.node_id,
             election_tick: cfg.election_ticks,
             heartbeat_tick: cfg.heartbeat_ticks,
+            min_election_tick,
+            max_election_tick,
             applied: applied.index,
             max_size_per_msg: 1024 * 1024,
             max_inflight_msgs: 256,
@@ -259,15 +354,15 @@ impl Replica {
             log_compact_entries: cfg.log_compact_entries,
             request_ticks: cfg.request_ticks,
             now: 0,
-            next_id: rand::random::<u64>() >> 1,
+            next_id: seed.proposal_ids,
             role: StateRole::Follower,
-            writes: HashMap::new(),
+            writes: BTreeMap::new(),
             reads_unissued: Vec::new(),
-            reads_inflight: HashMap::new(),
+            reads_inflight: BTreeMap::new(),
             reads_confirmed: BTreeMap::new(),
             open_cuts,
             held: Vec::new(),
-            lock_waits: HashMap::new(),
+            lock_waits: BTreeMap::new(),
             snapshot_done: Vec::new(),
         })
     }
@@ -290,19 +385,31 @@ impl Replica {
                 recv(ticker) -> _ => self.tick(),
                 recv(shutdown) -> _ => break,
             }
-            self.issue_reads();
-            if let Err(e) = self.on_ready() {
+            if let Err(e) = self.process() {
                 fatal(self.shard, &e);
-            }
-            for done in self.snapshot_done.drain(..) {
-                let _ = done.send(());
             }
         }
         self.fail_pending(|| ShardError::ShuttingDown, || ShardError::ShuttingDown);
         tracing::debug!("replica stopped");
     }
 
-    fn handle(&mut self, msg: ReplicaMsg) {
+    /// After a batch of inputs ([`Replica::handle`], [`Replica::tick`]): issue one
+    /// ReadIndex for the reads that arrived, handle the Ready, and tell snapshot
+    /// receivers their staged snapshot was handled. An error is a storage failure:
+    /// memory and disk may be out of step, so the caller must stop this replica (the
+    /// thread loop aborts the process; a restart recovers from disk).
+    pub fn process(&mut self) -> Result<(), String> {
+        self.issue_reads();
+        self.on_ready()?;
+        for done in self.snapshot_done.drain(..) {
+            let _ = done.send(());
+        }
+        Ok(())
+    }
+
+    /// Take one input. Cheap: Raft work waits for the next [`Replica::process`], so a
+    /// drained inbox shares one Ready (one fsync).
+    pub fn handle(&mut self, msg: ReplicaMsg) {
         match msg {
             ReplicaMsg::Propose { command, reply } => self.propose(command, reply),
             ReplicaMsg::ReadBarrier { scope, reply } => {
@@ -375,19 +482,20 @@ impl Replica {
         }
     }
 
-    fn tick(&mut self) {
+    /// One logical clock tick: elections, heartbeats and request deadlines move.
+    pub fn tick(&mut self) {
         self.now += 1;
         self.raw.tick();
         let now = self.now;
         let shard = self.shard;
         // Expire what has waited too long; a write's fate is then unknown.
-        for (_, w) in self.writes.extract_if(|_, w| w.deadline <= now) {
+        for (_, w) in self.writes.extract_if(.., |_, w| w.deadline <= now) {
             let _ = w.reply.send(Err(ShardError::OutcomeUnknown {
                 shard,
                 reason: "not applied before the deadline".into(),
             }));
         }
-        for (_, r) in self.reads_inflight.extract_if(|_, r| r.deadline <= now) {
+        for (_, r) in self.reads_inflight.extract_if(.., |_, r| r.deadline <= now) {
             r.fail(ShardError::Unavailable {
                 shard,
                 reason: "could not confirm leadership for a read in time".into(),
@@ -475,6 +583,7 @@ impl Replica {
             self.log
                 .persist(ready.entries(), ready.hs())
                 .map_err(|e| e.to_string())?;
+            self.commit.written();
         }
         if ready.must_sync() || !ready.snapshot().is_empty() {
             self.commit.sync()?;
@@ -498,6 +607,7 @@ impl Replica {
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
             self.log.set_commit(commit).map_err(|e| e.to_string())?;
+            self.commit.written();
         }
         self.send(light.take_messages());
         self.apply(light.take_committed_entries())?;
@@ -537,7 +647,7 @@ impl Replica {
     /// entries may have been replaced by another leader's.
     fn fail_stale_writes(&mut self, term: u64) {
         let shard = self.shard;
-        for (_, w) in self.writes.extract_if(|_, w| w.term < term) {
+        for (_, w) in self.writes.extract_if(.., |_, w| w.term < term) {
             let _ = w.reply.send(Err(ShardError::OutcomeUnknown {
                 shard,
                 reason: "term changed before the write was applied".into(),
@@ -657,6 +767,7 @@ impl Replica {
                 .state
                 .apply(index, term, command.as_ref())
                 .map_err(|e| e.to_string())?;
+            self.commit.written();
             // Write batches and committed resolves count (automatic snapshots follow
             // this figure); markers, releases and refused batches do not.
             if matches!(
@@ -732,7 +843,9 @@ impl Replica {
             self.raw.apply_conf_change(&cc)
         }
         .map_err(|e| e.to_string())?;
-        self.log.set_conf_state(&cs).map_err(|e| e.to_string())
+        self.log.set_conf_state(&cs).map_err(|e| e.to_string())?;
+        self.commit.written();
+        Ok(())
     }
 
     fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), String> {
@@ -749,10 +862,13 @@ impl Replica {
         self.state
             .install(&stage, applied)
             .map_err(|e| e.to_string())?;
+        self.commit.written();
         self.log
             .apply_snapshot_metadata(meta)
             .map_err(|e| e.to_string())?;
+        self.commit.written();
         stage.clear().map_err(|e| e.to_string())?;
+        self.commit.written();
         // The snapshot replaced the cut table: an epoch open in it must hold here too
         // (this replica may lead before the release arrives).
         self.open_cuts = self
@@ -791,6 +907,7 @@ impl Replica {
         let keep = (self.log_compact_entries / 4).max(1);
         let compact_to = applied.saturating_sub(keep).max(first);
         self.log.compact(compact_to).map_err(|e| e.to_string())?;
+        self.commit.written();
         let first = self.log.first_index().map_err(|e| e.to_string())?;
         self.gauges.first_index.store(first, Ordering::Relaxed);
         tracing::debug!(first, applied, "compacted raft log");
@@ -822,18 +939,18 @@ impl Replica {
         write_err: impl Fn() -> ShardError,
         read_err: impl Fn() -> ShardError,
     ) {
-        for (_, w) in self.writes.drain() {
+        for (_, w) in std::mem::take(&mut self.writes) {
             let _ = w.reply.send(Err(write_err()));
         }
         for reader in self.reads_unissued.drain(..) {
             let _ = reader.reply.send(Err(read_err()));
         }
-        for (_, waits) in self.lock_waits.drain() {
+        for (_, waits) in std::mem::take(&mut self.lock_waits) {
             for w in waits {
                 let _ = w.reader.reply.send(Err(read_err()));
             }
         }
-        for (_, r) in self.reads_inflight.drain() {
+        for (_, r) in std::mem::take(&mut self.reads_inflight) {
             r.fail(read_err());
         }
         for (_, batch) in std::mem::take(&mut self.reads_confirmed) {

@@ -31,6 +31,7 @@ pub mod cut;
 mod digest;
 mod error;
 mod history;
+mod image;
 pub mod keys;
 mod raft_log;
 mod stage;
@@ -49,6 +50,7 @@ pub use error::{Result, StoreError};
 #[doc(hidden)]
 pub use fail as __fail;
 pub use history::{HistoryRange, KeyVersion};
+pub use image::StoreImage;
 pub use raft_log::RaftLog;
 pub use stage::SnapshotStage;
 pub use state::{AppliedState, ApplyOutcome, ShardState, Versioned};

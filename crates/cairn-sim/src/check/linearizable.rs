@@ -1,0 +1,433 @@
+//! Per-key linearizability with the Wing–Gong–Lowe checker of `todc-utils`.
+//!
+//! Linearizability is compositional, so each key is checked alone. Its state is the
+//! write it holds (`Option<write id>`). Operations, from the history:
+//!
+//! - a linearizable read returning write `w` (or nothing) is legal exactly in that state;
+//! - a write acknowledged `Applied` needs its condition to hold and, for the `existed`
+//!   flag the shard returned, the key to be live or not; it then sets the state;
+//! - a write `Rejected` on this key needs its condition to fail, and the state to be
+//!   the `current` version the shard reported; it changes nothing;
+//! - a write of unknown outcome takes effect if its condition holds where it is
+//!   placed; its response is put after everything else, so "never happened" is the
+//!   same as being placed last and needs no case of its own;
+//! - a committed transaction's write is an unconditional write whose response is the
+//!   resolve's acknowledgement on this key's shard.
+//!
+//! Conditions name versions; the final tree maps each version of the key to the write
+//! it holds (the durability check has already compared that map with every
+//! acknowledgement and read).
+//!
+//! Stale reads, refused writes and aborted transactions have no effect and promise no
+//! freshness, so they are left out. The search gets a step budget (deterministic,
+//! unlike a deadline); a key that exhausts it is *undecided*, which fails the run:
+//! never a pass.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+
+use cairn_store::ShardId;
+use todc_utils::linearizability::history::{Action as WglAction, History as WglHistory};
+use todc_utils::linearizability::WGLChecker;
+use todc_utils::specifications::Specification;
+
+use crate::check::{CheckStats, ShardFinal};
+use crate::history::{Action, Cond, History, KeyWrite, Outcome, Stamp};
+
+/// Steps of the sequential specification one key may take before it is undecided.
+const STEP_BUDGET: u64 = 2_000_000;
+
+thread_local! {
+    static STEPS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A condition on the key's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KCond {
+    Always,
+    Absent,
+    Exists,
+    /// Holds write `id`.
+    Is(u64),
+    /// A version that never held a live value: the condition cannot hold.
+    Never,
+}
+
+impl KCond {
+    fn holds(self, state: Option<u64>) -> bool {
+        match self {
+            KCond::Always => true,
+            KCond::Absent => state.is_none(),
+            KCond::Exists => state.is_some(),
+            KCond::Is(id) => state == Some(id),
+            KCond::Never => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Applied {
+        existed: Option<bool>,
+    },
+    /// Rejected here; the key held `current` (if known) at that moment.
+    Rejected {
+        current: Option<Option<u64>>,
+    },
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KOp {
+    Write {
+        cond: KCond,
+        /// The write id put, or `None` for a delete.
+        effect: Option<u64>,
+        expect: Expect,
+    },
+    Read {
+        saw: Option<u64>,
+    },
+}
+
+struct KeySpec;
+
+impl Specification for KeySpec {
+    type State = Option<u64>;
+    type Operation = KOp;
+
+    fn init() -> Self::State {
+        None
+    }
+
+    fn apply(op: &KOp, state: &Option<u64>) -> (bool, Option<u64>) {
+        let steps = STEPS.with(|s| {
+            s.set(s.get() + 1);
+            s.get()
+        });
+        if steps > STEP_BUDGET {
+            return (false, *state);
+        }
+        match *op {
+            KOp::Read { saw } => (saw == *state, *state),
+            KOp::Write {
+                cond,
+                effect,
+                expect,
+            } => match expect {
+                Expect::Applied { existed } => {
+                    let ok = cond.holds(*state) && existed.is_none_or(|e| e == state.is_some());
+                    (ok, if ok { effect } else { *state })
+                }
+                Expect::Rejected { current } => {
+                    let ok = !cond.holds(*state) && current.is_none_or(|c| c == *state);
+                    (ok, *state)
+                }
+                Expect::Unknown => {
+                    if cond.holds(*state) {
+                        (true, effect)
+                    } else {
+                        (true, *state)
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// One key's operations: (invoked, completed or `None` for "after everything", op).
+type KeyOps = Vec<(Stamp, Option<Stamp>, KOp)>;
+
+fn cond_of(cond: Cond, key: &str, fin: &ShardFinal) -> KCond {
+    match cond {
+        Cond::Always => KCond::Always,
+        Cond::Absent => KCond::Absent,
+        Cond::Exists => KCond::Exists,
+        Cond::Version(v) => match fin.exact(key, v) {
+            Some(Some(id)) => KCond::Is(id),
+            _ => KCond::Never,
+        },
+    }
+}
+
+pub fn check(
+    history: &History,
+    finals: &BTreeMap<ShardId, ShardFinal>,
+    shard_of: &dyn Fn(&str) -> ShardId,
+    stats: &mut CheckStats,
+    violations: &mut Vec<String>,
+) {
+    let mut keys: BTreeMap<String, KeyOps> = BTreeMap::new();
+    let mut add = |key: &str, invoked: Stamp, completed: Option<Stamp>, op: KOp| {
+        keys.entry(key.to_owned())
+            .or_default()
+            .push((invoked, completed, op));
+    };
+    for op in &history.ops {
+        match (&op.action, &op.outcome) {
+            (
+                Action::Get {
+                    key, stale: false, ..
+                },
+                Outcome::Read { value, .. },
+            ) => add(
+                key,
+                op.invoked,
+                op.completed,
+                KOp::Read {
+                    saw: value.map(|(_, id)| id),
+                },
+            ),
+            (Action::Scan { keys, .. }, Outcome::Scanned { items, .. }) => {
+                // Per key a read at the scan's point (the scan is atomic per shard,
+                // which this per-key view does not even need).
+                for key in keys {
+                    let saw = items.get(key).map(|&(_, id)| id);
+                    add(key, op.invoked, op.completed, KOp::Read { saw });
+                }
+            }
+            (Action::Batch { shard, writes }, outcome) => {
+                let fin = &finals[shard];
+                let kop = |w: &KeyWrite, expect| KOp::Write {
+                    cond: cond_of(w.cond, &w.key, fin),
+                    effect: w.value,
+                    expect,
+                };
+                match outcome {
+                    Outcome::Applied { existed, .. } => {
+                        for (i, w) in writes.iter().enumerate() {
+                            let expect = Expect::Applied {
+                                existed: existed.get(i).copied(),
+                            };
+                            add(&w.key, op.invoked, op.completed, kop(w, expect));
+                        }
+                    }
+                    Outcome::Rejected {
+                        op: failed,
+                        current,
+                    } => {
+                        if let Some(w) = writes.get(*failed) {
+                            let current = match current {
+                                None => Some(None),
+                                Some(v) => match fin.exact(&w.key, *v) {
+                                    Some(Some(id)) => Some(Some(id)),
+                                    _ => {
+                                        violations.push(format!(
+                                            "operation {} was rejected with {} live at version {v}, which the tree does not hold",
+                                            op.id, w.key
+                                        ));
+                                        None
+                                    }
+                                },
+                            };
+                            add(
+                                &w.key,
+                                op.invoked,
+                                op.completed,
+                                kop(w, Expect::Rejected { current }),
+                            );
+                        }
+                    }
+                    Outcome::Unknown(_) => {
+                        for w in writes {
+                            add(&w.key, op.invoked, None, kop(w, Expect::Unknown));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            (Action::Txn { writes, .. }, Outcome::TxnCommitted { resolved }) => {
+                for (s, w) in writes {
+                    let completed = resolved.get(s).map(|(_, at)| *at);
+                    // The condition held at the prepare, and the lock kept the key
+                    // unchanged until the resolve wrote it.
+                    add(
+                        &w.key,
+                        op.invoked,
+                        completed,
+                        KOp::Write {
+                            cond: cond_of(w.cond, &w.key, &finals[s]),
+                            effect: w.value,
+                            expect: Expect::Applied { existed: None },
+                        },
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    for (key, ops) in keys {
+        stats.keys_checked += 1;
+        match check_key(&ops) {
+            Verdict::Linearizable => {}
+            Verdict::Violation => violations.push(format!(
+                "linearizability: key {key} (shard {}) has no legal order for its {} operations:\n{}",
+                shard_of(&key),
+                ops.len(),
+                describe(&ops)
+            )),
+            Verdict::Undecided => violations.push(format!(
+                "linearizability undecided: key {key} ({} operations) exhausted the search budget",
+                ops.len()
+            )),
+        }
+    }
+}
+
+enum Verdict {
+    Linearizable,
+    Violation,
+    Undecided,
+}
+
+fn check_key(ops: &KeyOps) -> Verdict {
+    if ops.is_empty() {
+        return Verdict::Linearizable;
+    }
+    // Calls and responses in observation order; a response never observed goes after
+    // everything. At equal stamps a call goes first (they are then concurrent), which
+    // can only make the checker more permissive.
+    let end = Stamp {
+        ms: u64::MAX,
+        seq: u64::MAX,
+    };
+    let mut events: Vec<(Stamp, u8, usize)> = Vec::new();
+    for (i, (invoked, completed, _)) in ops.iter().enumerate() {
+        events.push((*invoked, 0, i));
+        events.push((completed.unwrap_or(end), 1, i));
+    }
+    events.sort();
+    let actions = events
+        .into_iter()
+        .map(|(_, kind, i)| {
+            let op = ops[i].2;
+            (
+                i,
+                if kind == 0 {
+                    WglAction::Call(op)
+                } else {
+                    WglAction::Response(op)
+                },
+            )
+        })
+        .collect();
+    STEPS.with(|s| s.set(0));
+    let ok = WGLChecker::<KeySpec>::is_linearizable(WglHistory::from_actions(actions));
+    let exhausted = STEPS.with(|s| s.get()) > STEP_BUDGET;
+    match (ok, exhausted) {
+        (true, _) => Verdict::Linearizable,
+        (false, true) => Verdict::Undecided,
+        (false, false) => Verdict::Violation,
+    }
+}
+
+fn describe(ops: &KeyOps) -> String {
+    let mut sorted: Vec<&(Stamp, Option<Stamp>, KOp)> = ops.iter().collect();
+    sorted.sort_by_key(|(invoked, _, _)| *invoked);
+    sorted
+        .iter()
+        .map(|(invoked, completed, op)| {
+            let done = completed.map_or("?".to_owned(), |c| format!("{}.{}", c.ms, c.seq));
+            format!("  [{}.{} .. {done}] {op:?}", invoked.ms, invoked.seq)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{write_id, Op};
+
+    fn stamp(ms: u64) -> Stamp {
+        Stamp { ms, seq: ms }
+    }
+
+    fn put(id: usize, key: &str, from: u64, to: Option<u64>, outcome: Outcome) -> Op {
+        Op {
+            id,
+            client: id,
+            action: Action::Batch {
+                shard: 0,
+                writes: vec![KeyWrite {
+                    key: key.into(),
+                    value: Some(write_id(id, 0)),
+                    cond: Cond::Always,
+                }],
+            },
+            invoked: stamp(from),
+            completed: to.map(stamp),
+            outcome,
+        }
+    }
+
+    fn get(id: usize, key: &str, from: u64, to: u64, saw: Option<(u64, u64)>) -> Op {
+        Op {
+            id,
+            client: id,
+            action: Action::Get {
+                shard: 0,
+                key: key.into(),
+                stale: false,
+            },
+            invoked: stamp(from),
+            completed: Some(stamp(to)),
+            outcome: Outcome::Read { at: 10, value: saw },
+        }
+    }
+
+    fn verdict(ops: Vec<Op>) -> Vec<String> {
+        let history = History {
+            ops,
+            epochs: Vec::new(),
+        };
+        let finals = BTreeMap::from([(0, ShardFinal::default())]);
+        let mut stats = CheckStats::default();
+        let mut violations = Vec::new();
+        check(&history, &finals, &|_| 0, &mut stats, &mut violations);
+        violations
+    }
+
+    fn applied(version: u64) -> Outcome {
+        Outcome::Applied {
+            version,
+            existed: vec![false],
+        }
+    }
+
+    #[test]
+    fn a_read_after_an_acknowledged_write_must_see_it() {
+        let w = write_id(0, 0);
+        // The write is acknowledged at 2; a read from 3 to 4 sees nothing: stale.
+        let stale = vec![put(0, "k", 1, Some(2), applied(5)), get(1, "k", 3, 4, None)];
+        assert_eq!(verdict(stale).len(), 1);
+        // Overlapping the write, either answer is legal.
+        let early = vec![put(0, "k", 1, Some(4), applied(5)), get(1, "k", 2, 3, None)];
+        assert!(verdict(early).is_empty());
+        let fresh = vec![
+            put(0, "k", 1, Some(2), applied(5)),
+            get(1, "k", 3, 4, Some((5, w))),
+        ];
+        assert!(verdict(fresh).is_empty());
+    }
+
+    #[test]
+    fn an_unknown_write_may_land_late_or_never_but_not_come_back() {
+        let w = write_id(0, 0);
+        let unknown = || put(0, "k", 1, None, Outcome::Unknown("lost".into()));
+        // Seen late, after a read that missed it: fine.
+        let late = vec![
+            unknown(),
+            get(1, "k", 2, 3, None),
+            get(2, "k", 4, 5, Some((5, w))),
+        ];
+        assert!(verdict(late).is_empty());
+        // Seen, then gone without another write: not linearizable.
+        let flicker = vec![
+            unknown(),
+            get(1, "k", 2, 3, Some((5, w))),
+            get(2, "k", 4, 5, None),
+        ];
+        assert_eq!(verdict(flicker).len(), 1);
+    }
+}
