@@ -104,7 +104,9 @@ with open(f"{work}/openapi.served.json") as f:
     doc = json.load(f)
 doc["components"]["schemas"]["CreateBackup"]["properties"]["destination"] = {
     "type": "string",
-    "enum": [f"{work}/backups-a", f"file://{work}/backups-b", "ftp://127.0.0.1/nowhere", " "],
+    # Two under --backup-dir (allowed), one outside it (403), two malformed (400).
+    "enum": [f"{work}/backups/a", f"file://{work}/backups/b", f"{work}/elsewhere",
+             "ftp://127.0.0.1/nowhere", " "],
 }
 with open(f"{work}/openapi.json", "w") as f:
     json.dump(doc, f)

@@ -444,6 +444,22 @@ async fn bad_backup_requests_change_nothing() {
         ),
         (r#"{"unknown":1}"#, 400, "bad_json"),
         (r#"not json"#, 400, "bad_json"),
+        // Outside every allowed root (the harness allows the temporary directory).
+        (
+            r#"{"destination":"/var/tmp/cairn-not-allowed/b"}"#,
+            403,
+            "destination_not_allowed",
+        ),
+        (
+            r#"{"destination":"x/../../../../../var/tmp/cairn-not-allowed"}"#,
+            403,
+            "destination_not_allowed",
+        ),
+        (
+            r#"{"destination":"s3://some-bucket/b"}"#,
+            403,
+            "destination_not_allowed",
+        ),
     ];
     let http = reqwest::Client::new();
     let base = format!("http://{}", cluster.http_addr(1));
@@ -464,6 +480,10 @@ async fn bad_backup_requests_change_nothing() {
         "a refused request was recorded"
     );
     assert!(!Path::new(&dest).join("manifest.json").exists());
+    assert!(
+        !Path::new("/var/tmp/cairn-not-allowed").exists(),
+        "a refused destination was created"
+    );
     match client.backup("20260101T000000Z-000042").await {
         Err(Error::Api { status, .. }) => assert_eq!(status, 404),
         other => panic!("unknown backup: {other:?}"),
@@ -639,7 +659,12 @@ async fn s3_backups_round_trip() {
     )
     .unwrap();
     let cluster = Cluster::start(ClusterOptions {
-        extra_args: vec!["--config".into(), config.path().display().to_string()],
+        extra_args: vec![
+            "--config".into(),
+            config.path().display().to_string(),
+            "--backup-allow".into(),
+            server.url("prod"),
+        ],
         ..ClusterOptions::default()
     })
     .await;

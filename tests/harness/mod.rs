@@ -78,7 +78,13 @@ impl Cluster {
         let mut options = processes::ClusterOptions::new(cairn_bin());
         options.nodes = opts.nodes;
         options.shards = opts.shards;
-        options.extra_args = opts.extra_args;
+        // Tests write backups to temporary directories: allow those, and no more, so
+        // the destination check stays on.
+        options.extra_args = vec![
+            "--backup-allow".into(),
+            std::env::temp_dir().display().to_string(),
+        ];
+        options.extra_args.extend(opts.extra_args);
         let inner = processes::Cluster::new(options).unwrap_or_else(|e| panic!("{e}"));
         let mut cluster = Cluster { inner, _turn: turn };
         prepare(&cluster);

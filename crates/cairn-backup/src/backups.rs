@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::allowed::AllowedDestinations;
 use crate::catalog::{BackupRecord, BackupState, Catalog, ScheduleState, Tracked};
 use crate::destination::{Destination, S3Options};
 use crate::error::BackupError;
@@ -58,6 +59,9 @@ pub struct BackupConfig {
     pub catch_up: Duration,
     /// The schedules the meta leader runs.
     pub schedules: Vec<Schedule>,
+    /// Where a backup requested over the API may be written (the default destination
+    /// and the schedules' destinations are added to it).
+    pub allowed: AllowedDestinations,
 }
 
 impl Default for BackupConfig {
@@ -70,6 +74,7 @@ impl Default for BackupConfig {
             stale_after: Duration::from_secs(30),
             catch_up: Duration::from_secs(30),
             schedules: Vec::new(),
+            allowed: AllowedDestinations::default(),
         }
     }
 }
@@ -144,6 +149,18 @@ impl<S: Shards> Backups<S> {
         Catalog::new(&self.shards)
     }
 
+    /// The configured roots, plus the default destination and every schedule's.
+    fn allowed(&self) -> AllowedDestinations {
+        let mut roots = vec![self.config.default_destination.as_str()];
+        roots.extend(
+            self.config
+                .schedules
+                .iter()
+                .map(|s| s.spec().destination.as_str()),
+        );
+        self.config.allowed.with(roots)
+    }
+
     fn destination(&self, url: &str) -> Result<Destination, BackupError> {
         Destination::parse(url, &self.config.s3)
     }
@@ -158,6 +175,7 @@ impl<S: Shards> Backups<S> {
             .destination
             .clone()
             .unwrap_or_else(|| self.config.default_destination.clone());
+        self.allowed().check(&url)?;
         let dest = self.destination(&url)?;
         let given = match &request.snapshot {
             Some(name) => Some(self.done_snapshot(name).await?),

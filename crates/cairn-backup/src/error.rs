@@ -34,6 +34,10 @@ pub enum BackupError {
     /// This node's replica of a shard could not be read.
     #[error("local replica: {0}")]
     Local(#[from] cairn_store::StoreError),
+    /// The destination is outside every allowed root (`--backup-allow`): a client may
+    /// not make the node write wherever it likes.
+    #[error("{0}")]
+    NotAllowed(String),
     /// Someone else (the sweeper) decided this backup's fate first.
     #[error("{0}")]
     Superseded(String),

@@ -15,6 +15,7 @@
 //! cluster only through `cairn_snapshot` (snapshots, the meta group), and writes a
 //! store only when restoring into a fresh, unpublished data directory.
 
+mod allowed;
 pub mod backups;
 pub mod catalog;
 pub mod destination;
@@ -27,6 +28,7 @@ pub mod schedule;
 pub mod verify;
 pub mod write;
 
+pub use allowed::AllowedDestinations;
 pub use backups::{BackupConfig, BackupRequest, Backups, ScheduleStatus};
 pub use catalog::{BackupRecord, BackupState, Progress};
 pub use destination::{Destination, S3Options};

@@ -76,6 +76,10 @@ pub struct BackupSettings {
     pub rate_limit: Option<String>,
     /// A running backup that wrote no progress for this long is failed. Default 30s.
     pub stale_after: Option<String>,
+    /// Roots a backup requested over the API may be written under, besides `dir` and
+    /// the schedules' destinations; `*` allows any destination.
+    #[serde(default)]
+    pub allow: Vec<String>,
     /// Settings for `s3://` destinations (else the `AWS_*` environment applies).
     #[serde(default)]
     pub s3: Option<S3Settings>,
@@ -168,6 +172,12 @@ pub struct Settings {
     #[arg(long, env = "CAIRN_BACKUP_RATE_LIMIT")]
     #[serde(skip)]
     pub backup_rate_limit: Option<String>,
+    /// More roots (directories, `s3://bucket/prefix`) that backups requested over the
+    /// API may be written under, comma-separated or repeated; `*` allows any
+    /// destination [default: only --backup-dir and the schedules' destinations].
+    #[arg(long, env = "CAIRN_BACKUP_ALLOW", value_delimiter = ',')]
+    #[serde(skip)]
+    pub backup_allow: Option<Vec<String>>,
     /// The `[backup]` table (file only).
     #[arg(skip)]
     pub backup: Option<BackupSettings>,
@@ -206,6 +216,7 @@ impl Settings {
             history_retention,
             backup_dir,
             backup_rate_limit,
+            backup_allow,
             backup
         )
     }
@@ -257,6 +268,7 @@ impl Settings {
                 let mut backup = self.backup.unwrap_or_default();
                 backup.dir = self.backup_dir.or(backup.dir);
                 backup.rate_limit = self.backup_rate_limit.or(backup.rate_limit);
+                backup.allow.extend(self.backup_allow.unwrap_or_default());
                 backup
             },
         };
@@ -368,6 +380,7 @@ impl Config {
             stale_after,
             heartbeat: (stale_after / 10).clamp(Duration::from_millis(200), Duration::from_secs(2)),
             schedules,
+            allowed: cairn_backup::AllowedDestinations::new(b.allow.iter().map(String::as_str)),
             ..Default::default()
         })
     }

@@ -55,6 +55,8 @@ impl DevArgs {
                     shards: Some(self.shards),
                     cluster_token: Some("cairn-dev".into()),
                     snapshot_interval_ms: Some(self.snapshot_interval_ms),
+                    // A local playground: backups may go wherever its user says.
+                    backup_allow: Some(vec!["*".into()]),
                     ..Settings::default()
                 }
                 .resolve()

@@ -148,6 +148,7 @@ impl From<BackupError> for ApiError {
     fn from(e: BackupError) -> ApiError {
         let (status, code) = match &e {
             BackupError::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_backup_request"),
+            BackupError::NotAllowed(_) => (StatusCode::FORBIDDEN, "destination_not_allowed"),
             BackupError::NotFound(_) => (StatusCode::NOT_FOUND, "backup_not_found"),
             BackupError::HistoryGone(_) => (StatusCode::GONE, "history_unavailable"),
             BackupError::Snapshot(s) => return ApiError::of_snapshot(s),
