@@ -817,7 +817,11 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
                 .try_into()
                 .ok()
                 .map(u64::from_be_bytes);
-            if let Some(w) = id.and_then(|id| self.writes.remove(&id)) {
+            // The id names our proposal only if the entry is of the term we proposed
+            // it in: an entry of another leader's term with the same id (ids start at
+            // a random point per replica) is someone else's.
+            let ours = id.filter(|id| self.writes.get(id).is_some_and(|w| w.term == term));
+            if let Some(w) = ours.and_then(|id| self.writes.remove(&id)) {
                 if control {
                     // Markers and releases reveal no data: never hold their answers,
                     // or a snapshot could wait on a hold of its own.
