@@ -184,6 +184,36 @@ pub struct ConvergenceReport {
     pub violations: Vec<String>,
 }
 
+/// Every node's digest of `group` at `at` (history part after `after`, or from its
+/// horizon). `None` if some replica already collected history past `at`: the meta
+/// group collects its own eagerly, which is not a divergence, so the group is skipped.
+async fn digests_of(
+    cluster: &Cluster,
+    nodes: &[NodeId],
+    group: u32,
+    at: u64,
+    after: Option<u64>,
+) -> Result<Option<Vec<(NodeId, ShardDigest)>>> {
+    let query = match after {
+        Some(after) => format!("/v1/debug/digest?shard={group}&at={at}&after={after}"),
+        None => format!("/v1/debug/digest?shard={group}&at={at}"),
+    };
+    let mut digests = Vec::new();
+    for &node in nodes {
+        match get_json::<ShardDigest>(cluster, node, &query).await? {
+            Ok(d) => digests.push((node, d)),
+            Err((410, _)) => return Ok(None),
+            Err((status, body)) => {
+                return Err(ChaosError::Api {
+                    node,
+                    what: format!("digest of group {group} at {at}: {status} {body}"),
+                })
+            }
+        }
+    }
+    Ok(Some(digests))
+}
+
 async fn get_json<T: serde::de::DeserializeOwned>(
     cluster: &Cluster,
     node: NodeId,
@@ -283,59 +313,18 @@ pub async fn converge(
             continue;
         };
         // 2. Horizons first, to pick the history part's lower end.
-        let mut digests: Vec<(NodeId, ShardDigest)> = Vec::new();
-        let mut collected = false;
-        for &node in &nodes {
-            match get_json::<ShardDigest>(
-                cluster,
-                node,
-                &format!("/v1/debug/digest?shard={group}&at={at}"),
-            )
-            .await?
-            {
-                Ok(d) => digests.push((node, d)),
-                // The meta group collects its own history eagerly; a replica can be
-                // past `at` already. Not a divergence: the group is skipped.
-                Err((410, _)) => collected = true,
-                Err((status, body)) => {
-                    return Err(ChaosError::Api {
-                        node,
-                        what: format!("digest of group {group} at {at}: {status} {body}"),
-                    })
-                }
-            }
-        }
-        if collected {
+        let Some(digests) = digests_of(cluster, &nodes, group, at, None).await? else {
             continue;
-        }
+        };
         let after = digests
             .iter()
             .map(|(_, d)| d.horizon)
             .max()
             .unwrap_or(0)
             .min(at);
-        let mut compared: Vec<(NodeId, ShardDigest)> = Vec::new();
-        for &node in &nodes {
-            match get_json::<ShardDigest>(
-                cluster,
-                node,
-                &format!("/v1/debug/digest?shard={group}&at={at}&after={after}"),
-            )
-            .await?
-            {
-                Ok(d) => compared.push((node, d)),
-                Err((410, _)) => collected = true,
-                Err((status, body)) => {
-                    return Err(ChaosError::Api {
-                        node,
-                        what: format!("digest of group {group} at {at}: {status} {body}"),
-                    })
-                }
-            }
-        }
-        if collected {
+        let Some(compared) = digests_of(cluster, &nodes, group, at, Some(after)).await? else {
             continue;
-        }
+        };
         report.groups += 1;
         report.at.insert(group, at);
         let (first_node, first) = &compared[0];

@@ -19,7 +19,10 @@ mod key_codec;
 #[global_allocator]
 static ALLOCATOR: allocation_cap::AllocationCap = allocation_cap::AllocationCap;
 
+#[path = "../../../tests/support/mutation.rs"]
+mod mutation;
 use cairn_store::{cut, keys, Command, Condition, Cut, OpKind, WriteOp};
+use mutation::{mutate, mutation};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
@@ -31,35 +34,6 @@ fn config() -> Config {
         failure_persistence: None,
         ..Config::default()
     }
-}
-
-/// One change to an encoding: flip bits of a byte, cut it short, or insert a byte.
-#[derive(Debug, Clone)]
-enum Mutation {
-    Flip(usize, u8),
-    Truncate(usize),
-    Insert(usize, u8),
-}
-
-fn mutation() -> impl Strategy<Value = Mutation> {
-    prop_oneof![
-        (any::<usize>(), 1..=255u8).prop_map(|(i, x)| Mutation::Flip(i, x)),
-        any::<usize>().prop_map(Mutation::Truncate),
-        (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Insert(i, b)),
-    ]
-}
-
-fn mutate(mut bytes: Vec<u8>, m: &Mutation) -> Vec<u8> {
-    match *m {
-        Mutation::Flip(i, x) if !bytes.is_empty() => {
-            let i = i % bytes.len();
-            bytes[i] ^= x;
-        }
-        Mutation::Flip(..) => {}
-        Mutation::Truncate(i) => bytes.truncate(i % (bytes.len() + 1)),
-        Mutation::Insert(i, b) => bytes.insert(i % (bytes.len() + 1), b),
-    }
-    bytes
 }
 
 /// Keys with few distinct bytes, so escapes and prefixes collide.
