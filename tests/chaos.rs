@@ -41,7 +41,7 @@ async fn leader_and_follower_crashes() {
     chaos(
         "leader_and_follower_crashes",
         101,
-        &[KillLeader, KillFollower, KillLeader],
+        &[KillLeader, KillFollower, CrashPoint],
     )
     .await;
 }

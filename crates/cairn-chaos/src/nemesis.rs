@@ -19,6 +19,7 @@
 //! | `delay` | every frame delayed up to 50–250 ms, or one node's outbound frames 50–400 ms | heal | frames were delayed |
 //! | `duplicate` | 20–50 % of Raft messages, calls and replies sent twice | heal | frames were duplicated |
 //! | `slow-markers` | forwarded markers and releases delayed 100–600 ms, so shards' cuts land far apart | heal | a marker was delayed |
+//! | `crash-point` | restart a node with a write-path crash point armed (`FAILPOINTS`, after 5–60 passes) | start it without | it aborted at that point |
 //!
 //! A fault that did not fire (no leader to find, no frame crossed the proxy while it
 //! held) fails the run: a harness that cannot hurt the cluster must not pass.
@@ -49,10 +50,25 @@ pub enum FaultKind {
     Delay,
     Duplicate,
     SlowMarkers,
+    CrashPoint,
 }
 
+/// The crash points a node passes all the time while it serves writes (the rest of
+/// `docs/TESTING.md`'s list needs a particular request, which `tests/failpoints.rs`
+/// makes).
+const WRITE_PATH_POINTS: [&str; 8] = [
+    "log.append.before",
+    "log.append.after",
+    "log.hard_state.before",
+    "log.hard_state.after",
+    "store.fsync.before",
+    "store.fsync.after",
+    "state.apply.before",
+    "state.apply.after",
+];
+
 impl FaultKind {
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 12] = [
         FaultKind::KillFollower,
         FaultKind::KillLeader,
         FaultKind::Pause,
@@ -64,6 +80,7 @@ impl FaultKind {
         FaultKind::Delay,
         FaultKind::Duplicate,
         FaultKind::SlowMarkers,
+        FaultKind::CrashPoint,
     ];
 
     pub fn name(self) -> &'static str {
@@ -79,6 +96,7 @@ impl FaultKind {
             FaultKind::Delay => "delay",
             FaultKind::Duplicate => "duplicate",
             FaultKind::SlowMarkers => "slow-markers",
+            FaultKind::CrashPoint => "crash-point",
         }
     }
 
@@ -185,6 +203,9 @@ pub struct Injected {
     paused: Vec<NodeId>,
     network: bool,
     counts: FrameCounts,
+    /// A node armed to crash at a point, and whether it did.
+    crash: Option<(NodeId, &'static str)>,
+    crashed: bool,
 }
 
 /// Injects and heals faults on a cluster and its network.
@@ -255,6 +276,7 @@ impl Nemesis {
         let shards = cluster.shards();
         let mut killed = Vec::new();
         let mut paused = Vec::new();
+        let mut crash = None;
         let counts = network.counts();
         let target = match kind {
             FaultKind::KillFollower | FaultKind::KillLeader => {
@@ -367,6 +389,23 @@ impl Nemesis {
                 });
                 format!("forwarded markers and releases delayed {low:?} to {high:?}")
             }
+            FaultKind::CrashPoint => {
+                let victim = *cluster
+                    .responsive()
+                    .choose(&mut self.rng)
+                    .ok_or_else(|| ChaosError::Misuse("no node to crash".into()))?;
+                let point = *WRITE_PATH_POINTS
+                    .choose(&mut self.rng)
+                    .ok_or_else(|| ChaosError::Misuse("no crash points".into()))?;
+                let skip = self.rng.gen_range(5..=60);
+                cluster.kill(victim)?;
+                let spec = format!("{point}={skip}*off->return");
+                cluster.start_node_with_env(victim, &[("FAILPOINTS", &spec)])?;
+                // Healing starts it again, without the point.
+                killed.push(victim);
+                crash = Some((victim, point));
+                format!("node {victim} restarted to crash at `{point}` after {skip} passes")
+            }
             FaultKind::Duplicate => {
                 let duplicate = self.rng.gen_range(0.20..=0.50);
                 network.set(LinkFaults {
@@ -385,7 +424,33 @@ impl Nemesis {
             paused,
             network: kind.is_network(),
             counts,
+            crash,
+            crashed: false,
         })
+    }
+
+    /// At the end of a fault's hold, before the cluster is checked: a node armed with
+    /// a crash point is expected to have died of it (waited for a few seconds more),
+    /// and is reaped; one that did not is killed, and the fault did not fire.
+    pub async fn settle(&mut self, injected: &mut Injected, cluster: &mut Cluster) -> Result<()> {
+        let Some((node, point)) = injected.crash else {
+            return Ok(());
+        };
+        match cluster.wait_exit(node, Duration::from_secs(10)).await? {
+            Some(status) => {
+                let log = std::fs::read_to_string(cluster.stderr_path(node)).unwrap_or_default();
+                injected.crashed = log.contains(&format!("crash point `{point}` fired"));
+                if !injected.crashed {
+                    return Err(ChaosError::NodeExited {
+                        node,
+                        status: status.to_string(),
+                        log: cluster.log_tail(node, 40),
+                    });
+                }
+            }
+            None => cluster.kill(node)?,
+        }
+        Ok(())
     }
 
     /// Undo a fault: restart what was killed, continue what was stopped, heal the
@@ -417,6 +482,7 @@ impl Nemesis {
                 !injected.killed.is_empty()
             }
             FaultKind::Pause => !injected.paused.is_empty(),
+            FaultKind::CrashPoint => injected.crashed,
         };
         let record = FaultRecord {
             kind: injected.kind,

@@ -334,8 +334,9 @@ impl Run {
         let mut faults = Vec::new();
         for plan in plans {
             tokio::time::sleep(plan.gap).await;
-            let injected = nemesis.inject(plan.kind, cluster, network).await?;
+            let mut injected = nemesis.inject(plan.kind, cluster, network).await?;
             tokio::time::sleep(plan.hold).await;
+            nemesis.settle(&mut injected, cluster).await?;
             cluster.check_alive()?;
             let record = nemesis.heal(injected, cluster, network)?;
             if !record.fired {

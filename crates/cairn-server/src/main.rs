@@ -56,7 +56,14 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    // Test builds arm their crash points from FAILPOINTS; other builds have none.
+    // Test builds arm their crash points from FAILPOINTS; other builds have none, and
+    // say so rather than run as if armed.
+    if std::env::var_os("FAILPOINTS").is_some() && !cairn_store::CRASH_POINTS_BUILT {
+        anyhow::bail!(
+            "FAILPOINTS is set but this build has no crash points; \
+             build with `--features cairn-server/failpoints` (test builds have them)"
+        );
+    }
     let _crash_points = cairn_store::arm_crash_points();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {

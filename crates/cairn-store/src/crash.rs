@@ -9,6 +9,10 @@
 //! buffers are lost with the process). Other `fail` actions work too (`sleep(100)`,
 //! `pause`). Every point is listed in `docs/TESTING.md`.
 
+/// Whether this build has crash points at all: a `FAILPOINTS` given to a build
+/// without them would silently arm nothing, so the binary refuses it instead.
+pub const CRASH_POINTS_BUILT: bool = cfg!(feature = "failpoints");
+
 /// Arm the crash points named in `FAILPOINTS` for as long as the guard lives (a
 /// no-op unless the `failpoints` feature is on). Called once, at process start.
 pub fn arm_crash_points() -> fail::FailScenario<'static> {

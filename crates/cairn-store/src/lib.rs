@@ -43,7 +43,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use command::{Command, Condition, OpKind, WriteOp};
-pub use crash::{arm_crash_points, crash};
+pub use crash::{arm_crash_points, crash, CRASH_POINTS_BUILT};
 pub use cut::Cut;
 pub use digest::ShardDigest;
 pub use error::{Result, StoreError};

@@ -33,7 +33,8 @@ struct Args {
     seed: Option<u64>,
     /// Play exactly these faults, in order, in one run (comma-separated:
     /// kill-follower, kill-leader, pause, restart-all, partition, isolate-leader,
-    /// one-way, loss, delay, duplicate).
+    /// one-way, loss, delay, duplicate, slow-markers, crash-point). `crash-point`
+    /// needs a `cairn` built with `--features cairn-server/failpoints`.
     #[arg(long, value_delimiter = ',')]
     faults: Vec<String>,
     /// Soak: total time (e.g. 30m).
