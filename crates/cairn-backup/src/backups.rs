@@ -23,24 +23,26 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use cairn_snapshot::registry::now_ms;
 use cairn_snapshot::{Coordinator, Shards, SnapshotRecord, SnapshotState};
 use cairn_store::{HistoryRange, NodeStore, StoreError};
 use serde::Serialize;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::allowed::AllowedDestinations;
 use crate::catalog::{BackupRecord, BackupState, Catalog, ScheduleState, Tracked};
-use crate::destination::{Destination, S3Options};
+use crate::destination::{Destination, S3Options, Upload};
 use crate::error::BackupError;
 use crate::format::Record;
-use crate::manifest::{Manifest, ParentRef, SnapshotRef, MANIFEST_VERSION};
+use crate::manifest::{FileEntry, Manifest, ParentRef, SnapshotRef, MANIFEST_VERSION};
 use crate::retention::{self, BackupSummary};
 use crate::schedule::Schedule;
 use crate::verify::read_manifest;
-use crate::write::{encode_shard, put_manifest, Throttle};
+use crate::write::{encode_shard_into, put_manifest, shard_file_name, PartSink, Throttle};
 
 /// How this node takes backups.
 #[derive(Debug, Clone)]
@@ -447,10 +449,7 @@ impl<S: Shards> Backups<S> {
                 },
             };
             self.wait_applied(shard, upto).await?;
-            let (bytes, entry) = self.encode(job, shard, range).await?;
-            cairn_store::crash_point!("backup.shard_file.before");
-            job.dest.put(&format!("{id}/{}", entry.path), bytes).await?;
-            cairn_store::crash_point!("backup.shard_file.after");
+            let entry = self.write_shard(job, &id, shard, range).await?;
             self.record(job, |r| {
                 r.progress.shards_done += 1;
                 r.progress.bytes += entry.bytes;
@@ -534,16 +533,20 @@ impl<S: Shards> Backups<S> {
         Ok(())
     }
 
-    /// Read and encode one shard file off the runtime, heart-beating meanwhile.
-    async fn encode(
+    /// Read and encode one shard file off the runtime and stream it to the
+    /// destination as it is produced, heart-beating meanwhile. Nothing of the file is
+    /// visible until it is complete; on any error it is aborted.
+    async fn write_shard(
         &self,
         job: &mut Job,
+        id: &str,
         shard: u32,
         range: HistoryRange,
-    ) -> Result<(Vec<u8>, crate::manifest::FileEntry), BackupError> {
+    ) -> Result<FileEntry, BackupError> {
         let state = self.store.shard_state(shard)?;
         let rate = self.config.rate_limit;
-        let work = tokio::task::spawn_blocking(move || {
+        let (sink, mut parts) = PartSink::new(Upload::PART);
+        let encoder = tokio::task::spawn_blocking(move || {
             let mut throttle = Throttle::new(rate);
             let records = state.history(range).map(|r| {
                 r.map(|v| Record {
@@ -558,16 +561,44 @@ impl<S: Shards> Backups<S> {
                     other => BackupError::Local(other),
                 })
             });
-            encode_shard(shard, records, &mut throttle)
+            encode_shard_into(shard, records, &mut throttle, sink)
         });
-        tokio::pin!(work);
+        let mut upload = job.dest.upload(&format!("{id}/{}", shard_file_name(shard)));
+        let streamed = self.stream_parts(job, &mut parts, &mut upload).await;
+        // Closing the channel stops an encoder whose upload failed.
+        drop(parts);
+        let encoded = encoder
+            .await
+            .map_err(|e| BackupError::Invalid(format!("backup encoder: {e}")))
+            .and_then(|r| r);
+        let entry = match (streamed, encoded) {
+            (Ok(()), Ok(entry)) => entry,
+            (Err(e), _) | (Ok(()), Err(e)) => {
+                upload.abort().await;
+                return Err(e);
+            }
+        };
+        cairn_store::crash_point!("backup.shard_file.before");
+        upload.finish().await?;
+        cairn_store::crash_point!("backup.shard_file.after");
+        Ok(entry)
+    }
+
+    /// Push an encoder's parts into `upload` until it has sent the last one.
+    async fn stream_parts(
+        &self,
+        job: &mut Job,
+        parts: &mut mpsc::Receiver<Bytes>,
+        upload: &mut Upload,
+    ) -> Result<(), BackupError> {
         let mut beat = tokio::time::interval(self.config.heartbeat);
         beat.tick().await;
         loop {
             tokio::select! {
-                done = &mut work => {
-                    return done.map_err(|e| BackupError::Invalid(format!("backup worker: {e}")))?;
-                }
+                part = parts.recv() => match part {
+                    Some(part) => upload.push(part).await?,
+                    None => return Ok(()),
+                },
                 _ = beat.tick() => self.record(job, |_| {}).await?,
             }
         }

@@ -25,12 +25,17 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::prefix::PrefixStore;
-use object_store::{ClientConfigKey, RetryConfig};
+use object_store::{ClientConfigKey, RetryConfig, WriteMultipart};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::Deserialize;
 
 use crate::error::BackupError;
 use crate::manifest::MANIFEST;
+
+/// How many parts of one streamed upload are in flight at once. With
+/// [`Upload::PART`]-sized parts this (plus the part being filled) bounds the memory a
+/// streamed upload holds.
+const PARTS_IN_FLIGHT: usize = 2;
 
 /// How many manifest checks (`HEAD` requests) [`Destination::list_backups`] keeps in
 /// flight at once.
@@ -130,6 +135,16 @@ impl Destination {
         Ok(())
     }
 
+    /// Start writing `name` part by part (see [`Upload`]).
+    pub fn upload(&self, name: &str) -> Upload {
+        Upload {
+            store: Arc::clone(&self.store),
+            path: ObjectPath::from(name),
+            first: None,
+            multipart: None,
+        }
+    }
+
     /// Read an object whole; `Missing` names it if absent.
     pub async fn get(&self, name: &str) -> Result<Bytes, BackupError> {
         match self.store.get(&ObjectPath::from(name)).await {
@@ -198,6 +213,68 @@ impl Destination {
             }
         }
         Ok(())
+    }
+}
+
+/// An object written as a stream of parts, so a large shard file is never held
+/// whole in memory. Small objects (one part) are stored by one plain `put`; larger
+/// ones by a multipart upload, which neither store shows a reader until
+/// [`finish`](Upload::finish) completes it (the local store stages a file and renames
+/// it; S3 assembles the parts on completion). Dropped or [`abort`](Upload::abort)ed,
+/// nothing appears (an S3 upload cut off by a crash leaves invisible parts, which a
+/// bucket's lifecycle rule for incomplete uploads removes).
+pub struct Upload {
+    store: Arc<dyn ObjectStore>,
+    path: ObjectPath,
+    /// The first part, held back until it is known whether there is a second.
+    first: Option<Bytes>,
+    multipart: Option<WriteMultipart>,
+}
+
+impl Upload {
+    /// Part size: above S3's 5 MiB minimum for every part but the last.
+    pub const PART: usize = 8 << 20;
+
+    /// Add the next part; waits while [`PARTS_IN_FLIGHT`] parts are uploading.
+    pub async fn push(&mut self, part: Bytes) -> Result<(), BackupError> {
+        if self.multipart.is_none() {
+            let Some(first) = self.first.take() else {
+                self.first = Some(part);
+                return Ok(());
+            };
+            let upload = self.store.put_multipart(&self.path).await?;
+            let mut multipart = WriteMultipart::new_with_chunk_size(upload, Upload::PART);
+            multipart.put(first);
+            self.multipart = Some(multipart);
+        }
+        if let Some(multipart) = &mut self.multipart {
+            multipart.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+            multipart.put(part);
+        }
+        Ok(())
+    }
+
+    /// Complete the object: from here on readers see all of it.
+    pub async fn finish(self) -> Result<(), BackupError> {
+        match self.multipart {
+            Some(multipart) => {
+                multipart.finish().await?;
+            }
+            None => {
+                let payload = PutPayload::from(self.first.unwrap_or_default());
+                self.store.put(&self.path, payload).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Give up: nothing of the object remains visible.
+    pub async fn abort(self) {
+        if let Some(multipart) = self.multipart {
+            if let Err(e) = multipart.abort().await {
+                tracing::warn!(path = %self.path, error = %e, "could not abort an upload");
+            }
+        }
     }
 }
 

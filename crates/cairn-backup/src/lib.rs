@@ -31,7 +31,7 @@ pub mod write;
 pub use allowed::AllowedDestinations;
 pub use backups::{BackupConfig, BackupRequest, Backups, ScheduleStatus};
 pub use catalog::{BackupRecord, BackupState, Progress};
-pub use destination::{Destination, S3Options};
+pub use destination::{Destination, S3Options, Upload};
 pub use error::BackupError;
 pub use format::{FileStats, Record, ShardReader, ShardWriter};
 pub use manifest::{FileEntry, Manifest, ParentRef, SnapshotRef};

@@ -1,6 +1,10 @@
 //! Writing a backup: shard files first, the manifest last.
 
+use std::io::Write;
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
 
 use crate::destination::Destination;
 use crate::error::BackupError;
@@ -46,43 +50,175 @@ pub fn shard_file_name(shard: u32) -> String {
     format!("shard-{shard}.cbk")
 }
 
+/// Counts and hashes what passes through it, so a file's manifest entry (size,
+/// BLAKE3) is known the moment its last byte is written, without holding the file.
+pub struct Hashed<W> {
+    inner: W,
+    hasher: blake3::Hasher,
+    bytes: u64,
+}
+
+impl<W: Write> Hashed<W> {
+    pub fn new(inner: W) -> Hashed<W> {
+        Hashed {
+            inner,
+            hasher: blake3::Hasher::new(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<W: Write> Write for Hashed<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Carries a file's bytes, in parts of a fixed size, from the thread that encodes it
+/// to the task that uploads it. The channel is bounded, so the encoder runs at most
+/// [`PARTS_AHEAD`] parts ahead of the upload: memory stays a few parts, whatever the
+/// shard's size.
+pub struct PartSink {
+    part: usize,
+    buf: Vec<u8>,
+    tx: mpsc::Sender<Bytes>,
+}
+
+/// Parts an encoder may have finished that the upload has not taken yet.
+pub const PARTS_AHEAD: usize = 2;
+
+impl PartSink {
+    /// A sink cutting `part`-byte parts, and the receiving end for the upload.
+    pub fn new(part: usize) -> (PartSink, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel(PARTS_AHEAD);
+        let sink = PartSink {
+            part: part.max(1),
+            buf: Vec::new(),
+            tx,
+        };
+        (sink, rx)
+    }
+
+    /// Hand on the last, possibly short, part. Dropping the sink then ends the stream.
+    pub fn close(mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.send()
+    }
+
+    fn send(&mut self) -> std::io::Result<()> {
+        let part = std::mem::take(&mut self.buf);
+        // Fails only when the upload stopped (its error is the one to report).
+        self.tx
+            .blocking_send(Bytes::from(part))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the upload stopped"))
+    }
+}
+
+impl Write for PartSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve_exact(self.part);
+        }
+        let n = (self.part - self.buf.len()).min(buf.len());
+        self.buf.extend_from_slice(&buf[..n]);
+        if self.buf.len() == self.part {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Encode one shard's records (sorted, as the MVCC tree yields them) into a shard
-/// file, charging `throttle` for what it reads. Blocking: run it off the async
-/// runtime.
-pub fn encode_shard(
+/// file written to `out`, charging `throttle` for what it reads. Returns `out` and
+/// the file's manifest entry. Blocking: run it off the async runtime.
+pub fn encode_shard<W: Write>(
     shard: u32,
     records: impl IntoIterator<Item = Result<Record, BackupError>>,
     throttle: &mut Throttle,
-) -> Result<(Vec<u8>, FileEntry), BackupError> {
-    let mut writer = ShardWriter::new(Vec::new(), shard)?;
+    out: W,
+) -> Result<(W, FileEntry), BackupError> {
+    let mut writer = ShardWriter::new(Hashed::new(out), shard)?;
     for record in records {
         let record = record?;
         throttle.charge((record.key.len() + record.value.as_ref().map_or(0, Vec::len) + 13) as u64);
         writer.push(&record)?;
     }
-    let (bytes, stats) = writer.finish()?;
+    let (hashed, stats) = writer.finish()?;
     let entry = FileEntry {
         path: shard_file_name(shard),
         shard,
-        bytes: bytes.len() as u64,
-        blake3: blake3::hash(&bytes).to_hex().to_string(),
+        bytes: hashed.bytes,
+        blake3: hashed.hasher.finalize().to_hex().to_string(),
         keys: stats.keys,
         versions: stats.versions,
     };
-    Ok((bytes, entry))
+    Ok((hashed.inner, entry))
 }
 
-/// Encode one shard's records (sorted) and store them as `{backup_id}/shard-{n}.cbk`.
+/// Encode one shard file into a sink, closing it after the last part (the blocking
+/// half of a streamed shard file; the async half pushes the parts into an
+/// [`Upload`](crate::destination::Upload)).
+pub fn encode_shard_into(
+    shard: u32,
+    records: impl IntoIterator<Item = Result<Record, BackupError>>,
+    throttle: &mut Throttle,
+    sink: PartSink,
+) -> Result<FileEntry, BackupError> {
+    let (sink, entry) = encode_shard(shard, records, throttle, sink)?;
+    sink.close().map_err(BackupError::io("write"))?;
+    Ok(entry)
+}
+
+/// Encode one shard's records (sorted) and stream them to `{backup_id}/shard-{n}.cbk`
+/// in parts of `part` bytes.
 pub async fn put_shard_file(
     dest: &Destination,
     backup_id: &str,
     shard: u32,
-    records: impl IntoIterator<Item = Record>,
+    records: impl IntoIterator<Item = Record> + Send + 'static,
+    part: usize,
 ) -> Result<FileEntry, BackupError> {
-    let (bytes, entry) =
-        encode_shard(shard, records.into_iter().map(Ok), &mut Throttle::new(None))?;
-    dest.put(&format!("{backup_id}/{}", entry.path), bytes)
-        .await?;
+    let (sink, mut parts) = PartSink::new(part);
+    let encoder = tokio::task::spawn_blocking(move || {
+        encode_shard_into(
+            shard,
+            records.into_iter().map(Ok),
+            &mut Throttle::new(None),
+            sink,
+        )
+    });
+    let mut upload = dest.upload(&format!("{backup_id}/{}", shard_file_name(shard)));
+    while let Some(part) = parts.recv().await {
+        if let Err(e) = upload.push(part).await {
+            upload.abort().await;
+            return Err(e);
+        }
+    }
+    let entry = match encoder.await {
+        Ok(Ok(entry)) => entry,
+        Ok(Err(e)) => {
+            upload.abort().await;
+            return Err(e);
+        }
+        Err(e) => {
+            upload.abort().await;
+            return Err(BackupError::Invalid(format!("backup encoder: {e}")));
+        }
+    };
+    upload.finish().await?;
     Ok(entry)
 }
 

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use cairn_backup::destination::S3Options;
 use cairn_backup::{
-    put_manifest, put_shard_file, verify, BackupError, Destination, Manifest, Record,
+    put_manifest, put_shard_file, verify, BackupError, Destination, Manifest, Record, Upload,
 };
 use s3_server::S3Server;
 
@@ -170,7 +170,7 @@ async fn write_backup(dest: &Destination, id: &str) {
     let mut files = Vec::new();
     for shard in 0..SHARDS {
         files.push(
-            put_shard_file(dest, id, shard, records(shard))
+            put_shard_file(dest, id, shard, records(shard), Upload::PART)
                 .await
                 .expect("shard file"),
         );
@@ -226,6 +226,37 @@ async fn a_backup_in_s3_verifies_and_a_flipped_byte_is_named() {
     dest.delete_backup("b1").await.expect("delete");
     let err = verify(&dest, "b1").await.expect_err("deleted");
     assert!(err.to_string().contains("b1/manifest.json"), "{err}");
+}
+
+#[tokio::test]
+async fn a_large_shard_file_goes_up_as_a_multipart_upload() {
+    let server = S3Server::start("cairn");
+    let dest = destination(&server, "big");
+    // About 12 MiB that do not compress: three parts of S3's minimum size, 5 MiB.
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let records: Vec<Record> = (0..3000)
+        .map(|i| Record {
+            key: format!("key/{i:06}").into_bytes(),
+            version: 9,
+            value: Some(
+                (0..4096)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect(),
+            ),
+        })
+        .collect();
+    let entry = put_shard_file(&dest, "b1", 0, records, 5 << 20)
+        .await
+        .expect("multipart upload");
+    assert!(entry.bytes > 10 << 20, "{} bytes", entry.bytes);
+    let stored = dest.get("b1/shard-0.cbk").await.expect("get");
+    assert_eq!(stored.len() as u64, entry.bytes);
+    assert_eq!(blake3::hash(&stored).to_hex().as_str(), entry.blake3);
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use cairn_backup::{
     put_manifest, put_shard_file, verify, BackupError, Destination, Manifest, ParentRef, Record,
-    S3Options, SnapshotRef,
+    S3Options, SnapshotRef, Upload,
 };
 
 const SHARDS: u32 = 2;
@@ -24,7 +24,7 @@ async fn backup(dest: &Destination, id: &str, cut: u64, parent: Option<(&str, u6
     let mut files = Vec::new();
     for shard in 0..SHARDS {
         files.push(
-            put_shard_file(dest, id, shard, records(shard, cut - 1))
+            put_shard_file(dest, id, shard, records(shard, cut - 1), Upload::PART)
                 .await
                 .unwrap(),
         );
@@ -107,6 +107,76 @@ async fn a_chain_whose_parent_is_elsewhere_in_time_is_refused() {
     backup(&dest, "b2", 200, Some(("b1", 150))).await;
     let err = verify(&dest, "b2").await.unwrap_err();
     named(err, "b1/manifest.json");
+}
+
+/// Records whose values do not compress, so a file spans many small parts.
+fn noisy_records(count: usize) -> Vec<Record> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..count)
+        .map(|i| Record {
+            key: format!("key/{i:06}").into_bytes(),
+            version: 7,
+            value: Some(
+                (0..200)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect(),
+            ),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_shard_file_streamed_in_many_parts_equals_one_written_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = Destination::parse(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
+    let whole = put_shard_file(&dest, "whole", 0, noisy_records(2000), Upload::PART)
+        .await
+        .unwrap();
+    // 4 KiB parts: about a hundred of them, through the multipart upload.
+    let parts = put_shard_file(&dest, "parts", 0, noisy_records(2000), 4096)
+        .await
+        .unwrap();
+    assert!(parts.bytes > 90 * 4096, "{} bytes", parts.bytes);
+    assert_eq!(parts, whole);
+    let a = std::fs::read(dir.path().join("whole/shard-0.cbk")).unwrap();
+    let b = std::fs::read(dir.path().join("parts/shard-0.cbk")).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(b.len() as u64, parts.bytes);
+    assert_eq!(blake3::hash(&b).to_hex().as_str(), parts.blake3);
+    assert_eq!(parts.keys, 2000);
+    // Nothing else is left in the directory (no staging files).
+    let names: Vec<_> = std::fs::read_dir(dir.path().join("parts"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("shard-0.cbk")]);
+}
+
+#[tokio::test]
+async fn a_stream_that_fails_midway_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = Destination::parse(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
+    let mut records = noisy_records(2000);
+    // Out of order at the very end, after many parts went out.
+    records.push(Record {
+        key: b"key/000000".to_vec(),
+        version: 1,
+        value: None,
+    });
+    let err = put_shard_file(&dest, "broken", 0, records, 4096)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("out of order"), "{err}");
+    let left: Vec<_> = match std::fs::read_dir(dir.path().join("broken")) {
+        Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+        Err(_) => Vec::new(),
+    };
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 #[test]
