@@ -483,4 +483,10 @@ async fn restore_crashes_write_nothing() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(dir.join("db").exists() || dir.exists(), "nothing restored");
+    // Neither the staging directory nor the download spool is left beside it.
+    let beside: Vec<_> = std::fs::read_dir(target.path())
+        .expect("target's parent")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(beside, vec![std::ffi::OsString::from("node1")]);
 }

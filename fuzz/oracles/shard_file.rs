@@ -1,6 +1,6 @@
 //! Oracle of the `shard_file` target: the shard-file reader (`ShardReader`) and the
-//! verifier's per-file check (`verify::check_file`), which restore and verify run on
-//! every downloaded file.
+//! verifier's per-file check (`verify::check_stream`, fed in chunks), which restore
+//! and verify run on every downloaded file.
 //!
 //! The first byte picks what the rest is: the stored file itself (mostly not zstd,
 //! which exercises the frame checks), or the decompressed payload, which the oracle
@@ -13,7 +13,7 @@
 use std::io::Write;
 use std::sync::OnceLock;
 
-use cairn_backup::verify::check_file;
+use cairn_backup::verify::check_bytes;
 use cairn_backup::{BackupError, FileEntry, Record, ShardReader, ShardWriter};
 
 use crate::input::Input;
@@ -54,7 +54,7 @@ pub fn check(data: &[u8]) {
         keys: 0,
         versions: read.as_ref().map(|(_, r)| r.len() as u64).unwrap_or(0),
     };
-    let verified = runtime().block_on(check_file(NAME, file.into(), &entry));
+    let verified = runtime().block_on(check_bytes(NAME, file.into(), &entry));
     match (&read, verified) {
         (Ok((_, records)), Ok(versions)) => assert_eq!(versions, records.len() as u64),
         (Err(_), Err(BackupError::BadFile { file, .. })) => assert_eq!(file, NAME),

@@ -20,6 +20,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
@@ -149,6 +150,19 @@ impl Destination {
     pub async fn get(&self, name: &str) -> Result<Bytes, BackupError> {
         match self.store.get(&ObjectPath::from(name)).await {
             Ok(object) => Ok(object.bytes().await?),
+            Err(object_store::Error::NotFound { .. }) => Err(BackupError::Missing(name.to_owned())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Read an object as a stream of chunks, for files too large to hold whole;
+    /// `Missing` names it if absent.
+    pub async fn get_stream(
+        &self,
+        name: &str,
+    ) -> Result<BoxStream<'static, Result<Bytes, BackupError>>, BackupError> {
+        match self.store.get(&ObjectPath::from(name)).await {
+            Ok(object) => Ok(object.into_stream().map_err(BackupError::from).boxed()),
             Err(object_store::Error::NotFound { .. }) => Err(BackupError::Missing(name.to_owned())),
             Err(e) => Err(e.into()),
         }

@@ -5,24 +5,25 @@
 //! 1. [`plan`]: find the backup that holds the wanted snapshot (by id, by time, or the
 //!    newest) and the chain it needs: its full backup and the incrementals up to it.
 //!    Incrementals after it are never read.
-//! 2. [`fetch`]: download every file of that chain and check it completely: size,
-//!    BLAKE3, decodes to the end, record counts. The first problem names the file.
-//! 3. [`write`]: per shard, the newest version of each key below the snapshot's cut
-//!    (the full's state, then the incrementals' versions in order) goes into a fresh
-//!    data directory, whose Raft logs start right after the cut. Every node of the new
+//! 2. [`fetch`]: download every file of that chain to a spool beside the target and
+//!    check it completely as it streams in: size, BLAKE3, decodes to the end, record
+//!    counts. The first problem names the file.
+//! 3. [`write`]: per shard, the newest version of each key below the snapshot's cut,
+//!    merged across the chain's spooled files (each sorted, so the merge holds one
+//!    record per file, never a shard's state), goes into a fresh data directory,
+//!    whose Raft logs start right after the cut. Every node of the new
 //!    cluster gets the same state and log position, so none needs a Raft snapshot
 //!    from another. The directory appears (by rename) only when complete.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
 use cairn_store::{AppliedState, KeyVersion, NodeIdentity, NodeStore};
 
 use crate::backups::rfc3339_ms;
 use crate::destination::Destination;
 use crate::error::BackupError;
-use crate::format::ShardReader;
+use crate::format::{Record, ShardReader};
 use crate::manifest::{Manifest, SnapshotRef, MANIFEST};
 use crate::verify::{check_file, read_manifest};
 
@@ -162,31 +163,117 @@ pub async fn plan(
     })
 }
 
-/// Every file of a plan, checked.
+/// Every file of a plan, checked and spooled to local disk beside the target
+/// directory (so a restore from a bucket downloads each file once and holds none in
+/// memory). The spool is removed when this is dropped.
 pub struct Fetched {
-    /// Per backup of the chain (same order), per shard: the file's bytes.
-    files: Vec<BTreeMap<u32, Bytes>>,
+    spool: PathBuf,
+    /// Per backup of the chain (same order), per shard: the spooled file.
+    files: Vec<BTreeMap<u32, PathBuf>>,
 }
 
-/// Download and check every file the plan needs; `progress(bytes)` after each file.
+impl Drop for Fetched {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.spool);
+    }
+}
+
+/// Download and check every file the plan needs into a spool beside `dir` (the
+/// restore's target); `progress(bytes)` after each file. On any error the spool is
+/// gone again and nothing else was written.
 pub async fn fetch(
     dest: &Destination,
     plan: &RestorePlan,
+    dir: &Path,
     mut progress: impl FnMut(u64),
 ) -> Result<Fetched, BackupError> {
-    let mut files = Vec::new();
-    for manifest in &plan.chain {
+    let spool = sibling(dir, ".fetching");
+    if spool.exists() {
+        std::fs::remove_dir_all(&spool).map_err(BackupError::io("removing an old spool"))?;
+    }
+    std::fs::create_dir_all(&spool).map_err(BackupError::io("creating the spool"))?;
+    let mut fetched = Fetched {
+        spool,
+        files: Vec::new(),
+    };
+    for (n, manifest) in plan.chain.iter().enumerate() {
         let mut per_shard = BTreeMap::new();
         for file in &manifest.files {
             let name = format!("{}/{}", manifest.backup_id, file.path);
-            let bytes = dest.get(&name).await?;
-            check_file(&name, bytes.clone(), file).await?;
-            per_shard.insert(file.shard, bytes);
+            let local = fetched.spool.join(format!("{n}-{}", file.shard));
+            check_file(dest, &name, file, Some(&local)).await?;
+            per_shard.insert(file.shard, local);
             progress(file.bytes);
         }
-        files.push(per_shard);
+        fetched.files.push(per_shard);
     }
-    Ok(Fetched { files })
+    Ok(fetched)
+}
+
+/// The newest version below a cut of each key of one shard, merged across a chain's
+/// files, each sorted by key and newest version first. Holds one record per file.
+struct ChainMerge {
+    files: Vec<(String, ShardReader<std::fs::File>, Option<Record>)>,
+    cut: u64,
+}
+
+impl ChainMerge {
+    fn new(
+        files: Vec<(String, ShardReader<std::fs::File>)>,
+        cut: u64,
+    ) -> Result<Self, BackupError> {
+        let mut merge = ChainMerge {
+            files: files.into_iter().map(|(n, r)| (n, r, None)).collect(),
+            cut,
+        };
+        for i in 0..merge.files.len() {
+            merge.advance(i)?;
+        }
+        Ok(merge)
+    }
+
+    /// Move file `i`'s head to its next record below the cut.
+    fn advance(&mut self, i: usize) -> Result<(), BackupError> {
+        let (name, reader, head) = &mut self.files[i];
+        *head = loop {
+            match reader.next_record().map_err(|e| e.in_file(name))? {
+                // Versions at or past the cut are after the snapshot.
+                Some(record) if record.version >= self.cut => continue,
+                other => break other,
+            }
+        };
+        Ok(())
+    }
+
+    /// The next key's newest version (a tombstone included), or `None` at the end.
+    fn next_key(&mut self) -> Result<Option<Record>, BackupError> {
+        let Some(key) = self
+            .files
+            .iter()
+            .filter_map(|(_, _, head)| head.as_ref().map(|r| r.key.clone()))
+            .min()
+        else {
+            return Ok(None);
+        };
+        let mut newest: Option<Record> = None;
+        for i in 0..self.files.len() {
+            // Within a file a key's versions are adjacent, newest first: the head
+            // is this file's newest, and the rest of the key is skipped.
+            let Some(head) = self.files[i].2.take_if(|r| r.key == key) else {
+                continue;
+            };
+            if newest.as_ref().is_none_or(|n| head.version > n.version) {
+                newest = Some(head);
+            }
+            loop {
+                self.advance(i)?;
+                if self.files[i].2.as_ref().is_none_or(|r| r.key != key) {
+                    break;
+                }
+            }
+        }
+        Ok(newest)
+    }
 }
 
 /// What a restore wrote.
@@ -242,32 +329,41 @@ pub fn write(
                 plan.snapshot.id
             ))
         })?;
-        let mut state: BTreeMap<Vec<u8>, (u64, Option<Vec<u8>>)> = BTreeMap::new();
-        for (manifest, files) in plan.chain.iter().zip(&fetched.files) {
+        let mut files = Vec::new();
+        for (manifest, spooled) in plan.chain.iter().zip(&fetched.files) {
             let name = format!("{}/shard-{shard}", manifest.backup_id);
-            let bytes = files
+            let path = spooled
                 .get(&shard)
                 .ok_or_else(|| BackupError::Missing(name.clone()))?;
-            let mut reader = ShardReader::new(bytes.as_ref()).map_err(|e| e.in_file(&name))?;
-            while let Some(record) = reader.next_record().map_err(|e| e.in_file(&name))? {
-                // Versions at or past the cut are after the snapshot.
-                if record.version >= cut {
-                    continue;
+            let file = std::fs::File::open(path).map_err(io("opening a spooled file"))?;
+            let reader = ShardReader::new(file).map_err(|e| e.in_file(&name))?;
+            files.push((name, reader));
+        }
+        let mut merge = ChainMerge::new(files, cut)?;
+        // The store's loader takes an iterator; a read error ends it and is returned
+        // after (the staging directory is then discarded).
+        let mut failed = None;
+        let live = std::iter::from_fn(|| loop {
+            match merge.next_key() {
+                Ok(Some(Record {
+                    key,
+                    version,
+                    value: Some(value),
+                })) => {
+                    break Some(KeyVersion {
+                        key,
+                        version,
+                        value: Some(value),
+                    })
                 }
-                match state.get(&record.key) {
-                    Some((v, _)) if *v >= record.version => {}
-                    _ => {
-                        state.insert(record.key, (record.version, record.value));
-                    }
+                // Deleted at the snapshot: not restored.
+                Ok(Some(_)) => continue,
+                Ok(None) => break None,
+                Err(e) => {
+                    failed = Some(e);
+                    break None;
                 }
             }
-        }
-        let live = state.into_iter().filter_map(|(key, (version, value))| {
-            value.map(|v| KeyVersion {
-                key,
-                version,
-                value: Some(v),
-            })
         });
         let counted = live.inspect(|v| {
             stats.bytes += (v.key.len() + v.value.as_ref().map_or(0, Vec::len)) as u64;
@@ -276,9 +372,13 @@ pub fn write(
             index: cut,
             term: 1,
         };
-        stats.keys += store
+        let loaded = store
             .shard_state(shard)?
             .load(counted, applied, cut, 10_000)?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        stats.keys += loaded;
         store.raft_log(shard)?.start_at(cut, 1, voters.clone())?;
         cairn_store::crash_point!("restore.shard.after");
         progress(shard);
@@ -296,7 +396,84 @@ pub fn write(
 }
 
 fn staging_dir(dir: &Path) -> PathBuf {
+    sibling(dir, ".restoring")
+}
+
+/// `dir` with `suffix` added to its last component: work space on the same file
+/// system as the target, so the final rename is atomic and space is where it counts.
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     let mut name = dir.file_name().unwrap_or_default().to_os_string();
-    name.push(".restoring");
+    name.push(suffix);
     dir.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::ShardWriter;
+    use proptest::prelude::*;
+
+    /// A chain's files as the backup writes them: file `i` holds the versions in its
+    /// own range of `writes` (version, key, value-or-tombstone), sorted.
+    fn files(dir: &Path, writes: &[(u64, u8, bool)], bounds: &[u64]) -> Vec<(String, PathBuf)> {
+        let mut out = Vec::new();
+        let mut low = 0;
+        for (i, &high) in bounds.iter().enumerate() {
+            let mut records: Vec<Record> = writes
+                .iter()
+                .filter(|(v, _, _)| (low..high).contains(v))
+                .map(|&(version, key, live)| Record {
+                    key: vec![b'k', key],
+                    version,
+                    value: live.then(|| version.to_be_bytes().to_vec()),
+                })
+                .collect();
+            records.sort_by(|a, b| a.key.cmp(&b.key).then(b.version.cmp(&a.version)));
+            let path = dir.join(format!("f{i}"));
+            let mut w = ShardWriter::new(std::fs::File::create(&path).unwrap(), 0).unwrap();
+            for r in &records {
+                w.push(r).unwrap();
+            }
+            w.finish().unwrap();
+            out.push((format!("f{i}"), path));
+            low = high;
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn the_merge_is_the_state_at_the_cut(
+            keys in prop::collection::vec((0u8..12, any::<bool>()), 0..80),
+            splits in prop::collection::vec(1u64..80, 0..4),
+            cut in 1u64..100,
+        ) {
+            // Version i+1 is the i-th write, so versions are distinct, as in a shard.
+            let writes: Vec<(u64, u8, bool)> = keys
+                .iter()
+                .enumerate()
+                .map(|(i, &(k, live))| (i as u64 + 1, k, live))
+                .collect();
+            let mut bounds = splits;
+            bounds.push(1_000);
+            bounds.sort_unstable();
+            bounds.dedup();
+            let dir = tempfile::tempdir().unwrap();
+            let readers = files(dir.path(), &writes, &bounds)
+                .into_iter()
+                .map(|(n, p)| (n, ShardReader::new(std::fs::File::open(p).unwrap()).unwrap()))
+                .collect();
+            let mut merge = ChainMerge::new(readers, cut).unwrap();
+            let mut got = Vec::new();
+            while let Some(r) = merge.next_key().unwrap() {
+                got.push((r.key, r.version, r.value.is_some()));
+            }
+            let mut model: BTreeMap<Vec<u8>, (u64, bool)> = BTreeMap::new();
+            for &(version, key, live) in writes.iter().filter(|w| w.0 < cut) {
+                model.insert(vec![b'k', key], (version, live));
+            }
+            let want: Vec<_> = model.into_iter().map(|(k, (v, l))| (k, v, l)).collect();
+            prop_assert_eq!(got, want);
+        }
+    }
 }

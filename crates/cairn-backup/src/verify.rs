@@ -1,9 +1,16 @@
 //! Verification: every file of a backup (and of its chain) against its manifest.
 
+use std::io::Read;
+use std::path::Path;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
 use crate::destination::Destination;
 use crate::error::BackupError;
 use crate::format::ShardReader;
-use bytes::Bytes;
 
 use crate::manifest::{FileEntry, Manifest, MANIFEST};
 
@@ -36,8 +43,7 @@ pub async fn verify(dest: &Destination, backup_id: &str) -> Result<VerifyReport,
         }
         for file in &manifest.files {
             let name = format!("{id}/{}", file.path);
-            let bytes = dest.get(&name).await?;
-            let versions = check_file(&name, bytes, file).await?;
+            let versions = check_file(dest, &name, file, None).await?;
             report.files += 1;
             report.bytes += file.bytes;
             report.versions += versions;
@@ -48,36 +54,96 @@ pub async fn verify(dest: &Destination, backup_id: &str) -> Result<VerifyReport,
     Ok(report)
 }
 
-/// Check one stored file against its manifest entry: size, BLAKE3, complete decoding
-/// (off the async runtime), its shard and its record count. Returns the record count;
-/// an error names the file.
-pub async fn check_file(name: &str, bytes: Bytes, file: &FileEntry) -> Result<u64, BackupError> {
+/// Download one stored file and check it against its manifest entry as it streams
+/// in, never holding it whole (see [`check_stream`]). With `keep`, the bytes are also
+/// written to that local file (a restore's spool). Returns the record count; an
+/// error names the file.
+pub async fn check_file(
+    dest: &Destination,
+    name: &str,
+    file: &FileEntry,
+    keep: Option<&Path>,
+) -> Result<u64, BackupError> {
+    let stream = dest.get_stream(name).await?;
+    check_stream(name, stream, file, keep).await
+}
+
+/// [`check_stream`] of bytes at hand, fed in small chunks as a download would be.
+pub async fn check_bytes(name: &str, bytes: Bytes, file: &FileEntry) -> Result<u64, BackupError> {
+    let chunks: Vec<Result<Bytes, BackupError>> = (0..bytes.len())
+        .step_by(4096)
+        .map(|at| Ok(bytes.slice(at..(at + 4096).min(bytes.len()))))
+        .collect();
+    check_stream(name, futures::stream::iter(chunks), file, None).await
+}
+
+/// Check a file arriving as `stream` against its manifest entry: size, BLAKE3,
+/// complete decoding (on a blocking thread fed chunk by chunk), its shard and its
+/// record count, optionally spooling it to `keep`. A checksum or size mismatch is
+/// reported ahead of any decoding error: it is the cause, the decoding error only
+/// its symptom.
+pub async fn check_stream(
+    name: &str,
+    mut stream: impl Stream<Item = Result<Bytes, BackupError>> + Unpin,
+    file: &FileEntry,
+    keep: Option<&Path>,
+) -> Result<u64, BackupError> {
     let bad = |reason: String| BackupError::BadFile {
         file: name.to_owned(),
         reason,
     };
-    if bytes.len() as u64 != file.bytes {
-        return Err(bad(format!(
-            "{} bytes, the manifest says {}",
-            bytes.len(),
-            file.bytes
-        )));
-    }
-    // The checksum first: a changed byte is named before anything is decompressed.
-    if blake3::hash(&bytes).to_hex().as_str() != file.blake3 {
-        return Err(bad("checksum mismatch".into()));
-    }
-    let (shard, versions) = tokio::task::spawn_blocking(move || {
-        let mut reader = ShardReader::new(bytes.as_ref())?;
+    let mut spool = match keep {
+        Some(path) => Some(
+            tokio::fs::File::create(path)
+                .await
+                .map_err(BackupError::io("creating a spool file"))?,
+        ),
+        None => None,
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let decoder = tokio::task::spawn_blocking(move || {
+        let mut reader = ShardReader::new(ChunkReader::new(rx))?;
         let mut versions = 0u64;
         while reader.next_record()?.is_some() {
             versions += 1;
         }
         Ok::<_, BackupError>((reader.shard(), versions))
-    })
-    .await
-    .map_err(|e| bad(format!("checking it failed: {e}")))?
-    .map_err(|e| e.in_file(name))?;
+    });
+    let mut hasher = blake3::Hasher::new();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        hasher.update(&chunk);
+        size += chunk.len() as u64;
+        if let Some(spool) = &mut spool {
+            spool
+                .write_all(&chunk)
+                .await
+                .map_err(BackupError::io("writing a spool file"))?;
+        }
+        // A decoder that already failed has stopped listening; the hash goes on.
+        let _ = tx.send(chunk).await;
+    }
+    drop(tx);
+    if let Some(spool) = &mut spool {
+        spool
+            .flush()
+            .await
+            .map_err(BackupError::io("writing a spool file"))?;
+    }
+    let decoded = decoder
+        .await
+        .map_err(|e| bad(format!("checking it failed: {e}")))?;
+    if size != file.bytes {
+        return Err(bad(format!(
+            "{size} bytes, the manifest says {}",
+            file.bytes
+        )));
+    }
+    if hasher.finalize().to_hex().as_str() != file.blake3 {
+        return Err(bad("checksum mismatch".into()));
+    }
+    let (shard, versions) = decoded.map_err(|e| e.in_file(name))?;
     if shard != file.shard {
         return Err(bad(format!("holds shard {shard}, not {}", file.shard)));
     }
@@ -88,6 +154,36 @@ pub async fn check_file(name: &str, bytes: Bytes, file: &FileEntry) -> Result<u6
         )));
     }
     Ok(versions)
+}
+
+/// Reads the chunks a channel delivers as one byte stream (the blocking side of a
+/// download being checked).
+struct ChunkReader {
+    rx: mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl ChunkReader {
+    fn new(rx: mpsc::Receiver<Bytes>) -> ChunkReader {
+        ChunkReader {
+            rx,
+            current: Bytes::new(),
+        }
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.current = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = self.current.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
 }
 
 /// Read and check one backup's manifest.

@@ -337,7 +337,7 @@ pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message("checking");
-    let fetched = restore::fetch(&dest, &plan, |bytes| bar.inc(bytes)).await?;
+    let fetched = restore::fetch(&dest, &plan, &dir, |bytes| bar.inc(bytes)).await?;
     bar.set_message("writing");
     bar.set_length(u64::from(plan.shards));
     bar.set_position(0);

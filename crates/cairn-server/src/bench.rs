@@ -465,7 +465,7 @@ async fn restore_once(name: &str, dest: &Destination, id: &str, dir: &Path) -> a
     let plan = restore::plan(dest, Some(id), &Target::Latest).await?;
     let (chain, compressed, versions) = (plan.chain.len(), plan.bytes, plan.versions);
     let begin = Instant::now();
-    let fetched = restore::fetch(dest, &plan, |_| {}).await?;
+    let fetched = restore::fetch(dest, &plan, dir, |_| {}).await?;
     let fetch = begin.elapsed();
     let identity = cairn_store::NodeIdentity {
         cluster_id: "bench".into(),
