@@ -3,6 +3,8 @@
 //! a backup written to S3 verifies and damage is named, and bad URLs or credentials
 //! give errors rather than panics.
 
+#[path = "support/noise.rs"]
+mod noise;
 #[path = "../../../tests/support/s3_server.rs"]
 mod s3_server;
 
@@ -233,23 +235,7 @@ async fn a_large_shard_file_goes_up_as_a_multipart_upload() {
     let server = S3Server::start("cairn");
     let dest = destination(&server, "big");
     // About 12 MiB that do not compress: three parts of S3's minimum size, 5 MiB.
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    let records: Vec<Record> = (0..3000)
-        .map(|i| Record {
-            key: format!("key/{i:06}").into_bytes(),
-            version: 9,
-            value: Some(
-                (0..4096)
-                    .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        x as u8
-                    })
-                    .collect(),
-            ),
-        })
-        .collect();
+    let records = noise::noisy_records(3000, 4096, 9);
     let entry = put_shard_file(&dest, "b1", 0, records, 5 << 20)
         .await
         .expect("multipart upload");

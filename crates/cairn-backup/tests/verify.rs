@@ -1,12 +1,16 @@
 //! Backups written to a directory verify, and every kind of damage is found and named:
 //! a flipped byte, a missing file, a truncated manifest, a broken chain.
 
+#[path = "support/noise.rs"]
+mod noise;
+
 use std::collections::BTreeMap;
 
 use cairn_backup::{
     put_manifest, put_shard_file, verify, BackupError, Destination, Manifest, ParentRef, Record,
     S3Options, SnapshotRef, Upload,
 };
+use noise::noisy_records;
 
 const SHARDS: u32 = 2;
 
@@ -109,36 +113,15 @@ async fn a_chain_whose_parent_is_elsewhere_in_time_is_refused() {
     named(err, "b1/manifest.json");
 }
 
-/// Records whose values do not compress, so a file spans many small parts.
-fn noisy_records(count: usize) -> Vec<Record> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..count)
-        .map(|i| Record {
-            key: format!("key/{i:06}").into_bytes(),
-            version: 7,
-            value: Some(
-                (0..200)
-                    .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        x as u8
-                    })
-                    .collect(),
-            ),
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn a_shard_file_streamed_in_many_parts_equals_one_written_whole() {
     let dir = tempfile::tempdir().unwrap();
     let dest = Destination::parse(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
-    let whole = put_shard_file(&dest, "whole", 0, noisy_records(2000), Upload::PART)
+    let whole = put_shard_file(&dest, "whole", 0, noisy_records(2000, 200, 7), Upload::PART)
         .await
         .unwrap();
     // 4 KiB parts: about a hundred of them, through the multipart upload.
-    let parts = put_shard_file(&dest, "parts", 0, noisy_records(2000), 4096)
+    let parts = put_shard_file(&dest, "parts", 0, noisy_records(2000, 200, 7), 4096)
         .await
         .unwrap();
     assert!(parts.bytes > 90 * 4096, "{} bytes", parts.bytes);
@@ -161,7 +144,7 @@ async fn a_shard_file_streamed_in_many_parts_equals_one_written_whole() {
 async fn a_stream_that_fails_midway_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let dest = Destination::parse(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
-    let mut records = noisy_records(2000);
+    let mut records = noisy_records(2000, 200, 7);
     // Out of order at the very end, after many parts went out.
     records.push(Record {
         key: b"key/000000".to_vec(),
