@@ -563,7 +563,8 @@ impl<S: Shards> Backups<S> {
             });
             encode_shard_into(shard, records, &mut throttle, sink)
         });
-        let mut upload = job.dest.upload(&format!("{id}/{}", shard_file_name(shard)));
+        let name = format!("{id}/{}", shard_file_name(shard));
+        let mut upload = job.dest.upload(&name, Upload::PART);
         let streamed = self.stream_parts(job, &mut parts, &mut upload).await;
         // Closing the channel stops an encoder whose upload failed.
         drop(parts);

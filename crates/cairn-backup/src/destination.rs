@@ -136,11 +136,13 @@ impl Destination {
         Ok(())
     }
 
-    /// Start writing `name` part by part (see [`Upload`]).
-    pub fn upload(&self, name: &str) -> Upload {
+    /// Start writing `name` in parts of `part` bytes (see [`Upload`]; S3 needs
+    /// [`Upload::PART`] or at least 5 MiB).
+    pub fn upload(&self, name: &str, part: usize) -> Upload {
         Upload {
             store: Arc::clone(&self.store),
             path: ObjectPath::from(name),
+            part: part.max(1),
             first: None,
             multipart: None,
         }
@@ -240,6 +242,7 @@ impl Destination {
 pub struct Upload {
     store: Arc<dyn ObjectStore>,
     path: ObjectPath,
+    part: usize,
     /// The first part, held back until it is known whether there is a second.
     first: Option<Bytes>,
     multipart: Option<WriteMultipart>,
@@ -257,7 +260,7 @@ impl Upload {
                 return Ok(());
             };
             let upload = self.store.put_multipart(&self.path).await?;
-            let mut multipart = WriteMultipart::new_with_chunk_size(upload, Upload::PART);
+            let mut multipart = WriteMultipart::new_with_chunk_size(upload, self.part);
             multipart.put(first);
             self.multipart = Some(multipart);
         }

@@ -200,7 +200,7 @@ pub async fn put_shard_file(
             sink,
         )
     });
-    let mut upload = dest.upload(&format!("{backup_id}/{}", shard_file_name(shard)));
+    let mut upload = dest.upload(&format!("{backup_id}/{}", shard_file_name(shard)), part);
     while let Some(part) = parts.recv().await {
         if let Err(e) = upload.push(part).await {
             upload.abort().await;
