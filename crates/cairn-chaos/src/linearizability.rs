@@ -48,7 +48,7 @@ use todc_utils::linearizability::history::{Action, History as WglHistory};
 use todc_utils::linearizability::WGLChecker;
 use todc_utils::specifications::Specification;
 
-use crate::history::{Answer, History, Outcome, Precondition, Request, WriteId};
+use crate::history::{touches, Answer, History, Outcome, Precondition, Request, WriteId};
 
 /// Bounds on the checker.
 #[derive(Debug, Clone, Copy)]
@@ -391,7 +391,7 @@ fn per_key(history: &History) -> (BTreeMap<String, Vec<Timed>>, Vec<String>, BTr
                         seen.insert(key.as_str(), Some(w));
                     }
                 }
-                for key in &history.keys {
+                for key in history.keys.iter().filter(|k| touches(&op.request, k)) {
                     match seen.get(key.as_str()) {
                         Some(w) => push(key, KeyOp::Read(*w)),
                         None if *complete => push(key, KeyOp::Read(None)),
@@ -614,6 +614,29 @@ mod tests {
         b.op(0, 0, 10, put(w(0, 1)), written(5))
             .op(0, 20, 30, put(w(0, 2)), written(6))
             .op(1, 40, 50, get(), read(w(0, 1), 5));
+        assert!(matches!(verdict(&b.history()), Verdict::Violation(_)));
+    }
+
+    #[test]
+    fn a_scan_says_nothing_of_keys_outside_its_prefix() {
+        // Key "k" is written, then a complete, empty scan of another generation's
+        // prefix: it must not count as having seen "k" absent.
+        let mut b = Builder { ops: Vec::new() };
+        b.op(0, 0, 10, put(w(0, 1)), written(5)).op(
+            1,
+            20,
+            30,
+            Request::Scan {
+                prefix: "g1/".into(),
+            },
+            Outcome::Ok(Answer::Items {
+                items: Vec::new(),
+                complete: true,
+            }),
+        );
+        assert!(matches!(verdict(&b.history()), Verdict::Linearizable));
+        // The same scan over the key's own prefix did see it absent: a violation.
+        b.ops[1].request = Request::Scan { prefix: "k".into() };
         assert!(matches!(verdict(&b.history()), Verdict::Violation(_)));
     }
 

@@ -86,7 +86,7 @@ impl Scenario {
             name: name.into(),
             seed,
             replay: format!(
-                "cargo build -p cairn-server -p cairn-chaos && target/debug/cairn-chaos --seed {seed} --faults {}",
+                "cargo build -p cairn-server --features failpoints && cargo build -p cairn-chaos && target/debug/cairn-chaos --seed {seed} --faults {}",
                 faults_arg.join(",")
             ),
             faults,
@@ -309,6 +309,9 @@ impl Run {
                 think: scenario.think,
                 request_timeout: scenario.request_timeout,
                 seed: rng.gen(),
+                // A tenth of the checker's cap is left for operations in flight
+                // when a generation ends and for the final reads.
+                key_budget: scenario.check.max_ops_per_key - scenario.check.max_ops_per_key / 10,
             },
             &endpoints,
             clock,

@@ -9,9 +9,14 @@
 //! compare-and-set puts (`If-Match` with a version the client saw earlier, so some
 //! succeed and some get 412), create-only puts (`If-None-Match: *`), deletes, deletes
 //! with `If-Match`, batches of puts and deletes (half within one shard, half across
-//! shards: cross-shard transactions), and prefix scans of the whole key set. Every put writes a unique [`WriteId`]. A client pauses a random
-//! think time between operations, so the machine is not saturated by the clients
-//! themselves.
+//! shards: cross-shard transactions), and prefix scans of the whole key set. Every put
+//! writes a unique [`WriteId`]. A client pauses a random think time between
+//! operations, so the machine is not saturated by the clients themselves.
+//!
+//! A key that has seen its budget of operations ([`WorkloadOptions::key_budget`])
+//! retires its whole generation: the clients move to a fresh key set under the same
+//! prefix (scans then cover the new set only), so a long or fast run never gives the
+//! checker more operations per key than it can decide.
 //!
 //! Errors are classified as [`crate::history`] says: only definite refusals are
 //! `Refused`; anything that may have reached a node and done something is `Unknown`.
@@ -50,6 +55,12 @@ pub struct WorkloadOptions {
     /// The HTTP deadline of one operation; past it, the operation is unknown.
     pub request_timeout: Duration,
     pub seed: u64,
+    /// Operations one key may see before the workload moves to a fresh generation of
+    /// keys (0: never). The linearizability checker decides keys only up to a cap
+    /// ([`crate::linearizability::CheckOptions::max_ops_per_key`]), so a long or fast
+    /// run must spread its operations over more keys rather than pile them onto the
+    /// same ones.
+    pub key_budget: usize,
 }
 
 /// Counters the nemesis watches to know the workload is doing something.
@@ -91,13 +102,88 @@ pub struct Workload {
     clients: Vec<JoinHandle<Vec<Operation>>>,
     stop: CancellationToken,
     progress: Arc<Progress>,
-    keys: Vec<String>,
+    /// Keys per generation.
+    count: usize,
+    generations: Arc<Generations>,
     prefix: String,
 }
 
-/// The key set of a workload: `{prefix}k00`, `{prefix}k01`, ...
+/// The key set of a workload's first generation: `{prefix}k00`, `{prefix}k01`, ...
 pub fn keys(prefix: &str, count: usize) -> Vec<String> {
-    (0..count).map(|i| format!("{prefix}k{i:02}")).collect()
+    generation_keys(prefix, count, 0)
+}
+
+/// Generation `gen`'s keys and the prefix a scan of exactly them uses: `{prefix}k..`
+/// for the first, `{prefix}g{gen}/k..` after it (so no generation's scan covers
+/// another's keys).
+fn generation_prefix(prefix: &str, gen: usize) -> String {
+    if gen == 0 {
+        format!("{prefix}k")
+    } else {
+        format!("{prefix}g{gen}/k")
+    }
+}
+
+fn generation_keys(prefix: &str, count: usize, gen: usize) -> Vec<String> {
+    let base = generation_prefix(prefix, gen);
+    (0..count).map(|i| format!("{base}{i:02}")).collect()
+}
+
+/// Keys grouped by shard, for batches that stay within one.
+fn shard_groups(keys: &[String], shards: u32) -> Vec<Vec<String>> {
+    let mut by_shard: HashMap<u32, Vec<String>> = HashMap::new();
+    for key in keys {
+        by_shard
+            .entry(shard_for_key(key.as_bytes(), shards))
+            .or_default()
+            .push(key.clone());
+    }
+    let mut groups: Vec<Vec<String>> = by_shard.into_values().filter(|g| g.len() >= 2).collect();
+    groups.sort();
+    groups
+}
+
+/// Which generation of keys the clients use, and how much each key of it has seen.
+/// A generation ends when one of its keys reaches the budget; operations in flight
+/// on it may still complete (a few more per key, far below the checker's cap).
+struct Generations {
+    budget: usize,
+    current: AtomicU64,
+    /// Uses of each key of the current generation, by its index.
+    uses: std::sync::Mutex<Vec<usize>>,
+}
+
+impl Generations {
+    fn current(&self) -> usize {
+        self.current.load(Ordering::Relaxed) as usize
+    }
+
+    /// Count `request` (made in generation `gen`) against its keys' budgets; move on
+    /// to the next generation if one is spent.
+    fn charge(&self, gen: usize, request: &Request, keys: &[String]) {
+        if self.budget == 0 {
+            return;
+        }
+        let mut uses = self.uses.lock().unwrap_or_else(|p| p.into_inner());
+        if self.current() != gen {
+            return;
+        }
+        let mut spent = false;
+        for (i, key) in keys.iter().enumerate() {
+            if crate::history::touches(request, key) {
+                uses[i] += 1;
+                spent |= uses[i] >= self.budget;
+            }
+        }
+        if spent {
+            uses.iter_mut().for_each(|u| *u = 0);
+            self.current.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                generation = gen + 1,
+                "a key spent its budget: the workload moves to fresh keys"
+            );
+        }
+    }
 }
 
 impl Workload {
@@ -109,18 +195,12 @@ impl Workload {
         clock: Instant,
     ) -> Workload {
         let keys = keys(&opts.prefix, opts.keys);
-        // Keys grouped by shard, for batches that stay within one.
-        let mut by_shard: HashMap<u32, Vec<String>> = HashMap::new();
-        for key in &keys {
-            by_shard
-                .entry(shard_for_key(key.as_bytes(), opts.shards))
-                .or_default()
-                .push(key.clone());
-        }
-        let mut groups: Vec<Vec<String>> =
-            by_shard.into_values().filter(|g| g.len() >= 2).collect();
-        groups.sort();
-        let groups = Arc::new(groups);
+        let groups = shard_groups(&keys, opts.shards);
+        let generations = Arc::new(Generations {
+            budget: opts.key_budget,
+            current: AtomicU64::new(0),
+            uses: std::sync::Mutex::new(vec![0; opts.keys]),
+        });
         let stop = CancellationToken::new();
         let progress = Arc::new(Progress::default());
         let http = crate::cluster::http_client(opts.request_timeout);
@@ -138,7 +218,11 @@ impl Workload {
                 endpoints,
                 keys: keys.clone(),
                 groups: groups.clone(),
+                scan_prefix: generation_prefix(&opts.prefix, 0),
                 prefix: opts.prefix.clone(),
+                shards: opts.shards,
+                generation: 0,
+                generations: generations.clone(),
                 rng: StdRng::seed_from_u64(
                     opts.seed ^ (u64::from(id) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
                 ),
@@ -158,7 +242,8 @@ impl Workload {
             clients,
             stop,
             progress,
-            keys,
+            count: opts.keys,
+            generations,
             prefix: opts.prefix.clone(),
         }
     }
@@ -182,9 +267,12 @@ impl Workload {
         for (i, op) in ops.iter_mut().enumerate() {
             op.id = i;
         }
+        let keys = (0..=self.generations.current())
+            .flat_map(|gen| generation_keys(&self.prefix, self.count, gen))
+            .collect();
         History {
             ops,
-            keys: self.keys,
+            keys,
             prefix: self.prefix,
         }
     }
@@ -194,9 +282,14 @@ struct WorkloadClient {
     id: ClientId,
     pinned: Option<usize>,
     endpoints: Vec<(NodeId, Client)>,
+    /// The current generation's keys, its shard groups and its scan prefix.
     keys: Vec<String>,
-    groups: Arc<Vec<Vec<String>>>,
+    groups: Vec<Vec<String>>,
+    scan_prefix: String,
     prefix: String,
+    shards: u32,
+    generation: usize,
+    generations: Arc<Generations>,
     rng: StdRng,
     seq: u32,
     /// The last version this client saw for each key (for `If-Match`).
@@ -213,7 +306,10 @@ impl WorkloadClient {
                 .pinned
                 .unwrap_or_else(|| self.rng.gen_range(0..self.endpoints.len()));
             let (node, client) = self.endpoints[index].clone();
+            self.follow_generation();
             let request = self.choose();
+            self.generations
+                .charge(self.generation, &request, &self.keys);
             let invoked = self.clock.elapsed();
             let outcome = execute(&client, &request).await;
             let completed = self.clock.elapsed();
@@ -236,6 +332,17 @@ impl WorkloadClient {
             }
         }
         ops
+    }
+
+    /// Switch to the workload's current generation of keys if it moved on.
+    fn follow_generation(&mut self) {
+        let current = self.generations.current();
+        if current != self.generation {
+            self.generation = current;
+            self.keys = generation_keys(&self.prefix, self.keys.len(), current);
+            self.groups = shard_groups(&self.keys, self.shards);
+            self.scan_prefix = generation_prefix(&self.prefix, current);
+        }
     }
 
     fn next_write(&mut self) -> WriteId {
@@ -308,7 +415,7 @@ impl WorkloadClient {
             }
             87..=96 => Request::Get { key },
             _ => Request::Scan {
-                prefix: self.prefix.clone(),
+                prefix: self.scan_prefix.clone(),
             },
         }
     }
@@ -460,5 +567,47 @@ pub fn classify(e: &ClientError) -> Outcome {
             status: 0,
             code: "unaddressable".into(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spent_key_moves_the_workload_to_fresh_keys() {
+        let generations = Generations {
+            budget: 3,
+            current: AtomicU64::new(0),
+            uses: std::sync::Mutex::new(vec![0; 2]),
+        };
+        let first = generation_keys("chaos/", 2, 0);
+        let get = |key: &str| Request::Get { key: key.into() };
+        let scan = Request::Scan {
+            prefix: generation_prefix("chaos/", 0),
+        };
+        generations.charge(0, &get(&first[0]), &first);
+        generations.charge(0, &scan, &first);
+        assert_eq!(generations.current(), 0);
+        // The third use of k00 spends it.
+        generations.charge(0, &get(&first[0]), &first);
+        assert_eq!(generations.current(), 1);
+        // A late operation of the old generation counts for nothing.
+        generations.charge(0, &scan, &first);
+        assert_eq!(*generations.uses.lock().unwrap(), vec![0, 0]);
+
+        let second = generation_keys("chaos/", 2, 1);
+        assert_eq!(second, vec!["chaos/g1/k00", "chaos/g1/k01"]);
+        // Each generation's scan covers exactly its own keys.
+        let scan_second = Request::Scan {
+            prefix: generation_prefix("chaos/", 1),
+        };
+        assert!(second
+            .iter()
+            .all(|k| crate::history::touches(&scan_second, k)));
+        assert!(!first
+            .iter()
+            .any(|k| crate::history::touches(&scan_second, k)));
+        assert!(!second.iter().any(|k| crate::history::touches(&scan, k)));
     }
 }

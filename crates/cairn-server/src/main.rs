@@ -61,7 +61,7 @@ fn main() -> anyhow::Result<()> {
     if std::env::var_os("FAILPOINTS").is_some() && !cairn_store::CRASH_POINTS_BUILT {
         anyhow::bail!(
             "FAILPOINTS is set but this build has no crash points; \
-             build with `--features cairn-server/failpoints` (test builds have them)"
+             build it with `cargo build -p cairn-server --features failpoints` (test builds have them)"
         );
     }
     let _crash_points = cairn_store::arm_crash_points();

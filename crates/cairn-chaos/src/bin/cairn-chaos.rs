@@ -34,7 +34,7 @@ struct Args {
     /// Play exactly these faults, in order, in one run (comma-separated:
     /// kill-follower, kill-leader, pause, restart-all, partition, isolate-leader,
     /// one-way, loss, delay, duplicate, slow-markers, crash-point). `crash-point`
-    /// needs a `cairn` built with `--features cairn-server/failpoints`.
+    /// needs a `cairn` built by `cargo build -p cairn-server --features failpoints`.
     #[arg(long, value_delimiter = ',')]
     faults: Vec<String>,
     /// Soak: total time (e.g. 30m).
@@ -84,7 +84,7 @@ fn parse_faults(names: &[String]) -> anyhow::Result<Vec<FaultKind>> {
 fn replay_command(seed: u64, faults: &[FaultKind], clients: usize) -> String {
     let names: Vec<&str> = faults.iter().map(|f| f.name()).collect();
     format!(
-        "cargo build -p cairn-server -p cairn-chaos && target/debug/cairn-chaos --seed {seed} --faults {} --clients {clients}",
+        "cargo build -p cairn-server --features failpoints && cargo build -p cairn-chaos && target/debug/cairn-chaos --seed {seed} --faults {} --clients {clients}",
         names.join(",")
     )
 }
