@@ -27,7 +27,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use cairn_backup::Backups;
-use cairn_raft::{MultiRaft, RaftConfig};
+use cairn_raft::MultiRaft;
 use cairn_server::api::{self, ApiState};
 use cairn_server::router::Router;
 use cairn_server::Settings;
@@ -291,18 +291,7 @@ async fn start(dir: &Path) -> axum::Router {
     let config = settings.resolve().expect("fuzz node config");
     let store = NodeStore::open_with_cache(&config.data_dir, 64 << 20).expect("store");
     let identity = cairn_server::identity::check_or_init(&store, &config).expect("identity");
-    let raft_config = RaftConfig {
-        node_id: config.id,
-        cluster_id: identity.cluster_id.clone(),
-        shards: config.shards,
-        peers: config.initial_cluster.clone(),
-        listen: config.peer_listen,
-        tick: config.tick(),
-        election_ticks: config.election_ticks,
-        heartbeat_ticks: config.heartbeat_ticks,
-        log_compact_entries: config.log_compact_entries,
-        request_ticks: (config.request_timeout_ms / config.tick_ms).max(1),
-    };
+    let raft_config = config.raft(identity.cluster_id.clone());
     let raft = Arc::new(
         MultiRaft::start(raft_config, store.clone())
             .await

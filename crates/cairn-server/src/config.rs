@@ -392,6 +392,23 @@ impl Config {
     pub fn tick(&self) -> Duration {
         Duration::from_millis(self.tick_ms)
     }
+
+    /// The replicas' settings for this node in cluster `cluster_id` (the one place a
+    /// node's configuration becomes Raft's, for every way a node is started).
+    pub fn raft(&self, cluster_id: String) -> cairn_raft::RaftConfig {
+        cairn_raft::RaftConfig {
+            node_id: self.id,
+            cluster_id,
+            shards: self.shards,
+            peers: self.initial_cluster.clone(),
+            listen: self.peer_listen,
+            tick: self.tick(),
+            election_ticks: self.election_ticks,
+            heartbeat_ticks: self.heartbeat_ticks,
+            log_compact_entries: self.log_compact_entries,
+            request_ticks: (self.request_timeout_ms / self.tick_ms).max(1),
+        }
+    }
 }
 
 /// Parse a byte size: `1048576`, `512KiB`, `64MiB`, `1GiB` (also KB/MB/GB as powers

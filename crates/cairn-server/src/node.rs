@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use cairn_backup::Backups;
-use cairn_raft::{MultiRaft, RaftConfig};
+use cairn_raft::MultiRaft;
 use cairn_snapshot::Coordinator;
 use cairn_store::NodeStore;
 use cairn_txn::{Transactions, TxnConfig};
@@ -43,18 +43,7 @@ impl Node {
     pub async fn start(config: Config) -> Result<Node, ServerError> {
         let store = NodeStore::open(&config.data_dir)?;
         let identity = identity::check_or_init(&store, &config)?;
-        let raft_config = RaftConfig {
-            node_id: config.id,
-            cluster_id: identity.cluster_id.clone(),
-            shards: config.shards,
-            peers: config.initial_cluster.clone(),
-            listen: config.peer_listen,
-            tick: config.tick(),
-            election_ticks: config.election_ticks,
-            heartbeat_ticks: config.heartbeat_ticks,
-            log_compact_entries: config.log_compact_entries,
-            request_ticks: (config.request_timeout_ms / config.tick_ms).max(1),
-        };
+        let raft_config = config.raft(identity.cluster_id.clone());
         let raft = Arc::new(MultiRaft::start(raft_config, store.clone()).await?);
         let listener = tokio::net::TcpListener::bind(config.http)
             .await
