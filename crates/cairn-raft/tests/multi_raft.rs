@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cairn_raft::{Consistency, MultiRaft, RaftConfig, ShardError, ShardRequest, ShardResponse};
+use cairn_raft::{
+    Consistency, MultiRaft, RaftConfig, RaftError, ShardError, ShardRequest, ShardResponse,
+};
 use cairn_store::{ApplyOutcome, Command, Condition, NodeStore, OpKind, WriteOp};
 
 const SHARDS: u32 = 3;
@@ -57,7 +59,22 @@ impl TestCluster {
             log_compact_entries: 20,
             request_ticks: 100,
         };
-        let host = MultiRaft::start(config, store).await.expect("start");
+        // While a host is down, the others keep dialling it, and any outgoing
+        // connection of this process may take its (ephemeral-range) port as a local
+        // port for a moment: retry the bind rather than fail on that race. A start
+        // that fails to bind has started nothing.
+        let mut attempts = 0;
+        let host = loop {
+            match MultiRaft::start(config.clone(), store.clone()).await {
+                Err(RaftError::Io(e))
+                    if e.kind() == std::io::ErrorKind::AddrInUse && attempts < 100 =>
+                {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => break other.expect("start"),
+            }
+        };
         self.hosts.insert(id, host);
     }
 
