@@ -16,13 +16,27 @@ use cairn_chaos::{Run, Scenario};
 static ONE_RUN_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn chaos(name: &str, default_seed: u64, faults: &[FaultKind]) {
+    run(name, default_seed, faults, |s| s).await;
+}
+
+async fn run(
+    name: &str,
+    default_seed: u64,
+    faults: &[FaultKind],
+    shape: impl FnOnce(Scenario) -> Scenario,
+) {
     let _turn = ONE_RUN_AT_A_TIME.lock().await;
     let seed = match std::env::var("CAIRN_TEST_SEED") {
         Ok(text) => text.parse().expect("CAIRN_TEST_SEED must be a u64"),
         Err(_) => default_seed,
     };
     eprintln!("chaos {name}: seed {seed} (set CAIRN_TEST_SEED to replay another)");
-    let mut scenario = Scenario::new(name, seed, faults.to_vec(), env!("CARGO_BIN_EXE_cairn"));
+    let mut scenario = shape(Scenario::new(
+        name,
+        seed,
+        faults.to_vec(),
+        env!("CARGO_BIN_EXE_cairn"),
+    ));
     let names: Vec<&str> = faults.iter().map(|f| f.name()).collect();
     scenario.replay = format!(
         "CAIRN_TEST_SEED={seed} cargo test -p cairn-server --test chaos {name} -- --nocapture   (or: target/debug/cairn-chaos --seed {seed} --faults {})",
@@ -97,5 +111,18 @@ async fn mixed_faults() {
             SlowMarkers,
         ],
     )
+    .await;
+}
+
+/// Issue 11: large values through followers once wedged a peer link (an answer larger
+/// than a frame). Every put writes 100 KB under scaled-down limits (a 4 MiB frame,
+/// 1 MiB pages), so scans end at their byte budget, batches and cross-shard prepares
+/// come near their caps, and Raft snapshots stream large versions, while leaders die
+/// and the network drops frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values() {
+    run("large_values", 107, &[KillLeader, Loss, Partition], |s| {
+        s.with_large_values(100_000)
+    })
     .await;
 }

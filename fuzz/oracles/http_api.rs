@@ -297,11 +297,7 @@ async fn start(dir: &Path) -> axum::Router {
             .await
             .expect("replicas"),
     );
-    let router = Arc::new(Router::new(
-        raft.clone(),
-        config.shards,
-        config.request_timeout(),
-    ));
+    let router = Arc::new(Router::new(raft.clone(), &config));
     let snapshots = Arc::new(Coordinator::new(router.clone(), config.snapshots()));
     let txns = Arc::new(Transactions::new(
         router.clone(),

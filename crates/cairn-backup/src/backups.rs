@@ -492,7 +492,7 @@ impl<S: Shards> Backups<S> {
         let mut covered = Vec::new();
         let mut before = Some(own.id);
         'pages: loop {
-            let page = registry.list(before, 500).await?;
+            let (page, _) = registry.list(before, 500).await?;
             let Some(last) = page.last() else {
                 break;
             };

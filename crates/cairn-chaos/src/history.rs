@@ -35,9 +35,20 @@ pub struct WriteId {
 }
 
 impl WriteId {
-    /// The bytes this write puts.
-    pub fn value(&self) -> Vec<u8> {
-        self.to_string().into_bytes()
+    /// The bytes this write puts: its id, or, when `size` is larger, its id padded to
+    /// `size` bytes (`c3.17/` and then the id repeated), so that a large value still
+    /// says which write it is and a value cut short, or mixed with another's, fails
+    /// [`compact`].
+    pub fn value(&self, size: usize) -> Vec<u8> {
+        let id = self.to_string().into_bytes();
+        if size <= id.len() + 1 {
+            return id;
+        }
+        let mut value = Vec::with_capacity(size);
+        value.extend_from_slice(&id);
+        value.push(PAD);
+        value.extend(id.iter().copied().cycle().take(size - id.len() - 1));
+        value
     }
 
     /// The write whose value `bytes` are, if they are one.
@@ -52,6 +63,34 @@ impl WriteId {
             client: client.parse().ok()?,
             seq: seq.parse().ok()?,
         })
+    }
+}
+
+/// Separates a padded value's id from its padding (see [`WriteId::value`]).
+const PAD: u8 = b'/';
+
+/// A value as the checkers see it: a write's value of `size` bytes (padded) becomes
+/// its id alone, so histories stay small whatever the workload writes; anything else
+/// (an unpadded id, a value of the wrong length or with wrong padding) is kept as it
+/// is, and the checkers flag it as no write's value.
+///
+/// `full_len` is the value's length when `value` is only its first bytes (a debug view
+/// that truncates values), `None` when `value` is whole.
+pub fn compact(value: &[u8], size: usize, full_len: Option<usize>) -> Vec<u8> {
+    let whole = full_len.is_none();
+    let len = full_len.unwrap_or(value.len());
+    let Some(cut) = value.iter().position(|&b| b == PAD) else {
+        return value.to_vec();
+    };
+    let (id, padding) = (&value[..cut], &value[cut + 1..]);
+    let padded = WriteId::parse(id).is_some()
+        && len == size
+        && (!whole || padding.len() + id.len() + 1 == size)
+        && padding.iter().zip(id.iter().cycle()).all(|(a, b)| a == b);
+    if padded {
+        id.to_vec()
+    } else {
+        value.to_vec()
     }
 }
 
@@ -217,6 +256,9 @@ pub struct History {
     /// Every key the workload may touch, all under `prefix`.
     pub keys: Vec<String>,
     pub prefix: String,
+    /// The size of every value put (0: the write's id alone); values read are
+    /// recorded [`compact`]ed.
+    pub value_bytes: usize,
 }
 
 impl History {
@@ -299,7 +341,7 @@ mod tests {
             client: 7,
             seq: 12345,
         };
-        assert_eq!(WriteId::parse(&w.value()), Some(w));
+        assert_eq!(WriteId::parse(&w.value(0)), Some(w));
         for bad in [
             &b""[..],
             b"c",
@@ -312,5 +354,31 @@ mod tests {
         ] {
             assert_eq!(WriteId::parse(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn padded_values_compact_to_their_id_and_damaged_ones_do_not() {
+        let w = WriteId { client: 3, seq: 17 };
+        let id = w.value(0);
+        assert_eq!(id, b"c3.17");
+        let big = w.value(1000);
+        assert_eq!(big.len(), 1000);
+        assert!(big.starts_with(b"c3.17/c3.17c3.1"));
+        assert_eq!(compact(&big, 1000, None), id);
+        // Cut short, wrong length, wrong padding, another write's padding: kept.
+        assert_eq!(compact(&big[..999], 1000, None), &big[..999]);
+        assert_eq!(compact(&big, 2000, None), big);
+        let mut damaged = big.clone();
+        damaged[500] ^= 1;
+        assert_eq!(compact(&damaged, 1000, None), damaged);
+        let other = WriteId { client: 3, seq: 18 }.value(1000);
+        let mut mixed = big[..500].to_vec();
+        mixed.extend_from_slice(&other[500..]);
+        assert_eq!(compact(&mixed, 1000, None), mixed);
+        // A truncated view compacts if its full length is right.
+        assert_eq!(compact(&big[..64], 1000, Some(1000)), id);
+        assert_eq!(compact(&big[..64], 1000, Some(999)), &big[..64]);
+        // Small values are just the id, which compacts to itself.
+        assert_eq!(compact(&id, 0, None), id);
     }
 }

@@ -578,6 +578,7 @@ mod tests {
                 ops: self.ops.clone(),
                 keys: vec!["k".into()],
                 prefix: String::new(),
+                value_bytes: 0,
             }
         }
     }
@@ -595,7 +596,7 @@ mod tests {
     }
 
     fn read(write: WriteId, version: u64) -> Outcome {
-        Outcome::Ok(Answer::Value(Some((write.value(), version))))
+        Outcome::Ok(Answer::Value(Some((write.value(0), version))))
     }
 
     fn written(version: u64) -> Outcome {

@@ -40,7 +40,11 @@ use serde::Deserialize;
 
 use crate::cluster::Cluster;
 use crate::error::{ChaosError, Result};
-use crate::history::{Answer, History, Outcome, Request, WriteId};
+use crate::history::{compact, Answer, History, Outcome, Request, WriteId};
+
+/// Bytes of each value read from a replica's history when values are large: more
+/// than any write's id and its separator.
+const VALUE_PREFIX: usize = 64;
 
 /// One version of one key, as `/v1/debug/versions` gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,15 +84,20 @@ struct VersionJson {
     value: Option<String>,
     value_b64: Option<String>,
     deleted: bool,
+    #[serde(default)]
+    value_len: Option<usize>,
 }
 
 impl VersionJson {
-    fn decode(self) -> std::result::Result<Version, String> {
+    /// The version, its value [`compact`]ed for a workload of `value_bytes`.
+    fn decode(self, value_bytes: usize) -> std::result::Result<Version, String> {
         let key = join_bytes(&self.key, &self.key_b64).map_err(|e| e.to_string())?;
         let value = if self.deleted {
             None
         } else {
-            Some(join_bytes(&self.value, &self.value_b64).map_err(|e| e.to_string())?)
+            let shown = join_bytes(&self.value, &self.value_b64).map_err(|e| e.to_string())?;
+            let full_len = self.value_len.filter(|&len| len != shown.len());
+            Some(compact(&shown, value_bytes, full_len))
         };
         Ok(Version {
             key: String::from_utf8_lossy(&key).into_owned(),
@@ -347,17 +356,25 @@ fn short(hex: &str) -> &str {
 }
 
 /// Node `node`'s replica of `shard`: the state at its horizon and every version up to
-/// `upto`.
+/// `upto`. With large values (`value_bytes`), only each value's first bytes are read:
+/// enough to name its write and check its length (whole values are compared across
+/// replicas by digest, and read whole by the workload).
 pub async fn read_versions(
     cluster: &Cluster,
     node: NodeId,
     shard: u32,
     upto: u64,
+    value_bytes: usize,
 ) -> Result<ShardVersions> {
+    let truncate = if value_bytes > 0 {
+        format!("&truncate={VALUE_PREFIX}")
+    } else {
+        String::new()
+    };
     let answer: VersionsJson = get_json(
         cluster,
         node,
-        &format!("/v1/debug/versions?shard={shard}&upto={upto}"),
+        &format!("/v1/debug/versions?shard={shard}&upto={upto}{truncate}"),
     )
     .await?
     .map_err(|(status, body)| ChaosError::Api {
@@ -367,7 +384,7 @@ pub async fn read_versions(
     let decode = |items: Vec<VersionJson>| {
         items
             .into_iter()
-            .map(VersionJson::decode)
+            .map(|v| v.decode(value_bytes))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| ChaosError::Api {
                 node,

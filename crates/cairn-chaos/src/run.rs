@@ -21,6 +21,7 @@
 //! Waits in 2, 3 and 5 are bounded by generous deadlines rather than fixed sleeps, so a
 //! slow machine makes a run longer, not red; a deadline passing is a liveness finding.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -32,7 +33,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::cluster::{http_client, Cluster, ClusterOptions};
 use crate::error::{ChaosError, Result};
-use crate::history::{History, Operation, Request};
+use crate::history::{History, Operation, Outcome, Request};
 use crate::linearizability::{self, CheckOptions, LinearizabilityReport};
 use crate::nemesis::{self, FaultKind, FaultRecord, Nemesis};
 use crate::network::Network;
@@ -66,6 +67,8 @@ pub struct Scenario {
     pub snapshot_every: (Duration, Duration),
     /// HTTP deadline of one client operation.
     pub request_timeout: Duration,
+    /// Bytes of every value put (0: the write's id alone, a few bytes).
+    pub value_bytes: usize,
     /// Appended to every node's command line.
     pub server_args: Vec<String>,
     pub check: CheckOptions,
@@ -104,6 +107,7 @@ impl Scenario {
             tail: Duration::from_secs(2),
             snapshot_every: (Duration::from_millis(1000), Duration::from_millis(2000)),
             request_timeout: Duration::from_secs(6),
+            value_bytes: 0,
             server_args: vec![
                 "--request-timeout-ms".into(),
                 "3000".into(),
@@ -117,6 +121,28 @@ impl Scenario {
     }
 }
 
+impl Scenario {
+    /// Large values: every put writes `value_bytes` bytes, under limits scaled down
+    /// so that pages end at their byte budget, batches come near the request limit,
+    /// cross-shard prepares near the entry limit and frames near their cap, all in a
+    /// run short enough for CI (issue 11's class of bug: an answer larger than a
+    /// frame wedged a peer link).
+    pub fn with_large_values(mut self, value_bytes: usize) -> Scenario {
+        self.value_bytes = value_bytes;
+        for (flag, value) in [
+            ("--max-frame-bytes", 4usize << 20),
+            ("--max-entry-bytes", 2 << 20),
+            ("--max-request-bytes", 1 << 20),
+            ("--max-value-bytes", 512 << 10),
+            ("--max-page-bytes", 1 << 20),
+        ] {
+            self.server_args.push(flag.into());
+            self.server_args.push(value.to_string());
+        }
+        self
+    }
+}
+
 /// What a run did and found.
 #[derive(Debug, Clone, Default)]
 pub struct RunReport {
@@ -126,6 +152,8 @@ pub struct RunReport {
     pub elapsed: Duration,
     /// Operations recorded (final reads included): (total, ok, refused, unknown).
     pub ops: (usize, usize, usize, usize),
+    /// Refusals by HTTP status and error code.
+    pub refusals: BTreeMap<String, usize>,
     pub linearizability: LinearizabilityReport,
     pub faults: Vec<FaultRecord>,
     pub snapshots: SnapshotReport,
@@ -184,6 +212,14 @@ impl RunReport {
             self.convergence.raft_snapshots_installed,
             self.violations.len()
         );
+        if !self.refusals.is_empty() {
+            let by_code: Vec<String> = self
+                .refusals
+                .iter()
+                .map(|(code, n)| format!("{n} {code}"))
+                .collect();
+            out.push_str(&format!("\n  refused: {}", by_code.join(", ")));
+        }
         for f in &self.faults {
             out.push_str(&format!("\n  fault {f}"));
         }
@@ -312,6 +348,7 @@ impl Run {
                 // A tenth of the checker's cap is left for operations in flight
                 // when a generation ends and for the final reads.
                 key_budget: scenario.check.max_ops_per_key - scenario.check.max_ops_per_key / 10,
+                value_bytes: scenario.value_bytes,
             },
             &endpoints,
             clock,
@@ -388,7 +425,9 @@ impl Run {
                     .map(|s| s.applied)
                     .unwrap_or(0),
             };
-            shard_versions.push(replicas::read_versions(cluster, reader, shard, upto).await?);
+            shard_versions.push(
+                replicas::read_versions(cluster, reader, shard, upto, scenario.value_bytes).await?,
+            );
         }
         let index = VersionIndex::new(&shard_versions);
         let versions_checked = shard_versions
@@ -442,6 +481,12 @@ impl Run {
             violations.push("no snapshot requested during the run completed".into());
         }
         let (ok, refused, unknown) = history.tally();
+        let mut refusals = BTreeMap::new();
+        for op in &history.ops {
+            if let Outcome::Refused { status, code } = &op.outcome {
+                *refusals.entry(format!("{status} {code}")).or_insert(0) += 1;
+            }
+        }
         let mut batches = (0, 0);
         for op in &history.ops {
             if let (Request::Batch { puts, deletes }, true) = (&op.request, op.outcome.is_ok()) {
@@ -466,6 +511,7 @@ impl Run {
             replay: scenario.replay.clone(),
             elapsed: started.elapsed(),
             ops: (history.ops.len(), ok, refused, unknown),
+            refusals,
             linearizability,
             faults,
             snapshots,
@@ -550,7 +596,7 @@ async fn final_reads(
             let (node, c) = &clients[i % clients.len()];
             let request = Request::Get { key: key.clone() };
             let invoked = clock.elapsed();
-            let outcome = workload::execute(c, &request).await;
+            let outcome = workload::execute(c, &request, history.value_bytes).await;
             let completed = clock.elapsed();
             let ok = outcome.is_ok();
             let last = format!("{outcome:?}");

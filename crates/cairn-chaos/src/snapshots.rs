@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::history::{Answer, History, Outcome, Request, WriteId};
+use crate::history::{compact, Answer, History, Outcome, Request, WriteId};
 use crate::replicas::VersionIndex;
 
 /// How one snapshot request ended.
@@ -334,6 +334,10 @@ pub async fn check(inputs: SnapshotInputs<'_>) -> SnapshotReport {
             report.violations.extend(v);
             continue;
         };
+        let entries: Vec<(Vec<u8>, Vec<u8>, u64)> = entries
+            .into_iter()
+            .map(|(k, value, version)| (k, compact(&value, history.value_bytes, None), version))
+            .collect();
         let got: HashMap<&str, (&[u8], u64)> = entries
             .iter()
             .map(|(k, value, version)| {

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::history::{
-    Answer, ClientId, History, Operation, Outcome, Precondition, Request, WriteId,
+    compact, Answer, ClientId, History, Operation, Outcome, Precondition, Request, WriteId,
 };
 
 /// How the workload is shaped.
@@ -61,6 +61,10 @@ pub struct WorkloadOptions {
     /// run must spread its operations over more keys rather than pile them onto the
     /// same ones.
     pub key_budget: usize,
+    /// Bytes of every value put (0: the write's id alone). Large values exercise the
+    /// byte limits: pages that end at their byte budget, entries and frames near their
+    /// caps.
+    pub value_bytes: usize,
 }
 
 /// Counters the nemesis watches to know the workload is doing something.
@@ -106,6 +110,7 @@ pub struct Workload {
     count: usize,
     generations: Arc<Generations>,
     prefix: String,
+    value_bytes: usize,
 }
 
 /// The key set of a workload's first generation: `{prefix}k00`, `{prefix}k01`, ...
@@ -230,6 +235,7 @@ impl Workload {
                 versions: HashMap::new(),
                 clock,
                 think: opts.think,
+                value_bytes: opts.value_bytes,
             };
             let stop = stop.clone();
             let progress = progress.clone();
@@ -245,6 +251,7 @@ impl Workload {
             count: opts.keys,
             generations,
             prefix: opts.prefix.clone(),
+            value_bytes: opts.value_bytes,
         }
     }
 
@@ -274,6 +281,7 @@ impl Workload {
             ops,
             keys,
             prefix: self.prefix,
+            value_bytes: self.value_bytes,
         }
     }
 }
@@ -296,6 +304,7 @@ struct WorkloadClient {
     versions: HashMap<String, u64>,
     clock: Instant,
     think: Duration,
+    value_bytes: usize,
 }
 
 impl WorkloadClient {
@@ -311,7 +320,7 @@ impl WorkloadClient {
             self.generations
                 .charge(self.generation, &request, &self.keys);
             let invoked = self.clock.elapsed();
-            let outcome = execute(&client, &request).await;
+            let outcome = execute(&client, &request, self.value_bytes).await;
             let completed = self.clock.elapsed();
             self.learn(&request, &outcome);
             let op = Operation {
@@ -459,15 +468,15 @@ fn client_pre(pre: Precondition) -> Pre {
     }
 }
 
-/// Send one request and classify what came back.
-pub async fn execute(client: &Client, request: &Request) -> Outcome {
+/// Send one request (its values `value_bytes` long) and classify what came back.
+/// Values read are recorded [`compact`]ed.
+pub async fn execute(client: &Client, request: &Request, value_bytes: usize) -> Outcome {
     let result = match request {
-        Request::Get { key } => client
-            .get(key.as_bytes())
-            .await
-            .map(|got| Answer::Value(got.map(|g| (g.value, g.version)))),
+        Request::Get { key } => client.get(key.as_bytes()).await.map(|got| {
+            Answer::Value(got.map(|g| (compact(&g.value, value_bytes, None), g.version)))
+        }),
         Request::Put { key, write, pre } => client
-            .put_if(key.as_bytes(), &write.value(), client_pre(*pre))
+            .put_if(key.as_bytes(), &write.value(value_bytes), client_pre(*pre))
             .await
             .map(|version| Answer::Written { version }),
         Request::Delete { key, pre } => client
@@ -480,7 +489,7 @@ pub async fn execute(client: &Client, request: &Request) -> Outcome {
         Request::Batch { puts, deletes } => {
             let mut ops: Vec<BatchOp> = puts
                 .iter()
-                .map(|(k, w)| BatchOp::put(k.as_bytes(), &w.value()))
+                .map(|(k, w)| BatchOp::put(k.as_bytes(), &w.value(value_bytes)))
                 .collect();
             ops.extend(deletes.iter().map(|k| BatchOp::delete(k.as_bytes())));
             client
@@ -490,7 +499,7 @@ pub async fn execute(client: &Client, request: &Request) -> Outcome {
                     versions: answer.versions,
                 })
         }
-        Request::Scan { prefix } => scan(client, prefix).await,
+        Request::Scan { prefix } => scan(client, prefix, value_bytes).await,
     };
     match result {
         Ok(answer) => Outcome::Ok(answer),
@@ -502,7 +511,7 @@ pub async fn execute(client: &Client, request: &Request) -> Outcome {
 /// one page is the whole prefix.
 const SCAN_PAGE: usize = 1000;
 
-async fn scan(client: &Client, prefix: &str) -> Result<Answer, ClientError> {
+async fn scan(client: &Client, prefix: &str, value_bytes: usize) -> Result<Answer, ClientError> {
     let page = client
         .scan(&ScanOptions {
             prefix: prefix.as_bytes().to_vec(),
@@ -518,7 +527,7 @@ async fn scan(client: &Client, prefix: &str) -> Result<Answer, ClientError> {
         let value = item.value_bytes().map_err(bad)?;
         items.push((
             String::from_utf8_lossy(&key).into_owned(),
-            value,
+            compact(&value, value_bytes, None),
             item.version,
         ));
     }

@@ -189,6 +189,27 @@ pub struct ClusterStatus {
     pub shards: Vec<ShardStatus>,
     /// The meta group (snapshot registry), as the answering node's replica sees it.
     pub meta: ShardStatus,
+    /// The answering node's links to its peers.
+    #[serde(default)]
+    pub links: Vec<PeerLink>,
+}
+
+/// The answering node's link to one peer on the peer transport.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerLink {
+    pub peer: u64,
+    /// `up`; `down` (no connection: the peer is unreachable or restarting); or
+    /// `unanswered` (connected, but the peer has not answered a keepalive for a
+    /// while: answers are not coming back, and the link re-dials if this lasts).
+    pub state: String,
+    /// Round trip of the last answered keepalive, in microseconds.
+    pub rtt_us: Option<u64>,
+    /// Connections dropped because the peer stopped answering.
+    pub resets: u64,
+    /// Frames to the peer refused for exceeding the frame cap.
+    pub oversized_frames: u64,
+    /// Forwarded calls to the peer that got no answer before their deadline.
+    pub calls_unanswered: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -333,6 +333,33 @@ impl Client {
         }
     }
 
+    /// One page of the keys under `prefix` (after `start_after`) whose value differs
+    /// between snapshots `from` and `to` (ids or names), with their value in `to`.
+    pub async fn diff(
+        &self,
+        from: &str,
+        to: &str,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: Option<usize>,
+    ) -> Result<api::DiffResponse> {
+        let mut url = format!(
+            "{}/v1/snapshots/{}/diff/{}?encoding=base64&prefix={}",
+            self.base,
+            encode_query(from.as_bytes()),
+            encode_query(to.as_bytes()),
+            encode_query(prefix)
+        );
+        if let Some(start_after) = start_after {
+            url.push_str("&start_after=");
+            url.push_str(&encode_query(start_after));
+        }
+        if let Some(limit) = limit {
+            url.push_str(&format!("&limit={limit}"));
+        }
+        json(check(self.http.get(url).send().await?).await?).await
+    }
+
     /// Applies `ops` atomically, within one shard or across several; returns the
     /// highest version the batch wrote.
     pub async fn batch(&self, ops: Vec<api::BatchOp>) -> Result<u64> {

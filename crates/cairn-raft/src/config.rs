@@ -33,6 +33,70 @@ pub struct RaftConfig {
     pub log_compact_entries: u64,
     /// Ticks a read or write may wait inside a replica before it is failed.
     pub request_ticks: u64,
+    /// Size limits that keep every entry and frame deliverable.
+    pub limits: RaftLimits,
+}
+
+/// Bytes a Raft message may carry in entries beyond the first (raft-rs's
+/// `max_size_per_msg`): a message holds at least one entry, and then more while
+/// they fit in this.
+pub const MAX_MSG_ENTRY_BYTES: usize = 1024 * 1024;
+
+/// Room a frame needs beyond its payload's bulk: the frame's envelope, a Raft
+/// message's fields, a page's lengths and tags, an error's text.
+pub const FRAME_ENVELOPE_BYTES: usize = 64 * 1024;
+
+/// The size limits of the Raft layer. They compose: an entry fits a Raft message,
+/// and a message fits a frame, by [`RaftLimits::validate`]; so no entry can exist
+/// that the peer transport cannot carry (a replica whose next entry cannot be sent
+/// would never replicate again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftLimits {
+    /// The largest frame on the peer transport, either way. Default 64 MiB.
+    pub max_frame_bytes: usize,
+    /// The largest command a replica accepts for proposal; larger ones are refused
+    /// with `TooLarge` before they reach the log. Default 8 MiB.
+    pub max_entry_bytes: usize,
+}
+
+impl Default for RaftLimits {
+    fn default() -> Self {
+        RaftLimits {
+            max_frame_bytes: 64 * 1024 * 1024,
+            max_entry_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+impl RaftLimits {
+    /// The most payload (a page, a request) one frame can carry.
+    pub fn frame_payload_bytes(&self) -> usize {
+        self.max_frame_bytes.saturating_sub(FRAME_ENVELOPE_BYTES)
+    }
+
+    pub fn validate(&self) -> Result<(), RaftError> {
+        let fail = |m: String| Err(RaftError::Config(m));
+        if self.max_frame_bytes > crate::transport::MAX_FRAME_CAP {
+            return fail(format!(
+                "the frame cap ({} bytes) exceeds {} bytes",
+                self.max_frame_bytes,
+                crate::transport::MAX_FRAME_CAP
+            ));
+        }
+        if self.max_entry_bytes == 0 {
+            return fail("the entry limit must be positive".into());
+        }
+        // A message carries one entry of any size, then more up to
+        // MAX_MSG_ENTRY_BYTES: the worst case is both.
+        let message = self.max_entry_bytes.saturating_add(MAX_MSG_ENTRY_BYTES);
+        if message > self.frame_payload_bytes() {
+            return fail(format!(
+                "an entry of {} bytes in a Raft message (plus {} of further entries and {} of envelope) does not fit the frame cap of {} bytes",
+                self.max_entry_bytes, MAX_MSG_ENTRY_BYTES, FRAME_ENVELOPE_BYTES, self.max_frame_bytes
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl RaftConfig {
@@ -67,6 +131,6 @@ impl RaftConfig {
         if self.log_compact_entries == 0 {
             return fail("log compaction threshold must be at least 1");
         }
-        Ok(())
+        self.limits.validate()
     }
 }

@@ -32,6 +32,17 @@ pub enum ShardError {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// A proposal, or a call or its answer on the peer transport, is larger than the
+    /// limit that keeps every Raft entry and frame deliverable. Nothing was changed;
+    /// the same request will fail again: make it smaller (fewer or smaller values, a
+    /// smaller page).
+    #[error("{what} on shard {shard} is {bytes} bytes, over the limit of {limit}")]
+    TooLarge {
+        shard: ShardId,
+        what: String,
+        bytes: usize,
+        limit: usize,
+    },
 }
 
 impl ShardError {

@@ -26,7 +26,8 @@ pub mod replica;
 pub mod request;
 pub mod transport;
 
-pub use config::RaftConfig;
+pub use config::{RaftConfig, RaftLimits};
 pub use error::{RaftError, ShardError};
 pub use multi_raft::{LocalShards, MultiRaft, ReplicaStatus};
 pub use request::{Consistency, ShardRequest, ShardResponse};
+pub use transport::LinkStatus;

@@ -82,13 +82,13 @@ impl LocalShards {
                 };
                 let at = self.read_version(inbox, consistency, shard, scope).await?;
                 let state = state.clone();
-                let items = tokio::task::spawn_blocking(move || {
+                let page = tokio::task::spawn_blocking(move || {
                     state.scan(&prefix, start_after.as_deref(), limit, at)
                 })
                 .await
                 .map_err(|_| ShardError::ShuttingDown)?
                 .map_err(|e| storage(shard, e))?;
-                Ok(ShardResponse::Items(items))
+                Ok(ShardResponse::Items(page))
             }
             ShardRequest::Diff {
                 prefix,
@@ -106,13 +106,13 @@ impl LocalShards {
                 )
                 .await?;
                 let state = state.clone();
-                let changes = tokio::task::spawn_blocking(move || {
+                let page = tokio::task::spawn_blocking(move || {
                     state.diff(&prefix, start_after.as_deref(), limit, from, to)
                 })
                 .await
                 .map_err(|_| ShardError::ShuttingDown)?
                 .map_err(|e| storage(shard, e))?;
-                Ok(ShardResponse::Changes(changes))
+                Ok(ShardResponse::Changes(page))
             }
         }
     }
@@ -263,17 +263,8 @@ impl MultiRaft {
             gauges: gauges.clone(),
         });
         let cancel = CancellationToken::new();
-        let transport = Transport::start(
-            node,
-            cfg.cluster_id.clone(),
-            cfg.listen,
-            &cfg.peers,
-            inboxes,
-            store.clone(),
-            local.clone(),
-            cancel.clone(),
-        )
-        .await?;
+        let transport =
+            Transport::start(&cfg, inboxes, store.clone(), local.clone(), cancel.clone()).await?;
         let (commit, commit_thread) = GroupCommit::start(store.clone(), node);
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let mut threads = Vec::new();
@@ -336,6 +327,11 @@ impl MultiRaft {
         timeout: Duration,
     ) -> Result<ShardResponse, ShardError> {
         self.transport.call(to, req, timeout).await
+    }
+
+    /// The state of this node's link to every peer.
+    pub fn links(&self) -> Vec<crate::transport::LinkStatus> {
+        self.transport.links()
     }
 
     /// Write batches this node's replicas of the data shards have applied since start.

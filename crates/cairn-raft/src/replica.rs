@@ -214,6 +214,8 @@ pub struct Replica<O: Outbox = Transport, D: Durability = GroupCommit> {
     gauges: Arc<ReplicaGauges>,
     log_compact_entries: u64,
     request_ticks: u64,
+    /// The largest command this replica proposes (`RaftLimits::max_entry_bytes`).
+    max_entry_bytes: usize,
     /// Logical clock: ticks since start.
     now: u64,
     next_id: u64,
@@ -317,7 +319,7 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
             min_election_tick,
             max_election_tick,
             applied: applied.index,
-            max_size_per_msg: 1024 * 1024,
+            max_size_per_msg: crate::config::MAX_MSG_ENTRY_BYTES as u64,
             max_inflight_msgs: 256,
             check_quorum: true,
             pre_vote: true,
@@ -353,6 +355,7 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
             gauges,
             log_compact_entries: cfg.log_compact_entries,
             request_ticks: cfg.request_ticks,
+            max_entry_bytes: cfg.limits.max_entry_bytes,
             now: 0,
             next_id: seed.proposal_ids,
             role: StateRole::Follower,
@@ -457,12 +460,22 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
             let _ = reply.send(Err(self.not_leader()));
             return;
         }
+        let data = command.encode();
+        let limit = self.max_entry_bytes;
+        if data.len() > limit {
+            // Refused before the log: an entry no Raft message could carry would stop
+            // the shard replicating for good.
+            let _ = reply.send(Err(ShardError::TooLarge {
+                shard: self.shard,
+                what: "the proposal".into(),
+                bytes: data.len(),
+                limit,
+            }));
+            return;
+        }
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
-        match self
-            .raw
-            .propose(id.to_be_bytes().to_vec(), command.encode())
-        {
+        match self.raw.propose(id.to_be_bytes().to_vec(), data) {
             Ok(()) => {
                 let pending = PendingWrite {
                     term: self.raw.raft.term,

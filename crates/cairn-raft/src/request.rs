@@ -1,7 +1,7 @@
 //! What a shard can be asked to do, and what it answers. These travel between nodes
 //! when a request is forwarded to the shard's leader, so they are serde data.
 
-use cairn_store::{ApplyOutcome, Command, ShardId, Versioned};
+use cairn_store::{ApplyOutcome, Command, Page, PageLimit, ShardId, Versioned};
 use serde::{Deserialize, Serialize};
 
 /// How fresh a read must be.
@@ -29,22 +29,23 @@ pub enum ShardRequest {
         key: Vec<u8>,
         consistency: Consistency,
     },
-    /// Live keys under a prefix, strictly after `start_after`, in key order.
+    /// Live keys under a prefix, strictly after `start_after`, in key order: one page
+    /// within `limit` (its bytes keep the answer under the transport's frame cap).
     Scan {
         shard: ShardId,
         prefix: Vec<u8>,
         start_after: Option<Vec<u8>>,
-        limit: usize,
+        limit: PageLimit,
         consistency: Consistency,
     },
     /// Keys under a prefix whose visible value differs between versions `from` and
-    /// `to` (two snapshots' read versions), with their value at `to`. Served like a
-    /// fixed-version read at `max(from, to)`.
+    /// `to` (two snapshots' read versions), with their value at `to`: one page within
+    /// `limit`. Served like a fixed-version read at `max(from, to)`.
     Diff {
         shard: ShardId,
         prefix: Vec<u8>,
         start_after: Option<Vec<u8>>,
-        limit: usize,
+        limit: PageLimit,
         from: u64,
         to: u64,
     },
@@ -90,7 +91,7 @@ impl ShardRequest {
 pub enum ShardResponse {
     Written(ApplyOutcome),
     Value(Option<Versioned>),
-    Items(Vec<(Vec<u8>, Versioned)>),
+    Items(Page<Versioned>),
     /// Changed keys with their value at the later version (`None`: deleted).
-    Changes(Vec<(Vec<u8>, Option<Versioned>)>),
+    Changes(Page<Option<Versioned>>),
 }

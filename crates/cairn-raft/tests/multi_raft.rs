@@ -58,6 +58,7 @@ impl TestCluster {
             heartbeat_ticks: 2,
             log_compact_entries: 20,
             request_ticks: 100,
+            limits: Default::default(),
         };
         // While a host is down, the others keep dialling it, and any outgoing
         // connection of this process may take its (ephemeral-range) port as a local
@@ -390,7 +391,7 @@ async fn reads_of_locked_keys_wait_for_the_resolve_even_across_a_leader_change()
         shard,
         prefix: prefix.as_bytes().to_vec(),
         start_after: None,
-        limit: 10,
+        limit: 10.into(),
         consistency: Consistency::Linearizable,
     };
     assert!(cluster.hosts[&leader]
@@ -444,4 +445,48 @@ async fn reads_of_locked_keys_wait_for_the_resolve_even_across_a_leader_change()
     for id in [1, 2, 3] {
         cluster.stop_host(id).await;
     }
+}
+
+/// A command larger than the entry limit is refused before it reaches the log: an
+/// entry no Raft message could carry would stop its shard from replicating. The log
+/// does not move, and the shard goes on accepting writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_over_the_entry_limit_is_refused_and_the_log_does_not_move() {
+    let cluster = TestCluster::start().await;
+    let limit = cairn_raft::RaftLimits::default().max_entry_bytes;
+    // Let the first elections settle: a new leader's own entry would take an index.
+    let mut first = cluster.put(0, "small", "v").await;
+    loop {
+        let next = cluster.put(0, "small", "v").await;
+        if next == first + 1 {
+            first = next;
+            break;
+        }
+        first = next;
+    }
+    let leader = cluster.leader(0).await;
+    let term = cluster.hosts[&leader].status(0).expect("status").term;
+    let huge = "x".repeat(limit + 1);
+    match cluster.propose(0, put("huge", &huge)).await {
+        Err(ShardError::TooLarge {
+            shard: 0,
+            bytes,
+            limit: l,
+            ..
+        }) => assert!(bytes > limit && l == limit, "{bytes} {l}"),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    // The next write takes the very next index (in the same term): the refused one
+    // took none.
+    let after = cluster.put(0, "after", "v").await;
+    if cluster.hosts[&leader].status(0).expect("status").term == term {
+        assert_eq!(after, first + 1, "the refused command took a log index");
+    }
+    let leader = cluster.leader(0).await;
+    assert_eq!(
+        cluster
+            .get(leader, 0, "huge", Consistency::Linearizable)
+            .await,
+        Ok(None)
+    );
 }

@@ -54,6 +54,16 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// Largest page a scan may ask for. Default 1000.
     pub max_scan_limit: usize,
+    /// Byte budget of one page of a scan or diff (keys and values): a page that
+    /// reaches it ends early, with `next_start_after`. Default 4 MiB.
+    pub max_page_bytes: usize,
+    /// Largest Raft entry (one write, batch, or one shard's part of a transaction or
+    /// revert) in bytes; larger proposals are refused before the log. Default 8 MiB.
+    pub max_entry_bytes: usize,
+    /// Largest frame on the peer transport. Default 64 MiB. Every limit above is
+    /// checked against it when the configuration loads, so every answer and Raft
+    /// message fits.
+    pub max_frame_bytes: usize,
     /// How long a request may take inside the cluster before it fails. Default 5000 ms.
     pub request_timeout_ms: u64,
     /// Take an automatic snapshot this often while data is written; 0 disables.
@@ -153,6 +163,17 @@ pub struct Settings {
     /// Largest scan page [default: 1000].
     #[arg(long, env = "CAIRN_MAX_SCAN_LIMIT")]
     pub max_scan_limit: Option<usize>,
+    /// Byte budget of a scan or diff page; a page ends early when it is reached
+    /// [default: 4194304].
+    #[arg(long, env = "CAIRN_MAX_PAGE_BYTES")]
+    pub max_page_bytes: Option<usize>,
+    /// Largest Raft entry in bytes (a write, a batch, a shard's part of a
+    /// transaction) [default: 8388608].
+    #[arg(long, env = "CAIRN_MAX_ENTRY_BYTES")]
+    pub max_entry_bytes: Option<usize>,
+    /// Largest peer transport frame in bytes [default: 67108864].
+    #[arg(long, env = "CAIRN_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
     /// Request deadline inside the cluster in milliseconds [default: 5000].
     #[arg(long, env = "CAIRN_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
@@ -211,6 +232,9 @@ impl Settings {
             max_value_bytes,
             max_request_bytes,
             max_scan_limit,
+            max_page_bytes,
+            max_entry_bytes,
+            max_frame_bytes,
             request_timeout_ms,
             snapshot_interval_ms,
             history_retention,
@@ -256,6 +280,13 @@ impl Settings {
             max_value_bytes: self.max_value_bytes.unwrap_or(1024 * 1024),
             max_request_bytes: self.max_request_bytes.unwrap_or(4 * 1024 * 1024),
             max_scan_limit: self.max_scan_limit.unwrap_or(1000),
+            max_page_bytes: self.max_page_bytes.unwrap_or(4 * 1024 * 1024),
+            max_entry_bytes: self
+                .max_entry_bytes
+                .unwrap_or(cairn_raft::RaftLimits::default().max_entry_bytes),
+            max_frame_bytes: self
+                .max_frame_bytes
+                .unwrap_or(cairn_raft::RaftLimits::default().max_frame_bytes),
             request_timeout_ms: self.request_timeout_ms.unwrap_or(5000),
             snapshot_interval_ms: self.snapshot_interval_ms.unwrap_or(1000),
             history_retention: match self.history_retention.as_deref() {
@@ -323,10 +354,58 @@ impl Config {
         if self.max_request_bytes < self.max_value_bytes {
             return fail("--max-request-bytes must be at least --max-value-bytes".into());
         }
+        self.check_limits_compose()?;
         if self.request_timeout_ms < self.tick_ms {
             return fail("--request-timeout-ms must be at least one tick".into());
         }
         Ok(())
+    }
+
+    /// The size limits compose, so every request, page and Raft entry fits in what
+    /// carries it: a request body in a Raft entry, an entry in a Raft message and a
+    /// message in a frame, a page (and the one key and value a page may hold beyond
+    /// its budget) in a frame.
+    fn check_limits_compose(&self) -> Result<(), ServerError> {
+        let fail = |m: String| Err(ServerError::Config(m));
+        let limits = self.raft_limits();
+        if let Err(e) = limits.validate() {
+            return fail(format!("--max-entry-bytes and --max-frame-bytes: {e}"));
+        }
+        if self.max_page_bytes == 0 {
+            return fail("--max-page-bytes must be positive".into());
+        }
+        // A batch's command is its ops in bincode, which never takes more than their
+        // JSON plus a little per op: the request plus the envelope bounds it.
+        let command = self
+            .max_request_bytes
+            .saturating_add(cairn_raft::config::FRAME_ENVELOPE_BYTES);
+        if command > self.max_entry_bytes {
+            return fail(format!(
+                "--max-request-bytes ({}) plus {} bytes of encoding must fit in --max-entry-bytes ({})",
+                self.max_request_bytes,
+                cairn_raft::config::FRAME_ENVELOPE_BYTES,
+                self.max_entry_bytes
+            ));
+        }
+        let room = limits.frame_payload_bytes();
+        let item = cairn_store::Page::<()>::cost(self.max_key_bytes, self.max_value_bytes);
+        if self.max_page_bytes > room || item > room {
+            return fail(format!(
+                "a page of --max-page-bytes ({}) and a key and value of --max-key-bytes and --max-value-bytes ({item} bytes) must each fit in a frame of --max-frame-bytes ({}) less {} bytes of envelope",
+                self.max_page_bytes,
+                self.max_frame_bytes,
+                cairn_raft::config::FRAME_ENVELOPE_BYTES
+            ));
+        }
+        Ok(())
+    }
+
+    /// The Raft layer's size limits.
+    pub fn raft_limits(&self) -> cairn_raft::RaftLimits {
+        cairn_raft::RaftLimits {
+            max_frame_bytes: self.max_frame_bytes,
+            max_entry_bytes: self.max_entry_bytes,
+        }
     }
 
     /// The snapshot protocol's timing.
@@ -407,6 +486,7 @@ impl Config {
             heartbeat_ticks: self.heartbeat_ticks,
             log_compact_entries: self.log_compact_entries,
             request_ticks: (self.request_timeout_ms / self.tick_ms).max(1),
+            limits: self.raft_limits(),
         }
     }
 }
@@ -536,6 +616,55 @@ mod tests {
             ..base()
         })
         .contains("--peer-listen"));
+    }
+
+    /// Every limit must fit what carries it (issue 11: a page of the default size
+    /// limits was larger than a peer frame and wedged the link).
+    #[test]
+    fn size_limits_must_compose_under_the_frame_cap() {
+        let c = base().resolve().unwrap();
+        assert_eq!(
+            (c.max_page_bytes, c.max_entry_bytes, c.max_frame_bytes),
+            (4 << 20, 8 << 20, 64 << 20)
+        );
+        let err = |s: Settings| s.resolve().unwrap_err().to_string();
+        let request_over_entry = Settings {
+            max_request_bytes: Some(8 << 20),
+            ..base()
+        };
+        assert!(err(request_over_entry).contains("--max-entry-bytes"));
+        let page_over_frame = Settings {
+            max_page_bytes: Some(64 << 20),
+            ..base()
+        };
+        assert!(err(page_over_frame).contains("--max-page-bytes"));
+        // A value is bounded by the request and so by the entry; a key limit is not.
+        let key_over_frame = Settings {
+            max_key_bytes: Some(64 << 20),
+            ..base()
+        };
+        let e = err(key_over_frame);
+        assert!(e.contains("--max-frame-bytes"), "{e}");
+        let entry_over_frame = Settings {
+            max_entry_bytes: Some(63 << 20),
+            ..base()
+        };
+        assert!(err(entry_over_frame).contains("does not fit the frame cap"));
+        let zero_page = Settings {
+            max_page_bytes: Some(0),
+            ..base()
+        };
+        assert!(err(zero_page).contains("--max-page-bytes"));
+        // Smaller limits that compose are accepted.
+        let small = Settings {
+            max_frame_bytes: Some(4 << 20),
+            max_entry_bytes: Some(2 << 20),
+            max_request_bytes: Some(1 << 20),
+            max_value_bytes: Some(512 << 10),
+            max_page_bytes: Some(1 << 20),
+            ..base()
+        };
+        assert!(small.resolve().is_ok());
     }
 
     #[test]

@@ -55,11 +55,7 @@ impl Node {
             what: "HTTP listener".into(),
             source,
         })?;
-        let router = Arc::new(Router::new(
-            raft.clone(),
-            config.shards,
-            config.request_timeout(),
-        ));
+        let router = Arc::new(Router::new(raft.clone(), &config));
         let snapshots = Arc::new(Coordinator::new(router.clone(), config.snapshots()));
         let txns = Arc::new(Transactions::new(
             router.clone(),

@@ -17,7 +17,7 @@ use cairn_raft::{Consistency, ShardError, ShardRequest, ShardResponse};
 use cairn_snapshot::meta::{put, Meta};
 use cairn_snapshot::registry::now_ms;
 use cairn_snapshot::SnapshotRecord;
-use cairn_store::{Condition, OpKind, ShardId, WriteOp};
+use cairn_store::{Condition, OpKind, Page, PageLimit, ShardId, WriteOp};
 use cairn_txn::{Transactions, TxnError};
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +26,10 @@ use crate::router::{unexpected, Router};
 const AUDIT: &[u8] = b"r/";
 /// Most keys one shard's part of a revert may change; more is refused (use a restore).
 pub const MAX_REVERT_KEYS: usize = 10_000;
+/// Most bytes of keys and values a revert reads from one shard's prefix, per side
+/// (now and at the snapshot), in entries' worth: a revert holds what it compares in
+/// memory, and what it changes must fit one entry anyway.
+const READ_ENTRIES: usize = 4;
 const PAGE: usize = 1000;
 const ATTEMPTS: usize = 8;
 
@@ -36,8 +40,8 @@ pub enum RevertError {
     Shard(#[from] ShardError),
     #[error(transparent)]
     Txn(TxnError),
-    #[error("reverting shard {shard} would change more than {MAX_REVERT_KEYS} keys; restore from a backup instead")]
-    TooLarge { shard: ShardId },
+    #[error("reverting shard {shard} {what}; revert a narrower prefix, or restore from a backup")]
+    TooLarge { shard: ShardId, what: String },
     #[error("keys under the prefix kept changing under the revert ({ATTEMPTS} attempts); nothing was changed")]
     Contended,
     #[error("{0}")]
@@ -161,6 +165,7 @@ async fn plan_shard(
 ) -> Result<Vec<WriteOp>, RevertError> {
     let now = scan_shard(router, shard, prefix, Consistency::Linearizable).await?;
     let then = scan_shard(router, shard, prefix, Consistency::AtVersion(at)).await?;
+    let entry = router.raft().config().limits.max_entry_bytes;
     let mut ops = Vec::new();
     for (key, (_, value)) in &then {
         match now.get(key) {
@@ -188,9 +193,31 @@ async fn plan_shard(
         }
     }
     if ops.len() > MAX_REVERT_KEYS {
-        return Err(RevertError::TooLarge { shard });
+        return Err(RevertError::TooLarge {
+            shard,
+            what: format!("would change {} keys, over {MAX_REVERT_KEYS}", ops.len()),
+        });
+    }
+    // The shard's part of the transaction is one Raft entry (its prepare).
+    let bytes: usize = ops.iter().map(op_bytes).sum();
+    if bytes > entry {
+        return Err(RevertError::TooLarge {
+            shard,
+            what: format!(
+                "would write about {bytes} bytes, over the entry limit of {entry} (--max-entry-bytes)"
+            ),
+        });
     }
     Ok(ops)
+}
+
+/// What an op costs in its shard's prepare entry, about.
+fn op_bytes(op: &WriteOp) -> usize {
+    let value = match &op.kind {
+        OpKind::Put(value) => value.len(),
+        OpKind::Delete | OpKind::Check => 0,
+    };
+    Page::<()>::cost(op.key.len(), value)
 }
 
 type Keys = BTreeMap<Vec<u8>, (u64, Vec<u8>)>;
@@ -201,29 +228,43 @@ async fn scan_shard(
     prefix: &[u8],
     consistency: Consistency,
 ) -> Result<Keys, RevertError> {
+    let budget = READ_ENTRIES * router.raft().config().limits.max_entry_bytes;
     let mut keys = Keys::new();
+    let mut bytes = 0;
     let mut start_after = None;
     loop {
         let request = ShardRequest::Scan {
             shard,
             prefix: prefix.to_vec(),
             start_after: start_after.clone(),
-            limit: PAGE,
+            limit: PageLimit {
+                items: PAGE,
+                bytes: cairn_snapshot::Shards::page_bytes(router),
+            },
             consistency,
         };
-        let items = match router.execute(request).await? {
-            ShardResponse::Items(items) => items,
+        let page = match router.execute(request).await? {
+            ShardResponse::Items(page) => page,
             other => return Err(unexpected(other).into()),
         };
-        let full = items.len() == PAGE;
-        start_after = items.last().map(|(k, _)| k.clone());
-        for (key, v) in items {
+        start_after = page.items.last().map(|(k, _)| k.clone());
+        for (key, v) in page.items {
+            bytes += Page::<()>::cost(key.len(), v.value.len());
             keys.insert(key, (v.version, v.value));
         }
         if keys.len() > 2 * MAX_REVERT_KEYS {
-            return Err(RevertError::TooLarge { shard });
+            return Err(RevertError::TooLarge {
+                shard,
+                what: format!("would compare more than {} keys", 2 * MAX_REVERT_KEYS),
+            });
         }
-        if !full {
+        if bytes > budget {
+            return Err(RevertError::TooLarge {
+                shard,
+                what: format!("would compare more than {budget} bytes of keys and values"),
+            });
+        }
+        if !page.more {
             return Ok(keys);
         }
     }

@@ -130,7 +130,8 @@ fn read_tree(state: &ShardState, key: &[u8], scan: bool, at: u64) -> Result<Call
     if scan {
         let items = state
             .scan(key, None, SCAN_LIMIT, at)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .items;
         Ok(CallEnd::Scanned { at, items })
     } else {
         let value = state.get(key, at).map_err(|e| e.to_string())?;

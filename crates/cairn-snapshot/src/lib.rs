@@ -46,4 +46,10 @@ pub trait Shards: Send + Sync + 'static {
     /// A number that grows whenever data is written (automatic snapshots are taken
     /// only when it moved).
     fn writes_seen(&self) -> u64;
+
+    /// The byte budget of one page read from a shard: what a forwarded answer may
+    /// carry (the node's `max_page_bytes`, which fits the peer transport's frames).
+    fn page_bytes(&self) -> usize {
+        cairn_store::page::DEFAULT_PAGE_BYTES
+    }
 }

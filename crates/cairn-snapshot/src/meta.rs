@@ -7,7 +7,9 @@
 //! cannot both win.
 
 use cairn_raft::{Consistency, ShardRequest, ShardResponse};
-use cairn_store::{ApplyOutcome, Command, Condition, OpKind, ShardId, Versioned, WriteOp};
+use cairn_store::{
+    ApplyOutcome, Command, Condition, OpKind, Page, PageLimit, ShardId, Versioned, WriteOp,
+};
 
 use crate::error::SnapshotError;
 use crate::Shards;
@@ -39,27 +41,31 @@ impl<'a, S: Shards> Meta<'a, S> {
         }
     }
 
-    /// Up to `limit` keys under `prefix`, after `start_after`, in key order.
+    /// One page of at most `limit` keys under `prefix`, after `start_after`, in key
+    /// order (fewer if their bytes reach the page budget; `more` says keys may follow).
     pub async fn scan(
         &self,
         prefix: &[u8],
         start_after: Option<Vec<u8>>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Versioned)>, SnapshotError> {
+    ) -> Result<Page<Versioned>, SnapshotError> {
         let request = ShardRequest::Scan {
             shard: self.group(),
             prefix: prefix.to_vec(),
             start_after,
-            limit,
+            limit: PageLimit {
+                items: limit,
+                bytes: self.shards.page_bytes(),
+            },
             consistency: Consistency::Linearizable,
         };
         match self.shards.execute(request).await? {
-            ShardResponse::Items(items) => Ok(items),
+            ShardResponse::Items(page) => Ok(page),
             other => Err(SnapshotError::unexpected(other)),
         }
     }
 
-    /// Every key under `prefix`, in pages of 1000.
+    /// Every key under `prefix`, page by page.
     pub async fn scan_all(
         &self,
         prefix: &[u8],
@@ -68,9 +74,8 @@ impl<'a, S: Shards> Meta<'a, S> {
         loop {
             let after = all.last().map(|(k, _): &(Vec<u8>, Versioned)| k.clone());
             let page = self.scan(prefix, after, 1000).await?;
-            let full = page.len() == 1000;
-            all.extend(page);
-            if !full {
+            all.extend(page.items);
+            if !page.more {
                 return Ok(all);
             }
         }

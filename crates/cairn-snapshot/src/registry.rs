@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cairn_store::{Condition, ShardId, Versioned, WriteOp};
+use cairn_store::{Condition, Page, ShardId, Versioned, WriteOp};
 use serde::{Deserialize, Serialize};
 
 use crate::error::SnapshotError;
@@ -156,7 +156,7 @@ impl<'a, S: Shards> Registry<'a, S> {
         prefix: &[u8],
         start_after: Option<Vec<u8>>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Versioned)>, SnapshotError> {
+    ) -> Result<Page<Versioned>, SnapshotError> {
         self.meta().scan(prefix, start_after, limit).await
     }
 
@@ -272,7 +272,7 @@ impl<'a, S: Shards> Registry<'a, S> {
     pub async fn drop_stale_wants(&self) -> Result<usize, SnapshotError> {
         let cutoff = now_ms().saturating_sub(gate::WANT_EXPIRES.as_millis() as u64);
         let mut dropped = 0;
-        for (key, value) in self.scan_raw(gate::WANT, None, 1000).await? {
+        for (key, value) in self.meta().scan_all(gate::WANT).await? {
             if be_u64(&value.value)? < cutoff {
                 self.write(vec![delete(key)]).await?;
                 dropped += 1;
@@ -329,7 +329,8 @@ impl<'a, S: Shards> Registry<'a, S> {
 
     /// Epochs that may still hold alignment windows somewhere.
     pub async fn open_epochs(&self) -> Result<Vec<u64>, SnapshotError> {
-        self.scan_raw(OPEN, None, 1000)
+        self.meta()
+            .scan_all(OPEN)
             .await?
             .iter()
             .map(|(k, _)| be_u64(&k[OPEN.len()..]))
@@ -361,18 +362,21 @@ impl<'a, S: Shards> Registry<'a, S> {
             .ok_or_else(|| SnapshotError::NotFound(id_or_name.to_owned()))
     }
 
-    /// Snapshots newest first, after `before_id` if given.
+    /// Snapshots newest first, after `before_id` if given: at most `limit`, and
+    /// whether more may follow the last.
     pub async fn list(
         &self,
         before_id: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<SnapshotRecord>, SnapshotError> {
+    ) -> Result<(Vec<SnapshotRecord>, bool), SnapshotError> {
         let start_after = before_id.map(id_key);
-        self.scan_raw(ID, start_after, limit)
-            .await?
+        let page = self.scan_raw(ID, start_after, limit).await?;
+        let records = page
+            .items
             .iter()
             .map(|(_, v)| Self::decode(v).map(|v| v.record))
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok((records, page.more))
     }
 
     /// The newest completed snapshot labelled at or before `time_ms`.
@@ -384,7 +388,7 @@ impl<'a, S: Shards> Registry<'a, S> {
         // bound, a later time sorts before it; `start_after` is exclusive.
         let bound = [TIME, &(!time_ms).to_be_bytes()].concat();
         let found = self.scan_raw(TIME, Some(bound), 1).await?;
-        match found.first() {
+        match found.items.first() {
             Some((key, _)) => self.time_entry(key).await,
             None => Ok(None),
         }
@@ -396,7 +400,7 @@ impl<'a, S: Shards> Registry<'a, S> {
         let mut start_after = None;
         loop {
             let page = self.scan_raw(TIME, start_after, 1000).await?;
-            match page.last() {
+            match page.items.last() {
                 Some((key, _)) => {
                     last = Some(key.clone());
                     start_after = Some(key.clone());
@@ -422,7 +426,7 @@ impl<'a, S: Shards> Registry<'a, S> {
         limit: usize,
     ) -> Result<Vec<SnapshotRecord>, SnapshotError> {
         let mut expired = Vec::new();
-        for (key, _) in self.scan_raw(AUTO, None, limit).await? {
+        for (key, _) in self.scan_raw(AUTO, None, limit).await?.items {
             let time = be_u64(key.get(AUTO.len()..AUTO.len() + 8).unwrap_or_default())?;
             if time >= cutoff_ms {
                 break;
@@ -444,7 +448,7 @@ impl<'a, S: Shards> Registry<'a, S> {
         let mut done = Vec::new();
         let mut start_after = None;
         loop {
-            let page = self.scan_raw(ID, start_after, 1000).await?;
+            let page = self.scan_raw(ID, start_after, 1000).await?.items;
             let Some((last, _)) = page.last() else {
                 break;
             };

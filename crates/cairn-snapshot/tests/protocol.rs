@@ -181,7 +181,7 @@ async fn a_shard_without_quorum_aborts_the_snapshot_and_releases_held_answers() 
             "the write after the cut was answered after {waited:?}, before the abort"
         );
     }
-    let record = coordinator.registry().list(None, 10).await.expect("list");
+    let (record, _) = coordinator.registry().list(None, 10).await.expect("list");
     assert!(matches!(record[0].state, SnapshotState::Aborted { .. }));
     assert!(coordinator
         .registry()

@@ -27,6 +27,7 @@ use crate::command::{Command, Condition, OpKind, WriteOp};
 use crate::cut::{self, Cut};
 use crate::error::{Result, StoreError};
 use crate::keys;
+use crate::page::{Page, PageBuilder, PageLimit};
 use crate::stage::SnapshotStage;
 use crate::ShardId;
 
@@ -296,7 +297,7 @@ impl ShardState {
         for (i, op) in ops.iter().enumerate() {
             let current = before.live_version(&op.key);
             let holds = match op.condition {
-                Condition::NothingUnder => self.scan(&op.key, None, 1, u64::MAX)?.is_empty(),
+                Condition::NothingUnder => self.scan(&op.key, None, 1, u64::MAX)?.items.is_empty(),
                 other => other.holds(current),
             };
             if !holds {
@@ -356,20 +357,20 @@ impl ShardState {
     }
 
     /// Live keys starting with `prefix`, strictly after `start_after` (if given), in byte
-    /// order, at most `limit`, as of version `at`.
+    /// order, as of version `at`: one page, within `limit` (see [`crate::page`]).
     pub fn scan(
         &self,
         prefix: &[u8],
         start_after: Option<&[u8]>,
-        limit: usize,
+        limit: impl Into<PageLimit>,
         at: u64,
-    ) -> Result<Vec<(Vec<u8>, Versioned)>> {
+    ) -> Result<Page<Versioned>> {
         self.check_readable(at)?;
         /// Versions of one key skipped in a row before seeking past the key instead.
         const MAX_SKIP: usize = 16;
-        let mut out = Vec::new();
-        if limit == 0 {
-            return Ok(out);
+        let mut out = PageBuilder::new(limit.into());
+        if out.is_full() {
+            return Ok(out.finish());
         }
         let scan_prefix = keys::scan_prefix(prefix);
         let mut lower = match start_after {
@@ -405,36 +406,34 @@ impl ShardState {
             skipped = 0;
             if let Some(value) = keys::decode_value(&v)? {
                 let (user_key, _) = keys::decode_key(&k)?;
-                out.push((
-                    user_key,
-                    Versioned {
-                        version,
-                        value: value.to_vec(),
-                    },
-                ));
-                if out.len() >= limit {
+                let cost = Page::<Versioned>::cost(user_key.len(), value.len());
+                let item = Versioned {
+                    version,
+                    value: value.to_vec(),
+                };
+                if !out.push(user_key, item, cost) || out.is_full() {
                     break;
                 }
             }
         }
-        Ok(out)
+        Ok(out.finish())
     }
 
     /// Keys under `prefix`, after `start_after`, whose visible value at version `to`
-    /// differs from the one at `from`, in key order, at most `limit`: each with its
-    /// value at `to`, or `None` if it was deleted (or is absent) there.
+    /// differs from the one at `from`, in key order, one page within `limit`: each with
+    /// its value at `to`, or `None` if it was deleted (or is absent) there.
     pub fn diff(
         &self,
         prefix: &[u8],
         start_after: Option<&[u8]>,
-        limit: usize,
+        limit: impl Into<PageLimit>,
         from: u64,
         to: u64,
-    ) -> Result<Vec<(Vec<u8>, Option<Versioned>)>> {
+    ) -> Result<Page<Option<Versioned>>> {
         self.check_readable(from.min(to))?;
-        let mut out = Vec::new();
-        if limit == 0 {
-            return Ok(out);
+        let mut out = PageBuilder::new(limit.into());
+        if out.is_full() {
+            return Ok(out.finish());
         }
         let scan_prefix = keys::scan_prefix(prefix);
         let lower = match start_after {
@@ -449,15 +448,17 @@ impl ShardState {
             at_to: Option<Option<(u64, Vec<u8>)>>,
         }
         let mut current: Option<Seen> = None;
-        let finish = |seen: Seen, out: &mut Vec<(Vec<u8>, Option<Versioned>)>| {
+        // Adds a finished key to the page if it changed; false once the page is done.
+        let finish = |seen: Seen, out: &mut PageBuilder<Option<Versioned>>| {
             let before = seen.at_from.flatten();
             let after = seen.at_to.flatten();
-            if before.as_ref().map(|b| b.0) != after.as_ref().map(|a| a.0) {
-                out.push((
-                    seen.key,
-                    after.map(|(version, value)| Versioned { version, value }),
-                ));
+            if before.as_ref().map(|b| b.0) == after.as_ref().map(|a| a.0) {
+                return true;
             }
+            let value = after.as_ref().map_or(0, |(_, v)| v.len());
+            let cost = Page::<Versioned>::cost(seen.key.len(), value);
+            let item = after.map(|(version, value)| Versioned { version, value });
+            out.push(seen.key, item, cost) && !out.is_full()
         };
         for item in self.tree.range(lower..) {
             let (k, v) = item?;
@@ -467,9 +468,8 @@ impl ShardState {
             let (user_key, version) = keys::decode_key(&k)?;
             if current.as_ref().is_none_or(|c| c.key != user_key) {
                 if let Some(done) = current.take() {
-                    finish(done, &mut out);
-                    if out.len() >= limit {
-                        return Ok(out);
+                    if !finish(done, &mut out) {
+                        return Ok(out.finish());
                     }
                 }
                 current = Some(Seen {
@@ -494,7 +494,7 @@ impl ShardState {
         if let Some(done) = current.take() {
             finish(done, &mut out);
         }
-        Ok(out)
+        Ok(out.finish())
     }
 
     /// The oldest readable version: reads below it fail with `HistoryCollected`.

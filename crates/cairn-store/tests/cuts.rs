@@ -158,7 +158,7 @@ fn diff_lists_keys_whose_visible_value_changed_between_two_versions() {
     // to = 11; later writes must not show.
     state.apply(12, 1, Some(&put("same", "late"))).unwrap();
 
-    let diff = state.diff(b"", None, 100, 4, 11).unwrap();
+    let diff = state.diff(b"", None, 100, 4, 11).unwrap().items;
     let summary: Vec<(String, Option<String>)> = diff
         .iter()
         .map(|(k, v)| {
@@ -181,13 +181,16 @@ fn diff_lists_keys_whose_visible_value_changed_between_two_versions() {
         "`same` is unchanged in (4, 11]; `temporary` came and went"
     );
     // Paging and prefixes.
-    let first = state.diff(b"", None, 2, 4, 11).unwrap();
+    let first = state.diff(b"", None, 2, 4, 11).unwrap().items;
     assert_eq!(first.len(), 2);
-    let rest = state.diff(b"", Some(&first[1].0), 100, 4, 11).unwrap();
+    let rest = state
+        .diff(b"", Some(&first[1].0), 100, 4, 11)
+        .unwrap()
+        .items;
     assert_eq!(rest.len(), 2);
     assert_eq!(rest[0].0, b"deleted");
-    assert_eq!(state.diff(b"cr", None, 100, 4, 11).unwrap().len(), 1);
-    assert!(state.diff(b"", None, 100, 4, 4).unwrap().is_empty());
+    assert_eq!(state.diff(b"cr", None, 100, 4, 11).unwrap().items.len(), 1);
+    assert!(state.diff(b"", None, 100, 4, 4).unwrap().items.is_empty());
 }
 
 #[test]
@@ -205,7 +208,7 @@ fn compaction_refuses_old_reads_and_collection_keeps_what_newer_reads_see() {
     // Horizon 5: reads at 5 and above must not change; below, they are refused.
     let before: Vec<_> = [5, 6, u64::MAX]
         .iter()
-        .map(|&at| state.scan(b"", None, 100, at).unwrap())
+        .map(|&at| state.scan(b"", None, 100, at).unwrap().items)
         .collect();
     assert_eq!(
         state
@@ -235,7 +238,7 @@ fn compaction_refuses_old_reads_and_collection_keeps_what_newer_reads_see() {
     assert_eq!(state.collect(5, 2).unwrap(), 0, "collection is idempotent");
     let after: Vec<_> = [5, 6, u64::MAX]
         .iter()
-        .map(|&at| state.scan(b"", None, 100, at).unwrap())
+        .map(|&at| state.scan(b"", None, 100, at).unwrap().items)
         .collect();
     assert_eq!(before, after, "reads at or above the horizon are unchanged");
 

@@ -123,8 +123,8 @@ fn a_loaded_shard_reads_like_the_original_at_the_restored_point() {
     assert_eq!(restored.load(versions, applied, 5, 1).unwrap(), 2);
     assert_eq!(restored.applied().unwrap(), applied);
     assert_eq!(
-        restored.scan(b"", None, 10, u64::MAX).unwrap(),
-        original.scan(b"", None, 10, 4).unwrap()
+        restored.scan(b"", None, 10, u64::MAX).unwrap().items,
+        original.scan(b"", None, 10, 4).unwrap().items
     );
     assert!(matches!(
         restored.get(b"a", 4),
@@ -202,7 +202,7 @@ proptest! {
             rebuilt.insert(r.key, r.value);
         }
         let rebuilt: Vec<(Vec<u8>, Vec<u8>)> = rebuilt.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect();
-        let expected: Vec<(Vec<u8>, Vec<u8>)> = state.scan(b"", None, 100, at).unwrap().into_iter().map(|(k, v)| (k, v.value)).collect();
+        let expected: Vec<(Vec<u8>, Vec<u8>)> = state.scan(b"", None, 100, at).unwrap().items.into_iter().map(|(k, v)| (k, v.value)).collect();
         prop_assert_eq!(rebuilt, expected);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use cairn_store::{Command, Condition, NodeStore, OpKind, WriteOp};
+use cairn_store::{Command, Condition, NodeStore, OpKind, Page, PageLimit, WriteOp};
 use proptest::prelude::*;
 
 /// The model: for each applied index, the whole map as of that index.
@@ -35,7 +35,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
-    fn agrees_with_btreemap(batches in batches(), past in any::<prop::sample::Index>(), prefix in key(), limit in 1usize..6) {
+    fn agrees_with_btreemap(batches in batches(), past in any::<prop::sample::Index>(), prefix in key(), limit in 1usize..6, budget in 0usize..80) {
         let dir = tempfile::tempdir().unwrap();
         let store = NodeStore::open(dir.path()).unwrap();
         let state = store.shard_state(0).unwrap();
@@ -72,20 +72,26 @@ proptest! {
             }
             // Full scan and a paged prefix scan.
             let want: Vec<_> = model.iter().map(|(k, (ver, v))| (k.clone(), *ver, v.clone())).collect();
-            let got: Vec<_> = state.scan(b"", None, usize::MAX, version)?
+            let got: Vec<_> = state.scan(b"", None, usize::MAX, version)?.items
                 .into_iter().map(|(k, v)| (k, v.version, v.value)).collect();
             prop_assert_eq!(&got, &want);
 
+            // Paged by count and by bytes: the pages follow `more` and join up to the
+            // whole prefix; a page stays within its limits but is never empty for want
+            // of bytes.
             let want_prefix: Vec<_> = want.iter().filter(|(k, _, _)| k.starts_with(&prefix)).cloned().collect();
+            let page_limit = PageLimit { items: limit, bytes: budget };
             let mut paged = Vec::new();
             let mut after: Option<Vec<u8>> = None;
             loop {
-                let page = state.scan(&prefix, after.as_deref(), limit, version)?;
-                prop_assert!(page.len() <= limit);
-                let done = page.len() < limit;
-                after = page.last().map(|(k, _)| k.clone());
-                paged.extend(page.into_iter().map(|(k, v)| (k, v.version, v.value)));
-                if done { break; }
+                let page = state.scan(&prefix, after.as_deref(), page_limit, version)?;
+                let bytes: usize = page.items.iter().map(|(k, v)| Page::<()>::cost(k.len(), v.value.len())).sum();
+                prop_assert!(page.items.len() <= limit);
+                prop_assert!(page.items.len() == 1 || bytes <= budget, "{} bytes over {}", bytes, budget);
+                prop_assert!(!page.more || !page.items.is_empty());
+                after = page.items.last().map(|(k, _)| k.clone());
+                paged.extend(page.items.into_iter().map(|(k, v)| (k, v.version, v.value)));
+                if !page.more { break; }
             }
             prop_assert_eq!(paged, want_prefix);
         }

@@ -52,6 +52,7 @@ fn scan_keys(
     state
         .scan(prefix, after, limit, at)
         .unwrap()
+        .items
         .into_iter()
         .map(|(k, _)| k)
         .collect()
@@ -244,7 +245,7 @@ fn scan_prefix_start_after_limit_at() {
         k(&[b"ap", b"app", b"apply", b"apz", b"b"])
     );
     assert_eq!(scan_keys(&s, b"", None, 100, 0), k(&[]));
-    let got = s.scan(b"apz", None, 10, max).unwrap();
+    let got = s.scan(b"apz", None, 10, max).unwrap().items;
     assert_eq!(
         got,
         vec![(
@@ -266,12 +267,13 @@ fn scan_skips_long_histories() {
         apply(&s, i, vec![put(b"b", i.to_string().as_bytes())]);
     }
     apply(&s, 60, vec![del(b"c")]);
-    let got = s.scan(b"", None, 10, u64::MAX).unwrap();
+    let got = s.scan(b"", None, 10, u64::MAX).unwrap().items;
     let keys: Vec<_> = got.iter().map(|(k, v)| (k.clone(), v.version)).collect();
     assert_eq!(keys, vec![(b"a".to_vec(), 1), (b"b".to_vec(), 59)]);
     let at30: Vec<_> = s
         .scan(b"", None, 10, 30)
         .unwrap()
+        .items
         .into_iter()
         .map(|(k, v)| (k, v.version))
         .collect();
@@ -375,18 +377,18 @@ fn export_stage_install_reproduces_state_at_cut() {
             );
         }
         assert_eq!(
-            dst.scan(b"", None, 100, at).unwrap(),
-            src.scan(b"", None, 100, at).unwrap()
+            dst.scan(b"", None, 100, at).unwrap().items,
+            src.scan(b"", None, 100, at).unwrap().items
         );
     }
     // Versions after the cut were not shipped.
     assert_eq!(
-        dst.scan(b"", None, 100, u64::MAX).unwrap(),
-        src.scan(b"", None, 100, cut).unwrap()
+        dst.scan(b"", None, 100, u64::MAX).unwrap().items,
+        src.scan(b"", None, 100, cut).unwrap().items
     );
     assert_ne!(
-        dst.scan(b"", None, 100, u64::MAX).unwrap(),
-        src.scan(b"", None, 100, u64::MAX).unwrap()
+        dst.scan(b"", None, 100, u64::MAX).unwrap().items,
+        src.scan(b"", None, 100, u64::MAX).unwrap().items
     );
     // The installed replica carries on applying after the cut.
     apply(&dst, cut + 1, vec![put(b"k1", b"after")]);

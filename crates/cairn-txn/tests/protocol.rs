@@ -88,7 +88,7 @@ async fn assert_nothing_left(cluster: &LocalCluster) {
             }
         }
         for prefix in [cairn_txn::record::TXN, gate::COMMITTING] {
-            if !meta.scan(prefix, None, 10).await.expect("scan").is_empty() {
+            if !meta.scan(prefix, None, 10).await.expect("scan").items.is_empty() {
                 left.push(format!("meta: {}", String::from_utf8_lossy(prefix)));
             }
         }
@@ -463,6 +463,7 @@ async fn sweep_until_clean(cluster: &LocalCluster, txns: &Transactions<LocalClus
             .scan(cairn_txn::record::TXN, None, 1)
             .await
             .expect("scan")
+            .items
             .is_empty()
         {
             break;

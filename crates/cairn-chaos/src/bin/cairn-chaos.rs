@@ -52,6 +52,10 @@ struct Args {
     /// Workload clients per run.
     #[arg(long, default_value_t = 10)]
     clients: usize,
+    /// Put values of this many bytes, under scaled-down size limits (pages, entries
+    /// and frames near their caps); 0: small values.
+    #[arg(long, default_value_t = 0)]
+    value_bytes: usize,
 }
 
 fn cairn_binary(args: &Args) -> anyhow::Result<PathBuf> {
@@ -81,11 +85,13 @@ fn parse_faults(names: &[String]) -> anyhow::Result<Vec<FaultKind>> {
         .collect()
 }
 
-fn replay_command(seed: u64, faults: &[FaultKind], clients: usize) -> String {
+fn replay_command(seed: u64, faults: &[FaultKind], args: &Args) -> String {
     let names: Vec<&str> = faults.iter().map(|f| f.name()).collect();
     format!(
-        "cargo build -p cairn-server --features failpoints && cargo build -p cairn-chaos && target/debug/cairn-chaos --seed {seed} --faults {} --clients {clients}",
-        names.join(",")
+        "cargo build -p cairn-server --features failpoints && cargo build -p cairn-chaos && target/debug/cairn-chaos --seed {seed} --faults {} --clients {} --value-bytes {}",
+        names.join(","),
+        args.clients,
+        args.value_bytes
     )
 }
 
@@ -114,8 +120,11 @@ fn main() -> anyhow::Result<()> {
         if !args.faults.is_empty() {
             let faults = parse_faults(&args.faults)?;
             let mut scenario = Scenario::new("replay", seed, faults.clone(), &binary);
+            if args.value_bytes > 0 {
+                scenario = scenario.with_large_values(args.value_bytes);
+            }
             scenario.clients = args.clients;
-            scenario.replay = replay_command(seed, &faults, args.clients);
+            scenario.replay = replay_command(seed, &faults, &args);
             return one(&scenario).await;
         }
         let total: Duration = args.duration.into();
@@ -134,10 +143,13 @@ fn main() -> anyhow::Result<()> {
                 .collect();
             let mut scenario =
                 Scenario::new(format!("soak-{index}"), round_seed, faults.clone(), &binary);
+            if args.value_bytes > 0 {
+                scenario = scenario.with_large_values(args.value_bytes);
+            }
             scenario.clients = args.clients;
             // A fault about every `every`: the hold and the recovery take part of it.
             scenario.gap = (every.mul_f64(0.2), every.mul_f64(0.5));
-            scenario.replay = replay_command(round_seed, &faults, args.clients);
+            scenario.replay = replay_command(round_seed, &faults, &args);
             one(&scenario).await?;
             index += 1;
         }

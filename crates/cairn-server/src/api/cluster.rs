@@ -6,7 +6,8 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use cairn_client::api::{ClusterStatus, NodeInfo, ShardStatus};
+use cairn_client::api::{ClusterStatus, NodeInfo, PeerLink, ShardStatus};
+use cairn_raft::LinkStatus;
 
 use super::{ApiError, ApiState};
 
@@ -50,7 +51,28 @@ pub async fn status(State(api): Shared) -> Result<Json<ClusterStatus>, ApiError>
             .collect(),
         shards,
         meta,
+        links: raft.links().iter().map(peer_link).collect(),
     }))
+}
+
+/// A keepalive unanswered this long shows the link as `unanswered` (pings go out
+/// every second; a healthy peer answers well within two).
+const UNANSWERED_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn peer_link(link: &LinkStatus) -> PeerLink {
+    let state = match (link.connected, link.unanswered_for) {
+        (false, _) => "down",
+        (true, Some(waited)) if waited >= UNANSWERED_AFTER => "unanswered",
+        (true, _) => "up",
+    };
+    PeerLink {
+        peer: link.peer,
+        state: state.into(),
+        rtt_us: link.rtt.map(|d| d.as_micros() as u64),
+        resets: link.resets,
+        oversized_frames: link.oversized_frames,
+        calls_unanswered: link.calls_unanswered,
+    }
 }
 
 pub async fn health() -> Json<serde_json::Value> {

@@ -7,10 +7,12 @@
 //!   version `V` (default: its applied index), history part over `(H, V]` (default:
 //!   its horizon). 409 `not_applied` if `V` is above what it applied; 410
 //!   `history_unavailable` below its horizon.
-//! - `GET /v1/debug/versions?shard=S[&after=A][&upto=V]`: the state at `A` and every
-//!   version of every key in `(A, V]` (defaults: the horizon, the applied index),
-//!   tombstones included, in key order and newest first per key. A value at two
-//!   versions is a write applied twice.
+//! - `GET /v1/debug/versions?shard=S[&after=A][&upto=V][&truncate=N]`: the state at
+//!   `A` and every version of every key in `(A, V]` (defaults: the horizon, the applied
+//!   index), tombstones included, in key order and newest first per key. A value at
+//!   two versions is a write applied twice. With `truncate`, values are cut to their
+//!   first `N` bytes (`value_len` keeps their length), so a history of large values
+//!   stays a small answer.
 //!
 //! `S` may be the meta group's number. Both read the whole data tree, on the blocking
 //! pool; they are for small test clusters and occasional checks, not for monitoring.
@@ -45,6 +47,10 @@ pub struct VersionItem {
     pub value_b64: Option<String>,
     /// True for a tombstone (the key was deleted at this version).
     pub deleted: bool,
+    /// The value's length in bytes (absent for a tombstone), whole even when the
+    /// value shown was truncated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_len: Option<u64>,
 }
 
 /// Answer of `GET /v1/debug/versions`.
@@ -83,10 +89,11 @@ pub async fn digest(State(api): Shared, uri: Uri) -> Result<Json<ShardDigest>, A
 }
 
 pub async fn versions(State(api): Shared, uri: Uri) -> Result<Json<VersionsResponse>, ApiError> {
-    let params = Params::parse(&uri, &["shard", "after", "upto"])?;
+    let params = Params::parse(&uri, &["shard", "after", "upto", "truncate"])?;
     let state = replica(&api, &params)?;
     let after = number(&params, "after")?;
     let upto = number(&params, "upto")?;
+    let truncate = number(&params, "truncate")?.map_or(usize::MAX, |n| n as usize);
     let answer = blocking(move || {
         let applied = state.applied()?.index;
         let horizon = state.horizon()?;
@@ -100,7 +107,7 @@ pub async fn versions(State(api): Shared, uri: Uri) -> Result<Json<VersionsRespo
         let items = |range| {
             state
                 .history(range)
-                .map(|v| v.map(|v| item(&v)))
+                .map(|v| v.map(|v| item(&v, truncate)))
                 .collect::<Result<Vec<_>, _>>()
         };
         Ok(VersionsResponse {
@@ -117,10 +124,10 @@ pub async fn versions(State(api): Shared, uri: Uri) -> Result<Json<VersionsRespo
     Ok(Json(answer))
 }
 
-fn item(v: &KeyVersion) -> VersionItem {
+fn item(v: &KeyVersion, truncate: usize) -> VersionItem {
     let (key, key_b64) = split_bytes(&v.key, Encoding::Utf8);
     let (value, value_b64) = match &v.value {
-        Some(bytes) => split_bytes(bytes, Encoding::Utf8),
+        Some(bytes) => split_bytes(&bytes[..bytes.len().min(truncate)], Encoding::Utf8),
         None => (None, None),
     };
     VersionItem {
@@ -130,6 +137,7 @@ fn item(v: &KeyVersion) -> VersionItem {
         value,
         value_b64,
         deleted: v.value.is_none(),
+        value_len: v.value.as_ref().map(|b| b.len() as u64),
     }
 }
 

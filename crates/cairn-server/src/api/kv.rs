@@ -165,7 +165,7 @@ pub async fn scan(State(api): Shared, uri: Uri) -> Result<Response, ApiError> {
         .scan(
             &prefix,
             start_after.as_deref(),
-            limit,
+            api.page(limit),
             |shard| match &snapshot {
                 Some(s) => at_cut(s, shard).unwrap_or(consistency),
                 None => consistency,

@@ -42,6 +42,16 @@ pub struct ApiState {
     pub metrics: Option<PrometheusHandle>,
 }
 
+impl ApiState {
+    /// A page of at most `items` keys within the node's page byte budget.
+    pub fn page(&self, items: usize) -> cairn_store::PageLimit {
+        cairn_store::PageLimit {
+            items,
+            bytes: self.config.max_page_bytes,
+        }
+    }
+}
+
 /// Build the axum application.
 pub fn app(state: Arc<ApiState>) -> axum::Router {
     axum::Router::new()
@@ -168,6 +178,7 @@ impl From<ShardError> for ApiError {
             ShardError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ShardError::HistoryCollected { .. } => (StatusCode::GONE, "history_unavailable"),
             ShardError::Storage { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
+            ShardError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
         };
         ApiError::new(status, code, e.to_string())
     }

@@ -41,10 +41,8 @@ pub async fn list(State(api): Shared, uri: Uri) -> Result<Json<SnapshotList>, Ap
                 .map_err(|_| ApiError::bad_request("bad_query", "before must be a snapshot id"))?,
         ),
     };
-    let records = api.snapshots.registry().list(before, limit).await?;
-    let next_before = (records.len() == limit)
-        .then(|| records.last().map(|r| r.id))
-        .flatten();
+    let (records, more) = api.snapshots.registry().list(before, limit).await?;
+    let next_before = more.then(|| records.last().map(|r| r.id)).flatten();
     let snapshots = records
         .iter()
         .filter(|r| matches!(r.state, SnapshotState::Done { .. }))
@@ -97,7 +95,7 @@ pub async fn diff(State(api): Shared, uri: Uri) -> Result<Json<DiffResponse>, Ap
     }
     let page = api
         .router
-        .diff(&prefix, start_after.as_deref(), limit, |shard| {
+        .diff(&prefix, start_after.as_deref(), api.page(limit), |shard| {
             versions[shard as usize]
         })
         .await?;

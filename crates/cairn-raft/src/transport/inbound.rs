@@ -1,0 +1,192 @@
+//! Inbound connections: accepted by the listener, read by one task each. A connection
+//! carries Raft messages, forwarded calls (answered on it) and keepalives, or one
+//! streamed Raft snapshot.
+//!
+//! Answers go out through one writer task per connection. If that writer stops (a
+//! write failed), the connection is closed at once rather than left reading: a
+//! connection that executes calls but can no longer answer them is the worst kind,
+//! since its peer would wait out every deadline. Closed, the peer re-dials.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+use tracing::Instrument;
+
+use super::frame::{codec, encode, encode_reply, Frame};
+use super::ledger::Admission;
+use super::{CallHandler, Transport};
+use crate::request::ShardRequest;
+
+impl Transport {
+    pub(super) async fn accept(self, listener: TcpListener, handler: Arc<dyn CallHandler>) {
+        loop {
+            let accepted = tokio::select! {
+                _ = self.inner.cancel.cancelled() => return,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((stream, remote)) => {
+                    let _ = stream.set_nodelay(true);
+                    let t = self.clone();
+                    let handler = handler.clone();
+                    let span = tracing::info_span!("peer_conn", node = self.inner.node_id, %remote);
+                    tokio::spawn(
+                        async move {
+                            if let Err(e) = t.serve(stream, handler).await {
+                                tracing::debug!(error = %e, "peer connection closed");
+                            }
+                        }
+                        .instrument(span),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Read one inbound connection: Raft messages, forwarded calls, or a snapshot.
+    async fn serve(self, stream: TcpStream, handler: Arc<dyn CallHandler>) -> Result<(), String> {
+        let max_frame = self.inner.max_frame;
+        let mut framed = Framed::new(stream, codec(max_frame));
+        let hello = tokio::time::timeout(Duration::from_secs(5), framed.next())
+            .await
+            .map_err(|_| "no hello".to_owned())?;
+        let sender = match hello.map(|r| r.map(|b| bincode::deserialize::<Frame>(&b))) {
+            Some(Ok(Ok(Frame::Hello {
+                cluster_id,
+                from,
+                incarnation,
+            }))) => {
+                if cluster_id != self.inner.cluster_id {
+                    tracing::warn!(from, %cluster_id, "refused a peer of another cluster");
+                    return Err("cluster id mismatch".into());
+                }
+                (from, incarnation)
+            }
+            _ => return Err("bad hello".into()),
+        };
+        let (mut sink, mut stream) = framed.split();
+        let (reply_tx, mut reply_rx) = mpsc::channel::<Bytes>(1024);
+        let mut writer = tokio::spawn(async move {
+            while let Some(bytes) = reply_rx.recv().await {
+                if sink.feed(bytes).await.is_err() {
+                    return;
+                }
+                while let Ok(bytes) = reply_rx.try_recv() {
+                    if sink.feed(bytes).await.is_err() {
+                        return;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut writer_done = false;
+        let mut staging = None;
+        let result = loop {
+            let bytes = tokio::select! {
+                _ = self.inner.cancel.cancelled() => break Ok(()),
+                _ = &mut writer => {
+                    writer_done = true;
+                    break Err("answers can no longer be written; closing".to_owned());
+                }
+                next = stream.next() => match next {
+                    Some(Ok(bytes)) => bytes,
+                    Some(Err(e)) => break Err(e.to_string()),
+                    None => break Ok(()),
+                },
+            };
+            let frame: Frame = match bincode::deserialize(&bytes) {
+                Ok(f) => f,
+                Err(e) => break Err(format!("undecodable frame: {e}")),
+            };
+            match frame {
+                Frame::Raft { shard, msg } => self.deliver(shard, &msg),
+                Frame::Call { id, req } => {
+                    let shard = req.shard();
+                    match self.admit(sender, id) {
+                        Admission::New => {
+                            let reply_tx = reply_tx.clone();
+                            let is_write = matches!(req, ShardRequest::Write { .. });
+                            let fut = handler.clone().call(req);
+                            let t = self.clone();
+                            tokio::spawn(
+                                async move {
+                                    let result = fut.await;
+                                    t.lock_ledger().finish(
+                                        sender,
+                                        id,
+                                        is_write.then(|| result.clone()),
+                                    );
+                                    match encode_reply(id, shard, result, max_frame) {
+                                        Ok(bytes) => {
+                                            let _ = reply_tx.send(bytes).await;
+                                        }
+                                        Err(e) => {
+                                            tracing::error!(id, error = %e, "no answer can be sent")
+                                        }
+                                    }
+                                }
+                                .in_current_span(),
+                            );
+                        }
+                        Admission::Answered(result) => {
+                            if let Ok(bytes) = encode_reply(id, shard, result, max_frame) {
+                                let _ = reply_tx.send(bytes).await;
+                            }
+                        }
+                        Admission::Duplicate => {
+                            tracing::debug!(from = sender.0, id, "dropped a duplicate call");
+                        }
+                    }
+                }
+                Frame::Ping { nonce } => {
+                    if let Ok(bytes) = encode(&Frame::Pong { nonce }, max_frame) {
+                        let _ = reply_tx.send(bytes).await;
+                    }
+                }
+                Frame::SnapshotChunk { shard, pairs } => {
+                    if let Err(e) = self.stage_chunk(&mut staging, shard, pairs).await {
+                        break Err(e);
+                    }
+                }
+                Frame::SnapshotEnd { shard, msg } => {
+                    if let Err(e) = self.stage_chunk(&mut staging, shard, Vec::new()).await {
+                        break Err(e);
+                    }
+                    let handed = self.hand_snapshot(shard, &msg).await;
+                    staging = None;
+                    match handed {
+                        Ok(()) => match encode(&Frame::SnapshotAck, max_frame) {
+                            Ok(bytes) => {
+                                let _ = reply_tx.send(bytes).await;
+                            }
+                            Err(e) => break Err(e.to_string()),
+                        },
+                        Err(e) => break Err(e),
+                    }
+                }
+                Frame::Hello { .. }
+                | Frame::Reply { .. }
+                | Frame::SnapshotAck
+                | Frame::Pong { .. } => {
+                    break Err("unexpected frame on an inbound connection".into());
+                }
+            }
+        };
+        drop(reply_tx);
+        if !writer_done {
+            let _ = writer.await;
+        }
+        result
+    }
+}

@@ -1,0 +1,591 @@
+//! The peer transport: TCP between the nodes of one cluster.
+//!
+//! Each node keeps one outbound connection per peer, owned by a link task that drains
+//! a bounded queue: everything queued while the previous batch was being written goes
+//! out in one write and one flush, so Raft messages of all shards to that peer travel
+//! batched. The same connection carries forwarded client requests (`Call`), whose
+//! replies come back on it. Inbound connections are accepted by a listener task and
+//! read by one task each.
+//!
+//! Raft snapshots do not travel as one message: the sender opens a dedicated
+//! connection and streams the shard's versions at the snapshot index in chunks, then
+//! the `MsgSnapshot` itself; the receiver writes the chunks to the shard's snapshot
+//! stage and only then hands the message to the replica, which installs the stage.
+//!
+//! Every connection starts with a `Hello` naming the cluster id; a peer of another
+//! cluster is refused.
+//!
+//! **A forwarded call runs at most once.** The network may deliver a frame twice (a
+//! retransmitting middlebox, a proxy, a replayed connection), and a write executed
+//! twice is a write applied twice: its value appears at two versions and may overwrite
+//! a later write. So every call carries an id, unique within its sender's
+//! *incarnation* (a random number each process picks at start and names in its
+//! `Hello`), and the receiver keeps a ledger (`CallLedger`) of the ids it has seen per
+//! (sender, incarnation). A duplicate is never executed again: if the original has
+//! finished and was a write, its (small) answer is sent again, since that is what a
+//! retransmitting peer needs; otherwise it is dropped, and the original's answer is
+//! on its way. Ids come from a counter, so the ledger keeps a window of the most
+//! recent ones and treats anything below the window as already seen: forgetting can
+//! only cost a delayed call its answer (its caller then reports the outcome unknown),
+//! never run it twice.
+//!
+//! **Every frame fits, every link answers.** Frames are length-delimited bincode
+//! under a cap ([`frame`]); a frame that would exceed it is never written: a call
+//! too large fails at once, an answer too large is replaced by an error answer. The
+//! limits that feed frames (pages, proposals) are checked against the cap when the
+//! configuration loads, so that path is a last resort. Links ping their peers and
+//! re-dial one that stops answering ([`link`]); an inbound connection whose writer
+//! failed is closed rather than left executing calls it cannot answer ([`inbound`]).
+//! Messages to an unreachable peer are dropped: Raft retransmits, and forwarded calls
+//! fail at their deadline.
+//!
+//! Files: [`frame`] (the frames and their cap), [`link`] (outbound connections and
+//! keepalive), [`inbound`] (accepted connections), [`ledger`] (calls seen),
+//! [`snapshot`] (Raft snapshot streams).
+
+mod frame;
+mod inbound;
+mod ledger;
+mod link;
+mod snapshot;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_store::{NodeId, NodeStore, ShardId};
+use crossbeam_channel::Sender as ReplicaSender;
+use futures::future::BoxFuture;
+use protobuf::Message as _;
+use raft::prelude::Message;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use frame::{frame_codec, frame_kind, FrameKind, MAX_FRAME_CAP};
+pub use link::LinkStatus;
+
+use crate::config::RaftConfig;
+use crate::error::ShardError;
+use crate::replica::ReplicaMsg;
+use crate::request::ShardRequest;
+use frame::{CallResult, Frame};
+use ledger::{Admission, CallLedger, CallSender};
+use link::{LinkStats, Outbound};
+
+/// Outbound queue per peer; beyond it Raft messages are dropped (Raft resends).
+const PEER_QUEUE: usize = 8192;
+
+/// Serves forwarded requests on this node (implemented by the local shards).
+pub trait CallHandler: Send + Sync + 'static {
+    fn call(self: Arc<Self>, req: ShardRequest) -> BoxFuture<'static, CallResult>;
+}
+
+/// Handle to the node's peer transport. Cheap to clone.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node_id: NodeId,
+    cluster_id: String,
+    /// The frame cap (`RaftLimits::max_frame_bytes`), both ways.
+    max_frame: usize,
+    runtime: tokio::runtime::Handle,
+    peers: HashMap<NodeId, Peer>,
+    replicas: Vec<ReplicaSender<ReplicaMsg>>,
+    store: NodeStore,
+    calls: Mutex<HashMap<u64, oneshot::Sender<CallResult>>>,
+    next_call: AtomicU64,
+    /// This process's incarnation (see the module doc), named in every `Hello`.
+    incarnation: u64,
+    /// Calls received, per sender incarnation: a duplicate is never executed twice.
+    ledger: Mutex<CallLedger>,
+    /// One staged snapshot per shard at a time.
+    stage_locks: Vec<Arc<tokio::sync::Mutex<()>>>,
+    cancel: CancellationToken,
+}
+
+struct Peer {
+    addr: std::net::SocketAddr,
+    tx: mpsc::Sender<Outbound>,
+    stats: LinkStats,
+}
+
+impl Transport {
+    /// Bind the listener (`cfg.listen`) and start a link task per peer of `cfg.peers`.
+    /// Must be called inside a tokio runtime.
+    pub async fn start(
+        cfg: &RaftConfig,
+        replicas: Vec<ReplicaSender<ReplicaMsg>>,
+        store: NodeStore,
+        handler: Arc<dyn CallHandler>,
+        cancel: CancellationToken,
+    ) -> std::io::Result<Transport> {
+        let node_id = cfg.node_id;
+        let listener = TcpListener::bind(cfg.listen).await?;
+        let mut links = Vec::new();
+        let mut peer_map = HashMap::new();
+        for (&id, &addr) in cfg.peers.iter().filter(|(&id, _)| id != node_id) {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            let stats = LinkStats::default();
+            peer_map.insert(id, Peer { addr, tx, stats });
+            links.push((id, addr, rx));
+        }
+        let shards = replicas.len();
+        let transport = Transport {
+            inner: Arc::new(Inner {
+                node_id,
+                cluster_id: cfg.cluster_id.clone(),
+                max_frame: cfg.limits.max_frame_bytes,
+                runtime: tokio::runtime::Handle::current(),
+                peers: peer_map,
+                replicas,
+                store,
+                calls: Mutex::new(HashMap::new()),
+                next_call: AtomicU64::new(1),
+                incarnation: rand::random(),
+                ledger: Mutex::new(CallLedger::default()),
+                stage_locks: (0..shards).map(|_| Default::default()).collect(),
+                cancel,
+            }),
+        };
+        for (peer, addr, rx) in links {
+            let t = transport.clone();
+            let span = tracing::info_span!("peer_link", node = node_id, peer, %addr);
+            tokio::spawn(t.link(peer, addr, rx).instrument(span));
+        }
+        let t = transport.clone();
+        let span = tracing::info_span!("peer_listener", node = node_id, listen = %cfg.listen);
+        tokio::spawn(t.accept(listener, handler).instrument(span));
+        Ok(transport)
+    }
+
+    /// Queue a Raft message for its peer. Returns false if it was dropped.
+    pub fn send_raft(&self, shard: ShardId, msg: Message) -> bool {
+        let Some(peer) = self.inner.peers.get(&msg.to) else {
+            return false;
+        };
+        match msg.write_to_bytes() {
+            Ok(bytes) => peer.tx.try_send(Outbound::Raft(shard, bytes)).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Forward a request to another node and wait for its answer.
+    pub async fn call(&self, to: NodeId, req: ShardRequest, timeout: Duration) -> CallResult {
+        let shard = req.shard();
+        let unavailable = |reason: &str| ShardError::Unavailable {
+            shard,
+            reason: format!("node {to}: {reason}"),
+        };
+        let peer = self
+            .inner
+            .peers
+            .get(&to)
+            .ok_or_else(|| unavailable("not a peer"))?;
+        let id = self.inner.next_call.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.lock_calls().insert(id, tx);
+        let is_write = matches!(req, ShardRequest::Write { .. });
+        if peer.tx.try_send(Outbound::Call(id, req)).is_err() {
+            self.lock_calls().remove(&id);
+            return Err(unavailable("peer queue full"));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result,
+            outcome => {
+                self.lock_calls().remove(&id);
+                let reason = match outcome {
+                    Err(_) => {
+                        peer.stats.call_unanswered(to);
+                        "no answer before the deadline"
+                    }
+                    _ => "connection lost",
+                };
+                // A forwarded write may have been proposed before the link failed.
+                Err(if is_write {
+                    ShardError::OutcomeUnknown {
+                        shard,
+                        reason: format!("node {to}: {reason}"),
+                    }
+                } else {
+                    unavailable(reason)
+                })
+            }
+        }
+    }
+
+    /// The state of this node's link to every peer, by peer id.
+    pub fn links(&self) -> Vec<LinkStatus> {
+        let mut links: Vec<_> = self
+            .inner
+            .peers
+            .iter()
+            .map(|(&id, peer)| peer.stats.status(id))
+            .collect();
+        links.sort_by_key(|l| l.peer);
+        links
+    }
+
+    fn link_stats(&self, peer: NodeId) -> Option<&LinkStats> {
+        self.inner.peers.get(&peer).map(|p| &p.stats)
+    }
+
+    fn lock_calls(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<CallResult>>> {
+        // The map stays consistent even if a holder panicked: entries are independent.
+        self.inner
+            .calls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn admit(&self, sender: CallSender, id: u64) -> Admission {
+        self.lock_ledger().admit(sender, id)
+    }
+
+    fn lock_ledger(&self) -> std::sync::MutexGuard<'_, CallLedger> {
+        // Entries are independent; a panicked holder leaves nothing half-written.
+        self.inner
+            .ledger
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn hello(&self) -> Frame {
+        Frame::Hello {
+            cluster_id: self.inner.cluster_id.clone(),
+            from: self.inner.node_id,
+            incarnation: self.inner.incarnation,
+        }
+    }
+
+    fn complete(&self, id: u64, result: CallResult) {
+        if let Some(tx) = self.lock_calls().remove(&id) {
+            let _ = tx.send(result);
+        }
+    }
+
+    fn deliver(&self, shard: ShardId, bytes: &[u8]) {
+        let Some(replica) = self.inner.replicas.get(shard as usize) else {
+            return;
+        };
+        if let Ok(msg) = Message::parse_from_bytes(bytes) {
+            // A full inbox means the replica is behind; Raft will resend.
+            let _ = replica.try_send(ReplicaMsg::Raft(Box::new(msg)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+    use std::sync::atomic::AtomicUsize;
+
+    use cairn_store::{ApplyOutcome, Command, Page, Versioned};
+    use futures::{SinkExt, StreamExt};
+    use tokio::net::TcpStream;
+    use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+    use super::frame::encode;
+    use super::link::{connect, PONG_DEADLINE};
+    use super::*;
+    use crate::config::RaftLimits;
+    use crate::request::{Consistency, ShardResponse};
+
+    const MAX_FRAME: usize = 256 * 1024;
+
+    /// Answers writes with the same outcome, counting executions; answers a read of
+    /// key `big` with a page larger than any frame, and other reads with nothing.
+    struct Counting {
+        calls: AtomicUsize,
+    }
+
+    impl CallHandler for Counting {
+        fn call(self: Arc<Self>, req: ShardRequest) -> BoxFuture<'static, CallResult> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                match req {
+                    ShardRequest::Get { key, .. } if key == b"big" => {
+                        let items = (0..64u8)
+                            .map(|i| {
+                                let value = vec![i; 8 * 1024];
+                                (vec![i], Versioned { version: 1, value })
+                            })
+                            .collect();
+                        Ok(ShardResponse::Items(Page { items, more: false }))
+                    }
+                    ShardRequest::Get { .. } => Ok(ShardResponse::Value(None)),
+                    _ => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        Ok(ShardResponse::Written(ApplyOutcome::Applied {
+                            version: 7,
+                            existed: vec![false],
+                        }))
+                    }
+                }
+            })
+        }
+    }
+
+    fn write() -> ShardRequest {
+        ShardRequest::Write {
+            shard: 0,
+            command: Command::Batch(Vec::new()),
+        }
+    }
+
+    fn get(key: &[u8]) -> ShardRequest {
+        ShardRequest::Get {
+            shard: 3,
+            key: key.to_vec(),
+            consistency: Consistency::Linearizable,
+        }
+    }
+
+    fn free_addr() -> SocketAddr {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    fn config(node_id: NodeId, peers: &[(NodeId, SocketAddr)]) -> RaftConfig {
+        let peers: BTreeMap<_, _> = peers.iter().copied().collect();
+        RaftConfig {
+            node_id,
+            cluster_id: "c".into(),
+            shards: 1,
+            listen: peers[&node_id],
+            peers,
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            log_compact_entries: 1000,
+            request_ticks: 50,
+            limits: RaftLimits {
+                max_frame_bytes: MAX_FRAME,
+                max_entry_bytes: 1024,
+            },
+        }
+    }
+
+    /// A transport for node `id` among `peers`, answering with a [`Counting`].
+    async fn node(
+        id: NodeId,
+        peers: &[(NodeId, SocketAddr)],
+        dir: &std::path::Path,
+    ) -> (Transport, Arc<Counting>, CancellationToken) {
+        let store = NodeStore::open(&dir.join(id.to_string())).unwrap();
+        let handler = Arc::new(Counting {
+            calls: AtomicUsize::new(0),
+        });
+        let cancel = CancellationToken::new();
+        let transport = Transport::start(
+            &config(id, peers),
+            Vec::new(),
+            store,
+            handler.clone(),
+            cancel.clone(),
+        )
+        .await
+        .unwrap();
+        (transport, handler, cancel)
+    }
+
+    async fn dial(addr: SocketAddr, incarnation: u64) -> Framed<TcpStream, LengthDelimitedCodec> {
+        for _ in 0..100 {
+            let hello = Frame::Hello {
+                cluster_id: "c".into(),
+                from: 1,
+                incarnation,
+            };
+            if let Ok(framed) = connect(addr, hello, MAX_FRAME).await {
+                return framed;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("transport at {addr} never accepted");
+    }
+
+    /// Replies arriving within a short while.
+    async fn replies(framed: &mut Framed<TcpStream, LengthDelimitedCodec>) -> Vec<u64> {
+        let mut ids = Vec::new();
+        while let Ok(Some(Ok(bytes))) =
+            tokio::time::timeout(Duration::from_millis(300), framed.next()).await
+        {
+            match bincode::deserialize::<Frame>(&bytes).unwrap() {
+                Frame::Reply { id, result } => {
+                    assert!(result.is_ok(), "{result:?}");
+                    ids.push(id);
+                }
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+        ids
+    }
+
+    /// Found by the chaos harness (`tests/chaos.rs`, `duplicated_frames`): a peer
+    /// frame delivered twice ran a forwarded write twice, so its value appeared at two
+    /// versions and could overwrite a later write.
+    #[tokio::test]
+    async fn a_duplicated_forwarded_write_runs_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = free_addr();
+        let (_transport, handler, cancel) = node(2, &[(2, addr)], dir.path()).await;
+
+        let mut link = dial(addr, 9).await;
+        // The same call three times: twice at once (the first still running), once
+        // after it finished.
+        let call = || {
+            let frame = Frame::Call {
+                id: 1,
+                req: write(),
+            };
+            encode(&frame, MAX_FRAME).unwrap()
+        };
+        link.send(call()).await.unwrap();
+        link.send(call()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        link.send(call()).await.unwrap();
+        let got = replies(&mut link).await;
+        assert_eq!(
+            handler.calls.load(Ordering::SeqCst),
+            1,
+            "executed more than once"
+        );
+        // The original's answer, and the finished write's answer again for the late
+        // duplicate; none for the duplicate that arrived while it ran.
+        assert_eq!(got, vec![1, 1]);
+
+        // A duplicate on another connection of the same sender is still a duplicate.
+        let mut again = dial(addr, 9).await;
+        again.send(call()).await.unwrap();
+        assert_eq!(replies(&mut again).await, vec![1]);
+        assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
+
+        // A restarted sender (new incarnation) counts from 1 again: a new call.
+        let mut restarted = dial(addr, 10).await;
+        restarted.send(call()).await.unwrap();
+        assert_eq!(replies(&mut restarted).await, vec![1]);
+        assert_eq!(handler.calls.load(Ordering::SeqCst), 2);
+        cancel.cancel();
+    }
+
+    /// Issue 11: an answer larger than a frame stopped the answering side's writer
+    /// while its reader went on executing calls, so every later call through that
+    /// link was executed and never answered. Now the oversized answer becomes an error
+    /// answer, and the link goes on serving.
+    #[tokio::test]
+    async fn an_answer_larger_than_a_frame_fails_its_call_and_the_link_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let peers = [(1, free_addr()), (2, free_addr())];
+        let (one, _, cancel_one) = node(1, &peers, dir.path()).await;
+        let (_two, executed, cancel_two) = node(2, &peers, dir.path()).await;
+        let timeout = Duration::from_secs(5);
+
+        // A small call first, so the link is up.
+        let mut answered = false;
+        for _ in 0..100 {
+            if one.call(2, get(b"small"), timeout).await.is_ok() {
+                answered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(answered, "the link never came up");
+
+        let started = tokio::time::Instant::now();
+        match one.call(2, get(b"big"), timeout).await {
+            Err(ShardError::TooLarge {
+                shard: 3,
+                bytes,
+                limit,
+                ..
+            }) => {
+                assert!(bytes > MAX_FRAME, "{bytes}");
+                assert_eq!(limit, MAX_FRAME);
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "the refusal came as an answer, not as the deadline"
+        );
+        let before = executed.calls.load(Ordering::SeqCst);
+        for _ in 0..5 {
+            let answer = one.call(2, get(b"small"), timeout).await;
+            assert!(
+                matches!(answer, Ok(ShardResponse::Value(None))),
+                "{answer:?}"
+            );
+        }
+        assert_eq!(executed.calls.load(Ordering::SeqCst), before + 5);
+        let link = &one.links()[0];
+        assert_eq!((link.peer, link.connected, link.resets), (2, true, 0));
+
+        // A request too large to forward fails at once, and counts on the link.
+        let huge = ShardRequest::Write {
+            shard: 0,
+            command: Command::Batch(vec![cairn_store::WriteOp {
+                key: b"k".to_vec(),
+                kind: cairn_store::OpKind::Put(vec![0; MAX_FRAME]),
+                condition: cairn_store::Condition::Always,
+            }]),
+        };
+        assert!(matches!(
+            one.call(2, huge, timeout).await,
+            Err(ShardError::TooLarge { shard: 0, .. })
+        ));
+        assert_eq!(one.links()[0].oversized_frames, 1);
+        assert!(one.call(2, get(b"small"), timeout).await.is_ok());
+        cancel_one.cancel();
+        cancel_two.cancel();
+    }
+
+    /// A peer that accepts frames but never answers (a half-alive connection) is
+    /// dropped once its keepalive goes unanswered past the deadline, and re-dialled;
+    /// the reset shows in the link's status.
+    #[tokio::test]
+    async fn a_peer_that_never_answers_is_redialled_and_the_reset_is_visible() {
+        let dir = tempfile::tempdir().unwrap();
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peers = [(1, free_addr()), (2, silent.local_addr().unwrap())];
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let sink = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let (stream, _) = silent.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                // Read everything, answer nothing.
+                let mut framed = Framed::new(stream, super::frame::codec(MAX_FRAME));
+                held.push(tokio::spawn(async move {
+                    while let Some(Ok(_)) = framed.next().await {}
+                }));
+            }
+        });
+        let (one, _, cancel) = node(1, &peers, dir.path()).await;
+        let deadline = tokio::time::Instant::now() + PONG_DEADLINE + Duration::from_secs(10);
+        while one.links()[0].resets == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the silent link was never reset: {:?}",
+                one.links()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let status = &one.links()[0];
+        assert_eq!(status.peer, 2);
+        while accepted.load(Ordering::SeqCst) < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "never re-dialled");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        cancel.cancel();
+        sink.abort();
+    }
+}

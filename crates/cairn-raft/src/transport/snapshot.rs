@@ -1,0 +1,179 @@
+//! Raft snapshots on the wire: the sender streams a shard's versions at the snapshot
+//! index in chunks on a connection of its own, then the `MsgSnapshot`; the receiver
+//! writes the chunks to the shard's stage and only then hands the message to the
+//! replica, which installs the stage. The stage is locked per shard until the replica
+//! has handled the message.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cairn_store::{ShardId, ShardState};
+use futures::{SinkExt, StreamExt};
+use protobuf::Message as _;
+use raft::prelude::Message;
+use tokio::sync::oneshot;
+use tracing::Instrument;
+
+use super::frame::{encode, Frame};
+use super::link::connect;
+use super::Transport;
+use crate::replica::ReplicaMsg;
+
+/// Target size of one snapshot chunk.
+const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// A shard's versions at a snapshot index, as raw tree pairs.
+type Versions = Box<dyn Iterator<Item = cairn_store::Result<(Vec<u8>, Vec<u8>)>> + Send>;
+
+/// The stage of one shard, held while its chunks arrive.
+pub(super) type Staging = Option<(ShardId, tokio::sync::OwnedMutexGuard<()>)>;
+
+impl Transport {
+    /// Stream a Raft snapshot to its peer in the background; the replica hears how it
+    /// ended through `SnapshotSent`. Returns false if it could not even be started.
+    pub fn send_snapshot(&self, shard: ShardId, msg: Message, state: ShardState) -> bool {
+        let Some(peer) = self.inner.peers.get(&msg.to) else {
+            return false;
+        };
+        let (to, addr) = (msg.to, peer.addr);
+        let t = self.clone();
+        let span = tracing::info_span!("snapshot_send", node = t.inner.node_id, shard, to);
+        self.inner.runtime.spawn(
+            async move {
+                let result = t.stream_snapshot(addr, shard, msg, state).await;
+                if let Err(e) = &result {
+                    tracing::warn!(error = %e, "snapshot stream failed");
+                }
+                let ok = result.is_ok();
+                if let Some(replica) = t.inner.replicas.get(shard as usize) {
+                    let _ = replica.send(ReplicaMsg::SnapshotSent { to, ok });
+                }
+            }
+            .instrument(span),
+        );
+        true
+    }
+
+    /// Write a chunk to the shard's stage, taking the stage (and clearing it) first.
+    pub(super) async fn stage_chunk(
+        &self,
+        staging: &mut Staging,
+        shard: ShardId,
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), String> {
+        let lock = self
+            .inner
+            .stage_locks
+            .get(shard as usize)
+            .ok_or_else(|| format!("no shard {shard}"))?
+            .clone();
+        let store = self.inner.store.clone();
+        match staging {
+            Some((s, _)) if *s == shard => {}
+            Some(_) => return Err("snapshot chunks of two shards on one stream".into()),
+            None => {
+                let guard = lock.lock_owned().await;
+                let store = store.clone();
+                blocking(move || store.snapshot_stage(shard)?.clear()).await?;
+                *staging = Some((shard, guard));
+            }
+        }
+        if !pairs.is_empty() {
+            blocking(move || store.snapshot_stage(shard)?.write(&pairs)).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn hand_snapshot(&self, shard: ShardId, bytes: &[u8]) -> Result<(), String> {
+        let msg = Message::parse_from_bytes(bytes).map_err(|e| e.to_string())?;
+        let replica = self
+            .inner
+            .replicas
+            .get(shard as usize)
+            .ok_or_else(|| format!("no shard {shard}"))?;
+        let (done, handled) = oneshot::channel();
+        replica
+            .send(ReplicaMsg::StagedSnapshot {
+                msg: Box::new(msg),
+                done,
+            })
+            .map_err(|_| "replica stopped".to_owned())?;
+        handled.await.map_err(|_| "replica stopped".to_owned())
+    }
+
+    pub(super) async fn stream_snapshot(
+        &self,
+        addr: SocketAddr,
+        shard: ShardId,
+        msg: Message,
+        state: ShardState,
+    ) -> Result<(), String> {
+        let upto = msg.get_snapshot().get_metadata().index;
+        let max_frame = self.inner.max_frame;
+        let mut framed = connect(addr, self.hello(), max_frame)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut versions: Versions = Box::new(state.export(upto));
+        let mut sent = 0usize;
+        loop {
+            // Reading the tree is blocking work: keep it off the async workers.
+            let (rest, chunk) = tokio::task::spawn_blocking(move || {
+                let mut chunk = Vec::new();
+                let mut bytes = 0;
+                for pair in versions.by_ref() {
+                    match pair {
+                        Ok((k, v)) => {
+                            bytes += k.len() + v.len();
+                            chunk.push((k, v));
+                            if bytes >= SNAPSHOT_CHUNK_BYTES {
+                                break;
+                            }
+                        }
+                        Err(e) => return (versions, Err(e.to_string())),
+                    }
+                }
+                (versions, Ok(chunk))
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            versions = rest;
+            let chunk = chunk?;
+            if chunk.is_empty() {
+                break;
+            }
+            sent += chunk.len();
+            let chunk = Frame::SnapshotChunk {
+                shard,
+                pairs: chunk,
+            };
+            framed
+                .send(encode(&chunk, max_frame).map_err(|e| e.to_string())?)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let msg = msg.write_to_bytes().map_err(|e| e.to_string())?;
+        framed
+            .send(encode(&Frame::SnapshotEnd { shard, msg }, max_frame).map_err(|e| e.to_string())?)
+            .await
+            .map_err(|e| e.to_string())?;
+        let ack = tokio::time::timeout(Duration::from_secs(120), framed.next())
+            .await
+            .map_err(|_| "no acknowledgement".to_owned())?;
+        match ack.map(|r| r.map(|b| bincode::deserialize::<Frame>(&b))) {
+            Some(Ok(Ok(Frame::SnapshotAck))) => {
+                tracing::info!(versions = sent, index = upto, "sent raft snapshot");
+                Ok(())
+            }
+            _ => Err("bad acknowledgement".into()),
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> cairn_store::Result<T> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
