@@ -269,6 +269,61 @@ async fn full_and_incrementals_restore_every_snapshot_into_a_fresh_cluster() {
     let verified = cairn(&["backup", "verify", &dest], &[]);
     assert!(verified.status.success(), "{}", text(&verified));
 
+    // Issue 17: a time before every restorable snapshot said "no backup a snapshot at
+    // or before the requested time"; it now names what can be restored. A time
+    // without an offset names no instant; any offset is taken.
+    let early = cairn(
+        &[
+            "restore",
+            "--from",
+            &dest,
+            "--as-of",
+            "2000-01-01T00:00:00+02:00",
+            "--dry-run",
+        ],
+        &[],
+    );
+    assert!(!early.status.success());
+    let oldest = full.snapshot.expect("the full backup's snapshot");
+    assert!(
+        text(&early).contains("restores a snapshot at or before 1999-12-31T22:00:00")
+            && text(&early).contains(&format!("the oldest it can restore is snapshot {oldest}")),
+        "{}",
+        text(&early)
+    );
+    let zoneless = cairn(
+        &[
+            "restore",
+            "--from",
+            &dest,
+            "--as-of",
+            "2026-01-01T00:00:00",
+            "--dry-run",
+        ],
+        &[],
+    );
+    assert!(
+        !zoneless.status.success() && text(&zoneless).contains("offset"),
+        "{}",
+        text(&zoneless)
+    );
+    // Readers never create a destination that is not there.
+    let nowhere = backups.path().join("nowhere").display().to_string();
+    for args in [
+        vec!["backup", "verify", nowhere.as_str()],
+        vec!["backup", "list", nowhere.as_str()],
+        vec!["restore", "--from", nowhere.as_str(), "--dry-run"],
+    ] {
+        let output = cairn(&args, &[]);
+        assert!(!output.status.success(), "{args:?}");
+        assert!(
+            text(&output).contains("no backups at"),
+            "{args:?}: {}",
+            text(&output)
+        );
+    }
+    assert!(!Path::new(&nowhere).exists(), "a reader created {nowhere}");
+
     // Dry run: says what, writes nothing.
     let dry_dir = backups.path().join("dry");
     let dry = cairn(
@@ -425,26 +480,47 @@ async fn damaged_backups_are_named_and_restore_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_backup_requests_change_nothing() {
-    let cluster = Cluster::start(ClusterOptions::default()).await;
+    // No automatic snapshots: the snapshot list must change only if a request does.
+    let cluster = Cluster::start(ClusterOptions {
+        extra_args: vec!["--snapshot-interval-ms".into(), "0".into()],
+        ..Default::default()
+    })
+    .await;
     let client = cluster.client(1);
     client.put(b"k", b"v").await.unwrap();
+    let snapshots_before = client.list_all_snapshots().await.unwrap();
     let dest = cluster.dir().join("b").display().to_string();
+    // The node's default destination (`--backup-dir`, set by the harness).
+    let default_dest = cluster.dir().join("backups");
     let cases = [
         (
             r#"{"destination":"ftp://nowhere"}"#,
             400,
             "bad_backup_request",
         ),
+        // Issue 17: these two answered 404 and 400 but created the directory.
         (
             r#"{"destination":"x","incremental":true}"#,
             400,
             "bad_backup_request",
         ),
         (
+            r#"{"destination":"x","snapshot":"no-such-snapshot"}"#,
+            404,
+            "snapshot_not_found",
+        ),
+        (
             r#"{"snapshot":"no-such-snapshot"}"#,
             404,
             "snapshot_not_found",
         ),
+        (r#"{"incremental":true}"#, 400, "bad_backup_request"),
+        (
+            r#"{"destination":"x","snapshot":987654}"#,
+            404,
+            "snapshot_not_found",
+        ),
+        (r#"{"destination":"x","snapshot":-1}"#, 400, "bad_json"),
         (r#"{"unknown":1}"#, 400, "bad_json"),
         (r#"not json"#, 400, "bad_json"),
         // Outside every allowed root (the harness allows the temporary directory).
@@ -467,7 +543,7 @@ async fn bad_backup_requests_change_nothing() {
     let http = reqwest::Client::new();
     let base = format!("http://{}", cluster.http_addr(1));
     for (body, status, code) in cases {
-        let body = body.replace("\"x\"", &format!("{dest:?}"));
+        let body = body.replace("\"x", &format!("\"{dest}"));
         let response = http
             .post(format!("{base}/v1/backups"))
             .body(body.clone())
@@ -477,12 +553,22 @@ async fn bad_backup_requests_change_nothing() {
         assert_eq!(response.status().as_u16(), status, "{body}");
         let error: serde_json::Value = response.json().await.unwrap();
         assert_eq!(error["error"]["code"], code, "{body}: {error}");
+        // A refused request changes nothing, on disk included.
+        assert!(!Path::new(&dest).exists(), "{body}: created {dest}");
+        assert!(
+            !default_dest.exists(),
+            "{body}: created the default destination"
+        );
     }
     assert!(
         client.backups().await.unwrap().is_empty(),
         "a refused request was recorded"
     );
-    assert!(!Path::new(&dest).join("manifest.json").exists());
+    assert_eq!(
+        client.list_all_snapshots().await.unwrap(),
+        snapshots_before,
+        "a refused request took a snapshot"
+    );
     assert!(
         !Path::new("/var/tmp/cairn-not-allowed").exists(),
         "a refused destination was created"
@@ -491,6 +577,19 @@ async fn bad_backup_requests_change_nothing() {
         Err(Error::Api { status, .. }) => assert_eq!(status, 404),
         other => panic!("unknown backup: {other:?}"),
     }
+    // A snapshot id as a JSON number, the form every response prints, is accepted
+    // (issue 17: it was `bad_json`).
+    let snap = client.create_snapshot(None).await.unwrap();
+    let body = format!(r#"{{"destination":{dest:?},"snapshot":{}}}"#, snap.id);
+    let response = http
+        .post(format!("{base}/v1/backups"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202, "{body}");
+    let started: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(started["snapshot"], snap.id, "{started}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

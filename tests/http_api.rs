@@ -1453,3 +1453,223 @@ async fn bad_input_is_refused_and_changes_nothing() {
     );
     assert_eq!(state(&c1).await, before);
 }
+
+/// Issue 17: what a new user tripping over the API found, each now refused or
+/// answered as documented, and every refusal changing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_new_user_findings() {
+    // No automatic snapshots: the test decides which snapshots exist.
+    let cluster = Cluster::start(ClusterOptions {
+        extra_args: vec!["--snapshot-interval-ms".into(), "0".into()],
+        ..Default::default()
+    })
+    .await;
+    let client = cluster.client(1);
+    let node = |path: &str| url(&cluster, 1, path);
+    client.put(b"app/a", b"1").await.unwrap();
+    let base = client.create_snapshot(Some("base")).await.unwrap();
+    client.put(b"unrelated/important", b"keepme").await.unwrap();
+    client.put(b"app/b", b"2").await.unwrap();
+
+    // A revert without a prefix (missing or null) is refused, not "every key".
+    let reverts_before = send("GET", &node("/v1/reverts"), &[], None).await.json();
+    let before = state(&client).await;
+    for body in [
+        r#"{"snapshot":"base"}"#,
+        r#"{"snapshot":"base","prefix":null}"#,
+        r#"{"snapshot":"base","prefix":""}"#,
+        r#"{"snapshot":"base","prefix":"app/","all":true}"#,
+    ] {
+        let resp = send("POST", &node("/v1/revert"), &[], Some(body.into())).await;
+        refused(&client, &before, body, resp, 400, &["bad_revert"]).await;
+    }
+    // A dry run says what would change and changes nothing, not even the audit log.
+    let dry = send(
+        "POST",
+        &node("/v1/revert"),
+        &[],
+        Some(r#"{"snapshot":"base","prefix":"","all":true,"dry_run":true}"#.into()),
+    )
+    .await;
+    assert_eq!(dry.status, 200, "{}", dry.text());
+    let dry: api::RevertResponse = serde_json::from_slice(&dry.body).unwrap();
+    assert!(dry.dry_run);
+    assert_eq!((dry.restored, dry.deleted, dry.snapshot), (0, 2, base.id));
+    assert_eq!(state(&client).await, before, "a dry run changed the store");
+    assert_eq!(
+        send("GET", &node("/v1/reverts"), &[], None).await.json(),
+        reverts_before,
+        "a dry run was recorded"
+    );
+    // The deliberate form reverts everything; the snapshot may be named by its id as
+    // a JSON number (the form responses print).
+    let body = format!(r#"{{"snapshot":{},"prefix":"","all":true}}"#, base.id);
+    let resp = send("POST", &node("/v1/revert"), &[], Some(body.into_bytes())).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let done: api::RevertResponse = serde_json::from_slice(&resp.body).unwrap();
+    assert!(!done.dry_run && done.deleted == 2);
+    let after: Vec<Vec<u8>> = state(&client)
+        .await
+        .into_iter()
+        .map(|(k, _, _)| k)
+        .collect();
+    assert_eq!(after, vec![b"app/a".to_vec()]);
+
+    // `as_of` later than the node's clock names no cut yet: refused, naming the newest
+    // readable time. Any RFC 3339 offset is taken; a time without one is refused.
+    let before = state(&client).await;
+    for target in [
+        "/v1/kv/app/a?as_of=2099-01-01T00:00:00Z",
+        "/v1/kv?prefix=app/&as_of=2099-01-01T00:00:00%2B01:00",
+    ] {
+        let resp = send("GET", &node(target), &[], None).await;
+        assert_error(target, &resp, 400, &["as_of_in_future"]);
+        let message = resp.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(
+            message.contains(&base.time[..19]),
+            "{target}: the message names the newest readable time: {message}"
+        );
+    }
+    let in_an_hour = chrono::Utc::now() + chrono::Duration::hours(1);
+    let now_elsewhere = chrono::Utc::now()
+        .with_timezone(&chrono::FixedOffset::east_opt(5 * 3600 + 1800).unwrap())
+        .to_rfc3339();
+    let target = format!(
+        "/v1/kv/app/a?as_of={}",
+        cairn_client::encode_query(in_an_hour.to_rfc3339().as_bytes())
+    );
+    assert_error(
+        &target,
+        &send("GET", &node(&target), &[], None).await,
+        400,
+        &["as_of_in_future"],
+    );
+    let target = format!(
+        "/v1/kv/app/a?as_of={}",
+        cairn_client::encode_query(now_elsewhere.as_bytes())
+    );
+    let resp = send("GET", &node(&target), &[], None).await;
+    assert_eq!(resp.status, 200, "{target}: {}", resp.text());
+    assert_eq!(resp.header("cairn-snapshot"), Some(base.id.to_string()));
+    assert_eq!(resp.body, b"1");
+    let resp = send(
+        "GET",
+        &node("/v1/kv/app/a?as_of=2026-01-01T00:00:00"),
+        &[],
+        None,
+    )
+    .await;
+    assert_error("as_of without an offset", &resp, 400, &["bad_query"]);
+    assert_eq!(state(&client).await, before);
+
+    // A batch naming one key twice is refused (two creates could both pass).
+    let before = state(&client).await;
+    for ops in [
+        r#"[{"op":"put","key":"dup","value":"1","if_absent":true},{"op":"put","key":"dup","value":"2","if_absent":true}]"#,
+        r#"[{"op":"put","key":"x","value":"1"},{"op":"delete","key_b64":"eA=="}]"#,
+    ] {
+        let body = format!(r#"{{"ops":{ops}}}"#);
+        let resp = send("POST", &node("/v1/batch"), &[], Some(body.into_bytes())).await;
+        refused(&client, &before, ops, resp, 400, &["bad_batch"]).await;
+    }
+
+    // If-Match takes a list of ETags and compares strongly; GET answers 304 to
+    // If-None-Match (RFC 9110).
+    let v1 = client.put(b"etag", b"one").await.unwrap();
+    let path = node("/v1/kv/etag");
+    let list = format!(r#""{}", "{}""#, v1 + 1000, v1);
+    let resp = send("PUT", &path, &[("if-match", &list)], Some(b"two".to_vec())).await;
+    assert_eq!(resp.status, 200, "If-Match with a list: {}", resp.text());
+    let v2 = resp.etag().unwrap();
+    let before = state(&client).await;
+    let weak = format!(r#"W/"{v2}""#);
+    let resp = send(
+        "PUT",
+        &path,
+        &[("if-match", &weak)],
+        Some(b"three".to_vec()),
+    )
+    .await;
+    refused(
+        &client,
+        &before,
+        "a weak ETag in If-Match",
+        resp,
+        412,
+        &["precondition_failed"],
+    )
+    .await;
+    let stale = format!(r#""{v1}", "{}""#, v2 + 1000);
+    let resp = send("DELETE", &path, &[("if-match", &stale)], None).await;
+    refused(
+        &client,
+        &before,
+        "If-Match with old ETags",
+        resp,
+        412,
+        &["precondition_failed"],
+    )
+    .await;
+    let resp = send(
+        "PUT",
+        &path,
+        &[("if-match", "not-quoted")],
+        Some(b"x".to_vec()),
+    )
+    .await;
+    refused(
+        &client,
+        &before,
+        "a malformed If-Match",
+        resp,
+        400,
+        &["bad_header"],
+    )
+    .await;
+    for unless in [
+        format!(r#""{v2}""#),
+        weak.clone(),
+        format!(r#""1", W/"{v2}""#),
+        "*".into(),
+    ] {
+        let resp = send("GET", &path, &[("if-none-match", &unless)], None).await;
+        assert_eq!(resp.status, 304, "If-None-Match {unless}: {}", resp.text());
+        assert_eq!(resp.etag(), Some(v2));
+        assert!(resp.body.is_empty());
+    }
+    let resp = send(
+        "GET",
+        &path,
+        &[("if-none-match", &format!(r#""{v1}""#))],
+        None,
+    )
+    .await;
+    assert_eq!((resp.status, resp.body.as_slice()), (200, &b"two"[..]));
+    let resp = send("GET", &path, &[("if-match", &format!(r#""{v1}""#))], None).await;
+    assert_error(
+        "GET If-Match of an old version",
+        &resp,
+        412,
+        &["precondition_failed"],
+    );
+    let resp = send("GET", &path, &[("if-match", &format!(r#""{v2}""#))], None).await;
+    assert_eq!(resp.status, 200);
+
+    // The CLI takes a bare host:port endpoint.
+    let output = std::process::Command::new(harness::cairn_bin())
+        .args([
+            "get",
+            "--endpoint",
+            &cluster.http_addr(2).to_string(),
+            "etag",
+        ])
+        .env_remove("CAIRN_ENDPOINT")
+        .output()
+        .expect("run cairn get");
+    assert!(
+        output.status.success(),
+        "cairn get --endpoint host:port: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("two"));
+}

@@ -177,22 +177,29 @@ impl<S: Shards> Backups<S> {
             .destination
             .clone()
             .unwrap_or_else(|| self.config.default_destination.clone());
+        // Every check comes before anything is created: a refused request leaves
+        // no directory behind.
         self.allowed().check(&url)?;
-        let dest = self.destination(&url)?;
+        let existing = Destination::parse_existing(&url, &self.config.s3)?;
         let given = match &request.snapshot {
             Some(name) => Some(self.done_snapshot(name).await?),
             None => None,
         };
-        if request.incremental
-            && self
-                .find_parent(&dest, None, given.as_ref())
-                .await?
-                .is_none()
-        {
-            return Err(BackupError::Invalid(format!(
-                "no backup of this cluster at {url} to extend; take a full backup first"
-            )));
+        if request.incremental {
+            let parent = match &existing {
+                Some(dest) => self.find_parent(dest, None, given.as_ref()).await?,
+                None => None,
+            };
+            if parent.is_none() {
+                return Err(BackupError::Invalid(format!(
+                    "no backup of this cluster at {url} to extend; take a full backup first"
+                )));
+            }
         }
+        let dest = match existing {
+            Some(dest) => dest,
+            None => self.destination(&url)?,
+        };
         let now = now_ms();
         let node = self.node;
         let created = self
@@ -692,7 +699,7 @@ impl<S: Shards> Backups<S> {
             .get(id)
             .await?
             .map(|t| t.value)
-            .ok_or_else(|| BackupError::NotFound(id.to_owned()))
+            .ok_or_else(|| BackupError::NotFound(format!("no backup {id}")))
     }
 
     /// Every backup's record, newest first.

@@ -122,6 +122,23 @@ impl Destination {
         })
     }
 
+    /// Open a destination only if it exists: `None` for a local directory that does
+    /// not (nothing is created), so a reader or a request that is then refused leaves
+    /// no trace. Other URLs are checked as [`Destination::parse`] checks them.
+    pub fn parse_existing(url: &str, s3: &S3Options) -> Result<Option<Destination>, BackupError> {
+        let local_path = match url.split_once("://") {
+            None => Some(url),
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("file") => Some(rest),
+            Some(_) => None,
+        };
+        match local_path {
+            Some(path) if !url.trim().is_empty() && !std::path::Path::new(path).exists() => {
+                Ok(None)
+            }
+            _ => Destination::parse(url, s3).map(Some),
+        }
+    }
+
     /// The URL this destination was opened from.
     pub fn url(&self) -> &str {
         &self.url
@@ -199,6 +216,17 @@ impl Destination {
             .await?;
         ids.sort();
         Ok(ids)
+    }
+
+    /// Whether backup `id` exists: its manifest does (a backup is published by its
+    /// manifest, written last, and deleted by deleting it first).
+    pub async fn backup_exists(&self, id: &str) -> Result<bool, BackupError> {
+        let manifest = backup_dir(id)?.join(MANIFEST);
+        match self.store.head(&manifest).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Delete a backup: its manifest first (from then on the backup does not exist),

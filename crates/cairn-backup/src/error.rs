@@ -22,8 +22,9 @@ pub enum BackupError {
     },
     #[error("object store: {0}")]
     Store(#[from] object_store::Error),
-    /// No backup (in the catalog or at the destination) has this id.
-    #[error("no backup {0}")]
+    /// No backup (in the catalog or at the destination) is the one asked for; the
+    /// message says which and what there is instead.
+    #[error("{0}")]
     NotFound(String),
     /// An incremental backup cannot be taken: the history since its parent is gone.
     #[error("{0}")]

@@ -86,7 +86,7 @@ pub async fn plan(
     };
     if candidates.is_empty() {
         return Err(BackupError::NotFound(format!(
-            "any backup at {}",
+            "no backup at {}",
             dest.url()
         )));
     }
@@ -95,7 +95,7 @@ pub async fn plan(
             let newest = candidates
                 .iter()
                 .max_by_key(|m| (rfc3339_ms(&m.snapshot.time), m.snapshot.id))
-                .ok_or_else(|| BackupError::NotFound("a backup".into()))?;
+                .ok_or_else(|| BackupError::NotFound(format!("no backup at {}", dest.url())))?;
             (newest.clone(), newest.snapshot.clone())
         }
         Target::Snapshot(id) => candidates
@@ -107,7 +107,7 @@ pub async fn plan(
             })
             .ok_or_else(|| {
                 BackupError::NotFound(format!(
-                    "a backup at {} that restores snapshot {id}",
+                    "no backup at {} restores snapshot {id}",
                     dest.url()
                 ))
             })?,
@@ -118,10 +118,22 @@ pub async fn plan(
             .max_by_key(|(_, s)| (rfc3339_ms(&s.time), s.id))
             .map(|(m, s)| (m.clone(), s.clone()))
             .ok_or_else(|| {
-                BackupError::NotFound(format!(
-                    "a snapshot at or before the requested time at {}",
-                    dest.url()
-                ))
+                let oldest = candidates
+                    .iter()
+                    .flat_map(|m| m.restorable())
+                    .min_by_key(|s| (rfc3339_ms(&s.time), s.id));
+                let requested = humantime::format_rfc3339_millis(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(*ms),
+                );
+                BackupError::NotFound(match oldest {
+                    Some(s) => format!(
+                        "no backup at {} restores a snapshot at or before {requested}: the oldest it can restore is snapshot {} at {}",
+                        dest.url(),
+                        s.id,
+                        s.time
+                    ),
+                    None => format!("no backup at {} restores any snapshot", dest.url()),
+                })
             })?,
     };
     let mut chain = vec![holder];

@@ -259,6 +259,12 @@ impl Cluster {
             .collect()
     }
 
+    /// Where backups taken without a destination go (`--backup-dir`): inside the
+    /// cluster's directory, never in the working tree.
+    pub fn backup_dir(&self) -> std::path::PathBuf {
+        self.dir().join("backups")
+    }
+
     /// The `cairn server ...` arguments node `id` runs with.
     pub fn node_args(&self, id: NodeId) -> Result<Vec<String>> {
         let node = self.node(id)?;
@@ -282,6 +288,10 @@ impl Cluster {
             self.initial_cluster.clone(),
             "--shards".into(),
             self.opts.shards.to_string(),
+            // The default destination is relative to the working directory; keep
+            // backups taken without one inside the cluster's own directory.
+            "--backup-dir".into(),
+            self.backup_dir().display().to_string(),
         ]);
         args.extend(self.opts.extra_args.iter().cloned());
         Ok(args)

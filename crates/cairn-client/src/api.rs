@@ -326,8 +326,13 @@ pub struct CreateBackup {
     /// Extend the newest backup of this cluster at the destination.
     #[serde(default)]
     pub incremental: bool,
-    /// Back up this completed snapshot (id or name) instead of taking a new one.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
+    /// Back up this completed snapshot (id or name) instead of taking a new one. An
+    /// id may be given as a number, the form responses print, or as a string.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        deserialize_with = "optional_id_or_name"
+    )]
     pub snapshot: Option<String>,
 }
 
@@ -401,6 +406,10 @@ pub struct ScheduleList {
 }
 
 /// Body of `POST /v1/revert`.
+///
+/// `prefix` (or `prefix_b64`) is required: a revert without one is refused rather than
+/// read as "every key". Reverting the whole keyspace takes the deliberate form
+/// `"prefix": ""` together with `"all": true`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RevertRequest {
@@ -409,8 +418,36 @@ pub struct RevertRequest {
     pub prefix: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub prefix_b64: Option<String>,
-    /// The snapshot (id or name) to revert to.
+    /// The snapshot (id, as a number or a string, or name) to revert to.
+    #[serde(deserialize_with = "id_or_name")]
     pub snapshot: String,
+    /// Confirms an empty prefix: revert every key.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+    /// Plan the revert and answer what it would change, changing nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+/// A snapshot or backup named in a request body: an id as a JSON number (the form
+/// responses print) or a string, or a name.
+fn id_or_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum IdOrName {
+        Id(u64),
+        Text(String),
+    }
+    Ok(match IdOrName::deserialize(d)? {
+        IdOrName::Id(id) => id.to_string(),
+        IdOrName::Text(text) => text,
+    })
+}
+
+fn optional_id_or_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    struct Wrapped(#[serde(deserialize_with = "id_or_name")] String);
+    Ok(Option::<Wrapped>::deserialize(d)?.map(|Wrapped(s)| s))
 }
 
 /// One shard's part of a revert.
@@ -426,8 +463,12 @@ pub struct RevertShard {
 /// Response to `POST /v1/revert`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RevertResponse {
-    /// Id of the audit record (`GET /v1/reverts`).
+    /// Id of the audit record (`GET /v1/reverts`); 0 for a dry run, which records
+    /// nothing.
     pub id: u64,
+    /// Nothing was changed: the counts say what the revert would change.
+    #[serde(default)]
+    pub dry_run: bool,
     pub snapshot: u64,
     /// Keys set back to their value at the snapshot.
     pub restored: u64,

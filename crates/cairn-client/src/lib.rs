@@ -207,8 +207,13 @@ impl Client {
     }
 
     /// A client sharing an existing `reqwest::Client` (and its pool and settings).
+    /// `base` is a URL (`http://127.0.0.1:8081`) or a bare `host:port`, taken as
+    /// plain HTTP.
     pub fn with_http(base: impl Into<String>, http: reqwest::Client) -> Client {
         let mut base = base.into();
+        if !base.contains("://") {
+            base = format!("http://{base}");
+        }
         while base.ends_with('/') {
             base.pop();
         }
@@ -447,16 +452,24 @@ impl Client {
         Ok(list.schedules)
     }
 
-    /// Set every key under `prefix` back to its value in `snapshot`.
+    /// Set every key under `prefix` back to its value in `snapshot`. An empty prefix
+    /// is refused by the server (reverting every key takes [`Client::revert_with`]
+    /// and `all: true`).
     pub async fn revert(&self, prefix: &[u8], snapshot: &str) -> Result<api::RevertResponse> {
-        let url = format!("{}/v1/revert", self.base);
         let (prefix, prefix_b64) = api::split_bytes(prefix, api::Encoding::Utf8);
-        let body = api::RevertRequest {
+        self.revert_with(&api::RevertRequest {
             prefix,
             prefix_b64,
             snapshot: snapshot.to_owned(),
-        };
-        json(check(self.http.post(url).json(&body).send().await?).await?).await
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// A revert as `request` says (`all`, `dry_run`).
+    pub async fn revert_with(&self, request: &api::RevertRequest) -> Result<api::RevertResponse> {
+        let url = format!("{}/v1/revert", self.base);
+        json(check(self.http.post(url).json(request).send().await?).await?).await
     }
 
     /// One page of completed snapshots, newest first: those with an id below
@@ -796,6 +809,21 @@ mod tests {
             encode_key_path(b"."),
             Err(Error::UnaddressableKey(_))
         ));
+    }
+
+    /// Issue 17: `--endpoint 127.0.0.1:8081` failed with "relative URL without a base".
+    #[test]
+    fn a_bare_host_and_port_is_taken_as_plain_http() {
+        assert_eq!(
+            Client::new("127.0.0.1:8081").base(),
+            "http://127.0.0.1:8081"
+        );
+        assert_eq!(
+            Client::new("localhost:8081/").base(),
+            "http://localhost:8081"
+        );
+        assert_eq!(Client::new("http://h:1").base(), "http://h:1");
+        assert_eq!(Client::new("https://h:1//").base(), "https://h:1");
     }
 
     #[test]

@@ -101,9 +101,15 @@ pub struct RestoreArgs {
     dry_run: bool,
 }
 
+/// A destination to read backups from; a local directory that does not exist has
+/// none (and is not created).
 fn destination(url: &str) -> anyhow::Result<Destination> {
-    Destination::parse(url, &S3Options::default())
-        .with_context(|| format!("backup destination {url}"))
+    match Destination::parse_existing(url, &S3Options::default())
+        .with_context(|| format!("backup destination {url}"))?
+    {
+        Some(dest) => Ok(dest),
+        None => bail!("no backups at {url}: no such directory"),
+    }
 }
 
 fn fmt_ms(ms: u64) -> String {
@@ -203,6 +209,7 @@ pub async fn run_backup(command: BackupCommand) -> anyhow::Result<()> {
         } => list_destination(&url).await,
         BackupCommand::Verify { dest, id } => {
             let dest = destination(&dest)?;
+            let named = id.is_some();
             let ids = match id {
                 Some(id) => vec![id],
                 None => dest.list_backups().await?,
@@ -210,17 +217,8 @@ pub async fn run_backup(command: BackupCommand) -> anyhow::Result<()> {
             if ids.is_empty() {
                 bail!("no backups at {}", dest.url());
             }
-            for id in ids {
-                let report = verify(&dest, &id)
-                    .await
-                    .with_context(|| format!("backup {id} is NOT restorable"))?;
-                println!(
-                    "{id}: ok ({} backups in its chain, {} files, {} bytes, {} versions checked)",
-                    report.chain.len(),
-                    report.files,
-                    report.bytes,
-                    report.versions
-                );
+            for line in verify_each(&dest, ids, named).await? {
+                println!("{line}");
             }
             Ok(())
         }
@@ -240,6 +238,40 @@ pub async fn run_backup(command: BackupCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Verify every backup of `ids` (`named`: the user named the one id), a line each.
+/// A backup without a manifest does not exist: one that retention deleted (manifest
+/// first) while it was being verified is skipped, a named one that is not there is an
+/// error saying so; any other failure makes the backup NOT restorable.
+async fn verify_each(
+    dest: &Destination,
+    ids: Vec<String>,
+    named: bool,
+) -> anyhow::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    for id in ids {
+        match verify(dest, &id).await {
+            Ok(report) => lines.push(format!(
+                "{id}: ok ({} backups in its chain, {} files, {} bytes, {} versions checked)",
+                report.chain.len(),
+                report.files,
+                report.bytes,
+                report.versions
+            )),
+            Err(e) if !dest.backup_exists(&id).await? => {
+                if named {
+                    bail!("no backup {id} at {}", dest.url());
+                }
+                tracing::debug!(id, error = %e, "backup deleted while being verified");
+                lines.push(format!("{id}: deleted while being verified (skipped)"));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!("backup {id} is NOT restorable")))
+            }
+        }
+    }
+    Ok(lines)
 }
 
 /// Print the backups at a destination, chain by chain, with what each restores.
@@ -285,15 +317,10 @@ pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
     let dest = destination(&args.from)?;
     let target = match (args.snapshot, &args.as_of) {
         (Some(id), _) => Target::Snapshot(id),
-        (None, Some(time)) => {
-            let t = humantime::parse_rfc3339_weak(time)
-                .with_context(|| format!("--as-of {time}: not an RFC 3339 UTC time"))?;
-            let ms = t
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
-            Target::AsOf(ms)
-        }
+        (None, Some(time)) => Target::AsOf(
+            cairn_snapshot::registry::parse_rfc3339_ms(time)
+                .map_err(|e| anyhow::anyhow!("--as-of: {e}"))?,
+        ),
         (None, None) => Target::Latest,
     };
     let plan = restore::plan(&dest, args.backup.as_deref(), &target).await?;
@@ -368,4 +395,34 @@ pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
         identity.cluster_id
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 17: `backup verify` run while retention pruned reported a backup whose
+    /// manifest had just been deleted as "NOT restorable" and failed.
+    #[tokio::test]
+    async fn verify_skips_a_backup_deleted_while_it_runs_and_names_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        // A backup being deleted: its manifest already gone, a file still there.
+        std::fs::create_dir_all(dir.path().join("20260101T000000Z-000001")).unwrap();
+        std::fs::write(dir.path().join("20260101T000000Z-000001/shard-0"), b"x").unwrap();
+        let dest = destination(dir.path().to_str().unwrap()).unwrap();
+        assert!(dest.list_backups().await.unwrap().is_empty());
+        let listed = vec!["20260101T000000Z-000001".to_owned()];
+        let lines = verify_each(&dest, listed.clone(), false).await.unwrap();
+        assert_eq!(
+            lines,
+            vec!["20260101T000000Z-000001: deleted while being verified (skipped)"]
+        );
+        let named = verify_each(&dest, listed, true).await.unwrap_err();
+        assert!(
+            named
+                .to_string()
+                .starts_with("no backup 20260101T000000Z-000001 at"),
+            "{named}"
+        );
+    }
 }

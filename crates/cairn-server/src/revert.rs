@@ -63,7 +63,8 @@ pub struct RevertAudit {
     pub transaction: Option<u64>,
 }
 
-/// Revert `prefix` to `snapshot` on every shard in one transaction, then record it.
+/// Revert `prefix` to `snapshot` on every shard in one transaction, then record it;
+/// with `dry_run`, plan it and answer what it would change, changing nothing.
 pub async fn revert(
     router: &Router,
     txns: &Transactions<Router>,
@@ -71,6 +72,7 @@ pub async fn revert(
     node: u64,
     prefix: &[u8],
     snapshot: &SnapshotRecord,
+    dry_run: bool,
 ) -> Result<RevertResponse, RevertError> {
     let mut attempt = 0;
     let (shards, transaction) = loop {
@@ -96,6 +98,16 @@ pub async fn revert(
                 deleted: shard_ops.len() as u64 - restored,
             });
             ops.extend(shard_ops);
+        }
+        if dry_run {
+            return Ok(RevertResponse {
+                id: 0,
+                dry_run: true,
+                snapshot: snapshot.id,
+                restored: parts.iter().map(|s| s.restored).sum(),
+                deleted: parts.iter().map(|s| s.deleted).sum(),
+                shards: parts,
+            });
         }
         if ops.is_empty() {
             break (parts, None);
@@ -135,6 +147,7 @@ pub async fn revert(
     tracing::info!(snapshot = snapshot.id, prefix = %String::from_utf8_lossy(prefix), ?transaction, "prefix reverted");
     Ok(RevertResponse {
         id: audit.id,
+        dry_run: false,
         snapshot: snapshot.id,
         restored: shards.iter().map(|s| s.restored).sum(),
         deleted: shards.iter().map(|s| s.deleted).sum(),

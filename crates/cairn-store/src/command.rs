@@ -65,7 +65,9 @@ pub enum OpKind {
 }
 
 /// A precondition on a key's state before the batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// New variants go at the end: conditions are in log entries, which outlive binaries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Condition {
     /// No condition.
     Always,
@@ -79,19 +81,23 @@ pub enum Condition {
     /// No live key starts with the op's key (read as a prefix). Evaluated by the
     /// state machine with a scan, not by [`Condition::holds`].
     NothingUnder,
+    /// The key has a live value written at one of these versions (HTTP's `If-Match`
+    /// with a list of ETags). An empty list never holds.
+    VersionIn(Vec<u64>),
 }
 
 impl Condition {
     /// Whether the condition holds for a key whose live version is `current`.
     /// `NothingUnder` depends on other keys than the op's own, so it never holds here;
     /// the state machine evaluates it itself.
-    pub fn holds(self, current: Option<u64>) -> bool {
+    pub fn holds(&self, current: Option<u64>) -> bool {
         match self {
             Condition::Always => true,
             Condition::Absent => current.is_none(),
             Condition::Exists => current.is_some(),
-            Condition::Version(v) => current == Some(v),
+            Condition::Version(v) => current == Some(*v),
             Condition::NothingUnder => false,
+            Condition::VersionIn(versions) => current.is_some_and(|c| versions.contains(&c)),
         }
     }
 }

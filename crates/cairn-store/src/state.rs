@@ -296,7 +296,7 @@ impl ShardState {
     ) -> Result<Option<(usize, Option<u64>)>> {
         for (i, op) in ops.iter().enumerate() {
             let current = before.live_version(&op.key);
-            let holds = match op.condition {
+            let holds = match &op.condition {
                 Condition::NothingUnder => self.scan(&op.key, None, 1, u64::MAX)?.items.is_empty(),
                 other => other.holds(current),
             };

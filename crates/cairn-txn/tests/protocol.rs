@@ -88,7 +88,13 @@ async fn assert_nothing_left(cluster: &LocalCluster) {
             }
         }
         for prefix in [cairn_txn::record::TXN, gate::COMMITTING] {
-            if !meta.scan(prefix, None, 10).await.expect("scan").items.is_empty() {
+            if !meta
+                .scan(prefix, None, 10)
+                .await
+                .expect("scan")
+                .items
+                .is_empty()
+            {
                 left.push(format!("meta: {}", String::from_utf8_lossy(prefix)));
             }
         }

@@ -14,7 +14,7 @@ use cairn_client::api::{
 };
 
 use super::kv::{read_body, read_optional_json, Params};
-use super::{path_param, ApiError, ApiState};
+use super::{path_param, ApiError, ApiState, ErrorCode};
 use crate::revert::{self, RevertAudit, RevertError};
 
 type Shared = State<Arc<ApiState>>;
@@ -71,7 +71,7 @@ pub async fn schedules(State(api): Shared, uri: Uri) -> Result<Json<ScheduleList
     Ok(Json(ScheduleList { schedules }))
 }
 
-/// `POST /v1/revert {"prefix": P, "snapshot": S}`.
+/// `POST /v1/revert {"prefix": P, "snapshot": S[, "all": true][, "dry_run": true]}`.
 pub async fn revert(
     State(api): Shared,
     uri: Uri,
@@ -80,18 +80,36 @@ pub async fn revert(
     Params::parse(&uri, &[])?;
     let body = read_body(&api, body).await?;
     let request: RevertRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("bad_json", format!("invalid revert request: {e}")))?;
+        .map_err(|e| ApiError::new(ErrorCode::BadJson, format!("invalid revert request: {e}")))?;
     if request.prefix.is_some() && request.prefix_b64.is_some() {
-        return Err(ApiError::bad_request(
-            "bad_json",
+        return Err(ApiError::new(
+            ErrorCode::BadJson,
             "give `prefix` or `prefix_b64`, not both",
         ));
     }
+    if request.prefix.is_none() && request.prefix_b64.is_none() {
+        return Err(ApiError::new(ErrorCode::BadRevert,
+            "`prefix` (or `prefix_b64`) is required; to revert every key, send `\"prefix\": \"\"` with `\"all\": true`",
+        ));
+    }
     let prefix = join_bytes(&request.prefix, &request.prefix_b64)
-        .map_err(|e| ApiError::bad_request("bad_json", format!("prefix_b64: {e}")))?;
+        .map_err(|e| ApiError::new(ErrorCode::BadJson, format!("prefix_b64: {e}")))?;
+    match (prefix.is_empty(), request.all) {
+        (true, false) => {
+            return Err(ApiError::new(ErrorCode::BadRevert,
+                "an empty `prefix` reverts every key: confirm with `\"all\": true` (and try `\"dry_run\": true` first)",
+            ))
+        }
+        (false, true) => {
+            return Err(ApiError::new(ErrorCode::BadRevert,
+                "`all` reverts every key and takes only the empty prefix",
+            ))
+        }
+        _ => {}
+    }
     if prefix.len() > api.config.max_key_bytes {
-        return Err(ApiError::bad_request(
-            "key_too_large",
+        return Err(ApiError::new(
+            ErrorCode::KeyTooLarge,
             format!("the prefix exceeds {} bytes", api.config.max_key_bytes),
         ));
     }
@@ -104,6 +122,7 @@ pub async fn revert(
         api.config.id,
         &prefix,
         &record,
+        request.dry_run,
     )
     .await?;
     Ok(Json(response))
@@ -146,22 +165,20 @@ fn info(record: BackupRecord) -> BackupInfo {
 
 impl From<BackupError> for ApiError {
     fn from(e: BackupError) -> ApiError {
-        let (status, code) = match &e {
-            BackupError::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_backup_request"),
-            BackupError::NotAllowed(_) => (StatusCode::FORBIDDEN, "destination_not_allowed"),
-            BackupError::NotFound(_) => (StatusCode::NOT_FOUND, "backup_not_found"),
-            BackupError::HistoryGone(_) => (StatusCode::GONE, "history_unavailable"),
+        let code = match &e {
+            BackupError::Invalid(_) => ErrorCode::BadBackupRequest,
+            BackupError::NotAllowed(_) => ErrorCode::DestinationNotAllowed,
+            BackupError::NotFound(_) => ErrorCode::BackupNotFound,
+            BackupError::HistoryGone(_) => ErrorCode::HistoryUnavailable,
             BackupError::Snapshot(s) => return ApiError::of_snapshot(s),
-            BackupError::Superseded(_) => (StatusCode::CONFLICT, "conflict"),
-            BackupError::Store(_) | BackupError::Io { .. } => {
-                (StatusCode::BAD_GATEWAY, "destination_error")
-            }
+            BackupError::Superseded(_) => ErrorCode::Conflict,
+            BackupError::Store(_) | BackupError::Io { .. } => ErrorCode::DestinationError,
             BackupError::Missing(_) | BackupError::BadFile { .. } | BackupError::Corrupt(_) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "bad_backup")
+                ErrorCode::BadBackup
             }
-            BackupError::Local(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
+            BackupError::Local(_) => ErrorCode::StorageError,
         };
-        ApiError::new(status, code, e.to_string())
+        ApiError::new(code, e.to_string())
     }
 }
 
@@ -170,19 +187,9 @@ impl From<RevertError> for ApiError {
         match e {
             RevertError::Shard(s) => ApiError::from(s),
             RevertError::Txn(t) => ApiError::from(t),
-            RevertError::TooLarge { .. } => ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "revert_too_large",
-                e.to_string(),
-            ),
-            RevertError::Contended => {
-                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
-            }
-            RevertError::Meta(_) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                e.to_string(),
-            ),
+            RevertError::TooLarge { .. } => ApiError::new(ErrorCode::RevertTooLarge, e.to_string()),
+            RevertError::Contended => ApiError::new(ErrorCode::Conflict, e.to_string()),
+            RevertError::Meta(_) => ApiError::new(ErrorCode::Unavailable, e.to_string()),
         }
     }
 }

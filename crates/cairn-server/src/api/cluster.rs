@@ -3,13 +3,13 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
 use cairn_client::api::{ClusterStatus, NodeInfo, PeerLink, ShardStatus};
 use cairn_raft::LinkStatus;
 
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, ErrorCode};
 
 type Shared = State<Arc<ApiState>>;
 
@@ -31,13 +31,8 @@ pub async fn status(State(api): Shared) -> Result<Json<ClusterStatus>, ApiError>
     };
     let shards = (0..config.shards).filter_map(status).collect();
     let meta = status(raft.config().meta_shard());
-    let meta = meta.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "storage_error",
-            "no meta group replica",
-        )
-    })?;
+    let meta =
+        meta.ok_or_else(|| ApiError::new(ErrorCode::StorageError, "no meta group replica"))?;
     Ok(Json(ClusterStatus {
         cluster_id: api.cluster_id.clone(),
         node_id: config.id,
@@ -91,8 +86,7 @@ pub async fn ready(State(api): Shared) -> Result<Json<serde_json::Value>, ApiErr
         Ok(Json(serde_json::json!({ "ready": true })))
     } else {
         Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
+            ErrorCode::NotReady,
             format!("shards without a known leader: {leaderless:?}"),
         ))
     }

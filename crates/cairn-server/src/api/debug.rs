@@ -20,14 +20,14 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{StatusCode, Uri};
+use axum::http::Uri;
 use axum::Json;
 use cairn_client::api::{split_bytes, Encoding};
 use cairn_store::{HistoryRange, KeyVersion, ShardDigest, ShardState, StoreError};
 use serde::{Deserialize, Serialize};
 
 use super::kv::Params;
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, ErrorCode};
 
 type Shared = State<Arc<ApiState>>;
 
@@ -144,15 +144,14 @@ fn item(v: &KeyVersion, truncate: usize) -> VersionItem {
 /// The local replica named by `shard=` (a data shard or the meta group).
 fn replica(api: &ApiState, params: &Params) -> Result<ShardState, ApiError> {
     let shard = number(params, "shard")?
-        .ok_or_else(|| ApiError::bad_request("bad_query", "`shard` is required"))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::BadQuery, "`shard` is required"))?;
     u32::try_from(shard)
         .ok()
         .and_then(|s| api.router.raft().local().state(s))
         .cloned()
         .ok_or_else(|| {
             ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
+                ErrorCode::NotFound,
                 format!("this node has no replica of shard {shard}"),
             )
         })
@@ -163,7 +162,7 @@ fn number(params: &Params, name: &str) -> Result<Option<u64>, ApiError> {
         .text(name)?
         .map(|text| {
             text.parse::<u64>().map_err(|_| {
-                ApiError::bad_request("bad_query", format!("`{name}` must be a number"))
+                ApiError::new(ErrorCode::BadQuery, format!("`{name}` must be a number"))
             })
         })
         .transpose()
@@ -172,27 +171,16 @@ fn number(params: &Params, name: &str) -> Result<Option<u64>, ApiError> {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> cairn_store::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let result = tokio::task::spawn_blocking(f).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "storage_error",
-            format!("debug read failed: {e}"),
-        )
-    })?;
+    let result = tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::StorageError, format!("debug read failed: {e}")))?;
     result.map_err(|e| match e {
-        StoreError::Invalid { reason } => {
-            ApiError::new(StatusCode::CONFLICT, "not_applied", reason)
-        }
+        StoreError::Invalid { reason } => ApiError::new(ErrorCode::NotApplied, reason),
         StoreError::HistoryCollected { horizon } => ApiError::new(
-            StatusCode::GONE,
-            "history_unavailable",
+            ErrorCode::HistoryUnavailable,
             format!("history below version {horizon} has been collected on this replica"),
         ),
-        other => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "storage_error",
-            other.to_string(),
-        ),
+        other => ApiError::new(ErrorCode::StorageError, other.to_string()),
     })
 }
 

@@ -15,7 +15,7 @@ use cairn_raft::{Consistency, ShardRequest, ShardResponse};
 use cairn_store::{ApplyOutcome, Command, Condition, OpKind, WriteOp};
 use cairn_txn::TxnError;
 
-use super::{snapshots, url, ApiError, ApiState};
+use super::{snapshots, url, ApiError, ApiState, ErrorCode};
 use crate::router::unexpected;
 
 type Shared = State<Arc<ApiState>>;
@@ -24,12 +24,25 @@ const KV_PREFIX: &str = "/v1/kv/";
 const DEFAULT_SCAN_LIMIT: usize = 100;
 
 pub async fn empty_key() -> ApiError {
-    ApiError::bad_request("empty_key", "the key is empty; use /v1/kv/{key}")
+    ApiError::new(ErrorCode::EmptyKey, "the key is empty; use /v1/kv/{key}")
 }
 
-pub async fn get(State(api): Shared, uri: Uri) -> Result<Response, ApiError> {
+pub async fn get(State(api): Shared, uri: Uri, headers: HeaderMap) -> Result<Response, ApiError> {
     let key = api.key_from_path(&uri)?;
     let params = Params::parse(&uri, &["consistency", "snapshot", "as_of"])?;
+    let tags = |name: header::HeaderName| {
+        header_text(&headers, name.clone())?
+            .map(|v| EntityTags::parse(&v))
+            .transpose()
+            .map_err(|why| {
+                ApiError::new(
+                    ErrorCode::BadHeader,
+                    format!("{name} must be * or a list of ETags: {why}"),
+                )
+            })
+    };
+    let only_if = tags(header::IF_MATCH)?;
+    let unless = tags(header::IF_NONE_MATCH)?;
     let snapshot = snapshots::resolve(&api, &params).await?;
     let shard = api.router.shard_of(&key);
     let consistency = match &snapshot {
@@ -44,7 +57,27 @@ pub async fn get(State(api): Shared, uri: Uri) -> Result<Response, ApiError> {
             consistency,
         })
         .await?;
+    if let Some(tags) = &only_if {
+        // Strong comparison (RFC 9110 13.1.1): the value must be the one named.
+        let current = match &answer {
+            ShardResponse::Value(v) => v.as_ref().map(|v| v.version),
+            _ => None,
+        };
+        let holds = current.is_some_and(|c| tags.any || tags.strong.contains(&c));
+        if !holds {
+            return Err(ApiError::new(
+                ErrorCode::PreconditionFailed,
+                "If-Match did not match the key's current version",
+            ));
+        }
+    }
     let mut response = match answer {
+        // The client's copy is current (weak comparison, RFC 9110 13.1.2).
+        ShardResponse::Value(Some(v))
+            if unless.as_ref().is_some_and(|t| t.matches_weakly(v.version)) =>
+        {
+            (StatusCode::NOT_MODIFIED, [(header::ETAG, etag(v.version))]).into_response()
+        }
         ShardResponse::Value(Some(v)) => (
             [
                 (
@@ -56,12 +89,9 @@ pub async fn get(State(api): Shared, uri: Uri) -> Result<Response, ApiError> {
             v.value,
         )
             .into_response(),
-        ShardResponse::Value(None) => ApiError::new(
-            StatusCode::NOT_FOUND,
-            "key_not_found",
-            "no value for this key",
-        )
-        .into_response(),
+        ShardResponse::Value(None) => {
+            ApiError::new(ErrorCode::KeyNotFound, "no value for this key").into_response()
+        }
         other => return Err(unexpected(other).into()),
     };
     if let Some(s) = &snapshot {
@@ -143,8 +173,8 @@ pub async fn scan(State(api): Shared, uri: Uri) -> Result<Response, ApiError> {
         ("start_after", start_after.as_ref()),
     ] {
         if key.is_some_and(|k| k.len() > api.config.max_key_bytes) {
-            return Err(ApiError::bad_request(
-                "key_too_large",
+            return Err(ApiError::new(
+                ErrorCode::KeyTooLarge,
                 format!(
                     "`{name}` exceeds the key limit of {} bytes",
                     api.config.max_key_bytes
@@ -204,8 +234,7 @@ fn at_cut(snapshot: &cairn_snapshot::SnapshotRecord, shard: u32) -> Result<Consi
         .map(Consistency::AtVersion)
         .ok_or_else(|| {
             ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "storage_error",
+                ErrorCode::StorageError,
                 format!("snapshot {} has no cut for shard {shard}", snapshot.id),
             )
         })
@@ -219,13 +248,14 @@ pub async fn batch(
     Params::parse(&uri, &[])?;
     let body = read_body(&api, body).await?;
     let request: BatchRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("bad_json", format!("invalid batch: {e}")))?;
+        .map_err(|e| ApiError::new(ErrorCode::BadJson, format!("invalid batch: {e}")))?;
     if request.ops.is_empty() {
-        return Err(ApiError::bad_request("empty_batch", "the batch has no ops"));
+        return Err(ApiError::new(ErrorCode::EmptyBatch, "the batch has no ops"));
     }
     let mut ops = Vec::with_capacity(request.ops.len());
+    let mut seen = std::collections::HashMap::with_capacity(request.ops.len());
     for (i, op) in request.ops.into_iter().enumerate() {
-        let bad = |m: &str| ApiError::bad_request("bad_batch", format!("op {i}: {m}"));
+        let bad = |m: &str| ApiError::new(ErrorCode::BadBatch, format!("op {i}: {m}"));
         let bytes = |text: &Option<String>, b64: &Option<String>, what: &str| {
             if text.is_some() && b64.is_some() {
                 return Err(bad(&format!("give `{what}` or `{what}_b64`, not both")));
@@ -244,9 +274,7 @@ pub async fn batch(
             }
             BatchOpKind::Put => {
                 let value = bytes(&op.value, &op.value_b64, "value")?;
-                api.check_value(&value).map_err(|e| {
-                    ApiError::new(e.status, e.code, format!("op {i}: {}", e.message))
-                })?;
+                api.check_value(&value).map_err(|e| e.in_op(i))?;
                 OpKind::Put(value)
             }
             BatchOpKind::Delete if has_value => return Err(bad("a delete takes no value")),
@@ -259,6 +287,13 @@ pub async fn batch(
             (None, Some(false)) => Condition::Exists,
             (None, None) => Condition::Always,
         };
+        // Which of two ops on a key wins would be a guess (and two creates could both
+        // pass): refuse it, as etcd refuses a key twice in a transaction.
+        if let Some(first) = seen.insert(key.clone(), i) {
+            return Err(bad(&format!(
+                "op {first} already names this key; a batch names each key once"
+            )));
+        }
         ops.push(WriteOp {
             key,
             kind,
@@ -273,8 +308,7 @@ impl ApiState {
     fn key_from_path(&self, uri: &Uri) -> Result<Vec<u8>, ApiError> {
         let raw = uri.path().strip_prefix(KV_PREFIX).unwrap_or_default();
         let key = url::decode(raw).map_err(|e| {
-            ApiError::bad_request(
-                "bad_key_encoding",
+            ApiError::new(ErrorCode::BadKeyEncoding,
                 format!(
                     "the key has a malformed percent-escape at byte {} (use %XX with two hex digits)",
                     e.position
@@ -288,8 +322,7 @@ impl ApiState {
     fn check_value(&self, value: &[u8]) -> Result<(), ApiError> {
         if value.len() > self.config.max_value_bytes {
             return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "value_too_large",
+                ErrorCode::ValueTooLarge,
                 format!(
                     "the value is {} bytes; the limit is {} (--max-value-bytes)",
                     value.len(),
@@ -302,11 +335,11 @@ impl ApiState {
 
     fn check_key(&self, key: &[u8]) -> Result<(), ApiError> {
         if key.is_empty() {
-            return Err(ApiError::bad_request("empty_key", "the key is empty"));
+            return Err(ApiError::new(ErrorCode::EmptyKey, "the key is empty"));
         }
         if key.len() > self.config.max_key_bytes {
-            return Err(ApiError::bad_request(
-                "key_too_large",
+            return Err(ApiError::new(
+                ErrorCode::KeyTooLarge,
                 format!(
                     "the key is {} bytes; the limit is {} (--max-key-bytes)",
                     key.len(),
@@ -404,8 +437,7 @@ fn precondition_failed(keys: &[Vec<u8>], op: usize, current: Option<u64>) -> Api
         None => "it is absent".to_owned(),
     };
     ApiError::new(
-        StatusCode::PRECONDITION_FAILED,
-        "precondition_failed",
+        ErrorCode::PreconditionFailed,
         format!(
             "the condition on {} failed: {now}; nothing was written",
             which_op(keys, op)
@@ -414,9 +446,7 @@ fn precondition_failed(keys: &[Vec<u8>], op: usize, current: Option<u64>) -> Api
 }
 
 fn locked(keys: &[Vec<u8>], op: usize, txn: u64) -> ApiError {
-    ApiError::new(
-        StatusCode::CONFLICT,
-        "key_locked",
+    ApiError::new(ErrorCode::KeyLocked,
         format!(
             "{} is locked by transaction {txn}, which did not finish before the deadline; nothing was written, retry",
             which_op(keys, op)
@@ -424,40 +454,100 @@ fn locked(keys: &[Vec<u8>], op: usize, txn: u64) -> ApiError {
     )
 }
 
-/// The condition of `If-Match` / `If-None-Match`.
+/// The condition of `If-Match` / `If-None-Match` on a write.
+///
+/// `If-Match` takes `*` or a list of ETags and compares strongly (RFC 9110 13.1.1):
+/// a weak ETag (`W/"7"`) never matches, so a list of weak ones only fails (412).
+/// `If-None-Match` on a write takes `*` (create only).
 fn precondition(headers: &HeaderMap) -> Result<Condition, ApiError> {
-    let text = |name: header::HeaderName| -> Result<Option<String>, ApiError> {
-        headers
-            .get(&name)
-            .map(|v| {
-                v.to_str().map(|s| s.trim().to_owned()).map_err(|_| {
-                    ApiError::bad_request("bad_header", format!("{name} is not ASCII"))
-                })
-            })
-            .transpose()
-    };
-    match (text(header::IF_MATCH)?, text(header::IF_NONE_MATCH)?) {
-        (Some(_), Some(_)) => Err(ApiError::bad_request(
-            "bad_header",
+    match (
+        header_text(headers, header::IF_MATCH)?,
+        header_text(headers, header::IF_NONE_MATCH)?,
+    ) {
+        (Some(_), Some(_)) => Err(ApiError::new(
+            ErrorCode::BadHeader,
             "give If-Match or If-None-Match, not both",
         )),
-        (Some(m), None) if m == "*" => Ok(Condition::Exists),
-        (Some(m), None) => m
-            .trim_matches('"')
-            .parse::<u64>()
-            .map(Condition::Version)
-            .map_err(|_| {
-                ApiError::bad_request(
-                    "bad_header",
-                    "If-Match must be * or an ETag (\"<version>\") from an earlier response",
+        (Some(m), None) => {
+            let tags = EntityTags::parse(&m).map_err(|why| {
+                ApiError::new(ErrorCode::BadHeader,
+                    format!("If-Match must be * or a list of ETags (\"<version>\") from earlier responses: {why}"),
                 )
-            }),
+            })?;
+            Ok(match (tags.any, tags.strong.as_slice()) {
+                (true, _) => Condition::Exists,
+                (false, [one]) => Condition::Version(*one),
+                (false, _) => Condition::VersionIn(tags.strong),
+            })
+        }
         (None, Some(m)) if m == "*" => Ok(Condition::Absent),
-        (None, Some(_)) => Err(ApiError::bad_request(
-            "bad_header",
-            "If-None-Match supports only *",
+        (None, Some(_)) => Err(ApiError::new(
+            ErrorCode::BadHeader,
+            "If-None-Match on a write supports only * (create only)",
         )),
         (None, None) => Ok(Condition::Always),
+    }
+}
+
+fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Result<Option<String>, ApiError> {
+    headers
+        .get(&name)
+        .map(|v| {
+            v.to_str()
+                .map(|s| s.trim().to_owned())
+                .map_err(|_| ApiError::new(ErrorCode::BadHeader, format!("{name} is not ASCII")))
+        })
+        .transpose()
+}
+
+/// An `If-Match` / `If-None-Match` value: `*`, or a comma-separated list of entity
+/// tags, strong (`"7"`) or weak (`W/"7"`). Cairn's ETags are versions in quotes; a
+/// well-formed tag of other content is kept out of both lists, since it can match
+/// nothing.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct EntityTags {
+    any: bool,
+    strong: Vec<u64>,
+    weak: Vec<u64>,
+}
+
+impl EntityTags {
+    fn parse(value: &str) -> Result<EntityTags, String> {
+        let value = value.trim();
+        if value == "*" {
+            return Ok(EntityTags {
+                any: true,
+                ..Default::default()
+            });
+        }
+        let mut tags = EntityTags::default();
+        for tag in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let (weak, quoted) = match tag.strip_prefix("W/") {
+                Some(rest) => (true, rest),
+                None => (false, tag),
+            };
+            let opaque = quoted
+                .strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .filter(|t| !t.contains('"'))
+                .ok_or_else(|| format!("`{tag}` is not an entity tag (quote it: \"{tag}\")"))?;
+            if let Ok(version) = opaque.parse::<u64>() {
+                if weak {
+                    tags.weak.push(version);
+                } else {
+                    tags.strong.push(version);
+                }
+            }
+        }
+        if tags.strong.is_empty() && tags.weak.is_empty() && !value.contains('"') {
+            return Err("no entity tag".into());
+        }
+        Ok(tags)
+    }
+
+    /// Weak comparison (`If-None-Match` on a read): does the current version match?
+    fn matches_weakly(&self, version: u64) -> bool {
+        self.any || self.strong.contains(&version) || self.weak.contains(&version)
     }
 }
 
@@ -478,7 +568,7 @@ pub(super) async fn read_optional_json<T: serde::de::DeserializeOwned + Default>
         return Ok(T::default());
     }
     serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("bad_json", format!("invalid {what}: {e}")))
+        .map_err(|e| ApiError::new(ErrorCode::BadJson, format!("invalid {what}: {e}")))
 }
 
 /// Read a request body of at most `--max-request-bytes`.
@@ -489,14 +579,16 @@ pub(super) async fn read_body(api: &ApiState, body: Body) -> Result<axum::body::
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if too_large {
             ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request_too_large",
+                ErrorCode::RequestTooLarge,
                 format!(
                     "the request body exceeds the limit of {limit} bytes (--max-request-bytes)"
                 ),
             )
         } else {
-            ApiError::bad_request("bad_body", format!("could not read the request body: {e}"))
+            ApiError::new(
+                ErrorCode::BadBody,
+                format!("could not read the request body: {e}"),
+            )
         }
     })
 }
@@ -507,15 +599,15 @@ pub(super) struct Params(Vec<(String, Vec<u8>)>);
 impl Params {
     pub(super) fn parse(uri: &Uri, allowed: &[&str]) -> Result<Params, ApiError> {
         let pairs = url::query_pairs(uri.query().unwrap_or_default())
-            .map_err(|m| ApiError::bad_request("bad_query", m))?;
+            .map_err(|m| ApiError::new(ErrorCode::BadQuery, m))?;
         if let Some((name, _)) = pairs.iter().find(|(n, _)| !allowed.contains(&n.as_str())) {
             let known = if allowed.is_empty() {
                 "this route takes no query parameters".to_owned()
             } else {
                 format!("known: {}", allowed.join(", "))
             };
-            return Err(ApiError::bad_request(
-                "bad_query",
+            return Err(ApiError::new(
+                ErrorCode::BadQuery,
                 format!("unknown query parameter `{name}` ({known})"),
             ));
         }
@@ -533,7 +625,7 @@ impl Params {
         self.bytes(name)
             .map(|v| {
                 String::from_utf8(v).map_err(|_| {
-                    ApiError::bad_request("bad_query", format!("`{name}` is not UTF-8"))
+                    ApiError::new(ErrorCode::BadQuery, format!("`{name}` is not UTF-8"))
                 })
             })
             .transpose()
@@ -545,8 +637,8 @@ impl Params {
             None => Ok(default.min(max)),
             Some(text) => match text.parse::<usize>() {
                 Ok(n) if (1..=max).contains(&n) => Ok(n),
-                _ => Err(ApiError::bad_request(
-                    "bad_limit",
+                _ => Err(ApiError::new(
+                    ErrorCode::BadLimit,
                     format!("limit must be a number from 1 to {max} (--max-scan-limit)"),
                 )),
             },
@@ -558,8 +650,8 @@ impl Params {
         match self.text("encoding")?.as_deref() {
             None | Some("utf8") => Ok(Encoding::Utf8),
             Some("base64") => Ok(Encoding::Base64),
-            Some(other) => Err(ApiError::bad_request(
-                "bad_query",
+            Some(other) => Err(ApiError::new(
+                ErrorCode::BadQuery,
                 format!("encoding must be `utf8` or `base64`, not `{other}`"),
             )),
         }
@@ -569,10 +661,36 @@ impl Params {
         match self.text("consistency")?.as_deref() {
             None | Some("linearizable") => Ok(Consistency::Linearizable),
             Some("stale") => Ok(Consistency::Stale),
-            Some(other) => Err(ApiError::bad_request(
-                "bad_query",
+            Some(other) => Err(ApiError::new(
+                ErrorCode::BadQuery,
                 format!("consistency must be `linearizable` or `stale`, not `{other}`"),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entity_tag_lists_parse_as_rfc_9110_writes_them() {
+        let tags = EntityTags::parse(r#""5", W/"7" , "x", "9""#).unwrap();
+        assert_eq!(
+            (tags.any, tags.strong, tags.weak),
+            (false, vec![5, 9], vec![7])
+        );
+        assert!(EntityTags::parse("*").unwrap().any);
+        // Only opaque tags that name no version: well-formed, matches nothing.
+        assert_eq!(
+            EntityTags::parse(r#""abc""#).unwrap(),
+            EntityTags::default()
+        );
+        for bad in ["5", "W/5", r#""5"#, "", r#""5"6""#] {
+            assert!(EntityTags::parse(bad).is_err(), "{bad}");
+        }
+        let tags = EntityTags::parse(r#"W/"7""#).unwrap();
+        assert!(tags.matches_weakly(7) && !tags.matches_weakly(8));
+        assert!(tags.strong.is_empty(), "a weak tag never matches strongly");
     }
 }

@@ -9,6 +9,7 @@
 mod backups;
 mod cluster;
 mod debug;
+mod error;
 mod kv;
 mod openapi;
 mod snapshots;
@@ -17,16 +18,14 @@ pub mod url;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Json;
 use cairn_backup::Backups;
-use cairn_client::api::{ErrorBody, ErrorDetail};
 use cairn_raft::ShardError;
 use cairn_snapshot::{Coordinator, SnapshotError};
 use cairn_txn::{Transactions, TxnError};
 use metrics_exporter_prometheus::PrometheusHandle;
+
+pub use error::{ApiError, ErrorCode};
 
 use crate::config::Config;
 use crate::router::Router;
@@ -102,7 +101,7 @@ pub(crate) fn path_param(
     name: &str,
 ) -> Result<String, ApiError> {
     let raw = uri.path().split('/').nth(index).unwrap_or_default();
-    let bad = |why: String| ApiError::bad_request("bad_path", format!("`{name}` {why}"));
+    let bad = |why: String| ApiError::new(ErrorCode::BadPath, format!("`{name}` {why}"));
     let bytes = url::decode(raw).map_err(|e| {
         bad(format!(
             "has a malformed percent-escape at byte {} (use %XX with two hex digits)",
@@ -113,74 +112,27 @@ pub(crate) fn path_param(
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    ApiError::new(ErrorCode::NotFound, "no such route")
 }
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "this route does not accept that method",
     )
 }
 
-/// An error answer: status, stable code, and a message for people.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, code, message)
-    }
-
-    /// The same error, said of op `i` of a batch.
-    pub fn in_op(self, i: usize) -> ApiError {
-        ApiError {
-            message: format!("op {i}: {}", self.message),
-            ..self
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_owned(),
-                message: self.message,
-            },
-        };
-        (self.status, Json(body)).into_response()
-    }
-}
-
 impl From<ShardError> for ApiError {
     fn from(e: ShardError) -> ApiError {
-        let (status, code) = match &e {
-            ShardError::NotLeader { .. } | ShardError::Unavailable { .. } => {
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-            }
-            ShardError::OutcomeUnknown { .. } => {
-                (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown")
-            }
-            ShardError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-            ShardError::HistoryCollected { .. } => (StatusCode::GONE, "history_unavailable"),
-            ShardError::Storage { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
-            ShardError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        let code = match &e {
+            ShardError::NotLeader { .. } | ShardError::Unavailable { .. } => ErrorCode::Unavailable,
+            ShardError::OutcomeUnknown { .. } => ErrorCode::OutcomeUnknown,
+            ShardError::ShuttingDown => ErrorCode::ShuttingDown,
+            ShardError::HistoryCollected { .. } => ErrorCode::HistoryUnavailable,
+            ShardError::Storage { .. } => ErrorCode::StorageError,
+            ShardError::TooLarge { .. } => ErrorCode::TooLarge,
         };
-        ApiError::new(status, code, e.to_string())
+        ApiError::new(code, e.to_string())
     }
 }
 
@@ -192,32 +144,30 @@ impl From<SnapshotError> for ApiError {
 
 impl ApiError {
     pub fn of_snapshot(e: &SnapshotError) -> ApiError {
-        let (status, code) = match e {
-            SnapshotError::NotFound(_) => (StatusCode::NOT_FOUND, "snapshot_not_found"),
-            SnapshotError::Aborted { .. } => (StatusCode::SERVICE_UNAVAILABLE, "snapshot_aborted"),
-            SnapshotError::NameTaken(_) => (StatusCode::CONFLICT, "snapshot_name_taken"),
-            SnapshotError::BadName(_) => (StatusCode::BAD_REQUEST, "bad_snapshot_name"),
-            SnapshotError::Contended | SnapshotError::Blocked => {
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-            }
+        let code = match e {
+            SnapshotError::NotFound(_) => ErrorCode::SnapshotNotFound,
+            SnapshotError::Aborted { .. } => ErrorCode::SnapshotAborted,
+            SnapshotError::NameTaken(_) => ErrorCode::SnapshotNameTaken,
+            SnapshotError::BadName(_) => ErrorCode::BadSnapshotName,
+            SnapshotError::Contended | SnapshotError::Blocked => ErrorCode::Unavailable,
             SnapshotError::Shard(shard) => return ApiError::from(shard.clone()),
-            SnapshotError::Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
+            SnapshotError::Corrupt(_) => ErrorCode::StorageError,
         };
-        ApiError::new(status, code, e.to_string())
+        ApiError::new(code, e.to_string())
     }
 }
 
 impl From<TxnError> for ApiError {
     fn from(e: TxnError) -> ApiError {
-        let (status, code) = match &e {
-            TxnError::Rejected { .. } => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
-            TxnError::Locked { .. } => (StatusCode::CONFLICT, "key_locked"),
-            TxnError::Aborted { .. } => (StatusCode::SERVICE_UNAVAILABLE, "transaction_aborted"),
-            TxnError::OutcomeUnknown { .. } => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
+        let code = match &e {
+            TxnError::Rejected { .. } => ErrorCode::PreconditionFailed,
+            TxnError::Locked { .. } => ErrorCode::KeyLocked,
+            TxnError::Aborted { .. } => ErrorCode::TransactionAborted,
+            TxnError::OutcomeUnknown { .. } => ErrorCode::OutcomeUnknown,
             TxnError::Shard(shard) => return ApiError::from(shard.clone()),
-            TxnError::Meta(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            TxnError::Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
+            TxnError::Meta(_) => ErrorCode::Unavailable,
+            TxnError::Corrupt(_) => ErrorCode::StorageError,
         };
-        ApiError::new(status, code, e.to_string())
+        ApiError::new(code, e.to_string())
     }
 }

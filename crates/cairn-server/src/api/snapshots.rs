@@ -2,7 +2,7 @@
 //! resolution of `snapshot=` / `as_of=` on read endpoints.
 
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -11,10 +11,11 @@ use axum::Json;
 use cairn_client::api::{
     split_bytes, CreateSnapshot, DiffItem, DiffResponse, SnapshotInfo, SnapshotList,
 };
+use cairn_snapshot::registry::{now_ms, parse_rfc3339_ms};
 use cairn_snapshot::{SnapshotError, SnapshotRecord, SnapshotState};
 
 use super::kv::{read_optional_json, Params};
-use super::{path_param, url, ApiError, ApiState};
+use super::{path_param, url, ApiError, ApiState, ErrorCode};
 
 type Shared = State<Arc<ApiState>>;
 
@@ -38,7 +39,7 @@ pub async fn list(State(api): Shared, uri: Uri) -> Result<Json<SnapshotList>, Ap
         None => None,
         Some(text) => Some(
             text.parse::<u64>()
-                .map_err(|_| ApiError::bad_request("bad_query", "before must be a snapshot id"))?,
+                .map_err(|_| ApiError::new(ErrorCode::BadQuery, "before must be a snapshot id"))?,
         ),
     };
     let (records, more) = api.snapshots.registry().list(before, limit).await?;
@@ -86,8 +87,7 @@ pub async fn diff(State(api): Shared, uri: Uri) -> Result<Json<DiffResponse>, Ap
             (Some(f), Some(t)) => versions.push((f, t)),
             _ => {
                 return Err(ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "storage_error",
+                    ErrorCode::StorageError,
                     format!("snapshots {a} and {b} lack a cut for shard {shard}"),
                 ))
             }
@@ -162,49 +162,57 @@ pub async fn resolve(api: &ApiState, params: &Params) -> Result<Option<SnapshotR
     let by_id = params.text("snapshot")?;
     let as_of = params.text("as_of")?;
     if params.text("consistency")?.is_some() && (by_id.is_some() || as_of.is_some()) {
-        return Err(ApiError::bad_request(
-            "bad_query",
+        return Err(ApiError::new(
+            ErrorCode::BadQuery,
             "a snapshot read has a fixed answer; `consistency` does not apply to it",
         ));
     }
     let registry = api.snapshots.registry();
     match (by_id, as_of) {
-        (Some(_), Some(_)) => Err(ApiError::bad_request(
-            "bad_query",
+        (Some(_), Some(_)) => Err(ApiError::new(
+            ErrorCode::BadQuery,
             "give `snapshot` or `as_of`, not both",
         )),
         (Some(id), None) => Ok(Some(done(registry.lookup(&id).await?)?)),
         (None, Some(time)) => {
-            let t = humantime::parse_rfc3339_weak(&time).map_err(|e| {
-                ApiError::bad_request(
-                    "bad_query",
-                    format!("as_of must be an RFC 3339 UTC time like 2026-11-23T12:00:00Z: {e}"),
-                )
-            })?;
-            let ms = t
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
+            let ms = parse_rfc3339_ms(&time)
+                .map_err(|e| ApiError::new(ErrorCode::BadQuery, format!("as_of: {e}")))?;
+            // A time still to come names no cut yet: the snapshot that would serve it
+            // may not exist, and the answer would change as snapshots complete. So it
+            // is refused, as CockroachDB refuses AS OF SYSTEM TIME in the future.
+            let now = now_ms();
+            if ms > now {
+                let newest = match registry.newest_at_or_before(now).await? {
+                    Some(s) => format!("{} (snapshot {})", s.time_rfc3339(), s.id),
+                    None => "none yet (no snapshot has completed)".into(),
+                };
+                return Err(ApiError::new(ErrorCode::AsOfInFuture,
+                    format!(
+                        "as_of {time} is later than this node's clock ({}); the newest readable time is {newest}",
+                        format_ms(now)
+                    ),
+                ));
+            }
             if let Some(record) = registry.newest_at_or_before(ms).await? {
                 return Ok(Some(record));
             }
             match registry.oldest_done().await? {
-                Some(oldest) => Err(ApiError::new(
-                    StatusCode::GONE,
-                    "history_unavailable",
+                Some(oldest) => Err(ApiError::new(ErrorCode::HistoryUnavailable,
                     format!(
                         "no retained snapshot at or before {time}; the oldest readable point is {} (snapshot {})",
                         oldest.time_rfc3339(),
                         oldest.id
                     ),
                 )),
-                None => Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "snapshot_not_found",
+                None => Err(ApiError::new(ErrorCode::SnapshotNotFound,
                     "no snapshot has been taken yet",
                 )),
             }
         }
         (None, None) => Ok(None),
     }
+}
+
+fn format_ms(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
