@@ -78,10 +78,18 @@ impl std::fmt::Debug for S3Options {
 }
 
 /// A backup destination: an object store and a prefix in it.
+///
+/// A local directory is made durable as it is written: every object, once complete,
+/// is `fsync`ed with the directories that name it, so a manifest (written last) is
+/// never durable before the files it lists, and a backup reported done survives a
+/// power loss. (object_store's local store renames a staged file into place but syncs
+/// nothing.) S3 acknowledges an upload once it is stored.
 #[derive(Clone)]
 pub struct Destination {
     store: Arc<dyn ObjectStore>,
     url: String,
+    /// The root directory of a local destination.
+    local_root: Option<Arc<std::path::PathBuf>>,
 }
 
 /// Debug prints the URL only: never the store's configuration, which holds credentials.
@@ -111,14 +119,18 @@ impl Destination {
             Some((scheme, rest)) => (Some(scheme.to_ascii_lowercase()), rest),
             None => (None, url),
         };
-        let store: Arc<dyn ObjectStore> = match scheme.as_deref() {
-            None | Some("file") => Arc::new(local(rest)?),
-            Some("s3") => s3_store(rest, s3).map_err(|why| invalid(&why))?,
+        let (store, local_root): (Arc<dyn ObjectStore>, _) = match scheme.as_deref() {
+            None | Some("file") => {
+                let (store, root) = local(rest)?;
+                (Arc::new(store), Some(Arc::new(root)))
+            }
+            Some("s3") => (s3_store(rest, s3).map_err(|why| invalid(&why))?, None),
             Some(other) => return Err(invalid(&format!("unsupported scheme {other}://"))),
         };
         Ok(Destination {
             store,
             url: url.to_owned(),
+            local_root,
         })
     }
 
@@ -150,7 +162,7 @@ impl Destination {
         self.store
             .put(&ObjectPath::from(name), PutPayload::from(bytes))
             .await?;
-        Ok(())
+        durable(&self.local_root, name, Sync::Object).await
     }
 
     /// Start writing `name` in parts of `part` bytes (see [`Upload`]; S3 needs
@@ -158,6 +170,8 @@ impl Destination {
     pub fn upload(&self, name: &str, part: usize) -> Upload {
         Upload {
             store: Arc::clone(&self.store),
+            local_root: self.local_root.clone(),
+            name: name.to_owned(),
             path: ObjectPath::from(name),
             part: part.max(1),
             first: None,
@@ -237,7 +251,11 @@ impl Destination {
     /// children unverifiable, so callers (retention) must delete chains child-first.
     pub async fn delete_backup(&self, id: &str) -> Result<(), BackupError> {
         let dir = backup_dir(id)?;
-        self.delete(&format!("{id}/{MANIFEST}")).await?;
+        let manifest = format!("{id}/{MANIFEST}");
+        self.delete(&manifest).await?;
+        // The manifest's removal is durable before any file it lists is removed: a
+        // power loss never leaves a manifest naming files that are gone.
+        durable(&self.local_root, &manifest, Sync::Removed).await?;
         let files: Vec<ObjectPath> = self
             .store
             .list(Some(&dir))
@@ -269,6 +287,8 @@ impl Destination {
 /// bucket's lifecycle rule for incomplete uploads removes).
 pub struct Upload {
     store: Arc<dyn ObjectStore>,
+    local_root: Option<Arc<std::path::PathBuf>>,
+    name: String,
     path: ObjectPath,
     part: usize,
     /// The first part, held back until it is known whether there is a second.
@@ -310,7 +330,7 @@ impl Upload {
                 self.store.put(&self.path, payload).await?;
             }
         }
-        Ok(())
+        durable(&self.local_root, &self.name, Sync::Object).await
     }
 
     /// Give up: nothing of the object remains visible.
@@ -335,11 +355,75 @@ fn backup_dir(id: &str) -> Result<ObjectPath, BackupError> {
     }
 }
 
-/// A local directory destination (created if missing). Deletes remove directories they
-/// empty, so a deleted backup leaves no `{id}/` directory behind.
-fn local(path: &str) -> Result<LocalFileSystem, BackupError> {
-    std::fs::create_dir_all(path).map_err(BackupError::io("creating the backup directory"))?;
-    Ok(LocalFileSystem::new_with_prefix(path)?.with_automatic_cleanup(true))
+/// A local directory destination (created if missing, durably) and its root. Deletes
+/// remove directories they empty, so a deleted backup leaves no `{id}/` directory
+/// behind.
+fn local(path: &str) -> Result<(LocalFileSystem, std::path::PathBuf), BackupError> {
+    let root = std::path::PathBuf::from(path);
+    if !root.exists() {
+        std::fs::create_dir_all(&root).map_err(BackupError::io("creating the backup directory"))?;
+        // Every directory up the path may be new: sync each one's entry in its parent.
+        for dir in root.ancestors().skip(1) {
+            let dir = if dir.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                dir
+            };
+            cairn_store::sync_dir(dir).map_err(BackupError::io("syncing the backup directory"))?;
+        }
+    }
+    let store = LocalFileSystem::new_with_prefix(&root)?.with_automatic_cleanup(true);
+    Ok((store, root))
+}
+
+/// What [`durable`] makes durable about an object.
+#[derive(Debug, Clone, Copy)]
+enum Sync {
+    /// The object was written: its bytes and its name in each directory to the root.
+    Object,
+    /// The object was removed: its removal from its directory.
+    Removed,
+}
+
+/// Make a change to object `name` of a local destination durable (nothing to do for
+/// S3). Blocking file system work, off the async workers.
+async fn durable(
+    root: &Option<Arc<std::path::PathBuf>>,
+    name: &str,
+    what: Sync,
+) -> Result<(), BackupError> {
+    let Some(root) = root.clone() else {
+        return Ok(());
+    };
+    let name = name.to_owned();
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let path = root.join(&name);
+        if let Sync::Object = what {
+            std::fs::File::open(&path)?.sync_all()?;
+        }
+        // The object's directory, then each one above it up to the root: a directory
+        // created for the object is named durably in its parent.
+        let mut dir = path.parent();
+        while let Some(d) = dir {
+            match cairn_store::sync_dir(d) {
+                Ok(()) => {}
+                // Automatic cleanup removed a directory the removal emptied.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            if d == root.as_path() {
+                break;
+            }
+            dir = d.parent();
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| BackupError::Io {
+        what: "syncing a backup file",
+        source: std::io::Error::other(e),
+    })?
+    .map_err(BackupError::io("syncing a backup file"))
 }
 
 /// An S3 store for `bucket[/prefix]` (the part of the URL after `s3://`); the error says

@@ -399,11 +399,15 @@ pub fn write(
     store.set_restored_from(origin)?;
     store.flush()?;
     drop(store);
+    // The new directory's entries, then the rename in its parent: once this returns,
+    // a power loss leaves either no directory or the whole restored one.
+    cairn_store::sync_dir(&staging).map_err(io("syncing the restored directory"))?;
     cairn_store::crash_point!("restore.rename.before");
     if dir.exists() {
         std::fs::remove_dir(dir).map_err(io("replacing the empty target directory"))?;
     }
     std::fs::rename(&staging, dir).map_err(io("moving the restored directory in place"))?;
+    cairn_store::sync_parent_dir(dir).map_err(io("syncing the directory holding the restore"))?;
     Ok(stats)
 }
 

@@ -29,6 +29,7 @@ struct TestCluster {
     dir: tempfile::TempDir,
     peers: BTreeMap<u64, SocketAddr>,
     hosts: BTreeMap<u64, MultiRaft>,
+    stores: BTreeMap<u64, NodeStore>,
 }
 
 impl TestCluster {
@@ -38,6 +39,7 @@ impl TestCluster {
             dir: tempfile::tempdir().expect("tempdir"),
             peers,
             hosts: BTreeMap::new(),
+            stores: BTreeMap::new(),
         };
         for id in 1..=3 {
             cluster.start_host(id).await;
@@ -77,12 +79,15 @@ impl TestCluster {
             }
         };
         self.hosts.insert(id, host);
+        self.stores.insert(id, store);
     }
 
     async fn stop_host(&mut self, id: u64) {
         if let Some(host) = self.hosts.remove(&id) {
             host.shutdown().await;
         }
+        // The last handle closes the database (and releases sled's lock on it).
+        self.stores.remove(&id);
     }
 
     /// Wait until every running host agrees on a leader for `shard` that is running.
@@ -488,5 +493,40 @@ async fn a_proposal_over_the_entry_limit_is_refused_and_the_log_does_not_move() 
             .get(leader, 0, "huge", Consistency::Linearizable)
             .await,
         Ok(None)
+    );
+}
+
+/// Issue 13: sled's `flush()` alone does not reach the disk (`sync_file_range` leaves
+/// the drive's cache and the file's size unsynced). Every acknowledged write must
+/// follow a durable sync (`fdatasync`) on a quorum, the leader included: writes
+/// acknowledged one after another cannot share one, so the leader's count of durable
+/// syncs grows by at least one per write. Reverting the store to `flush()` alone
+/// stops the count, and this test fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_write_follows_a_durable_sync() {
+    let cluster = TestCluster::start().await;
+    cluster.put(0, "warm", "up").await;
+    let leader = cluster.leader(0).await;
+    let syncs = |id: u64| cluster.stores[&id].durable_syncs();
+    let before: BTreeMap<u64, u64> = cluster.stores.keys().map(|&id| (id, syncs(id))).collect();
+    let writes = 20;
+    for i in 0..writes {
+        let at_start = syncs(leader);
+        cluster.put(0, &format!("k{i}"), "v").await;
+        if cluster.leader(0).await == leader {
+            assert!(
+                syncs(leader) > at_start,
+                "write {i} was acknowledged without a durable sync on its leader"
+            );
+        }
+    }
+    let grown: Vec<u64> = cluster
+        .stores
+        .keys()
+        .map(|&id| syncs(id) - before[&id])
+        .collect();
+    assert!(
+        grown.iter().filter(|&&g| g >= writes).count() >= 2,
+        "a quorum must sync every write durably: syncs per node {grown:?} for {writes} writes"
     );
 }

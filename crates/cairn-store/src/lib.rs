@@ -29,6 +29,7 @@ mod command;
 mod crash;
 pub mod cut;
 mod digest;
+mod durable;
 mod error;
 mod history;
 mod image;
@@ -47,6 +48,7 @@ pub use command::{Command, Condition, OpKind, WriteOp};
 pub use crash::{arm_crash_points, crash, CRASH_POINTS_BUILT};
 pub use cut::Cut;
 pub use digest::ShardDigest;
+pub use durable::{sync_dir, sync_parent_dir};
 pub use error::{Result, StoreError};
 #[doc(hidden)]
 pub use fail as __fail;
@@ -106,6 +108,9 @@ const RESTORED_FROM_KEY: &[u8] = b"restored_from";
 #[derive(Clone)]
 pub struct NodeStore {
     db: sled::Db,
+    /// What [`NodeStore::flush`] syncs beyond sled's own flush (`None`: a temporary
+    /// database, whose durability the simulator models).
+    durable: Option<std::sync::Arc<durable::DurableFiles>>,
 }
 
 impl std::fmt::Debug for NodeStore {
@@ -117,20 +122,23 @@ impl std::fmt::Debug for NodeStore {
 impl NodeStore {
     /// Open (or create, with its directory) the node's database at `path`.
     pub fn open(path: &Path) -> Result<NodeStore> {
-        std::fs::create_dir_all(path).map_err(sled::Error::Io)?;
-        let db = sled::Config::new().path(path).open()?;
-        Ok(NodeStore { db })
+        NodeStore::open_config(path, sled::Config::new())
     }
 
     /// Open with a page cache of at most `cache_bytes` (sled's default is 1 GiB), for
     /// one-off writers such as a restore that need not keep what they wrote in memory.
     pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<NodeStore> {
+        NodeStore::open_config(path, sled::Config::new().cache_capacity(cache_bytes))
+    }
+
+    fn open_config(path: &Path, config: sled::Config) -> Result<NodeStore> {
         std::fs::create_dir_all(path).map_err(sled::Error::Io)?;
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_bytes)
-            .open()?;
-        Ok(NodeStore { db })
+        let db = config.path(path).open()?;
+        let durable = durable::DurableFiles::open(path).map_err(sled::Error::Io)?;
+        Ok(NodeStore {
+            db,
+            durable: Some(std::sync::Arc::new(durable)),
+        })
     }
 
     /// The stored identity, if this node has one.
@@ -191,13 +199,23 @@ impl NodeStore {
         Ok(SnapshotStage::new(self.shard_tree(shard, "incoming")?))
     }
 
-    /// Fsync everything written so far, by every shard. Group commit calls this once
-    /// for many writers.
+    /// Make everything written so far, by every shard, durable: sled's flush, then
+    /// `fsync` of what it leaves unsynced (see [`durable`]). Group commit calls this
+    /// once for many writers.
     pub fn flush(&self) -> Result<()> {
         crash_point!("store.fsync.before");
         self.db.flush()?;
+        if let Some(durable) = &self.durable {
+            durable.sync().map_err(sled::Error::Io)?;
+        }
         crash_point!("store.fsync.after");
         Ok(())
+    }
+
+    /// Durable syncs ([`NodeStore::flush`]) completed since the database was opened,
+    /// by any handle to it: what tests count to prove the write path syncs.
+    pub fn durable_syncs(&self) -> u64 {
+        self.durable.as_ref().map_or(0, |d| d.syncs())
     }
 }
 
