@@ -41,6 +41,8 @@ pub struct ClusterOptions {
     pub shards: u32,
     /// Appended to every node's `cairn server` command line.
     pub extra_args: Vec<String>,
+    /// Set in every node's environment, at every start (e.g. `FAILPOINTS`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ClusterOptions {
@@ -49,6 +51,7 @@ impl Default for ClusterOptions {
             nodes: 3,
             shards: 8,
             extra_args: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -57,6 +60,8 @@ pub struct Cluster {
     // Field order matters: the processes go first (their `Drop` kills the children
     // and removes the temporary directory), then the lock is released.
     inner: processes::Cluster,
+    /// Every node's extra environment ([`ClusterOptions::env`]).
+    env: Vec<(String, String)>,
     _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
@@ -86,7 +91,11 @@ impl Cluster {
         ];
         options.extra_args.extend(opts.extra_args);
         let inner = processes::Cluster::new(options).unwrap_or_else(|e| panic!("{e}"));
-        let mut cluster = Cluster { inner, _turn: turn };
+        let mut cluster = Cluster {
+            inner,
+            env: opts.env,
+            _turn: turn,
+        };
         prepare(&cluster);
         for id in cluster.ids() {
             cluster.start_node(id);
@@ -180,10 +189,17 @@ impl Cluster {
     }
 
     /// Like [`Cluster::start_node`], with extra environment variables (for example
-    /// `FAILPOINTS`, which arms crash points in test builds).
+    /// `FAILPOINTS`, which arms crash points in test builds) on top of the cluster's.
     pub fn start_node_with_env(&mut self, id: usize, env: &[(&str, &str)]) {
+        let mut all: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .filter(|(k, _)| !env.iter().any(|(name, _)| name == k))
+            .collect();
+        all.extend_from_slice(env);
         self.inner
-            .start_node_with_env(node(id), env)
+            .start_node_with_env(node(id), &all)
             .unwrap_or_else(|e| panic!("start node {id}: {e}"));
     }
 

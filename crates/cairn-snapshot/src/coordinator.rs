@@ -91,6 +91,11 @@ impl<S: Shards> Coordinator<S> {
         let epoch = pending.record.id;
         let count = self.shards.shard_count();
         let markers = (0..count).map(|shard| async move {
+            // Tests spread the markers' landing over time (as a slow link would), so
+            // shards are cut at visibly different moments.
+            if let Some(delay) = cairn_store::delay_point!("snapshot.marker.delay") {
+                tokio::time::sleep(delay).await;
+            }
             let request = ShardRequest::Write {
                 shard,
                 command: Command::Marker { epoch },

@@ -25,6 +25,25 @@ pub fn crash(point: &str) -> ! {
     std::process::abort()
 }
 
+/// A place where tests may slow the process down: `FAILPOINTS="name=return(MS)"`
+/// (with a probability, `50%return(300)`) makes it evaluate to `Some` of that many
+/// milliseconds, which the caller waits without blocking. `None` otherwise, and always
+/// in builds without crash points (the check compiles away).
+#[macro_export]
+macro_rules! delay_point {
+    ($name:literal) => {
+        if $crate::CRASH_POINTS_BUILT {
+            $crate::__fail::eval($name, |arg| {
+                arg.and_then(|ms| ms.trim().parse::<u64>().ok())
+                    .map(::std::time::Duration::from_millis)
+            })
+            .flatten()
+        } else {
+            None
+        }
+    };
+}
+
 /// A place where tests may crash the process (see the module doc).
 #[macro_export]
 macro_rules! crash_point {
