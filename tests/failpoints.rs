@@ -278,6 +278,75 @@ fn manifests(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// What a snapshot coordinator that crashed at `point` left of its epoch: a finished
+/// one (recorded done before the crash) is listed and readable; a pending one is
+/// neither (404, or 503 `snapshot_aborted` once the sweeper aborted it).
+async fn check_epoch(client: &Client, point: &str, epoch: u64) {
+    let listed = client.list_all_snapshots().await.expect("list snapshots");
+    let is_listed = listed.iter().any(|s| s.id == epoch);
+    let shown = client.snapshot(&epoch.to_string()).await;
+    let read = client
+        .get_at(b"c/0", &cairn_client::ReadAt::id(epoch))
+        .await;
+    if point == "snapshot.finished" {
+        assert!(is_listed, "{point}: snapshot {epoch} is not listed");
+        assert!(shown.is_ok(), "{point}: snapshot {epoch}: {shown:?}");
+        let read = read.unwrap_or_else(|e| panic!("{point}: read at {epoch}: {e}"));
+        assert_eq!(read.snapshot, epoch);
+    } else {
+        assert!(
+            !is_listed,
+            "{point}: the unfinished snapshot {epoch} is listed"
+        );
+        for (what, code) in [
+            (
+                "show",
+                shown.err().and_then(|e| e.code().map(str::to_owned)),
+            ),
+            ("read", read.err().and_then(|e| e.code().map(str::to_owned))),
+        ] {
+            assert!(
+                matches!(
+                    code.as_deref(),
+                    Some("snapshot_not_found" | "snapshot_aborted")
+                ),
+                "{point}: {what} of the unfinished snapshot {epoch} answered {code:?}"
+            );
+        }
+    }
+}
+
+/// Every version of `key` on node `node`'s replica, newest first (`None`: deleted).
+async fn key_history(cluster: &Cluster, node: usize, key: &[u8]) -> Vec<(u64, Option<Vec<u8>>)> {
+    let shard = shard_of(key, 8);
+    let url = format!(
+        "http://{}/v1/debug/versions?shard={shard}",
+        cluster.http_addr(node)
+    );
+    let body: serde_json::Value = reqwest::get(&url)
+        .await
+        .expect("debug versions")
+        .json()
+        .await
+        .expect("debug versions JSON");
+    let text = |v: &serde_json::Value| v.as_str().map(|s| s.as_bytes().to_vec());
+    body["versions"]
+        .as_array()
+        .into_iter()
+        .chain(body["base"].as_array())
+        .flatten()
+        .filter(|v| text(&v["key"]).as_deref() == Some(key))
+        .map(|v| {
+            let value = if v["deleted"].as_bool() == Some(true) {
+                None
+            } else {
+                text(&v["value"])
+            };
+            (v["version"].as_u64().unwrap_or(0), value)
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn coordinator_crashes_leave_nothing_half_done() {
     // No automatic snapshots: the points below fire only where a request sends them.
@@ -312,6 +381,14 @@ async fn coordinator_crashes_leave_nothing_half_done() {
         let coordinator = cluster.client(victim);
         let keys = key_per_shard(&format!("t/{point}/"));
         let mut backup_id = None;
+        // Epochs are numbered in order and nothing else allocates one meanwhile: the
+        // crashing coordinator's epoch is the one after a snapshot taken just before.
+        let epoch = other
+            .create_snapshot(None)
+            .await
+            .expect("snapshot before")
+            .id
+            + 1;
         match point.split('.').next() {
             Some("snapshot") => {
                 let _ = coordinator.create_snapshot(None).await;
@@ -335,6 +412,10 @@ async fn coordinator_crashes_leave_nothing_half_done() {
             }
         }
         assert_fired(&mut cluster, victim, point).await;
+        if point.starts_with("snapshot.") {
+            // Before recovery: a pending epoch is not readable, a finished one is.
+            check_epoch(&other, point, epoch).await;
+        }
         cluster.start_node(victim);
         cluster.wait_ready().await;
 
@@ -402,8 +483,39 @@ async fn coordinator_crashes_leave_nothing_half_done() {
                 .map_err(|e| e.to_string())
         })
         .await;
+        if point.starts_with("snapshot.") {
+            // After recovery: the sweeper aborted a pending epoch (never readable,
+            // never listed) or released a finished one (readable, listed).
+            check_epoch(&other, point, epoch).await;
+        }
         let ops = keys.iter().map(|k| BatchOp::put(k, b"after")).collect();
         other.batch(ops).await.expect("a batch after the crash");
+        if point.starts_with("txn.") {
+            // Each key's whole history, not only its value now: an undecided
+            // transaction never wrote, a decided one wrote exactly once per key, and
+            // the later batch came after.
+            let writes = if point == "txn.prepared" { 0 } else { 1 };
+            for k in &keys {
+                let history = key_history(&cluster, 1 + (i + 1) % 3, k).await;
+                let values: Vec<Option<&[u8]>> =
+                    history.iter().map(|(_, v)| v.as_deref()).collect();
+                assert_eq!(
+                    values
+                        .iter()
+                        .filter(|v| **v == Some(b"all".as_slice()))
+                        .count(),
+                    writes,
+                    "{point}: {} has history {values:?}",
+                    String::from_utf8_lossy(k)
+                );
+                assert_eq!(
+                    values.first().copied().flatten(),
+                    Some(b"after".as_slice()),
+                    "{point}: {} has history {values:?}",
+                    String::from_utf8_lossy(k)
+                );
+            }
+        }
         other
             .put(format!("c/after/{point}").as_bytes(), b"x")
             .await
