@@ -340,6 +340,10 @@ async fn answers_after_a_cut_wait_for_the_release_even_across_a_leader_change() 
     };
     let old_leader = cluster.leader(shard).await;
     cluster.stop_host(old_leader).await;
+    // The new leader first, so that the election's own delay cannot fill the window
+    // the write must be held for.
+    let new_leader = cluster.leader(shard).await;
+    assert_ne!(new_leader, old_leader);
     {
         let write = cluster.put(shard, "k", "under a new leader");
         tokio::pin!(write);
