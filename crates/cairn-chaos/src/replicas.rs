@@ -314,24 +314,48 @@ pub async fn converge(
         ..ConvergenceReport::default()
     };
     for group in 0..=groups {
-        let Some(at) = nodes
+        let Some(mut at) = nodes
             .iter()
             .filter_map(|&n| applied.get(&(group, n)).copied())
             .min()
         else {
             continue;
         };
-        // 2. Horizons first, to pick the history part's lower end.
-        let Some(digests) = digests_of(cluster, &nodes, group, at, None).await? else {
-            continue;
-        };
-        let after = digests
-            .iter()
-            .map(|(_, d)| d.horizon)
-            .max()
-            .unwrap_or(0)
-            .min(at);
-        let Some(compared) = digests_of(cluster, &nodes, group, at, Some(after)).await? else {
+        // A replica may have collected history past `at` meanwhile (the meta group
+        // collects its own eagerly): compare again at what every node has applied
+        // now, a few times, before giving up on the group (which fails the run's
+        // floor on groups compared).
+        let mut attempt = 0;
+        let (after, compared) = loop {
+            attempt += 1;
+            // 2. Horizons first, to pick the history part's lower end.
+            let compared = match digests_of(cluster, &nodes, group, at, None).await? {
+                Some(digests) => {
+                    let after = digests
+                        .iter()
+                        .map(|(_, d)| d.horizon)
+                        .max()
+                        .unwrap_or(0)
+                        .min(at);
+                    digests_of(cluster, &nodes, group, at, Some(after))
+                        .await?
+                        .map(|c| (after, c))
+                }
+                None => None,
+            };
+            match compared {
+                Some(found) => break Some(found),
+                None if attempt < 10 => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    if let Some(now) = applied_everywhere(cluster, &nodes, group).await {
+                        at = now;
+                    }
+                }
+                None => break None,
+            }
+        }
+        .unzip();
+        let (Some(after), Some(compared)) = (after, compared) else {
             continue;
         };
         report.groups += 1;
@@ -351,6 +375,22 @@ pub async fn converge(
 }
 
 /// The first characters of a digest, enough to tell two apart in a message.
+/// The version of `group` every node has applied now (the least of their applied
+/// indexes), if every node answers.
+async fn applied_everywhere(cluster: &Cluster, nodes: &[NodeId], group: u32) -> Option<u64> {
+    let mut least = u64::MAX;
+    for &node in nodes {
+        let status = cluster.status(node).await.ok()?;
+        let s = status
+            .shards
+            .iter()
+            .chain(std::iter::once(&status.meta))
+            .find(|s| s.id == group)?;
+        least = least.min(s.applied);
+    }
+    Some(least)
+}
+
 fn short(hex: &str) -> &str {
     hex.get(..12).unwrap_or(hex)
 }

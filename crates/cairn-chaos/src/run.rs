@@ -33,7 +33,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::cluster::{http_client, Cluster, ClusterOptions};
 use crate::error::{ChaosError, Result};
-use crate::history::{History, Operation, Outcome, Request};
+use crate::history::{Answer, History, Operation, Outcome, Request};
 use crate::linearizability::{self, CheckOptions, LinearizabilityReport};
 use crate::nemesis::{self, FaultKind, FaultRecord, Nemesis};
 use crate::network::Network;
@@ -183,12 +183,13 @@ impl RunReport {
         let decided = lin
             .keys
             .iter()
-            .filter(|k| k.verdict == linearizability::Verdict::Linearizable)
+            .filter(|k| k.ops > 0 && k.verdict == linearizability::Verdict::Linearizable)
             .count();
+        let exercised = lin.keys.iter().filter(|k| k.ops > 0).count();
         let s = &self.snapshots;
         let mut out = format!(
             "run {} (seed {}) in {:.1}s: {total} operations ({ok} ok, {refused} refused, {unknown} unknown; {} batches within a shard and {} across shards acknowledged); \
-             linearizability: {decided}/{} keys linearizable, {} key-operations checked, {} undecided; \
+             linearizability: {decided}/{} keys with operations linearizable, {} key-operations checked, {} undecided; \
              faults: {}; snapshots: {} requested, {} completed, {} aborted, {} failed, {} checked on all four guarantees, {} automatic ones on 3 and 4, {} writes inside them; \
              replicas: {} groups converged, {} versions checked, {} raft snapshots installed; {} violations",
             self.name,
@@ -196,7 +197,7 @@ impl RunReport {
             self.elapsed.as_secs_f64(),
             self.batches.0,
             self.batches.1,
-            lin.keys.len(),
+            exercised,
             lin.ops_checked(),
             lin.undecided().len(),
             self.faults.len(),
@@ -332,7 +333,8 @@ impl Run {
                 )
             })
             .collect();
-        let base = base_snapshot(&clients[0].1).await?;
+        let base_info = base_snapshot(&clients[0].1).await?;
+        let base = base_info.id;
         let clock = Instant::now();
         let prefix = "chaos/".to_owned();
         let workload = Workload::start(
@@ -435,6 +437,43 @@ impl Run {
             .map(|s| s.versions.len() + s.base.len())
             .sum();
         violations.extend(replicas::check_versions(&history, &index, scenario.shards));
+        // Floors: each check must have covered what the run did, or it could pass
+        // having looked at nothing.
+        if convergence.groups < scenario.shards as usize + 1 {
+            violations.push(format!(
+                "only {} of {} groups were compared for convergence",
+                convergence.groups,
+                scenario.shards + 1
+            ));
+        }
+        for s in &shard_versions {
+            // The version check starts at `after`: it must lie below every write of
+            // the run, which all landed above the base snapshot's cut.
+            let cut = base_info.cuts.get(&s.shard).copied().unwrap_or(0);
+            if s.after >= cut {
+                violations.push(format!(
+                    "shard {}'s history was read from version {} on, not below the base snapshot's cut {cut}: writes of the run went unchecked",
+                    s.shard, s.after
+                ));
+            }
+        }
+        // Versions the acknowledged writes made: a put one, a batch one per put, a
+        // delete one if there was something to delete.
+        let writes_acked: usize = history
+            .ops
+            .iter()
+            .map(|op| match (&op.request, &op.outcome) {
+                (Request::Put { .. }, Outcome::Ok(_)) => 1,
+                (Request::Batch { puts, .. }, Outcome::Ok(_)) => puts.len(),
+                (Request::Delete { .. }, Outcome::Ok(Answer::Deleted { deleted: true, .. })) => 1,
+                _ => 0,
+            })
+            .sum();
+        if versions_checked < writes_acked {
+            violations.push(format!(
+                "{versions_checked} versions checked, fewer than the {writes_acked} writes acknowledged"
+            ));
+        }
         let check = scenario.check;
         let checked = history.clone();
         let linearizability =
@@ -444,6 +483,17 @@ impl Run {
                     ChaosError::Misuse(format!("the linearizability checker failed: {e}"))
                 })?;
         violations.extend(linearizability.violations());
+        let exercised = linearizability.keys.iter().filter(|k| k.ops > 0).count();
+        if linearizability.ops_checked() < scenario.warmup_ops as usize
+            || exercised < scenario.keys.min(history.keys.len())
+        {
+            violations.push(format!(
+                "the linearizability check decided {} key-operations over {exercised} keys with operations: fewer than the warm-up's {} or the {} keys",
+                linearizability.ops_checked(),
+                scenario.warmup_ops,
+                scenario.keys
+            ));
+        }
         for (key, verdict) in linearizability
             .keys
             .iter()
@@ -539,11 +589,11 @@ impl Run {
 
 /// The snapshot taken before any write; retried while it aborts (a group may still
 /// be settling its first leader).
-async fn base_snapshot(client: &Client) -> Result<u64> {
+async fn base_snapshot(client: &Client) -> Result<SnapshotInfo> {
     let deadline = Instant::now() + READY;
     loop {
         match client.create_snapshot(Some("chaos-base")).await {
-            Ok(info) => return Ok(info.id),
+            Ok(info) => return Ok(info),
             Err(e) if Instant::now() > deadline => {
                 return Err(ChaosError::Timeout {
                     what: "the base snapshot".into(),
