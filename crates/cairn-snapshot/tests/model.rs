@@ -57,7 +57,7 @@
 //!   change is what it does to the protocol's state: the old leader's held answers and
 //!   reads are failed, and the new leader's holds come from its log (which is what the
 //!   `LeaderForgetsHolds` mutation breaks). `tails: true` models uncommitted tails, terms
-//!   and "keep any prefix, lose the rest" explicitly; the ignored tests check it.
+//!   and "keep any prefix, lose the rest" explicitly; the bigger configurations check it.
 //! - **Dead requests** are dropped: a request whose delivery could now change nothing
 //!   but the indexes of later entries (a repeated release, a marker of an epoch whose
 //!   coordinator has its cut, a prepare nobody waits for). An entry that changes nothing
@@ -98,12 +98,12 @@
 //! # Running
 //!
 //! `cargo test -p cairn-snapshot --test model` runs the two small configurations
-//! (67k and 104k states) and the four mutation checks, about 6 s of CPU in a debug
-//! build; add `-- --nocapture` for state counts and the counterexamples.
-//! `cargo test -p cairn-snapshot --test model -- --ignored` runs the bigger ones (a
-//! longer causal chain, two concurrent snapshots, more transactions, duplicated
-//! transaction requests, explicit Raft tails): 0.3 to 2.2 million states each, about
-//! two minutes of CPU in all. `docs/MODEL.md` has the figures.
+//! (67k and 104k states), the four mutation checks, and the bigger ones (a longer
+//! causal chain, two concurrent snapshots, more transactions, duplicated transaction
+//! requests, explicit Raft tails: 0.3 to 2.2 million states each), about two minutes
+//! of CPU in a debug build, so CI checks every configuration, the commit-on-proposal
+//! shortcut's justification among them; add `-- --nocapture` for state counts and
+//! the counterexamples. `docs/MODEL.md` has the figures.
 
 #[path = "model/network.rs"]
 mod network;
@@ -342,37 +342,37 @@ fn check_all(name: &str, config: Config) {
 }
 
 #[test]
-#[ignore = "bigger configuration, seconds to minutes: run with --ignored"]
+
 fn bigger_snapshots_keep_their_guarantees() {
     check_all("bigger snapshots", bigger_snapshots());
 }
 
 #[test]
-#[ignore = "bigger configuration, seconds to minutes: run with --ignored"]
+
 fn concurrent_snapshots_keep_their_guarantees() {
     check_all("concurrent snapshots", concurrent_snapshots());
 }
 
 #[test]
-#[ignore = "bigger configuration, seconds to minutes: run with --ignored"]
+
 fn bigger_transactions_keep_snapshots_consistent() {
     check_all("bigger transactions", bigger_transactions());
 }
 
 #[test]
-#[ignore = "bigger configuration, seconds to minutes: run with --ignored"]
+
 fn duplicated_transaction_requests_keep_snapshots_consistent() {
     check_all("duplicated transactions", duplicated_transactions());
 }
 
 #[test]
-#[ignore = "bigger configuration, seconds to minutes: run with --ignored"]
+
 fn explicit_raft_tails_keep_the_guarantees() {
     check_all("explicit tails", explicit_tails());
 }
 
 #[test]
-#[ignore = "bigger configuration, seconds to minutes: run with --ignored"]
+
 fn explicit_raft_tails_still_need_the_new_leader_to_hold() {
     counterexample(
         "explicit tails, leader forgets holds",
