@@ -32,6 +32,8 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use hyper_util::rt::TokioIo;
@@ -64,6 +66,8 @@ pub struct S3Server {
     /// The bucket created at start.
     pub bucket: String,
     addr: SocketAddr,
+    /// `UploadPart` requests served (a multipart upload's parts).
+    parts: Arc<AtomicU64>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
     // Last field, so it is dropped after the thread has stopped using it.
@@ -97,6 +101,8 @@ impl S3Server {
             .expect("s3 test server: local address");
 
         let (stop, mut stopped) = oneshot::channel::<()>();
+        let parts = Arc::new(AtomicU64::new(0));
+        let counted = parts.clone();
         let thread = std::thread::Builder::new()
             .name(format!("s3-test-server-{}", addr.port()))
             .spawn(move || {
@@ -117,6 +123,15 @@ impl S3Server {
                             },
                         };
                         let service = service.clone();
+                        let counted = counted.clone();
+                        // Counts what tests want to know the client did.
+                        let service = hyper::service::service_fn(move |request| {
+                            let query = request.uri().query().unwrap_or_default();
+                            if query.contains("partNumber=") && query.contains("uploadId=") {
+                                counted.fetch_add(1, Ordering::SeqCst);
+                            }
+                            hyper::service::Service::call(&service, request)
+                        });
                         tokio::spawn(async move {
                             // A client hanging up mid-request is not the server's problem.
                             let _ = hyper::server::conn::http1::Builder::new()
@@ -133,10 +148,16 @@ impl S3Server {
             endpoint: format!("http://{addr}"),
             bucket: bucket.to_owned(),
             addr,
+            parts,
             stop: Some(stop),
             thread: Some(thread),
             root,
         }
+    }
+
+    /// Parts of multipart uploads received so far (`UploadPart` requests).
+    pub fn parts_uploaded(&self) -> u64 {
+        self.parts.load(Ordering::SeqCst)
     }
 
     /// `s3://{bucket}/{prefix}` (just `s3://{bucket}` for an empty prefix).

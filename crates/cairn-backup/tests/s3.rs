@@ -240,6 +240,9 @@ async fn a_large_shard_file_goes_up_as_a_multipart_upload() {
         .await
         .expect("multipart upload");
     assert!(entry.bytes > 10 << 20, "{} bytes", entry.bytes);
+    // It really went up in parts, not as one PUT.
+    let parts = entry.bytes.div_ceil(5 << 20);
+    assert_eq!(server.parts_uploaded(), parts, "{} bytes", entry.bytes);
     let stored = dest.get("b1/shard-0.cbk").await.expect("get");
     assert_eq!(stored.len() as u64, entry.bytes);
     assert_eq!(blake3::hash(&stored).to_hex().as_str(), entry.blake3);
