@@ -71,8 +71,46 @@ fn text(output: &Output) -> String {
     )
 }
 
-/// Random puts, overwrites and deletes over `keys` keys (some binary).
-async fn workload(client: &Client, rng: &mut StdRng, ops: usize, keys: usize) {
+/// What the workload wrote, in order: each key and its new value (`None`: deleted).
+type Ops = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// The model: every live key and its value, as the workload's acknowledged writes
+/// made it. Kept by the test, independently of any read path of the cluster.
+type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
+fn apply(model: &mut Model, ops: &[(Vec<u8>, Option<Vec<u8>>)]) {
+    for (key, value) in ops {
+        match value {
+            Some(v) => model.insert(key.clone(), v.clone()),
+            None => model.remove(key),
+        };
+    }
+}
+
+/// A snapshot's scan must be exactly the model (keys and values; versions are the
+/// cluster's to number).
+#[track_caller]
+fn assert_matches_model(what: &str, scan: &Entries, model: &Model) {
+    let got: Model = scan
+        .iter()
+        .map(|(k, v, _)| (k.clone(), v.clone()))
+        .collect();
+    assert!(
+        got.len() == scan.len() && &got == model,
+        "{what}: the snapshot holds {} keys, the workload's model {} ({} differ)",
+        scan.len(),
+        model.len(),
+        model
+            .iter()
+            .filter(|(k, v)| got.get(*k) != Some(*v))
+            .count()
+            + got.keys().filter(|k| !model.contains_key(*k)).count()
+    );
+}
+
+/// Random puts, overwrites and deletes over `keys` keys (some binary); returns them.
+async fn workload(client: &Client, rng: &mut StdRng, ops: usize, keys: usize) -> Ops {
+    let mut done = Vec::with_capacity(ops);
     for _ in 0..ops {
         let n = rng.gen_range(0..keys);
         let key: Vec<u8> = if n % 7 == 0 {
@@ -82,12 +120,15 @@ async fn workload(client: &Client, rng: &mut StdRng, ops: usize, keys: usize) {
         };
         if rng.gen_bool(0.2) {
             client.delete(&key).await.expect("delete");
+            done.push((key, None));
         } else {
             let len = rng.gen_range(0..300);
             let value: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
             client.put(&key, &value).await.expect("put");
+            done.push((key, Some(value)));
         }
     }
+    done
 }
 
 async fn snapshot_scan(client: &Client, snapshot: u64) -> Entries {
@@ -204,48 +245,73 @@ async fn full_and_incrementals_restore_every_snapshot_into_a_fresh_cluster() {
     let backups = tempfile::tempdir().unwrap();
     let dest_dir = backups.path().join("backups");
     let dest = dest_dir.display().to_string();
-    // Recorded snapshots: id -> (scan, time label).
+    // Recorded snapshots: id -> (scan, time label). Each scan is first checked
+    // against the model, so restores are compared with what the workload wrote, not
+    // only with the cluster's own point-in-time read.
     let mut recorded: BTreeMap<u64, (Entries, String)> = BTreeMap::new();
+    let mut model = Model::new();
 
     // Round 1, then a full backup of a given snapshot.
-    workload(&client, &mut rng, 300, 120).await;
+    apply(&mut model, &workload(&client, &mut rng, 300, 120).await);
     let s1 = client.create_snapshot(None).await.expect("snapshot");
-    recorded.insert(
-        s1.id,
-        (snapshot_scan(&client, s1.id).await, s1.time.clone()),
-    );
+    let scan = snapshot_scan(&client, s1.id).await;
+    assert_matches_model("snapshot 1", &scan, &model);
+    recorded.insert(s1.id, (scan, s1.time.clone()));
     let full = backup(&client, &dest, false, Some(s1.id)).await;
     assert_eq!(full.snapshot, Some(s1.id));
 
     // Round 2 with a snapshot in the middle (covered by the next incremental), and
     // writes running during the incremental.
-    workload(&client, &mut rng, 200, 120).await;
+    apply(&mut model, &workload(&client, &mut rng, 200, 120).await);
     let s2 = client
         .create_snapshot(Some("middle"))
         .await
         .expect("snapshot");
-    recorded.insert(
-        s2.id,
-        (snapshot_scan(&client, s2.id).await, s2.time.clone()),
-    );
-    workload(&client, &mut rng, 200, 120).await;
+    let scan = snapshot_scan(&client, s2.id).await;
+    assert_matches_model("snapshot 2", &scan, &model);
+    recorded.insert(s2.id, (scan, s2.time.clone()));
+    apply(&mut model, &workload(&client, &mut rng, 200, 120).await);
     let writer = {
         let client = cluster.client(3);
         let mut rng = StdRng::seed_from_u64(7);
         tokio::spawn(async move { workload(&client, &mut rng, 150, 120).await })
     };
     let inc1 = backup(&client, &dest, true, None).await;
-    writer.await.expect("writer");
+    let concurrent = writer.await.expect("writer");
     assert_eq!(inc1.parent.as_deref(), Some(full.id.as_str()));
     let s3 = inc1.snapshot.expect("the incremental took a snapshot");
-    recorded.insert(s3, (snapshot_scan(&client, s3).await, String::new()));
+    // Taken while the writer ran: the model after some prefix of its writes.
+    let scan = snapshot_scan(&client, s3).await;
+    let got: Model = scan
+        .iter()
+        .map(|(k, v, _)| (k.clone(), v.clone()))
+        .collect();
+    let mut at = model.clone();
+    let mut prefix = None;
+    for n in 0..=concurrent.len() {
+        if at == got {
+            prefix = Some(n);
+            break;
+        }
+        if let Some(op) = concurrent.get(n) {
+            apply(&mut at, std::slice::from_ref(op));
+        }
+    }
+    assert!(
+        prefix.is_some(),
+        "snapshot {s3} is not the model after any prefix of the concurrent writes"
+    );
+    apply(&mut model, &concurrent);
+    recorded.insert(s3, (scan, String::new()));
 
     // Round 3 and a second incremental.
-    workload(&client, &mut rng, 250, 120).await;
+    apply(&mut model, &workload(&client, &mut rng, 250, 120).await);
     let inc2 = backup(&client, &dest, true, None).await;
     assert_eq!(inc2.parent.as_deref(), Some(inc1.id.as_str()));
     let s4 = inc2.snapshot.expect("snapshot");
-    recorded.insert(s4, (snapshot_scan(&client, s4).await, String::new()));
+    let scan = snapshot_scan(&client, s4).await;
+    assert_matches_model("snapshot 4", &scan, &model);
+    recorded.insert(s4, (scan, String::new()));
     // An incremental holds only what changed since its parent: at most this round's
     // 250 writes plus the concurrent writer's 150 that may have landed after inc1.
     assert!(
