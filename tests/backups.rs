@@ -712,13 +712,38 @@ async fn prefix_revert_restores_a_snapshot_state() {
     // Outside the prefix nothing moved back.
     let other = client.get(b"other/00").await.unwrap().unwrap();
     assert_eq!(other.value, b"changed later");
-    // A second revert changes nothing; an unknown snapshot is a 404.
+    // A second revert changes nothing; an unknown snapshot is a 404, and a refused
+    // revert changes nothing either (data, audit log).
     let again = client.revert(b"app/", "before-mistake").await.unwrap();
     assert_eq!((again.restored, again.deleted), (0, 0));
+    client.put(b"app/00", b"after the revert").await.unwrap();
+    let audit = format!("http://{}/v1/reverts", cluster.http_addr(1));
+    let audit_log = || async { reqwest::get(&audit).await.unwrap().text().await.unwrap() };
+    let (before, log_before) = (
+        client
+            .scan_all(b"", Consistency::Linearizable)
+            .await
+            .unwrap(),
+        audit_log().await,
+    );
     match client.revert(b"app/", "nope").await {
-        Err(Error::Api { status, .. }) => assert_eq!(status, 404),
+        Err(Error::Api { status, code, .. }) => {
+            assert_eq!((status, code.as_str()), (404, "snapshot_not_found"))
+        }
         other => panic!("{other:?}"),
     }
+    assert_eq!(
+        client
+            .scan_all(b"", Consistency::Linearizable)
+            .await
+            .unwrap(),
+        before
+    );
+    assert_eq!(
+        audit_log().await,
+        log_before,
+        "a refused revert was recorded"
+    );
 }
 
 /// A revert is one cross-shard transaction: a reader that has seen one key reverted
@@ -750,9 +775,17 @@ async fn a_prefix_revert_is_atomic_for_readers_and_snapshots() {
     for round in 0..5 {
         client.batch(all(b"new")).await.expect("new state");
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Work done so far by each reader (0..3) and the snapshotter (3): the test
+        // waits on these rather than on the clock.
+        let done: std::sync::Arc<[std::sync::atomic::AtomicU64; 4]> = Default::default();
         let mut readers = Vec::new();
         for r in 0..3 {
-            let (client, keys, stop) = (cluster.client(1 + r % 3), keys.clone(), stop.clone());
+            let (client, keys, stop, done) = (
+                cluster.client(1 + r % 3),
+                keys.clone(),
+                stop.clone(),
+                done.clone(),
+            );
             readers.push(tokio::spawn(async move {
                 let mut passes = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -768,12 +801,14 @@ async fn a_prefix_revert_is_atomic_for_readers_and_snapshots() {
                         );
                     }
                     passes += 1;
+                    done[r].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
                 passes
             }));
         }
         let snapshotter = {
-            let (client, keys, stop) = (cluster.client(2), keys.clone(), stop.clone());
+            let (client, keys, stop, done) =
+                (cluster.client(2), keys.clone(), stop.clone(), done.clone());
             tokio::spawn(async move {
                 let mut taken = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -792,14 +827,38 @@ async fn a_prefix_revert_is_atomic_for_readers_and_snapshots() {
                         snap.id
                     );
                     taken += 1;
+                    done[3].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
                 taken
             })
         };
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Every reader and the snapshotter under way before the revert, and each has
+        // finished work begun after it, before they stop.
+        let progress = || -> Vec<u64> {
+            done.iter()
+                .map(|d| d.load(std::sync::atomic::Ordering::SeqCst))
+                .collect()
+        };
+        let past = |mark: Vec<u64>, what: &str| {
+            let progress = &progress;
+            let what = what.to_owned();
+            async move {
+                until(&what, Duration::from_secs(30), || async {
+                    progress()
+                        .iter()
+                        .zip(&mark)
+                        .all(|(now, then)| now > then)
+                        .then_some(())
+                })
+                .await
+            }
+        };
+        past(vec![0; 4], "readers and snapshots under way").await;
         let reverted = client.revert(b"flip/", "old-state").await.expect("revert");
         assert_eq!(reverted.restored, 8, "{reverted:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A pass that began before the revert may still be running: two more each.
+        past(progress(), "work after the revert").await;
+        past(progress(), "work begun after the revert").await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for r in readers {
             passes += r.await.expect("reader");

@@ -406,7 +406,10 @@ async fn concurrent_transactions_on_the_same_keys_serialise() {
     for t in tasks {
         committed += t.await.expect("client");
     }
-    assert_eq!(committed, 32, "every transaction commits within its deadline");
+    assert_eq!(
+        committed, 32,
+        "every transaction commits within its deadline"
+    );
     let mut values = Vec::new();
     for key in keys.iter() {
         values.push(get(&cluster, key, Consistency::Linearizable).await);
