@@ -915,3 +915,62 @@ async fn writes_through_every_node(clients: &[Client], tag: &str) {
         assert!(version > 0);
     }
 }
+
+/// SIGTERM drains: requests in flight when the signal arrives finish and are
+/// acknowledged (and durable), and the process exits cleanly. The writes are held inside node 1's handler by the delay point
+/// `api.write.delay`, and the signal is sent once its log shows every one of them
+/// there, so they are in flight for certain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_requests_in_flight_finish() {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
+    cluster.kill(1).await;
+    cluster.start_node_with_env(1, &[("FAILPOINTS", "api.write.delay=return(2000)")]);
+    cluster.wait_ready().await;
+    let node1 = cluster.client(1);
+    let writes = 6;
+    let in_flight: Vec<_> = (0..writes)
+        .map(|i| {
+            let client = node1.clone();
+            tokio::spawn(async move {
+                client
+                    .put(format!("drain/{i}").as_bytes(), b"in flight")
+                    .await
+            })
+        })
+        .collect();
+    let log = cluster.stderr_path(1);
+    eventually(
+        "every write is in node 1's handler",
+        Duration::from_secs(20),
+        || {
+            let log = log.clone();
+            async move {
+                let text = std::fs::read_to_string(&log).map_err(|e| e.to_string())?;
+                let held = text.matches("api.write.delay: holding a write").count();
+                (held >= writes).then_some(()).ok_or(format!("{held} held"))
+            }
+        },
+    )
+    .await;
+    // SIGTERM, and wait for the process to exit: it must drain, not abandon, them.
+    let status = cluster.terminate(1).await;
+    assert!(status.success(), "node 1 exited with {status}");
+    for (i, write) in in_flight.into_iter().enumerate() {
+        let answer = write.await.expect("writer task");
+        assert!(answer.is_ok(), "write {i} in flight at SIGTERM: {answer:?}");
+    }
+    cluster.start_node(1);
+    cluster.wait_ready().await;
+    for i in 0..writes {
+        let got = cluster
+            .client(1)
+            .get(format!("drain/{i}").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(
+            got.map(|g| g.value),
+            Some(b"in flight".to_vec()),
+            "drain/{i}"
+        );
+    }
+}

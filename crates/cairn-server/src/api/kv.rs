@@ -387,6 +387,11 @@ impl ApiState {
     /// is retried until the request deadline (the transaction resolves within a
     /// round trip, or the sweeper ends it).
     async fn write(&self, ops: Vec<WriteOp>) -> Result<(u64, Vec<bool>), ApiError> {
+        // Tests keep a write in flight here, to stop a node under it.
+        if let Some(delay) = cairn_store::delay_point!("api.write.delay") {
+            tracing::info!(?delay, "api.write.delay: holding a write");
+            tokio::time::sleep(delay).await;
+        }
         let shard = self.router.shard_of(&ops[0].key);
         debug_assert!(ops.iter().all(|op| self.router.shard_of(&op.key) == shard));
         let keys: Vec<Vec<u8>> = ops.iter().map(|op| op.key.clone()).collect();
