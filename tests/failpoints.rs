@@ -316,6 +316,39 @@ async fn check_epoch(client: &Client, point: &str, epoch: u64) {
     }
 }
 
+/// The state (`pending`, `done`, `aborted`) the snapshot registry records for
+/// `epoch`, read from node `node`'s replica of the meta group (group 8).
+async fn registry_state(cluster: &Cluster, node: usize, epoch: u64) -> Option<String> {
+    let key = [&b"s/id/"[..], &(!epoch).to_be_bytes()].concat();
+    let url = format!(
+        "http://{}/v1/debug/versions?shard=8",
+        cluster.http_addr(node)
+    );
+    let body: serde_json::Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+    let item = body["versions"]
+        .as_array()
+        .into_iter()
+        .chain(body["base"].as_array())
+        .flatten()
+        .find(|v| version_key(v).as_deref() == Some(key.as_slice()))?;
+    let record: serde_json::Value = serde_json::from_str(item["value"].as_str()?).ok()?;
+    match &record["state"] {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.keys().next().cloned(),
+        _ => None,
+    }
+}
+
+/// The key of a `/v1/debug/versions` item, whichever form carries it.
+fn version_key(item: &serde_json::Value) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    match (item["key"].as_str(), item["key_b64"].as_str()) {
+        (Some(text), _) => Some(text.as_bytes().to_vec()),
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD.decode(b64).ok(),
+        _ => None,
+    }
+}
+
 /// Every version of `key` on node `node`'s replica, newest first (`None`: deleted).
 async fn key_history(cluster: &Cluster, node: usize, key: &[u8]) -> Vec<(u64, Option<Vec<u8>>)> {
     let shard = shard_of(key, 8);
@@ -485,7 +518,26 @@ async fn coordinator_crashes_leave_nothing_half_done() {
         .await;
         if point.starts_with("snapshot.") {
             // After recovery: the sweeper aborted a pending epoch (never readable,
-            // never listed) or released a finished one (readable, listed).
+            // never listed) or released a finished one (readable, listed). The
+            // registry itself is read (the meta group, through the debug view):
+            // through the API a pending epoch and an aborted one look alike.
+            let node = 1 + (i + 1) % 3;
+            let want = if point == "snapshot.finished" {
+                "done"
+            } else {
+                "aborted"
+            };
+            eventually(
+                &format!("{point}: epoch {epoch} {want} in the registry"),
+                Duration::from_secs(20),
+                || async {
+                    let state = registry_state(&cluster, node, epoch).await;
+                    (state.as_deref() == Some(want))
+                        .then_some(())
+                        .ok_or(format!("{state:?}"))
+                },
+            )
+            .await;
             check_epoch(&other, point, epoch).await;
         }
         let ops = keys.iter().map(|k| BatchOp::put(k, b"after")).collect();
