@@ -48,6 +48,7 @@ async fn path_ids_are_decoded_like_keys_and_refused_in_json() {
         nodes: 1,
         shards: 2,
         extra_args: vec!["--snapshot-interval-ms".into(), "0".into()],
+        ..ClusterOptions::default()
     })
     .await;
     let base = format!("http://{}", cluster.http_addr(1));
