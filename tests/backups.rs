@@ -608,14 +608,13 @@ async fn bad_backup_requests_change_nothing() {
     ];
     let http = reqwest::Client::new();
     let base = format!("http://{}", cluster.http_addr(1));
+    let post = |body: String| {
+        let request = http.post(format!("{base}/v1/backups")).body(body);
+        async move { request.send().await.unwrap() }
+    };
     for (body, status, code) in cases {
         let body = body.replace("\"x", &format!("\"{dest}"));
-        let response = http
-            .post(format!("{base}/v1/backups"))
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap();
+        let response = post(body.clone()).await;
         assert_eq!(response.status().as_u16(), status, "{body}");
         let error: serde_json::Value = response.json().await.unwrap();
         assert_eq!(error["error"]["code"], code, "{body}: {error}");
@@ -647,12 +646,7 @@ async fn bad_backup_requests_change_nothing() {
     // (issue 17: it was `bad_json`).
     let snap = client.create_snapshot(None).await.unwrap();
     let body = format!(r#"{{"destination":{dest:?},"snapshot":{}}}"#, snap.id);
-    let response = http
-        .post(format!("{base}/v1/backups"))
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let response = post(body.clone()).await;
     assert_eq!(response.status().as_u16(), 202, "{body}");
     let started: serde_json::Value = response.json().await.unwrap();
     assert_eq!(started["snapshot"], snap.id, "{started}");
