@@ -21,19 +21,14 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use cairn_backup::Backups;
-use cairn_raft::MultiRaft;
-use cairn_server::api::{self, ApiState};
-use cairn_server::router::Router;
+use cairn_server::node::Parts;
 use cairn_server::Settings;
-use cairn_snapshot::Coordinator;
 use cairn_store::NodeStore;
-use cairn_txn::{Transactions, TxnConfig};
 use tower::ServiceExt;
 
 use crate::input::Input;
@@ -267,8 +262,8 @@ fn remove_stale_dirs() {
     }
 }
 
-/// Start a one-node cluster as `cairn server` would (node.rs), without its HTTP
-/// listener or background tasks, and wait until every group has a leader.
+/// Start a one-node cluster from the node's own composition root ([`Parts`]), without
+/// its HTTP listener or background tasks, and wait until every group has a leader.
 async fn start(dir: &Path) -> axum::Router {
     let peer = free_port();
     let settings = Settings {
@@ -290,38 +285,12 @@ async fn start(dir: &Path) -> axum::Router {
     };
     let config = settings.resolve().expect("fuzz node config");
     let store = NodeStore::open_with_cache(&config.data_dir, 64 << 20).expect("store");
-    let identity = cairn_server::identity::check_or_init(&store, &config).expect("identity");
-    let raft_config = config.raft(identity.cluster_id.clone());
-    let raft = Arc::new(
-        MultiRaft::start(raft_config, store.clone())
-            .await
-            .expect("replicas"),
-    );
-    let router = Arc::new(Router::new(raft.clone(), &config));
-    let snapshots = Arc::new(Coordinator::new(router.clone(), config.snapshots()));
-    let txns = Arc::new(Transactions::new(
-        router.clone(),
-        config.id,
-        TxnConfig::default(),
-    ));
-    let backups = Backups::new(
-        router.clone(),
-        snapshots.clone(),
-        store,
-        config.id,
-        identity.cluster_id.clone(),
-        config.backups().expect("backup config"),
-    );
+    let parts = Parts::assemble(config, store)
+        .await
+        .expect("the node's parts");
+    let app = parts.app();
+    let raft = parts.raft.clone();
     let groups = raft.config().groups();
-    let app = api::app(Arc::new(ApiState {
-        router,
-        snapshots,
-        txns,
-        backups,
-        cluster_id: identity.cluster_id,
-        metrics: None,
-        config,
-    }));
     for _ in 0..500 {
         if groups.clone().all(|g| raft.leader_of(g).is_some()) {
             return app;

@@ -43,6 +43,15 @@ pub enum ShardError {
         bytes: usize,
         limit: usize,
     },
+    /// A client call named a group that only control calls may reach (the meta
+    /// group): nothing was changed. The HTTP API never builds such a call, so seeing
+    /// this means a peer or a caller is broken or hostile.
+    #[error("shard {shard} is not reachable by client calls: {reason}")]
+    Refused { shard: ShardId, reason: String },
+    /// A peer answered with the wrong kind of answer for the call: the two nodes
+    /// disagree on the protocol. The call's outcome is unknown.
+    #[error("protocol fault on shard {shard}: {reason}")]
+    Protocol { shard: ShardId, reason: String },
 }
 
 impl ShardError {

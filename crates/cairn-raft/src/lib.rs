@@ -18,16 +18,16 @@
 //! a request whose fate is unknown (leadership lost, deadline passed) says so
 //! ([`ShardError::OutcomeUnknown`]) instead of guessing.
 
+pub mod call;
 pub mod commit;
 pub mod config;
 pub mod error;
 pub mod multi_raft;
 pub mod replica;
-pub mod request;
 pub mod transport;
 
+pub use call::{Call, Consistency, ControlRequest, ShardRequest, ShardResponse};
 pub use config::{RaftConfig, RaftLimits};
 pub use error::{RaftError, ShardError};
-pub use multi_raft::{LocalShards, MultiRaft, ReplicaStatus};
-pub use request::{Consistency, ShardRequest, ShardResponse};
+pub use multi_raft::{ControlPath, LocalShards, MultiRaft, ReplicaStatus};
 pub use transport::LinkStatus;

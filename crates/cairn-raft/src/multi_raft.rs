@@ -2,21 +2,21 @@
 //! peer transport, started together and stopped together.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use cairn_store::{NodeId, NodeStore, ReadScope, ShardId, ShardState};
+use cairn_store::{Command, NodeId, NodeStore, PageLimit, ReadScope, ShardId, ShardState};
 use crossbeam_channel::{bounded, Sender};
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::call::{Call, Consistency, ControlRequest, ShardRequest, ShardResponse};
 use crate::commit::GroupCommit;
 use crate::config::RaftConfig;
 use crate::error::{RaftError, ShardError};
 use crate::replica::{Replica, ReplicaGauges, ReplicaMsg};
-use crate::request::{Consistency, ShardRequest, ShardResponse};
 use crate::transport::{CallHandler, Transport};
 
 /// Requests queued per replica before callers are told to back off.
@@ -25,50 +25,35 @@ const REPLICA_INBOX: usize = 16 * 1024;
 /// This node's replicas, as seen by request handling: their inboxes, trees and gauges.
 pub struct LocalShards {
     node_id: NodeId,
+    /// Groups below this are data shards, open to client calls; the rest (the meta
+    /// group) take control calls only.
+    data_shards: u32,
     inboxes: Vec<Sender<ReplicaMsg>>,
     states: Vec<ShardState>,
     gauges: Vec<Arc<ReplicaGauges>>,
 }
 
 impl LocalShards {
-    /// Serve a request with this node's replica of its shard. Writes and linearizable
-    /// reads need the replica to lead; otherwise they fail with `NotLeader` and the
-    /// caller forwards. This never forwards by itself, so forwarding cannot loop.
+    /// Serve a client call with this node's replica of its shard. Writes and
+    /// linearizable reads need the replica to lead; otherwise they fail with
+    /// `NotLeader` and the caller forwards. This never forwards by itself, so
+    /// forwarding cannot loop. Only data shards take client calls.
     pub async fn execute(&self, req: ShardRequest) -> Result<ShardResponse, ShardError> {
         let shard = req.shard();
-        let (inbox, state) = match (
-            self.inboxes.get(shard as usize),
-            self.states.get(shard as usize),
-        ) {
-            (Some(i), Some(s)) => (i, s),
-            _ => {
-                return Err(ShardError::Unavailable {
-                    shard,
-                    reason: "no such shard".into(),
-                })
-            }
-        };
-        let overloaded = || ShardError::Unavailable {
-            shard,
-            reason: "replica queue is full".into(),
-        };
+        if shard >= self.data_shards {
+            return Err(ShardError::Refused {
+                shard,
+                reason: "the meta group takes control calls only".into(),
+            });
+        }
         match req {
-            ShardRequest::Write { command, .. } => {
-                let (reply, rx) = oneshot::channel();
-                inbox
-                    .try_send(ReplicaMsg::Propose { command, reply })
-                    .map_err(|_| overloaded())?;
-                let outcome = rx.await.map_err(|_| ShardError::ShuttingDown)??;
+            ShardRequest::Write { ops, .. } => {
+                let outcome = self.propose(shard, Command::Batch(ops)).await?;
                 Ok(ShardResponse::Written(outcome))
             }
             ShardRequest::Get {
                 key, consistency, ..
-            } => {
-                let scope = ReadScope::Key(key.clone());
-                let at = self.read_version(inbox, consistency, shard, scope).await?;
-                let value = state.get(&key, at).map_err(|e| storage(shard, e))?;
-                Ok(ShardResponse::Value(value))
-            }
+            } => self.get(shard, key, consistency).await,
             ShardRequest::Scan {
                 prefix,
                 start_after,
@@ -76,19 +61,8 @@ impl LocalShards {
                 consistency,
                 ..
             } => {
-                let scope = ReadScope::Range {
-                    prefix: prefix.clone(),
-                    start_after: start_after.clone(),
-                };
-                let at = self.read_version(inbox, consistency, shard, scope).await?;
-                let state = state.clone();
-                let page = tokio::task::spawn_blocking(move || {
-                    state.scan(&prefix, start_after.as_deref(), limit, at)
-                })
-                .await
-                .map_err(|_| ShardError::ShuttingDown)?
-                .map_err(|e| storage(shard, e))?;
-                Ok(ShardResponse::Items(page))
+                self.scan(shard, prefix, start_after, limit, consistency)
+                    .await
             }
             ShardRequest::Diff {
                 prefix,
@@ -98,6 +72,7 @@ impl LocalShards {
                 to,
                 ..
             } => {
+                let (inbox, state) = self.replica(shard)?;
                 self.read_version(
                     inbox,
                     Consistency::AtVersion(from.max(to)),
@@ -115,6 +90,100 @@ impl LocalShards {
                 Ok(ShardResponse::Changes(page))
             }
         }
+    }
+
+    /// Serve a control call with this node's replica of its group (any group). Same
+    /// rules as [`LocalShards::execute`]: proposals and reads need the leader. Reached
+    /// only through a [`ControlPath`] or from a peer.
+    async fn control(&self, req: ControlRequest) -> Result<ShardResponse, ShardError> {
+        match req {
+            ControlRequest::Propose { shard, command } => {
+                Ok(ShardResponse::Written(self.propose(shard, command).await?))
+            }
+            ControlRequest::Get { shard, key } => {
+                self.get(shard, key, Consistency::Linearizable).await
+            }
+            ControlRequest::Scan {
+                shard,
+                prefix,
+                start_after,
+                limit,
+            } => {
+                self.scan(shard, prefix, start_after, limit, Consistency::Linearizable)
+                    .await
+            }
+        }
+    }
+
+    /// Serve either kind of call through its own entry point.
+    async fn serve(&self, call: Call) -> Result<ShardResponse, ShardError> {
+        match call {
+            Call::Client(req) => self.execute(req).await,
+            Call::Control(req) => self.control(req).await,
+        }
+    }
+
+    fn replica(&self, shard: ShardId) -> Result<(&Sender<ReplicaMsg>, &ShardState), ShardError> {
+        match (
+            self.inboxes.get(shard as usize),
+            self.states.get(shard as usize),
+        ) {
+            (Some(i), Some(s)) => Ok((i, s)),
+            _ => Err(ShardError::Unavailable {
+                shard,
+                reason: "no such shard".into(),
+            }),
+        }
+    }
+
+    async fn propose(
+        &self,
+        shard: ShardId,
+        command: Command,
+    ) -> Result<cairn_store::ApplyOutcome, ShardError> {
+        let (inbox, _) = self.replica(shard)?;
+        let (reply, rx) = oneshot::channel();
+        inbox
+            .try_send(ReplicaMsg::Propose { command, reply })
+            .map_err(|_| overloaded(shard))?;
+        rx.await.map_err(|_| ShardError::ShuttingDown)?
+    }
+
+    async fn get(
+        &self,
+        shard: ShardId,
+        key: Vec<u8>,
+        consistency: Consistency,
+    ) -> Result<ShardResponse, ShardError> {
+        let (inbox, state) = self.replica(shard)?;
+        let scope = ReadScope::Key(key.clone());
+        let at = self.read_version(inbox, consistency, shard, scope).await?;
+        let value = state.get(&key, at).map_err(|e| storage(shard, e))?;
+        Ok(ShardResponse::Value(value))
+    }
+
+    async fn scan(
+        &self,
+        shard: ShardId,
+        prefix: Vec<u8>,
+        start_after: Option<Vec<u8>>,
+        limit: PageLimit,
+        consistency: Consistency,
+    ) -> Result<ShardResponse, ShardError> {
+        let (inbox, state) = self.replica(shard)?;
+        let scope = ReadScope::Range {
+            prefix: prefix.clone(),
+            start_after: start_after.clone(),
+        };
+        let at = self.read_version(inbox, consistency, shard, scope).await?;
+        let state = state.clone();
+        let page = tokio::task::spawn_blocking(move || {
+            state.scan(&prefix, start_after.as_deref(), limit, at)
+        })
+        .await
+        .map_err(|_| ShardError::ShuttingDown)?
+        .map_err(|e| storage(shard, e))?;
+        Ok(ShardResponse::Items(page))
     }
 
     /// The version a read must see: the leader's confirmed, unheld version for a
@@ -153,10 +222,7 @@ impl LocalShards {
                 let (reply, rx) = oneshot::channel();
                 inbox
                     .try_send(ReplicaMsg::ReadBarrier { scope, reply })
-                    .map_err(|_| ShardError::Unavailable {
-                        shard,
-                        reason: "replica queue is full".into(),
-                    })?;
+                    .map_err(|_| overloaded(shard))?;
                 rx.await.map_err(|_| ShardError::ShuttingDown)?
             }
         }
@@ -196,6 +262,13 @@ impl LocalShards {
     }
 }
 
+fn overloaded(shard: ShardId) -> ShardError {
+    ShardError::Unavailable {
+        shard,
+        reason: "replica queue is full".into(),
+    }
+}
+
 fn storage(shard: ShardId, e: cairn_store::StoreError) -> ShardError {
     if let cairn_store::StoreError::HistoryCollected { horizon } = e {
         return ShardError::HistoryCollected { shard, horizon };
@@ -208,11 +281,35 @@ fn storage(shard: ShardId, e: cairn_store::StoreError) -> ShardError {
 }
 
 impl CallHandler for LocalShards {
-    fn call(
-        self: Arc<Self>,
-        req: ShardRequest,
-    ) -> BoxFuture<'static, Result<ShardResponse, ShardError>> {
-        Box::pin(async move { self.execute(req).await })
+    fn call(self: Arc<Self>, call: Call) -> BoxFuture<'static, Result<ShardResponse, ShardError>> {
+        Box::pin(async move { self.serve(call).await })
+    }
+}
+
+/// The right to make control calls (markers, releases, compactions, transaction
+/// phases, meta records): handed out once per node, to the composition root, which
+/// gives it to the coordinators. Code holding only the [`MultiRaft`] (the HTTP API)
+/// can make client calls and read status, nothing more.
+#[derive(Clone)]
+pub struct ControlPath {
+    local: Arc<LocalShards>,
+    transport: Transport,
+}
+
+impl ControlPath {
+    /// Serve a control call with this node's replica of its group.
+    pub async fn local(&self, req: ControlRequest) -> Result<ShardResponse, ShardError> {
+        self.local.control(req).await
+    }
+
+    /// Send a control call to another node's replica of its group.
+    pub async fn forward(
+        &self,
+        to: NodeId,
+        req: ControlRequest,
+        timeout: Duration,
+    ) -> Result<ShardResponse, ShardError> {
+        self.transport.call(to, Call::Control(req), timeout).await
     }
 }
 
@@ -238,6 +335,8 @@ pub struct MultiRaft {
     threads: Vec<JoinHandle<()>>,
     commit: Option<GroupCommit>,
     commit_thread: Option<JoinHandle<()>>,
+    /// Taken once by [`MultiRaft::take_control`].
+    control: Mutex<Option<ControlPath>>,
 }
 
 impl MultiRaft {
@@ -258,6 +357,7 @@ impl MultiRaft {
         }
         let local = Arc::new(LocalShards {
             node_id: node,
+            data_shards: cfg.shards,
             inboxes: inboxes.clone(),
             states,
             gauges: gauges.clone(),
@@ -288,10 +388,15 @@ impl MultiRaft {
                 })?;
             threads.push(handle);
         }
+        let control = ControlPath {
+            local: local.clone(),
+            transport: transport.clone(),
+        };
         Ok(MultiRaft {
             cfg,
             local,
             transport,
+            control: Mutex::new(Some(control)),
             cancel,
             stop_replicas: Some(stop_tx),
             threads,
@@ -319,14 +424,22 @@ impl MultiRaft {
         self.local.gauges(shard).and_then(|g| g.leader())
     }
 
-    /// Send a request to another node's replica of its shard.
+    /// Send a client call to another node's replica of its shard.
     pub async fn forward(
         &self,
         to: NodeId,
         req: ShardRequest,
         timeout: Duration,
     ) -> Result<ShardResponse, ShardError> {
-        self.transport.call(to, req, timeout).await
+        self.transport.call(to, Call::Client(req), timeout).await
+    }
+
+    /// The node's [`ControlPath`]: the first caller gets it, every later one `None`.
+    pub fn take_control(&self) -> Option<ControlPath> {
+        self.control
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     /// The state of this node's link to every peer.

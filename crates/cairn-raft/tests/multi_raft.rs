@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use cairn_raft::{
-    Consistency, MultiRaft, RaftConfig, RaftError, ShardError, ShardRequest, ShardResponse,
+    Consistency, ControlPath, ControlRequest, MultiRaft, RaftConfig, RaftError, ShardError,
+    ShardRequest, ShardResponse,
 };
 use cairn_store::{ApplyOutcome, Command, Condition, NodeStore, OpKind, WriteOp};
 
@@ -29,6 +30,7 @@ struct TestCluster {
     dir: tempfile::TempDir,
     peers: BTreeMap<u64, SocketAddr>,
     hosts: BTreeMap<u64, MultiRaft>,
+    controls: BTreeMap<u64, ControlPath>,
     stores: BTreeMap<u64, NodeStore>,
 }
 
@@ -39,6 +41,7 @@ impl TestCluster {
             dir: tempfile::tempdir().expect("tempdir"),
             peers,
             hosts: BTreeMap::new(),
+            controls: BTreeMap::new(),
             stores: BTreeMap::new(),
         };
         for id in 1..=3 {
@@ -78,11 +81,15 @@ impl TestCluster {
                 other => break other.expect("start"),
             }
         };
+        let control = host.take_control().expect("the control path");
+        assert!(host.take_control().is_none(), "handed out twice");
         self.hosts.insert(id, host);
+        self.controls.insert(id, control);
         self.stores.insert(id, store);
     }
 
     async fn stop_host(&mut self, id: u64) {
+        self.controls.remove(&id);
         if let Some(host) = self.hosts.remove(&id) {
             host.shutdown().await;
         }
@@ -113,8 +120,8 @@ impl TestCluster {
 
     async fn propose(&self, shard: u32, command: Command) -> Result<ShardResponse, ShardError> {
         let leader = self.leader(shard).await;
-        let request = ShardRequest::Write { shard, command };
-        self.hosts[&leader].local().execute(request).await
+        let request = ControlRequest::Propose { shard, command };
+        self.controls[&leader].local(request).await
     }
 
     async fn get(
@@ -185,6 +192,71 @@ async fn writes_replicate_and_followers_refuse_with_a_leader_hint() {
             );
         }
     }
+}
+
+/// The meta group holds the cluster's own records: a client call (what the HTTP API
+/// and a forwarded client request can send) never reaches it, locally or forwarded,
+/// while the control path reads and writes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_calls_never_reach_the_meta_group_and_control_calls_do() {
+    let cluster = TestCluster::start().await;
+    let meta = SHARDS;
+    let leader = cluster.leader(meta).await;
+    let follower = *cluster.hosts.keys().find(|&&id| id != leader).unwrap();
+    let Command::Batch(ops) = put("s/forged", "x") else {
+        unreachable!()
+    };
+    let write = ShardRequest::Write {
+        shard: meta,
+        ops: ops.clone(),
+    };
+    let read = ShardRequest::Get {
+        shard: meta,
+        key: b"s/forged".to_vec(),
+        consistency: Consistency::Stale,
+    };
+    for request in [write.clone(), read] {
+        let local = cluster.hosts[&leader]
+            .local()
+            .execute(request.clone())
+            .await;
+        assert!(
+            matches!(local, Err(ShardError::Refused { shard, .. }) if shard == meta),
+            "{local:?}"
+        );
+        // Forwarded from a follower to the leader: refused by the receiver too.
+        let forwarded = cluster.hosts[&follower]
+            .forward(leader, request, Duration::from_secs(2))
+            .await;
+        assert!(
+            matches!(forwarded, Err(ShardError::Refused { .. })),
+            "{forwarded:?}"
+        );
+    }
+    // The same batch through the control path is written, forwarded or not.
+    let outcome = cluster.controls[&follower]
+        .forward(
+            leader,
+            ControlRequest::Propose {
+                shard: meta,
+                command: Command::Batch(ops),
+            },
+            Duration::from_secs(2),
+        )
+        .await
+        .and_then(|answer| answer.into_written(meta));
+    assert!(
+        matches!(outcome, Ok(ApplyOutcome::Applied { .. })),
+        "{outcome:?}"
+    );
+    let got = cluster.controls[&leader]
+        .local(ControlRequest::Get {
+            shard: meta,
+            key: b"s/forged".to_vec(),
+        })
+        .await
+        .and_then(|answer| answer.into_value(meta));
+    assert_eq!(got.map(|v| v.map(|v| v.value)), Ok(Some(b"x".to_vec())));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

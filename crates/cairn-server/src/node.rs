@@ -22,7 +22,122 @@ use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::error::ServerError;
 use crate::identity;
-use crate::router::Router;
+use crate::revert::Reverts;
+use crate::router::{Control, Router};
+
+/// A node's parts, wired together: the one composition root. [`Node::start`] serves
+/// it over HTTP with its background tasks; the HTTP fuzz oracle drives its
+/// [`Parts::app`] in process. Whatever a node is made of is added here, once.
+pub struct Parts {
+    pub config: Config,
+    pub store: NodeStore,
+    pub raft: Arc<MultiRaft>,
+    pub snapshots: Arc<Coordinator<Control>>,
+    pub txns: Arc<Transactions<Control>>,
+    pub backups: Arc<Backups<Control>>,
+    pub api: Arc<ApiState>,
+}
+
+impl Parts {
+    /// Check the data directory belongs to this node and cluster, start the replicas
+    /// and wire the routers, coordinators and the HTTP API's state. Starts no
+    /// background task and listens on no HTTP port.
+    pub async fn assemble(config: Config, store: NodeStore) -> Result<Parts, ServerError> {
+        let identity = identity::check_or_init(&store, &config)?;
+        let raft_config = config.raft(identity.cluster_id.clone());
+        let raft = Arc::new(MultiRaft::start(raft_config, store.clone()).await?);
+        let path = raft
+            .take_control()
+            .ok_or_else(|| ServerError::Config("the control path was taken twice".into()))?;
+        let router = Arc::new(Router::new(raft.clone(), &config));
+        let control = Arc::new(Control::new(router.clone(), path));
+        let snapshots = Arc::new(Coordinator::new(control.clone(), config.snapshots()));
+        let txns = Arc::new(Transactions::new(
+            control.clone(),
+            config.id,
+            TxnConfig::default(),
+        ));
+        let backups = Backups::new(
+            control.clone(),
+            snapshots.clone(),
+            store.clone(),
+            config.id,
+            identity.cluster_id.clone(),
+            config.backups()?,
+        );
+        let reverts = Arc::new(Reverts::new(
+            router.clone(),
+            control,
+            txns.clone(),
+            config.request_timeout(),
+            config.id,
+        ));
+        let api = Arc::new(ApiState {
+            router,
+            snapshots: snapshots.clone(),
+            txns: txns.clone(),
+            backups: backups.clone(),
+            reverts,
+            cluster_id: identity.cluster_id,
+            metrics: prometheus(),
+            config: config.clone(),
+        });
+        Ok(Parts {
+            config,
+            store,
+            raft,
+            snapshots,
+            txns,
+            backups,
+            api,
+        })
+    }
+
+    /// The HTTP API over these parts.
+    pub fn app(&self) -> axum::Router {
+        api::app(self.api.clone())
+    }
+
+    /// Start every background task (sweepers, automatic snapshots, history GC and
+    /// collection, backup schedules), each in its own span, until `stop` fires.
+    pub fn spawn_background(&self, stop: CancellationToken) -> JoinHandle<()> {
+        let id = self.config.id;
+        let span = tracing::info_span!("snapshot_sweeper", node = id);
+        let sweep = self
+            .snapshots
+            .clone()
+            .run_sweeper(stop.clone())
+            .instrument(span);
+        let span = tracing::info_span!("auto_snapshots", node = id);
+        let auto = self
+            .snapshots
+            .clone()
+            .run_auto(stop.clone())
+            .instrument(span);
+        let span = tracing::info_span!("history_gc", node = id);
+        let gc = self.snapshots.clone().run_gc(stop.clone()).instrument(span);
+        let span = tracing::info_span!("txn_sweeper", node = id);
+        let txn_sweep = self.txns.clone().run_sweeper(stop.clone()).instrument(span);
+        let span = tracing::info_span!("history_collector", node = id);
+        let collect = collect_history(
+            self.raft.clone(),
+            self.config.snapshots().gc_every,
+            stop.clone(),
+        )
+        .instrument(span);
+        let span = tracing::info_span!("backup_schedules", node = id);
+        let schedules = self
+            .backups
+            .clone()
+            .run_schedules(stop.clone())
+            .instrument(span);
+        let span = tracing::info_span!("backup_sweeper", node = id);
+        let backup_sweep = self.backups.clone().run_sweeper(stop).instrument(span);
+        tokio::spawn(async move {
+            tokio::join!(sweep, auto, gc, collect, schedules, backup_sweep, txn_sweep);
+        })
+    }
+}
 
 /// A running node.
 pub struct Node {
@@ -34,17 +149,15 @@ pub struct Node {
     http: JoinHandle<()>,
     stop_sweeper: CancellationToken,
     sweeper: JoinHandle<()>,
-    backups: Arc<Backups<Router>>,
+    backups: Arc<Backups<Control>>,
 }
 
 impl Node {
-    /// Open the data directory (checking it belongs to this node and cluster), start
-    /// the replicas and serve the HTTP API.
+    /// Open the data directory, assemble the node's [`Parts`], start their background
+    /// tasks and serve the HTTP API.
     pub async fn start(config: Config) -> Result<Node, ServerError> {
         let store = NodeStore::open(&config.data_dir)?;
-        let identity = identity::check_or_init(&store, &config)?;
-        let raft_config = config.raft(identity.cluster_id.clone());
-        let raft = Arc::new(MultiRaft::start(raft_config, store.clone()).await?);
+        let parts = Parts::assemble(config.clone(), store).await?;
         let listener = tokio::net::TcpListener::bind(config.http)
             .await
             .map_err(|source| ServerError::Io {
@@ -55,74 +168,11 @@ impl Node {
             what: "HTTP listener".into(),
             source,
         })?;
-        let router = Arc::new(Router::new(raft.clone(), &config));
-        let snapshots = Arc::new(Coordinator::new(router.clone(), config.snapshots()));
-        let txns = Arc::new(Transactions::new(
-            router.clone(),
-            config.id,
-            TxnConfig::default(),
-        ));
         let stop_sweeper = CancellationToken::new();
-        let span = tracing::info_span!("snapshot_sweeper", node = config.id);
-        let sweep = snapshots
-            .clone()
-            .run_sweeper(stop_sweeper.clone())
-            .instrument(span);
-        let span = tracing::info_span!("auto_snapshots", node = config.id);
-        let auto = snapshots
-            .clone()
-            .run_auto(stop_sweeper.clone())
-            .instrument(span);
-        let span = tracing::info_span!("history_gc", node = config.id);
-        let gc = snapshots
-            .clone()
-            .run_gc(stop_sweeper.clone())
-            .instrument(span);
-        let span = tracing::info_span!("txn_sweeper", node = config.id);
-        let txn_sweep = txns
-            .clone()
-            .run_sweeper(stop_sweeper.clone())
-            .instrument(span);
-        let span = tracing::info_span!("history_collector", node = config.id);
-        let collect = collect_history(
-            raft.clone(),
-            config.snapshots().gc_every,
-            stop_sweeper.clone(),
-        )
-        .instrument(span);
-        let backups = Backups::new(
-            router.clone(),
-            snapshots.clone(),
-            store.clone(),
-            config.id,
-            identity.cluster_id.clone(),
-            config.backups()?,
-        );
-        let span = tracing::info_span!("backup_schedules", node = config.id);
-        let schedules = backups
-            .clone()
-            .run_schedules(stop_sweeper.clone())
-            .instrument(span);
-        let span = tracing::info_span!("backup_sweeper", node = config.id);
-        let backup_sweep = backups
-            .clone()
-            .run_sweeper(stop_sweeper.clone())
-            .instrument(span);
-        let sweeper = tokio::spawn(async move {
-            tokio::join!(sweep, auto, gc, collect, schedules, backup_sweep, txn_sweep);
-        });
-        let state = Arc::new(ApiState {
-            router,
-            snapshots,
-            txns,
-            backups: backups.clone(),
-            cluster_id: identity.cluster_id,
-            metrics: prometheus(),
-            config: config.clone(),
-        });
+        let sweeper = parts.spawn_background(stop_sweeper.clone());
         let stop_http = CancellationToken::new();
         let stop = stop_http.clone();
-        let app = api::app(state);
+        let app = parts.app();
         let span = tracing::info_span!("http", node = config.id, %http_addr);
         let http = tokio::spawn(
             async move {
@@ -135,6 +185,12 @@ impl Node {
             .instrument(span),
         );
         tracing::info!(node = config.id, %http_addr, peer = %config.peer, "node started");
+        let Parts {
+            raft,
+            store,
+            backups,
+            ..
+        } = parts;
         Ok(Node {
             id: config.id,
             http_addr,

@@ -10,10 +10,11 @@
 //! not see. Each revert leaves an audit record in the meta group (`GET /v1/reverts`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_client::api::{RevertResponse, RevertShard};
-use cairn_raft::{Consistency, ShardError, ShardRequest, ShardResponse};
+use cairn_raft::{Consistency, ShardError};
 use cairn_snapshot::meta::{put, Meta};
 use cairn_snapshot::registry::now_ms;
 use cairn_snapshot::SnapshotRecord;
@@ -21,7 +22,7 @@ use cairn_store::{Condition, OpKind, Page, PageLimit, ShardId, WriteOp};
 use cairn_txn::{Transactions, TxnError};
 use serde::{Deserialize, Serialize};
 
-use crate::router::{unexpected, Router};
+use crate::router::{Control, Router};
 
 const AUDIT: &[u8] = b"r/";
 /// Most keys one shard's part of a revert may change; more is refused (use a restore).
@@ -63,23 +64,79 @@ pub struct RevertAudit {
     pub transaction: Option<u64>,
 }
 
-/// Revert `prefix` to `snapshot` on every shard in one transaction, then record it;
-/// with `dry_run`, plan it and answer what it would change, changing nothing.
-pub async fn revert(
-    router: &Router,
-    txns: &Transactions<Router>,
+/// Online reverts: planned from the router's reads, applied as one transaction,
+/// recorded in the meta group's audit log (through the control path).
+pub struct Reverts {
+    router: Arc<Router>,
+    control: Arc<Control>,
+    txns: Arc<Transactions<Control>>,
     timeout: Duration,
     node: u64,
+}
+
+impl Reverts {
+    pub fn new(
+        router: Arc<Router>,
+        control: Arc<Control>,
+        txns: Arc<Transactions<Control>>,
+        timeout: Duration,
+        node: u64,
+    ) -> Reverts {
+        Reverts {
+            router,
+            control,
+            txns,
+            timeout,
+            node,
+        }
+    }
+
+    /// Revert `prefix` to `snapshot` on every shard in one transaction, then record
+    /// it; with `dry_run`, plan it and answer what it would change, changing nothing.
+    pub async fn revert(
+        &self,
+        prefix: &[u8],
+        snapshot: &SnapshotRecord,
+        dry_run: bool,
+    ) -> Result<RevertResponse, RevertError> {
+        revert(self, prefix, snapshot, dry_run).await
+    }
+
+    /// Every recorded revert, oldest first.
+    pub async fn audit_log(&self) -> Result<Vec<RevertAudit>, RevertError> {
+        Meta::new(&*self.control)
+            .scan_all(AUDIT)
+            .await
+            .map_err(|e| RevertError::Meta(e.to_string()))?
+            .iter()
+            .map(|(_, v)| {
+                serde_json::from_slice(&v.value)
+                    .map_err(|e| RevertError::Meta(format!("audit record: {e}")))
+            })
+            .collect()
+    }
+}
+
+async fn revert(
+    reverts: &Reverts,
     prefix: &[u8],
     snapshot: &SnapshotRecord,
     dry_run: bool,
 ) -> Result<RevertResponse, RevertError> {
+    let Reverts {
+        router,
+        control,
+        txns,
+        timeout,
+        node,
+    } = reverts;
+    let (timeout, node) = (*timeout, *node);
     let mut attempt = 0;
     let (shards, transaction) = loop {
         attempt += 1;
         let mut ops = Vec::new();
         let mut parts = Vec::new();
-        for shard in 0..cairn_snapshot::Shards::shard_count(router) {
+        for shard in 0..router.shard_count() {
             let at = snapshot.read_version(shard).ok_or_else(|| {
                 RevertError::Meta(format!(
                     "snapshot {} has no cut for shard {shard}",
@@ -140,7 +197,7 @@ pub async fn revert(
     };
     let record = serde_json::to_vec(&audit).map_err(|e| RevertError::Meta(e.to_string()))?;
     let key = [AUDIT, &time_ms.to_be_bytes(), &node.to_be_bytes()].concat();
-    Meta::new(router)
+    Meta::new(&**control)
         .write(vec![put(key, record, Condition::Always)])
         .await
         .map_err(|e| RevertError::Meta(format!("recording the revert: {e}")))?;
@@ -153,20 +210,6 @@ pub async fn revert(
         deleted: shards.iter().map(|s| s.deleted).sum(),
         shards,
     })
-}
-
-/// Every recorded revert, oldest first.
-pub async fn audit_log(router: &Router) -> Result<Vec<RevertAudit>, RevertError> {
-    Meta::new(router)
-        .scan_all(AUDIT)
-        .await
-        .map_err(|e| RevertError::Meta(e.to_string()))?
-        .iter()
-        .map(|(_, v)| {
-            serde_json::from_slice(&v.value)
-                .map_err(|e| RevertError::Meta(format!("audit record: {e}")))
-        })
-        .collect()
 }
 
 /// The conditional ops that take `shard`'s keys under `prefix` back to version `at`.
@@ -246,20 +289,13 @@ async fn scan_shard(
     let mut bytes = 0;
     let mut start_after = None;
     loop {
-        let request = ShardRequest::Scan {
-            shard,
-            prefix: prefix.to_vec(),
-            start_after: start_after.clone(),
-            limit: PageLimit {
-                items: PAGE,
-                bytes: cairn_snapshot::Shards::page_bytes(router),
-            },
-            consistency,
+        let limit = PageLimit {
+            items: PAGE,
+            bytes: router.page_bytes(),
         };
-        let page = match router.execute(request).await? {
-            ShardResponse::Items(page) => page,
-            other => return Err(unexpected(other).into()),
-        };
+        let page = router
+            .scan_shard(shard, prefix, start_after.as_deref(), limit, consistency)
+            .await?;
         start_after = page.items.last().map(|(k, _)| k.clone());
         for (key, v) in page.items {
             bytes += Page::<()>::cost(key.len(), v.value.len());

@@ -7,13 +7,18 @@
 //! back to the client as it is, because retrying a write whose fate is unknown could
 //! apply it twice.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_raft::{Consistency, MultiRaft, ShardError, ShardRequest, ShardResponse};
+use cairn_raft::{
+    Consistency, ControlPath, ControlRequest, MultiRaft, ShardError, ShardRequest, ShardResponse,
+};
 use cairn_snapshot::Shards;
 use cairn_store::page::PageBuilder;
-use cairn_store::{shard_for_key, Page, PageLimit, ShardId, Versioned};
+use cairn_store::{
+    shard_for_key, ApplyOutcome, NodeId, Page, PageLimit, ShardId, Versioned, WriteOp,
+};
 use tokio::time::Instant;
 
 use crate::config::Config;
@@ -21,13 +26,23 @@ use crate::config::Config;
 /// The least byte budget a shard gets toward a page (unless the page's own is less).
 const MIN_SHARD_PAGE_BYTES: usize = 256 * 1024;
 
-/// Routes requests of the HTTP API to the shards' leaders.
+/// Routes the HTTP API's client calls to the shards' leaders. It can make client calls
+/// only: the cluster's own commands go through [`Control`], which the coordinators
+/// hold and the handlers do not.
 pub struct Router {
     raft: Arc<MultiRaft>,
     shards: u32,
     timeout: Duration,
     /// Byte budget of a page (`Config::max_page_bytes`).
     page_bytes: usize,
+}
+
+/// Where one attempt of a routed call goes.
+enum Hop {
+    /// This node's replica leads the shard.
+    Here,
+    /// Another node leads it; the attempt may take this long.
+    To(NodeId, Duration),
 }
 
 impl Router {
@@ -44,12 +59,69 @@ impl Router {
         shard_for_key(key, self.shards)
     }
 
+    /// Number of data shards.
+    pub fn shard_count(&self) -> u32 {
+        self.shards
+    }
+
+    /// Byte budget of one page read from a shard.
+    pub fn page_bytes(&self) -> usize {
+        self.page_bytes
+    }
+
     pub fn raft(&self) -> &MultiRaft {
         &self.raft
     }
 
-    /// Execute a request on its shard's leader (or locally for stale reads).
-    pub async fn execute(&self, req: ShardRequest) -> Result<ShardResponse, ShardError> {
+    /// Apply `ops` (all of one shard) atomically on the shard's leader.
+    pub async fn write(
+        &self,
+        shard: ShardId,
+        ops: Vec<WriteOp>,
+    ) -> Result<ApplyOutcome, ShardError> {
+        self.execute(ShardRequest::Write { shard, ops })
+            .await?
+            .into_written(shard)
+    }
+
+    /// The newest live version of `key` (in `shard`), read as `consistency` says.
+    pub async fn get(
+        &self,
+        shard: ShardId,
+        key: Vec<u8>,
+        consistency: Consistency,
+    ) -> Result<Option<Versioned>, ShardError> {
+        self.execute(ShardRequest::Get {
+            shard,
+            key,
+            consistency,
+        })
+        .await?
+        .into_value(shard)
+    }
+
+    /// One shard's page of live keys under `prefix` after `start_after`.
+    pub async fn scan_shard(
+        &self,
+        shard: ShardId,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: PageLimit,
+        consistency: Consistency,
+    ) -> Result<Page<Versioned>, ShardError> {
+        self.execute(ShardRequest::Scan {
+            shard,
+            prefix: prefix.to_vec(),
+            start_after: start_after.map(<[u8]>::to_vec),
+            limit,
+            consistency,
+        })
+        .await?
+        .into_items(shard)
+    }
+
+    /// Execute a client call on its shard's leader (or locally for local reads).
+    async fn execute(&self, req: ShardRequest) -> Result<ShardResponse, ShardError> {
         if req.is_local_read() {
             match self.raft.local().execute(req.clone()).await {
                 // This replica has not applied that version yet; the leader has.
@@ -57,16 +129,36 @@ impl Router {
                 other => return other,
             }
         }
-        let shard = req.shard();
+        self.route(req.shard(), |hop| {
+            let req = req.clone();
+            async move {
+                match hop {
+                    Hop::Here => self.raft.local().execute(req).await,
+                    Hop::To(leader, left) => self.raft.forward(leader, req, left).await,
+                }
+            }
+        })
+        .await
+    }
+
+    /// Make attempts at `shard`'s leader until one answers with something other than
+    /// "nothing changed, try again" (`NotLeader`, `Unavailable`) or the request's
+    /// deadline is near. Any other answer, `OutcomeUnknown` included, is final: a
+    /// write whose fate is unknown is never sent twice.
+    async fn route<T, F, Fut>(&self, shard: ShardId, mut attempt: F) -> Result<T, ShardError>
+    where
+        F: FnMut(Hop) -> Fut,
+        Fut: Future<Output = Result<T, ShardError>>,
+    {
         let me = self.raft.local().node_id();
         let deadline = Instant::now() + self.timeout;
         let mut pause = Duration::from_millis(10);
         loop {
             let result = match self.raft.leader_of(shard) {
-                Some(leader) if leader == me => self.raft.local().execute(req.clone()).await,
+                Some(leader) if leader == me => attempt(Hop::Here).await,
                 Some(leader) => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    self.raft.forward(leader, req.clone(), left).await
+                    attempt(Hop::To(leader, left)).await
                 }
                 None => Err(ShardError::Unavailable {
                     shard,
@@ -94,14 +186,14 @@ impl Router {
         consistency: impl Fn(ShardId) -> Consistency,
     ) -> Result<Page<Versioned>, ShardError> {
         let per_shard = self.shard_limit(limit);
-        self.fan_out(limit, |shard| ShardRequest::Scan {
-            shard,
-            prefix: prefix.to_vec(),
-            start_after: start_after.map(<[u8]>::to_vec),
-            limit: per_shard,
-            consistency: consistency(shard),
-        })
-        .await
+        let pages = (0..self.shards).map(|shard| {
+            self.scan_shard(shard, prefix, start_after, per_shard, consistency(shard))
+        });
+        let mut all = Vec::new();
+        for page in futures::future::join_all(pages).await {
+            all.push(page?);
+        }
+        Ok(merge(all, limit))
     }
 
     /// Keys under `prefix` after `start_after` whose value differs between two
@@ -114,18 +206,23 @@ impl Router {
         versions: impl Fn(ShardId) -> (u64, u64),
     ) -> Result<Page<Option<Versioned>>, ShardError> {
         let per_shard = self.shard_limit(limit);
-        self.fan_out(limit, |shard| {
+        let pages = (0..self.shards).map(|shard| {
             let (from, to) = versions(shard);
-            ShardRequest::Diff {
+            let req = ShardRequest::Diff {
                 shard,
                 prefix: prefix.to_vec(),
                 start_after: start_after.map(<[u8]>::to_vec),
                 limit: per_shard,
                 from,
                 to,
-            }
-        })
-        .await
+            };
+            async move { self.execute(req).await?.into_changes(shard) }
+        });
+        let mut all = Vec::new();
+        for page in futures::future::join_all(pages).await {
+            all.push(page?);
+        }
+        Ok(merge(all, limit))
     }
 
     /// What each shard may return toward a page of `limit`: every key the page may
@@ -139,19 +236,55 @@ impl Router {
             bytes: share.max(limit.bytes.min(MIN_SHARD_PAGE_BYTES)),
         }
     }
+}
 
-    /// Ask every shard for a page of keys and merge them into one page in key order.
-    async fn fan_out<T: PageItem>(
-        &self,
-        limit: PageLimit,
-        request: impl Fn(ShardId) -> ShardRequest,
-    ) -> Result<Page<T>, ShardError> {
-        let requests = (0..self.shards).map(|shard| self.execute(request(shard)));
-        let mut pages = Vec::new();
-        for answer in futures::future::join_all(requests).await {
-            pages.push(T::from_response(answer?)?);
-        }
-        Ok(merge(pages, limit))
+/// The cluster's own protocols' way to its groups (the meta group included): control
+/// calls, routed to leaders like client calls. Built once per node from the node's
+/// [`ControlPath`]; the snapshot, transaction and backup coordinators hold it.
+pub struct Control {
+    router: Arc<Router>,
+    path: ControlPath,
+}
+
+impl Control {
+    pub fn new(router: Arc<Router>, path: ControlPath) -> Control {
+        Control { router, path }
+    }
+}
+
+impl Shards for Control {
+    fn shard_count(&self) -> u32 {
+        self.router.shards
+    }
+
+    async fn control(&self, request: ControlRequest) -> Result<ShardResponse, ShardError> {
+        self.router
+            .route(request.shard(), |hop| {
+                let request = request.clone();
+                async move {
+                    match hop {
+                        Hop::Here => self.path.local(request).await,
+                        Hop::To(leader, left) => self.path.forward(leader, request, left).await,
+                    }
+                }
+            })
+            .await
+    }
+
+    fn writes_seen(&self) -> u64 {
+        // Every node holds a replica of every shard, so its own replicas see every
+        // write (a little late on a follower, which only delays the next snapshot).
+        self.router.raft.writes_applied()
+    }
+
+    fn page_bytes(&self) -> usize {
+        self.router.page_bytes
+    }
+
+    fn leads_meta(&self) -> bool {
+        let raft = &self.router.raft;
+        let meta = raft.config().meta_shard();
+        raft.leader_of(meta) == Some(raft.local().node_id())
     }
 }
 
@@ -185,68 +318,19 @@ pub fn merge<T: PageItem>(pages: Vec<Page<T>>, limit: PageLimit) -> Page<T> {
 
 /// What a shard's page of keys carries.
 pub trait PageItem: Sized {
-    fn from_response(response: ShardResponse) -> Result<Page<Self>, ShardError>;
     /// Bytes of the value, for the page's budget.
     fn value_len(&self) -> usize;
 }
 
 impl PageItem for Versioned {
-    fn from_response(response: ShardResponse) -> Result<Page<Self>, ShardError> {
-        match response {
-            ShardResponse::Items(page) => Ok(page),
-            other => Err(unexpected(other)),
-        }
-    }
-
     fn value_len(&self) -> usize {
         self.value.len()
     }
 }
 
 impl PageItem for Option<Versioned> {
-    fn from_response(response: ShardResponse) -> Result<Page<Self>, ShardError> {
-        match response {
-            ShardResponse::Changes(page) => Ok(page),
-            other => Err(unexpected(other)),
-        }
-    }
-
     fn value_len(&self) -> usize {
         self.as_ref().map_or(0, |v| v.value.len())
-    }
-}
-
-impl Shards for Router {
-    fn shard_count(&self) -> u32 {
-        self.shards
-    }
-
-    async fn execute(&self, request: ShardRequest) -> Result<ShardResponse, ShardError> {
-        Router::execute(self, request).await
-    }
-
-    fn writes_seen(&self) -> u64 {
-        // Every node holds a replica of every shard, so its own replicas see every
-        // write (a little late on a follower, which only delays the next snapshot).
-        self.raft.writes_applied()
-    }
-
-    fn page_bytes(&self) -> usize {
-        self.page_bytes
-    }
-
-    fn leads_meta(&self) -> bool {
-        let meta = self.raft.config().meta_shard();
-        self.raft.leader_of(meta) == Some(self.raft.local().node_id())
-    }
-}
-
-/// A shard answered with the wrong kind of response: a bug, reported as such.
-pub fn unexpected(response: ShardResponse) -> ShardError {
-    tracing::error!(?response, "shard answered with an unexpected response kind");
-    ShardError::Storage {
-        shard: 0,
-        reason: "internal error: unexpected response kind".into(),
     }
 }
 

@@ -20,7 +20,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_raft::{ShardRequest, ShardResponse};
 use cairn_store::{ApplyOutcome, Command};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -96,19 +95,14 @@ impl<S: Shards> Coordinator<S> {
             if let Some(delay) = cairn_store::delay_point!("snapshot.marker.delay") {
                 tokio::time::sleep(delay).await;
             }
-            let request = ShardRequest::Write {
-                shard,
-                command: Command::Marker { epoch },
-            };
-            let placed =
-                tokio::time::timeout(self.config.marker_timeout, self.shards.execute(request))
-                    .await;
+            let marker = self.shards.propose(shard, Command::Marker { epoch });
+            let placed = tokio::time::timeout(self.config.marker_timeout, marker).await;
             let result = match placed {
-                Ok(Ok(ShardResponse::Written(ApplyOutcome::Marked { cut }))) if cut > 0 => Ok(cut),
-                Ok(Ok(ShardResponse::Written(ApplyOutcome::Marked { .. }))) => {
+                Ok(Ok(ApplyOutcome::Marked { cut })) if cut > 0 => Ok(cut),
+                Ok(Ok(ApplyOutcome::Marked { .. })) => {
                     Err("the epoch was released before its marker landed".to_owned())
                 }
-                Ok(Ok(other)) => Err(format!("unexpected answer {other:?}")),
+                Ok(Ok(other)) => Err(format!("a marker applied as {other:?}")),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err(format!(
                     "no marker placed within {:?}",
@@ -163,11 +157,8 @@ impl<S: Shards> Coordinator<S> {
     async fn release(&self, epoch: u64) -> bool {
         let count = self.shards.shard_count();
         let releases = (0..count).map(|shard| {
-            let request = ShardRequest::Write {
-                shard,
-                command: Command::Release { epoch },
-            };
-            tokio::time::timeout(self.config.marker_timeout, self.shards.execute(request))
+            let release = self.shards.propose(shard, Command::Release { epoch });
+            tokio::time::timeout(self.config.marker_timeout, release)
         });
         let all = futures::future::join_all(releases)
             .await
@@ -265,19 +256,16 @@ impl<S: Shards> Coordinator<S> {
             let Some(horizon) = done.iter().filter_map(|r| r.read_version(shard)).min() else {
                 continue;
             };
-            let request = ShardRequest::Write {
-                shard,
-                command: Command::Compact { horizon },
-            };
-            self.shards.execute(request).await?;
+            self.shards
+                .propose(shard, Command::Compact { horizon })
+                .await?;
             proposed.insert(shard, horizon);
         }
         // Nobody reads the registry's own history: collect all of it.
-        let meta = ShardRequest::Write {
-            shard: self.shards.shard_count(),
-            command: Command::Compact { horizon: u64::MAX },
-        };
-        self.shards.execute(meta).await?;
+        let meta = self.shards.shard_count();
+        self.shards
+            .propose(meta, Command::Compact { horizon: u64::MAX })
+            .await?;
         Ok(proposed)
     }
 

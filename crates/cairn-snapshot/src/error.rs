@@ -1,6 +1,6 @@
 //! What can go wrong taking or reading a snapshot, phrased as what the caller can do.
 
-use cairn_raft::{ShardError, ShardResponse};
+use cairn_raft::ShardError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -29,10 +29,4 @@ pub enum SnapshotError {
     /// The registry holds something this version cannot read.
     #[error("corrupt snapshot registry: {0}")]
     Corrupt(String),
-}
-
-impl SnapshotError {
-    pub(crate) fn unexpected(response: ShardResponse) -> SnapshotError {
-        SnapshotError::Corrupt(format!("unexpected response kind: {response:?}"))
-    }
 }

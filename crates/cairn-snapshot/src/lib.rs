@@ -22,23 +22,38 @@ pub mod testing;
 
 use std::future::Future;
 
-use cairn_raft::{ShardError, ShardRequest, ShardResponse};
+use cairn_raft::{ControlRequest, ShardError, ShardResponse};
+use cairn_store::{ApplyOutcome, Command, ShardId};
 
 pub use coordinator::{Coordinator, SnapshotConfig};
 pub use error::SnapshotError;
 pub use meta::Meta;
 pub use registry::{Registry, SnapshotRecord, SnapshotState};
 
-/// How the snapshot protocol reaches the cluster's shards (the server's router).
+/// How the cluster's own protocols (snapshots, transactions, backups) reach its groups:
+/// by control calls, which no HTTP handler can make (the server's control router).
 pub trait Shards: Send + Sync + 'static {
     /// Number of data shards; the meta group is the group right after them.
     fn shard_count(&self) -> u32;
 
-    /// Serve a request on its shard's leader (or locally for local reads).
-    fn execute(
+    /// Serve a control call on its group's leader.
+    fn control(
         &self,
-        request: ShardRequest,
+        request: ControlRequest,
     ) -> impl Future<Output = Result<ShardResponse, ShardError>> + Send;
+
+    /// Propose `command` on `shard` and wait for it to apply.
+    fn propose(
+        &self,
+        shard: ShardId,
+        command: Command,
+    ) -> impl Future<Output = Result<ApplyOutcome, ShardError>> + Send {
+        async move {
+            self.control(ControlRequest::Propose { shard, command })
+                .await?
+                .into_written(shard)
+        }
+    }
 
     /// Whether this node's replica leads the meta group (the sweeper runs only there).
     fn leads_meta(&self) -> bool;

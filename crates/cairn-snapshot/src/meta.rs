@@ -6,7 +6,7 @@
 //! write a conditional batch, so records survive any node and concurrent writers
 //! cannot both win.
 
-use cairn_raft::{Consistency, ShardRequest, ShardResponse};
+use cairn_raft::ControlRequest;
 use cairn_store::{
     ApplyOutcome, Command, Condition, OpKind, Page, PageLimit, ShardId, Versioned, WriteOp,
 };
@@ -30,15 +30,9 @@ impl<'a, S: Shards> Meta<'a, S> {
 
     /// The current value of `key`, with its version (for conditional updates).
     pub async fn get(&self, key: Vec<u8>) -> Result<Option<Versioned>, SnapshotError> {
-        let request = ShardRequest::Get {
-            shard: self.group(),
-            key,
-            consistency: Consistency::Linearizable,
-        };
-        match self.shards.execute(request).await? {
-            ShardResponse::Value(v) => Ok(v),
-            other => Err(SnapshotError::unexpected(other)),
-        }
+        let shard = self.group();
+        let request = ControlRequest::Get { shard, key };
+        Ok(self.shards.control(request).await?.into_value(shard)?)
     }
 
     /// One page of at most `limit` keys under `prefix`, after `start_after`, in key
@@ -49,20 +43,17 @@ impl<'a, S: Shards> Meta<'a, S> {
         start_after: Option<Vec<u8>>,
         limit: usize,
     ) -> Result<Page<Versioned>, SnapshotError> {
-        let request = ShardRequest::Scan {
-            shard: self.group(),
+        let shard = self.group();
+        let request = ControlRequest::Scan {
+            shard,
             prefix: prefix.to_vec(),
             start_after,
             limit: PageLimit {
                 items: limit,
                 bytes: self.shards.page_bytes(),
             },
-            consistency: Consistency::Linearizable,
         };
-        match self.shards.execute(request).await? {
-            ShardResponse::Items(page) => Ok(page),
-            other => Err(SnapshotError::unexpected(other)),
-        }
+        Ok(self.shards.control(request).await?.into_items(shard)?)
     }
 
     /// Every key under `prefix`, page by page.
@@ -90,14 +81,13 @@ impl<'a, S: Shards> Meta<'a, S> {
     /// Apply a batch atomically: `Ok(Ok(version))` if written, `Ok(Err(op))` if the
     /// condition of op `op` (the first that failed) refused it and nothing was written.
     pub async fn try_write(&self, ops: Vec<WriteOp>) -> Result<Result<u64, usize>, SnapshotError> {
-        let request = ShardRequest::Write {
-            shard: self.group(),
-            command: Command::Batch(ops),
-        };
-        match self.shards.execute(request).await? {
-            ShardResponse::Written(ApplyOutcome::Applied { version, .. }) => Ok(Ok(version)),
-            ShardResponse::Written(ApplyOutcome::Rejected { op, .. }) => Ok(Err(op)),
-            other => Err(SnapshotError::unexpected(other)),
+        let shard = self.group();
+        match self.shards.propose(shard, Command::Batch(ops)).await? {
+            ApplyOutcome::Applied { version, .. } => Ok(Ok(version)),
+            ApplyOutcome::Rejected { op, .. } => Ok(Err(op)),
+            other => Err(SnapshotError::Corrupt(format!(
+                "a batch on the meta group applied as {other:?}"
+            ))),
         }
     }
 }

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cairn_raft::{MultiRaft, RaftConfig, ShardError, ShardRequest, ShardResponse};
+use cairn_raft::{
+    Call, ControlPath, ControlRequest, MultiRaft, RaftConfig, ShardError, ShardResponse,
+};
 use cairn_store::NodeStore;
 
 use crate::Shards;
@@ -20,6 +22,8 @@ pub struct LocalCluster {
     _dir: tempfile::TempDir,
     shards: u32,
     pub hosts: BTreeMap<u64, MultiRaft>,
+    /// Each host's control path, taken at start.
+    controls: BTreeMap<u64, ControlPath>,
 }
 
 fn free_addr() -> SocketAddr {
@@ -50,10 +54,15 @@ impl LocalCluster {
             };
             hosts.insert(id, MultiRaft::start(config, store).await.expect("start"));
         }
+        let controls = hosts
+            .iter()
+            .map(|(&id, host)| (id, host.take_control().expect("the control path")))
+            .collect();
         LocalCluster {
             _dir: dir,
             shards,
             hosts,
+            controls,
         }
     }
 
@@ -63,13 +72,19 @@ impl LocalCluster {
         }
     }
 
-    /// Serve `request` on its shard's leader, waiting out elections (up to ~5 s).
-    pub async fn route(&self, request: ShardRequest) -> Result<ShardResponse, ShardError> {
+    /// Serve a call on its shard's leader, waiting out elections (up to ~5 s).
+    pub async fn route(&self, call: impl Into<Call>) -> Result<ShardResponse, ShardError> {
+        let request: Call = call.into();
         let shard = request.shard();
         for _ in 0..500 {
             let leader = self.hosts.values().find_map(|h| h.leader_of(shard));
-            if let Some(host) = leader.and_then(|l| self.hosts.get(&l)) {
-                match host.local().execute(request.clone()).await {
+            let host = leader.and_then(|l| Some((self.hosts.get(&l)?, self.controls.get(&l)?)));
+            if let Some((host, control)) = host {
+                let answer = match request.clone() {
+                    Call::Client(req) => host.local().execute(req).await,
+                    Call::Control(req) => control.local(req).await,
+                };
+                match answer {
                     Err(e) if e.is_retryable() => {}
                     other => return other,
                 }
@@ -92,7 +107,7 @@ impl Shards for LocalCluster {
         self.shards
     }
 
-    async fn execute(&self, request: ShardRequest) -> Result<ShardResponse, ShardError> {
+    async fn control(&self, request: ControlRequest) -> Result<ShardResponse, ShardError> {
         self.route(request).await
     }
 

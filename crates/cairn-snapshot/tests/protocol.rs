@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_raft::{Consistency, ShardError, ShardRequest, ShardResponse};
+use cairn_raft::{Call, Consistency, ControlRequest, ShardError, ShardRequest, ShardResponse};
 use cairn_snapshot::testing::LocalCluster;
 use cairn_snapshot::{Coordinator, Shards, SnapshotConfig, SnapshotError, SnapshotState};
 use cairn_store::{ApplyOutcome, Command, Condition, OpKind, WriteOp};
@@ -37,21 +37,17 @@ impl Cluster {
     async fn stop(self) {
         self.local.stop().await
     }
-}
 
-impl Shards for Cluster {
-    fn shard_count(&self) -> u32 {
-        SHARDS
-    }
-
-    async fn execute(&self, request: ShardRequest) -> Result<ShardResponse, ShardError> {
+    /// Route a client or control call to its shard's leader.
+    async fn execute(&self, request: impl Into<Call>) -> Result<ShardResponse, ShardError> {
+        let request: Call = request.into();
         let shard = request.shard();
         let marker = matches!(
             request,
-            ShardRequest::Write {
+            Call::Control(ControlRequest::Propose {
                 command: Command::Marker { .. },
                 ..
-            }
+            })
         );
         if marker && self.broken == Some(shard) {
             tokio::time::sleep(Duration::from_secs(30)).await;
@@ -66,6 +62,16 @@ impl Shards for Cluster {
         }
         answer
     }
+}
+
+impl Shards for Cluster {
+    fn shard_count(&self) -> u32 {
+        SHARDS
+    }
+
+    async fn control(&self, request: ControlRequest) -> Result<ShardResponse, ShardError> {
+        self.execute(request).await
+    }
 
     fn leads_meta(&self) -> bool {
         true
@@ -79,11 +85,11 @@ impl Shards for Cluster {
 fn put(key: &str, value: &str) -> ShardRequest {
     ShardRequest::Write {
         shard: 0,
-        command: Command::Batch(vec![WriteOp {
+        ops: vec![WriteOp {
             key: key.as_bytes().to_vec(),
             kind: OpKind::Put(value.as_bytes().to_vec()),
             condition: Condition::Always,
-        }]),
+        }],
     }
 }
 
@@ -216,7 +222,7 @@ async fn the_sweeper_aborts_an_epoch_whose_coordinator_died() {
         .expect("allocate");
     let epoch = pending.record.id;
     for shard in 0..SHARDS {
-        let marker = ShardRequest::Write {
+        let marker = ControlRequest::Propose {
             shard,
             command: Command::Marker { epoch },
         };

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_raft::{ShardError, ShardRequest, ShardResponse};
+use cairn_raft::ShardError;
 use cairn_snapshot::meta::{delete, put};
 use cairn_snapshot::registry::now_ms;
 use cairn_snapshot::{gate, Meta, Shards};
@@ -449,14 +449,8 @@ impl<S: Shards> Transactions<S> {
         deadline: Instant,
     ) -> Result<ApplyOutcome, ShardError> {
         let left = deadline.saturating_duration_since(Instant::now());
-        let request = ShardRequest::Write { shard, command };
-        match tokio::time::timeout(left, self.shards.execute(request)).await {
-            Ok(Ok(ShardResponse::Written(outcome))) => Ok(outcome),
-            Ok(Ok(other)) => Err(ShardError::Storage {
-                shard,
-                reason: format!("unexpected answer {other:?}"),
-            }),
-            Ok(Err(e)) => Err(e),
+        match tokio::time::timeout(left, self.shards.propose(shard, command)).await {
+            Ok(result) => result,
             Err(_) => Err(ShardError::OutcomeUnknown {
                 shard,
                 reason: "no answer before the deadline".into(),

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_raft::{Consistency, ShardError, ShardRequest, ShardResponse};
+use cairn_raft::{Consistency, ControlRequest, ShardError, ShardRequest, ShardResponse};
 use cairn_snapshot::meta::put as meta_put;
 use cairn_snapshot::registry::now_ms;
 use cairn_snapshot::testing::LocalCluster;
@@ -189,8 +189,8 @@ impl Shards for SlowLastResolve {
         SHARDS
     }
 
-    async fn execute(&self, request: ShardRequest) -> Result<ShardResponse, ShardError> {
-        if let ShardRequest::Write {
+    async fn control(&self, request: ControlRequest) -> Result<ShardResponse, ShardError> {
+        if let ControlRequest::Propose {
             shard,
             command: Command::Resolve { .. },
         } = &request
@@ -482,7 +482,10 @@ async fn abandon(cluster: &LocalCluster, state: TxnState, keys: &[String], value
             txn: id,
             ops: vec![put(key, value)],
         };
-        match cluster.route(ShardRequest::Write { shard, command }).await {
+        match cluster
+            .route(ControlRequest::Propose { shard, command })
+            .await
+        {
             Ok(ShardResponse::Written(ApplyOutcome::Prepared { .. })) => {}
             other => panic!("prepare: {other:?}"),
         }
@@ -519,12 +522,9 @@ async fn the_sweeper_finishes_what_a_dead_coordinator_left() {
     let keys = key_per_shard("pending");
     abandon(&cluster, TxnState::Pending, &keys, "never").await;
     let shard = shard_for_key(keys[0].as_bytes(), SHARDS);
-    let blind = Command::Batch(vec![put(&keys[0], "blind")]);
+    let blind = vec![put(&keys[0], "blind")];
     match cluster
-        .route(ShardRequest::Write {
-            shard,
-            command: blind,
-        })
+        .route(ShardRequest::Write { shard, ops: blind })
         .await
     {
         Ok(ShardResponse::Written(ApplyOutcome::Locked { .. })) => {}

@@ -13,8 +13,8 @@ use cairn_store::{NodeId, ShardId};
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::LengthDelimitedCodec;
 
+use crate::call::{Call, ShardResponse};
 use crate::error::ShardError;
-use crate::request::{ShardRequest, ShardResponse};
 
 /// The most any configuration may set the frame cap to; tools that only cut frames
 /// (the fault-injecting proxy) accept up to this.
@@ -34,8 +34,9 @@ pub(super) enum Frame {
     },
     /// A Raft message (protobuf bytes) for a shard's replica. Droppable.
     Raft { shard: ShardId, msg: Vec<u8> },
-    /// A forwarded client request, answered by `Reply` with the same id.
-    Call { id: u64, req: ShardRequest },
+    /// A forwarded call (a client's or a control call), answered by `Reply` with the
+    /// same id.
+    Call { id: u64, call: Call },
     /// The answer to a `Call`.
     Reply { id: u64, result: CallResult },
     /// Part of a streamed Raft snapshot: raw versions of the shard's tree.
@@ -83,17 +84,9 @@ pub fn frame_kind(bytes: &[u8]) -> Option<FrameKind> {
     Some(match bincode::deserialize::<Frame>(bytes).ok()? {
         Frame::Hello { from, .. } => FrameKind::Hello { from },
         Frame::Raft { shard, .. } => FrameKind::Raft { shard },
-        Frame::Call { id, req } => FrameKind::Call {
+        Frame::Call { id, call } => FrameKind::Call {
             id,
-            control: matches!(
-                req,
-                ShardRequest::Write {
-                    command: cairn_store::Command::Marker { .. }
-                        | cairn_store::Command::Release { .. }
-                        | cairn_store::Command::Compact { .. },
-                    ..
-                }
-            ),
+            control: matches!(call, Call::Control(req) if req.is_cut_command()),
         },
         Frame::Reply { id, .. } => FrameKind::Reply { id },
         Frame::SnapshotChunk { .. } | Frame::SnapshotEnd { .. } | Frame::SnapshotAck => {

@@ -20,7 +20,6 @@ use tracing::Instrument;
 use super::frame::{codec, encode, encode_reply, Frame};
 use super::ledger::Admission;
 use super::{CallHandler, Transport};
-use crate::request::ShardRequest;
 
 impl Transport {
     pub(super) async fn accept(self, listener: TcpListener, handler: Arc<dyn CallHandler>) {
@@ -111,13 +110,13 @@ impl Transport {
             };
             match frame {
                 Frame::Raft { shard, msg } => self.deliver(shard, &msg),
-                Frame::Call { id, req } => {
-                    let shard = req.shard();
+                Frame::Call { id, call } => {
+                    let shard = call.shard();
                     match self.admit(sender, id) {
                         Admission::New => {
                             let reply_tx = reply_tx.clone();
-                            let is_write = matches!(req, ShardRequest::Write { .. });
-                            let fut = handler.clone().call(req);
+                            let proposes = call.proposes();
+                            let fut = handler.clone().call(call);
                             let t = self.clone();
                             tokio::spawn(
                                 async move {
@@ -125,7 +124,7 @@ impl Transport {
                                     t.lock_ledger().finish(
                                         sender,
                                         id,
-                                        is_write.then(|| result.clone()),
+                                        proposes.then(|| result.clone()),
                                     );
                                     match encode_reply(id, shard, result, max_frame) {
                                         Ok(bytes) => {

@@ -24,8 +24,8 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use super::frame::{codec, encode, Frame, FrameError};
 use super::Transport;
+use crate::call::Call;
 use crate::error::ShardError;
-use crate::request::ShardRequest;
 
 /// How often a link pings its peer.
 pub(super) const PING_EVERY: Duration = Duration::from_secs(1);
@@ -37,7 +37,7 @@ pub(super) enum Outbound {
     /// A Raft message (protobuf bytes). Dropped if it cannot be sent.
     Raft(ShardId, Vec<u8>),
     /// A forwarded call; its caller waits on the transport's call table.
-    Call(u64, ShardRequest),
+    Call(u64, Call),
 }
 
 /// What one node knows of its link to a peer. Written by the link task and callers,
@@ -217,11 +217,11 @@ impl Transport {
             // While the peer is down, what was queued for it is stale: drop it, and fail
             // the forwarded calls now rather than at their deadline.
             while let Ok(out) = rx.try_recv() {
-                if let Outbound::Call(id, req) = out {
+                if let Outbound::Call(id, call) = out {
                     self.complete(
                         id,
                         Err(ShardError::Unavailable {
-                            shard: req.shard(),
+                            shard: call.shard(),
                             reason: "peer unreachable".into(),
                         }),
                     );
@@ -299,13 +299,13 @@ impl Transport {
                 },
                 out = rx.recv() => match out {
                     Some(Outbound::Raft(shard, msg)) => Frame::Raft { shard, msg },
-                    Some(Outbound::Call(id, req)) => Frame::Call { id, req },
+                    Some(Outbound::Call(id, call)) => Frame::Call { id, call },
                     None => break ControlFlow::Break(()),
                 },
             };
             let queued = std::iter::from_fn(|| rx.try_recv().ok()).map(|out| match out {
                 Outbound::Raft(shard, msg) => Frame::Raft { shard, msg },
-                Outbound::Call(id, req) => Frame::Call { id, req },
+                Outbound::Call(id, call) => Frame::Call { id, call },
             });
             let mut failed = false;
             for frame in std::iter::once(first).chain(queued) {
@@ -331,11 +331,11 @@ impl Transport {
     fn refuse(&self, peer: NodeId, frame: Frame, error: FrameError) {
         let stats = self.link_stats(peer);
         match frame {
-            Frame::Call { id, req } => {
+            Frame::Call { id, call } => {
                 if let Some(stats) = stats {
                     stats.oversized(peer, "call");
                 }
-                let shard = req.shard();
+                let shard = call.shard();
                 let refused = match error {
                     FrameError::TooLarge { bytes, limit } => ShardError::TooLarge {
                         shard,

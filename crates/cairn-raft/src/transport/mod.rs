@@ -67,10 +67,10 @@ use tracing::Instrument;
 pub use frame::{frame_codec, frame_kind, FrameKind, MAX_FRAME_CAP};
 pub use link::LinkStatus;
 
+use crate::call::Call;
 use crate::config::RaftConfig;
 use crate::error::ShardError;
 use crate::replica::ReplicaMsg;
-use crate::request::ShardRequest;
 use frame::{CallResult, Frame};
 use ledger::{Admission, CallLedger, CallSender};
 use link::{LinkStats, Outbound};
@@ -80,7 +80,7 @@ const PEER_QUEUE: usize = 8192;
 
 /// Serves forwarded requests on this node (implemented by the local shards).
 pub trait CallHandler: Send + Sync + 'static {
-    fn call(self: Arc<Self>, req: ShardRequest) -> BoxFuture<'static, CallResult>;
+    fn call(self: Arc<Self>, call: Call) -> BoxFuture<'static, CallResult>;
 }
 
 /// Handle to the node's peer transport. Cheap to clone.
@@ -176,8 +176,8 @@ impl Transport {
     }
 
     /// Forward a request to another node and wait for its answer.
-    pub async fn call(&self, to: NodeId, req: ShardRequest, timeout: Duration) -> CallResult {
-        let shard = req.shard();
+    pub async fn call(&self, to: NodeId, call: Call, timeout: Duration) -> CallResult {
+        let shard = call.shard();
         let unavailable = |reason: &str| ShardError::Unavailable {
             shard,
             reason: format!("node {to}: {reason}"),
@@ -190,8 +190,8 @@ impl Transport {
         let id = self.inner.next_call.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.lock_calls().insert(id, tx);
-        let is_write = matches!(req, ShardRequest::Write { .. });
-        if peer.tx.try_send(Outbound::Call(id, req)).is_err() {
+        let proposes = call.proposes();
+        if peer.tx.try_send(Outbound::Call(id, call)).is_err() {
             self.lock_calls().remove(&id);
             return Err(unavailable("peer queue full"));
         }
@@ -207,7 +207,7 @@ impl Transport {
                     _ => "connection lost",
                 };
                 // A forwarded write may have been proposed before the link failed.
-                Err(if is_write {
+                Err(if proposes {
                     ShardError::OutcomeUnknown {
                         shard,
                         reason: format!("node {to}: {reason}"),
@@ -286,7 +286,7 @@ mod tests {
     use std::net::SocketAddr;
     use std::sync::atomic::AtomicUsize;
 
-    use cairn_store::{ApplyOutcome, Command, Page, Versioned};
+    use cairn_store::{ApplyOutcome, Page, Versioned};
     use futures::{SinkExt, StreamExt};
     use tokio::net::TcpStream;
     use tokio_util::codec::{Framed, LengthDelimitedCodec};
@@ -294,8 +294,8 @@ mod tests {
     use super::frame::encode;
     use super::link::{connect, PONG_DEADLINE};
     use super::*;
+    use crate::call::{Consistency, ShardRequest, ShardResponse};
     use crate::config::RaftLimits;
-    use crate::request::{Consistency, ShardResponse};
 
     const MAX_FRAME: usize = 256 * 1024;
 
@@ -306,11 +306,11 @@ mod tests {
     }
 
     impl CallHandler for Counting {
-        fn call(self: Arc<Self>, req: ShardRequest) -> BoxFuture<'static, CallResult> {
+        fn call(self: Arc<Self>, call: Call) -> BoxFuture<'static, CallResult> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             Box::pin(async move {
-                match req {
-                    ShardRequest::Get { key, .. } if key == b"big" => {
+                match call {
+                    Call::Client(ShardRequest::Get { key, .. }) if key == b"big" => {
                         let items = (0..64u8)
                             .map(|i| {
                                 let value = vec![i; 8 * 1024];
@@ -319,7 +319,7 @@ mod tests {
                             .collect();
                         Ok(ShardResponse::Items(Page { items, more: false }))
                     }
-                    ShardRequest::Get { .. } => Ok(ShardResponse::Value(None)),
+                    Call::Client(ShardRequest::Get { .. }) => Ok(ShardResponse::Value(None)),
                     _ => {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         Ok(ShardResponse::Written(ApplyOutcome::Applied {
@@ -332,19 +332,19 @@ mod tests {
         }
     }
 
-    fn write() -> ShardRequest {
-        ShardRequest::Write {
+    fn write() -> Call {
+        Call::Client(ShardRequest::Write {
             shard: 0,
-            command: Command::Batch(Vec::new()),
-        }
+            ops: Vec::new(),
+        })
     }
 
-    fn get(key: &[u8]) -> ShardRequest {
-        ShardRequest::Get {
+    fn get(key: &[u8]) -> Call {
+        Call::Client(ShardRequest::Get {
             shard: 3,
             key: key.to_vec(),
             consistency: Consistency::Linearizable,
-        }
+        })
     }
 
     fn free_addr() -> SocketAddr {
@@ -444,7 +444,7 @@ mod tests {
         let call = || {
             let frame = Frame::Call {
                 id: 1,
-                req: write(),
+                call: write(),
             };
             encode(&frame, MAX_FRAME).unwrap()
         };
@@ -529,14 +529,14 @@ mod tests {
         assert_eq!((link.peer, link.connected, link.resets), (2, true, 0));
 
         // A request too large to forward fails at once, and counts on the link.
-        let huge = ShardRequest::Write {
+        let huge = Call::Client(ShardRequest::Write {
             shard: 0,
-            command: Command::Batch(vec![cairn_store::WriteOp {
+            ops: vec![cairn_store::WriteOp {
                 key: b"k".to_vec(),
                 kind: cairn_store::OpKind::Put(vec![0; MAX_FRAME]),
                 condition: cairn_store::Condition::Always,
-            }]),
-        };
+            }],
+        });
         assert!(matches!(
             one.call(2, huge, timeout).await,
             Err(ShardError::TooLarge { shard: 0, .. })

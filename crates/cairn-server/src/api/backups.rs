@@ -15,7 +15,7 @@ use cairn_client::api::{
 
 use super::kv::{read_body, read_optional_json, Params};
 use super::{path_param, ApiError, ApiState, ErrorCode};
-use crate::revert::{self, RevertAudit, RevertError};
+use crate::revert::{RevertAudit, RevertError};
 
 type Shared = State<Arc<ApiState>>;
 
@@ -115,22 +115,16 @@ pub async fn revert(
     }
     let record = api.snapshots.registry().lookup(&request.snapshot).await?;
     let record = super::snapshots::done(record)?;
-    let response = revert::revert(
-        &api.router,
-        &api.txns,
-        api.config.request_timeout(),
-        api.config.id,
-        &prefix,
-        &record,
-        request.dry_run,
-    )
-    .await?;
+    let response = api
+        .reverts
+        .revert(&prefix, &record, request.dry_run)
+        .await?;
     Ok(Json(response))
 }
 
 pub async fn reverts(State(api): Shared, uri: Uri) -> Result<Json<Vec<RevertAudit>>, ApiError> {
     Params::parse(&uri, &[])?;
-    Ok(Json(revert::audit_log(&api.router).await?))
+    Ok(Json(api.reverts.audit_log().await?))
 }
 
 fn info(record: BackupRecord) -> BackupInfo {

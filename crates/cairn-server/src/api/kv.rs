@@ -11,12 +11,11 @@ use cairn_client::api::{
     join_bytes, BatchOpKind, BatchRequest, BatchResponse, DeleteResponse, Encoding, ScanItem,
     ScanResponse, WriteResponse,
 };
-use cairn_raft::{Consistency, ShardRequest, ShardResponse};
-use cairn_store::{ApplyOutcome, Command, Condition, OpKind, WriteOp};
+use cairn_raft::Consistency;
+use cairn_store::{ApplyOutcome, Condition, OpKind, WriteOp};
 use cairn_txn::TxnError;
 
 use super::{snapshots, url, ApiError, ApiState, ErrorCode};
-use crate::router::unexpected;
 
 type Shared = State<Arc<ApiState>>;
 
@@ -49,20 +48,10 @@ pub async fn get(State(api): Shared, uri: Uri, headers: HeaderMap) -> Result<Res
         Some(s) => at_cut(s, shard)?,
         None => params.consistency()?,
     };
-    let answer = api
-        .router
-        .execute(ShardRequest::Get {
-            shard,
-            key,
-            consistency,
-        })
-        .await?;
+    let answer = api.router.get(shard, key, consistency).await?;
     if let Some(tags) = &only_if {
         // Strong comparison (RFC 9110 13.1.1): the value must be the one named.
-        let current = match &answer {
-            ShardResponse::Value(v) => v.as_ref().map(|v| v.version),
-            _ => None,
-        };
+        let current = answer.as_ref().map(|v| v.version);
         let holds = current.is_some_and(|c| tags.any || tags.strong.contains(&c));
         if !holds {
             return Err(ApiError::new(
@@ -73,12 +62,10 @@ pub async fn get(State(api): Shared, uri: Uri, headers: HeaderMap) -> Result<Res
     }
     let mut response = match answer {
         // The client's copy is current (weak comparison, RFC 9110 13.1.2).
-        ShardResponse::Value(Some(v))
-            if unless.as_ref().is_some_and(|t| t.matches_weakly(v.version)) =>
-        {
+        Some(v) if unless.as_ref().is_some_and(|t| t.matches_weakly(v.version)) => {
             (StatusCode::NOT_MODIFIED, [(header::ETAG, etag(v.version))]).into_response()
         }
-        ShardResponse::Value(Some(v)) => (
+        Some(v) => (
             [
                 (
                     header::CONTENT_TYPE,
@@ -89,10 +76,7 @@ pub async fn get(State(api): Shared, uri: Uri, headers: HeaderMap) -> Result<Res
             v.value,
         )
             .into_response(),
-        ShardResponse::Value(None) => {
-            ApiError::new(ErrorCode::KeyNotFound, "no value for this key").into_response()
-        }
-        other => return Err(unexpected(other).into()),
+        None => ApiError::new(ErrorCode::KeyNotFound, "no value for this key").into_response(),
     };
     if let Some(s) = &snapshot {
         response
@@ -398,29 +382,25 @@ impl ApiState {
         let deadline = tokio::time::Instant::now() + self.config.request_timeout();
         let mut pause = std::time::Duration::from_millis(2);
         loop {
-            let answer = self
-                .router
-                .execute(ShardRequest::Write {
-                    shard,
-                    command: Command::Batch(ops.clone()),
-                })
-                .await?;
-            match answer {
-                ShardResponse::Written(ApplyOutcome::Applied { version, existed }) => {
-                    return Ok((version, existed))
-                }
-                ShardResponse::Written(ApplyOutcome::Rejected { op, current }) => {
+            match self.router.write(shard, ops.clone()).await? {
+                ApplyOutcome::Applied { version, existed } => return Ok((version, existed)),
+                ApplyOutcome::Rejected { op, current } => {
                     return Err(precondition_failed(&keys, op, current))
                 }
                 // Nothing was written: waiting and trying again is safe.
-                ShardResponse::Written(ApplyOutcome::Locked { op, txn }) => {
+                ApplyOutcome::Locked { op, txn } => {
                     if tokio::time::Instant::now() + pause >= deadline {
                         return Err(locked(&keys, op, txn));
                     }
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(std::time::Duration::from_millis(100));
                 }
-                other => return Err(unexpected(other).into()),
+                other => {
+                    return Err(ApiError::new(
+                        ErrorCode::StorageError,
+                        format!("a batch applied as {other:?}"),
+                    ))
+                }
             }
         }
     }

@@ -28,14 +28,17 @@ use metrics_exporter_prometheus::PrometheusHandle;
 pub use error::{ApiError, ErrorCode};
 
 use crate::config::Config;
-use crate::router::Router;
+use crate::revert::Reverts;
+use crate::router::{Control, Router};
 
-/// What the handlers share.
+/// What the handlers share: the client router and the services built on the control
+/// path (never the control path itself).
 pub struct ApiState {
     pub router: Arc<Router>,
-    pub snapshots: Arc<Coordinator<Router>>,
-    pub txns: Arc<Transactions<Router>>,
-    pub backups: Arc<Backups<Router>>,
+    pub snapshots: Arc<Coordinator<Control>>,
+    pub txns: Arc<Transactions<Control>>,
+    pub backups: Arc<Backups<Control>>,
+    pub reverts: Arc<Reverts>,
     pub config: Config,
     pub cluster_id: String,
     pub metrics: Option<PrometheusHandle>,
@@ -129,7 +132,11 @@ impl From<ShardError> for ApiError {
             ShardError::OutcomeUnknown { .. } => ErrorCode::OutcomeUnknown,
             ShardError::ShuttingDown => ErrorCode::ShuttingDown,
             ShardError::HistoryCollected { .. } => ErrorCode::HistoryUnavailable,
-            ShardError::Storage { .. } => ErrorCode::StorageError,
+            // A refused client call or a wrong-kind answer is a fault inside the
+            // cluster, never the client's: reported like a storage fault, as a 500.
+            ShardError::Storage { .. }
+            | ShardError::Refused { .. }
+            | ShardError::Protocol { .. } => ErrorCode::StorageError,
             ShardError::TooLarge { .. } => ErrorCode::TooLarge,
         };
         ApiError::new(code, e.to_string())
