@@ -24,10 +24,12 @@ pub mod config;
 pub mod error;
 pub mod multi_raft;
 pub mod replica;
+pub mod retry;
 pub mod transport;
 
 pub use call::{Call, Consistency, ControlRequest, ShardRequest, ShardResponse};
 pub use config::{RaftConfig, RaftLimits};
 pub use error::{RaftError, ShardError};
 pub use multi_raft::{ControlPath, LocalShards, MultiRaft, ReplicaStatus};
+pub use retry::Backoff;
 pub use transport::LinkStatus;

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_raft::{
-    Consistency, ControlPath, ControlRequest, MultiRaft, ShardError, ShardRequest, ShardResponse,
+    Backoff, Consistency, ControlPath, ControlRequest, MultiRaft, ShardError, ShardRequest,
+    ShardResponse,
 };
 use cairn_snapshot::Shards;
 use cairn_store::page::PageBuilder;
@@ -73,15 +74,27 @@ impl Router {
         &self.raft
     }
 
-    /// Apply `ops` (all of one shard) atomically on the shard's leader.
+    /// Apply `ops` (all of one shard) atomically on the shard's leader. A key locked
+    /// by a cross-shard transaction is waited for until the request's deadline (the
+    /// transaction resolves within a round trip, or the sweeper ends it); after that
+    /// the `Locked` outcome is the answer.
     pub async fn write(
         &self,
         shard: ShardId,
         ops: Vec<WriteOp>,
     ) -> Result<ApplyOutcome, ShardError> {
-        self.execute(ShardRequest::Write { shard, ops })
-            .await?
-            .into_written(shard)
+        let mut locked = Backoff::contention(Instant::now() + self.timeout);
+        loop {
+            let request = ShardRequest::Write {
+                shard,
+                ops: ops.clone(),
+            };
+            match self.execute(request).await?.into_written(shard)? {
+                // Nothing was written: trying again is safe.
+                ApplyOutcome::Locked { .. } if locked.can_wait() => locked.wait().await,
+                outcome => return Ok(outcome),
+            };
+        }
     }
 
     /// The newest live version of `key` (in `shard`), read as `consistency` says.
@@ -152,7 +165,7 @@ impl Router {
     {
         let me = self.raft.local().node_id();
         let deadline = Instant::now() + self.timeout;
-        let mut pause = Duration::from_millis(10);
+        let mut backoff = Backoff::election(deadline);
         loop {
             let result = match self.raft.leader_of(shard) {
                 Some(leader) if leader == me => attempt(Hop::Here).await,
@@ -166,9 +179,8 @@ impl Router {
                 }),
             };
             match result {
-                Err(e) if e.is_retryable() && Instant::now() + pause < deadline => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(200));
+                Err(e) if e.is_retryable() && backoff.can_wait() => {
+                    backoff.wait().await;
                 }
                 other => return other,
             }
@@ -269,6 +281,13 @@ impl Shards for Control {
                 }
             })
             .await
+    }
+
+    async fn applied_here(&self, shard: ShardId, index: u64, timeout: Duration) -> bool {
+        match self.router.raft.local().gauges(shard) {
+            Some(gauges) => gauges.wait_applied(index, timeout).await,
+            None => false,
+        }
     }
 
     fn writes_seen(&self) -> u64 {

@@ -21,6 +21,7 @@ pub mod registry;
 pub mod testing;
 
 use std::future::Future;
+use std::time::Duration;
 
 use cairn_raft::{ControlRequest, ShardError, ShardResponse};
 use cairn_store::{ApplyOutcome, Command, ShardId};
@@ -54,6 +55,15 @@ pub trait Shards: Send + Sync + 'static {
                 .into_written(shard)
         }
     }
+
+    /// Wait until this node's replica of `shard` has applied `index`; false if it did
+    /// not within `timeout` (backups read the local replica at a snapshot's cut).
+    fn applied_here(
+        &self,
+        shard: ShardId,
+        index: u64,
+        timeout: Duration,
+    ) -> impl Future<Output = bool> + Send;
 
     /// Whether this node's replica leads the meta group (the sweeper runs only there).
     fn leads_meta(&self) -> bool;

@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use cairn_raft::Backoff;
 use cairn_store::{Condition, Page, ShardId, Versioned, WriteOp};
 use serde::{Deserialize, Serialize};
 
@@ -199,9 +200,8 @@ impl<'a, S: Shards> Registry<'a, S> {
             }
         }
         // Concurrent allocations race on `s/next`; the loser reads again.
-        let gate_deadline = tokio::time::Instant::now() + GATE_WAIT;
+        let mut gate = Backoff::contention(tokio::time::Instant::now() + GATE_WAIT);
         let mut contended = 0;
-        let mut pause = Duration::from_millis(2);
         // Written once commits in flight make us wait, so new ones wait for us.
         let mut want: Option<Vec<u8>> = None;
         let result = loop {
@@ -246,7 +246,7 @@ impl<'a, S: Shards> Registry<'a, S> {
             match written {
                 Ok(version) => return Ok(Tracked { record, version }),
                 // A transaction is committing: it resolves within a round trip.
-                Err(0) if tokio::time::Instant::now() + pause < gate_deadline => {
+                Err(0) if gate.can_wait() => {
                     if want.is_none() {
                         let key = gate::want_key(rand_nonce());
                         let label = now_ms().to_be_bytes().to_vec();
@@ -258,8 +258,7 @@ impl<'a, S: Shards> Registry<'a, S> {
                         }
                         want = Some(key);
                     }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(50));
+                    gate.wait().await;
                     continue;
                 }
                 Err(0) => break Err(SnapshotError::Blocked),

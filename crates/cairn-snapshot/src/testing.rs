@@ -13,7 +13,7 @@ use std::time::Duration;
 use cairn_raft::{
     Call, ControlPath, ControlRequest, MultiRaft, RaftConfig, ShardError, ShardResponse,
 };
-use cairn_store::NodeStore;
+use cairn_store::{NodeStore, ShardId};
 
 use crate::Shards;
 
@@ -109,6 +109,14 @@ impl Shards for LocalCluster {
 
     async fn control(&self, request: ControlRequest) -> Result<ShardResponse, ShardError> {
         self.route(request).await
+    }
+
+    /// Host 1 is "this node".
+    async fn applied_here(&self, shard: ShardId, index: u64, timeout: Duration) -> bool {
+        match self.hosts.get(&1).and_then(|h| h.local().gauges(shard)) {
+            Some(gauges) => gauges.wait_applied(index, timeout).await,
+            None => false,
+        }
     }
 
     fn leads_meta(&self) -> bool {

@@ -73,6 +73,10 @@ impl Shards for Cluster {
         self.execute(request).await
     }
 
+    async fn applied_here(&self, shard: u32, index: u64, timeout: Duration) -> bool {
+        self.local.applied_here(shard, index, timeout).await
+    }
+
     fn leads_meta(&self) -> bool {
         true
     }

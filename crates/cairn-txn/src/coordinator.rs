@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_raft::ShardError;
+use cairn_raft::{Backoff, ShardError};
 use cairn_snapshot::meta::{delete, put};
 use cairn_snapshot::registry::now_ms;
 use cairn_snapshot::{gate, Meta, Shards};
@@ -146,14 +146,12 @@ impl<S: Shards> Transactions<S> {
         // Every attempt carries the first one's start time: its age decides who waits
         // for whom (wait-die), so a transaction that keeps losing grows old and wins.
         let started_ms = now_ms();
-        let mut pause = Duration::from_millis(5);
+        // Jittered, so two transactions that collided do not collide again.
+        let mut backoff = Backoff::election(deadline);
         loop {
             match self.attempt(&plan, started_ms, deadline).await {
-                Err(TxnError::Locked { .. }) if Instant::now() + pause < deadline => {
-                    // Jitter so two transactions that collided do not collide again.
-                    let jitter = rand::random::<u64>() % (pause.as_millis() as u64 + 1);
-                    tokio::time::sleep(pause + Duration::from_millis(jitter)).await;
-                    pause = (pause * 2).min(Duration::from_millis(200));
+                Err(TxnError::Locked { .. }) if backoff.can_wait() => {
+                    backoff.wait().await;
                 }
                 other => return other,
             }
@@ -177,15 +175,14 @@ impl<S: Shards> Transactions<S> {
                 // Wait-die: an older transaction waits for a younger one's lock (it
                 // prepares again once that resolves); a younger one dies at once.
                 // Waits only ever point from older to younger, so none can cycle.
-                let mut pause = Duration::from_millis(2);
+                let mut backoff = Backoff::contention(deadline);
                 loop {
                     let result = self.write(shard, command.clone(), deadline).await;
                     match &result {
                         Ok(ApplyOutcome::Locked { txn: holder, .. })
-                            if older(id, *holder) && Instant::now() + pause < deadline =>
+                            if older(id, *holder) && backoff.can_wait() =>
                         {
-                            tokio::time::sleep(pause).await;
-                            pause = (pause * 2).min(Duration::from_millis(50));
+                            backoff.wait().await;
                         }
                         _ => return (shard, result),
                     }
@@ -295,7 +292,7 @@ impl<S: Shards> Transactions<S> {
             state: TxnState::Committed,
             ..tracked.record.clone()
         };
-        let mut pause = Duration::from_millis(2);
+        let mut backoff = Backoff::contention(deadline);
         loop {
             let mut ops = vec![
                 put(
@@ -310,9 +307,8 @@ impl<S: Shards> Transactions<S> {
                 Ok(Ok(_)) => return Ok(()),
                 // A snapshot is placing markers (or waits to): it finishes within a
                 // round trip.
-                Ok(Err(op)) if op >= 2 && Instant::now() + pause < deadline => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(50));
+                Ok(Err(op)) if op >= 2 && backoff.can_wait() => {
+                    backoff.wait().await;
                     continue;
                 }
                 Ok(Err(op)) if op >= 2 => {
@@ -328,9 +324,8 @@ impl<S: Shards> Transactions<S> {
                 // unknown: the record says what happened.
                 Ok(Err(_)) | Err(_) => match self.state_of(id).await {
                     Ok(Some(TxnState::Committed)) => return Ok(()),
-                    Ok(Some(TxnState::Pending)) if Instant::now() + pause < deadline => {
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_millis(50));
+                    Ok(Some(TxnState::Pending)) if backoff.can_wait() => {
+                        backoff.wait().await;
                     }
                     Ok(Some(TxnState::Aborted)) | Ok(None) => {
                         return Err(TxnError::Aborted {
@@ -405,7 +400,7 @@ impl<S: Shards> Transactions<S> {
     ) -> BTreeMap<ShardId, Option<Option<u64>>> {
         let id = record.id;
         let resolves = record.shards.iter().map(|&shard| async move {
-            let mut pause = Duration::from_millis(10);
+            let mut backoff = Backoff::election(deadline);
             loop {
                 let command = Command::Resolve { txn: id, commit };
                 match self.write(shard, command, deadline).await {
@@ -425,11 +420,9 @@ impl<S: Shards> Transactions<S> {
                     }
                 }
                 // Resolving is idempotent: repeating it is always safe.
-                if Instant::now() + pause >= deadline {
+                if !backoff.wait().await {
                     return (shard, None);
                 }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(200));
             }
         });
         futures::future::join_all(resolves)

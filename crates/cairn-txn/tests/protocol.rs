@@ -202,6 +202,10 @@ impl Shards for SlowLastResolve {
         self.0.route(request).await
     }
 
+    async fn applied_here(&self, shard: u32, index: u64, timeout: Duration) -> bool {
+        self.0.applied_here(shard, index, timeout).await
+    }
+
     fn leads_meta(&self) -> bool {
         true
     }

@@ -367,9 +367,8 @@ impl ApiState {
     }
 
     /// Propose ops that must all fall in one shard; returns the version and, per op,
-    /// whether its key had a live value. A key locked by a cross-shard transaction
-    /// is retried until the request deadline (the transaction resolves within a
-    /// round trip, or the sweeper ends it).
+    /// whether its key had a live value. A key still locked by a cross-shard
+    /// transaction when the router stops waiting (the request's deadline) is refused.
     async fn write(&self, ops: Vec<WriteOp>) -> Result<(u64, Vec<bool>), ApiError> {
         // Tests keep a write in flight here, to stop a node under it.
         if let Some(delay) = cairn_store::delay_point!("api.write.delay") {
@@ -379,29 +378,14 @@ impl ApiState {
         let shard = self.router.shard_of(&ops[0].key);
         debug_assert!(ops.iter().all(|op| self.router.shard_of(&op.key) == shard));
         let keys: Vec<Vec<u8>> = ops.iter().map(|op| op.key.clone()).collect();
-        let deadline = tokio::time::Instant::now() + self.config.request_timeout();
-        let mut pause = std::time::Duration::from_millis(2);
-        loop {
-            match self.router.write(shard, ops.clone()).await? {
-                ApplyOutcome::Applied { version, existed } => return Ok((version, existed)),
-                ApplyOutcome::Rejected { op, current } => {
-                    return Err(precondition_failed(&keys, op, current))
-                }
-                // Nothing was written: waiting and trying again is safe.
-                ApplyOutcome::Locked { op, txn } => {
-                    if tokio::time::Instant::now() + pause >= deadline {
-                        return Err(locked(&keys, op, txn));
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(std::time::Duration::from_millis(100));
-                }
-                other => {
-                    return Err(ApiError::new(
-                        ErrorCode::StorageError,
-                        format!("a batch applied as {other:?}"),
-                    ))
-                }
-            }
+        match self.router.write(shard, ops).await? {
+            ApplyOutcome::Applied { version, existed } => Ok((version, existed)),
+            ApplyOutcome::Rejected { op, current } => Err(precondition_failed(&keys, op, current)),
+            ApplyOutcome::Locked { op, txn } => Err(locked(&keys, op, txn)),
+            other => Err(ApiError::new(
+                ErrorCode::StorageError,
+                format!("a batch applied as {other:?}"),
+            )),
         }
     }
 }

@@ -20,18 +20,23 @@
 //! only selects over its inputs and calls [`Replica::handle`], [`Replica::tick`] and
 //! [`Replica::process`]; the deterministic simulator (`cairn-sim`) calls the same three
 //! methods on a virtual clock, so what it checks is this code, not a model of it.
+//!
+//! Files: this one is the driver (inputs, proposals, the Ready loop, apply);
+//! `read.rs` batches linearizable reads into ReadIndex rounds; `gate.rs` holds answers
+//! back for snapshot alignment windows and transaction locks; `snapshot.rs` installs
+//! Raft snapshots and compacts the log; `gauges.rs` publishes the live figures.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_store::{
-    AppliedState, ApplyOutcome, Command, NodeId, NodeStore, RaftLog, ReadScope, ShardId, ShardState,
+    ApplyOutcome, Command, NodeId, NodeStore, RaftLog, ReadScope, ShardId, ShardState,
 };
 use crossbeam_channel::{select, tick, Receiver};
 use protobuf::Message as _;
-use raft::prelude::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
+use raft::prelude::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
 
@@ -39,6 +44,15 @@ use crate::commit::{Durability, GroupCommit};
 use crate::config::RaftConfig;
 use crate::error::ShardError;
 use crate::transport::Transport;
+
+mod gate;
+mod gauges;
+mod read;
+mod snapshot;
+
+use gate::{lowest_cut, Answer, Held, LockWait};
+pub use gauges::ReplicaGauges;
+use read::{PendingReads, Reader};
 
 /// A message to a replica. Every variant documents who sends it and whether it may be
 /// dropped.
@@ -113,50 +127,6 @@ impl ReplicaSeed {
     }
 }
 
-/// A replica's live figures, written by the replica thread only.
-#[derive(Debug, Default)]
-pub struct ReplicaGauges {
-    /// The leader's node id, 0 when unknown.
-    pub leader: AtomicU64,
-    pub term: AtomicU64,
-    pub commit: AtomicU64,
-    pub applied: AtomicU64,
-    pub first_index: AtomicU64,
-    pub snapshots_installed: AtomicU64,
-    /// Write batches applied since the process started (markers and releases do not
-    /// count): how automatic snapshots tell whether anything was written.
-    pub writes_applied: AtomicU64,
-    /// The lowest cut of an open snapshot epoch, `u64::MAX` when none is open. Reads
-    /// served without the leader (stale and fixed-version reads) must not reveal state
-    /// above it. Stored before `applied` moves past a marker (release/acquire).
-    pub hold_from: AtomicU64,
-}
-
-impl ReplicaGauges {
-    /// A fresh set: nothing known, nothing held.
-    pub fn new() -> ReplicaGauges {
-        ReplicaGauges {
-            hold_from: AtomicU64::new(u64::MAX),
-            ..ReplicaGauges::default()
-        }
-    }
-
-    /// The newest version a read without the leader may see: everything applied, but
-    /// nothing above an open epoch's cut (the version at the cut equals the state
-    /// below it, since a marker writes no data).
-    pub fn unheld_version(&self) -> u64 {
-        let applied = self.applied.load(Ordering::Acquire);
-        applied.min(self.hold_from.load(Ordering::Acquire))
-    }
-
-    pub fn leader(&self) -> Option<NodeId> {
-        match self.leader.load(Ordering::Relaxed) {
-            0 => None,
-            id => Some(id),
-        }
-    }
-}
-
 type WriteReply = oneshot::Sender<Result<ApplyOutcome, ShardError>>;
 type ReadReply = oneshot::Sender<Result<u64, ShardError>>;
 
@@ -165,40 +135,6 @@ struct PendingWrite {
     term: u64,
     deadline: u64,
     reply: WriteReply,
-}
-
-/// A linearizable read waiting for its barrier: what it will read, and where to
-/// send the version it may read at.
-struct Reader {
-    scope: ReadScope,
-    reply: ReadReply,
-}
-
-/// Reads waiting for a read index to be confirmed, then applied.
-struct PendingReads {
-    deadline: u64,
-    readers: Vec<Reader>,
-}
-
-/// A read whose barrier passed but whose scope a prepared transaction has locked: the
-/// transaction may be committed already, with its writes not yet resolved here, so
-/// the read waits for the resolve rather than answer with the old value.
-struct LockWait {
-    deadline: u64,
-    reader: Reader,
-}
-
-/// An answer ready to go but held back by a snapshot's alignment window: it depends
-/// on state at `version`, which is after an open epoch's cut.
-struct Held {
-    version: u64,
-    deadline: u64,
-    answer: Answer,
-}
-
-enum Answer {
-    Write(WriteReply, ApplyOutcome),
-    Reads(Vec<ReadReply>),
 }
 
 /// One shard's replica. `O` and `D` are its outbound side and its durability, so the
@@ -343,7 +279,7 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
         gauges
             .hold_from
             .store(lowest_cut(&open_cuts), Ordering::Release);
-        gauges.applied.store(applied.index, Ordering::Release);
+        gauges.set_applied(applied.index);
         Ok(Replica {
             shard,
             raw,
@@ -546,23 +482,6 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
         }
     }
 
-    /// Issue one ReadIndex for every read that arrived since the last one. raft-rs drops
-    /// a ReadIndex silently until the leader has committed an entry of its own term, so
-    /// reads wait for that here.
-    fn issue_reads(&mut self) {
-        if self.reads_unissued.is_empty() || !self.raw.raft.commit_to_current_term() {
-            return;
-        }
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1);
-        let reads = PendingReads {
-            deadline: self.now + self.request_ticks,
-            readers: std::mem::take(&mut self.reads_unissued),
-        };
-        self.reads_inflight.insert(id, reads);
-        self.raw.read_index(id.to_be_bytes().to_vec());
-    }
-
     /// Handle one Ready, in the order raft-rs requires.
     fn on_ready(&mut self) -> Result<(), String> {
         if !self.raw.has_ready() {
@@ -668,100 +587,8 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
         }
     }
 
-    fn on_read_state(&mut self, index: u64, ctx: &[u8]) {
-        let Some(id) = ctx.try_into().ok().map(u64::from_be_bytes) else {
-            return;
-        };
-        if let Some(reads) = self.reads_inflight.remove(&id) {
-            self.reads_confirmed.entry(index).or_default().push(reads);
-        }
-    }
-
-    fn release_reads(&mut self) -> Result<(), String> {
-        let applied = self.gauges.applied.load(Ordering::Relaxed);
-        let later = self.reads_confirmed.split_off(&(applied + 1));
-        for (_, batch) in std::mem::replace(&mut self.reads_confirmed, later) {
-            for reads in batch {
-                self.release_unlocked(applied, reads.deadline, reads.readers)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Answer the readers whose scope no transaction locks at `version` (the applied
-    /// index: this thread alone applies, so the lock table is exact there); park the
-    /// others until their transaction resolves.
-    fn release_unlocked(
-        &mut self,
-        version: u64,
-        deadline: u64,
-        readers: Vec<Reader>,
-    ) -> Result<(), String> {
-        let mut free = Vec::new();
-        for reader in readers {
-            match self
-                .state
-                .lock_in(&reader.scope)
-                .map_err(|e| e.to_string())?
-            {
-                Some(txn) => self
-                    .lock_waits
-                    .entry(txn)
-                    .or_default()
-                    .push(LockWait { deadline, reader }),
-                None => free.push(reader.reply),
-            }
-        }
-        if !free.is_empty() {
-            // The caller reads at exactly `version`: the hold decision and the data
-            // read concern the same version.
-            self.answer(Held {
-                version,
-                deadline,
-                answer: Answer::Reads(free),
-            });
-        }
-        Ok(())
-    }
-
-    /// Whether an answer depending on state at `version` must wait: an open epoch's
-    /// cut lies below it, so the client could learn of a write the snapshot excludes
-    /// before the snapshot is complete (guarantee 3 of the design).
-    fn is_held(&self, version: u64) -> bool {
-        self.open_cuts.values().any(|&cut| version > cut)
-    }
-
-    fn answer(&mut self, held: Held) {
-        if self.is_held(held.version) {
-            self.held.push(held);
-            return;
-        }
-        match held.answer {
-            Answer::Write(reply, outcome) => {
-                let _ = reply.send(Ok(outcome));
-            }
-            Answer::Reads(replies) => {
-                for reply in replies {
-                    let _ = reply.send(Ok(held.version));
-                }
-            }
-        }
-    }
-
-    fn publish_hold(&self) {
-        self.gauges
-            .hold_from
-            .store(lowest_cut(&self.open_cuts), Ordering::Release);
-    }
-
-    /// After a release: send what no open epoch holds any more.
-    fn release_held(&mut self) {
-        for held in std::mem::take(&mut self.held) {
-            self.answer(held);
-        }
-    }
-
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), String> {
+        let mut last = None;
         for entry in entries {
             let (index, term) = (entry.index, entry.term);
             let command = match entry.entry_type {
@@ -816,6 +643,7 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
             }
 
             self.gauges.applied.store(index, Ordering::Release);
+            last = Some(index);
             if let Some(Command::Resolve { txn, .. }) = &command {
                 if let Some(waits) = self.lock_waits.remove(txn) {
                     for w in waits {
@@ -848,6 +676,9 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
                 }
             }
         }
+        if let Some(index) = last {
+            self.gauges.set_applied(index);
+        }
         Ok(())
     }
 
@@ -862,72 +693,6 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
         .map_err(|e| e.to_string())?;
         self.log.set_conf_state(&cs).map_err(|e| e.to_string())?;
         self.commit.written();
-        Ok(())
-    }
-
-    fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), String> {
-        let meta = snapshot.get_metadata();
-        let stage = self
-            .store
-            .snapshot_stage(self.shard)
-            .map_err(|e| e.to_string())?;
-        let applied = AppliedState {
-            index: meta.index,
-            term: meta.term,
-        };
-        let staged = stage.len();
-        self.state
-            .install(&stage, applied)
-            .map_err(|e| e.to_string())?;
-        self.commit.written();
-        self.log
-            .apply_snapshot_metadata(meta)
-            .map_err(|e| e.to_string())?;
-        self.commit.written();
-        stage.clear().map_err(|e| e.to_string())?;
-        self.commit.written();
-        // The snapshot replaced the cut table: an epoch open in it must hold here too
-        // (this replica may lead before the release arrives).
-        self.open_cuts = self
-            .state
-            .open_cuts()
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .map(|c| (c.epoch, c.index))
-            .collect();
-        self.publish_hold();
-        self.gauges.applied.store(meta.index, Ordering::Release);
-        self.gauges
-            .first_index
-            .store(meta.index + 1, Ordering::Relaxed);
-        self.gauges
-            .snapshots_installed
-            .fetch_add(1, Ordering::Relaxed);
-        tracing::info!(
-            index = meta.index,
-            term = meta.term,
-            versions = staged,
-            "installed raft snapshot"
-        );
-        Ok(())
-    }
-
-    /// Compact the log once it holds more than the configured number of applied
-    /// entries. Followers that need what was dropped get a snapshot instead.
-    fn maybe_compact(&mut self) -> Result<(), String> {
-        let applied = self.gauges.applied.load(Ordering::Relaxed);
-        let first = self.gauges.first_index.load(Ordering::Relaxed);
-        if applied < first || applied - first < self.log_compact_entries {
-            return Ok(());
-        }
-        // Keep a tail so briefly lagging followers catch up from the log.
-        let keep = (self.log_compact_entries / 4).max(1);
-        let compact_to = applied.saturating_sub(keep).max(first);
-        self.log.compact(compact_to).map_err(|e| e.to_string())?;
-        self.commit.written();
-        let first = self.log.first_index().map_err(|e| e.to_string())?;
-        self.gauges.first_index.store(first, Ordering::Relaxed);
-        tracing::debug!(first, applied, "compacted raft log");
         Ok(())
     }
 
@@ -979,35 +744,6 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
             held.fail(write_err(), read_err());
         }
     }
-}
-
-impl Held {
-    /// Give up on a held answer. A held write *was* applied, but the client may not
-    /// learn it before the snapshot completes, so its fate is reported as unknown.
-    fn fail(self, write_err: ShardError, read_err: ShardError) {
-        match self.answer {
-            Answer::Write(reply, _) => {
-                let _ = reply.send(Err(write_err));
-            }
-            Answer::Reads(replies) => {
-                for reply in replies {
-                    let _ = reply.send(Err(read_err.clone()));
-                }
-            }
-        }
-    }
-}
-
-impl PendingReads {
-    fn fail(self, err: ShardError) {
-        for reader in self.readers {
-            let _ = reader.reply.send(Err(err.clone()));
-        }
-    }
-}
-
-fn lowest_cut(open_cuts: &BTreeMap<u64, u64>) -> u64 {
-    open_cuts.values().copied().min().unwrap_or(u64::MAX)
 }
 
 /// A storage failure inside the Raft loop leaves the replica's memory and disk out of

@@ -1,0 +1,434 @@
+//! One backup's job: resolve its snapshot and parent, write every shard file from
+//! this node's replicas, then the manifest, then record it done; afterwards, apply
+//! the destination's retention.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cairn_snapshot::registry::now_ms;
+use cairn_snapshot::{Shards, SnapshotRecord, SnapshotState};
+use cairn_store::{HistoryRange, StoreError};
+use tokio::sync::mpsc;
+
+use crate::catalog::{BackupRecord, BackupState, Tracked};
+use crate::destination::{Destination, Upload};
+use crate::error::BackupError;
+use crate::format::Record;
+use crate::manifest::{FileEntry, Manifest, ParentRef, SnapshotRef, MANIFEST_VERSION};
+use crate::retention::{self, BackupSummary};
+use crate::schedule::Schedule;
+use crate::verify::read_manifest;
+use crate::write::{encode_shard_into, put_manifest, shard_file_name, PartSink, Throttle};
+
+use super::{rfc3339_ms, Backups, Job};
+
+impl<S: Shards> Backups<S> {
+    /// Run a recorded backup to its end, recording the outcome.
+    pub(super) async fn run(
+        self: &Arc<Self>,
+        mut job: Job,
+        given: Option<SnapshotRecord>,
+    ) -> Result<BackupRecord, BackupError> {
+        let cancel = self.cancel.clone();
+        let outcome = tokio::select! {
+            outcome = self.write_backup(&mut job, given) => outcome,
+            () = cancel.cancelled() => Err(BackupError::Superseded("the node shut down".into())),
+        };
+        match outcome {
+            Ok(manifest) => {
+                let mut record = job.tracked.value.clone();
+                record.state = BackupState::Done;
+                record.finished_ms = Some(now_ms());
+                record.updated_ms = now_ms();
+                match self.catalog().update(&job.tracked, record).await {
+                    Ok(done) => {
+                        self.after_done(&done.value, &job.dest).await;
+                        Ok(done.value)
+                    }
+                    Err(e) => {
+                        // Declared failed while we finished: it must not look good.
+                        let _ = job.dest.delete_backup(&manifest.backup_id).await;
+                        Err(e)
+                    }
+                }
+            }
+            Err(e) => {
+                self.fail(&job.tracked, &job.dest, &e.to_string()).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Mark a backup failed (if still running as `tracked`), remove what it stored,
+    /// and release its snapshot.
+    pub(super) async fn fail(
+        &self,
+        tracked: &Tracked<BackupRecord>,
+        dest: &Destination,
+        error: &str,
+    ) {
+        let mut record = tracked.value.clone();
+        record.state = BackupState::Failed {
+            error: error.to_owned(),
+        };
+        record.finished_ms = Some(now_ms());
+        record.updated_ms = now_ms();
+        let _ = dest.delete_backup(&record.id).await;
+        if record.owns_snapshot && !record.snapshot_released {
+            record.snapshot_released = self.release_snapshot(record.snapshot).await;
+        }
+        if let Err(e) = self.catalog().update(tracked, record).await {
+            tracing::warn!(error = %e, "could not record a backup's failure");
+        }
+    }
+
+    pub(super) async fn release_snapshot(&self, id: Option<u64>) -> bool {
+        let Some(id) = id else {
+            return true;
+        };
+        let registry = self.snapshots.registry();
+        match registry.lookup(&id.to_string()).await {
+            Ok(record) => registry.delete(&record).await.is_ok(),
+            Err(cairn_snapshot::SnapshotError::NotFound(_)) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// Write a backup's record with `change` applied, keeping `job` current.
+    pub(super) async fn record(
+        &self,
+        job: &mut Job,
+        change: impl FnOnce(&mut BackupRecord),
+    ) -> Result<(), BackupError> {
+        let mut record = job.tracked.value.clone();
+        change(&mut record);
+        record.updated_ms = now_ms();
+        job.tracked = self.catalog().update(&job.tracked, record).await?;
+        Ok(())
+    }
+
+    pub(super) async fn write_backup(
+        &self,
+        job: &mut Job,
+        given: Option<SnapshotRecord>,
+    ) -> Result<Manifest, BackupError> {
+        let id = job.tracked.value.id.clone();
+        let schedule = job.tracked.value.schedule.clone();
+        // Resolve the parent before taking the snapshot, and hold it: its snapshot is
+        // the newest at the destination, so its history is still retained.
+        let parent = if job.tracked.value.incremental {
+            let found = self
+                .find_parent(&job.dest, schedule.as_deref(), given.as_ref())
+                .await?;
+            Some(found.ok_or_else(|| {
+                BackupError::Invalid(format!(
+                    "no backup of this cluster at {} to extend; take a full backup first",
+                    job.dest.url()
+                ))
+            })?)
+        } else {
+            None
+        };
+        let snapshot = match given {
+            Some(s) => s,
+            None => {
+                let name = format!("backup-{id}");
+                let taken = self.snapshots.take(Some(&name)).await?;
+                self.record(job, |r| {
+                    r.snapshot = Some(taken.id);
+                    r.owns_snapshot = true;
+                })
+                .await?;
+                taken
+            }
+        };
+        let SnapshotState::Done { cuts } = &snapshot.state else {
+            return Err(BackupError::Invalid(format!(
+                "snapshot {} is not complete",
+                snapshot.id
+            )));
+        };
+        if let Some(p) = &parent {
+            let behind = p
+                .snapshot
+                .cuts
+                .iter()
+                .any(|(s, c)| cuts.get(s).is_none_or(|own| c > own));
+            if behind {
+                return Err(BackupError::Invalid(
+                    "the newest backup at the destination is newer than this snapshot".into(),
+                ));
+            }
+        }
+        let parent_id = parent.as_ref().map(|p| p.backup_id.clone());
+        let shards = self.shards.shard_count();
+        self.record(job, |r| {
+            r.parent = parent_id.clone();
+            r.progress.shards_total = shards;
+        })
+        .await?;
+        let covered = match &parent {
+            Some(p) => self.covered(&p.snapshot, &snapshot, cuts).await?,
+            None => Vec::new(),
+        };
+        let mut files = Vec::new();
+        for shard in 0..shards {
+            // The snapshot holds the versions below each cut; a cut is a marker's log
+            // index, so never 0.
+            let below = |cuts: &BTreeMap<u32, u64>, whose: &str| {
+                cuts.get(&shard)
+                    .and_then(|c| c.checked_sub(1))
+                    .ok_or_else(|| {
+                        BackupError::Corrupt(format!("{whose} has no valid cut for shard {shard}"))
+                    })
+            };
+            let upto = below(cuts, &format!("snapshot {}", snapshot.id))?;
+            let range = match &parent {
+                None => HistoryRange::StateAt { at: upto },
+                Some(p) => HistoryRange::Between {
+                    after: below(&p.snapshot.cuts, &format!("backup {}", p.backup_id))?,
+                    upto,
+                },
+            };
+            self.wait_applied(shard, upto).await?;
+            let entry = self.write_shard(job, &id, shard, range).await?;
+            self.record(job, |r| {
+                r.progress.shards_done += 1;
+                r.progress.bytes += entry.bytes;
+                r.progress.keys += entry.keys;
+                r.progress.versions += entry.versions;
+            })
+            .await?;
+            files.push(entry);
+        }
+        let manifest = Manifest {
+            format_version: MANIFEST_VERSION,
+            cluster_id: self.cluster_id.clone(),
+            backup_id: id,
+            snapshot: snapshot_ref(&snapshot, cuts),
+            parent: parent.map(|p| ParentRef {
+                backup_id: p.backup_id,
+                cuts: p.snapshot.cuts,
+            }),
+            shards,
+            files,
+            schedule,
+            covered,
+        };
+        cairn_store::crash_point!("backup.manifest.before");
+        put_manifest(&job.dest, &manifest).await?;
+        // Published at the destination, not yet recorded done in the catalog.
+        cairn_store::crash_point!("backup.manifest.after");
+        Ok(manifest)
+    }
+
+    /// Completed snapshots between `parent` and `own` on every shard: the points an
+    /// incremental can restore to besides its own.
+    pub(super) async fn covered(
+        &self,
+        parent: &SnapshotRef,
+        own: &SnapshotRecord,
+        cuts: &BTreeMap<u32, u64>,
+    ) -> Result<Vec<SnapshotRef>, BackupError> {
+        let registry = self.snapshots.registry();
+        let mut covered = Vec::new();
+        let mut before = Some(own.id);
+        'pages: loop {
+            let (page, _) = registry.list(before, 500).await?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            before = Some(last.id);
+            for record in &page {
+                if record.id <= parent.id {
+                    break 'pages;
+                }
+                let SnapshotState::Done { cuts: theirs } = &record.state else {
+                    continue;
+                };
+                let inside = theirs.iter().all(|(s, c)| {
+                    parent.cuts.get(s).is_some_and(|p| p <= c)
+                        && cuts.get(s).is_some_and(|own| c <= own)
+                });
+                if inside && theirs.len() == cuts.len() {
+                    covered.push(snapshot_ref(record, theirs));
+                }
+            }
+        }
+        covered.reverse();
+        Ok(covered)
+    }
+
+    /// Wait until this node's replica of `shard` has applied `index`.
+    pub(super) async fn wait_applied(&self, shard: u32, index: u64) -> Result<(), BackupError> {
+        let catch_up = self.config.catch_up;
+        if self.shards.applied_here(shard, index, catch_up).await {
+            return Ok(());
+        }
+        Err(BackupError::Invalid(format!(
+            "this node's replica of shard {shard} did not reach the snapshot's cut in {catch_up:?}"
+        )))
+    }
+
+    /// Read and encode one shard file off the runtime and stream it to the
+    /// destination as it is produced, heart-beating meanwhile. Nothing of the file is
+    /// visible until it is complete; on any error it is aborted.
+    pub(super) async fn write_shard(
+        &self,
+        job: &mut Job,
+        id: &str,
+        shard: u32,
+        range: HistoryRange,
+    ) -> Result<FileEntry, BackupError> {
+        let state = self.store.shard_state(shard)?;
+        let rate = self.config.rate_limit;
+        let (sink, mut parts) = PartSink::new(Upload::PART);
+        let encoder = tokio::task::spawn_blocking(move || {
+            let mut throttle = Throttle::new(rate);
+            let records = state.history(range).map(|r| {
+                r.map(|v| Record {
+                    key: v.key,
+                    version: v.version,
+                    value: v.value,
+                })
+                .map_err(|e| match e {
+                    StoreError::HistoryCollected { horizon } => BackupError::HistoryGone(format!(
+                        "shard {shard}: history below version {horizon} has been collected; the parent backup's snapshot is gone, take a full backup"
+                    )),
+                    other => BackupError::Local(other),
+                })
+            });
+            encode_shard_into(shard, records, &mut throttle, sink)
+        });
+        let name = format!("{id}/{}", shard_file_name(shard));
+        let mut upload = job.dest.upload(&name, Upload::PART);
+        let streamed = self.stream_parts(job, &mut parts, &mut upload).await;
+        // Closing the channel stops an encoder whose upload failed.
+        drop(parts);
+        let encoded = encoder
+            .await
+            .map_err(|e| BackupError::Invalid(format!("backup encoder: {e}")))
+            .and_then(|r| r);
+        let entry = match (streamed, encoded) {
+            (Ok(()), Ok(entry)) => entry,
+            (Err(e), _) | (Ok(()), Err(e)) => {
+                upload.abort().await;
+                return Err(e);
+            }
+        };
+        cairn_store::crash_point!("backup.shard_file.before");
+        upload.finish().await?;
+        cairn_store::crash_point!("backup.shard_file.after");
+        Ok(entry)
+    }
+
+    /// Push an encoder's parts into `upload` until it has sent the last one.
+    pub(super) async fn stream_parts(
+        &self,
+        job: &mut Job,
+        parts: &mut mpsc::Receiver<Bytes>,
+        upload: &mut Upload,
+    ) -> Result<(), BackupError> {
+        let mut beat = tokio::time::interval(self.config.heartbeat);
+        beat.tick().await;
+        loop {
+            tokio::select! {
+                part = parts.recv() => match part {
+                    Some(part) => upload.push(part).await?,
+                    None => return Ok(()),
+                },
+                _ = beat.tick() => self.record(job, |_| {}).await?,
+            }
+        }
+    }
+
+    /// After a backup completed: release the snapshots of older backups at the same
+    /// destination (no incremental will start from them), then apply its schedule's
+    /// retention.
+    pub(super) async fn after_done(&self, done: &BackupRecord, dest: &Destination) {
+        match self.catalog().list().await {
+            Ok(records) => {
+                for old in records {
+                    let r = &old.value;
+                    // Same destination and schedule: the chains this one continues.
+                    let superseded = r.id != done.id
+                        && r.destination == done.destination
+                        && r.schedule == done.schedule
+                        && r.owns_snapshot
+                        && !r.snapshot_released
+                        && r.state == BackupState::Done;
+                    if superseded && self.release_snapshot(r.snapshot).await {
+                        let mut released = r.clone();
+                        released.snapshot_released = true;
+                        let _ = self.catalog().update(&old, released).await;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not release older backups' snapshots"),
+        }
+        if let Some(name) = &done.schedule {
+            if let Some(schedule) = self
+                .config
+                .schedules
+                .iter()
+                .find(|s| &s.spec().name == name)
+            {
+                if let Err(e) = self.apply_retention(schedule, dest).await {
+                    tracing::warn!(schedule = %name, error = %e, "retention failed");
+                }
+            }
+        }
+    }
+
+    /// Delete the schedule's backups that its policy no longer keeps (never a parent
+    /// of a kept one), children first.
+    pub(super) async fn apply_retention(
+        &self,
+        schedule: &Schedule,
+        dest: &Destination,
+    ) -> Result<(), BackupError> {
+        let spec = schedule.spec();
+        let mut summaries = Vec::new();
+        for id in dest.list_backups().await? {
+            let Ok(m) = read_manifest(dest, &id).await else {
+                continue;
+            };
+            if m.cluster_id != self.cluster_id || m.schedule.as_deref() != Some(spec.name.as_str())
+            {
+                continue;
+            }
+            summaries.push(BackupSummary {
+                id: m.backup_id.clone(),
+                time_ms: rfc3339_ms(&m.snapshot.time),
+                parent: m.parent.map(|p| p.backup_id),
+            });
+        }
+        let plan = retention::plan(&summaries, &spec.policy(), now_ms());
+        if plan.delete.is_empty() {
+            return Ok(());
+        }
+        let records = self.catalog().list().await?;
+        for id in &plan.delete {
+            dest.delete_backup(id).await?;
+            tracing::info!(schedule = %spec.name, id, "retention deleted a backup");
+            if let Some(tracked) = records.iter().find(|r| &r.value.id == id) {
+                let mut record = tracked.value.clone();
+                record.deleted = true;
+                if record.owns_snapshot && !record.snapshot_released {
+                    record.snapshot_released = self.release_snapshot(record.snapshot).await;
+                }
+                let _ = self.catalog().update(tracked, record).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn snapshot_ref(record: &SnapshotRecord, cuts: &BTreeMap<u32, u64>) -> SnapshotRef {
+    SnapshotRef {
+        id: record.id,
+        time: record.time_rfc3339(),
+        cuts: cuts.clone(),
+    }
+}

@@ -1,0 +1,78 @@
+//! Raft snapshots and log compaction: installing a received snapshot's staged data,
+//! and dropping applied log entries once enough have accumulated.
+
+use std::sync::atomic::Ordering;
+
+use cairn_store::AppliedState;
+use raft::prelude::Snapshot;
+
+use super::{Outbox, Replica};
+use crate::commit::Durability;
+
+impl<O: Outbox, D: Durability> Replica<O, D> {
+    pub(super) fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), String> {
+        let meta = snapshot.get_metadata();
+        let stage = self
+            .store
+            .snapshot_stage(self.shard)
+            .map_err(|e| e.to_string())?;
+        let applied = AppliedState {
+            index: meta.index,
+            term: meta.term,
+        };
+        let staged = stage.len();
+        self.state
+            .install(&stage, applied)
+            .map_err(|e| e.to_string())?;
+        self.commit.written();
+        self.log
+            .apply_snapshot_metadata(meta)
+            .map_err(|e| e.to_string())?;
+        self.commit.written();
+        stage.clear().map_err(|e| e.to_string())?;
+        self.commit.written();
+        // The snapshot replaced the cut table: an epoch open in it must hold here too
+        // (this replica may lead before the release arrives).
+        self.open_cuts = self
+            .state
+            .open_cuts()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|c| (c.epoch, c.index))
+            .collect();
+        self.publish_hold();
+        self.gauges.set_applied(meta.index);
+        self.gauges
+            .first_index
+            .store(meta.index + 1, Ordering::Relaxed);
+        self.gauges
+            .snapshots_installed
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            versions = staged,
+            "installed raft snapshot"
+        );
+        Ok(())
+    }
+
+    /// Compact the log once it holds more than the configured number of applied
+    /// entries. Followers that need what was dropped get a snapshot instead.
+    pub(super) fn maybe_compact(&mut self) -> Result<(), String> {
+        let applied = self.gauges.applied.load(Ordering::Relaxed);
+        let first = self.gauges.first_index.load(Ordering::Relaxed);
+        if applied < first || applied - first < self.log_compact_entries {
+            return Ok(());
+        }
+        // Keep a tail so briefly lagging followers catch up from the log.
+        let keep = (self.log_compact_entries / 4).max(1);
+        let compact_to = applied.saturating_sub(keep).max(first);
+        self.log.compact(compact_to).map_err(|e| e.to_string())?;
+        self.commit.written();
+        let first = self.log.first_index().map_err(|e| e.to_string())?;
+        self.gauges.first_index.store(first, Ordering::Relaxed);
+        tracing::debug!(first, applied, "compacted raft log");
+        Ok(())
+    }
+}
