@@ -8,7 +8,9 @@
 //! them together and serves requests with the local replicas.
 //!
 //! What it must never do: decide where a request goes (the server's router does),
-//! interpret keys or values (the store's state machine does), or block an async worker
+//! interpret commands, keys or values (the store's state machine does: applying an
+//! entry returns its outcome and its `Effects` on held answers, which the replica acts
+//! on without knowing why), or block an async worker
 //! on Raft or disk work (replicas are threads; tree reads off the hot path run on the
 //! blocking pool).
 //!

@@ -30,6 +30,7 @@ mod crash;
 pub mod cut;
 mod digest;
 mod durable;
+mod effect;
 mod error;
 mod history;
 mod image;
@@ -49,6 +50,7 @@ pub use crash::{arm_crash_points, crash, CRASH_POINTS_BUILT};
 pub use cut::Cut;
 pub use digest::ShardDigest;
 pub use durable::{sync_dir, sync_parent_dir};
+pub use effect::{Effects, Hold};
 pub use error::{Result, StoreError};
 #[doc(hidden)]
 pub use fail as __fail;

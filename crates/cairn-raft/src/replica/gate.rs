@@ -6,8 +6,10 @@
 //! of a write the snapshot excludes before the snapshot completes (guarantee 3), so it
 //! waits in `held`. A prepared **transaction's lock**: a linearizable read of a locked
 //! key may be looking at a committed transaction not yet resolved here, so it waits in
-//! `lock_waits` for the resolve. Both are derived from the applied log alone, so a new
-//! leader re-establishes them by itself.
+//! `lock_waits` for the resolve. Neither is decided here: the state machine says, for
+//! every applied entry, which hold it opens or closes and which lock owner it
+//! releases (`cairn_store::Effects`); this file only keeps the answers. Effects are a
+//! function of the applied log, so a new leader re-establishes the holds by itself.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -99,7 +101,7 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
     /// cut lies below it, so the client could learn of a write the snapshot excludes
     /// before the snapshot is complete (guarantee 3 of the design).
     pub(super) fn is_held(&self, version: u64) -> bool {
-        self.open_cuts.values().any(|&cut| version > cut)
+        self.holds.values().any(|&from| version > from)
     }
 
     pub(super) fn answer(&mut self, held: Held) {
@@ -122,7 +124,7 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
     pub(super) fn publish_hold(&self) {
         self.gauges
             .hold_from
-            .store(lowest_cut(&self.open_cuts), Ordering::Release);
+            .store(lowest_hold(&self.holds), Ordering::Release);
     }
 
     /// After a release: send what no open epoch holds any more.
@@ -133,6 +135,6 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
     }
 }
 
-pub(super) fn lowest_cut(open_cuts: &BTreeMap<u64, u64>) -> u64 {
-    open_cuts.values().copied().min().unwrap_or(u64::MAX)
+pub(super) fn lowest_hold(holds: &BTreeMap<u64, u64>) -> u64 {
+    holds.values().copied().min().unwrap_or(u64::MAX)
 }

@@ -50,7 +50,7 @@ mod gauges;
 mod read;
 mod snapshot;
 
-use gate::{lowest_cut, Answer, Held, LockWait};
+use gate::{lowest_hold, Answer, Held, LockWait};
 pub use gauges::ReplicaGauges;
 use read::{PendingReads, Reader};
 
@@ -165,9 +165,10 @@ pub struct Replica<O: Outbox = Transport, D: Durability = GroupCommit> {
     reads_inflight: BTreeMap<u64, PendingReads>,
     /// Confirmed read indexes waiting for apply to catch up.
     reads_confirmed: BTreeMap<u64, Vec<PendingReads>>,
-    /// Open snapshot epochs (marker applied, release not yet) and their cuts, derived
-    /// from the applied log, so a new leader re-establishes the holds by itself.
-    open_cuts: BTreeMap<u64, u64>,
+    /// Open holds (by id: a snapshot epoch) and the version each lets answers
+    /// reveal, derived from the applied log's [`Effects`], so a new leader
+    /// re-establishes them by itself.
+    holds: BTreeMap<u64, u64>,
     /// Answers held back by the alignment window.
     held: Vec<Held>,
     /// Reads waiting for a transaction (by id) to resolve here.
@@ -271,14 +272,14 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
         gauges
             .first_index
             .store(log.first_index()?, Ordering::Relaxed);
-        let open_cuts = state
-            .open_cuts()?
+        let holds = state
+            .open_holds()?
             .into_iter()
-            .map(|c| (c.epoch, c.index))
+            .map(|h| (h.id, h.from))
             .collect();
         gauges
             .hold_from
-            .store(lowest_cut(&open_cuts), Ordering::Release);
+            .store(lowest_hold(&holds), Ordering::Release);
         gauges.set_applied(applied.index);
         Ok(Replica {
             shard,
@@ -299,7 +300,7 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
             reads_unissued: Vec::new(),
             reads_inflight: BTreeMap::new(),
             reads_confirmed: BTreeMap::new(),
-            open_cuts,
+            holds,
             held: Vec::new(),
             lock_waits: BTreeMap::new(),
             snapshot_done: Vec::new(),
@@ -587,65 +588,47 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
         }
     }
 
+    /// Apply committed entries through the state machine, and act on what each means
+    /// for held answers (its [`Effects`]): this code never interprets a command.
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), String> {
         let mut last = None;
         for entry in entries {
             let (index, term) = (entry.index, entry.term);
-            let command = match entry.entry_type {
-                EntryType::EntryNormal if !entry.data.is_empty() => {
-                    Some(Command::decode(&entry.data).map_err(|e| e.to_string())?)
-                }
-                EntryType::EntryNormal => None,
-                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    self.apply_conf_change(&entry)?;
-                    None
-                }
-            };
             // An empty entry (a new leader's) or a conf change moves only the applied
             // index.
-            let outcome = self
+            let data: &[u8] = match entry.entry_type {
+                EntryType::EntryNormal => &entry.data,
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    self.apply_conf_change(&entry)?;
+                    &[]
+                }
+            };
+            let (outcome, effects) = self
                 .state
-                .apply(index, term, command.as_ref())
+                .apply_entry(index, term, data)
                 .map_err(|e| e.to_string())?;
             self.commit.written();
-            // Write batches and committed resolves count (automatic snapshots follow
-            // this figure); markers, releases and refused batches do not.
-            if matches!(
-                outcome,
-                ApplyOutcome::Applied { .. }
-                    | ApplyOutcome::Resolved {
-                        version: Some(_),
-                        ..
-                    }
-            ) && matches!(command, Some(Command::Batch(_) | Command::Resolve { .. }))
-            {
+            if effects.wrote_data {
+                // Automatic snapshots follow this figure.
                 self.gauges.writes_applied.fetch_add(1, Ordering::Relaxed);
             }
-            let mut control = false;
-            match (&outcome, &command) {
-                (ApplyOutcome::Marked { cut }, Some(Command::Marker { epoch })) => {
-                    control = true;
-                    if *cut == index {
-                        self.open_cuts.insert(*epoch, *cut);
-                        // Before `applied` passes the cut, so that no local read
-                        // can see past it.
-                        self.publish_hold();
-                    }
+            if let Some(hold) = effects.opens {
+                self.holds.insert(hold.id, hold.from);
+                // Before `applied` passes the hold's version, so that no local read
+                // can see past it.
+                self.publish_hold();
+            }
+            if let Some(id) = effects.closes {
+                if self.holds.remove(&id).is_some() {
+                    self.publish_hold();
+                    self.release_held();
                 }
-                (ApplyOutcome::Released, Some(Command::Release { epoch })) => {
-                    control = true;
-                    if self.open_cuts.remove(epoch).is_some() {
-                        self.publish_hold();
-                        self.release_held();
-                    }
-                }
-                _ => {}
             }
 
             self.gauges.applied.store(index, Ordering::Release);
             last = Some(index);
-            if let Some(Command::Resolve { txn, .. }) = &command {
-                if let Some(waits) = self.lock_waits.remove(txn) {
+            if let Some(owner) = effects.unlocks {
+                if let Some(waits) = self.lock_waits.remove(&owner) {
                     for w in waits {
                         self.release_unlocked(index, w.deadline, vec![w.reader])?;
                     }
@@ -663,9 +646,8 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
             // a random point per replica) is someone else's.
             let ours = id.filter(|id| self.writes.get(id).is_some_and(|w| w.term == term));
             if let Some(w) = ours.and_then(|id| self.writes.remove(&id)) {
-                if control {
-                    // Markers and releases reveal no data: never hold their answers,
-                    // or a snapshot could wait on a hold of its own.
+                if effects.reveals_nothing {
+                    // Never hold these, or a snapshot could wait on a hold of its own.
                     let _ = w.reply.send(Ok(outcome));
                 } else {
                     self.answer(Held {

@@ -33,12 +33,12 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
         self.commit.written();
         // The snapshot replaced the cut table: an epoch open in it must hold here too
         // (this replica may lead before the release arrives).
-        self.open_cuts = self
+        self.holds = self
             .state
-            .open_cuts()
+            .open_holds()
             .map_err(|e| e.to_string())?
             .into_iter()
-            .map(|c| (c.epoch, c.index))
+            .map(|h| (h.id, h.from))
             .collect();
         self.publish_hold();
         self.gauges.set_applied(meta.index);

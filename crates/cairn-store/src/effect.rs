@@ -1,0 +1,127 @@
+//! What applying one log entry means for the answers a replica holds back.
+//!
+//! The replica (`cairn-raft`) drives consensus and must not interpret commands; the
+//! state machine here does. So applying an entry returns, next to the command's
+//! outcome, its [`Effects`] in the replica's own terms: a **hold** opened or closed
+//! (answers that depend on state after a version wait while a hold below them is open:
+//! a snapshot epoch's alignment window, opened by its marker at the cut, closed by its
+//! release), a **lock** gone (reads parked on a transaction's locks may go on: its
+//! resolve was applied), whether the answer **reveals data** (a marker's or release's
+//! does not, and must never be held, or a snapshot could wait on itself), and whether
+//! it **wrote data** (what automatic snapshots count).
+//!
+//! Every effect is a function of the applied log alone, so a new leader, a restarted
+//! node and a replica that installed a Raft snapshot re-derive the same holds.
+
+use crate::command::Command;
+use crate::state::ApplyOutcome;
+
+/// A hold: answers that depend on state after `from` wait until it closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    /// Names the hold (a snapshot's epoch), so its closing finds it.
+    pub id: u64,
+    /// The highest version answers may reveal while it is open (the cut: the marker
+    /// writes no data, so the state at the cut is the state below it).
+    pub from: u64,
+}
+
+/// The effects of one applied entry on held answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Effects {
+    pub opens: Option<Hold>,
+    /// The id of a hold that closes (it may not be open here: a release of an epoch
+    /// whose marker this replica never applied is harmless).
+    pub closes: Option<u64>,
+    /// A lock owner (transaction) whose locks on this shard are gone.
+    pub unlocks: Option<u64>,
+    /// The entry's answer reveals no data: send it at once, never hold it.
+    pub reveals_nothing: bool,
+    /// Client data was written (a batch applied, a transaction committed here).
+    pub wrote_data: bool,
+}
+
+impl Effects {
+    /// The effects of applying `command` at `index` with `outcome`.
+    pub fn of(index: u64, command: Option<&Command>, outcome: &ApplyOutcome) -> Effects {
+        let mut effects = Effects::default();
+        match (command, outcome) {
+            (Some(Command::Marker { epoch }), ApplyOutcome::Marked { cut }) => {
+                effects.reveals_nothing = true;
+                // A repeated marker reports the first one's cut; only the first opens.
+                if *cut == index {
+                    effects.opens = Some(Hold {
+                        id: *epoch,
+                        from: *cut,
+                    });
+                }
+            }
+            (Some(Command::Release { epoch }), ApplyOutcome::Released) => {
+                effects.reveals_nothing = true;
+                effects.closes = Some(*epoch);
+            }
+            (Some(Command::Batch(_)), ApplyOutcome::Applied { .. }) => effects.wrote_data = true,
+            (Some(Command::Resolve { txn, .. }), ApplyOutcome::Resolved { version, .. }) => {
+                effects.unlocks = Some(*txn);
+                effects.wrote_data = version.is_some();
+            }
+            (Some(Command::Resolve { txn, .. }), _) => effects.unlocks = Some(*txn),
+            _ => {}
+        }
+        effects
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_first_marker_opens_and_only_data_writes_count() {
+        let marker = Command::Marker { epoch: 7 };
+        let first = Effects::of(10, Some(&marker), &ApplyOutcome::Marked { cut: 10 });
+        assert_eq!(first.opens, Some(Hold { id: 7, from: 10 }));
+        assert!(first.reveals_nothing && !first.wrote_data);
+        let again = Effects::of(12, Some(&marker), &ApplyOutcome::Marked { cut: 10 });
+        assert_eq!(again.opens, None);
+        assert!(again.reveals_nothing);
+
+        let release = Command::Release { epoch: 7 };
+        let closed = Effects::of(13, Some(&release), &ApplyOutcome::Released);
+        assert_eq!(closed.closes, Some(7));
+
+        let batch = Command::Batch(Vec::new());
+        let applied = ApplyOutcome::Applied {
+            version: 14,
+            existed: Vec::new(),
+        };
+        assert!(Effects::of(14, Some(&batch), &applied).wrote_data);
+        let rejected = ApplyOutcome::Rejected {
+            op: 0,
+            current: None,
+        };
+        assert_eq!(Effects::of(15, Some(&batch), &rejected), Effects::default());
+
+        let resolve = Command::Resolve {
+            txn: 3,
+            commit: true,
+        };
+        let committed = ApplyOutcome::Resolved {
+            committed: true,
+            version: Some(16),
+        };
+        let effects = Effects::of(16, Some(&resolve), &committed);
+        assert_eq!((effects.unlocks, effects.wrote_data), (Some(3), true));
+        let aborted = ApplyOutcome::Resolved {
+            committed: false,
+            version: None,
+        };
+        let effects = Effects::of(17, Some(&resolve), &aborted);
+        assert_eq!((effects.unlocks, effects.wrote_data), (Some(3), false));
+        let empty = ApplyOutcome::Applied {
+            version: 18,
+            existed: Vec::new(),
+        };
+        assert_eq!(Effects::of(18, None, &empty), Effects::default());
+    }
+}
