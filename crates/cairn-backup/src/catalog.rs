@@ -16,16 +16,16 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use cairn_snapshot::meta::{put, Meta};
-use cairn_snapshot::Shards;
+use cairn_cluster::meta::{put, Meta};
+use cairn_cluster::Shards;
 use cairn_store::{Condition, Versioned, WriteOp};
 use serde::{Deserialize, Serialize};
 
 use crate::error::BackupError;
 
-const NEXT: &[u8] = b"b/next";
-const ID: &[u8] = b"b/id/";
-const SCHEDULE: &[u8] = b"b/sched/";
+use cairn_cluster::keyspace::BACKUP_ID as ID;
+use cairn_cluster::keyspace::BACKUP_NEXT as NEXT;
+use cairn_cluster::keyspace::BACKUP_SCHEDULE as SCHEDULE;
 
 /// Where a backup stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -61,3 +61,11 @@ impl BackupError {
         }
     }
 }
+
+/// The catalog lives in the meta group: its faults read as the snapshot registry's
+/// did (the same HTTP answers, the same retry advice).
+impl From<cairn_cluster::MetaError> for BackupError {
+    fn from(e: cairn_cluster::MetaError) -> BackupError {
+        BackupError::Snapshot(e.into())
+    }
+}

@@ -318,7 +318,7 @@ pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
     let target = match (args.snapshot, &args.as_of) {
         (Some(id), _) => Target::Snapshot(id),
         (None, Some(time)) => Target::AsOf(
-            cairn_snapshot::registry::parse_rfc3339_ms(time)
+            cairn_cluster::clock::parse_rfc3339_ms(time)
                 .map_err(|e| anyhow::anyhow!("--as-of: {e}"))?,
         ),
         (None, None) => Target::Latest,

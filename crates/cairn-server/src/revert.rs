@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_client::api::{RevertResponse, RevertShard};
+use cairn_cluster::clock::now_ms;
+use cairn_cluster::meta::{put, Meta};
 use cairn_raft::{Consistency, ShardError};
-use cairn_snapshot::meta::{put, Meta};
-use cairn_snapshot::registry::now_ms;
 use cairn_snapshot::SnapshotRecord;
 use cairn_store::{Condition, OpKind, Page, PageLimit, ShardId, WriteOp};
 use cairn_txn::{Transactions, TxnError};
@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::router::{Control, Router};
 
-const AUDIT: &[u8] = b"r/";
+use cairn_cluster::keyspace::REVERT_AUDIT as AUDIT;
 /// Most keys one shard's part of a revert may change; more is refused (use a restore).
 pub const MAX_REVERT_KEYS: usize = 10_000;
 /// Most bytes of keys and values a revert reads from one shard's prefix, per side

@@ -11,11 +11,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_cluster::Shards;
 use cairn_raft::{
     Backoff, Consistency, ControlPath, ControlRequest, MultiRaft, ShardError, ShardRequest,
     ShardResponse,
 };
-use cairn_snapshot::Shards;
 use cairn_store::page::PageBuilder;
 use cairn_store::{
     shard_for_key, ApplyOutcome, NodeId, Page, PageLimit, ShardId, Versioned, WriteOp,

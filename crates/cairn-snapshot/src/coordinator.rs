@@ -26,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::SnapshotError;
 use crate::registry::{Registry, SnapshotRecord, SnapshotState};
-use crate::Shards;
+use cairn_cluster::clock::now_ms;
+use cairn_cluster::Shards;
 
 /// Timing of the protocol.
 #[derive(Debug, Clone)]
@@ -194,9 +195,8 @@ impl<S: Shards> Coordinator<S> {
                     // took over) or this leader's own first sighting. Skew can only
                     // make an abort early, and an abort is always safe.
                     let seen = *first_seen.entry(epoch).or_insert_with(Instant::now);
-                    let labelled = Duration::from_millis(
-                        crate::registry::now_ms().saturating_sub(tracked.record.time_ms),
-                    );
+                    let labelled =
+                        Duration::from_millis(now_ms().saturating_sub(tracked.record.time_ms));
                     if seen.elapsed().max(labelled) >= self.config.abort_after {
                         let reason = "its coordinator did not finish it in time".to_owned();
                         registry
@@ -226,8 +226,7 @@ impl<S: Shards> Coordinator<S> {
             self.take_as(None, true).await?;
             *last = Some(seen);
         }
-        let cutoff =
-            crate::registry::now_ms().saturating_sub(self.config.retention.as_millis() as u64);
+        let cutoff = now_ms().saturating_sub(self.config.retention.as_millis() as u64);
         let registry = self.registry();
         for record in registry.expired_auto(cutoff, 100).await? {
             registry.delete(&record).await?;

@@ -30,3 +30,12 @@ pub enum SnapshotError {
     #[error("corrupt snapshot registry: {0}")]
     Corrupt(String),
 }
+
+impl From<cairn_cluster::MetaError> for SnapshotError {
+    fn from(e: cairn_cluster::MetaError) -> SnapshotError {
+        match e {
+            cairn_cluster::MetaError::Shard(e) => SnapshotError::Shard(e),
+            cairn_cluster::MetaError::Corrupt(what) => SnapshotError::Corrupt(what),
+        }
+    }
+}

@@ -33,12 +33,12 @@
 
 use cairn_store::{Condition, OpKind, WriteOp};
 
-/// Epochs whose markers may still be in flight.
-pub const MARKING: &[u8] = b"s/marking/";
 /// Transactions committed and not yet resolved on every shard.
-pub const COMMITTING: &[u8] = b"t/commit/";
+pub use cairn_cluster::keyspace::GATE_COMMITTING as COMMITTING;
+/// Epochs whose markers may still be in flight.
+pub use cairn_cluster::keyspace::GATE_MARKING as MARKING;
 /// Allocations waiting for commits in flight to resolve.
-pub const WANT: &[u8] = b"s/want/";
+pub use cairn_cluster::keyspace::GATE_WANT as WANT;
 /// How old a want may grow before the sweeper removes it as abandoned.
 pub const WANT_EXPIRES: std::time::Duration = std::time::Duration::from_secs(10);
 

@@ -17,23 +17,22 @@
 //! coordinator completing an epoch and the sweeper aborting it cannot both win.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
+use cairn_cluster::clock::now_ms;
 use cairn_raft::Backoff;
 use cairn_store::{Condition, Page, ShardId, Versioned, WriteOp};
 use serde::{Deserialize, Serialize};
 
 use crate::error::SnapshotError;
 use crate::gate;
-use crate::meta::{delete, put, Meta};
-use crate::Shards;
+use cairn_cluster::meta::{delete, put, Meta};
+use cairn_cluster::Shards;
 
-const NEXT: &[u8] = b"s/next";
-const ID: &[u8] = b"s/id/";
-const NAME: &[u8] = b"s/name/";
-const TIME: &[u8] = b"s/time/";
-const OPEN: &[u8] = b"s/open/";
-const AUTO: &[u8] = b"s/auto/";
+use cairn_cluster::keyspace::{
+    SNAPSHOT_AUTO as AUTO, SNAPSHOT_ID as ID, SNAPSHOT_NAME as NAME, SNAPSHOT_NEXT as NEXT,
+    SNAPSHOT_OPEN as OPEN, SNAPSHOT_TIME as TIME,
+};
 
 /// How long an allocation waits for committing transactions to resolve.
 pub const GATE_WAIT: Duration = Duration::from_secs(2);
@@ -82,25 +81,6 @@ impl SnapshotRecord {
             _ => None,
         }
     }
-}
-
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Milliseconds since the Unix epoch of an RFC 3339 time, which must carry its
-/// offset (`Z` or `+01:00`): a time without one names no instant, and guessing UTC
-/// would read the wrong snapshot for anyone whose clock is not.
-pub fn parse_rfc3339_ms(text: &str) -> Result<u64, String> {
-    let time = chrono::DateTime::parse_from_rfc3339(text).map_err(|e| {
-        format!("`{text}` is not an RFC 3339 time with an offset, like 2026-11-23T12:00:00Z or 2026-11-23T13:00:00+01:00 ({e})")
-    })?;
-    u64::try_from(time.timestamp_millis())
-        .map_err(|_| format!("`{text}` is before 1970-01-01T00:00:00Z"))
 }
 
 fn rand_nonce() -> u64 {
@@ -160,7 +140,7 @@ impl<'a, S: Shards> Registry<'a, S> {
     }
 
     async fn get_raw(&self, key: Vec<u8>) -> Result<Option<Versioned>, SnapshotError> {
-        self.meta().get(key).await
+        Ok(self.meta().get(key).await?)
     }
 
     async fn scan_raw(
@@ -169,11 +149,11 @@ impl<'a, S: Shards> Registry<'a, S> {
         start_after: Option<Vec<u8>>,
         limit: usize,
     ) -> Result<Page<Versioned>, SnapshotError> {
-        self.meta().scan(prefix, start_after, limit).await
+        Ok(self.meta().scan(prefix, start_after, limit).await?)
     }
 
     async fn write(&self, ops: Vec<WriteOp>) -> Result<Option<u64>, SnapshotError> {
-        self.meta().write(ops).await
+        Ok(self.meta().write(ops).await?)
     }
 
     fn decode(value: &Versioned) -> Result<Tracked, SnapshotError> {
@@ -241,7 +221,7 @@ impl<'a, S: Shards> Registry<'a, S> {
             }
             let written = match self.meta().try_write(ops).await {
                 Ok(written) => written,
-                Err(e) => break Err(e),
+                Err(e) => break Err(e.into()),
             };
             match written {
                 Ok(version) => return Ok(Tracked { record, version }),
@@ -489,26 +469,5 @@ impl<'a, S: Shards> Registry<'a, S> {
             }
         }
         self.write(ops).await.map(|_| ())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_need_an_offset_and_any_offset_is_taken() {
-        let utc = parse_rfc3339_ms("2026-11-23T12:00:00Z").unwrap();
-        assert_eq!(utc, 1_795_435_200_000);
-        assert_eq!(parse_rfc3339_ms("2026-11-23T13:00:00+01:00"), Ok(utc));
-        assert_eq!(
-            parse_rfc3339_ms("2026-11-23T07:30:00.250-04:30"),
-            Ok(utc + 250)
-        );
-        assert!(parse_rfc3339_ms("2026-11-23T12:00:00")
-            .unwrap_err()
-            .contains("offset"));
-        assert!(parse_rfc3339_ms("yesterday").is_err());
-        assert!(parse_rfc3339_ms("1969-12-31T23:59:59Z").is_err());
     }
 }

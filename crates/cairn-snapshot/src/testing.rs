@@ -15,7 +15,7 @@ use cairn_raft::{
 };
 use cairn_store::{NodeStore, ShardId};
 
-use crate::Shards;
+use cairn_cluster::Shards;
 
 /// Three hosts on loopback with fast ticks and a temporary data directory each.
 pub struct LocalCluster {

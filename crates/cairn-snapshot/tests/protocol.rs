@@ -7,9 +7,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_cluster::Shards;
 use cairn_raft::{Call, Consistency, ControlRequest, ShardError, ShardRequest, ShardResponse};
 use cairn_snapshot::testing::LocalCluster;
-use cairn_snapshot::{Coordinator, Shards, SnapshotConfig, SnapshotError, SnapshotState};
+use cairn_snapshot::{Coordinator, SnapshotConfig, SnapshotError, SnapshotState};
 use cairn_store::{ApplyOutcome, Command, Condition, OpKind, WriteOp};
 use tokio::sync::Notify;
 

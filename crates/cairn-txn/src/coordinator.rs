@@ -5,10 +5,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_cluster::clock::now_ms;
+use cairn_cluster::meta::{delete, put};
+use cairn_cluster::{Meta, Shards};
 use cairn_raft::{Backoff, ShardError};
-use cairn_snapshot::meta::{delete, put};
-use cairn_snapshot::registry::now_ms;
-use cairn_snapshot::{gate, Meta, Shards};
+use cairn_snapshot::gate;
 use cairn_store::{
     shard_for_key, txn_id, txn_started_ms, ApplyOutcome, Command, Condition, ShardId, WriteOp,
 };

@@ -33,7 +33,7 @@
 //! form a cycle and a transaction that keeps losing grows old and wins.
 //!
 //! This crate reaches shards and the meta group only through
-//! [`cairn_snapshot::Shards`]; it never reads a tree or knows where a leader is.
+//! [`cairn_cluster::Shards`]; it never reads a tree or knows where a leader is.
 
 mod coordinator;
 mod error;

@@ -9,14 +9,14 @@
 //! A record changes only by writes conditional on the version its writer read, so a
 //! coordinator committing and the sweeper aborting cannot both win.
 
-use cairn_snapshot::{Meta, SnapshotError};
+use cairn_cluster::{Meta, MetaError};
 use cairn_store::{ShardId, Versioned};
 use serde::{Deserialize, Serialize};
 
 use crate::error::TxnError;
 
 /// Prefix of every transaction record.
-pub const TXN: &[u8] = b"t/txn/";
+pub use cairn_cluster::keyspace::TXN;
 
 pub fn txn_key(id: u64) -> Vec<u8> {
     [TXN, &id.to_be_bytes()].concat()
@@ -65,7 +65,7 @@ pub struct Tracked {
 }
 
 /// The current record of `id`, if any.
-pub async fn read<S: cairn_snapshot::Shards>(
+pub async fn read<S: cairn_cluster::Shards>(
     meta: &Meta<'_, S>,
     id: u64,
 ) -> Result<Option<Tracked>, TxnError> {
@@ -78,9 +78,9 @@ pub async fn read<S: cairn_snapshot::Shards>(
     }
 }
 
-pub fn meta_error(e: SnapshotError) -> TxnError {
+pub fn meta_error(e: MetaError) -> TxnError {
     match e {
-        SnapshotError::Shard(e) => TxnError::Shard(e),
+        MetaError::Shard(e) => TxnError::Shard(e),
         other => TxnError::Meta(other.to_string()),
     }
 }

@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_cluster::clock::now_ms;
+use cairn_cluster::meta::put as meta_put;
+use cairn_cluster::{Meta, Shards};
 use cairn_raft::{Consistency, ControlRequest, ShardError, ShardRequest, ShardResponse};
-use cairn_snapshot::meta::put as meta_put;
-use cairn_snapshot::registry::now_ms;
 use cairn_snapshot::testing::LocalCluster;
-use cairn_snapshot::{gate, Coordinator, Meta, Shards, SnapshotConfig, SnapshotError};
+use cairn_snapshot::{gate, Coordinator, SnapshotConfig, SnapshotError};
 use cairn_store::{shard_for_key, txn_id, ApplyOutcome, Command, Condition, OpKind, WriteOp};
 use cairn_txn::record::txn_key;
 use cairn_txn::{Transactions, TxnConfig, TxnError, TxnRecord, TxnState};
@@ -593,7 +594,7 @@ async fn a_commit_waits_for_marking_epochs_and_gives_up_cleanly() {
     }
     // The epoch ends: commits go through again.
     Meta::new(&*cluster)
-        .write(vec![cairn_snapshot::meta::delete(gate::marking_key(77))])
+        .write(vec![cairn_cluster::meta::delete(gate::marking_key(77))])
         .await
         .expect("unmark");
     let ops = keys.iter().map(|k| put(k, "free")).collect();

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cairn_snapshot::registry::now_ms;
-use cairn_snapshot::{Shards, SnapshotRecord, SnapshotState};
+use cairn_cluster::clock::now_ms;
+use cairn_cluster::Shards;
+use cairn_snapshot::{SnapshotRecord, SnapshotState};
 use cairn_store::{HistoryRange, StoreError};
 use tokio::sync::mpsc;
 

@@ -26,8 +26,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_snapshot::registry::now_ms;
-use cairn_snapshot::{Coordinator, Shards, SnapshotRecord, SnapshotState};
+use cairn_cluster::clock::now_ms;
+use cairn_cluster::Shards;
+use cairn_snapshot::{Coordinator, SnapshotRecord, SnapshotState};
 use cairn_store::NodeStore;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;

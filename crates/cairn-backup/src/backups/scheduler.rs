@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_snapshot::registry::now_ms;
-use cairn_snapshot::Shards;
+use cairn_cluster::clock::now_ms;
+use cairn_cluster::Shards;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 

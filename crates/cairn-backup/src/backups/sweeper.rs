@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use cairn_snapshot::registry::now_ms;
-use cairn_snapshot::Shards;
+use cairn_cluster::clock::now_ms;
+use cairn_cluster::Shards;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::BackupError;

@@ -11,7 +11,7 @@ use axum::Json;
 use cairn_client::api::{
     split_bytes, CreateSnapshot, DiffItem, DiffResponse, SnapshotInfo, SnapshotList,
 };
-use cairn_snapshot::registry::{now_ms, parse_rfc3339_ms};
+use cairn_cluster::clock::{now_ms, parse_rfc3339_ms};
 use cairn_snapshot::{SnapshotError, SnapshotRecord, SnapshotState};
 
 use super::kv::{read_optional_json, Params};

@@ -1,8 +1,7 @@
 //! The meta group as a small replicated key-value store.
 //!
 //! The meta group runs the same MVCC state machine as a data shard; the cluster's own
-//! records live in it under reserved prefixes, one per owner (`s/` the snapshot
-//! registry, `b/` the backup catalog). Every read here is linearizable and every
+//! records live in it under reserved prefixes, one per owner ([`crate::keyspace`]). Every read here is linearizable and every
 //! write a conditional batch, so records survive any node and concurrent writers
 //! cannot both win.
 
@@ -11,8 +10,18 @@ use cairn_store::{
     ApplyOutcome, Command, Condition, OpKind, Page, PageLimit, ShardId, Versioned, WriteOp,
 };
 
-use crate::error::SnapshotError;
 use crate::Shards;
+
+/// What can go wrong reading or writing the meta group.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// The meta group could not serve the request (no leader, outcome unknown, ...).
+    #[error(transparent)]
+    Shard(#[from] cairn_raft::ShardError),
+    /// The meta group answered something this version cannot make sense of.
+    #[error("corrupt meta group record: {0}")]
+    Corrupt(String),
+}
 
 /// Reads and writes the meta group through [`Shards`].
 pub struct Meta<'a, S: Shards> {
@@ -29,7 +38,7 @@ impl<'a, S: Shards> Meta<'a, S> {
     }
 
     /// The current value of `key`, with its version (for conditional updates).
-    pub async fn get(&self, key: Vec<u8>) -> Result<Option<Versioned>, SnapshotError> {
+    pub async fn get(&self, key: Vec<u8>) -> Result<Option<Versioned>, MetaError> {
         let shard = self.group();
         let request = ControlRequest::Get { shard, key };
         Ok(self.shards.control(request).await?.into_value(shard)?)
@@ -42,7 +51,7 @@ impl<'a, S: Shards> Meta<'a, S> {
         prefix: &[u8],
         start_after: Option<Vec<u8>>,
         limit: usize,
-    ) -> Result<Page<Versioned>, SnapshotError> {
+    ) -> Result<Page<Versioned>, MetaError> {
         let shard = self.group();
         let request = ControlRequest::Scan {
             shard,
@@ -57,10 +66,7 @@ impl<'a, S: Shards> Meta<'a, S> {
     }
 
     /// Every key under `prefix`, page by page.
-    pub async fn scan_all(
-        &self,
-        prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Versioned)>, SnapshotError> {
+    pub async fn scan_all(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Versioned)>, MetaError> {
         let mut all = Vec::new();
         loop {
             let after = all.last().map(|(k, _): &(Vec<u8>, Versioned)| k.clone());
@@ -74,18 +80,18 @@ impl<'a, S: Shards> Meta<'a, S> {
 
     /// Apply a batch atomically; `Ok(None)` if a condition failed (nothing written),
     /// else the version it was written at.
-    pub async fn write(&self, ops: Vec<WriteOp>) -> Result<Option<u64>, SnapshotError> {
+    pub async fn write(&self, ops: Vec<WriteOp>) -> Result<Option<u64>, MetaError> {
         Ok(self.try_write(ops).await?.ok())
     }
 
     /// Apply a batch atomically: `Ok(Ok(version))` if written, `Ok(Err(op))` if the
     /// condition of op `op` (the first that failed) refused it and nothing was written.
-    pub async fn try_write(&self, ops: Vec<WriteOp>) -> Result<Result<u64, usize>, SnapshotError> {
+    pub async fn try_write(&self, ops: Vec<WriteOp>) -> Result<Result<u64, usize>, MetaError> {
         let shard = self.group();
         match self.shards.propose(shard, Command::Batch(ops)).await? {
             ApplyOutcome::Applied { version, .. } => Ok(Ok(version)),
             ApplyOutcome::Rejected { op, .. } => Ok(Err(op)),
-            other => Err(SnapshotError::Corrupt(format!(
+            other => Err(MetaError::Corrupt(format!(
                 "a batch on the meta group applied as {other:?}"
             ))),
         }
