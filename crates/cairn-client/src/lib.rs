@@ -23,77 +23,23 @@
 //! understand.
 
 pub mod api;
+mod error;
+mod wire;
+
+pub use error::{Error, Result};
+pub use wire::{b64, encode_key_path, encode_query, parse_etag};
+use wire::{
+    check, decode_err, encode_with, etag_version, json, require_snapshot_header, snapshot_header,
+    with_precondition, KEY_SET_NO_SLASH,
+};
 
 use std::time::Duration;
 
-use base64::Engine as _;
-use percent_encoding::{percent_decode_str, percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use reqwest::{header, RequestBuilder, Response, StatusCode};
-
-/// Bytes sent as themselves in a key; everything else is percent-encoded.
-const KEY_SET: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~')
-    .remove(b'/');
-
-/// Like [`KEY_SET`] but with `/` encoded too, for keys with `.`/`..` segments.
-const KEY_SET_NO_SLASH: &AsciiSet = &KEY_SET.add(b'/');
+use percent_encoding::percent_decode_str;
+use reqwest::StatusCode;
 
 /// How long one request may take, end to end.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Everything that can go wrong talking to a Cairn node.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The server answered with an error status. `code` is the stable machine-readable
-    /// code of its JSON error body (empty when the body was not a Cairn error, e.g. a
-    /// proxy's page), `message` the human-readable explanation (or the raw body).
-    #[error("HTTP {status} {code}: {message}")]
-    Api {
-        status: u16,
-        code: String,
-        message: String,
-    },
-    /// The request failed below HTTP (connect, reset, timeout). For a write, its
-    /// outcome is unknown: it may or may not have been applied.
-    #[error("transport error: {0}")]
-    Transport(#[from] reqwest::Error),
-    /// The server answered, but not in a form this client understands.
-    #[error("cannot decode response: {0}")]
-    Decode(String),
-    /// The key cannot be expressed in a URL path (`.` and `..` are normalised away by
-    /// every URL parser); nothing was sent.
-    #[error("key {0:?} cannot be addressed in a URL path; use a batch")]
-    UnaddressableKey(Vec<u8>),
-}
-
-impl Error {
-    /// The server's error code, when the server answered with a Cairn error.
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            Error::Api { code, .. } => Some(code),
-            _ => None,
-        }
-    }
-
-    /// The HTTP status, when the server answered.
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            Error::Api { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-
-    /// True when a conditional write was refused because its precondition did not
-    /// hold (nothing was written).
-    pub fn is_precondition_failed(&self) -> bool {
-        self.code() == Some("precondition_failed")
-    }
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -645,115 +591,6 @@ impl Client {
     fn key_url(&self, key: &[u8]) -> Result<String> {
         Ok(format!("{}/v1/kv/{}", self.base, encode_key_path(key)?))
     }
-}
-
-/// Percent-encodes a key for the path after `/v1/kv/`.
-pub fn encode_key_path(key: &[u8]) -> Result<String> {
-    if key == b"." || key == b".." {
-        return Err(Error::UnaddressableKey(key.to_vec()));
-    }
-    let dot_segment = key
-        .split(|&b| b == b'/')
-        .any(|segment| segment == b"." || segment == b"..");
-    let set = if dot_segment {
-        KEY_SET_NO_SLASH
-    } else {
-        KEY_SET
-    };
-    Ok(encode_with(key, set))
-}
-
-/// Percent-encodes bytes for a query-string value (`prefix=`, `start_after=`).
-pub fn encode_query(bytes: &[u8]) -> String {
-    encode_with(bytes, KEY_SET)
-}
-
-fn encode_with(bytes: &[u8], set: &'static AsciiSet) -> String {
-    percent_encode(bytes, set).to_string()
-}
-
-fn with_precondition(request: RequestBuilder, pre: Precondition) -> RequestBuilder {
-    match pre {
-        Precondition::None => request,
-        Precondition::IfMatch(version) => {
-            request.header(header::IF_MATCH, format!("\"{version}\""))
-        }
-        Precondition::IfExists => request.header(header::IF_MATCH, "*"),
-        Precondition::IfAbsent => request.header(header::IF_NONE_MATCH, "*"),
-    }
-}
-
-/// Passes a success response through; turns an error status into `Error::Api`.
-async fn check(response: Response) -> Result<Response> {
-    let status = response.status();
-    if status.is_success() {
-        return Ok(response);
-    }
-    let body = response.bytes().await?;
-    Err(match serde_json::from_slice::<api::ErrorBody>(&body) {
-        Ok(api::ErrorBody { error }) => Error::Api {
-            status: status.as_u16(),
-            code: error.code,
-            message: error.message,
-        },
-        Err(_) => Error::Api {
-            status: status.as_u16(),
-            code: String::new(),
-            message: String::from_utf8_lossy(&body).into_owned(),
-        },
-    })
-}
-
-async fn json<T: serde::de::DeserializeOwned>(response: Response) -> Result<T> {
-    let body = response.bytes().await?;
-    serde_json::from_slice(&body).map_err(|e| {
-        Error::Decode(format!(
-            "{e} in body {:?}",
-            String::from_utf8_lossy(&body[..body.len().min(200)])
-        ))
-    })
-}
-
-/// The version carried by an `ETag: "N"` header.
-fn etag_version(response: &Response) -> Result<u64> {
-    let etag = response
-        .headers()
-        .get(header::ETAG)
-        .ok_or_else(|| Error::Decode("response has no ETag header".into()))?;
-    parse_etag(etag.as_bytes())
-        .ok_or_else(|| Error::Decode(format!("malformed ETag {etag:?}, want \"<version>\"")))
-}
-
-/// The snapshot id of a `Cairn-Snapshot: N` header, if the response has one.
-fn snapshot_header(response: &Response) -> Result<Option<u64>> {
-    let Some(value) = response.headers().get(SNAPSHOT_HEADER) else {
-        return Ok(None);
-    };
-    value
-        .to_str()
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .map(Some)
-        .ok_or_else(|| Error::Decode(format!("malformed Cairn-Snapshot header {value:?}")))
-}
-
-fn require_snapshot_header(served: Option<u64>) -> Result<u64> {
-    served.ok_or_else(|| Error::Decode("snapshot read has no Cairn-Snapshot header".into()))
-}
-
-/// Parses `"N"` (a strong ETag holding a version).
-pub fn parse_etag(etag: &[u8]) -> Option<u64> {
-    let inner = etag.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
-    std::str::from_utf8(inner).ok()?.parse().ok()
-}
-
-fn decode_err(e: base64::DecodeError) -> Error {
-    Error::Decode(format!("bad base64 in scan item: {e}"))
-}
-
-/// Base64 (standard alphabet), as used by the `*_b64` JSON fields.
-pub fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 #[cfg(test)]

@@ -8,9 +8,9 @@ use cairn_server::dev::DevArgs;
 use cairn_server::{Node, Settings};
 use clap::{Parser, Subcommand};
 
-mod backup_cli;
-mod bench;
-mod client;
+mod cli;
+
+use cli::{backup as backup_cli, bench, client};
 
 #[derive(Parser)]
 #[command(

@@ -17,7 +17,7 @@ use cairn_server::identity::cluster_id_of;
 use cairn_store::NodeIdentity;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::client::Endpoint;
+use crate::cli::client::Endpoint;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BackupCommand {
