@@ -195,6 +195,91 @@ async fn refused(
     );
 }
 
+/// One request the API must refuse: what it is, how it is sent, and the status and
+/// error codes it must get (any of `codes`).
+struct Refusal {
+    what: String,
+    method: &'static str,
+    target: String,
+    body: Option<Vec<u8>>,
+    /// Sent byte for byte on a socket (for malformed targets no HTTP client sends).
+    raw: bool,
+    json: bool,
+    node: usize,
+    status: u16,
+    codes: &'static [&'static str],
+}
+
+impl Refusal {
+    fn http(
+        method: &'static str,
+        target: &str,
+        body: Option<Vec<u8>>,
+        status: u16,
+        codes: &'static [&'static str],
+    ) -> Refusal {
+        Refusal {
+            what: format!("{method} {target}"),
+            method,
+            target: target.to_owned(),
+            body,
+            raw: false,
+            json: false,
+            node: 1,
+            status,
+            codes,
+        }
+    }
+
+    fn raw(
+        method: &'static str,
+        target: &str,
+        body: Vec<u8>,
+        status: u16,
+        codes: &'static [&'static str],
+    ) -> Refusal {
+        Refusal {
+            raw: true,
+            ..Refusal::http(method, target, Some(body), status, codes)
+        }
+    }
+
+    fn named(self, what: &str) -> Refusal {
+        Refusal {
+            what: what.to_owned(),
+            ..self
+        }
+    }
+
+    fn on(self, node: usize) -> Refusal {
+        Refusal { node, ..self }
+    }
+
+    fn json(self) -> Refusal {
+        Refusal { json: true, ..self }
+    }
+
+    async fn send(&self, cluster: &Cluster) -> Resp {
+        if self.raw {
+            let body = self.body.as_deref().unwrap_or_default();
+            return raw(
+                cluster.http_addr(self.node),
+                self.method,
+                &self.target,
+                body,
+            )
+            .await;
+        }
+        let headers: &[(&str, &str)] = if self.json {
+            &[("content-type", "application/json")]
+        } else {
+            &[]
+        };
+        let url = url(cluster, self.node, &self.target);
+        send(self.method, &url, headers, self.body.clone()).await
+    }
+}
+
 fn url(cluster: &Cluster, node: usize, path: &str) -> String {
     format!("http://{}{}", cluster.http_addr(node), path)
 }
@@ -1105,8 +1190,6 @@ async fn scans_paginate_across_shards() {
 async fn bad_input_is_refused_and_changes_nothing() {
     let cluster = Cluster::start(ClusterOptions::default()).await;
     let c1 = cluster.client(1);
-    let addr = cluster.http_addr(1);
-    let json_ct = [("content-type", "application/json")];
 
     // Limits hold exactly at the boundary.
     let max_key = vec![b'k'; 4096];
@@ -1131,26 +1214,13 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let before = state(&c1).await;
     assert_eq!(before.len(), 5);
 
-    // Empty keys.
+    // Every refusal, as a table: each must answer its status and code, and change
+    // nothing in the cluster.
+    let mut table: Vec<Refusal> = Vec::new();
     for method in ["PUT", "GET", "DELETE"] {
-        let resp = send(
-            method,
-            &url(&cluster, 1, "/v1/kv/"),
-            &[],
-            (method == "PUT").then(|| b"v".to_vec()),
-        )
-        .await;
-        refused(
-            &c1,
-            &before,
-            &format!("{method} /v1/kv/"),
-            resp,
-            400,
-            &["empty_key"],
-        )
-        .await;
+        let body = (method == "PUT").then(|| b"v".to_vec());
+        table.push(Refusal::http(method, "/v1/kv/", body, 400, &["empty_key"]));
     }
-
     // Malformed percent-encoding, byte for byte on the wire.
     for target in [
         "/v1/kv/a%zz",
@@ -1160,91 +1230,59 @@ async fn bad_input_is_refused_and_changes_nothing() {
         "/v1/kv/%",
     ] {
         for method in ["PUT", "GET", "DELETE"] {
-            let body: &[u8] = if method == "PUT" { b"v" } else { b"" };
-            let resp = raw(addr, method, target, body).await;
-            refused(
-                &c1,
-                &before,
-                &format!("{method} {target}"),
-                resp,
+            let body = if method == "PUT" {
+                b"v".to_vec()
+            } else {
+                Vec::new()
+            };
+            table.push(Refusal::raw(
+                method,
+                target,
+                body,
                 400,
                 &["bad_key_encoding"],
-            )
-            .await;
+            ));
         }
     }
-
-    // Oversized key, value and body.
+    // Oversized key, value and body (the value through another node too).
     let long_key = key_path(&vec![b'k'; 4097]);
     for method in ["PUT", "GET", "DELETE"] {
         let body = (method == "PUT").then(|| b"v".to_vec());
-        let resp = send(method, &url(&cluster, 1, &long_key), &[], body).await;
-        refused(
-            &c1,
-            &before,
-            &format!("{method} 4097-byte key"),
-            resp,
-            400,
-            &["key_too_large"],
-        )
-        .await;
+        table.push(
+            Refusal::http(method, &long_key, body, 400, &["key_too_large"])
+                .named(&format!("{method} 4097-byte key")),
+        );
     }
-    let resp = send(
-        "PUT",
-        &url(&cluster, 2, &keep_path),
-        &[],
-        Some(vec![1u8; MIB + 1]),
-    )
-    .await;
-    refused(
-        &c1,
-        &before,
-        "PUT value of 1 MiB + 1",
-        resp,
-        413,
-        &["value_too_large"],
-    )
-    .await;
-    let resp = send(
-        "PUT",
-        &url(&cluster, 1, "/v1/kv/new/too/big"),
-        &[],
-        Some(vec![1u8; MIB + 1]),
-    )
-    .await;
-    refused(
-        &c1,
-        &before,
-        "PUT new key with value of 1 MiB + 1",
-        resp,
-        413,
-        &["value_too_large"],
-    )
-    .await;
-    let resp = send(
-        "PUT",
-        &url(&cluster, 1, &keep_path),
-        &[],
-        Some(vec![1u8; 4 * MIB + 1]),
-    )
-    .await;
-    refused(
-        &c1,
-        &before,
-        "PUT body of 4 MiB + 1",
-        resp,
-        413,
-        &["request_too_large"],
-    )
-    .await;
+    let value = |bytes: usize| Some(vec![1u8; bytes]);
+    table.push(
+        Refusal::http("PUT", &keep_path, value(MIB + 1), 413, &["value_too_large"])
+            .on(2)
+            .named("PUT value of 1 MiB + 1"),
+    );
+    table.push(
+        Refusal::http(
+            "PUT",
+            "/v1/kv/new/too/big",
+            value(MIB + 1),
+            413,
+            &["value_too_large"],
+        )
+        .named("PUT new key with value of 1 MiB + 1"),
+    );
+    table.push(
+        Refusal::http(
+            "PUT",
+            &keep_path,
+            value(4 * MIB + 1),
+            413,
+            &["request_too_large"],
+        )
+        .named("PUT body of 4 MiB + 1"),
+    );
 
     // Batches.
-    let post = |body: Vec<u8>| {
-        let url = url(&cluster, 1, "/v1/batch");
-        async move { send("POST", &url, &json_ct, Some(body)).await }
-    };
     let k = keep.as_str();
-    let cases: Vec<(&str, String, u16, &[&str])> = vec![
+    let cases: Vec<(&str, String, u16, &'static [&'static str])> = vec![
         ("truncated JSON", r#"{"ops":["#.into(), 400, &["bad_json"]),
         ("not JSON", "put a=1".into(), 400, &["bad_json"]),
         (
@@ -1349,19 +1387,14 @@ async fn bad_input_is_refused_and_changes_nothing() {
         ),
     ];
     for (what, body, status, codes) in cases {
-        let resp = post(body.into_bytes()).await;
-        refused(
-            &c1,
-            &before,
-            &format!("POST /v1/batch with {what}"),
-            resp,
-            status,
-            codes,
-        )
-        .await;
+        table.push(
+            Refusal::http("POST", "/v1/batch", Some(body.into_bytes()), status, codes)
+                .json()
+                .named(&format!("POST /v1/batch with {what}")),
+        );
     }
 
-    // Scan parameters.
+    // Scan and read parameters.
     for (query, codes) in [
         ("limit=0", &["bad_limit"][..]),
         ("limit=1001", &["bad_limit"]),
@@ -1372,26 +1405,24 @@ async fn bad_input_is_refused_and_changes_nothing() {
         ("prefix=%zz", &["bad_key_encoding", "bad_query"]),
         ("start_after=%4", &["bad_key_encoding", "bad_query"]),
     ] {
-        let target = format!("/v1/kv?{query}");
-        let resp = raw(addr, "GET", &target, b"").await;
-        refused(&c1, &before, &format!("GET {target}"), resp, 400, codes).await;
+        table.push(Refusal::raw(
+            "GET",
+            &format!("/v1/kv?{query}"),
+            Vec::new(),
+            400,
+            codes,
+        ));
     }
-    let resp = send(
-        "GET",
-        &url(&cluster, 1, &format!("{keep_path}?consistency=bogus")),
-        &[],
-        None,
-    )
-    .await;
-    refused(
-        &c1,
-        &before,
-        "GET key with consistency=bogus",
-        resp,
-        400,
-        &["bad_query"],
-    )
-    .await;
+    table.push(
+        Refusal::http(
+            "GET",
+            &format!("{keep_path}?consistency=bogus"),
+            None,
+            400,
+            &["bad_query"],
+        )
+        .named("GET key with consistency=bogus"),
+    );
 
     // Unknown routes and wrong methods.
     for (method, path) in [
@@ -1401,16 +1432,13 @@ async fn bad_input_is_refused_and_changes_nothing() {
         ("GET", "/v1"),
         ("PUT", "/v1/keys/a"),
     ] {
-        let resp = send(method, &url(&cluster, 1, path), &[], Some(b"x".to_vec())).await;
-        refused(
-            &c1,
-            &before,
-            &format!("{method} {path}"),
-            resp,
+        table.push(Refusal::http(
+            method,
+            path,
+            Some(b"x".to_vec()),
             404,
             &["not_found"],
-        )
-        .await;
+        ));
     }
     for (method, path) in [
         ("POST", keep_path.as_str()),
@@ -1423,14 +1451,26 @@ async fn bad_input_is_refused_and_changes_nothing() {
         ("PUT", "/v1/kv"),
         ("DELETE", "/v1/kv"),
     ] {
-        let resp = send(method, &url(&cluster, 1, path), &[], Some(b"x".to_vec())).await;
+        let body = Some(b"x".to_vec());
+        table.push(Refusal::http(
+            method,
+            path,
+            body,
+            405,
+            &["method_not_allowed"],
+        ));
+    }
+
+    assert!(table.len() > 60, "the table lost rows: {}", table.len());
+    for refusal in &table {
+        let resp = refusal.send(&cluster).await;
         refused(
             &c1,
             &before,
-            &format!("{method} {path}"),
+            &refusal.what,
             resp,
-            405,
-            &["method_not_allowed"],
+            refusal.status,
+            refusal.codes,
         )
         .await;
     }
