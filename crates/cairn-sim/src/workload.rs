@@ -7,20 +7,24 @@
 //! conditional). Every value is unique (see [`crate::history`]).
 //!
 //! **Transactions** follow `cairn-txn`'s protocol through the shards' own logs:
-//! `Prepare` on every shard involved, commit only if all prepared, then `Resolve` on
+//! `Prepare` on every shard involved, commit only if all prepared (decided by
+//! `cairn-txn`'s own [`cairn_txn::Ballot`]), then `Resolve` on
 //! every shard until each has applied it. The decision, which production records in
 //! the meta group, is the simulator's own: the meta group is not simulated.
 //!
-//! **Snapshots** follow `cairn-snapshot`'s coordinator: `Marker(e)` on every shard (2 s
-//! to place them all, else the epoch aborts), then `Release(e)` everywhere until each
-//! has applied it. Two coordinators run side by side (any node may coordinate), so
+//! **Snapshots** run `cairn-snapshot`'s own marking state machine
+//! ([`cairn_snapshot::Marking`], the code the production coordinator decides with):
+//! `Marker(e)` on every shard (2 s to place them all, else the epoch aborts), then
+//! `Release(e)` everywhere until each has applied it. Two coordinators run side by side (any node may coordinate), so
 //! epochs overlap and a shard can hold two open cuts at once. The meta group's gate is kept here too: an epoch does not start
 //! while a committed transaction is still resolving, and a transaction that would
 //! commit while an epoch is marking aborts instead.
 
 use std::collections::BTreeMap;
 
+use cairn_snapshot::{Marking, SnapshotState};
 use cairn_store::{txn_id, ApplyOutcome, Command, Condition, OpKind, ShardId, WriteOp};
+use cairn_txn::Ballot;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -56,7 +60,8 @@ struct TxnRun {
     client: usize,
     txn: u64,
     ops: BTreeMap<ShardId, Vec<WriteOp>>,
-    prepared: BTreeMap<ShardId, bool>,
+    /// The production coordinator's own prepare round.
+    ballot: Ballot,
     commit: Option<bool>,
     resolved: BTreeMap<ShardId, (Option<u64>, Stamp)>,
 }
@@ -72,7 +77,8 @@ struct EpochRun {
     index: usize,
     /// Which coordinator runs it.
     coordinator: usize,
-    markers: BTreeMap<ShardId, Option<u64>>,
+    /// The production coordinator's own marking state machine.
+    marking: Marking,
     decided: bool,
     releases_left: usize,
 }
@@ -321,6 +327,7 @@ impl World {
                     ops.entry(*s).or_default().push(write_op(w));
                 }
                 let index = self.work.txns.len();
+                let ballot = Ballot::new(ops.keys().copied());
                 for (&s, shard_ops) in &ops {
                     let command = Command::Prepare {
                         txn,
@@ -339,7 +346,7 @@ impl World {
                     client,
                     txn,
                     ops,
-                    prepared: BTreeMap::new(),
+                    ballot,
                     commit: None,
                     resolved: BTreeMap::new(),
                 });
@@ -372,8 +379,11 @@ impl World {
                 }
             }
             Owner::Prepare(t, s) => {
-                let ok = matches!(end, CallEnd::Written(ApplyOutcome::Prepared { .. }));
-                self.work.txns[t].prepared.insert(s, ok);
+                let answer = match end {
+                    CallEnd::Written(outcome) => Ok(outcome),
+                    other => Err(format!("{other:?}")),
+                };
+                self.work.txns[t].ballot.on_answer(s, answer);
                 self.maybe_decide(t);
             }
             Owner::Resolve(t, s) => {
@@ -391,13 +401,13 @@ impl World {
                 self.maybe_finish_txn(t, at);
             }
             Owner::Marker(e, s) => {
-                let cut = match end {
-                    CallEnd::Written(ApplyOutcome::Marked { cut }) if cut > 0 => Some(cut),
-                    _ => None,
+                let answer = match end {
+                    CallEnd::Written(outcome) => Ok(outcome),
+                    other => Err(format!("{other:?}")),
                 };
                 if let Some(epoch) = self.work.epochs.get_mut(&e) {
-                    epoch.markers.insert(s, cut);
-                    if let Some(c) = cut {
+                    epoch.marking.on_answer(s, answer);
+                    if let Some(c) = epoch.marking.cut(s) {
                         self.history.epochs[epoch.index].cuts.insert(s, c);
                     }
                 }
@@ -506,10 +516,13 @@ impl World {
 
     fn maybe_decide(&mut self, t: usize) {
         let run = &self.work.txns[t];
-        if run.prepared.len() < run.ops.len() || run.commit.is_some() {
+        if run.commit.is_some() {
             return;
         }
-        let all = run.prepared.values().all(|&p| p);
+        let Some(decision) = run.ballot.decision() else {
+            return;
+        };
+        let all = decision.is_ok();
         // The gate: no commit while an epoch is marking.
         let marking = self.work.epochs.values().any(|e| !e.decided);
         let commit = all && !marking;
@@ -580,17 +593,18 @@ impl World {
         let run = EpochRun {
             index: self.history.epochs.len() - 1,
             coordinator,
-            markers: BTreeMap::new(),
+            marking: Marking::new(id, self.shards),
             decided: false,
             releases_left: self.shards as usize,
         };
         self.work.epochs.insert(id, run);
         let deadline = self.clock.now() + MARKING_MS;
+        let marker = Marking::new(id, self.shards).marker();
         for s in 0..self.shards {
             self.call(
                 Owner::Marker(id, s),
                 s,
-                Req::Write(Command::Marker { epoch: id }),
+                Req::Write(marker.clone()),
                 deadline,
                 true,
             );
@@ -598,15 +612,18 @@ impl World {
     }
 
     fn maybe_decide_epoch(&mut self, e: u64) {
-        let shards = self.shards as usize;
         let Some(epoch) = self.work.epochs.get_mut(&e) else {
             return;
         };
-        if epoch.decided || epoch.markers.len() < shards {
+        if epoch.decided {
             return;
         }
+        let Some(state) = epoch.marking.decision() else {
+            return;
+        };
         epoch.decided = true;
-        let done = epoch.markers.values().all(Option::is_some);
+        let release = epoch.marking.release();
+        let done = matches!(state, SnapshotState::Done { .. });
         let index = epoch.index;
         let decided = self.stamp();
         let record = &mut self.history.epochs[index];
@@ -617,7 +634,7 @@ impl World {
             self.call(
                 Owner::Release(id, s),
                 s,
-                Req::Write(Command::Release { epoch: id }),
+                Req::Write(release.clone()),
                 u64::MAX,
                 true,
             );

@@ -20,11 +20,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_store::{ApplyOutcome, Command};
+use cairn_store::Command;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::SnapshotError;
+use crate::marking::Marking;
 use crate::registry::{Registry, SnapshotRecord, SnapshotState};
 use cairn_cluster::clock::now_ms;
 use cairn_cluster::Shards;
@@ -89,47 +90,36 @@ impl<S: Shards> Coordinator<S> {
         let pending = registry.allocate(name, auto).await?;
         cairn_store::crash_point!("snapshot.allocated");
         let epoch = pending.record.id;
-        let count = self.shards.shard_count();
-        let markers = (0..count).map(|shard| async move {
-            // Tests spread the markers' landing over time (as a slow link would), so
-            // shards are cut at visibly different moments.
-            if let Some(delay) = cairn_store::delay_point!("snapshot.marker.delay") {
-                tokio::time::sleep(delay).await;
-            }
-            let marker = self.shards.propose(shard, Command::Marker { epoch });
-            let placed = tokio::time::timeout(self.config.marker_timeout, marker).await;
-            let result = match placed {
-                Ok(Ok(ApplyOutcome::Marked { cut })) if cut > 0 => Ok(cut),
-                Ok(Ok(ApplyOutcome::Marked { .. })) => {
-                    Err("the epoch was released before its marker landed".to_owned())
+        let mut marking = Marking::new(epoch, self.shards.shard_count());
+        let markers = (0..self.shards.shard_count()).map(|shard| {
+            let marker = marking.marker();
+            async move {
+                // Tests spread the markers' landing over time (as a slow link would),
+                // so shards are cut at visibly different moments.
+                if let Some(delay) = cairn_store::delay_point!("snapshot.marker.delay") {
+                    tokio::time::sleep(delay).await;
                 }
-                Ok(Ok(other)) => Err(format!("a marker applied as {other:?}")),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!(
-                    "no marker placed within {:?}",
-                    self.config.marker_timeout
-                )),
-            };
-            (shard, result)
+                let placed = self.shards.propose(shard, marker);
+                let answer = match tokio::time::timeout(self.config.marker_timeout, placed).await {
+                    Ok(answer) => answer.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!(
+                        "no marker placed within {:?}",
+                        self.config.marker_timeout
+                    )),
+                };
+                (shard, answer)
+            }
         });
-        let mut cuts = BTreeMap::new();
-        let mut failures = Vec::new();
-        for (shard, result) in futures::future::join_all(markers).await {
-            match result {
-                Ok(cut) => {
-                    cuts.insert(shard, cut);
-                }
-                Err(reason) => failures.push(format!("shard {shard}: {reason}")),
-            }
+        for (shard, answer) in futures::future::join_all(markers).await {
+            marking.on_answer(shard, answer);
         }
         cairn_store::crash_point!("snapshot.marked");
-        let state = if failures.is_empty() {
-            SnapshotState::Done { cuts }
-        } else {
-            SnapshotState::Aborted {
-                reason: failures.join("; "),
-            }
-        };
+        // Every shard answered above (a timeout is an answer); this only makes the
+        // decision total.
+        marking.on_deadline("no answer");
+        let state = marking.decision().unwrap_or(SnapshotState::Aborted {
+            reason: "a shard never answered its marker".into(),
+        });
         let record = registry.finish(&pending, state).await;
         cairn_store::crash_point!("snapshot.finished");
         // Release even if recording failed: the windows must close either way.

@@ -15,10 +15,12 @@
 pub mod coordinator;
 pub mod error;
 pub mod gate;
+pub mod marking;
 pub mod registry;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use coordinator::{Coordinator, SnapshotConfig};
 pub use error::SnapshotError;
+pub use marking::Marking;
 pub use registry::{Registry, SnapshotRecord, SnapshotState};

@@ -16,6 +16,7 @@ use cairn_store::{
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::ballot::{Ballot, Refusal};
 use crate::error::TxnError;
 use crate::record::{self, meta_error, txn_key, Tracked, TxnRecord, TxnState};
 
@@ -107,13 +108,6 @@ async fn forget<S: Shards>(shards: &S, id: u64) {
     }
 }
 
-/// Why a prepare did not succeed on one shard.
-enum Refusal {
-    Rejected { op: usize, current: Option<u64> },
-    Locked { op: usize, txn: u64 },
-    Failed(String),
-}
-
 /// Runs cross-shard transactions through [`Shards`].
 pub struct Transactions<S: Shards> {
     shards: Arc<S>,
@@ -167,8 +161,7 @@ impl<S: Shards> Transactions<S> {
     ) -> Result<TxnOutcome, TxnError> {
         let tracked = self.create(plan, started_ms).await?;
         let id = tracked.record.id;
-        let mut existed = vec![false; plan.shard_of.len()];
-        let mut refusal = None;
+        let mut ballot = Ballot::new(plan.by_shard.keys().copied());
         let prepares = plan.by_shard.iter().map(|(&shard, ops)| {
             let ops: Vec<WriteOp> = ops.iter().map(|(_, op)| op.clone()).collect();
             let command = Command::Prepare { txn: id, ops };
@@ -191,47 +184,35 @@ impl<S: Shards> Transactions<S> {
             }
         });
         for (shard, result) in futures::future::join_all(prepares).await {
-            match result {
-                Ok(ApplyOutcome::Prepared { existed: e }) => {
-                    for (op, was) in e.into_iter().enumerate() {
+            ballot.on_answer(shard, result.map_err(|e| e.to_string()));
+        }
+        let mut existed = vec![false; plan.shard_of.len()];
+        let refusal = match ballot.decision() {
+            Some(Ok(prepared)) => {
+                for (&shard, flags) in prepared {
+                    for (op, &was) in flags.iter().enumerate() {
                         if let Some(slot) = existed.get_mut(plan.op_index(shard, op)) {
                             *slot = was;
                         }
                     }
                 }
-                Ok(ApplyOutcome::Rejected { op, current }) => {
-                    refusal = Some(Refusal::Rejected {
-                        op: plan.op_index(shard, op),
-                        current,
-                    })
-                }
-                Ok(ApplyOutcome::Locked { op, txn }) => {
-                    refusal.get_or_insert(Refusal::Locked {
-                        op: plan.op_index(shard, op),
-                        txn,
-                    });
-                }
-                Ok(ApplyOutcome::TxnClosed) => {
-                    refusal.get_or_insert(Refusal::Failed(format!(
-                        "shard {shard} refused the prepare as too old (is this node's clock behind the meta leader's?)"
-                    )));
-                }
-                Ok(other) => {
-                    refusal.get_or_insert(Refusal::Failed(format!(
-                        "shard {shard} answered {other:?}"
-                    )));
-                }
-                Err(e) => {
-                    refusal.get_or_insert(Refusal::Failed(format!("shard {shard}: {e}")));
-                }
+                None
             }
-        }
+            Some(Err(refusal)) => Some(refusal.clone()),
+            None => Some(Refusal::Failed("a shard never answered its prepare".into())),
+        };
         if let Some(refusal) = refusal {
             self.abort(&tracked, deadline).await;
             metrics::counter!("cairn_txn_aborted_total").increment(1);
             return Err(match refusal {
-                Refusal::Rejected { op, current } => TxnError::Rejected { op, current },
-                Refusal::Locked { op, txn } => TxnError::Locked { op, txn },
+                Refusal::Rejected { shard, op, current } => TxnError::Rejected {
+                    op: plan.op_index(shard, op),
+                    current,
+                },
+                Refusal::Locked { shard, op, txn } => TxnError::Locked {
+                    op: plan.op_index(shard, op),
+                    txn,
+                },
                 Refusal::Failed(reason) => TxnError::Aborted { reason },
             });
         }

@@ -35,10 +35,12 @@
 //! This crate reaches shards and the meta group only through
 //! [`cairn_cluster::Shards`]; it never reads a tree or knows where a leader is.
 
+pub mod ballot;
 mod coordinator;
 mod error;
 pub mod record;
 
+pub use ballot::{Ballot, Refusal};
 pub use coordinator::{Transactions, TxnConfig, TxnOutcome};
 pub use error::TxnError;
 pub use record::{TxnRecord, TxnState};
