@@ -1,5 +1,6 @@
-//! Per-key linearizability of a recorded history, with the Wing-Gong-Lowe checker of
-//! `todc-utils` (a search for a legal order, memoised on (linearized set, state)).
+//! Per-key linearizability of a recorded history. The model of a key and the search
+//! (the Wing-Gong-Lowe checker of `todc-utils`) are `cairn-lincheck`'s, the same the
+//! simulator checks with; this module turns an HTTP history into per-key operations.
 //!
 //! Linearizability is compositional: a history is linearizable exactly when its
 //! restriction to every object is, so each key is checked alone (its operations are
@@ -39,14 +40,11 @@
 //! (every step of the sequential specification consults it and fails once it passed,
 //! which unwinds the search quickly), so no thread is left running.
 
-use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use todc_utils::linearizability::history::{Action, History as WglHistory};
-use todc_utils::linearizability::WGLChecker;
-use todc_utils::specifications::Specification;
+use cairn_lincheck::{Budget, Cond, Expect, KeyOp};
 
 use crate::history::{touches, Answer, History, Outcome, Precondition, Request, WriteId};
 
@@ -129,122 +127,31 @@ impl LinearizabilityReport {
     }
 }
 
-/// A write's condition, with `If-Match` resolved to the write it names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Cond {
-    Always,
-    Absent,
-    Holds(WriteId),
-}
+/// One entry of a key's history: the operation and its interval (`None`: unknown
+/// outcome, open-ended).
+type Timed = cairn_lincheck::Timed<Duration, WriteId>;
 
-impl Cond {
-    fn holds(self, state: Option<WriteId>) -> bool {
-        match self {
-            Cond::Always => true,
-            Cond::Absent => state.is_none(),
-            Cond::Holds(w) => state == Some(w),
-        }
-    }
-}
-
-/// How an operation of the key's history ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Status {
+/// How a write ended, for the shared model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
     Ok,
     /// 412: the condition did not hold.
     ConditionFailed,
     Unknown,
 }
 
-/// One operation on one key, as the sequential specification sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum KeyOp {
-    Read(Option<WriteId>),
-    Put {
-        write: WriteId,
-        cond: Cond,
-        status: Status,
-    },
-    Delete {
-        cond: Cond,
-        status: Status,
-        /// For an acknowledged single delete: whether the key was live.
-        deleted: Option<bool>,
-    },
-}
-
-thread_local! {
-    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
-    static EXPIRED: Cell<bool> = const { Cell::new(false) };
-    static STEPS: Cell<u32> = const { Cell::new(0) };
-}
-
-fn expired() -> bool {
-    if EXPIRED.get() {
-        return true;
-    }
-    let steps = STEPS.get().wrapping_add(1);
-    STEPS.set(steps);
-    if steps % 256 == 1 && DEADLINE.get().is_some_and(|d| Instant::now() > d) {
-        EXPIRED.set(true);
-    }
-    EXPIRED.get()
-}
-
-/// The sequential specification of one key (see the module doc).
-pub struct KeySpec;
-
-impl Specification for KeySpec {
-    type State = Option<WriteId>;
-    type Operation = KeyOp;
-
-    fn init() -> Self::State {
-        None
-    }
-
-    fn apply(op: &KeyOp, state: &Option<WriteId>) -> (bool, Option<WriteId>) {
-        if expired() {
-            return (false, *state);
-        }
-        match *op {
-            KeyOp::Read(seen) => (seen == *state, *state),
-            KeyOp::Put {
-                write,
-                cond,
-                status,
-            } => match status {
-                Status::Ok => (cond.holds(*state), Some(write)),
-                Status::ConditionFailed => (!cond.holds(*state), *state),
-                Status::Unknown if cond.holds(*state) => (true, Some(write)),
-                Status::Unknown => (true, *state),
-            },
-            KeyOp::Delete {
-                cond,
-                status,
-                deleted,
-            } => match status {
-                Status::Ok => (
-                    cond.holds(*state) && deleted.is_none_or(|d| d == state.is_some()),
-                    None,
-                ),
-                Status::ConditionFailed => (!cond.holds(*state), *state),
-                Status::Unknown if cond.holds(*state) => (true, None),
-                Status::Unknown => (true, *state),
-            },
+impl Status {
+    /// The model's expectation; `existed` is whether the key was live, if reported.
+    fn expect(self, existed: Option<bool>) -> Expect<WriteId> {
+        match self {
+            Status::Ok => Expect::Applied { existed },
+            Status::ConditionFailed => Expect::Refused { current: None },
+            Status::Unknown => Expect::Unknown,
         }
     }
 }
 
-/// One entry of a key's history: the operation and its interval (`None`: unknown
-/// outcome, open-ended).
-#[derive(Debug, Clone)]
-struct Timed {
-    invoked: Duration,
-    completed: Option<Duration>,
-    op: KeyOp,
-}
-
-/// Split a history into per-key histories for [`KeySpec`].
+/// Split a history into per-key histories for the shared model (`cairn-lincheck`).
 fn per_key(history: &History) -> (BTreeMap<String, Vec<Timed>>, Vec<String>, BTreeSet<String>) {
     let mut observations = Vec::new();
     let mut unresolved: BTreeSet<String> = BTreeSet::new();
@@ -364,7 +271,7 @@ fn per_key(history: &History) -> (BTreeMap<String, Vec<Timed>>, Vec<String>, BTr
             // Refused without effect: nothing to check.
             Outcome::Refused { .. } => None,
         };
-        let mut push = |key: &str, keyop: KeyOp| {
+        let mut push = |key: &str, keyop: KeyOp<WriteId>| {
             if let Some(entries) = keys.get_mut(key) {
                 entries.push(Timed {
                     invoked: op.invoked,
@@ -404,10 +311,10 @@ fn per_key(history: &History) -> (BTreeMap<String, Vec<Timed>>, Vec<String>, BTr
                 let cond = resolve(key, *pre, &mut unresolved);
                 push(
                     key,
-                    KeyOp::Put {
-                        write: *write,
+                    KeyOp::Write {
                         cond,
-                        status,
+                        effect: Some(*write),
+                        expect: status.expect(None),
                     },
                 );
             }
@@ -420,10 +327,10 @@ fn per_key(history: &History) -> (BTreeMap<String, Vec<Timed>>, Vec<String>, BTr
                 };
                 push(
                     key,
-                    KeyOp::Delete {
+                    KeyOp::Write {
                         cond,
-                        status,
-                        deleted,
+                        effect: None,
+                        expect: status.expect(deleted),
                     },
                 );
             }
@@ -432,20 +339,20 @@ fn per_key(history: &History) -> (BTreeMap<String, Vec<Timed>>, Vec<String>, BTr
                 for (key, write) in puts {
                     push(
                         key,
-                        KeyOp::Put {
-                            write: *write,
+                        KeyOp::Write {
                             cond: Cond::Always,
-                            status,
+                            effect: Some(*write),
+                            expect: status.expect(None),
                         },
                     );
                 }
                 for key in deletes {
                     push(
                         key,
-                        KeyOp::Delete {
+                        KeyOp::Write {
                             cond: Cond::Always,
-                            status,
-                            deleted: None,
+                            effect: None,
+                            expect: status.expect(None),
                         },
                     );
                 }
@@ -456,43 +363,20 @@ fn per_key(history: &History) -> (BTreeMap<String, Vec<Timed>>, Vec<String>, BTr
     (keys, observations, unresolved)
 }
 
-/// Check one key's operations; `deadline` bounds the search.
+/// Check one key's operations with the shared model; `deadline` bounds the search.
 fn check_key(ops: &[Timed], deadline: Duration) -> Verdict {
-    if ops.is_empty() {
-        return Verdict::Linearizable;
-    }
-    // Calls at invocation, responses at completion (unknown ones after everything);
-    // at equal times calls first, so ties count as overlapping (the lenient choice).
-    let mut events: Vec<(Duration, u8, usize)> = Vec::with_capacity(ops.len() * 2);
-    for (i, t) in ops.iter().enumerate() {
-        events.push((t.invoked, 0, i));
-        events.push((t.completed.unwrap_or(Duration::MAX), 1, i));
-    }
-    events.sort();
-    let actions: Vec<(usize, Action<KeyOp>)> = events
-        .into_iter()
-        .map(|(_, kind, i)| {
-            let action = if kind == 0 {
-                Action::Call(ops[i].op)
-            } else {
-                Action::Response(ops[i].op)
-            };
-            (i, action)
-        })
-        .collect();
-    DEADLINE.set(Some(Instant::now() + deadline));
-    EXPIRED.set(false);
-    STEPS.set(0);
-    let linearizable = WGLChecker::<KeySpec>::is_linearizable(WglHistory::from_actions(actions));
-    let expired = EXPIRED.get();
-    DEADLINE.set(None);
-    EXPIRED.set(false);
-    match (linearizable, expired) {
-        (true, _) => Verdict::Linearizable,
-        (false, true) => {
+    let budget = Budget {
+        steps: None,
+        deadline: Some(Instant::now() + deadline),
+    };
+    match cairn_lincheck::check_key(ops, budget) {
+        cairn_lincheck::Verdict::Linearizable => Verdict::Linearizable,
+        cairn_lincheck::Verdict::Violation => {
+            Verdict::Violation("no order of its operations is legal".into())
+        }
+        cairn_lincheck::Verdict::Undecided(_) => {
             Verdict::Undecided(format!("the search passed its deadline of {deadline:?}"))
         }
-        (false, false) => Verdict::Violation("no order of its operations is legal".into()),
     }
 }
 

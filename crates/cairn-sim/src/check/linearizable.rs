@@ -1,4 +1,5 @@
-//! Per-key linearizability with the Wing–Gong–Lowe checker of `todc-utils`.
+//! Per-key linearizability of a simulated history, with the model and search every
+//! harness shares (`cairn-lincheck`, the Wing–Gong–Lowe checker of `todc-utils`).
 //!
 //! Linearizability is compositional, so each key is checked alone. Its state is the
 //! write it holds (`Option<write id>`). Operations, from the history:
@@ -23,128 +24,28 @@
 //! unlike a deadline); a key that exhausts it is *undecided*, which fails the run:
 //! never a pass.
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
 
+use cairn_lincheck::{check_key, Budget, Cond as KCond, Expect, KeyOp as KOp, Timed, Verdict};
 use cairn_store::ShardId;
-use todc_utils::linearizability::history::{Action as WglAction, History as WglHistory};
-use todc_utils::linearizability::WGLChecker;
-use todc_utils::specifications::Specification;
 
 use crate::check::{CheckStats, ShardFinal};
 use crate::history::{Action, Cond, History, KeyWrite, Outcome, Stamp};
 
-/// Steps of the sequential specification one key may take before it is undecided.
+/// Steps of the sequential specification one key may take before it is undecided
+/// (a step budget, unlike a deadline, keeps runs deterministic).
 const STEP_BUDGET: u64 = 2_000_000;
 
-thread_local! {
-    static STEPS: Cell<u64> = const { Cell::new(0) };
-}
+/// One key's operations.
+type KeyOps = Vec<Timed<Stamp, u64>>;
 
-/// A condition on the key's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KCond {
-    Always,
-    Absent,
-    Exists,
-    /// Holds write `id`.
-    Is(u64),
-    /// A version that never held a live value: the condition cannot hold.
-    Never,
-}
-
-impl KCond {
-    fn holds(self, state: Option<u64>) -> bool {
-        match self {
-            KCond::Always => true,
-            KCond::Absent => state.is_none(),
-            KCond::Exists => state.is_some(),
-            KCond::Is(id) => state == Some(id),
-            KCond::Never => false,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Expect {
-    Applied {
-        existed: Option<bool>,
-    },
-    /// Rejected here; the key held `current` (if known) at that moment.
-    Rejected {
-        current: Option<Option<u64>>,
-    },
-    Unknown,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KOp {
-    Write {
-        cond: KCond,
-        /// The write id put, or `None` for a delete.
-        effect: Option<u64>,
-        expect: Expect,
-    },
-    Read {
-        saw: Option<u64>,
-    },
-}
-
-struct KeySpec;
-
-impl Specification for KeySpec {
-    type State = Option<u64>;
-    type Operation = KOp;
-
-    fn init() -> Self::State {
-        None
-    }
-
-    fn apply(op: &KOp, state: &Option<u64>) -> (bool, Option<u64>) {
-        let steps = STEPS.with(|s| {
-            s.set(s.get() + 1);
-            s.get()
-        });
-        if steps > STEP_BUDGET {
-            return (false, *state);
-        }
-        match *op {
-            KOp::Read { saw } => (saw == *state, *state),
-            KOp::Write {
-                cond,
-                effect,
-                expect,
-            } => match expect {
-                Expect::Applied { existed } => {
-                    let ok = cond.holds(*state) && existed.is_none_or(|e| e == state.is_some());
-                    (ok, if ok { effect } else { *state })
-                }
-                Expect::Rejected { current } => {
-                    let ok = !cond.holds(*state) && current.is_none_or(|c| c == *state);
-                    (ok, *state)
-                }
-                Expect::Unknown => {
-                    if cond.holds(*state) {
-                        (true, effect)
-                    } else {
-                        (true, *state)
-                    }
-                }
-            },
-        }
-    }
-}
-
-/// One key's operations: (invoked, completed or `None` for "after everything", op).
-type KeyOps = Vec<(Stamp, Option<Stamp>, KOp)>;
-
-fn cond_of(cond: Cond, key: &str, fin: &ShardFinal) -> KCond {
+fn cond_of(cond: Cond, key: &str, fin: &ShardFinal) -> KCond<u64> {
     match cond {
         Cond::Always => KCond::Always,
         Cond::Absent => KCond::Absent,
         Cond::Exists => KCond::Exists,
         Cond::Version(v) => match fin.exact(key, v) {
-            Some(Some(id)) => KCond::Is(id),
+            Some(Some(id)) => KCond::Holds(id),
             _ => KCond::Never,
         },
     }
@@ -158,10 +59,12 @@ pub fn check(
     violations: &mut Vec<String>,
 ) {
     let mut keys: BTreeMap<String, KeyOps> = BTreeMap::new();
-    let mut add = |key: &str, invoked: Stamp, completed: Option<Stamp>, op: KOp| {
-        keys.entry(key.to_owned())
-            .or_default()
-            .push((invoked, completed, op));
+    let mut add = |key: &str, invoked: Stamp, completed: Option<Stamp>, op: KOp<u64>| {
+        keys.entry(key.to_owned()).or_default().push(Timed {
+            invoked,
+            completed,
+            op,
+        });
     };
     for op in &history.ops {
         match (&op.action, &op.outcome) {
@@ -174,16 +77,14 @@ pub fn check(
                 key,
                 op.invoked,
                 op.completed,
-                KOp::Read {
-                    saw: value.map(|(_, id)| id),
-                },
+                KOp::Read(value.map(|(_, id)| id)),
             ),
             (Action::Scan { keys, .. }, Outcome::Scanned { items, .. }) => {
                 // Per key a read at the scan's point (the scan is atomic per shard,
                 // which this per-key view does not even need).
                 for key in keys {
                     let saw = items.get(key).map(|&(_, id)| id);
-                    add(key, op.invoked, op.completed, KOp::Read { saw });
+                    add(key, op.invoked, op.completed, KOp::Read(saw));
                 }
             }
             (Action::Batch { shard, writes }, outcome) => {
@@ -224,7 +125,7 @@ pub fn check(
                                 &w.key,
                                 op.invoked,
                                 op.completed,
-                                kop(w, Expect::Rejected { current }),
+                                kop(w, Expect::Refused { current }),
                             );
                         }
                     }
@@ -258,7 +159,11 @@ pub fn check(
     }
     for (key, ops) in keys {
         stats.keys_checked += 1;
-        match check_key(&ops) {
+        let budget = Budget {
+            steps: Some(STEP_BUDGET),
+            deadline: None,
+        };
+        match check_key(&ops, budget) {
             Verdict::Linearizable => {}
             Verdict::Violation => violations.push(format!(
                 "linearizability: key {key} (shard {}) has no legal order for its {} operations:\n{}",
@@ -266,69 +171,27 @@ pub fn check(
                 ops.len(),
                 describe(&ops)
             )),
-            Verdict::Undecided => violations.push(format!(
-                "linearizability undecided: key {key} ({} operations) exhausted the search budget",
+            Verdict::Undecided(why) => violations.push(format!(
+                "linearizability undecided: key {key} ({} operations): {why}",
                 ops.len()
             )),
         }
     }
 }
 
-enum Verdict {
-    Linearizable,
-    Violation,
-    Undecided,
-}
-
-fn check_key(ops: &KeyOps) -> Verdict {
-    if ops.is_empty() {
-        return Verdict::Linearizable;
-    }
-    // Calls and responses in observation order; a response never observed goes after
-    // everything. At equal stamps a call goes first (they are then concurrent), which
-    // can only make the checker more permissive.
-    let end = Stamp {
-        ms: u64::MAX,
-        seq: u64::MAX,
-    };
-    let mut events: Vec<(Stamp, u8, usize)> = Vec::new();
-    for (i, (invoked, completed, _)) in ops.iter().enumerate() {
-        events.push((*invoked, 0, i));
-        events.push((completed.unwrap_or(end), 1, i));
-    }
-    events.sort();
-    let actions = events
-        .into_iter()
-        .map(|(_, kind, i)| {
-            let op = ops[i].2;
-            (
-                i,
-                if kind == 0 {
-                    WglAction::Call(op)
-                } else {
-                    WglAction::Response(op)
-                },
-            )
-        })
-        .collect();
-    STEPS.with(|s| s.set(0));
-    let ok = WGLChecker::<KeySpec>::is_linearizable(WglHistory::from_actions(actions));
-    let exhausted = STEPS.with(|s| s.get()) > STEP_BUDGET;
-    match (ok, exhausted) {
-        (true, _) => Verdict::Linearizable,
-        (false, true) => Verdict::Undecided,
-        (false, false) => Verdict::Violation,
-    }
-}
-
 fn describe(ops: &KeyOps) -> String {
-    let mut sorted: Vec<&(Stamp, Option<Stamp>, KOp)> = ops.iter().collect();
-    sorted.sort_by_key(|(invoked, _, _)| *invoked);
+    let mut sorted: Vec<&Timed<Stamp, u64>> = ops.iter().collect();
+    sorted.sort_by_key(|t| t.invoked);
     sorted
         .iter()
-        .map(|(invoked, completed, op)| {
-            let done = completed.map_or("?".to_owned(), |c| format!("{}.{}", c.ms, c.seq));
-            format!("  [{}.{} .. {done}] {op:?}", invoked.ms, invoked.seq)
+        .map(|t| {
+            let done = t
+                .completed
+                .map_or("?".to_owned(), |c| format!("{}.{}", c.ms, c.seq));
+            format!(
+                "  [{}.{} .. {done}] {:?}",
+                t.invoked.ms, t.invoked.seq, t.op
+            )
         })
         .collect::<Vec<_>>()
         .join("\n")
