@@ -64,6 +64,22 @@ impl ShardError {
     }
 }
 
+/// A failure inside a replica's Raft loop. Memory and disk may be out of step, so the
+/// replica must not go on: the thread loop aborts the process and a restart recovers
+/// from disk; the simulator fails the run.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error(transparent)]
+    Store(#[from] cairn_store::StoreError),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("undecodable membership change: {0}")]
+    ConfChange(#[from] protobuf::ProtobufError),
+    /// The durability layer could not make writes durable.
+    #[error("sync failed: {0}")]
+    Sync(String),
+}
+
 /// Errors starting or running the multi-raft host itself (not a single request).
 #[derive(Debug, thiserror::Error)]
 pub enum RaftError {

@@ -31,7 +31,7 @@ pub mod transport;
 
 pub use call::{Call, Consistency, ControlRequest, ShardRequest, ShardResponse};
 pub use config::{RaftConfig, RaftLimits};
-pub use error::{RaftError, ShardError};
+pub use error::{RaftError, ReplicaError, ShardError};
 pub use multi_raft::{ControlPath, LocalShards, MultiRaft, ReplicaStatus};
 pub use retry::Backoff;
 pub use transport::LinkStatus;

@@ -19,7 +19,7 @@ use cairn_store::ApplyOutcome;
 use super::read::Reader;
 use super::{Outbox, ReadReply, Replica, WriteReply};
 use crate::commit::Durability;
-use crate::error::ShardError;
+use crate::error::{ReplicaError, ShardError};
 
 /// A read whose barrier passed but whose scope a prepared transaction has locked: the
 /// transaction may be committed already, with its writes not yet resolved here, so
@@ -69,14 +69,10 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
         version: u64,
         deadline: u64,
         readers: Vec<Reader>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ReplicaError> {
         let mut free = Vec::new();
         for reader in readers {
-            match self
-                .state
-                .lock_in(&reader.scope)
-                .map_err(|e| e.to_string())?
-            {
+            match self.state.lock_in(&reader.scope)? {
                 Some(txn) => self
                     .lock_waits
                     .entry(txn)

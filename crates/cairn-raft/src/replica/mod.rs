@@ -42,7 +42,7 @@ use tokio::sync::oneshot;
 
 use crate::commit::{Durability, GroupCommit};
 use crate::config::RaftConfig;
-use crate::error::ShardError;
+use crate::error::{ReplicaError, ShardError};
 use crate::transport::Transport;
 
 mod gate;
@@ -326,7 +326,7 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
                 recv(shutdown) -> _ => break,
             }
             if let Err(e) = self.process() {
-                fatal(self.shard, &e);
+                fatal(self.shard, &e.to_string());
             }
         }
         self.fail_pending(|| ShardError::ShuttingDown, || ShardError::ShuttingDown);
@@ -338,7 +338,7 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
     /// receivers their staged snapshot was handled. An error is a storage failure:
     /// memory and disk may be out of step, so the caller must stop this replica (the
     /// thread loop aborts the process; a restart recovers from disk).
-    pub fn process(&mut self) -> Result<(), String> {
+    pub fn process(&mut self) -> Result<(), ReplicaError> {
         self.issue_reads();
         self.on_ready()?;
         for done in self.snapshot_done.drain(..) {
@@ -484,7 +484,7 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
     }
 
     /// Handle one Ready, in the order raft-rs requires.
-    fn on_ready(&mut self) -> Result<(), String> {
+    fn on_ready(&mut self) -> Result<(), ReplicaError> {
         if !self.raw.has_ready() {
             return Ok(());
         }
@@ -513,13 +513,11 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
         //    every other replica of the node (group commit). Only after that may this
         //    replica vote or acknowledge appends.
         if !ready.entries().is_empty() || ready.hs().is_some() {
-            self.log
-                .persist(ready.entries(), ready.hs())
-                .map_err(|e| e.to_string())?;
+            self.log.persist(ready.entries(), ready.hs())?;
             self.commit.written();
         }
         if ready.must_sync() || !ready.snapshot().is_empty() {
-            self.commit.sync()?;
+            self.commit.sync().map_err(ReplicaError::Sync)?;
         }
         if let Some(hs) = ready.hs() {
             self.gauges.term.store(hs.term, Ordering::Relaxed);
@@ -539,7 +537,7 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
         //    durable apply never outruns the recorded commit.
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
-            self.log.set_commit(commit).map_err(|e| e.to_string())?;
+            self.log.set_commit(commit)?;
             self.commit.written();
         }
         self.send(light.take_messages());
@@ -590,7 +588,7 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
 
     /// Apply committed entries through the state machine, and act on what each means
     /// for held answers (its [`Effects`]): this code never interprets a command.
-    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), String> {
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), ReplicaError> {
         let mut last = None;
         for entry in entries {
             let (index, term) = (entry.index, entry.term);
@@ -603,10 +601,7 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
                     &[]
                 }
             };
-            let (outcome, effects) = self
-                .state
-                .apply_entry(index, term, data)
-                .map_err(|e| e.to_string())?;
+            let (outcome, effects) = self.state.apply_entry(index, term, data)?;
             self.commit.written();
             if effects.wrote_data {
                 // Automatic snapshots follow this figure.
@@ -664,16 +659,15 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
         Ok(())
     }
 
-    fn apply_conf_change(&mut self, entry: &Entry) -> Result<(), String> {
+    fn apply_conf_change(&mut self, entry: &Entry) -> Result<(), ReplicaError> {
         let cs = if entry.entry_type == EntryType::EntryConfChange {
-            let cc = ConfChange::parse_from_bytes(&entry.data).map_err(|e| e.to_string())?;
+            let cc = ConfChange::parse_from_bytes(&entry.data)?;
             self.raw.apply_conf_change(&cc)
         } else {
-            let cc = ConfChangeV2::parse_from_bytes(&entry.data).map_err(|e| e.to_string())?;
+            let cc = ConfChangeV2::parse_from_bytes(&entry.data)?;
             self.raw.apply_conf_change(&cc)
-        }
-        .map_err(|e| e.to_string())?;
-        self.log.set_conf_state(&cs).map_err(|e| e.to_string())?;
+        }?;
+        self.log.set_conf_state(&cs)?;
         self.commit.written();
         Ok(())
     }

@@ -11,7 +11,7 @@ use cairn_store::ReadScope;
 
 use super::{Outbox, ReadReply, Replica};
 use crate::commit::Durability;
-use crate::error::ShardError;
+use crate::error::{ReplicaError, ShardError};
 
 /// A linearizable read waiting for its barrier: what it will read, and where to
 /// send the version it may read at.
@@ -61,7 +61,7 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
         }
     }
 
-    pub(super) fn release_reads(&mut self) -> Result<(), String> {
+    pub(super) fn release_reads(&mut self) -> Result<(), ReplicaError> {
         let applied = self.gauges.applied.load(Ordering::Relaxed);
         let later = self.reads_confirmed.split_off(&(applied + 1));
         for (_, batch) in std::mem::replace(&mut self.reads_confirmed, later) {

@@ -8,35 +8,28 @@ use raft::prelude::Snapshot;
 
 use super::{Outbox, Replica};
 use crate::commit::Durability;
+use crate::error::ReplicaError;
 
 impl<O: Outbox, D: Durability> Replica<O, D> {
-    pub(super) fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), String> {
+    pub(super) fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), ReplicaError> {
         let meta = snapshot.get_metadata();
-        let stage = self
-            .store
-            .snapshot_stage(self.shard)
-            .map_err(|e| e.to_string())?;
+        let stage = self.store.snapshot_stage(self.shard)?;
         let applied = AppliedState {
             index: meta.index,
             term: meta.term,
         };
         let staged = stage.len();
-        self.state
-            .install(&stage, applied)
-            .map_err(|e| e.to_string())?;
+        self.state.install(&stage, applied)?;
         self.commit.written();
-        self.log
-            .apply_snapshot_metadata(meta)
-            .map_err(|e| e.to_string())?;
+        self.log.apply_snapshot_metadata(meta)?;
         self.commit.written();
-        stage.clear().map_err(|e| e.to_string())?;
+        stage.clear()?;
         self.commit.written();
         // The snapshot replaced the cut table: an epoch open in it must hold here too
         // (this replica may lead before the release arrives).
         self.holds = self
             .state
-            .open_holds()
-            .map_err(|e| e.to_string())?
+            .open_holds()?
             .into_iter()
             .map(|h| (h.id, h.from))
             .collect();
@@ -59,7 +52,7 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
 
     /// Compact the log once it holds more than the configured number of applied
     /// entries. Followers that need what was dropped get a snapshot instead.
-    pub(super) fn maybe_compact(&mut self) -> Result<(), String> {
+    pub(super) fn maybe_compact(&mut self) -> Result<(), ReplicaError> {
         let applied = self.gauges.applied.load(Ordering::Relaxed);
         let first = self.gauges.first_index.load(Ordering::Relaxed);
         if applied < first || applied - first < self.log_compact_entries {
@@ -68,9 +61,9 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
         // Keep a tail so briefly lagging followers catch up from the log.
         let keep = (self.log_compact_entries / 4).max(1);
         let compact_to = applied.saturating_sub(keep).max(first);
-        self.log.compact(compact_to).map_err(|e| e.to_string())?;
+        self.log.compact(compact_to)?;
         self.commit.written();
-        let first = self.log.first_index().map_err(|e| e.to_string())?;
+        let first = self.log.first_index()?;
         self.gauges.first_index.store(first, Ordering::Relaxed);
         tracing::debug!(first, applied, "compacted raft log");
         Ok(())
