@@ -17,7 +17,18 @@ use std::thread::JoinHandle;
 use cairn_store::NodeStore;
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
-type Waiter = Sender<Result<(), String>>;
+type Waiter = Sender<Result<(), SyncError>>;
+
+/// Why writes could not be made durable. Either is fatal to the replica that asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SyncError {
+    /// The flusher is gone (the node is stopping).
+    #[error("group commit stopped")]
+    Stopped,
+    /// The store's sync failed; what it said.
+    #[error("fsync failed: {0}")]
+    Failed(String),
+}
 
 /// How a replica makes what it wrote to the store durable.
 ///
@@ -27,7 +38,7 @@ type Waiter = Sender<Result<(), String>>;
 /// batch atomically and recovers a prefix of its write stream.
 pub trait Durability {
     /// Block until everything the caller wrote to the store before the call is durable.
-    fn sync(&self) -> Result<(), String>;
+    fn sync(&self) -> Result<(), SyncError>;
 
     /// One atomic batch just reached the store, not yet durable. Production has
     /// nothing to do; a simulation records what a crash from here on could leave on
@@ -58,17 +69,15 @@ impl GroupCommit {
     }
 
     /// Block until everything this thread wrote to the store before the call is on disk.
-    pub fn sync(&self) -> Result<(), String> {
+    pub fn sync(&self) -> Result<(), SyncError> {
         let (tx, rx) = bounded(1);
-        self.tx
-            .send(tx)
-            .map_err(|_| "group commit stopped".to_owned())?;
-        rx.recv().map_err(|_| "group commit stopped".to_owned())?
+        self.tx.send(tx).map_err(|_| SyncError::Stopped)?;
+        rx.recv().map_err(|_| SyncError::Stopped)?
     }
 }
 
 impl Durability for GroupCommit {
-    fn sync(&self) -> Result<(), String> {
+    fn sync(&self) -> Result<(), SyncError> {
         GroupCommit::sync(self)
     }
 }
@@ -78,7 +87,7 @@ fn run(store: NodeStore, rx: Receiver<Waiter>) {
         let mut waiters = vec![first];
         waiters.extend(rx.try_iter());
         let started = std::time::Instant::now();
-        let result = store.flush().map_err(|e| e.to_string());
+        let result = store.flush().map_err(|e| SyncError::Failed(e.to_string()));
         metrics::histogram!("cairn_fsync_seconds").record(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
             tracing::error!(error = %e, "fsync failed");

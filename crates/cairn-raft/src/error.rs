@@ -76,8 +76,8 @@ pub enum ReplicaError {
     #[error("undecodable membership change: {0}")]
     ConfChange(#[from] protobuf::ProtobufError),
     /// The durability layer could not make writes durable.
-    #[error("sync failed: {0}")]
-    Sync(String),
+    #[error(transparent)]
+    Sync(#[from] crate::commit::SyncError),
 }
 
 /// Errors starting or running the multi-raft host itself (not a single request).

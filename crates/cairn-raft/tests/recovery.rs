@@ -30,7 +30,7 @@ impl Outbox for Sent {
 struct NoSync;
 
 impl Durability for NoSync {
-    fn sync(&self) -> Result<(), String> {
+    fn sync(&self) -> Result<(), cairn_raft::commit::SyncError> {
         Ok(())
     }
 }

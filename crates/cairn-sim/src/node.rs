@@ -128,7 +128,7 @@ pub struct SimDurability {
 }
 
 impl Durability for SimDurability {
-    fn sync(&self) -> Result<(), String> {
+    fn sync(&self) -> Result<(), cairn_raft::commit::SyncError> {
         let mut disk = self.disk.borrow_mut();
         disk.stats.syncs += 1;
         if disk.candidates.is_some() {

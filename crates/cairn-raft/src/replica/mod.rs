@@ -517,7 +517,7 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
             self.commit.written();
         }
         if ready.must_sync() || !ready.snapshot().is_empty() {
-            self.commit.sync().map_err(ReplicaError::Sync)?;
+            self.commit.sync()?;
         }
         if let Some(hs) = ready.hs() {
             self.gauges.term.store(hs.term, Ordering::Relaxed);
