@@ -109,6 +109,41 @@ pub(super) fn codec(max_frame: usize) -> LengthDelimitedCodec {
         .new_codec()
 }
 
+/// Why a peer connection or a snapshot stream ended early. Each ends only that
+/// connection (the peer re-dials; Raft resends); it is logged, never returned to a
+/// client.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum PeerError {
+    #[error("no hello within the deadline")]
+    NoHello,
+    #[error("the first frame was not a hello")]
+    BadHello,
+    #[error("a peer of another cluster ({0})")]
+    OtherCluster(String),
+    #[error("no shard {0}")]
+    NoShard(ShardId),
+    #[error("{0}")]
+    Protocol(&'static str),
+    #[error("answers can no longer be written; closing")]
+    WriterGone,
+    #[error("the replica stopped")]
+    ReplicaStopped,
+    #[error("no acknowledgement of the snapshot")]
+    NoAck,
+    #[error("undecodable frame: {0}")]
+    Decode(#[from] bincode::Error),
+    #[error("undecodable raft message: {0}")]
+    Message(#[from] protobuf::ProtobufError),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] cairn_store::StoreError),
+    #[error("a blocking task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// Why a frame could not be encoded.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum FrameError {

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 use tracing::Instrument;
 
-use super::frame::{codec, encode, encode_reply, Frame};
+use super::frame::{codec, encode, encode_reply, Frame, PeerError};
 use super::ledger::Admission;
 use super::{CallHandler, Transport};
 
@@ -52,12 +52,16 @@ impl Transport {
     }
 
     /// Read one inbound connection: Raft messages, forwarded calls, or a snapshot.
-    async fn serve(self, stream: TcpStream, handler: Arc<dyn CallHandler>) -> Result<(), String> {
+    async fn serve(
+        self,
+        stream: TcpStream,
+        handler: Arc<dyn CallHandler>,
+    ) -> Result<(), PeerError> {
         let max_frame = self.inner.max_frame;
         let mut framed = Framed::new(stream, codec(max_frame));
         let hello = tokio::time::timeout(Duration::from_secs(5), framed.next())
             .await
-            .map_err(|_| "no hello".to_owned())?;
+            .map_err(|_| PeerError::NoHello)?;
         let sender = match hello.map(|r| r.map(|b| bincode::deserialize::<Frame>(&b))) {
             Some(Ok(Ok(Frame::Hello {
                 cluster_id,
@@ -66,11 +70,11 @@ impl Transport {
             }))) => {
                 if cluster_id != self.inner.cluster_id {
                     tracing::warn!(from, %cluster_id, "refused a peer of another cluster");
-                    return Err("cluster id mismatch".into());
+                    return Err(PeerError::OtherCluster(cluster_id));
                 }
                 (from, incarnation)
             }
-            _ => return Err("bad hello".into()),
+            _ => return Err(PeerError::BadHello),
         };
         let (mut sink, mut stream) = framed.split();
         let (reply_tx, mut reply_rx) = mpsc::channel::<Bytes>(1024);
@@ -96,17 +100,17 @@ impl Transport {
                 _ = self.inner.cancel.cancelled() => break Ok(()),
                 _ = &mut writer => {
                     writer_done = true;
-                    break Err("answers can no longer be written; closing".to_owned());
+                    break Err(PeerError::WriterGone);
                 }
                 next = stream.next() => match next {
                     Some(Ok(bytes)) => bytes,
-                    Some(Err(e)) => break Err(e.to_string()),
+                    Some(Err(e)) => break Err(e.into()),
                     None => break Ok(()),
                 },
             };
             let frame: Frame = match bincode::deserialize(&bytes) {
                 Ok(f) => f,
-                Err(e) => break Err(format!("undecodable frame: {e}")),
+                Err(e) => break Err(e.into()),
             };
             match frame {
                 Frame::Raft { shard, msg } => self.deliver(shard, &msg),
@@ -169,7 +173,7 @@ impl Transport {
                             Ok(bytes) => {
                                 let _ = reply_tx.send(bytes).await;
                             }
-                            Err(e) => break Err(e.to_string()),
+                            Err(e) => break Err(e.into()),
                         },
                         Err(e) => break Err(e),
                     }
@@ -178,7 +182,9 @@ impl Transport {
                 | Frame::Reply { .. }
                 | Frame::SnapshotAck
                 | Frame::Pong { .. } => {
-                    break Err("unexpected frame on an inbound connection".into());
+                    break Err(PeerError::Protocol(
+                        "unexpected frame on an inbound connection",
+                    ));
                 }
             }
         };

@@ -14,7 +14,7 @@ use raft::prelude::Message;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use super::frame::{encode, Frame};
+use super::frame::{encode, Frame, PeerError};
 use super::link::connect;
 use super::Transport;
 use crate::replica::ReplicaMsg;
@@ -60,17 +60,21 @@ impl Transport {
         staging: &mut Staging,
         shard: ShardId,
         pairs: Vec<(Vec<u8>, Vec<u8>)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), PeerError> {
         let lock = self
             .inner
             .stage_locks
             .get(shard as usize)
-            .ok_or_else(|| format!("no shard {shard}"))?
+            .ok_or(PeerError::NoShard(shard))?
             .clone();
         let store = self.inner.store.clone();
         match staging {
             Some((s, _)) if *s == shard => {}
-            Some(_) => return Err("snapshot chunks of two shards on one stream".into()),
+            Some(_) => {
+                return Err(PeerError::Protocol(
+                    "snapshot chunks of two shards on one stream",
+                ))
+            }
             None => {
                 let guard = lock.lock_owned().await;
                 let store = store.clone();
@@ -84,21 +88,25 @@ impl Transport {
         Ok(())
     }
 
-    pub(super) async fn hand_snapshot(&self, shard: ShardId, bytes: &[u8]) -> Result<(), String> {
-        let msg = Message::parse_from_bytes(bytes).map_err(|e| e.to_string())?;
+    pub(super) async fn hand_snapshot(
+        &self,
+        shard: ShardId,
+        bytes: &[u8],
+    ) -> Result<(), PeerError> {
+        let msg = Message::parse_from_bytes(bytes)?;
         let replica = self
             .inner
             .replicas
             .get(shard as usize)
-            .ok_or_else(|| format!("no shard {shard}"))?;
+            .ok_or(PeerError::NoShard(shard))?;
         let (done, handled) = oneshot::channel();
         replica
             .send(ReplicaMsg::StagedSnapshot {
                 msg: Box::new(msg),
                 done,
             })
-            .map_err(|_| "replica stopped".to_owned())?;
-        handled.await.map_err(|_| "replica stopped".to_owned())
+            .map_err(|_| PeerError::ReplicaStopped)?;
+        handled.await.map_err(|_| PeerError::ReplicaStopped)
     }
 
     pub(super) async fn stream_snapshot(
@@ -107,12 +115,10 @@ impl Transport {
         shard: ShardId,
         msg: Message,
         state: ShardState,
-    ) -> Result<(), String> {
+    ) -> Result<(), PeerError> {
         let upto = msg.get_snapshot().get_metadata().index;
         let max_frame = self.inner.max_frame;
-        let mut framed = connect(addr, self.hello(), max_frame)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut framed = connect(addr, self.hello(), max_frame).await?;
         let mut versions: Versions = Box::new(state.export(upto));
         let mut sent = 0usize;
         loop {
@@ -129,13 +135,12 @@ impl Transport {
                                 break;
                             }
                         }
-                        Err(e) => return (versions, Err(e.to_string())),
+                        Err(e) => return (versions, Err(e)),
                     }
                 }
                 (versions, Ok(chunk))
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
             versions = rest;
             let chunk = chunk?;
             if chunk.is_empty() {
@@ -146,34 +151,27 @@ impl Transport {
                 shard,
                 pairs: chunk,
             };
-            framed
-                .send(encode(&chunk, max_frame).map_err(|e| e.to_string())?)
-                .await
-                .map_err(|e| e.to_string())?;
+            framed.send(encode(&chunk, max_frame)?).await?;
         }
-        let msg = msg.write_to_bytes().map_err(|e| e.to_string())?;
+        let msg = msg.write_to_bytes()?;
         framed
-            .send(encode(&Frame::SnapshotEnd { shard, msg }, max_frame).map_err(|e| e.to_string())?)
-            .await
-            .map_err(|e| e.to_string())?;
+            .send(encode(&Frame::SnapshotEnd { shard, msg }, max_frame)?)
+            .await?;
         let ack = tokio::time::timeout(Duration::from_secs(120), framed.next())
             .await
-            .map_err(|_| "no acknowledgement".to_owned())?;
+            .map_err(|_| PeerError::NoAck)?;
         match ack.map(|r| r.map(|b| bincode::deserialize::<Frame>(&b))) {
             Some(Ok(Ok(Frame::SnapshotAck))) => {
                 tracing::info!(versions = sent, index = upto, "sent raft snapshot");
                 Ok(())
             }
-            _ => Err("bad acknowledgement".into()),
+            _ => Err(PeerError::Protocol("not an acknowledgement")),
         }
     }
 }
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> cairn_store::Result<T> + Send + 'static,
-) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+) -> Result<T, PeerError> {
+    Ok(tokio::task::spawn_blocking(f).await??)
 }
