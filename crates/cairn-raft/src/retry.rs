@@ -49,6 +49,14 @@ impl Backoff {
         )
     }
 
+    /// For re-dialling a peer: 50 ms up to 1 s, with no deadline (the link keeps
+    /// trying until the node stops).
+    pub fn redial() -> Backoff {
+        // A year is "never" for a process.
+        let never = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        Backoff::new(Duration::from_millis(50), Duration::from_secs(1), never)
+    }
+
     pub fn deadline(&self) -> Instant {
         self.deadline
     }
@@ -56,6 +64,12 @@ impl Backoff {
     /// Whether the next pause would end before the deadline.
     pub fn can_wait(&self) -> bool {
         Instant::now() + self.pause < self.deadline
+    }
+
+    /// The next pause (jittered), growing the one after; for callers that wait in a
+    /// `select!` next to other events rather than in [`Backoff::wait`].
+    pub fn pause(&mut self) -> Duration {
+        self.next_pause()
     }
 
     /// Sleep the next pause (jittered) and grow it. Returns false, without sleeping,

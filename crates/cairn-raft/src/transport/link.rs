@@ -26,6 +26,7 @@ use super::frame::{codec, encode, Frame, FrameError};
 use super::Transport;
 use crate::call::Call;
 use crate::error::ShardError;
+use crate::retry::Backoff;
 
 /// How often a link pings its peer.
 pub(super) const PING_EVERY: Duration = Duration::from_secs(1);
@@ -189,7 +190,7 @@ impl Transport {
         addr: SocketAddr,
         mut rx: mpsc::Receiver<Outbound>,
     ) {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::redial();
         let stats = self.link_stats(peer);
         loop {
             let connected = tokio::select! {
@@ -199,7 +200,7 @@ impl Transport {
             match connected {
                 Ok(framed) => {
                     tracing::debug!("connected");
-                    backoff = Duration::from_millis(50);
+                    backoff = Backoff::redial();
                     if let Some(stats) = stats {
                         stats.connected.store(true, Ordering::Relaxed);
                     }
@@ -229,9 +230,8 @@ impl Transport {
             }
             tokio::select! {
                 _ = self.inner.cancel.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(backoff.pause()) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
 
