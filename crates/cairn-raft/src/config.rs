@@ -8,6 +8,10 @@ use cairn_store::{NodeId, ShardId};
 
 use crate::error::RaftError;
 
+/// The most any configuration may set the frame cap to; tools that only cut frames
+/// (the fault-injecting proxy) accept up to this.
+pub const MAX_FRAME_CAP: usize = 1 << 30;
+
 /// Everything the multi-raft host needs to know; built by the server from its config.
 #[derive(Debug, Clone)]
 pub struct RaftConfig {
@@ -76,11 +80,10 @@ impl RaftLimits {
 
     pub fn validate(&self) -> Result<(), RaftError> {
         let fail = |m: String| Err(RaftError::Config(m));
-        if self.max_frame_bytes > crate::transport::MAX_FRAME_CAP {
+        if self.max_frame_bytes > MAX_FRAME_CAP {
             return fail(format!(
                 "the frame cap ({} bytes) exceeds {} bytes",
-                self.max_frame_bytes,
-                crate::transport::MAX_FRAME_CAP
+                self.max_frame_bytes, MAX_FRAME_CAP
             ));
         }
         if self.max_entry_bytes == 0 {

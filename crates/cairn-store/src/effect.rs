@@ -14,7 +14,8 @@
 //! node and a replica that installed a Raft snapshot re-derive the same holds.
 
 use crate::command::Command;
-use crate::state::ApplyOutcome;
+use crate::error::Result;
+use crate::state::{ApplyOutcome, ShardState};
 
 /// A hold: answers that depend on state after `from` wait until it closes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +70,39 @@ impl Effects {
             _ => {}
         }
         effects
+    }
+}
+
+impl ShardState {
+    /// Apply one committed entry's data (a [`Command`]'s encoding, or empty for an
+    /// entry without one) at `index`, and say what it means for held answers.
+    pub fn apply_entry(
+        &self,
+        index: u64,
+        term: u64,
+        data: &[u8],
+    ) -> Result<(ApplyOutcome, Effects)> {
+        let command = if data.is_empty() {
+            None
+        } else {
+            Some(Command::decode(data)?)
+        };
+        let outcome = self.apply(index, term, command.as_ref())?;
+        let effects = Effects::of(index, command.as_ref(), &outcome);
+        Ok((outcome, effects))
+    }
+
+    /// The holds open in this state (snapshot epochs marked here and not released),
+    /// as a replica re-derives them after opening or installing a Raft snapshot.
+    pub fn open_holds(&self) -> Result<Vec<Hold>> {
+        Ok(self
+            .open_cuts()?
+            .into_iter()
+            .map(|c| Hold {
+                id: c.epoch,
+                from: c.index,
+            })
+            .collect())
     }
 }
 

@@ -25,7 +25,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, Condition, OpKind, WriteOp};
 use crate::cut::{self, Cut};
-use crate::effect::{Effects, Hold};
 use crate::error::{Result, StoreError};
 use crate::keys;
 use crate::page::{Page, PageBuilder, PageLimit};
@@ -182,37 +181,6 @@ impl ShardState {
                 Ok(Some((version, keys::decode_value(&v)?.is_some())))
             }
         }
-    }
-
-    /// Apply one committed entry's data (a [`Command`]'s encoding, or empty for an
-    /// entry without one) at `index`, and say what it means for held answers.
-    pub fn apply_entry(
-        &self,
-        index: u64,
-        term: u64,
-        data: &[u8],
-    ) -> Result<(ApplyOutcome, Effects)> {
-        let command = if data.is_empty() {
-            None
-        } else {
-            Some(Command::decode(data)?)
-        };
-        let outcome = self.apply(index, term, command.as_ref())?;
-        let effects = Effects::of(index, command.as_ref(), &outcome);
-        Ok((outcome, effects))
-    }
-
-    /// The holds open in this state (snapshot epochs marked here and not released),
-    /// as a replica re-derives them after opening or installing a Raft snapshot.
-    pub fn open_holds(&self) -> Result<Vec<Hold>> {
-        Ok(self
-            .open_cuts()?
-            .into_iter()
-            .map(|c| Hold {
-                id: c.epoch,
-                from: c.index,
-            })
-            .collect())
     }
 
     /// Apply one committed log entry at `index` (see the module doc for the contract).

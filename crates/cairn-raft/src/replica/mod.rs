@@ -14,7 +14,7 @@
 //! overwritten later can never answer a new request.
 //!
 //! The deciding code is independent of threads, sockets and wall time: what leaves the
-//! replica goes through an [`Outbox`] (the peer [`Transport`] in production), what must
+//! replica goes through an [`Outbox`] (the peer transport in production), what must
 //! become durable through a [`Durability`] ([`GroupCommit`]), and what production draws
 //! at random can be fixed with a [`ReplicaSeed`]. The thread loop ([`Replica::run`])
 //! only selects over its inputs and calls [`Replica::handle`], [`Replica::tick`] and
@@ -43,7 +43,6 @@ use tokio::sync::oneshot;
 use crate::commit::{Durability, GroupCommit};
 use crate::config::RaftConfig;
 use crate::error::{ReplicaError, ShardError};
-use crate::transport::Transport;
 
 mod gate;
 mod gauges;
@@ -82,7 +81,7 @@ pub enum ReplicaMsg {
     SnapshotSent { to: NodeId, ok: bool },
 }
 
-/// Where a replica's outbound traffic goes. Production: the peer [`Transport`]; the
+/// Where a replica's outbound traffic goes. Production: the peer transport; the
 /// simulator: its virtual network. Both may drop what they are given (Raft retries).
 pub trait Outbox {
     /// Send a Raft message to peer `msg.to`. Returns false if it was dropped at once.
@@ -92,16 +91,6 @@ pub trait Outbox {
     /// exported at the snapshot's index). How it ended must come back to the replica
     /// as [`ReplicaMsg::SnapshotSent`]. Returns false if it could not even be started.
     fn send_snapshot(&mut self, shard: ShardId, msg: Message, state: ShardState) -> bool;
-}
-
-impl Outbox for Transport {
-    fn send_raft(&mut self, shard: ShardId, msg: Message) -> bool {
-        Transport::send_raft(self, shard, msg)
-    }
-
-    fn send_snapshot(&mut self, shard: ShardId, msg: Message, state: ShardState) -> bool {
-        Transport::send_snapshot(self, shard, msg, state)
-    }
 }
 
 /// What a replica would otherwise draw at random, fixed by a caller whose runs must
@@ -139,7 +128,7 @@ struct PendingWrite {
 
 /// One shard's replica. `O` and `D` are its outbound side and its durability, so the
 /// same code runs on threads and sockets or inside the simulator.
-pub struct Replica<O: Outbox = Transport, D: Durability = GroupCommit> {
+pub struct Replica<O: Outbox, D: Durability = GroupCommit> {
     shard: ShardId,
     raw: RawNode<RaftLog>,
     log: RaftLog,

@@ -14,11 +14,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::codec::LengthDelimitedCodec;
 
 use crate::call::{Call, ShardResponse};
+use crate::config::MAX_FRAME_CAP;
 use crate::error::ShardError;
-
-/// The most any configuration may set the frame cap to; tools that only cut frames
-/// (the fault-injecting proxy) accept up to this.
-pub const MAX_FRAME_CAP: usize = 1 << 30;
 
 pub(super) type CallResult = Result<ShardResponse, ShardError>;
 

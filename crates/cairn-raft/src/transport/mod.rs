@@ -54,7 +54,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cairn_store::{NodeId, NodeStore, ShardId};
+use cairn_store::{NodeId, NodeStore, ShardId, ShardState};
 use crossbeam_channel::Sender as ReplicaSender;
 use futures::future::BoxFuture;
 use protobuf::Message as _;
@@ -64,19 +64,30 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub use frame::{frame_codec, frame_kind, FrameKind, MAX_FRAME_CAP};
+pub use crate::config::MAX_FRAME_CAP;
+pub use frame::{frame_codec, frame_kind, FrameKind};
 pub use link::LinkStatus;
 
 use crate::call::Call;
 use crate::config::RaftConfig;
 use crate::error::ShardError;
-use crate::replica::ReplicaMsg;
+use crate::replica::{Outbox, ReplicaMsg};
 use frame::{CallResult, Frame};
 use ledger::{Admission, CallLedger, CallSender};
 use link::{LinkStats, Outbound};
 
 /// Outbound queue per peer; beyond it Raft messages are dropped (Raft resends).
 const PEER_QUEUE: usize = 8192;
+
+impl Outbox for Transport {
+    fn send_raft(&mut self, shard: ShardId, msg: Message) -> bool {
+        Transport::send_raft(self, shard, msg)
+    }
+
+    fn send_snapshot(&mut self, shard: ShardId, msg: Message, state: ShardState) -> bool {
+        Transport::send_snapshot(self, shard, msg, state)
+    }
+}
 
 /// Serves forwarded requests on this node (implemented by the local shards).
 pub trait CallHandler: Send + Sync + 'static {

@@ -13,7 +13,7 @@ use cairn_client::api::{
     RevertResponse, ScheduleInfo, ScheduleList,
 };
 
-use super::kv::{read_body, read_optional_json, Params};
+use super::request::{read_body, read_optional_json, Params};
 use super::{path_param, ApiError, ApiState, ErrorCode};
 use crate::revert::{RevertAudit, RevertError};
 

@@ -26,7 +26,7 @@ use cairn_client::api::{split_bytes, Encoding};
 use cairn_store::{HistoryRange, KeyVersion, ShardDigest, ShardState, StoreError};
 use serde::{Deserialize, Serialize};
 
-use super::kv::Params;
+use super::request::Params;
 use super::{ApiError, ApiState, ErrorCode};
 
 type Shared = State<Arc<ApiState>>;

@@ -12,6 +12,7 @@ mod debug;
 mod error;
 mod kv;
 mod openapi;
+mod request;
 mod snapshots;
 pub mod url;
 

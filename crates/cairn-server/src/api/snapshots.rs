@@ -14,7 +14,7 @@ use cairn_client::api::{
 use cairn_cluster::clock::{now_ms, parse_rfc3339_ms};
 use cairn_snapshot::{SnapshotError, SnapshotRecord, SnapshotState};
 
-use super::kv::{read_optional_json, Params};
+use super::request::{read_optional_json, Params};
 use super::{path_param, url, ApiError, ApiState, ErrorCode};
 
 type Shared = State<Arc<ApiState>>;

@@ -6,7 +6,7 @@
 //! `tails`) an uncommitted tail of which a leader change may lose any suffix. Every
 //! replica's state machine is a function of how far it has applied
 //! (`ShardState::apply` is deterministic), so [`View`] replays a prefix to get its cut
-//! table, its open cuts (`Replica::open_cuts`), its `hold_from`, its locks and the
+//! table, its open holds (`Replica::holds`), its `hold_from`, its locks and the
 //! visible data. Only the leader has memory beyond the log: the answers it holds back
 //! and its held linearizable read; a leader change loses both, as `fail_pending` does.
 
@@ -200,7 +200,7 @@ impl View {
         }
     }
 
-    /// `Replica::open_cuts`: the cuts of the epochs open after this prefix.
+    /// `Replica::holds`: the cuts of the epochs open after this prefix.
     pub fn open_cuts(&self) -> impl Iterator<Item = u8> + '_ {
         self.cuts
             .iter()
