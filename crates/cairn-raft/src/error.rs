@@ -57,10 +57,19 @@ pub enum ShardError {
 impl ShardError {
     /// True when retrying (after forwarding or a short wait) cannot apply a write twice.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            ShardError::NotLeader { .. } | ShardError::Unavailable { .. }
-        )
+        self.retry_at().is_some()
+    }
+
+    /// Where to try again, for an error after which nothing changed: `Some(leader)`
+    /// (the leader this replica named, if any) for `NotLeader`, `Some(None)` for
+    /// `Unavailable`; `None` when the call must not be repeated blindly. Every router
+    /// (the server's, the simulator's) decides by this.
+    pub fn retry_at(&self) -> Option<Option<NodeId>> {
+        match self {
+            ShardError::NotLeader { leader, .. } => Some(*leader),
+            ShardError::Unavailable { .. } => Some(None),
+            _ => None,
+        }
     }
 }
 

@@ -812,12 +812,9 @@ impl World {
                         self.unknown(id, "the reply was lost with its node".into())
                     }
                     Ok(Ok(outcome)) => self.finish(id, CallEnd::Written(outcome)),
-                    Ok(Err(e)) => match e {
-                        ShardError::NotLeader { leader, .. } => {
-                            self.retry(id, leader, e.to_string())
-                        }
-                        ShardError::Unavailable { .. } => self.retry(id, None, e.to_string()),
-                        other => self.unknown(id, other.to_string()),
+                    Ok(Err(e)) => match e.retry_at() {
+                        Some(hint) => self.retry(id, hint, e.to_string()),
+                        None => self.unknown(id, e.to_string()),
                     },
                 },
                 Waiting::Read {
@@ -844,13 +841,8 @@ impl World {
                             None => self.retry(id, None, "node restarted before the read".into()),
                         }
                     }
-                    Ok(Err(e)) => {
-                        let hint = match &e {
-                            ShardError::NotLeader { leader, .. } => *leader,
-                            _ => None,
-                        };
-                        self.retry(id, hint, e.to_string())
-                    }
+                    // A read changed nothing: always try again.
+                    Ok(Err(e)) => self.retry(id, e.retry_at().flatten(), e.to_string()),
                 },
             }
         }
