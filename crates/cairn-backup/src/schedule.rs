@@ -5,8 +5,8 @@
 //! durations are valid, when a schedule ticks, which tick is due after an outage and
 //! whether the next backup of a chain must be a full one. It is pure logic with no IO
 //! and no clock of its own: every question takes the time as milliseconds since the
-//! Unix epoch (UTC), so the meta leader that runs schedules (DESIGN.md "Backups and
-//! restore": exactly one backup per tick cluster-wide, surviving failover) decides
+//! Unix epoch (UTC), so the meta leader that runs schedules (the promise:
+//! exactly one backup per tick cluster-wide, surviving failover) decides
 //! from replicated state — the last tick it ran — and its own clock, and tests decide
 //! from fixed numbers.
 //!

@@ -2,7 +2,7 @@
 //! tests: real `cairn server` processes on loopback, faults from outside (signals, and
 //! a proxy on the peer links), a concurrent workload whose every operation is
 //! recorded, and checks of the recorded history against what Cairn promises
-//! (`DESIGN.md`, "Failure model and promises" and "Snapshots: the guarantee").
+//! (docs/ARCHITECTURE.md, "Guarantees").
 //!
 //! Nothing here looks inside a node except through its HTTP API, and the one door
 //! added for it (`/v1/debug/*`, read-only views of a node's own replicas).

@@ -3,7 +3,7 @@
 //! A [`SnapshotTaker`] asks a random node for a snapshot every 1–2 s (seeded) while
 //! the workload and the faults run, recording when each request was sent and
 //! answered. After the run every completed snapshot, these and the cluster's own
-//! automatic ones, is checked against the four guarantees of `DESIGN.md`:
+//! automatic ones, is checked against the four guarantees (docs/ARCHITECTURE.md, "Guarantees"):
 //!
 //! 1. every write acknowledged before the snapshot was requested is in it;
 //! 2. no write sent after it completed is in it;

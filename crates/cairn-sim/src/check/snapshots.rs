@@ -1,5 +1,5 @@
-//! Alignment holds and the snapshot guarantees (`DESIGN.md`, "Snapshots: the
-//! guarantee"), against the history and the final cut tables.
+//! Alignment holds and the snapshot guarantees (docs/ARCHITECTURE.md,
+//! "Guarantees"), against the history and the final cut tables.
 //!
 //! **Holds.** While epoch `e` is open on shard `s` (marker applied at cut `c`, release
 //! not yet), no answer may reveal state above `c`: no write acknowledged at a version
