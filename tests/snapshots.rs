@@ -1,6 +1,6 @@
 //! Consistent snapshots against real processes (three nodes, eight shards).
 //!
-//! The guarantee under test (DESIGN.md, "Snapshots: the guarantee"): a completed
+//! The guarantee under test (docs/ARCHITECTURE.md, "Guarantees"): a completed
 //! snapshot S holds every write acknowledged before S was requested, no write sent
 //! after S completed, is closed under "acknowledged or read before sent" across
 //! clients and shards, and holds a batch entirely or not at all.
