@@ -13,9 +13,11 @@
 //! Every effect is a function of the applied log alone, so a new leader, a restarted
 //! node and a replica that installed a Raft snapshot re-derive the same holds.
 
-use crate::command::Command;
-use crate::error::Result;
-use crate::state::{ApplyOutcome, ShardState};
+use std::collections::HashSet;
+
+use crate::command::{Command, OpKind};
+use crate::error::{Result, StoreError};
+use crate::state::{AppliedState, ApplyOutcome, ShardState};
 
 /// A hold: answers that depend on state after `from` wait until it closes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +75,24 @@ impl Effects {
     }
 }
 
+/// One committed log entry's place and data, as [`ShardState::apply_entries`] takes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Committed<'a> {
+    pub index: u64,
+    pub term: u64,
+    /// A [`Command`]'s encoding, or empty for an entry without one (a new leader's
+    /// empty entry, a configuration change).
+    pub data: &'a [u8],
+}
+
+fn decode(data: &[u8]) -> Result<Option<Command>> {
+    if data.is_empty() {
+        Ok(None)
+    } else {
+        Ok(Some(Command::decode(data)?))
+    }
+}
+
 impl ShardState {
     /// Apply one committed entry's data (a [`Command`]'s encoding, or empty for an
     /// entry without one) at `index`, and say what it means for held answers.
@@ -82,14 +102,84 @@ impl ShardState {
         term: u64,
         data: &[u8],
     ) -> Result<(ApplyOutcome, Effects)> {
-        let command = if data.is_empty() {
-            None
-        } else {
-            Some(Command::decode(data)?)
-        };
+        let command = decode(data)?;
         let outcome = self.apply(index, term, command.as_ref())?;
         let effects = Effects::of(index, command.as_ref(), &outcome);
         Ok((outcome, effects))
+    }
+
+    /// Apply a prefix of `entries` (at least one of them, if there are any) and return
+    /// the outcome and effects of each entry applied, in order.
+    ///
+    /// Why a prefix: each sled batch takes sled's process-wide lock exclusively, so one
+    /// batch per entry made every shard of the node wait on every other's applies. A
+    /// run of consecutive plain entries (client batches, entries without a command)
+    /// whose writes touch keys no earlier entry of the run wrote is applied in one
+    /// batch: each reads only the tree, and nothing earlier in the run changed what it
+    /// reads (locks change only by transaction phases, which are not plain). Any other
+    /// command is applied alone and ends the prefix, so the replica acts on its effects
+    /// (opening a hold, waking lock waiters) before a later entry's data reaches the
+    /// tree, exactly as when every entry was applied by itself.
+    pub fn apply_entries(&self, entries: &[Committed<'_>]) -> Result<Vec<(ApplyOutcome, Effects)>> {
+        let Some(first) = entries.first() else {
+            return Ok(Vec::new());
+        };
+        let mut commands = Vec::new();
+        let mut written: HashSet<Vec<u8>> = HashSet::new();
+        for entry in entries {
+            let command = decode(entry.data)?;
+            let plain = match &command {
+                None => true,
+                Some(Command::Batch(ops)) => {
+                    ops.iter().all(|op| !written.contains(op.key.as_slice()))
+                }
+                Some(_) => false,
+            };
+            if !plain {
+                if commands.is_empty() {
+                    let outcome = self.apply(first.index, first.term, command.as_ref())?;
+                    let effects = Effects::of(first.index, command.as_ref(), &outcome);
+                    return Ok(vec![(outcome, effects)]);
+                }
+                break;
+            }
+            if let Some(Command::Batch(ops)) = &command {
+                written.extend(
+                    ops.iter()
+                        .filter(|op| op.kind != OpKind::Check)
+                        .map(|op| op.key.clone()),
+                );
+            }
+            commands.push((entry, command));
+        }
+        let applied = self.applied()?;
+        let mut batch = sled::Batch::default();
+        let mut out = Vec::with_capacity(commands.len());
+        let mut last = applied;
+        for (entry, command) in &commands {
+            if entry.index <= last.index {
+                return Err(StoreError::AlreadyApplied {
+                    shard: self.shard(),
+                    index: entry.index,
+                    applied: last.index,
+                });
+            }
+            let outcome = match command {
+                Some(Command::Batch(ops)) => self.apply_writes(&mut batch, ops, entry.index)?,
+                _ => ApplyOutcome::Applied {
+                    version: entry.index,
+                    existed: Vec::new(),
+                },
+            };
+            let effects = Effects::of(entry.index, command.as_ref(), &outcome);
+            out.push((outcome, effects));
+            last = AppliedState {
+                index: entry.index,
+                term: entry.term,
+            };
+        }
+        self.commit_apply(batch, last)?;
+        Ok(out)
     }
 
     /// The holds open in this state (snapshot epochs marked here and not released),

@@ -54,7 +54,11 @@ impl NodeStore {
             .flush_every_ms(None)
             .cache_capacity(16 * 1024 * 1024)
             .open()?;
-        Ok(NodeStore { db, durable: None })
+        Ok(NodeStore {
+            db,
+            durable: None,
+            logs: Default::default(),
+        })
     }
 
     /// The database's contents now. Exact only if nothing writes meanwhile.

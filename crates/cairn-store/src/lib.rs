@@ -41,6 +41,7 @@ mod stage;
 mod state;
 pub mod txn;
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -50,7 +51,7 @@ pub use crash::{arm_crash_points, crash, CRASH_POINTS_BUILT};
 pub use cut::Cut;
 pub use digest::ShardDigest;
 pub use durable::{sync_dir, sync_parent_dir};
-pub use effect::{Effects, Hold};
+pub use effect::{Committed, Effects, Hold};
 pub use error::{Result, StoreError};
 #[doc(hidden)]
 pub use fail as __fail;
@@ -113,6 +114,9 @@ pub struct NodeStore {
     /// What [`NodeStore::flush`] syncs beyond sled's own flush (`None`: a temporary
     /// database, whose durability the simulator models).
     durable: Option<std::sync::Arc<durable::DurableFiles>>,
+    /// Each shard's Raft log mirror, loaded on the first [`NodeStore::raft_log`] and
+    /// shared by every log handed out after it (see `raft_log.rs`).
+    logs: std::sync::Arc<std::sync::Mutex<HashMap<ShardId, raft_log::SharedMirror>>>,
 }
 
 impl std::fmt::Debug for NodeStore {
@@ -140,6 +144,7 @@ impl NodeStore {
         Ok(NodeStore {
             db,
             durable: Some(std::sync::Arc::new(durable)),
+            logs: Default::default(),
         })
     }
 
@@ -188,7 +193,20 @@ impl NodeStore {
 
     /// The Raft log of `shard` (tree `shard/{id}/log`).
     pub fn raft_log(&self, shard: ShardId) -> Result<RaftLog> {
-        Ok(RaftLog::new(shard, self.shard_tree(shard, "log")?))
+        let tree = self.shard_tree(shard, "log")?;
+        let mut logs = self
+            .logs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mirror = match logs.get(&shard) {
+            Some(mirror) => mirror.clone(),
+            None => {
+                let mirror = RaftLog::load(shard, &tree)?;
+                logs.insert(shard, mirror.clone());
+                mirror
+            }
+        };
+        Ok(RaftLog::new(shard, tree, mirror))
     }
 
     /// The state machine of `shard` (tree `shard/{id}/data`).

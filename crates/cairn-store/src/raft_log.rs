@@ -15,15 +15,28 @@
 //! than parsing an entry that may carry a large batch.
 //!
 //! Invariant: the entries present are exactly `truncated+1 ..= last`, with no holes.
-//! Every mutation keeps it in one sled batch, so a crash leaves either the old or the
-//! new log. Nothing is cached in memory: several `RaftLog` values may point at the same
-//! tree, and a cache shared by some of them could go stale.
+//! Every mutation keeps it in one sled batch (or one insert), so a crash leaves either
+//! the old or the new log.
+//!
+//! **The mirror.** raft-rs asks its storage for `first_index`, `last_index` and terms
+//! several times per message; answered from sled, each question took sled's
+//! process-wide concurrency lock, which every batch of every shard takes exclusively,
+//! and under load the replica threads spent a tenth of their time spinning on it. So
+//! the metadata lives in memory too ([`LogMirror`]: the truncated point, the term of
+//! every entry present, the hard and conf states), loaded from the tree when the node
+//! store first hands the shard's log out and changed only after a write to the tree
+//! succeeded. The tree stays the truth: a restart reloads the mirror from it. There is
+//! one mirror per shard per [`crate::NodeStore`], shared by every `RaftLog` it hands
+//! out for that shard, so no copy can go stale. Entries themselves are read from sled.
 //!
 //! Durability is the caller's: sled batches are atomic but reach disk on
 //! [`crate::NodeStore::flush`], which group commit calls once for all shards.
 //!
 //! The semantics follow raft-rs's `MemStorage` (checked by a conformance test), except
 //! that misuse returns an error instead of panicking.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use protobuf::Message;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -49,11 +62,32 @@ fn be_u64(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.try_into().ok()?))
 }
 
-/// One shard's Raft log, hard state, conf state and compaction point. Clone = same tree.
+/// The log's metadata in memory (see the module doc). `terms[i]` is the term of entry
+/// `truncated.0 + 1 + i`, so the last index is `truncated.0 + terms.len()`.
+#[derive(Debug, Default)]
+pub(crate) struct LogMirror {
+    truncated: (u64, u64),
+    terms: VecDeque<u64>,
+    hard_state: HardState,
+    conf_state: ConfState,
+}
+
+impl LogMirror {
+    fn last_index(&self) -> u64 {
+        self.truncated.0 + self.terms.len() as u64
+    }
+}
+
+/// The mirror of one shard's log, shared by every `RaftLog` of that shard.
+pub(crate) type SharedMirror = Arc<Mutex<LogMirror>>;
+
+/// One shard's Raft log, hard state, conf state and compaction point. Clone = same tree
+/// and same mirror.
 #[derive(Clone)]
 pub struct RaftLog {
     shard: ShardId,
     tree: sled::Tree,
+    mirror: SharedMirror,
     /// The shard's state machine, if attached: `snapshot()` reports its applied point.
     state: Option<ShardState>,
 }
@@ -67,12 +101,66 @@ impl std::fmt::Debug for RaftLog {
 }
 
 impl RaftLog {
-    pub(crate) fn new(shard: ShardId, tree: sled::Tree) -> RaftLog {
+    /// A log over `tree` sharing `mirror`, which must have come from [`RaftLog::load`]
+    /// on the same tree.
+    pub(crate) fn new(shard: ShardId, tree: sled::Tree, mirror: SharedMirror) -> RaftLog {
         RaftLog {
             shard,
             tree,
+            mirror,
             state: None,
         }
+    }
+
+    /// Read the mirror of the log in `tree`, checking the invariant (no holes, each
+    /// entry's term readable) on the way.
+    pub(crate) fn load(shard: ShardId, tree: &sled::Tree) -> Result<SharedMirror> {
+        let corrupt = |what: String| StoreError::corrupt(format!("shard {shard} raft log: {what}"));
+        let truncated = match tree.get(TRUNCATED_KEY)? {
+            None => (0, 0),
+            Some(v) if v.len() == 16 => match (be_u64(&v[..8]), be_u64(&v[8..])) {
+                (Some(i), Some(t)) => (i, t),
+                _ => return Err(corrupt("truncated point".into())),
+            },
+            Some(_) => return Err(corrupt("truncated point has the wrong length".into())),
+        };
+        let hard_state = match tree.get(HARD_STATE_KEY)? {
+            Some(v) => {
+                HardState::parse_from_bytes(&v).map_err(|e| corrupt(format!("hard state: {e}")))?
+            }
+            None => HardState::default(),
+        };
+        let conf_state = match tree.get(CONF_STATE_KEY)? {
+            Some(v) => {
+                ConfState::parse_from_bytes(&v).map_err(|e| corrupt(format!("conf state: {e}")))?
+            }
+            None => ConfState::default(),
+        };
+        let mut terms = VecDeque::new();
+        for item in tree.scan_prefix([ENTRY_PREFIX]) {
+            let (k, v) = item?;
+            let expected = truncated.0 + 1 + terms.len() as u64;
+            if be_u64(&k[1..]) != Some(expected) {
+                return Err(corrupt(format!("entry {expected} missing inside the log")));
+            }
+            let term = v
+                .get(..8)
+                .and_then(be_u64)
+                .ok_or_else(|| corrupt(format!("entry {expected}: shorter than its term")))?;
+            terms.push_back(term);
+        }
+        Ok(Arc::new(Mutex::new(LogMirror {
+            truncated,
+            terms,
+            hard_state,
+            conf_state,
+        })))
+    }
+
+    /// The mirror, locked. Only the replica's thread writes the log, so the lock is
+    /// uncontended; a poisoned one still holds what the last completed write left.
+    fn mirror(&self) -> MutexGuard<'_, LogMirror> {
+        self.mirror.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The shard this log belongs to.
@@ -114,15 +202,8 @@ impl RaftLog {
     }
 
     /// (index, term) of the last entry dropped by compaction or a snapshot; (0, 0) when new.
-    fn truncated(&self) -> Result<(u64, u64)> {
-        match self.tree.get(TRUNCATED_KEY)? {
-            None => Ok((0, 0)),
-            Some(v) if v.len() == 16 => match (be_u64(&v[..8]), be_u64(&v[8..])) {
-                (Some(i), Some(t)) => Ok((i, t)),
-                _ => Err(self.corrupt("truncated point")),
-            },
-            Some(_) => Err(self.corrupt("truncated point has the wrong length")),
-        }
+    fn truncated(&self) -> (u64, u64) {
+        self.mirror().truncated
     }
 
     fn truncated_value(index: u64, term: u64) -> [u8; 16] {
@@ -134,55 +215,39 @@ impl RaftLog {
 
     /// `truncated index + 1`: the first index `entries()` may return.
     pub fn first_index(&self) -> Result<u64> {
-        Ok(self.truncated()?.0 + 1)
+        Ok(self.truncated().0 + 1)
     }
 
     /// Index of the last entry, or the truncated index if the log holds none.
     pub fn last_index(&self) -> Result<u64> {
-        if let Some((k, _)) = self.tree.get_lt([ENTRY_PREFIX + 1])? {
-            if k.first() == Some(&ENTRY_PREFIX) {
-                return be_u64(&k[1..]).ok_or_else(|| self.corrupt("entry key length"));
-            }
-        }
-        Ok(self.truncated()?.0)
+        Ok(self.mirror().last_index())
     }
 
     /// Term of entry `idx`; `Compacted` below the truncated index, `Unavailable` above
     /// the last.
     pub fn term_of(&self, idx: u64) -> Result<u64> {
-        let (t_idx, t_term) = self.truncated()?;
+        let mirror = self.mirror();
+        let (t_idx, t_term) = mirror.truncated;
         if idx == t_idx {
             return Ok(t_term);
         }
         if idx < t_idx {
             return Err(StoreError::raft_storage(StorageError::Compacted));
         }
-        match self.tree.get(entry_key(idx))? {
-            Some(v) => v
-                .get(..8)
-                .and_then(be_u64)
-                .ok_or_else(|| self.corrupt(format!("entry {idx}: shorter than its term"))),
-            None if idx > self.last_index()? => {
-                Err(StoreError::raft_storage(StorageError::Unavailable))
-            }
-            None => Err(self.corrupt(format!("entry {idx} missing inside the log"))),
+        match mirror.terms.get((idx - t_idx - 1) as usize) {
+            Some(term) => Ok(*term),
+            None => Err(StoreError::raft_storage(StorageError::Unavailable)),
         }
     }
 
     /// The persisted hard state (default when none was written).
     pub fn hard_state(&self) -> Result<HardState> {
-        match self.tree.get(HARD_STATE_KEY)? {
-            Some(v) => self.decode("hard state", &v),
-            None => Ok(HardState::default()),
-        }
+        Ok(self.mirror().hard_state.clone())
     }
 
     /// The persisted conf state (default when none was written).
     pub fn conf_state(&self) -> Result<ConfState> {
-        match self.tree.get(CONF_STATE_KEY)? {
-            Some(v) => self.decode("conf state", &v),
-            None => Ok(ConfState::default()),
-        }
+        Ok(self.mirror().conf_state.clone())
     }
 
     /// First boot: if the log is empty and has no conf state, store this one (voters).
@@ -206,46 +271,50 @@ impl RaftLog {
         if entries.is_empty() {
             crate::crash_point!("log.hard_state.before");
         }
+        let mut mirror = self.mirror();
+        let Some(first) = entries.first() else {
+            // The hard state alone: one insert, which sled applies atomically without
+            // the exclusive lock a batch takes.
+            if let Some(hs) = hard_state {
+                let bytes = hs.write_to_bytes().map_err(raft::Error::from)?;
+                self.tree.insert(HARD_STATE_KEY, bytes)?;
+                mirror.hard_state = hs.clone();
+                crate::crash_point!("log.hard_state.after");
+            }
+            return Ok(());
+        };
+        let start = first.index;
+        let t_idx = mirror.truncated.0;
+        let last = mirror.last_index();
+        if start <= t_idx {
+            return Err(StoreError::invalid(format!(
+                "shard {}: append at {start} overwrites compacted log (truncated {t_idx})",
+                self.shard
+            )));
+        }
+        if start > last + 1 {
+            return Err(StoreError::invalid(format!(
+                "shard {}: append at {start} leaves a gap after last index {last}",
+                self.shard
+            )));
+        }
+        for (i, e) in entries.iter().enumerate() {
+            if e.index != start + i as u64 {
+                return Err(StoreError::invalid(format!(
+                    "shard {}: appended entries are not contiguous at {}",
+                    self.shard, e.index
+                )));
+            }
+        }
         let mut batch = sled::Batch::default();
-        if let Some(first) = entries.first() {
-            let start = first.index;
-            let (t_idx, _) = self.truncated()?;
-            let last = self.last_index()?;
-            if start <= t_idx {
-                return Err(StoreError::invalid(format!(
-                    "shard {}: append at {start} overwrites compacted log (truncated {t_idx})",
-                    self.shard
-                )));
-            }
-            if start > last + 1 {
-                return Err(StoreError::invalid(format!(
-                    "shard {}: append at {start} leaves a gap after last index {last}",
-                    self.shard
-                )));
-            }
-            for (i, e) in entries.iter().enumerate() {
-                if e.index != start + i as u64 {
-                    return Err(StoreError::invalid(format!(
-                        "shard {}: appended entries are not contiguous at {}",
-                        self.shard, e.index
-                    )));
-                }
-            }
-            let new_last = start + entries.len() as u64 - 1;
-            // Only the stale tail beyond the new entries needs removing; the rest is
-            // overwritten by the inserts below.
-            if new_last < last {
-                for k in self
-                    .tree
-                    .range(entry_key(new_last + 1)..=entry_key(last))
-                    .keys()
-                {
-                    batch.remove(k?);
-                }
-            }
-            for e in entries {
-                batch.insert(&entry_key(e.index)[..], Self::encode_entry(e)?);
-            }
+        let new_last = start + entries.len() as u64 - 1;
+        // Only the stale tail beyond the new entries needs removing (the log has no
+        // holes, so its keys are known); the rest is overwritten by the inserts below.
+        for index in new_last + 1..=last {
+            batch.remove(&entry_key(index)[..]);
+        }
+        for e in entries {
+            batch.insert(&entry_key(e.index)[..], Self::encode_entry(e)?);
         }
         if let Some(hs) = hard_state {
             batch.insert(
@@ -254,12 +323,12 @@ impl RaftLog {
             );
         }
         self.tree.apply_batch(batch)?;
-        if !entries.is_empty() {
-            crate::crash_point!("log.append.after");
+        mirror.terms.truncate((start - t_idx - 1) as usize);
+        mirror.terms.extend(entries.iter().map(|e| e.term));
+        if let Some(hs) = hard_state {
+            mirror.hard_state = hs.clone();
         }
-        if entries.is_empty() {
-            crate::crash_point!("log.hard_state.after");
-        }
+        crate::crash_point!("log.append.after");
         Ok(())
     }
 
@@ -272,20 +341,20 @@ impl RaftLog {
 
     /// Replace the conf state (after applying a conf change).
     pub fn set_conf_state(&self, cs: &ConfState) -> Result<()> {
+        let mut mirror = self.mirror();
         let bytes = cs.write_to_bytes().map_err(raft::Error::from)?;
         self.tree.insert(CONF_STATE_KEY, bytes)?;
+        mirror.conf_state = cs.clone();
         Ok(())
     }
 
-    fn remove_entries(&self, batch: &mut sled::Batch, upto_excl: Option<u64>) -> Result<()> {
-        let iter = match upto_excl {
-            Some(hi) => self.tree.range(entry_key(0)..entry_key(hi)),
-            None => self.tree.scan_prefix([ENTRY_PREFIX]),
-        };
-        for k in iter.keys() {
-            batch.remove(k?);
+    /// Remove the entries below `upto_excl` (all of them if `None`) in `batch`.
+    fn remove_entries(mirror: &LogMirror, batch: &mut sled::Batch, upto_excl: Option<u64>) {
+        let first = mirror.truncated.0 + 1;
+        let end = upto_excl.unwrap_or(u64::MAX).min(mirror.last_index() + 1);
+        for index in first..end {
+            batch.remove(&entry_key(index)[..]);
         }
-        Ok(())
     }
 
     /// After the state machine installed a Raft snapshot: drop every entry, move the
@@ -293,16 +362,17 @@ impl RaftLog {
     /// least the snapshot's. `SnapshotOutOfDate` if the snapshot is not past the
     /// truncated index (as `MemStorage::apply_snapshot`).
     pub fn apply_snapshot_metadata(&self, meta: &SnapshotMetadata) -> Result<()> {
-        if self.first_index()? > meta.index {
+        let mut mirror = self.mirror();
+        if mirror.truncated.0 + 1 > meta.index {
             return Err(StoreError::raft_storage(StorageError::SnapshotOutOfDate));
         }
         // Between a Raft snapshot's data and its log metadata: `Replica::open` repairs.
         crate::crash_point!("log.snapshot_metadata.before");
-        let mut hs = self.hard_state()?;
+        let mut hs = mirror.hard_state.clone();
         hs.commit = hs.commit.max(meta.index);
         hs.term = hs.term.max(meta.term);
         let mut batch = sled::Batch::default();
-        self.remove_entries(&mut batch, None)?;
+        Self::remove_entries(&mirror, &mut batch, None);
         batch.insert(
             TRUNCATED_KEY,
             &Self::truncated_value(meta.index, meta.term)[..],
@@ -318,6 +388,10 @@ impl RaftLog {
             hs.write_to_bytes().map_err(raft::Error::from)?,
         );
         self.tree.apply_batch(batch)?;
+        mirror.truncated = (meta.index, meta.term);
+        mirror.terms.clear();
+        mirror.conf_state = meta.get_conf_state().clone();
+        mirror.hard_state = hs;
         Ok(())
     }
 
@@ -344,25 +418,30 @@ impl RaftLog {
     /// Drop entries below `compact_index`; the caller must only compact applied entries.
     /// No-op if `compact_index <= first_index`; `Invalid` if past `last_index + 1`.
     pub fn compact(&self, compact_index: u64) -> Result<()> {
-        if compact_index <= self.first_index()? {
+        let mut mirror = self.mirror();
+        let t_idx = mirror.truncated.0;
+        if compact_index <= t_idx + 1 {
             return Ok(());
         }
-        let last = self.last_index()?;
+        let last = mirror.last_index();
         if compact_index > last + 1 {
             return Err(StoreError::invalid(format!(
                 "shard {}: compact to {compact_index} past last index {last}",
                 self.shard
             )));
         }
-        let term = self.term_of(compact_index - 1)?;
+        let dropped = (compact_index - 1 - t_idx) as usize;
+        let term = mirror.terms[dropped - 1];
         crate::crash_point!("log.compact.before");
         let mut batch = sled::Batch::default();
-        self.remove_entries(&mut batch, Some(compact_index))?;
+        Self::remove_entries(&mirror, &mut batch, Some(compact_index));
         batch.insert(
             TRUNCATED_KEY,
             &Self::truncated_value(compact_index - 1, term)[..],
         );
         self.tree.apply_batch(batch)?;
+        mirror.terms.drain(..dropped);
+        mirror.truncated = (compact_index - 1, term);
         crate::crash_point!("log.compact.after");
         Ok(())
     }

@@ -195,33 +195,13 @@ impl ShardState {
                 applied: applied.index,
             });
         }
-        crate::crash_point!("state.apply.before");
         let mut batch = sled::Batch::default();
-        batch.insert(
-            keys::APPLIED_KEY,
-            &encode_applied(AppliedState { index, term })[..],
-        );
         let outcome = match command {
             None => ApplyOutcome::Applied {
                 version: index,
                 existed: Vec::new(),
             },
-            Some(Command::Batch(ops)) => {
-                if let Some((op, txn)) = self.first_locked(ops, None)? {
-                    self.tree.apply_batch(batch)?;
-                    return Ok(ApplyOutcome::Locked { op, txn });
-                }
-                let before = self.read_before(ops)?;
-                if let Some((op, current)) = self.failed_condition(ops, &before)? {
-                    self.tree.apply_batch(batch)?;
-                    return Ok(ApplyOutcome::Rejected { op, current });
-                }
-                self.write_ops(&mut batch, ops, &before, index);
-                ApplyOutcome::Applied {
-                    version: index,
-                    existed: before.existed(ops),
-                }
-            }
+            Some(Command::Batch(ops)) => self.apply_writes(&mut batch, ops, index)?,
             Some(Command::Prepare { txn, ops }) => {
                 self.apply_prepare(&mut batch, index, *txn, ops)?
             }
@@ -271,9 +251,41 @@ impl ShardState {
                 ApplyOutcome::Released
             }
         };
+        self.commit_apply(batch, AppliedState { index, term })?;
+        Ok(outcome)
+    }
+
+    /// A client's batch at `index`: refused if a transaction locks one of its keys or a
+    /// condition fails (then `batch` gains nothing), else its writes go into `batch`.
+    /// Reads only the tree, so `batch` must not yet hold writes to `ops`'s keys.
+    pub(crate) fn apply_writes(
+        &self,
+        batch: &mut sled::Batch,
+        ops: &[WriteOp],
+        index: u64,
+    ) -> Result<ApplyOutcome> {
+        if let Some((op, txn)) = self.first_locked(ops, None)? {
+            return Ok(ApplyOutcome::Locked { op, txn });
+        }
+        let before = self.read_before(ops)?;
+        if let Some((op, current)) = self.failed_condition(ops, &before)? {
+            return Ok(ApplyOutcome::Rejected { op, current });
+        }
+        self.write_ops(batch, ops, &before, index);
+        Ok(ApplyOutcome::Applied {
+            version: index,
+            existed: before.existed(ops),
+        })
+    }
+
+    /// Write `batch` with the applied state moved to `applied`: what one apply, or one
+    /// run of them, leaves in the tree, atomically.
+    pub(crate) fn commit_apply(&self, mut batch: sled::Batch, applied: AppliedState) -> Result<()> {
+        batch.insert(keys::APPLIED_KEY, &encode_applied(applied)[..]);
+        crate::crash_point!("state.apply.before");
         self.tree.apply_batch(batch)?;
         crate::crash_point!("state.apply.after");
-        Ok(outcome)
+        Ok(())
     }
 
     /// The newest version of every key `ops` touch, read once before they apply.

@@ -32,7 +32,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_store::{
-    ApplyOutcome, Command, NodeId, NodeStore, RaftLog, ReadScope, ShardId, ShardState,
+    ApplyOutcome, Command, Committed, Effects, NodeId, NodeStore, RaftLog, ReadScope, ShardId,
+    ShardState,
 };
 use crossbeam_channel::{select, tick, Receiver};
 use protobuf::Message as _;
@@ -577,73 +578,101 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
 
     /// Apply committed entries through the state machine, and act on what each means
     /// for held answers (its [`Effects`]): this code never interprets a command.
+    ///
+    /// The state machine applies a prefix at a time (`ShardState::apply_entries`: runs
+    /// of plain writes in one sled batch, anything else alone), so the effects of one
+    /// entry are acted on before a later entry's data reaches the tree.
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), ReplicaError> {
-        let mut last = None;
-        for entry in entries {
-            let (index, term) = (entry.index, entry.term);
-            // An empty entry (a new leader's) or a conf change moves only the applied
-            // index.
-            let data: &[u8] = match entry.entry_type {
-                EntryType::EntryNormal => &entry.data,
-                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    self.apply_conf_change(&entry)?;
-                    &[]
-                }
+        let mut rest = &entries[..];
+        while let Some(first) = rest.first() {
+            // A conf change reaches raft-rs (and the log's conf state) before the state
+            // machine moves past its entry, which carries no command.
+            let committed: Vec<Committed<'_>> = if first.entry_type == EntryType::EntryNormal {
+                rest.iter()
+                    .take_while(|e| e.entry_type == EntryType::EntryNormal)
+                    .map(|e| Committed {
+                        index: e.index,
+                        term: e.term,
+                        data: &e.data,
+                    })
+                    .collect()
+            } else {
+                self.apply_conf_change(first)?;
+                vec![Committed {
+                    index: first.index,
+                    term: first.term,
+                    data: &[],
+                }]
             };
-            let (outcome, effects) = self.state.apply_entry(index, term, data)?;
+            let results = self.state.apply_entries(&committed)?;
             self.commit.written();
-            if effects.wrote_data {
-                // Automatic snapshots follow this figure.
-                self.gauges.writes_applied.fetch_add(1, Ordering::Relaxed);
+            let (done, later) = rest.split_at(results.len());
+            rest = later;
+            for (entry, (outcome, effects)) in done.iter().zip(results) {
+                self.applied_one(entry, outcome, effects)?;
             }
-            if let Some(hold) = effects.opens {
-                self.holds.insert(hold.id, hold.from);
-                // Before `applied` passes the hold's version, so that no local read
-                // can see past it.
+            if let Some(last) = done.last() {
+                self.gauges.set_applied(last.index);
+            }
+        }
+        Ok(())
+    }
+
+    /// Act on one applied entry's effects and answer its writer, if it is ours.
+    fn applied_one(
+        &mut self,
+        entry: &Entry,
+        outcome: ApplyOutcome,
+        effects: Effects,
+    ) -> Result<(), ReplicaError> {
+        let (index, term) = (entry.index, entry.term);
+        if effects.wrote_data {
+            // Automatic snapshots follow this figure.
+            self.gauges.writes_applied.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(hold) = effects.opens {
+            self.holds.insert(hold.id, hold.from);
+            // Before `applied` passes the hold's version, so that no local read can
+            // see past it.
+            self.publish_hold();
+        }
+        if let Some(id) = effects.closes {
+            if self.holds.remove(&id).is_some() {
                 self.publish_hold();
+                self.release_held();
             }
-            if let Some(id) = effects.closes {
-                if self.holds.remove(&id).is_some() {
-                    self.publish_hold();
-                    self.release_held();
-                }
-            }
+        }
 
-            self.gauges.applied.store(index, Ordering::Release);
-            last = Some(index);
-            if let Some(owner) = effects.unlocks {
-                if let Some(waits) = self.lock_waits.remove(&owner) {
-                    for w in waits {
-                        self.release_unlocked(index, w.deadline, vec![w.reader])?;
-                    }
-                }
-            }
-
-            let id = entry
-                .context
-                .as_ref()
-                .try_into()
-                .ok()
-                .map(u64::from_be_bytes);
-            // The id names our proposal only if the entry is of the term we proposed
-            // it in: an entry of another leader's term with the same id (ids start at
-            // a random point per replica) is someone else's.
-            let ours = id.filter(|id| self.writes.get(id).is_some_and(|w| w.term == term));
-            if let Some(w) = ours.and_then(|id| self.writes.remove(&id)) {
-                if effects.reveals_nothing {
-                    // Never hold these, or a snapshot could wait on a hold of its own.
-                    let _ = w.reply.send(Ok(outcome));
-                } else {
-                    self.answer(Held {
-                        version: index,
-                        deadline: w.deadline,
-                        answer: Answer::Write(w.reply, outcome),
-                    });
+        self.gauges.applied.store(index, Ordering::Release);
+        if let Some(owner) = effects.unlocks {
+            if let Some(waits) = self.lock_waits.remove(&owner) {
+                for w in waits {
+                    self.release_unlocked(index, w.deadline, vec![w.reader])?;
                 }
             }
         }
-        if let Some(index) = last {
-            self.gauges.set_applied(index);
+
+        let id = entry
+            .context
+            .as_ref()
+            .try_into()
+            .ok()
+            .map(u64::from_be_bytes);
+        // The id names our proposal only if the entry is of the term we proposed it
+        // in: an entry of another leader's term with the same id (ids start at a
+        // random point per replica) is someone else's.
+        let ours = id.filter(|id| self.writes.get(id).is_some_and(|w| w.term == term));
+        if let Some(w) = ours.and_then(|id| self.writes.remove(&id)) {
+            if effects.reveals_nothing {
+                // Never hold these, or a snapshot could wait on a hold of its own.
+                let _ = w.reply.send(Ok(outcome));
+            } else {
+                self.answer(Held {
+                    version: index,
+                    deadline: w.deadline,
+                    answer: Answer::Write(w.reply, outcome),
+                });
+            }
         }
         Ok(())
     }
