@@ -37,6 +37,10 @@ pub struct RaftConfig {
     pub log_compact_entries: u64,
     /// Ticks a read or write may wait inside a replica before it is failed.
     pub request_ticks: u64,
+    /// Threads driving this node's replicas (shards dealt round-robin; each thread
+    /// makes one sync cover all of its replicas' writes). More than the node's cores
+    /// only adds thread switches.
+    pub replica_threads: usize,
     /// Size limits that keep every entry and frame deliverable.
     pub limits: RaftLimits,
 }
@@ -133,6 +137,9 @@ impl RaftConfig {
         }
         if self.log_compact_entries == 0 {
             return fail("log compaction threshold must be at least 1");
+        }
+        if self.replica_threads == 0 {
+            return fail("replica threads must be at least 1");
         }
         self.limits.validate()
     }

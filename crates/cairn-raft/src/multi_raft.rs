@@ -16,6 +16,7 @@ use crate::call::{Call, Consistency, ControlRequest, ShardRequest, ShardResponse
 use crate::commit::GroupCommit;
 use crate::config::RaftConfig;
 use crate::error::{RaftError, ShardError};
+use crate::replica::pool;
 use crate::replica::{Replica, ReplicaGauges, ReplicaMsg};
 use crate::transport::{CallHandler, Transport};
 
@@ -367,7 +368,9 @@ impl MultiRaft {
             Transport::start(&cfg, inboxes, store.clone(), local.clone(), cancel.clone()).await?;
         let (commit, commit_thread) = GroupCommit::start(store.clone(), node);
         let (stop_tx, stop_rx) = bounded::<()>(0);
-        let mut threads = Vec::new();
+        // Shards dealt round-robin to the pool's threads (see `replica/pool.rs`).
+        let pools = cfg.replica_threads;
+        let mut owned: Vec<Vec<_>> = (0..pools).map(|_| Vec::new()).collect();
         for (shard, inbox) in cfg.groups().zip(receivers) {
             let replica = Replica::open(
                 shard,
@@ -377,14 +380,22 @@ impl MultiRaft {
                 transport.clone(),
                 gauges[shard as usize].clone(),
             )?;
+            owned[shard as usize % pools].push((replica, inbox));
+        }
+        let mut threads = Vec::new();
+        for (index, replicas) in owned.into_iter().enumerate() {
+            if replicas.is_empty() {
+                continue;
+            }
             let stop = stop_rx.clone();
             let tick = cfg.tick;
+            let commit = commit.clone();
             let handle = std::thread::Builder::new()
-                .name(format!("replica-{node}-{shard}"))
+                .name(format!("replicas-{node}-{index}"))
                 .spawn(move || {
-                    let span = tracing::info_span!("replica", node, shard);
+                    let span = tracing::info_span!("replica_pool", node, index);
                     let _enter = span.enter();
-                    replica.run(inbox, stop, tick)
+                    pool::run(replicas, commit, stop, tick)
                 })?;
             threads.push(handle);
         }

@@ -63,6 +63,7 @@ impl TestCluster {
             heartbeat_ticks: 2,
             log_compact_entries: 20,
             request_ticks: 100,
+            replica_threads: 2,
             limits: Default::default(),
         };
         // While a host is down, the others keep dialling it, and any outgoing

@@ -50,6 +50,7 @@ fn config(node: u64) -> RaftConfig {
         heartbeat_ticks: 2,
         log_compact_entries: 1000,
         request_ticks: 100,
+        replica_threads: 1,
         limits: Default::default(),
     }
 }

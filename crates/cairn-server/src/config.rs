@@ -46,6 +46,9 @@ pub struct Config {
     pub heartbeat_ticks: usize,
     /// Compact a shard's Raft log past this many applied entries. Default 10000.
     pub log_compact_entries: u64,
+    /// Threads driving this node's replicas; each makes one fsync cover the writes of
+    /// all its shards. Default 2.
+    pub replica_threads: usize,
     /// Largest key in bytes. Default 4096.
     pub max_key_bytes: usize,
     /// Largest value in bytes. Default 1 MiB.
@@ -151,6 +154,10 @@ pub struct Settings {
     /// Compact a shard's log past this many applied entries [default: 10000].
     #[arg(long, env = "CAIRN_LOG_COMPACT_ENTRIES")]
     pub log_compact_entries: Option<u64>,
+    /// Threads driving this node's replicas; each makes one fsync cover the writes of
+    /// all its shards. More than the machine's cores only adds switching [default: 2].
+    #[arg(long, env = "CAIRN_REPLICA_THREADS")]
+    pub replica_threads: Option<usize>,
     /// Largest key in bytes [default: 4096].
     #[arg(long, env = "CAIRN_MAX_KEY_BYTES")]
     pub max_key_bytes: Option<usize>,
@@ -228,6 +235,7 @@ impl Settings {
             election_ticks,
             heartbeat_ticks,
             log_compact_entries,
+            replica_threads,
             max_key_bytes,
             max_value_bytes,
             max_request_bytes,
@@ -276,6 +284,7 @@ impl Settings {
             election_ticks: self.election_ticks.unwrap_or(10),
             heartbeat_ticks: self.heartbeat_ticks.unwrap_or(2),
             log_compact_entries: self.log_compact_entries.unwrap_or(10_000),
+            replica_threads: self.replica_threads.unwrap_or(2),
             max_key_bytes: self.max_key_bytes.unwrap_or(4096),
             max_value_bytes: self.max_value_bytes.unwrap_or(1024 * 1024),
             max_request_bytes: self.max_request_bytes.unwrap_or(4 * 1024 * 1024),
@@ -347,6 +356,9 @@ impl Config {
         }
         if self.log_compact_entries == 0 {
             return fail("--log-compact-entries must be positive".into());
+        }
+        if self.replica_threads == 0 {
+            return fail("--replica-threads must be at least 1".into());
         }
         if self.max_key_bytes == 0 || self.max_value_bytes == 0 || self.max_scan_limit == 0 {
             return fail("size limits must be positive".into());
@@ -486,6 +498,7 @@ impl Config {
             heartbeat_ticks: self.heartbeat_ticks,
             log_compact_entries: self.log_compact_entries,
             request_ticks: (self.request_timeout_ms / self.tick_ms).max(1),
+            replica_threads: self.replica_threads,
             limits: self.raft_limits(),
         }
     }

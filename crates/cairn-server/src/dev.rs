@@ -31,6 +31,10 @@ pub struct DevArgs {
     /// Automatic snapshot interval while data is written (0 disables).
     #[arg(long, default_value_t = 1000)]
     pub snapshot_interval_ms: u64,
+    /// Threads driving each node's replicas. The nodes share one machine, so one each
+    /// by default.
+    #[arg(long, default_value_t = 1)]
+    pub replica_threads: usize,
 }
 
 impl DevArgs {
@@ -55,6 +59,7 @@ impl DevArgs {
                     shards: Some(self.shards),
                     cluster_token: Some("cairn-dev".into()),
                     snapshot_interval_ms: Some(self.snapshot_interval_ms),
+                    replica_threads: Some(self.replica_threads),
                     // A local playground: backups may go wherever its user says.
                     backup_allow: Some(vec!["*".into()]),
                     ..Settings::default()

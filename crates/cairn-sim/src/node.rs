@@ -202,6 +202,7 @@ pub fn raft_config(node: NodeId, nodes: u64, shards: u32, log_compact_entries: u
         heartbeat_ticks: 2,
         log_compact_entries,
         request_ticks: 100,
+        replica_threads: 1,
         limits: Default::default(),
     }
 }

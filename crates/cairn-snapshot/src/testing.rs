@@ -50,6 +50,7 @@ impl LocalCluster {
                 heartbeat_ticks: 2,
                 log_compact_entries: 1000,
                 request_ticks: 250,
+                replica_threads: 2,
                 limits: Default::default(),
             };
             hosts.insert(id, MultiRaft::start(config, store).await.expect("start"));

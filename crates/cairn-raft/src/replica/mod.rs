@@ -1,9 +1,9 @@
 //! One shard's replica on this node: the only owner of its `RawNode`.
 //!
-//! A replica is a thread (raft-rs is synchronous, and its Ready handling blocks on
-//! fsync) that selects over three inputs: its inbox of [`ReplicaMsg`]s, its ticker and
-//! the node's shutdown signal. Everyone else talks to it by message and waits on a
-//! oneshot reply; its live figures (leader, term, indexes) are published through
+//! A replica is driven by one thread of the node's replica pool ([`pool`]: raft-rs is
+//! synchronous, and its Ready handling blocks on fsync), which selects over its inbox
+//! of [`ReplicaMsg`]s, a ticker and the node's shutdown signal. Everyone else talks to
+//! it by message and waits on a oneshot reply; its live figures (leader, term, indexes) are published through
 //! atomics in [`ReplicaGauges`] so routing and status never queue behind the Raft loop.
 //!
 //! Time inside the replica is counted in ticks: requests that wait too long are failed
@@ -16,9 +16,10 @@
 //! The deciding code is independent of threads, sockets and wall time: what leaves the
 //! replica goes through an [`Outbox`] (the peer transport in production), what must
 //! become durable through a [`Durability`] ([`GroupCommit`]), and what production draws
-//! at random can be fixed with a [`ReplicaSeed`]. The thread loop ([`Replica::run`])
-//! only selects over its inputs and calls [`Replica::handle`], [`Replica::tick`] and
-//! [`Replica::process`]; the deterministic simulator (`cairn-sim`) calls the same three
+//! at random can be fixed with a [`ReplicaSeed`]. The thread loop ([`pool`], a thread
+//! that drives several replicas) only selects over their inputs and calls
+//! [`Replica::handle`], [`Replica::tick`] and the two halves of [`Replica::process`];
+//! the deterministic simulator (`cairn-sim`) calls the same three
 //! methods on a virtual clock, so what it checks is this code, not a model of it.
 //!
 //! Files: this one is the driver (inputs, proposals, the Ready loop, apply);
@@ -29,13 +30,11 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use cairn_store::{
     ApplyOutcome, Command, Committed, Effects, NodeId, NodeStore, RaftLog, ReadScope, ShardId,
     ShardState,
 };
-use crossbeam_channel::{select, tick, Receiver};
 use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, SnapshotStatus, StateRole};
@@ -47,6 +46,7 @@ use crate::error::{ReplicaError, ShardError};
 
 mod gate;
 mod gauges;
+pub mod pool;
 mod read;
 mod snapshot;
 
@@ -165,6 +165,8 @@ pub struct Replica<O: Outbox, D: Durability = GroupCommit> {
     lock_waits: BTreeMap<u64, Vec<LockWait>>,
     /// Snapshot receivers waiting for their staged snapshot to be handled.
     snapshot_done: Vec<oneshot::Sender<()>>,
+    /// A Ready written by [`Replica::ready_write`], waiting for its sync.
+    ready: Option<raft::Ready>,
 }
 
 impl<O: Outbox, D: Durability> Replica<O, D> {
@@ -294,33 +296,18 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
             held: Vec::new(),
             lock_waits: BTreeMap::new(),
             snapshot_done: Vec::new(),
+            ready: None,
         })
     }
 
-    /// The replica's loop: runs until `shutdown` is closed.
-    pub fn run(mut self, inbox: Receiver<ReplicaMsg>, shutdown: Receiver<()>, tick_len: Duration) {
-        let ticker = tick(tick_len);
-        loop {
-            select! {
-                recv(inbox) -> msg => match msg {
-                    Ok(msg) => {
-                        self.handle(msg);
-                        // Drain what else is queued so one Ready (one fsync) covers it all.
-                        for msg in inbox.try_iter().take(4096) {
-                            self.handle(msg);
-                        }
-                    }
-                    Err(_) => break,
-                },
-                recv(ticker) -> _ => self.tick(),
-                recv(shutdown) -> _ => break,
-            }
-            if let Err(e) = self.process() {
-                fatal(self.shard, &e.to_string());
-            }
-        }
+    /// This replica's shard.
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    /// The node is stopping: answer everything still waiting.
+    pub(crate) fn stop(&mut self) {
         self.fail_pending(|| ShardError::ShuttingDown, || ShardError::ShuttingDown);
-        tracing::debug!("replica stopped");
     }
 
     /// After a batch of inputs ([`Replica::handle`], [`Replica::tick`]): issue one
@@ -329,8 +316,25 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
     /// memory and disk may be out of step, so the caller must stop this replica (the
     /// thread loop aborts the process; a restart recovers from disk).
     pub fn process(&mut self) -> Result<(), ReplicaError> {
+        if self.process_write()? {
+            self.commit.sync()?;
+        }
+        self.process_finish()
+    }
+
+    /// The first half of [`Replica::process`]: everything up to the sync. Returns
+    /// whether what it wrote must be durable before [`Replica::process_finish`]; a
+    /// caller driving several replicas (a [`pool`] thread) makes one sync cover them
+    /// all.
+    pub fn process_write(&mut self) -> Result<bool, ReplicaError> {
         self.issue_reads();
-        self.on_ready()?;
+        self.ready_write()
+    }
+
+    /// The second half of [`Replica::process`], once what
+    /// [`Replica::process_write`] wrote is durable.
+    pub fn process_finish(&mut self) -> Result<(), ReplicaError> {
+        self.ready_finish()?;
         for done in self.snapshot_done.drain(..) {
             let _ = done.send(());
         }
@@ -473,10 +477,12 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
         }
     }
 
-    /// Handle one Ready, in the order raft-rs requires.
-    fn on_ready(&mut self) -> Result<(), ReplicaError> {
-        if !self.raw.has_ready() {
-            return Ok(());
+    /// Handle one Ready, in the order raft-rs requires, up to its sync: returns whether
+    /// a sync must come before [`Replica::ready_finish`]. The Ready waits in
+    /// `self.ready` meanwhile.
+    fn ready_write(&mut self) -> Result<bool, ReplicaError> {
+        if self.ready.is_some() || !self.raw.has_ready() {
+            return Ok(false);
         }
         let mut ready = self.raw.ready();
 
@@ -506,9 +512,16 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
             self.log.persist(ready.entries(), ready.hs())?;
             self.commit.written();
         }
-        if ready.must_sync() || !ready.snapshot().is_empty() {
-            self.commit.sync()?;
-        }
+        let sync = ready.must_sync() || !ready.snapshot().is_empty();
+        self.ready = Some(ready);
+        Ok(sync)
+    }
+
+    /// The rest of the Ready [`Replica::ready_write`] began, once its writes are durable.
+    fn ready_finish(&mut self) -> Result<(), ReplicaError> {
+        let Some(mut ready) = self.ready.take() else {
+            return Ok(());
+        };
         if let Some(hs) = ready.hs() {
             self.gauges.term.store(hs.term, Ordering::Relaxed);
             self.fail_stale_writes(hs.term);
@@ -743,7 +756,7 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
 /// A storage failure inside the Raft loop leaves the replica's memory and disk out of
 /// step; continuing could apply a command twice or ack an unsynced write. Stop the
 /// process and let a restart recover from disk.
-fn fatal(shard: ShardId, error: &str) -> ! {
+pub(crate) fn fatal(shard: ShardId, error: &str) -> ! {
     tracing::error!(
         shard,
         error,

@@ -378,6 +378,7 @@ mod tests {
             heartbeat_ticks: 2,
             log_compact_entries: 1000,
             request_ticks: 50,
+            replica_threads: 1,
             limits: RaftLimits {
                 max_frame_bytes: MAX_FRAME,
                 max_entry_bytes: 1024,

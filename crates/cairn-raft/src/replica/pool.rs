@@ -1,0 +1,94 @@
+//! The replica pool: a few threads, each driving several replicas.
+//!
+//! A thread per replica made every write wake a thread per shard on every node, and
+//! each of them asked the group-commit flusher for its own sync: at 64 clients on a
+//! two-core machine the node spent more time switching threads than replicating, and
+//! one fsync covered fewer than two replicas. A pool thread instead takes every
+//! message waiting for any of its replicas, writes each replica's Ready, makes them
+//! durable with **one** sync, and only then finishes each Ready (the messages that
+//! promise durability, the advance, the apply). The order raft-rs requires holds per
+//! replica; only the sync is shared. (TiKV's raftstore batch system works the same
+//! way.)
+//!
+//! Shards are dealt to threads round-robin; a replica never moves between threads, so
+//! each is still owned by exactly one thread and nothing is shared across the loop.
+
+use std::time::Duration;
+
+use crossbeam_channel::{tick, Receiver, Select, TryRecvError};
+
+use super::{fatal, Outbox, Replica, ReplicaMsg};
+use crate::commit::Durability;
+use crate::error::ReplicaError;
+
+/// How many inputs a replica takes before its Ready is written, so one busy shard
+/// cannot hold the others of its thread back for long.
+const DRAIN: usize = 4096;
+
+/// Drive `replicas` (each with its inbox) until `shutdown` is closed or an inbox is
+/// gone. `commit` makes each round's writes durable with one sync.
+pub fn run<O: Outbox, D: Durability>(
+    mut replicas: Vec<(Replica<O, D>, Receiver<ReplicaMsg>)>,
+    commit: D,
+    shutdown: Receiver<()>,
+    tick_len: Duration,
+) {
+    let ticker = tick(tick_len);
+    loop {
+        let mut select = Select::new();
+        for (_, inbox) in &replicas {
+            select.recv(inbox);
+        }
+        select.recv(&ticker);
+        let stop = select.recv(&shutdown);
+        if select.ready() == stop {
+            break;
+        }
+        if ticker.try_recv().is_ok() {
+            for (replica, _) in &mut replicas {
+                replica.tick();
+            }
+        }
+        match round(&mut replicas, &commit) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err((shard, e)) => fatal(shard, &e.to_string()),
+        }
+    }
+    for (replica, _) in &mut replicas {
+        replica.stop();
+    }
+    tracing::debug!("replica pool stopped");
+}
+
+/// One round: take what every inbox holds, write every replica's Ready, one sync if
+/// any of them needs it, then finish every Ready. `Ok(false)` if an inbox is gone
+/// (the node is stopping); an error names the shard whose storage failed (or the
+/// first shard, for a failed sync), after which memory and disk may disagree.
+pub fn round<O: Outbox, D: Durability>(
+    replicas: &mut [(Replica<O, D>, Receiver<ReplicaMsg>)],
+    commit: &D,
+) -> Result<bool, (u32, ReplicaError)> {
+    // Every inbox, not only the one that woke us: one sync then covers them all.
+    for (replica, inbox) in replicas.iter_mut() {
+        for _ in 0..DRAIN {
+            match inbox.try_recv() {
+                Ok(msg) => replica.handle(msg),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return Ok(false),
+            }
+        }
+    }
+    let mut sync = false;
+    for (replica, _) in replicas.iter_mut() {
+        sync |= replica.process_write().map_err(|e| (replica.shard(), e))?;
+    }
+    if sync {
+        let shard = replicas.first().map_or(0, |(r, _)| r.shard());
+        commit.sync().map_err(|e| (shard, e.into()))?;
+    }
+    for (replica, _) in replicas.iter_mut() {
+        replica.process_finish().map_err(|e| (replica.shard(), e))?;
+    }
+    Ok(true)
+}
