@@ -15,7 +15,7 @@
 
 use std::collections::HashSet;
 
-use crate::command::{Command, OpKind};
+use crate::command::{Command, Condition, OpKind};
 use crate::error::{Result, StoreError};
 use crate::state::{AppliedState, ApplyOutcome, ShardState};
 
@@ -114,9 +114,10 @@ impl ShardState {
     /// Why a prefix: each sled batch takes sled's process-wide lock exclusively, so one
     /// batch per entry made every shard of the node wait on every other's applies. A
     /// run of consecutive plain entries (client batches, entries without a command)
-    /// whose writes touch keys no earlier entry of the run wrote is applied in one
-    /// batch: each reads only the tree, and nothing earlier in the run changed what it
-    /// reads (locks change only by transaction phases, which are not plain). Any other
+    /// whose ops name keys no earlier entry of the run wrote is applied in one batch:
+    /// each reads only the tree, and nothing earlier in the run changed what it reads
+    /// (its own keys; locks change only by transaction phases, which are not plain).
+    /// A batch with a `NothingUnder` condition reads a whole prefix, so it is not plain. Any other
     /// command is applied alone and ends the prefix, so the replica acts on its effects
     /// (opening a hold, waking lock waiters) before a later entry's data reaches the
     /// tree, exactly as when every entry was applied by itself.
@@ -130,9 +131,11 @@ impl ShardState {
             let command = decode(entry.data)?;
             let plain = match &command {
                 None => true,
-                Some(Command::Batch(ops)) => {
-                    ops.iter().all(|op| !written.contains(op.key.as_slice()))
-                }
+                // A `NothingUnder` condition reads every key under a prefix, not just
+                // its own, so it never joins a run: it must see the run's writes.
+                Some(Command::Batch(ops)) => ops.iter().all(|op| {
+                    op.condition != Condition::NothingUnder && !written.contains(op.key.as_slice())
+                }),
                 Some(_) => false,
             };
             if !plain {

@@ -2,7 +2,8 @@
 //! plain writes in one sled batch) must be indistinguishable from applying them one by
 //! one: the same outcome and effects for every entry, and the same tree afterwards.
 //! Random logs mix client batches with conditions over a tiny keyspace (so writes in a
-//! run collide), markers, releases, compactions, transaction phases and empty entries.
+//! run collide, and prefix conditions read other entries' keys), markers, releases,
+//! compactions, transaction phases and empty entries.
 
 use cairn_store::{
     ApplyOutcome, Command, Committed, Condition, Effects, NodeStore, OpKind, ShardState, WriteOp,
@@ -19,8 +20,8 @@ fn key() -> impl Strategy<Value = Vec<u8>> {
 
 fn op() -> impl Strategy<Value = WriteOp> {
     let kind = prop_oneof![
-        3 => proptest::collection::vec(any::<u8>(), 0..3).prop_map(OpKind::Put),
-        1 => Just(OpKind::Delete),
+        2 => proptest::collection::vec(any::<u8>(), 0..3).prop_map(OpKind::Put),
+        2 => Just(OpKind::Delete),
         1 => Just(OpKind::Check),
     ];
     let condition = prop_oneof![
@@ -28,6 +29,7 @@ fn op() -> impl Strategy<Value = WriteOp> {
         1 => Just(Condition::Absent),
         1 => Just(Condition::Exists),
         1 => (0u64..12).prop_map(Condition::Version),
+        2 => Just(Condition::NothingUnder),
     ];
     (key(), kind, condition).prop_map(|(key, kind, condition)| WriteOp {
         key,
@@ -43,7 +45,7 @@ fn ops() -> impl Strategy<Value = Vec<WriteOp>> {
 /// A command, or `None` for an entry without one.
 fn entry() -> impl Strategy<Value = Option<Command>> {
     prop_oneof![
-        8 => ops().prop_map(|ops| Some(Command::Batch(ops))),
+        16 => ops().prop_map(|ops| Some(Command::Batch(ops))),
         1 => Just(None),
         1 => (1u64..3).prop_map(|epoch| Some(Command::Marker { epoch })),
         1 => (1u64..3).prop_map(|epoch| Some(Command::Release { epoch })),
@@ -64,7 +66,7 @@ fn everything(state: &ShardState) -> Vec<(Vec<u8>, Vec<u8>)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn a_prefix_at_a_time_is_one_at_a_time(log in proptest::collection::vec(entry(), 1..30)) {
@@ -111,6 +113,7 @@ fn plain_writes_to_distinct_keys_go_in_one_batch_and_a_repeated_key_splits_the_r
         .encode()
     };
     let data = [put(b"a"), Vec::new(), put(b"b"), put(b"a"), put(b"c")];
+
     let committed: Vec<Committed<'_>> = data
         .iter()
         .enumerate()
@@ -126,17 +129,42 @@ fn plain_writes_to_distinct_keys_go_in_one_batch_and_a_repeated_key_splits_the_r
     assert_eq!(state.applied().unwrap().index, 3);
     assert_eq!(state.apply_entries(&committed[3..]).unwrap().len(), 2);
 
+    // A `NothingUnder` condition reads a whole prefix: it must see `a/1`, written just
+    // before it, so it is applied alone (and refused).
+    let under = Command::Batch(vec![WriteOp {
+        key: b"a/".to_vec(),
+        kind: OpKind::Put(b"v".to_vec()),
+        condition: Condition::NothingUnder,
+    }])
+    .encode();
+    let a1 = put(b"a/1");
+    let prefix = [
+        Committed {
+            index: 6,
+            term: 1,
+            data: &a1,
+        },
+        Committed {
+            index: 7,
+            term: 1,
+            data: &under,
+        },
+    ];
+    assert_eq!(state.apply_entries(&prefix).unwrap().len(), 1);
+    let refused = state.apply_entries(&prefix[1..]).unwrap();
+    assert!(matches!(refused[0].0, ApplyOutcome::Rejected { .. }));
+
     // A marker is applied alone, so its hold opens before later data lands.
     let marker = Command::Marker { epoch: 1 }.encode();
     let after = put(b"d");
     let tail = [
         Committed {
-            index: 6,
+            index: 8,
             term: 1,
             data: &marker,
         },
         Committed {
-            index: 7,
+            index: 9,
             term: 1,
             data: &after,
         },
@@ -144,5 +172,5 @@ fn plain_writes_to_distinct_keys_go_in_one_batch_and_a_repeated_key_splits_the_r
     let first = state.apply_entries(&tail).unwrap();
     assert_eq!(first.len(), 1);
     assert!(first[0].1.opens.is_some());
-    assert_eq!(state.applied().unwrap().index, 6);
+    assert_eq!(state.applied().unwrap().index, 8);
 }
