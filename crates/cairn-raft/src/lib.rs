@@ -1,8 +1,9 @@
 //! Multi-raft for Cairn: every shard of a node is its own Raft group, driven here.
 //!
 //! This crate owns the moving parts between an accepted request and durable, replicated
-//! state: one [`replica`] thread per shard owning its raft-rs `RawNode`; the
-//! [`commit`] flusher that lets one fsync cover every shard of the node; the
+//! state: one [`replica`] per shard owning its raft-rs `RawNode`, driven by a few pool
+//! threads that each make one sync cover all of their replicas; the [`commit`]
+//! flusher that lets one fsync cover every shard of the node; the
 //! [`transport`] that carries Raft messages (batched per peer), forwarded requests and
 //! streamed Raft snapshots between nodes; and [`MultiRaft`], which starts and stops
 //! them together and serves requests with the local replicas.
@@ -10,9 +11,8 @@
 //! What it must never do: decide where a request goes (the server's router does),
 //! interpret commands, keys or values (the store's state machine does: applying an
 //! entry returns its outcome and its `Effects` on held answers, which the replica acts
-//! on without knowing why), or block an async worker
-//! on Raft or disk work (replicas are threads; tree reads off the hot path run on the
-//! blocking pool).
+//! on without knowing why), or block an async worker on Raft or disk work (replicas
+//! run on their pool threads; tree reads off the hot path run on the blocking pool).
 //!
 //! The guarantees it provides: a write is answered only after its entry is committed by
 //! a quorum, fsync'd on this node, and applied; a linearizable read is answered only
