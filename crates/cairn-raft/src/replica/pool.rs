@@ -2,8 +2,8 @@
 //!
 //! A thread per replica made every write wake a thread per shard on every node, and
 //! each of them asked the group-commit flusher for its own sync: at 64 clients on a
-//! two-core machine the node spent more time switching threads than replicating, and
-//! one fsync covered fewer than two replicas. A pool thread instead takes every
+//! two-core machine a third of the profile was thread switches, and one fsync covered
+//! fewer than two waiting replicas. A pool thread instead takes every
 //! message waiting for any of its replicas, writes each replica's Ready, makes them
 //! durable with **one** sync, and only then finishes each Ready (the messages that
 //! promise durability, the advance, the apply). The order raft-rs requires holds per
