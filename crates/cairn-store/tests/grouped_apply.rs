@@ -174,3 +174,52 @@ fn plain_writes_to_distinct_keys_go_in_one_batch_and_a_repeated_key_splits_the_r
     assert!(first[0].1.opens.is_some());
     assert_eq!(state.applied().unwrap().index, 8);
 }
+
+/// Short logs of single-op writes under one prefix, half of them conditioned on the
+/// prefix being empty: the case where a run's earlier write changes what a later
+/// entry's condition reads (the broad test above rarely builds it).
+fn prefix_write() -> impl Strategy<Value = Command> {
+    let key = prop_oneof![
+        Just(b"p".to_vec()),
+        Just(b"p/1".to_vec()),
+        Just(b"p/2".to_vec())
+    ];
+    let kind = prop_oneof![Just(OpKind::Put(b"v".to_vec())), Just(OpKind::Delete)];
+    let condition = prop_oneof![Just(Condition::Always), Just(Condition::NothingUnder)];
+    (key, kind, condition).prop_map(|(key, kind, condition)| {
+        Command::Batch(vec![WriteOp {
+            key,
+            kind,
+            condition,
+        }])
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn prefix_conditions_see_the_writes_before_them(log in proptest::collection::vec(prefix_write(), 2..8)) {
+        let encoded: Vec<Vec<u8>> = log.iter().map(Command::encode).collect();
+        let committed: Vec<Committed<'_>> = encoded
+            .iter()
+            .enumerate()
+            .map(|(i, data)| Committed { index: i as u64 + 1, term: 1, data })
+            .collect();
+        let (_one_dir, one) = open();
+        let singly: Vec<(ApplyOutcome, Effects)> = committed
+            .iter()
+            .map(|c| one.apply_entry(c.index, c.term, c.data).unwrap())
+            .collect();
+        let (_grouped_dir, grouped) = open();
+        let mut together = Vec::new();
+        let mut rest = &committed[..];
+        while !rest.is_empty() {
+            let results = grouped.apply_entries(rest).unwrap();
+            rest = &rest[results.len()..];
+            together.extend(results);
+        }
+        prop_assert_eq!(&together, &singly);
+        prop_assert_eq!(everything(&grouped), everything(&one));
+    }
+}
