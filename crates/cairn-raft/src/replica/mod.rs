@@ -3,8 +3,9 @@
 //! A replica is driven by one thread of the node's replica pool ([`pool`]: raft-rs is
 //! synchronous, and its Ready handling blocks on fsync), which selects over its inbox
 //! of [`ReplicaMsg`]s, a ticker and the node's shutdown signal. Everyone else talks to
-//! it by message and waits on a oneshot reply; its live figures (leader, term, indexes) are published through
-//! atomics in [`ReplicaGauges`] so routing and status never queue behind the Raft loop.
+//! it by message and waits on a oneshot reply; its live figures (leader, term,
+//! indexes) are published through atomics in [`ReplicaGauges`] so routing and status
+//! never queue behind the Raft loop.
 //!
 //! Time inside the replica is counted in ticks: requests that wait too long are failed
 //! after `request_ticks`, not after a wall-clock duration.
@@ -19,8 +20,8 @@
 //! at random can be fixed with a [`ReplicaSeed`]. The thread loop ([`pool`], a thread
 //! that drives several replicas) only selects over their inputs and calls
 //! [`Replica::handle`], [`Replica::tick`] and the two halves of [`Replica::process`];
-//! the deterministic simulator (`cairn-sim`) calls the same three
-//! methods on a virtual clock, so what it checks is this code, not a model of it.
+//! the deterministic simulator (`cairn-sim`) calls `handle`, `tick` and `process` on a
+//! virtual clock, so what it checks is this code, not a model of it.
 //!
 //! Files: this one is the driver (inputs, proposals, the Ready loop, apply);
 //! `read.rs` batches linearizable reads into ReadIndex rounds; `gate.rs` holds answers
