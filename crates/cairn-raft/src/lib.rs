@@ -9,9 +9,10 @@
 //! them together and serves requests with the local replicas.
 //!
 //! What it must never do: decide where a request goes (the server's router does),
-//! interpret commands, keys or values (the store's state machine does: applying an
-//! entry returns its outcome and its `Effects` on held answers, which the replica acts
-//! on without knowing why), or block an async worker on Raft or disk work (replicas
+//! interpret commands, keys or values (the replica is generic over a [`StateMachine`]:
+//! applying entries returns their outcomes and their `Effects` on held answers, which
+//! the replica acts on without knowing why; Cairn's key-value shard is the machine the
+//! node runs), or block an async worker on Raft or disk work (replicas
 //! run on their pool threads; tree reads off the hot path run on the blocking pool).
 //!
 //! The guarantees it provides: a write is answered only after its entry is committed by
@@ -24,6 +25,7 @@ pub mod call;
 pub mod commit;
 pub mod config;
 pub mod error;
+pub mod machine;
 pub mod multi_raft;
 pub mod replica;
 pub mod retry;
@@ -32,6 +34,7 @@ pub mod transport;
 pub use call::{Call, Consistency, ControlRequest, ShardRequest, ShardResponse};
 pub use config::{RaftConfig, RaftLimits};
 pub use error::{RaftError, ReplicaError, ShardError};
+pub use machine::StateMachine;
 pub use multi_raft::{ControlPath, LocalShards, MultiRaft, ReplicaStatus};
 pub use retry::Backoff;
 pub use transport::LinkStatus;

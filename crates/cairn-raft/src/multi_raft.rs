@@ -29,7 +29,7 @@ pub struct LocalShards {
     /// Groups below this are data shards, open to client calls; the rest (the meta
     /// group) take control calls only.
     data_shards: u32,
-    inboxes: Vec<Sender<ReplicaMsg>>,
+    inboxes: Vec<Sender<ReplicaMsg<ShardState>>>,
     states: Vec<ShardState>,
     gauges: Vec<Arc<ReplicaGauges>>,
 }
@@ -124,7 +124,10 @@ impl LocalShards {
         }
     }
 
-    fn replica(&self, shard: ShardId) -> Result<(&Sender<ReplicaMsg>, &ShardState), ShardError> {
+    fn replica(
+        &self,
+        shard: ShardId,
+    ) -> Result<(&Sender<ReplicaMsg<ShardState>>, &ShardState), ShardError> {
         match (
             self.inboxes.get(shard as usize),
             self.states.get(shard as usize),
@@ -198,7 +201,7 @@ impl LocalShards {
     /// nothing across shards.
     async fn read_version(
         &self,
-        inbox: &Sender<ReplicaMsg>,
+        inbox: &Sender<ReplicaMsg<ShardState>>,
         consistency: Consistency,
         shard: ShardId,
         scope: ReadScope,
@@ -372,7 +375,7 @@ impl MultiRaft {
         let pools = cfg.replica_threads;
         let mut owned: Vec<Vec<_>> = (0..pools).map(|_| Vec::new()).collect();
         for (shard, inbox) in cfg.groups().zip(receivers) {
-            let replica = Replica::open(
+            let replica = Replica::<ShardState, _, _>::open(
                 shard,
                 &cfg,
                 store.clone(),

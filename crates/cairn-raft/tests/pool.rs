@@ -21,7 +21,7 @@ use raft::prelude::Message;
 /// Single-voter groups send nothing anyone needs.
 struct Nowhere;
 
-impl Outbox for Nowhere {
+impl Outbox<ShardState> for Nowhere {
     fn send_raft(&mut self, _: ShardId, _: Message) -> bool {
         true
     }
@@ -41,7 +41,10 @@ impl Durability for Counted {
     }
 }
 
-type Owned = (Replica<Nowhere, Counted>, Receiver<ReplicaMsg>);
+type Owned = (
+    Replica<ShardState, Nowhere, Counted>,
+    Receiver<ReplicaMsg<ShardState>>,
+);
 
 fn config() -> RaftConfig {
     let addr = SocketAddr::from(([127, 0, 0, 1], 7001));
@@ -73,7 +76,7 @@ fn put(key: &str) -> Command {
 fn one_sync_covers_the_writes_of_every_replica_in_a_round() {
     let store = NodeStore::open_temporary().unwrap();
     let syncs = Counted::default();
-    let mut inboxes: Vec<Sender<ReplicaMsg>> = Vec::new();
+    let mut inboxes: Vec<Sender<ReplicaMsg<ShardState>>> = Vec::new();
     let mut gauges = Vec::new();
     let mut replicas: Vec<Owned> = Vec::new();
     for shard in 0..3 {

@@ -16,7 +16,7 @@ use raft::prelude::{ConfState, Entry, HardState, Message, MessageType};
 #[derive(Default)]
 struct Sent(Vec<Message>);
 
-impl Outbox for Sent {
+impl Outbox<ShardState> for Sent {
     fn send_raft(&mut self, _: ShardId, msg: Message) -> bool {
         self.0.push(msg);
         true

@@ -64,7 +64,7 @@ pub struct SimOutbox {
     queue: Rc<RefCell<Vec<Outgoing>>>,
 }
 
-impl Outbox for SimOutbox {
+impl Outbox<ShardState> for SimOutbox {
     fn send_raft(&mut self, shard: ShardId, msg: Message) -> bool {
         self.queue.borrow_mut().push(Outgoing::Raft { shard, msg });
         true
@@ -150,7 +150,7 @@ impl Durability for SimDurability {
     }
 }
 
-pub type SimReplica = Replica<SimOutbox, SimDurability>;
+pub type SimReplica = Replica<ShardState, SimOutbox, SimDurability>;
 
 /// A running node.
 pub struct Live {

@@ -58,7 +58,7 @@ pub use fail as __fail;
 pub use history::{HistoryRange, KeyVersion};
 pub use image::StoreImage;
 pub use page::{Page, PageLimit};
-pub use raft_log::RaftLog;
+pub use raft_log::{AppliedPoint, RaftLog};
 pub use stage::SnapshotStage;
 pub use state::{AppliedState, ApplyOutcome, ShardState, Versioned};
 pub use txn::{txn_id, txn_started_ms, ReadScope, TxnRecord};

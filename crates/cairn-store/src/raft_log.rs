@@ -43,7 +43,7 @@ use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
 use crate::error::{Result, StoreError};
-use crate::state::ShardState;
+use crate::state::AppliedState;
 use crate::ShardId;
 
 const CONF_STATE_KEY: &[u8] = b"c";
@@ -81,6 +81,9 @@ impl LogMirror {
 /// The mirror of one shard's log, shared by every `RaftLog` of that shard.
 pub(crate) type SharedMirror = Arc<Mutex<LogMirror>>;
 
+/// How a log learns its state machine's applied point (see [`RaftLog::attach_applied`]).
+pub type AppliedPoint = Arc<dyn Fn() -> Result<AppliedState> + Send + Sync>;
+
 /// One shard's Raft log, hard state, conf state and compaction point. Clone = same tree
 /// and same mirror.
 #[derive(Clone)]
@@ -88,8 +91,8 @@ pub struct RaftLog {
     shard: ShardId,
     tree: sled::Tree,
     mirror: SharedMirror,
-    /// The shard's state machine, if attached: `snapshot()` reports its applied point.
-    state: Option<ShardState>,
+    /// The state machine's applied point, if attached: `snapshot()` reports it.
+    applied: Option<AppliedPoint>,
 }
 
 impl std::fmt::Debug for RaftLog {
@@ -108,7 +111,7 @@ impl RaftLog {
             shard,
             tree,
             mirror,
-            state: None,
+            applied: None,
         }
     }
 
@@ -168,9 +171,10 @@ impl RaftLog {
         self.shard
     }
 
-    /// Let `snapshot()` describe this state machine's applied point.
-    pub fn attach_state(&mut self, state: ShardState) {
-        self.state = Some(state);
+    /// Let `snapshot()` describe the applied point of the state machine this log feeds,
+    /// whatever that machine is: the log only needs to know how far it got.
+    pub fn attach_applied(&mut self, applied: AppliedPoint) {
+        self.applied = Some(applied);
     }
 
     fn corrupt(&self, what: impl std::fmt::Display) -> StoreError {
@@ -514,8 +518,8 @@ impl raft::Storage for RaftLog {
     /// streamed separately (`ShardState::export`), so `data` is empty.
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         let unavailable = || raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
-        let state = self.state.as_ref().ok_or_else(unavailable)?;
-        let applied = state.applied()?;
+        let applied_point = self.applied.as_ref().ok_or_else(unavailable)?;
+        let applied = applied_point()?;
         if applied.index < request_index {
             return Err(unavailable());
         }

@@ -153,6 +153,13 @@ impl ShardState {
         self.shard
     }
 
+    /// This state's applied point, for the shard's Raft log to describe in its
+    /// snapshots ([`crate::RaftLog::attach_applied`]).
+    pub fn applied_point(&self) -> crate::AppliedPoint {
+        let state = self.clone();
+        std::sync::Arc::new(move || state.applied())
+    }
+
     /// The last applied entry; (0, 0) for a new shard.
     pub fn applied(&self) -> Result<AppliedState> {
         let Some(v) = self.tree.get(keys::APPLIED_KEY)? else {

@@ -302,7 +302,7 @@ fn snapshot_describes_attached_state() {
     assert_eq!(log.snapshot(0, 2).map(|_| ()), unavailable);
 
     let state = store.shard_state(0).unwrap();
-    log.attach_state(state.clone());
+    log.attach_applied(state.applied_point());
     let cmd = Command::Batch(vec![]);
     state.apply(1, 1, None).unwrap();
     state.apply(2, 1, Some(&cmd)).unwrap();

@@ -14,36 +14,35 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use cairn_store::ApplyOutcome;
-
 use super::read::Reader;
 use super::{Outbox, ReadReply, Replica, WriteReply};
 use crate::commit::Durability;
 use crate::error::{ReplicaError, ShardError};
+use crate::machine::StateMachine;
 
 /// A read whose barrier passed but whose scope a prepared transaction has locked: the
 /// transaction may be committed already, with its writes not yet resolved here, so
 /// the read waits for the resolve rather than answer with the old value.
-pub(super) struct LockWait {
+pub(super) struct LockWait<M: StateMachine> {
     pub(super) deadline: u64,
-    pub(super) reader: Reader,
+    pub(super) reader: Reader<M>,
 }
 
 /// An answer ready to go but held back by a snapshot's alignment window: it depends
 /// on state at `version`, which is after an open epoch's cut.
-pub(super) struct Held {
+pub(super) struct Held<M: StateMachine> {
     pub(super) version: u64,
     pub(super) deadline: u64,
-    pub(super) answer: Answer,
+    pub(super) answer: Answer<M>,
 }
 
 /// What a held answer sends once released.
-pub(super) enum Answer {
-    Write(WriteReply, ApplyOutcome),
+pub(super) enum Answer<M: StateMachine> {
+    Write(WriteReply<M>, M::Outcome),
     Reads(Vec<ReadReply>),
 }
 
-impl Held {
+impl<M: StateMachine> Held<M> {
     /// Give up on a held answer. A held write *was* applied, but the client may not
     /// learn it before the snapshot completes, so its fate is reported as unknown.
     pub(super) fn fail(self, write_err: ShardError, read_err: ShardError) {
@@ -60,7 +59,7 @@ impl Held {
     }
 }
 
-impl<O: Outbox, D: Durability> Replica<O, D> {
+impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
     /// Answer the readers whose scope no transaction locks at `version` (the applied
     /// index: this thread alone applies, so the lock table is exact there); park the
     /// others until their transaction resolves.
@@ -68,7 +67,7 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
         &mut self,
         version: u64,
         deadline: u64,
-        readers: Vec<Reader>,
+        readers: Vec<Reader<M>>,
     ) -> Result<(), ReplicaError> {
         let mut free = Vec::new();
         for reader in readers {
@@ -100,7 +99,7 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
         self.holds.values().any(|&from| version > from)
     }
 
-    pub(super) fn answer(&mut self, held: Held) {
+    pub(super) fn answer(&mut self, held: Held<M>) {
         if self.is_held(held.version) {
             self.held.push(held);
             return;

@@ -14,7 +14,9 @@
 //! entry's context, never by queue position: an entry proposed by an old leader and
 //! overwritten later can never answer a new request.
 //!
-//! The deciding code is independent of threads, sockets and wall time: what leaves the
+//! The deciding code is independent of what is replicated, threads, sockets and wall
+//! time: what the log drives is a [`StateMachine`] (Cairn's key-value shard in the
+//! node), what leaves the
 //! replica goes through an [`Outbox`] (the peer transport in production), what must
 //! become durable through a [`Durability`] ([`GroupCommit`]), and what production draws
 //! at random can be fixed with a [`ReplicaSeed`]. The thread loop ([`pool`], a thread
@@ -32,10 +34,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use cairn_store::{
-    ApplyOutcome, Command, Committed, Effects, NodeId, NodeStore, RaftLog, ReadScope, ShardId,
-    ShardState,
-};
+use cairn_store::{Committed, Effects, NodeId, NodeStore, RaftLog, ShardId};
 use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, SnapshotStatus, StateRole};
@@ -44,6 +43,7 @@ use tokio::sync::oneshot;
 use crate::commit::{Durability, GroupCommit};
 use crate::config::RaftConfig;
 use crate::error::{ReplicaError, ShardError};
+use crate::machine::StateMachine;
 
 mod gate;
 mod gauges;
@@ -57,19 +57,19 @@ use read::{PendingReads, Reader};
 
 /// A message to a replica. Every variant documents who sends it and whether it may be
 /// dropped.
-pub enum ReplicaMsg {
+pub enum ReplicaMsg<M: StateMachine> {
     /// From the router: propose a write. Answered once it is applied, or with
     /// `NotLeader` at once on a follower. Never dropped silently: if the replica is
     /// gone, the dropped reply sender tells the caller.
     Propose {
-        command: Command,
-        reply: oneshot::Sender<Result<ApplyOutcome, ShardError>>,
+        command: M::Command,
+        reply: WriteReply<M>,
     },
     /// From the router: a linearizable-read barrier. Answered, with the version the
     /// caller must read the shard's tree at, once this leader has confirmed its
     /// leadership (ReadIndex), applied up to the read index, no transaction holds a
     /// lock on a key in `scope`, and no alignment hold covers that version.
-    ReadBarrier { scope: ReadScope, reply: ReadReply },
+    ReadBarrier { scope: M::Scope, reply: ReadReply },
     /// From the transport: a Raft message from a peer. May be dropped (Raft retries).
     Raft(Box<Message>),
     /// From the snapshot receiver: a `MsgSnapshot` whose data has been staged in this
@@ -85,14 +85,15 @@ pub enum ReplicaMsg {
 
 /// Where a replica's outbound traffic goes. Production: the peer transport; the
 /// simulator: its virtual network. Both may drop what they are given (Raft retries).
-pub trait Outbox {
+pub trait Outbox<M: StateMachine> {
     /// Send a Raft message to peer `msg.to`. Returns false if it was dropped at once.
     fn send_raft(&mut self, shard: ShardId, msg: Message) -> bool;
 
     /// Start sending a Raft snapshot (`msg` is the `MsgSnapshot`; its data is `state`
-    /// exported at the snapshot's index). How it ended must come back to the replica
-    /// as [`ReplicaMsg::SnapshotSent`]. Returns false if it could not even be started.
-    fn send_snapshot(&mut self, shard: ShardId, msg: Message, state: ShardState) -> bool;
+    /// as it stands at the snapshot's index). How it ended must come back to the
+    /// replica as [`ReplicaMsg::SnapshotSent`]. Returns false if it could not even be
+    /// started.
+    fn send_snapshot(&mut self, shard: ShardId, msg: Message, state: M) -> bool;
 }
 
 /// What a replica would otherwise draw at random, fixed by a caller whose runs must
@@ -118,23 +119,24 @@ impl ReplicaSeed {
     }
 }
 
-type WriteReply = oneshot::Sender<Result<ApplyOutcome, ShardError>>;
+type WriteReply<M> = oneshot::Sender<Result<<M as StateMachine>::Outcome, ShardError>>;
 type ReadReply = oneshot::Sender<Result<u64, ShardError>>;
 
 /// A write waiting to be applied.
-struct PendingWrite {
+struct PendingWrite<M: StateMachine> {
     term: u64,
     deadline: u64,
-    reply: WriteReply,
+    reply: WriteReply<M>,
 }
 
-/// One shard's replica. `O` and `D` are its outbound side and its durability, so the
-/// same code runs on threads and sockets or inside the simulator.
-pub struct Replica<O: Outbox, D: Durability = GroupCommit> {
+/// One shard's replica. `M` is the state machine its log drives; `O` and `D` are its
+/// outbound side and its durability, so the same code runs on threads and sockets or
+/// inside the simulator.
+pub struct Replica<M: StateMachine, O: Outbox<M>, D: Durability = GroupCommit> {
     shard: ShardId,
     raw: RawNode<RaftLog>,
     log: RaftLog,
-    state: ShardState,
+    state: M,
     store: NodeStore,
     commit: D,
     transport: O,
@@ -149,28 +151,28 @@ pub struct Replica<O: Outbox, D: Durability = GroupCommit> {
     role: StateRole,
     // Ordered maps throughout: iteration order decides the order of replies, which a
     // simulated run must repeat exactly.
-    writes: BTreeMap<u64, PendingWrite>,
+    writes: BTreeMap<u64, PendingWrite<M>>,
     /// Reads that arrived since the last ReadIndex was issued.
-    reads_unissued: Vec<Reader>,
+    reads_unissued: Vec<Reader<M>>,
     /// ReadIndex requests in flight, by context id.
-    reads_inflight: BTreeMap<u64, PendingReads>,
+    reads_inflight: BTreeMap<u64, PendingReads<M>>,
     /// Confirmed read indexes waiting for apply to catch up.
-    reads_confirmed: BTreeMap<u64, Vec<PendingReads>>,
+    reads_confirmed: BTreeMap<u64, Vec<PendingReads<M>>>,
     /// Open holds (by id: a snapshot epoch) and the version each lets answers
     /// reveal, derived from the applied log's [`Effects`], so a new leader
     /// re-establishes them by itself.
     holds: BTreeMap<u64, u64>,
     /// Answers held back by the alignment window.
-    held: Vec<Held>,
+    held: Vec<Held<M>>,
     /// Reads waiting for a transaction (by id) to resolve here.
-    lock_waits: BTreeMap<u64, Vec<LockWait>>,
+    lock_waits: BTreeMap<u64, Vec<LockWait<M>>>,
     /// Snapshot receivers waiting for their staged snapshot to be handled.
     snapshot_done: Vec<oneshot::Sender<()>>,
     /// A Ready written by [`Replica::ready_write`], waiting for its sync.
     ready: Option<raft::Ready>,
 }
 
-impl<O: Outbox, D: Durability> Replica<O, D> {
+impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
     /// Open the shard's log and state, initialising a brand-new shard with every peer
     /// as a voter, and repair the log if the state machine is ahead of it (a crash
     /// between installing a snapshot's data and its log metadata).
@@ -181,7 +183,7 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
         commit: D,
         transport: O,
         gauges: Arc<ReplicaGauges>,
-    ) -> Result<Replica<O, D>, crate::error::RaftError> {
+    ) -> Result<Replica<M, O, D>, crate::error::RaftError> {
         Self::open_seeded(
             shard,
             cfg,
@@ -202,10 +204,10 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
         transport: O,
         gauges: Arc<ReplicaGauges>,
         seed: ReplicaSeed,
-    ) -> Result<Replica<O, D>, crate::error::RaftError> {
-        let state = store.shard_state(shard)?;
+    ) -> Result<Replica<M, O, D>, crate::error::RaftError> {
+        let state = M::open(&store, shard)?;
         let mut log = store.raft_log(shard)?;
-        log.attach_state(state.clone());
+        log.attach_applied(state.applied_point());
         let voters: Vec<u64> = cfg.peers.keys().copied().collect();
         log.initialize(&raft::prelude::ConfState::from((voters, vec![])))?;
 
@@ -306,6 +308,11 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
         self.shard
     }
 
+    /// The state machine this replica's log drives.
+    pub fn machine(&self) -> &M {
+        &self.state
+    }
+
     /// The node is stopping: answer everything still waiting.
     pub(crate) fn stop(&mut self) {
         self.fail_pending(|| ShardError::ShuttingDown, || ShardError::ShuttingDown);
@@ -344,7 +351,7 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
 
     /// Take one input. Cheap: Raft work waits for the next [`Replica::process`], so a
     /// drained inbox shares one Ready (one fsync).
-    pub fn handle(&mut self, msg: ReplicaMsg) {
+    pub fn handle(&mut self, msg: ReplicaMsg<M>) {
         match msg {
             ReplicaMsg::Propose { command, reply } => self.propose(command, reply),
             ReplicaMsg::ReadBarrier { scope, reply } => {
@@ -383,16 +390,12 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
         }
     }
 
-    fn propose(
-        &mut self,
-        command: Command,
-        reply: oneshot::Sender<Result<ApplyOutcome, ShardError>>,
-    ) {
+    fn propose(&mut self, command: M::Command, reply: WriteReply<M>) {
         if self.role != StateRole::Leader {
             let _ = reply.send(Err(self.not_leader()));
             return;
         }
-        let data = command.encode();
+        let data = M::encode(&command);
         let limit = self.max_entry_bytes;
         if data.len() > limit {
             // Refused before the log: an entry no Raft message could carry would stop
@@ -460,7 +463,7 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
         // An alignment window normally closes within a round trip; one that outlives
         // the request's deadline (a coordinator that died) fails the request rather
         // than holding it forever. The meta leader aborts such epochs.
-        let (expired, kept): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
+        let (expired, kept): (Vec<Held<M>>, Vec<Held<M>>) = std::mem::take(&mut self.held)
             .into_iter()
             .partition(|h| h.deadline <= now);
         self.held = kept;
@@ -593,9 +596,10 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
     /// Apply committed entries through the state machine, and act on what each means
     /// for held answers (its [`Effects`]): this code never interprets a command.
     ///
-    /// The state machine applies a prefix at a time (`ShardState::apply_entries`: runs
-    /// of plain writes in one sled batch, anything else alone), so the effects of one
-    /// entry are acted on before a later entry's data reaches the tree.
+    /// The state machine applies a prefix at a time ([`StateMachine::apply`]; the
+    /// key-value shard puts runs of plain writes in one sled batch and anything else
+    /// alone), so the effects of one entry are acted on before a later entry's data
+    /// becomes visible.
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), ReplicaError> {
         let mut rest = &entries[..];
         while let Some(first) = rest.first() {
@@ -618,7 +622,7 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
                     data: &[],
                 }]
             };
-            let results = self.state.apply_entries(&committed)?;
+            let results = self.state.apply(&committed)?;
             self.commit.written();
             let (done, later) = rest.split_at(results.len());
             rest = later;
@@ -636,7 +640,7 @@ impl<O: Outbox, D: Durability> Replica<O, D> {
     fn applied_one(
         &mut self,
         entry: &Entry,
-        outcome: ApplyOutcome,
+        outcome: M::Outcome,
         effects: Effects,
     ) -> Result<(), ReplicaError> {
         let (index, term) = (entry.index, entry.term);

@@ -20,6 +20,10 @@ use crossbeam_channel::{tick, Receiver, Select, TryRecvError};
 use super::{fatal, Outbox, Replica, ReplicaMsg};
 use crate::commit::Durability;
 use crate::error::ReplicaError;
+use crate::machine::StateMachine;
+
+/// A replica and its inbox, as a pool thread owns them.
+pub type Owned<M, O, D> = (Replica<M, O, D>, Receiver<ReplicaMsg<M>>);
 
 /// How many inputs a replica takes before its Ready is written, so one busy shard
 /// cannot hold the others of its thread back for long.
@@ -27,8 +31,8 @@ const DRAIN: usize = 4096;
 
 /// Drive `replicas` (each with its inbox) until `shutdown` is closed or an inbox is
 /// gone. `commit` makes each round's writes durable with one sync.
-pub fn run<O: Outbox, D: Durability>(
-    mut replicas: Vec<(Replica<O, D>, Receiver<ReplicaMsg>)>,
+pub fn run<M: StateMachine, O: Outbox<M>, D: Durability>(
+    mut replicas: Vec<Owned<M, O, D>>,
     commit: D,
     shutdown: Receiver<()>,
     tick_len: Duration,
@@ -65,8 +69,8 @@ pub fn run<O: Outbox, D: Durability>(
 /// any of them needs it, then finish every Ready. `Ok(false)` if an inbox is gone
 /// (the node is stopping); an error names the shard whose storage failed (or the
 /// first shard, for a failed sync), after which memory and disk may disagree.
-pub fn round<O: Outbox, D: Durability>(
-    replicas: &mut [(Replica<O, D>, Receiver<ReplicaMsg>)],
+pub fn round<M: StateMachine, O: Outbox<M>, D: Durability>(
+    replicas: &mut [Owned<M, O, D>],
     commit: &D,
 ) -> Result<bool, (u32, ReplicaError)> {
     // Every inbox, not only the one that woke us: one sync then covers them all.

@@ -7,26 +7,25 @@
 
 use std::sync::atomic::Ordering;
 
-use cairn_store::ReadScope;
-
 use super::{Outbox, ReadReply, Replica};
 use crate::commit::Durability;
 use crate::error::{ReplicaError, ShardError};
+use crate::machine::StateMachine;
 
 /// A linearizable read waiting for its barrier: what it will read, and where to
 /// send the version it may read at.
-pub(super) struct Reader {
-    pub(super) scope: ReadScope,
+pub(super) struct Reader<M: StateMachine> {
+    pub(super) scope: M::Scope,
     pub(super) reply: ReadReply,
 }
 
 /// Reads waiting for a read index to be confirmed, then applied.
-pub(super) struct PendingReads {
+pub(super) struct PendingReads<M: StateMachine> {
     pub(super) deadline: u64,
-    pub(super) readers: Vec<Reader>,
+    pub(super) readers: Vec<Reader<M>>,
 }
 
-impl PendingReads {
+impl<M: StateMachine> PendingReads<M> {
     pub(super) fn fail(self, err: ShardError) {
         for reader in self.readers {
             let _ = reader.reply.send(Err(err.clone()));
@@ -34,7 +33,7 @@ impl PendingReads {
     }
 }
 
-impl<O: Outbox, D: Durability> Replica<O, D> {
+impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
     /// Issue one ReadIndex for every read that arrived since the last one. raft-rs drops
     /// a ReadIndex silently until the leader has committed an entry of its own term, so
     /// reads wait for that here.

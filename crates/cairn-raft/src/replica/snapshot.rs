@@ -9,8 +9,9 @@ use raft::prelude::Snapshot;
 use super::{Outbox, Replica};
 use crate::commit::Durability;
 use crate::error::ReplicaError;
+use crate::machine::StateMachine;
 
-impl<O: Outbox, D: Durability> Replica<O, D> {
+impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
     pub(super) fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), ReplicaError> {
         let meta = snapshot.get_metadata();
         let stage = self.store.snapshot_stage(self.shard)?;

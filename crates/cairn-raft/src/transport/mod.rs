@@ -79,7 +79,7 @@ use link::{LinkStats, Outbound};
 /// Outbound queue per peer; beyond it Raft messages are dropped (Raft resends).
 const PEER_QUEUE: usize = 8192;
 
-impl Outbox for Transport {
+impl Outbox<ShardState> for Transport {
     fn send_raft(&mut self, shard: ShardId, msg: Message) -> bool {
         Transport::send_raft(self, shard, msg)
     }
@@ -107,7 +107,7 @@ struct Inner {
     max_frame: usize,
     runtime: tokio::runtime::Handle,
     peers: HashMap<NodeId, Peer>,
-    replicas: Vec<ReplicaSender<ReplicaMsg>>,
+    replicas: Vec<ReplicaSender<ReplicaMsg<ShardState>>>,
     store: NodeStore,
     calls: Mutex<HashMap<u64, oneshot::Sender<CallResult>>>,
     next_call: AtomicU64,
@@ -131,7 +131,7 @@ impl Transport {
     /// Must be called inside a tokio runtime.
     pub async fn start(
         cfg: &RaftConfig,
-        replicas: Vec<ReplicaSender<ReplicaMsg>>,
+        replicas: Vec<ReplicaSender<ReplicaMsg<ShardState>>>,
         store: NodeStore,
         handler: Arc<dyn CallHandler>,
         cancel: CancellationToken,

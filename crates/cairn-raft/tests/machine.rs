@@ -1,0 +1,297 @@
+//! The replica drives any [`StateMachine`], not only Cairn's key-value shard: three
+//! replicas of a small tally machine, wired by hand (no threads, no sockets), agree on
+//! its state, and the holds its effects open keep later answers back until its effects
+//! close them. Nothing here is a key, a value, a marker or a transaction.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_raft::commit::{Durability, SyncError};
+use cairn_raft::replica::{Outbox, Replica, ReplicaGauges, ReplicaMsg, ReplicaSeed};
+use cairn_raft::{RaftConfig, ShardError, StateMachine};
+use cairn_store::{
+    AppliedPoint, AppliedState, Committed, Effects, Hold, NodeStore, ShardId, SnapshotStage,
+    StoreError,
+};
+use raft::prelude::Message;
+use tokio::sync::oneshot;
+
+/// A command of the tally machine.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    /// Add to the total; answered with the new total.
+    Add(u64),
+    /// Open hold `id`: answers revealing state after this entry wait.
+    Hold(u64),
+    /// Close hold `id`.
+    Release(u64),
+}
+
+#[derive(Default)]
+struct Tallied {
+    applied: AppliedState,
+    total: u64,
+    holds: BTreeMap<u64, u64>,
+}
+
+/// An in-memory tally: enough of a state machine to show the replica never looks
+/// inside one.
+#[derive(Clone, Default)]
+struct Tally(Arc<Mutex<Tallied>>);
+
+impl Tally {
+    fn total(&self) -> u64 {
+        self.0.lock().unwrap().total
+    }
+}
+
+impl StateMachine for Tally {
+    type Command = Op;
+    type Outcome = u64;
+    type Scope = ();
+
+    fn encode(op: &Op) -> Vec<u8> {
+        let (tag, n) = match *op {
+            Op::Add(n) => (b'a', n),
+            Op::Hold(id) => (b'h', id),
+            Op::Release(id) => (b'r', id),
+        };
+        let mut bytes = vec![tag];
+        bytes.extend_from_slice(&n.to_be_bytes());
+        bytes
+    }
+
+    fn open(_: &NodeStore, _: ShardId) -> Result<Tally, StoreError> {
+        Ok(Tally::default())
+    }
+
+    fn applied(&self) -> Result<AppliedState, StoreError> {
+        Ok(self.0.lock().unwrap().applied)
+    }
+
+    fn applied_point(&self) -> AppliedPoint {
+        let tally = self.clone();
+        Arc::new(move || tally.applied())
+    }
+
+    fn apply(&self, entries: &[Committed<'_>]) -> Result<Vec<(u64, Effects)>, StoreError> {
+        let mut t = self.0.lock().unwrap();
+        let mut out = Vec::new();
+        for entry in entries {
+            let mut effects = Effects::default();
+            if let [tag, n @ ..] = entry.data {
+                let n = u64::from_be_bytes(n.try_into().expect("an 8-byte operand"));
+                match tag {
+                    b'a' => {
+                        t.total += n;
+                        effects.wrote_data = true;
+                    }
+                    b'h' => {
+                        t.holds.insert(n, entry.index);
+                        effects.opens = Some(Hold {
+                            id: n,
+                            from: entry.index,
+                        });
+                        effects.reveals_nothing = true;
+                    }
+                    _ => {
+                        t.holds.remove(&n);
+                        effects.closes = Some(n);
+                        effects.reveals_nothing = true;
+                    }
+                }
+            }
+            t.applied = AppliedState {
+                index: entry.index,
+                term: entry.term,
+            };
+            out.push((t.total, effects));
+        }
+        Ok(out)
+    }
+
+    fn open_holds(&self) -> Result<Vec<Hold>, StoreError> {
+        let t = self.0.lock().unwrap();
+        Ok(t.holds
+            .iter()
+            .map(|(&id, &from)| Hold { id, from })
+            .collect())
+    }
+
+    fn lock_in(&self, _: &()) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
+    fn install(&self, _: &SnapshotStage, _: AppliedState) -> Result<(), StoreError> {
+        unreachable!("the log is never compacted in this test")
+    }
+}
+
+/// Every message any replica sends, until the test delivers it.
+type Wire = Rc<RefCell<Vec<Message>>>;
+
+struct Net(Wire);
+
+impl Outbox<Tally> for Net {
+    fn send_raft(&mut self, _: ShardId, msg: Message) -> bool {
+        self.0.borrow_mut().push(msg);
+        true
+    }
+    fn send_snapshot(&mut self, _: ShardId, _: Message, _: Tally) -> bool {
+        false
+    }
+}
+
+struct NoSync;
+
+impl Durability for NoSync {
+    fn sync(&self) -> Result<(), SyncError> {
+        Ok(())
+    }
+}
+
+fn config(node: u64) -> RaftConfig {
+    let peers: BTreeMap<u64, SocketAddr> = (1..=3)
+        .map(|id| (id, SocketAddr::from(([127, 0, 0, 1], 7000 + id as u16))))
+        .collect();
+    RaftConfig {
+        node_id: node,
+        cluster_id: "tally".into(),
+        shards: 1,
+        listen: peers[&node],
+        peers,
+        tick: Duration::from_millis(10),
+        election_ticks: 10,
+        heartbeat_ticks: 2,
+        log_compact_entries: 1000,
+        request_ticks: 1000,
+        replica_threads: 1,
+        limits: Default::default(),
+    }
+}
+
+struct Group {
+    wire: Wire,
+    replicas: Vec<Replica<Tally, Net, NoSync>>,
+    _stores: Vec<NodeStore>,
+}
+
+impl Group {
+    fn new() -> Group {
+        let wire = Wire::default();
+        let mut replicas = Vec::new();
+        let mut stores = Vec::new();
+        for node in 1..=3u64 {
+            let store = NodeStore::open_temporary().unwrap();
+            // Node 1's timeout runs out first, so it leads.
+            let seed = ReplicaSeed {
+                proposal_ids: node << 32,
+                election_timeout: Some(10 * node as usize),
+            };
+            let replica = Replica::open_seeded(
+                0,
+                &config(node),
+                store.clone(),
+                NoSync,
+                Net(wire.clone()),
+                Arc::new(ReplicaGauges::new()),
+                seed,
+            )
+            .unwrap();
+            replicas.push(replica);
+            stores.push(store);
+        }
+        Group {
+            wire,
+            replicas,
+            _stores: stores,
+        }
+    }
+
+    /// Process every replica and deliver what they send, until nothing moves.
+    fn settle(&mut self) {
+        for _ in 0..100 {
+            for replica in &mut self.replicas {
+                replica.process().unwrap();
+            }
+            let sent = std::mem::take(&mut *self.wire.borrow_mut());
+            if sent.is_empty() {
+                return;
+            }
+            for msg in sent {
+                let to = msg.to as usize - 1;
+                self.replicas[to].handle(ReplicaMsg::Raft(Box::new(msg)));
+            }
+        }
+        panic!("the group did not settle");
+    }
+
+    fn propose(&mut self, op: Op) -> oneshot::Receiver<Result<u64, ShardError>> {
+        let (reply, answer) = oneshot::channel();
+        self.replicas[0].handle(ReplicaMsg::Propose { command: op, reply });
+        self.settle();
+        answer
+    }
+
+    fn totals(&self) -> Vec<u64> {
+        self.replicas.iter().map(|r| r.machine().total()).collect()
+    }
+}
+
+fn answered(answer: &mut oneshot::Receiver<Result<u64, ShardError>>) -> Option<u64> {
+    match answer.try_recv() {
+        Ok(Ok(total)) => Some(total),
+        Ok(Err(e)) => panic!("refused: {e}"),
+        Err(oneshot::error::TryRecvError::Empty) => None,
+        Err(e) => panic!("reply dropped: {e}"),
+    }
+}
+
+#[test]
+fn three_replicas_of_another_machine_agree_and_its_holds_keep_answers_back() {
+    let mut group = Group::new();
+    for _ in 0..15 {
+        for replica in &mut group.replicas {
+            replica.tick();
+        }
+        group.settle();
+    }
+
+    let mut first = group.propose(Op::Add(5));
+    let mut second = group.propose(Op::Add(7));
+    assert_eq!(answered(&mut first), Some(5));
+    assert_eq!(answered(&mut second), Some(12));
+    group.settle();
+    assert_eq!(group.totals(), vec![12, 12, 12], "replicas disagree");
+
+    // A hold is opened by the machine's effects, not by anything the replica decodes:
+    // a write applied after it is not answered until the effects of a later entry
+    // close it.
+    let mut hold = group.propose(Op::Hold(9));
+    assert_eq!(
+        answered(&mut hold),
+        Some(12),
+        "a hold's own answer reveals nothing"
+    );
+    let mut held = group.propose(Op::Add(1));
+    assert_eq!(answered(&mut held), None, "answered inside the hold");
+    assert_eq!(
+        group.replicas[0].machine().total(),
+        13,
+        "applied all the same"
+    );
+
+    let mut release = group.propose(Op::Release(9));
+    assert_eq!(answered(&mut release), Some(13));
+    assert_eq!(
+        answered(&mut held),
+        Some(13),
+        "still held after the release"
+    );
+    group.settle();
+    assert_eq!(group.totals(), vec![13, 13, 13]);
+}
