@@ -21,7 +21,6 @@
 use std::fmt;
 use std::time::Duration;
 
-use cairn_store::NodeId;
 use serde::Serialize;
 
 /// A workload client's number.
@@ -186,37 +185,35 @@ impl Outcome {
     }
 }
 
-/// One recorded operation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Operation {
-    /// Position in [`History::ops`].
-    pub id: usize,
-    pub client: ClientId,
-    /// The node the request was sent to.
-    pub node: NodeId,
-    pub request: Request,
-    pub invoked: Duration,
-    pub completed: Duration,
-    pub outcome: Outcome,
-}
+/// One recorded operation: the record every harness shares (`cairn_lincheck::Op`),
+/// with this harness's requests and outcomes. `via` is the node the request was sent
+/// to; `completed` is always set (an operation ends when its answer, or its failure,
+/// is read), and `client` is a [`ClientId`].
+pub type Operation = cairn_lincheck::Op<Duration, Request, Outcome>;
 
-impl fmt::Display for Operation {
+/// An [`Operation`] as one line of a report.
+pub struct Shown<'a>(pub &'a Operation);
+
+impl fmt::Display for Shown<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let op = self.0;
+        let secs =
+            |t: Option<Duration>| t.map_or("?".to_owned(), |t| format!("{:.3}s", t.as_secs_f64()));
         write!(
             f,
-            "#{} client {} -> node {} [{:.3}s, {:.3}s] ",
-            self.id,
-            self.client,
-            self.node,
-            self.invoked.as_secs_f64(),
-            self.completed.as_secs_f64()
+            "#{} client {} -> node {} [{}, {}] ",
+            op.id,
+            op.client,
+            op.via.map_or("?".to_owned(), |n| n.to_string()),
+            secs(Some(op.invoked)),
+            secs(op.completed)
         )?;
         let pre = |p: &Precondition| match p {
             Precondition::None => String::new(),
             Precondition::IfMatch(v) => format!(" if-match {v}"),
             Precondition::IfAbsent => " if-absent".into(),
         };
-        match &self.request {
+        match &op.request {
             Request::Get { key } => write!(f, "get {key}")?,
             Request::Put { key, write, pre: p } => write!(f, "put {key} = {write}{}", pre(p))?,
             Request::Delete { key, pre: p } => write!(f, "delete {key}{}", pre(p))?,
@@ -227,7 +224,7 @@ impl fmt::Display for Operation {
             }
             Request::Scan { prefix } => write!(f, "scan {prefix}*")?,
         }
-        match &self.outcome {
+        match &op.outcome {
             Outcome::Ok(Answer::Value(None)) => write!(f, " -> absent"),
             Outcome::Ok(Answer::Value(Some((value, version)))) => {
                 write!(f, " -> {} @{version}", String::from_utf8_lossy(value))
@@ -290,9 +287,9 @@ impl History {
                             format!("{} @{version}", String::from_utf8_lossy(value))
                         })
                         .unwrap_or_else(|| "absent".into());
-                    format!("{op} ({key}: {seen})")
+                    format!("{} ({key}: {seen})", Shown(op))
                 }
-                _ => op.to_string(),
+                _ => Shown(op).to_string(),
             })
             .collect::<Vec<_>>()
             .join("\n")

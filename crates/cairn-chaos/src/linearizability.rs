@@ -40,11 +40,10 @@
 //! (every step of the sequential specification consults it and fails once it passed,
 //! which unwinds the search quickly), so no thread is left running.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use cairn_lincheck::{Budget, Cond, Expect, KeyOp};
+use cairn_lincheck::{Budget, Cond, Expect, KeyHistories, KeyOp};
 
 use crate::history::{touches, Answer, History, Outcome, Precondition, Request, WriteId};
 
@@ -67,26 +66,7 @@ impl Default for CheckOptions {
     }
 }
 
-/// What the checker concluded about one key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    Linearizable,
-    /// No legal order exists; the reason names the evidence.
-    Violation(String),
-    /// The checker could not decide (too many operations, deadline).
-    Undecided(String),
-}
-
-#[derive(Debug, Clone)]
-pub struct KeyVerdict {
-    pub key: String,
-    /// Operations in the key's history (scans count once per key).
-    pub ops: usize,
-    /// Of which of unknown outcome.
-    pub unknown: usize,
-    pub verdict: Verdict,
-    pub took: Duration,
-}
+pub use cairn_lincheck::{KeyVerdict, Verdict};
 
 /// The checker's results for a whole history.
 #[derive(Debug, Clone, Default)]
@@ -109,8 +89,13 @@ impl LinearizabilityReport {
     pub fn violations(&self) -> Vec<String> {
         let mut out = self.observations.clone();
         for k in &self.keys {
-            if let Verdict::Violation(why) = &k.verdict {
-                out.push(format!("key {}: not linearizable: {why}", k.key));
+            if k.verdict == Verdict::Violation {
+                out.push(format!(
+                    "key {}: not linearizable: no order of its {} operations is legal:\n{}",
+                    k.key,
+                    k.ops,
+                    k.shown.as_deref().unwrap_or_default()
+                ));
             }
         }
         out
@@ -127,9 +112,9 @@ impl LinearizabilityReport {
     }
 }
 
-/// One entry of a key's history: the operation and its interval (`None`: unknown
+/// The history per key: each entry is an operation and its interval (`None`: unknown
 /// outcome, open-ended).
-type Timed = cairn_lincheck::Timed<Duration, WriteId>;
+type Keys = KeyHistories<Duration, WriteId>;
 
 /// How a write ended, for the shared model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,7 +137,7 @@ impl Status {
 }
 
 /// Split a history into per-key histories for the shared model (`cairn-lincheck`).
-fn per_key(history: &History) -> (BTreeMap<String, Vec<Timed>>, Vec<String>, BTreeSet<String>) {
+fn per_key(history: &History) -> (Keys, Vec<String>, BTreeSet<String>) {
     let mut observations = Vec::new();
     let mut unresolved: BTreeSet<String> = BTreeSet::new();
     // Which writes were sent to which key, and which write each observed version holds.
@@ -243,11 +228,8 @@ fn per_key(history: &History) -> (BTreeMap<String, Vec<Timed>>, Vec<String>, BTr
             _ => {}
         }
     }
-    let mut keys: BTreeMap<String, Vec<Timed>> = history
-        .keys
-        .iter()
-        .map(|k| (k.clone(), Vec::new()))
-        .collect();
+    let known: BTreeSet<&str> = history.keys.iter().map(String::as_str).collect();
+    let mut keys = Keys::over(history.keys.iter().cloned());
     let resolve = |key: &str, pre: Precondition, unresolved: &mut BTreeSet<String>| match pre {
         Precondition::None => Cond::Always,
         Precondition::IfAbsent => Cond::Absent,
@@ -262,7 +244,7 @@ fn per_key(history: &History) -> (BTreeMap<String, Vec<Timed>>, Vec<String>, BTr
     for op in &history.ops {
         let completed = match &op.outcome {
             Outcome::Unknown { .. } => None,
-            _ => Some(op.completed),
+            _ => op.completed,
         };
         let status = match &op.outcome {
             Outcome::Ok(_) => Some(Status::Ok),
@@ -272,12 +254,8 @@ fn per_key(history: &History) -> (BTreeMap<String, Vec<Timed>>, Vec<String>, BTr
             Outcome::Refused { .. } => None,
         };
         let mut push = |key: &str, keyop: KeyOp<WriteId>| {
-            if let Some(entries) = keys.get_mut(key) {
-                entries.push(Timed {
-                    invoked: op.invoked,
-                    completed,
-                    op: keyop,
-                });
+            if known.contains(key) {
+                keys.add(key, op.invoked, completed, keyop);
             }
         };
         match (&op.request, &op.outcome) {
@@ -363,62 +341,29 @@ fn per_key(history: &History) -> (BTreeMap<String, Vec<Timed>>, Vec<String>, BTr
     (keys, observations, unresolved)
 }
 
-/// Check one key's operations with the shared model; `deadline` bounds the search.
-fn check_key(ops: &[Timed], deadline: Duration) -> Verdict {
-    let budget = Budget {
-        steps: None,
-        deadline: Some(Instant::now() + deadline),
-    };
-    match cairn_lincheck::check_key(ops, budget) {
-        cairn_lincheck::Verdict::Linearizable => Verdict::Linearizable,
-        cairn_lincheck::Verdict::Violation => {
-            Verdict::Violation("no order of its operations is legal".into())
-        }
-        cairn_lincheck::Verdict::Undecided(_) => {
-            Verdict::Undecided(format!("the search passed its deadline of {deadline:?}"))
-        }
-    }
-}
-
 /// Check every key of `history`.
 pub fn check(history: &History, opts: CheckOptions) -> LinearizabilityReport {
     let (keys, observations, unresolved) = per_key(history);
-    let work: Mutex<Vec<(String, Vec<Timed>)>> = Mutex::new(keys.into_iter().collect());
-    let results: Mutex<Vec<KeyVerdict>> = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..opts.threads.max(1) {
-            scope.spawn(|| loop {
-                let next = work.lock().unwrap_or_else(|p| p.into_inner()).pop();
-                let Some((key, ops)) = next else { return };
-                let started = Instant::now();
-                let unknown = ops.iter().filter(|t| t.completed.is_none()).count();
-                let verdict = if unresolved.contains(&key) {
-                    Verdict::Undecided("an If-Match names a version no client observed".into())
-                } else if ops.len() > opts.max_ops_per_key {
-                    Verdict::Undecided(format!(
-                        "{} operations, over the cap of {}",
-                        ops.len(),
-                        opts.max_ops_per_key
-                    ))
-                } else {
-                    check_key(&ops, opts.deadline)
-                };
-                let result = KeyVerdict {
-                    key,
-                    ops: ops.len(),
-                    unknown,
-                    verdict,
-                    took: started.elapsed(),
-                };
-                results
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(result);
-            });
+    let budget = || Budget {
+        steps: None,
+        deadline: Some(Instant::now() + opts.deadline),
+    };
+    let prejudge = |key: &str, ops: &[cairn_lincheck::Timed<Duration, WriteId>]| {
+        if unresolved.contains(key) {
+            Some(Verdict::Undecided(
+                "an If-Match names a version no client observed".into(),
+            ))
+        } else if ops.len() > opts.max_ops_per_key {
+            Some(Verdict::Undecided(format!(
+                "{} operations, over the cap of {}",
+                ops.len(),
+                opts.max_ops_per_key
+            )))
+        } else {
+            None
         }
-    });
-    let mut keys = results.into_inner().unwrap_or_else(|p| p.into_inner());
-    keys.sort_by(|a, b| a.key.cmp(&b.key));
+    };
+    let keys = keys.check(opts.threads, budget, prejudge);
     LinearizabilityReport { keys, observations }
 }
 
@@ -447,11 +392,11 @@ mod tests {
             let id = self.ops.len();
             self.ops.push(Operation {
                 id,
-                client,
-                node: 1,
+                client: client as usize,
+                via: Some(1),
                 request,
                 invoked: Duration::from_millis(start),
-                completed: Duration::from_millis(end),
+                completed: Some(Duration::from_millis(end)),
                 outcome,
             });
             self
@@ -499,7 +444,7 @@ mod tests {
         b.op(0, 0, 10, put(w(0, 1)), written(5))
             .op(0, 20, 30, put(w(0, 2)), written(6))
             .op(1, 40, 50, get(), read(w(0, 1), 5));
-        assert!(matches!(verdict(&b.history()), Verdict::Violation(_)));
+        assert!(matches!(verdict(&b.history()), Verdict::Violation));
     }
 
     #[test]
@@ -522,7 +467,7 @@ mod tests {
         assert!(matches!(verdict(&b.history()), Verdict::Linearizable));
         // The same scan over the key's own prefix did see it absent: a violation.
         b.ops[1].request = Request::Scan { prefix: "k".into() };
-        assert!(matches!(verdict(&b.history()), Verdict::Violation(_)));
+        assert!(matches!(verdict(&b.history()), Verdict::Violation));
     }
 
     #[test]
@@ -556,7 +501,7 @@ mod tests {
         assert_eq!(verdict(&b.history()), Verdict::Linearizable);
         // ...but it cannot un-happen.
         b.op(2, 100, 110, get(), read(w(0, 1), 5));
-        assert!(matches!(verdict(&b.history()), Verdict::Violation(_)));
+        assert!(matches!(verdict(&b.history()), Verdict::Violation));
     }
 
     #[test]
@@ -589,7 +534,7 @@ mod tests {
                     code: "precondition_failed".into(),
                 },
             );
-        assert!(matches!(verdict(&b.history()), Verdict::Violation(_)));
+        assert!(matches!(verdict(&b.history()), Verdict::Violation));
         let mut ok = Builder {
             ops: b.ops[..2].to_vec(),
         };

@@ -33,7 +33,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::cluster::{http_client, Cluster, ClusterOptions};
 use crate::error::{ChaosError, Result};
-use crate::history::{Answer, History, Operation, Outcome, Request};
+use crate::history::{Answer, History, Operation, Outcome, Request, Shown};
 use crate::linearizability::{self, CheckOptions, LinearizabilityReport};
 use crate::nemesis::{self, FaultKind, FaultRecord, Nemesis};
 use crate::network::Network;
@@ -497,7 +497,7 @@ impl Run {
         for (key, verdict) in linearizability
             .keys
             .iter()
-            .filter(|k| matches!(k.verdict, linearizability::Verdict::Violation(_)))
+            .filter(|k| k.verdict == linearizability::Verdict::Violation)
             .map(|k| (k.key.clone(), k.verdict.clone()))
             .take(3)
         {
@@ -578,7 +578,7 @@ impl Run {
                 history
                     .ops
                     .iter()
-                    .map(|o| format!("{o}\n"))
+                    .map(|o| format!("{}\n", Shown(o)))
                     .collect::<String>(),
             );
             let _ = std::fs::write(dir.join("report.txt"), report.failure());
@@ -652,11 +652,11 @@ async fn final_reads(
             let last = format!("{outcome:?}");
             added.push(Operation {
                 id: 0,
-                client,
-                node: *node,
+                client: client as usize,
+                via: Some(*node),
                 request,
                 invoked,
-                completed,
+                completed: Some(completed),
                 outcome,
             });
             if ok {

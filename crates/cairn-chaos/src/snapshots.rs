@@ -157,10 +157,14 @@ fn known_writes(
         let Outcome::Ok(answer) = &op.outcome else {
             continue;
         };
+        // Every operation this harness records has ended (see `Operation`).
+        let Some(completed) = op.completed else {
+            continue;
+        };
         let mut note = |value: &[u8]| {
             if let Some(w) = WriteId::parse(value) {
-                let t = first_read.entry(w).or_insert(op.completed);
-                *t = (*t).min(op.completed);
+                let t = first_read.entry(w).or_insert(completed);
+                *t = (*t).min(completed);
             }
         };
         match answer {
@@ -173,7 +177,7 @@ fn known_writes(
     let mut batches: Batches = HashMap::new();
     for op in &history.ops {
         let acked = match &op.outcome {
-            Outcome::Ok(_) => Some(op.completed),
+            Outcome::Ok(_) => op.completed,
             _ => None,
         };
         let mut push = |key: &str, version: u64, write: Option<WriteId>| {

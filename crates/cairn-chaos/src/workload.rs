@@ -325,11 +325,11 @@ impl WorkloadClient {
             self.learn(&request, &outcome);
             let op = Operation {
                 id: 0,
-                client: self.id,
-                node,
+                client: self.id as usize,
+                via: Some(node),
                 request,
                 invoked,
-                completed,
+                completed: Some(completed),
                 outcome,
             };
             progress.record(&op);

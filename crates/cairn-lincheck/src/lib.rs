@@ -22,8 +22,16 @@
 //! order, memoised on the set linearized and the state), bounded by a [`Budget`]: a key
 //! that exhausts it is *undecided*, which a harness must report, never count as a pass.
 //!
+//! The history itself is shared too ([`history`]): the record of client operations
+//! ([`Op`], [`OpLog`]), the per-key view the model checks ([`KeyHistories`]), and how
+//! each key's verdict is reached and shown.
+//!
 //! It must never know how a history was recorded: no HTTP, no replicas, no clocks but
 //! the caller's ordering of invocations and completions.
+
+pub mod history;
+
+pub use history::{KeyHistories, KeyVerdict, Op, OpLog};
 
 use std::cell::Cell;
 use std::fmt::Debug;
