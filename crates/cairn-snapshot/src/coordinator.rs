@@ -24,6 +24,7 @@ use cairn_store::Command;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::epoch::{Sweep, SWEPT};
 use crate::error::SnapshotError;
 use crate::marking::Marking;
 use crate::registry::{Registry, SnapshotRecord, SnapshotState};
@@ -177,27 +178,32 @@ impl<S: Shards> Coordinator<S> {
         let open = registry.open_epochs().await?;
         first_seen.retain(|id, _| open.contains(id));
         for epoch in open {
-            match registry.get(epoch).await? {
-                None => registry.close(epoch).await?,
-                Some(tracked) if tracked.record.state == SnapshotState::Pending => {
-                    // Age by whichever clock says older: the allocation's wall-clock
-                    // label (the coordinator may have died long before this leader
-                    // took over) or this leader's own first sighting. Skew can only
-                    // make an abort early, and an abort is always safe.
-                    let seen = *first_seen.entry(epoch).or_insert_with(Instant::now);
-                    let labelled =
-                        Duration::from_millis(now_ms().saturating_sub(tracked.record.time_ms));
-                    if seen.elapsed().max(labelled) >= self.config.abort_after {
-                        let reason = "its coordinator did not finish it in time".to_owned();
-                        registry
-                            .finish(&tracked, SnapshotState::Aborted { reason })
-                            .await?;
-                        self.release(epoch).await;
-                    }
-                }
-                Some(_) => {
+            let tracked = registry.get(epoch).await?;
+            // Age by whichever clock says older: the allocation's wall-clock label (the
+            // coordinator may have died long before this leader took over) or this
+            // leader's own first sighting. Skew can only make an abort early, and an
+            // abort is always safe.
+            let aged = |time_ms: u64| {
+                let seen = *first_seen.entry(epoch).or_insert_with(Instant::now);
+                let labelled = Duration::from_millis(now_ms().saturating_sub(time_ms));
+                seen.elapsed().max(labelled) >= self.config.abort_after
+            };
+            match (
+                Sweep::of(tracked.as_ref().map(|t| &t.record), aged),
+                tracked,
+            ) {
+                (Sweep::Close, _) => registry.close(epoch).await?,
+                (Sweep::Abort, Some(tracked)) => {
+                    let reason = SWEPT.to_owned();
+                    registry
+                        .finish(&tracked, SnapshotState::Aborted { reason })
+                        .await?;
                     self.release(epoch).await;
                 }
+                (Sweep::Release, _) => {
+                    self.release(epoch).await;
+                }
+                (Sweep::Abort, None) | (Sweep::Leave, _) => {}
             }
         }
         Ok(())
