@@ -137,12 +137,13 @@ impl Commit {
         match state_in(answer) {
             Ok(Some(TxnState::Committed)) => MetaStep::Done(CommitEnd::Committed),
             Ok(Some(TxnState::Pending)) if can_wait => MetaStep::Wait,
-            Ok(Some(TxnState::Aborted)) | Ok(None) => {
-                MetaStep::Done(CommitEnd::Failed(TxnError::Aborted {
-                    reason: "the sweeper aborted it before it could commit".into(),
-                }))
-            }
-            Ok(Some(TxnState::Pending)) | Err(_) => {
+            Ok(Some(TxnState::Aborted)) => MetaStep::Done(CommitEnd::Failed(TxnError::Aborted {
+                reason: "the sweeper aborted it before it could commit".into(),
+            })),
+            // No record: the sweeper resolved it and forgot it, either way (a commit
+            // whose answer was lost, then resolved, is forgotten just the same), so
+            // this is no proof of an abort.
+            Ok(None) | Ok(Some(TxnState::Pending)) | Err(_) => {
                 MetaStep::Done(CommitEnd::Failed(TxnError::OutcomeUnknown {
                     txn: id,
                     reason: "the meta group did not confirm the commit decision in time".into(),
@@ -334,6 +335,13 @@ mod tests {
         assert!(matches!(
             c.on_read(Ok(Some(stored(TxnState::Committed))), true),
             MetaStep::Done(CommitEnd::Committed)
+        ));
+        // A record already forgotten proves nothing: it may have been committed.
+        let (mut c, _) = Commit::new(tracked(TxnState::Pending, 4)).expect("encodes");
+        c.on_written(Err(unknown()), true);
+        assert!(matches!(
+            c.on_read(Ok(None), true),
+            MetaStep::Done(CommitEnd::Failed(TxnError::OutcomeUnknown { .. }))
         ));
         let (mut c, _) = Commit::new(tracked(TxnState::Pending, 4)).expect("encodes");
         c.on_written(Err(unknown()), false);
