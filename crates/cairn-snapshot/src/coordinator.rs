@@ -123,8 +123,11 @@ impl<S: Shards> Coordinator<S> {
         });
         let record = registry.finish(&pending, state).await;
         cairn_store::crash_point!("snapshot.finished");
-        // Release even if recording failed: the windows must close either way.
-        self.release(epoch).await;
+        // Release even if recording failed: the windows must close either way. But
+        // close the epoch only once its record is final: closed, an epoch is out of
+        // the sweeper's sight, and a record whose finish failed would stay pending
+        // forever (found by the simulator, seed 166).
+        self.release(epoch, record.is_ok()).await;
         let record = record?;
         match &record.state {
             SnapshotState::Done { .. } => {
@@ -145,8 +148,9 @@ impl<S: Shards> Coordinator<S> {
     }
 
     /// Propose `Release(epoch)` to every shard; once all have applied it, close the
-    /// epoch in the registry. Returns whether that happened (else the sweeper retries).
-    async fn release(&self, epoch: u64) -> bool {
+    /// epoch in the registry if `close`. Returns whether every shard released (else
+    /// the sweeper retries).
+    async fn release(&self, epoch: u64, close: bool) -> bool {
         let count = self.shards.shard_count();
         let releases = (0..count).map(|shard| {
             let release = self.shards.propose(shard, Command::Release { epoch });
@@ -156,7 +160,7 @@ impl<S: Shards> Coordinator<S> {
             .await
             .into_iter()
             .all(|r| matches!(r, Ok(Ok(_))));
-        if all {
+        if all && close {
             if let Err(e) = self.registry().close(epoch).await {
                 tracing::debug!(epoch, error = %e, "could not close the epoch yet");
                 return false;
@@ -198,10 +202,10 @@ impl<S: Shards> Coordinator<S> {
                     registry
                         .finish(&tracked, SnapshotState::Aborted { reason })
                         .await?;
-                    self.release(epoch).await;
+                    self.release(epoch, true).await;
                 }
                 (Sweep::Release, _) => {
-                    self.release(epoch).await;
+                    self.release(epoch, true).await;
                 }
                 (Sweep::Abort, None) | (Sweep::Leave, _) => {}
             }
