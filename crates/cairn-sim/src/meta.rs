@@ -25,13 +25,18 @@ use crate::world::{CallEnd, Event, Req, World};
 /// Meta calls give up after this long, as client calls do.
 pub(crate) const META_CALL_MS: Millis = 3_000;
 
+/// A scan's answer: the meta index it was served at and every live key under the
+/// prefix, or why there is none.
+pub(crate) type ScanAnswer = Result<(u64, Vec<(Vec<u8>, Versioned)>), String>;
+
 /// A meta call's end, as the machine that asked for it takes it.
 #[derive(Debug)]
 pub(crate) enum MetaAnswer {
     Read(ReadAnswer),
     Written(WriteAnswer),
-    /// A scan of a prefix (the sweeper's): every live key under it, or why not.
-    Scanned(Result<Vec<(Vec<u8>, Versioned)>, String>),
+    /// A scan of a prefix (the sweeper's): the meta index it was served at and every
+    /// live key under it, or why not.
+    Scanned(ScanAnswer),
 }
 
 impl MetaAnswer {
@@ -40,7 +45,7 @@ impl MetaAnswer {
         let failed = |e: ShardError| MetaError::Shard(e);
         match end {
             CallEnd::Read { value, .. } => MetaAnswer::Read(Ok(value)),
-            CallEnd::Scanned { items, .. } => MetaAnswer::Scanned(Ok(items)),
+            CallEnd::Scanned { at, items } => MetaAnswer::Scanned(Ok((at, items))),
             CallEnd::Written(ApplyOutcome::Applied { version, .. }) => {
                 MetaAnswer::Written(Ok(Ok(version)))
             }
@@ -76,7 +81,7 @@ impl MetaAnswer {
     }
 
     /// Whether a scan failed or a read/write answer came where a scan was asked.
-    pub(crate) fn scanned(self) -> Result<Vec<(Vec<u8>, Versioned)>, String> {
+    pub(crate) fn scanned(self) -> ScanAnswer {
         match self {
             MetaAnswer::Scanned(items) => items,
             MetaAnswer::Read(Err(e)) | MetaAnswer::Written(Err(e)) => Err(e.to_string()),

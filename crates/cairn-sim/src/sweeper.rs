@@ -7,7 +7,9 @@
 //!
 //! It runs through the healing too: what a coordinator left behind must drain, and
 //! the run settles only once a sweep found nothing left (no open epoch, no
-//! transaction record, no want).
+//! transaction record, no want) at the meta group's final index: a write whose
+//! outcome was unknown may still land after an empty sweep (an old leader's entry
+//! committed by the next), and the sweeper must see it through too.
 
 use cairn_cluster::keyspace::{GATE_WANT, SNAPSHOT_OPEN, TXN};
 use cairn_cluster::meta::{delete, MetaStep};
@@ -62,15 +64,15 @@ impl World {
     }
 
     pub(crate) fn on_sweep_scan(&mut self, scan: Scan, answer: MetaAnswer) {
-        let items = match answer.scanned() {
-            Ok(items) => items,
+        let (at, items) = match answer.scanned() {
+            Ok(scanned) => scanned,
             Err(_) => {
                 // Unanswered: nothing is known to be drained.
-                self.work.drained[scan.index()] = false;
+                self.work.drained[scan.index()] = None;
                 return;
             }
         };
-        self.work.drained[scan.index()] = items.is_empty();
+        self.work.drained[scan.index()] = items.is_empty().then_some(at);
         match scan {
             Scan::OpenEpochs => {
                 for (key, _) in items {

@@ -66,8 +66,8 @@ pub(crate) struct Workload {
     /// Epoch runs in flight, and what their coordinators reported.
     pub(crate) epochs: Epochs,
     pub(crate) sweeper: SweeperMemory,
-    /// Per sweep scan: whether the last one found nothing.
-    pub(crate) drained: [bool; 3],
+    /// Per sweep scan: the meta index the last one found nothing at, if it did.
+    pub(crate) drained: [Option<u64>; 3],
     final_keys: Vec<String>,
     pub(crate) final_versions: BTreeMap<ShardId, u64>,
     txn_counter: u64,
@@ -102,7 +102,7 @@ impl Workload {
             txns: Vec::new(),
             epochs: Epochs::default(),
             sweeper: SweeperMemory::default(),
-            drained: [false; 3],
+            drained: [None; 3],
             final_keys,
             final_versions: BTreeMap::new(),
             txn_counter: 0,
@@ -490,7 +490,7 @@ impl World {
         match self.phase {
             Phase::Settling => {
                 let txns_open = self.work.txns.iter().any(TxnRun::open);
-                let drained = self.work.drained.iter().all(|&d| d);
+                let drained = self.work.drained.iter().all(Option::is_some);
                 let busy = txns_open || self.work.epochs.busy() || !drained;
                 if self.calls.is_empty() && !busy {
                     self.phase = Phase::Final;
@@ -512,7 +512,10 @@ impl World {
                             .iter()
                             .all(|&(_, a)| a >= target && a == applied[0].1)
                 });
-                if converged {
+                // And nothing landed in the meta group since a sweep found it drained.
+                let meta = self.applied(self.shards).first().map(|&(_, a)| a);
+                let drained = self.work.drained.iter().all(|d| d.is_some() && *d == meta);
+                if converged && drained {
                     self.phase = Phase::Done;
                 }
             }
