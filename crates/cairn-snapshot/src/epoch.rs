@@ -89,6 +89,15 @@ impl Allocation {
         })
     }
 
+    /// Whether the name check is behind it: the gate's wait (`GATE_WAIT`) is counted
+    /// from here on.
+    pub fn past_name_check(&self) -> bool {
+        !matches!(
+            self.awaiting,
+            Awaiting::Nothing | Awaiting::Name { first: true }
+        )
+    }
+
     /// The first step.
     pub fn start(&mut self) -> AllocationStep {
         match &self.name {
@@ -485,7 +494,12 @@ mod tests {
     fn a_lost_race_reads_again_and_a_taken_name_ends_it() {
         let mut a = Allocation::new(Some("nightly"), false).expect("a good name");
         assert!(matches!(a.start(), MetaStep::Read(k) if k == name_key("nightly")));
+        assert!(
+            !a.past_name_check(),
+            "the gate's wait starts after the name check"
+        );
         assert!(matches!(a.on_read(Ok(None), 1), MetaStep::Read(k) if k == NEXT));
+        assert!(a.past_name_check());
         assert!(matches!(a.on_read(Ok(None), 1), MetaStep::Write(_)));
         assert!(matches!(
             a.on_written(Ok(Err(1)), true, 0, 1),

@@ -174,9 +174,13 @@ impl<'a, S: Shards> Registry<'a, S> {
     /// [`Allocation`]'s; this only carries its steps out.
     pub async fn allocate(&self, name: Option<&str>, auto: bool) -> Result<Tracked, SnapshotError> {
         let mut allocation = Allocation::new(name, auto)?;
-        let mut gate = Backoff::contention(tokio::time::Instant::now() + GATE_WAIT);
+        let mut gate: Option<Backoff> = None;
         let mut step = allocation.start();
         loop {
+            // The wait at the gate is counted from the end of the name check.
+            if gate.is_none() && allocation.past_name_check() {
+                gate = Some(Backoff::contention(tokio::time::Instant::now() + GATE_WAIT));
+            }
             step = match step {
                 MetaStep::Read(key) => {
                     let answer = self.meta().get(key).await;
@@ -184,10 +188,13 @@ impl<'a, S: Shards> Registry<'a, S> {
                 }
                 MetaStep::Write(ops) => {
                     let answer = self.meta().try_write(ops).await;
-                    allocation.on_written(answer, gate.can_wait(), rand_nonce(), now_ms())
+                    let can_wait = gate.as_ref().is_some_and(Backoff::can_wait);
+                    allocation.on_written(answer, can_wait, rand_nonce(), now_ms())
                 }
                 MetaStep::Wait => {
-                    gate.wait().await;
+                    if let Some(gate) = gate.as_mut() {
+                        gate.wait().await;
+                    }
                     allocation.resume()
                 }
                 MetaStep::Done(result) => return result,
