@@ -19,7 +19,7 @@ use std::time::Duration;
 use cairn_raft::{ControlRequest, ShardError, ShardResponse};
 use cairn_store::{ApplyOutcome, Command, ShardId};
 
-pub use meta::{Meta, MetaError};
+pub use meta::{Meta, MetaError, MetaStep, ReadAnswer, WriteAnswer};
 
 /// How the cluster's own protocols (snapshots, transactions, backups) reach its groups:
 /// by control calls, which no HTTP handler can make (the server's control router).

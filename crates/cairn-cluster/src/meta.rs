@@ -4,6 +4,12 @@
 //! records live in it under reserved prefixes, one per owner ([`crate::keyspace`]). Every read here is linearizable and every
 //! write a conditional batch, so records survive any node and concurrent writers
 //! cannot both win.
+//!
+//! The protocols that keep records here (snapshot registry, transaction decisions)
+//! decide in I/O-free state machines that ask for one [`MetaStep`] at a time and take
+//! the answer back ([`ReadAnswer`], [`WriteAnswer`]). [`Meta`] is how a node carries a
+//! step out; the deterministic simulator carries the same steps through its virtual
+//! network to its simulated meta group. Nothing here interprets a record.
 
 use cairn_raft::ControlRequest;
 use cairn_store::{
@@ -22,6 +28,28 @@ pub enum MetaError {
     #[error("corrupt meta group record: {0}")]
     Corrupt(String),
 }
+
+/// What an I/O-free protocol machine asks its driver to do next on the meta group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetaStep<T> {
+    /// A linearizable read of one key; answer with a [`ReadAnswer`].
+    Read(Vec<u8>),
+    /// One conditional batch; answer with a [`WriteAnswer`].
+    Write(Vec<WriteOp>),
+    /// Pause (the driver's backoff and deadline decide how long), then resume the
+    /// machine. Asked only after the driver said it could still wait.
+    Wait,
+    /// The machine is finished.
+    Done(T),
+}
+
+/// The meta group's answer to [`MetaStep::Read`]: the key's value and version.
+pub type ReadAnswer = Result<Option<Versioned>, MetaError>;
+
+/// The meta group's answer to [`MetaStep::Write`]: `Ok(Ok(version))` written,
+/// `Ok(Err(op))` refused by op `op`'s condition (nothing written), `Err` if the
+/// outcome is not known to be either.
+pub type WriteAnswer = Result<Result<u64, usize>, MetaError>;
 
 /// Reads and writes the meta group through [`Shards`].
 pub struct Meta<'a, S: Shards> {

@@ -95,7 +95,8 @@ impl World {
 
     /// The leader of a random shard, as its own replica believes.
     fn a_leader(&mut self) -> Option<u64> {
-        let shard = self.rng.gen_range(0..self.shards) as usize;
+        // The meta group's leader too: its coordinators' calls go there.
+        let shard = self.rng.gen_range(0..=self.shards) as usize;
         self.nodes.iter().find_map(|n| {
             let live = n.live.as_ref()?;
             let leader = live.gauges[shard].leader();

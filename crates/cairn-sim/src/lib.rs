@@ -8,8 +8,12 @@
 //! clock that ticks the replicas ([`clock`]), a virtual network that loses, delays,
 //! reorders and duplicates their messages and partitions the nodes ([`network`]), a
 //! disk that forgets what was never synced when a node crashes ([`node`]), and
-//! clients and coordinators that propose writes, reads, transactions and snapshot
-//! markers the way Cairn's router and coordinators do ([`workload`]).
+//! clients that propose writes, reads and transactions the way Cairn's router does
+//! ([`workload`]). The meta group is one more real replicated group on every node;
+//! the snapshot and transaction coordinators and their sweepers run the production
+//! crates' own I/O-free machines (`cairn_snapshot::{Marking, epoch}`,
+//! `cairn_txn::{Ballot, decision}`) against it through the same faulty network, so
+//! the registry, the gate and the commit decisions under test are the shipped code.
 //!
 //! Everything is drawn from one seeded generator and runs on one thread in virtual
 //! time, so a seed is a complete description of a run: the same seed gives the same
@@ -19,27 +23,33 @@
 //! After the active phase the nemesis heals everything; the run then waits for the
 //! cluster to finish what was in flight, commit a final write on every shard and
 //! converge, and runs the [`check`]s: linearizability per key, no acknowledged write
-//! lost, no write applied twice, replicas equal, alignment holds respected, and the
-//! snapshot guarantees.
+//! lost, no write applied twice, replicas equal (the meta group's too), alignment
+//! holds respected, the snapshot guarantees, and the meta group's records against
+//! what was observed (the gate kept in its log).
 //!
 //! Not simulated: the TCP transport and the HTTP API (their retries and batching are
-//! modelled, not run), the meta group (the coordinators decide locally and keep its
-//! gate themselves), history GC, and sled's own recovery from torn files (a crash
+//! modelled, not run), the async shells of the coordinators (their timers, parallel
+//! sends and crash points; the simulator sends their steps itself), automatic
+//! snapshots' schedule, history GC, and sled's own recovery from torn files (a crash
 //! restarts from a logical image; see `cairn_store::StoreImage`).
 
 pub mod check;
 pub mod clock;
 pub mod config;
+mod epochs;
 mod faults;
 pub mod history;
+mod meta;
 pub mod network;
 pub mod node;
+mod sweeper;
+mod txns;
 pub mod workload;
 pub mod world;
 
 use std::collections::BTreeMap;
 
-use cairn_store::ShardId;
+use cairn_store::{ShardId, ShardState};
 
 pub use config::SimConfig;
 
@@ -130,11 +140,21 @@ pub fn run(seed: u64, profile: &str, cfg: SimConfig) -> Result<Report, Failure> 
 fn run_checked(seed: u64, cfg: SimConfig) -> Result<Report, String> {
     let mut world = World::new(seed, cfg)?;
     world.run()?;
-    let (finals, digests) = converge(&world)?;
+    let (finals, digests, (meta, meta_at)) = converge(&world)?;
     let shards = world.shards;
     let shard_of = |key: &str| cairn_store::shard_for_key(key.as_bytes(), shards);
-    let checked = check::all(&world.history, &finals, &shard_of)
-        .map_err(|violations| violations.join("\n"))?;
+    // The registry's word on each epoch is what the snapshot checks hold it to.
+    let mut history = world.history.clone();
+    let mut violations =
+        check::registry::check(&mut history, &world.work.epochs.reported, &meta, meta_at);
+    let checked = match check::all(&history, &finals, &shard_of) {
+        Ok(stats) if violations.is_empty() => stats,
+        Ok(_) => return Err(violations.join("\n")),
+        Err(more) => {
+            violations.extend(more);
+            return Err(violations.join("\n"));
+        }
+    };
 
     let mut trace = xxhash_rust::xxh3::Xxh3::new();
     trace.update(format!("{:?}", world.history).as_bytes());
@@ -161,13 +181,20 @@ fn run_checked(seed: u64, cfg: SimConfig) -> Result<Report, String> {
     })
 }
 
-/// Compare every shard's replicas at their common applied index and read the trees.
-type Converged = (BTreeMap<ShardId, ShardFinal>, BTreeMap<ShardId, u64>);
+/// Compare every group's replicas at their common applied index and read the trees:
+/// the data shards' finals, every group's digest, and the meta group's state with
+/// the index it was compared at.
+type Converged = (
+    BTreeMap<ShardId, ShardFinal>,
+    BTreeMap<ShardId, u64>,
+    (ShardState, u64),
+);
 
 fn converge(world: &World) -> Result<Converged, String> {
     let mut finals = BTreeMap::new();
     let mut digests = BTreeMap::new();
-    for shard in 0..world.shards {
+    let mut meta = None;
+    for shard in 0..=world.shards {
         let applied = world.applied(shard);
         let at = applied.iter().map(|&(_, a)| a).min().unwrap_or(0);
         let replicas: Vec<_> = world
@@ -183,7 +210,12 @@ fn converge(world: &World) -> Result<Converged, String> {
         let (_, state) = replicas
             .first()
             .ok_or_else(|| format!("shard {shard}: no live replica to read"))?;
-        finals.insert(shard, ShardFinal::read(state, at)?);
+        if shard == world.shards {
+            meta = Some((state.clone(), at));
+        } else {
+            finals.insert(shard, ShardFinal::read(state, at)?);
+        }
     }
-    Ok((finals, digests))
+    let meta = meta.ok_or_else(|| "the meta group has no live replica".to_owned())?;
+    Ok((finals, digests, meta))
 }

@@ -1,5 +1,5 @@
-//! A simulated node: one sled database holding a replica of every shard, with a disk
-//! that forgets what was never synced.
+//! A simulated node: one sled database holding a replica of every shard and of the
+//! meta group, with a disk that forgets what was never synced.
 //!
 //! The replicas are Cairn's own [`Replica`]s, opened with [`Replica::open_seeded`] on
 //! a real [`NodeStore`] (a temporary sled database). Only their two edges are the
@@ -248,7 +248,8 @@ impl SimNode {
         let mut replicas = Vec::new();
         let mut gauges = Vec::new();
         let mut states = Vec::new();
-        for shard in 0..cfg.shards {
+        // The data shards, then the meta group.
+        for shard in cfg.groups() {
             let g = Arc::new(ReplicaGauges::new());
             let seed = ReplicaSeed {
                 proposal_ids: rng.gen::<u64>() >> 1,

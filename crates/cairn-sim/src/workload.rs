@@ -1,50 +1,52 @@
-//! The clients and the two coordinators the simulator plays: what they ask for, and
-//! what they record.
+//! The clients the simulator plays, and where every call's end goes.
 //!
 //! **Clients** run one operation at a time: linearizable and stale reads, linearizable
 //! scans of a shard, puts, conditional puts and deletes (on versions they observed),
 //! single-shard batches of two or three keys, and cross-shard transactions (some
 //! conditional). Every value is unique (see [`crate::history`]).
 //!
-//! **Transactions** follow `cairn-txn`'s protocol through the shards' own logs:
-//! `Prepare` on every shard involved, commit only if all prepared (decided by
-//! `cairn-txn`'s own [`cairn_txn::Ballot`]), then `Resolve` on
-//! every shard until each has applied it. The decision, which production records in
-//! the meta group, is the simulator's own: the meta group is not simulated.
-//!
-//! **Snapshots** run `cairn-snapshot`'s own marking state machine
-//! ([`cairn_snapshot::Marking`], the code the production coordinator decides with):
-//! `Marker(e)` on every shard (2 s to place them all, else the epoch aborts), then
-//! `Release(e)` everywhere until each has applied it. Two coordinators run side by side (any node may coordinate), so
-//! epochs overlap and a shard can hold two open cuts at once. The meta group's gate is kept here too: an epoch does not start
-//! while a committed transaction is still resolving, and a transaction that would
-//! commit while an epoch is marking aborts instead.
+//! The coordinators are not played here: a transaction is handed to
+//! [`crate::txns`], epochs run in [`crate::epochs`], and both decide with the
+//! production crates' own machines through the simulated meta group
+//! ([`crate::meta`]), swept by [`crate::sweeper`]. This module only routes each
+//! call's end to whoever is waiting for it, and after healing waits for everything
+//! to settle and for the final writes.
 
 use std::collections::BTreeMap;
 
-use cairn_snapshot::{Marking, SnapshotState};
 use cairn_store::{txn_id, ApplyOutcome, Command, Condition, OpKind, ShardId, WriteOp};
-use cairn_txn::Ballot;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::SimConfig;
+use crate::epochs::{Epochs, RunId, SweeperMemory};
 use crate::history::{
-    parse_value, value_bytes, write_id, Action, Cond, Epoch, KeyWrite, OpId, Outcome, Stamp,
+    parse_value, value_bytes, write_id, Action, Cond, KeyWrite, OpId, Outcome, Stamp,
 };
+use crate::meta::MetaAnswer;
+use crate::sweeper::Scan;
+use crate::txns::TxnRun;
 use crate::world::{CallEnd, Event, Phase, Req, World};
 
-/// Who is waiting for a call.
+/// Who is waiting for a call (or a pause).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Owner {
     /// A client's batch or read.
     Op(OpId),
-    /// Transaction (index into `Workload::txns`) preparing on a shard.
+    /// Transaction run (index into `Workload::txns`) preparing on a shard.
     Prepare(usize, ShardId),
     Resolve(usize, ShardId),
-    /// Epoch `e`'s marker or release on a shard.
-    Marker(u64, ShardId),
-    Release(u64, ShardId),
+    /// A transaction run's meta step (record, commit, abort, read, forget).
+    TxnMeta(usize),
+    /// Epoch run's marker or release on a shard.
+    Marker(RunId, ShardId),
+    Release(RunId, ShardId),
+    /// An epoch run's meta step (allocation, finish, close, the sweeper's read).
+    EpochMeta(RunId),
+    /// A sweep's scan of the meta group.
+    Sweep(Scan),
+    /// The sweeper's delete of a stale want.
+    SweepDelete,
     /// The write that shows the healed cluster is live.
     Final(ShardId, OpId),
 }
@@ -55,41 +57,17 @@ struct Client {
     known: BTreeMap<String, Option<u64>>,
 }
 
-struct TxnRun {
-    op: OpId,
-    client: usize,
-    txn: u64,
-    ops: BTreeMap<ShardId, Vec<WriteOp>>,
-    /// The production coordinator's own prepare round.
-    ballot: Ballot,
-    commit: Option<bool>,
-    resolved: BTreeMap<ShardId, (Option<u64>, Stamp)>,
-}
-
-impl TxnRun {
-    fn committed_unresolved(&self) -> bool {
-        self.commit == Some(true) && self.resolved.len() < self.ops.len()
-    }
-}
-
-struct EpochRun {
-    /// Index in `History::epochs`.
-    index: usize,
-    /// Which coordinator runs it.
-    coordinator: usize,
-    /// The production coordinator's own marking state machine.
-    marking: Marking,
-    decided: bool,
-    releases_left: usize,
-}
-
 pub(crate) struct Workload {
     /// Every key and its shard.
     keys: Vec<(String, ShardId)>,
     clients: Vec<Client>,
-    txns: Vec<TxnRun>,
-    /// Epochs in flight, by id.
-    epochs: BTreeMap<u64, EpochRun>,
+    /// Transaction runs: the clients' and the sweeper's.
+    pub(crate) txns: Vec<TxnRun>,
+    /// Epoch runs in flight, and what their coordinators reported.
+    pub(crate) epochs: Epochs,
+    pub(crate) sweeper: SweeperMemory,
+    /// Per sweep scan: the meta index the last one found nothing at, if it did.
+    pub(crate) drained: [Option<u64>; 3],
     final_keys: Vec<String>,
     pub(crate) final_versions: BTreeMap<ShardId, u64>,
     txn_counter: u64,
@@ -97,10 +75,9 @@ pub(crate) struct Workload {
 
 /// Client calls give up after this long (the replica itself fails them after 1 s).
 const CALL_MS: u64 = 3_000;
-/// An epoch whose markers are not all placed by then aborts.
-const MARKING_MS: u64 = 2_000;
-/// Transaction ids carry a start time; any base far from zero will do.
-const TXN_EPOCH_MS: u64 = 1_700_000_000_000;
+/// The simulated wall clock at virtual time zero: transaction ids carry a start time
+/// and records a label; any base far from zero will do.
+pub(crate) const WALL_BASE_MS: u64 = 1_700_000_000_000;
 
 impl Workload {
     pub(crate) fn new(cfg: &SimConfig, shards: u32, _rng: &mut ChaCha8Rng) -> Workload {
@@ -123,7 +100,9 @@ impl Workload {
             keys,
             clients: (0..cfg.clients).map(|_| Client::default()).collect(),
             txns: Vec::new(),
-            epochs: BTreeMap::new(),
+            epochs: Epochs::default(),
+            sweeper: SweeperMemory::default(),
+            drained: [None; 3],
             final_keys,
             final_versions: BTreeMap::new(),
             txn_counter: 0,
@@ -263,7 +242,7 @@ impl World {
                 };
                 self.work.txn_counter += 1;
                 let txn = txn_id(
-                    TXN_EPOCH_MS + self.clock.now(),
+                    WALL_BASE_MS + self.clock.now(),
                     self.work.txn_counter & 0xF_FFFF,
                 );
                 Action::Txn {
@@ -326,40 +305,26 @@ impl World {
                 for (s, w) in &writes {
                     ops.entry(*s).or_default().push(write_op(w));
                 }
-                let index = self.work.txns.len();
-                let ballot = Ballot::new(ops.keys().copied());
-                for (&s, shard_ops) in &ops {
-                    let command = Command::Prepare {
-                        txn,
-                        ops: shard_ops.clone(),
-                    };
-                    self.call(
-                        Owner::Prepare(index, s),
-                        s,
-                        Req::Write(command),
-                        deadline,
-                        true,
-                    );
-                }
-                self.work.txns.push(TxnRun {
-                    op,
-                    client,
-                    txn,
-                    ops,
-                    ballot,
-                    commit: None,
-                    resolved: BTreeMap::new(),
-                });
+                let started_ms = self.wall_ms();
+                self.txn_start(op, client, txn, ops, started_ms, deadline);
             }
         }
     }
 
-    fn next_op_later(&mut self, client: usize) {
+    pub(crate) fn next_op_later(&mut self, client: usize) {
         let think = self.rng.gen_range(1..=30);
         self.clock.after(think, Event::ClientNext(client));
     }
 
-    pub(crate) fn on_call_end(&mut self, owner: Owner, shard: ShardId, end: CallEnd, at: Stamp) {
+    /// `read`: whether the call was a read (its end alone may not say).
+    pub(crate) fn on_call_end(
+        &mut self,
+        owner: Owner,
+        shard: ShardId,
+        end: CallEnd,
+        at: Stamp,
+        read: bool,
+    ) {
         match owner {
             Owner::Op(op) => {
                 let outcome = self.outcome_of(op, end);
@@ -378,57 +343,34 @@ impl World {
                     _ => self.final_write(s),
                 }
             }
-            Owner::Prepare(t, s) => {
-                let answer = match end {
-                    CallEnd::Written(outcome) => Ok(outcome),
-                    other => Err(format!("{other:?}")),
-                };
-                self.work.txns[t].ballot.on_answer(s, answer);
-                self.maybe_decide(t);
+            Owner::Prepare(t, s) => self.on_prepare_end(t, s, end),
+            Owner::Resolve(t, s) => self.on_resolve_end(t, s, end, at),
+            Owner::Marker(run, s) => self.on_marker_end(run, s, end),
+            Owner::Release(run, _) => self.on_release_end(run, end),
+            Owner::TxnMeta(t) => {
+                let answer = MetaAnswer::of(end, read, self.meta_group());
+                self.on_txn_meta(t, answer);
             }
-            Owner::Resolve(t, s) => {
-                let version = match end {
-                    CallEnd::Written(ApplyOutcome::Resolved { version, .. }) => version,
-                    other => {
-                        self.fail(format!(
-                            "a resolve of transaction {} on shard {s} ended {other:?}",
-                            self.work.txns[t].txn
-                        ));
-                        return;
-                    }
-                };
-                self.work.txns[t].resolved.insert(s, (version, at));
-                self.maybe_finish_txn(t, at);
+            Owner::EpochMeta(run) => {
+                let answer = MetaAnswer::of(end, read, self.meta_group());
+                self.on_epoch_meta(run, answer);
             }
-            Owner::Marker(e, s) => {
-                let answer = match end {
-                    CallEnd::Written(outcome) => Ok(outcome),
-                    other => Err(format!("{other:?}")),
-                };
-                if let Some(epoch) = self.work.epochs.get_mut(&e) {
-                    epoch.marking.on_answer(s, answer);
-                    if let Some(c) = epoch.marking.cut(s) {
-                        self.history.epochs[epoch.index].cuts.insert(s, c);
-                    }
-                }
-                self.maybe_decide_epoch(e);
+            Owner::Sweep(scan) => {
+                let answer = MetaAnswer::of(end, read, self.meta_group());
+                self.on_sweep_scan(scan, answer);
             }
-            Owner::Release(e, _) => {
-                let Some(epoch) = self.work.epochs.get_mut(&e) else {
-                    return;
-                };
-                epoch.releases_left -= 1;
-                if epoch.releases_left == 0 {
-                    let coordinator = epoch.coordinator;
-                    self.work.epochs.remove(&e);
-                    if self.phase == Phase::Active {
-                        let next = self.rng.gen_range(300..=1500);
-                        self.clock.after(next, Event::EpochStart(coordinator));
-                    }
-                }
-            }
+            Owner::SweepDelete => {}
         }
         let _ = shard;
+    }
+
+    /// A pause asked for by `owner` is over.
+    pub(crate) fn on_resume(&mut self, owner: Owner) {
+        match owner {
+            Owner::TxnMeta(t) => self.on_txn_resume(t),
+            Owner::EpochMeta(run) => self.on_epoch_resume(run),
+            other => self.fail(format!("{other:?} asked for a pause")),
+        }
     }
 
     /// The history's outcome for a batch or read call's end.
@@ -514,133 +456,6 @@ impl World {
         }
     }
 
-    fn maybe_decide(&mut self, t: usize) {
-        let run = &self.work.txns[t];
-        if run.commit.is_some() {
-            return;
-        }
-        let Some(decision) = run.ballot.decision() else {
-            return;
-        };
-        let all = decision.is_ok();
-        // The gate: no commit while an epoch is marking.
-        let marking = self.work.epochs.values().any(|e| !e.decided);
-        let commit = all && !marking;
-        let run = &mut self.work.txns[t];
-        run.commit = Some(commit);
-        let txn = run.txn;
-        let shards: Vec<ShardId> = run.ops.keys().copied().collect();
-        for s in shards {
-            self.call(
-                Owner::Resolve(t, s),
-                s,
-                Req::Write(Command::Resolve { txn, commit }),
-                u64::MAX,
-                true,
-            );
-        }
-    }
-
-    fn maybe_finish_txn(&mut self, t: usize, at: Stamp) {
-        let run = &self.work.txns[t];
-        if run.resolved.len() < run.ops.len() {
-            return;
-        }
-        let outcome = if run.commit == Some(true) {
-            let mut resolved = BTreeMap::new();
-            for (&s, &(version, stamp)) in &run.resolved {
-                match version {
-                    Some(v) => {
-                        resolved.insert(s, (v, stamp));
-                    }
-                    None => {
-                        let txn = run.txn;
-                        self.fail(format!(
-                            "transaction {txn} committed but its resolve on shard {s} wrote nothing"
-                        ));
-                        return;
-                    }
-                }
-            }
-            Outcome::TxnCommitted { resolved }
-        } else {
-            Outcome::TxnAborted
-        };
-        let (op, client) = (run.op, run.client);
-        self.history.complete(op, at, outcome);
-        self.next_op_later(client);
-    }
-
-    /// Coordinator `coordinator` starts its next epoch.
-    pub(crate) fn epoch_start(&mut self, coordinator: usize) {
-        if self.phase != Phase::Active {
-            return;
-        }
-        // The gate: no epoch while a committed transaction is still resolving.
-        if self.work.txns.iter().any(TxnRun::committed_unresolved) {
-            self.clock.after(20, Event::EpochStart(coordinator));
-            return;
-        }
-        let id = self.history.epochs.len() as u64 + 1;
-        let requested = self.stamp();
-        self.history.epochs.push(Epoch {
-            id,
-            requested,
-            decided: None,
-            done: false,
-            cuts: BTreeMap::new(),
-        });
-        let run = EpochRun {
-            index: self.history.epochs.len() - 1,
-            coordinator,
-            marking: Marking::new(id, self.shards),
-            decided: false,
-            releases_left: self.shards as usize,
-        };
-        self.work.epochs.insert(id, run);
-        let deadline = self.clock.now() + MARKING_MS;
-        let marker = Marking::new(id, self.shards).marker();
-        for s in 0..self.shards {
-            self.call(
-                Owner::Marker(id, s),
-                s,
-                Req::Write(marker.clone()),
-                deadline,
-                true,
-            );
-        }
-    }
-
-    fn maybe_decide_epoch(&mut self, e: u64) {
-        let Some(epoch) = self.work.epochs.get_mut(&e) else {
-            return;
-        };
-        if epoch.decided {
-            return;
-        }
-        let Some(state) = epoch.marking.decision() else {
-            return;
-        };
-        epoch.decided = true;
-        let release = epoch.marking.release();
-        let done = matches!(state, SnapshotState::Done { .. });
-        let index = epoch.index;
-        let decided = self.stamp();
-        let record = &mut self.history.epochs[index];
-        record.decided = Some(decided);
-        record.done = done;
-        let id = record.id;
-        for s in 0..self.shards {
-            self.call(
-                Owner::Release(id, s),
-                s,
-                Req::Write(release.clone()),
-                u64::MAX,
-                true,
-            );
-        }
-    }
-
     /// One write per shard that must commit once the cluster is healed.
     fn final_write(&mut self, shard: ShardId) {
         let key = self.work.final_keys[shard as usize].clone();
@@ -674,12 +489,10 @@ impl World {
     pub(crate) fn on_settle_tick(&mut self) {
         match self.phase {
             Phase::Settling => {
-                let txns_open = self
-                    .work
-                    .txns
-                    .iter()
-                    .any(|t| t.commit.is_none() || t.resolved.len() < t.ops.len());
-                if self.calls.is_empty() && !txns_open && self.work.epochs.is_empty() {
+                let txns_open = self.work.txns.iter().any(TxnRun::open);
+                let drained = self.work.drained.iter().all(Option::is_some);
+                let busy = txns_open || self.work.epochs.busy() || !drained;
+                if self.calls.is_empty() && !busy {
                     self.phase = Phase::Final;
                     for s in 0..self.shards {
                         self.final_write(s);
@@ -690,15 +503,19 @@ impl World {
                 if self.work.final_versions.len() < self.shards as usize {
                     return;
                 }
-                let converged = (0..self.shards).all(|s| {
+                // The meta group too: every replica at the same index.
+                let converged = (0..=self.shards).all(|s| {
                     let applied = self.applied(s);
-                    let target = self.work.final_versions[&s];
+                    let target = self.work.final_versions.get(&s).copied().unwrap_or(0);
                     applied.len() == self.cfg.nodes as usize
                         && applied
                             .iter()
                             .all(|&(_, a)| a >= target && a == applied[0].1)
                 });
-                if converged {
+                // And nothing landed in the meta group since a sweep found it drained.
+                let meta = self.applied(self.shards).first().map(|&(_, a)| a);
+                let drained = self.work.drained.iter().all(|d| d.is_some() && *d == meta);
+                if converged && drained {
                     self.phase = Phase::Done;
                 }
             }
@@ -714,14 +531,17 @@ impl World {
             .take(8)
             .map(|c| format!("{:?} on shard {}: {}", c.owner, c.shard, c.last_error))
             .collect();
-        let applied: Vec<String> = (0..self.shards)
+        let applied: Vec<String> = (0..=self.shards)
             .map(|s| format!("shard {s}: {:?}", self.applied(s)))
             .collect();
+        let txns = self.work.txns.iter().filter(|t| t.open()).count();
         format!(
-            "phase {:?}; {} calls open [{}]; final versions {:?}; applied {}",
+            "phase {:?}; {} calls open [{}]; {txns} transaction runs open, epoch runs in flight: {}, registry drained (open epochs, records, wants): {:?}; final versions {:?}; applied {}",
             self.phase,
             self.calls.len(),
             calls.join("; "),
+            self.work.epochs.busy(),
+            self.work.drained,
             self.work.final_versions,
             applied.join(", ")
         )

@@ -11,7 +11,9 @@
 //! retries (`NotLeader` follows the hint, `Unavailable` waits and tries again) until a
 //! deadline. An answer that leaves the outcome open (`OutcomeUnknown`, or a reply lost
 //! with a crashed node) ends the call as unknown, unless the command is idempotent
-//! (markers, releases, prepares, resolves), which the coordinators simply repeat.
+//! (markers, releases, prepares, resolves, the meta group's deletes), which the
+//! coordinators simply repeat. Calls to the meta group (group id = the number of data
+//! shards, a replica on every node) are calls like any other.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -30,6 +32,7 @@ use crate::config::{Millis, SimConfig, TICK_MS};
 use crate::history::{History, Stamp};
 use crate::network::Network;
 use crate::node::{raft_config, Outgoing, SimNode, SimReplica, ELECTION_TICKS};
+use crate::sweeper::SWEEP_EVERY_MS;
 use crate::workload::{Owner, Workload};
 
 /// Something that happens at a point of virtual time.
@@ -65,6 +68,10 @@ pub(crate) enum Event {
     ClientNext(usize),
     /// Snapshot coordinator `c` starts an epoch.
     EpochStart(usize),
+    /// A coordinator's pause (at the gate, or before reading a record again) is over.
+    Resume(Owner),
+    /// The meta leader's sweepers look at the registry and the transaction records.
+    Sweep,
     /// The nemesis picks its next fault.
     Fault,
     /// An armed crash fires (if the node is still in life `inc`); it stays down
@@ -292,7 +299,8 @@ impl World {
     /// election timeout no other replica of that shard has now.
     pub(crate) fn start_node(&mut self, id: NodeId) -> Result<(), String> {
         let mut timeouts = Vec::new();
-        for shard in 0..self.shards as usize {
+        // The data shards and the meta group.
+        for shard in 0..=self.shards as usize {
             let taken: Vec<usize> = self
                 .nodes
                 .iter()
@@ -431,6 +439,10 @@ impl World {
             let first = self.rng.gen_range(300..1500);
             self.clock.after(first, Event::Fault);
         }
+        if self.cfg.snapshots || self.cfg.transactions {
+            let first = self.rng.gen_range(0..SWEEP_EVERY_MS);
+            self.clock.after(first, Event::Sweep);
+        }
         if self.cfg.snapshots {
             for coordinator in 0..2 {
                 let first = self.rng.gen_range(200..1500);
@@ -494,7 +506,7 @@ impl World {
                     self.clock.after(tick, Event::Tick(node, inc));
                     return;
                 }
-                for shard in 0..self.shards {
+                for shard in 0..=self.shards {
                     self.with_replica(node, shard, |r| r.tick());
                 }
                 let tick = self.node(node).tick_ms;
@@ -537,6 +549,8 @@ impl World {
             Event::Attempt(id) => self.attempt(id),
             Event::ClientNext(c) => self.client_next(c),
             Event::EpochStart(c) => self.epoch_start(c),
+            Event::Resume(owner) => self.on_resume(owner),
+            Event::Sweep => self.sweep(),
             Event::Fault => self.fault(),
             Event::Crash { node, inc, down } => {
                 let n = self.node(node);
@@ -853,7 +867,8 @@ impl World {
             return;
         };
         let at = self.stamp();
-        self.on_call_end(call.owner, call.shard, end, at);
+        let read = matches!(call.req, Req::Read { .. });
+        self.on_call_end(call.owner, call.shard, end, at, read);
     }
 
     /// The live replicas of `shard`: (node, applied index).

@@ -31,7 +31,9 @@ struct Floors {
 
 /// The default profile's ranges of 20 seeds covered 16-17k operations, 207-235
 /// faults (85-100 crashes, 11-27 inside an install), 131-163 installs and 255-267
-/// epochs each.
+/// epochs each; with the meta group simulated (epochs allocated in it, behind the
+/// gate), 13.5-16.3k operations, 215-243 faults (81-110 crashes, 23-42 inside an
+/// install), 172-240 installs and 224-251 epochs.
 const DEFAULT_FLOORS: Floors = Floors {
     ops: 8_000,
     faults: 100,

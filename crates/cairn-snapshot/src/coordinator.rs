@@ -24,6 +24,7 @@ use cairn_store::Command;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::epoch::{Sweep, SWEPT};
 use crate::error::SnapshotError;
 use crate::marking::Marking;
 use crate::registry::{Registry, SnapshotRecord, SnapshotState};
@@ -122,8 +123,11 @@ impl<S: Shards> Coordinator<S> {
         });
         let record = registry.finish(&pending, state).await;
         cairn_store::crash_point!("snapshot.finished");
-        // Release even if recording failed: the windows must close either way.
-        self.release(epoch).await;
+        // Release even if recording failed: the windows must close either way. But
+        // close the epoch only once its record is final: closed, an epoch is out of
+        // the sweeper's sight, and a record whose finish failed would stay pending
+        // forever (found by the simulator, seed 166).
+        self.release(epoch, record.is_ok()).await;
         let record = record?;
         match &record.state {
             SnapshotState::Done { .. } => {
@@ -144,8 +148,9 @@ impl<S: Shards> Coordinator<S> {
     }
 
     /// Propose `Release(epoch)` to every shard; once all have applied it, close the
-    /// epoch in the registry. Returns whether that happened (else the sweeper retries).
-    async fn release(&self, epoch: u64) -> bool {
+    /// epoch in the registry if `close`. Returns whether every shard released (else
+    /// the sweeper retries).
+    async fn release(&self, epoch: u64, close: bool) -> bool {
         let count = self.shards.shard_count();
         let releases = (0..count).map(|shard| {
             let release = self.shards.propose(shard, Command::Release { epoch });
@@ -155,7 +160,7 @@ impl<S: Shards> Coordinator<S> {
             .await
             .into_iter()
             .all(|r| matches!(r, Ok(Ok(_))));
-        if all {
+        if all && close {
             if let Err(e) = self.registry().close(epoch).await {
                 tracing::debug!(epoch, error = %e, "could not close the epoch yet");
                 return false;
@@ -177,27 +182,32 @@ impl<S: Shards> Coordinator<S> {
         let open = registry.open_epochs().await?;
         first_seen.retain(|id, _| open.contains(id));
         for epoch in open {
-            match registry.get(epoch).await? {
-                None => registry.close(epoch).await?,
-                Some(tracked) if tracked.record.state == SnapshotState::Pending => {
-                    // Age by whichever clock says older: the allocation's wall-clock
-                    // label (the coordinator may have died long before this leader
-                    // took over) or this leader's own first sighting. Skew can only
-                    // make an abort early, and an abort is always safe.
-                    let seen = *first_seen.entry(epoch).or_insert_with(Instant::now);
-                    let labelled =
-                        Duration::from_millis(now_ms().saturating_sub(tracked.record.time_ms));
-                    if seen.elapsed().max(labelled) >= self.config.abort_after {
-                        let reason = "its coordinator did not finish it in time".to_owned();
-                        registry
-                            .finish(&tracked, SnapshotState::Aborted { reason })
-                            .await?;
-                        self.release(epoch).await;
-                    }
+            let tracked = registry.get(epoch).await?;
+            // Age by whichever clock says older: the allocation's wall-clock label (the
+            // coordinator may have died long before this leader took over) or this
+            // leader's own first sighting. Skew can only make an abort early, and an
+            // abort is always safe.
+            let aged = |time_ms: u64| {
+                let seen = *first_seen.entry(epoch).or_insert_with(Instant::now);
+                let labelled = Duration::from_millis(now_ms().saturating_sub(time_ms));
+                seen.elapsed().max(labelled) >= self.config.abort_after
+            };
+            match (
+                Sweep::of(tracked.as_ref().map(|t| &t.record), aged),
+                tracked,
+            ) {
+                (Sweep::Close, _) => registry.close(epoch).await?,
+                (Sweep::Abort, Some(tracked)) => {
+                    let reason = SWEPT.to_owned();
+                    registry
+                        .finish(&tracked, SnapshotState::Aborted { reason })
+                        .await?;
+                    self.release(epoch, true).await;
                 }
-                Some(_) => {
-                    self.release(epoch).await;
+                (Sweep::Release, _) => {
+                    self.release(epoch, true).await;
                 }
+                (Sweep::Abort, None) | (Sweep::Leave, _) => {}
             }
         }
         Ok(())

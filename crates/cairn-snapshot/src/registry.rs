@@ -21,17 +21,18 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use cairn_cluster::clock::now_ms;
 use cairn_raft::Backoff;
-use cairn_store::{Condition, Page, ShardId, Versioned, WriteOp};
+use cairn_store::{Page, ShardId, Versioned, WriteOp};
 use serde::{Deserialize, Serialize};
 
+use crate::epoch::{close_ops, stale_wants, Allocation, Finish};
 use crate::error::SnapshotError;
 use crate::gate;
-use cairn_cluster::meta::{delete, put, Meta};
+use cairn_cluster::meta::{delete, Meta, MetaStep};
 use cairn_cluster::Shards;
 
 use cairn_cluster::keyspace::{
-    SNAPSHOT_AUTO as AUTO, SNAPSHOT_ID as ID, SNAPSHOT_NAME as NAME, SNAPSHOT_NEXT as NEXT,
-    SNAPSHOT_OPEN as OPEN, SNAPSHOT_TIME as TIME,
+    SNAPSHOT_AUTO as AUTO, SNAPSHOT_ID as ID, SNAPSHOT_NAME as NAME, SNAPSHOT_OPEN as OPEN,
+    SNAPSHOT_TIME as TIME,
 };
 
 /// How long an allocation waits for committing transactions to resolve.
@@ -83,7 +84,7 @@ impl SnapshotRecord {
     }
 }
 
-fn rand_nonce() -> u64 {
+pub(crate) fn rand_nonce() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     // Unique enough for a key that lives a few milliseconds, without a dependency.
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -91,31 +92,42 @@ fn rand_nonce() -> u64 {
     h.finish()
 }
 
-fn id_key(id: u64) -> Vec<u8> {
+/// The key of epoch `id`'s record.
+pub fn id_key(id: u64) -> Vec<u8> {
     [ID, &(!id).to_be_bytes()].concat()
 }
 
-fn time_key(time_ms: u64, id: u64) -> Vec<u8> {
+pub(crate) fn time_key(time_ms: u64, id: u64) -> Vec<u8> {
     [TIME, &(!time_ms).to_be_bytes(), &id.to_be_bytes()].concat()
 }
 
-fn auto_key(time_ms: u64, id: u64) -> Vec<u8> {
+pub(crate) fn auto_key(time_ms: u64, id: u64) -> Vec<u8> {
     [AUTO, &time_ms.to_be_bytes(), &id.to_be_bytes()].concat()
 }
 
-fn open_key(id: u64) -> Vec<u8> {
+pub(crate) fn open_key(id: u64) -> Vec<u8> {
     [OPEN, &id.to_be_bytes()].concat()
 }
 
-fn name_key(name: &str) -> Vec<u8> {
+pub(crate) fn name_key(name: &str) -> Vec<u8> {
     [NAME, name.as_bytes()].concat()
 }
 
-fn be_u64(bytes: &[u8]) -> Result<u64, SnapshotError> {
+pub(crate) fn be_u64(bytes: &[u8]) -> Result<u64, SnapshotError> {
     bytes
         .try_into()
         .map(u64::from_be_bytes)
         .map_err(|_| SnapshotError::Corrupt(format!("expected 8 bytes, found {}", bytes.len())))
+}
+
+/// A stored record with the meta version it was read at.
+pub fn decode(value: &Versioned) -> Result<Tracked, SnapshotError> {
+    let record = serde_json::from_slice(&value.value)
+        .map_err(|e| SnapshotError::Corrupt(format!("snapshot record: {e}")))?;
+    Ok(Tracked {
+        record,
+        version: value.version,
+    })
 }
 
 /// A record and the meta version it was read at (for conditional updates).
@@ -156,165 +168,83 @@ impl<'a, S: Shards> Registry<'a, S> {
         Ok(self.meta().write(ops).await?)
     }
 
-    fn decode(value: &Versioned) -> Result<Tracked, SnapshotError> {
-        let record = serde_json::from_slice(&value.value)
-            .map_err(|e| SnapshotError::Corrupt(format!("snapshot record: {e}")))?;
-        Ok(Tracked {
-            record,
-            version: value.version,
-        })
-    }
-
     /// Register a new pending snapshot with the next epoch. Waits (up to
     /// [`GATE_WAIT`]) while a cross-shard transaction is being resolved: an epoch may
-    /// not start marking then (see [`crate::gate`]).
+    /// not start marking then (see [`crate::gate`]). The decisions are
+    /// [`Allocation`]'s; this only carries its steps out.
     pub async fn allocate(&self, name: Option<&str>, auto: bool) -> Result<Tracked, SnapshotError> {
-        if let Some(name) = name {
-            if name.is_empty() || name.len() > MAX_NAME_BYTES || name.parse::<u64>().is_ok() {
-                return Err(SnapshotError::BadName(format!(
-                    "a snapshot name must be 1 to {MAX_NAME_BYTES} bytes and not a number"
-                )));
+        let mut allocation = Allocation::new(name, auto)?;
+        let mut gate: Option<Backoff> = None;
+        let mut step = allocation.start();
+        loop {
+            // The wait at the gate is counted from the end of the name check.
+            if gate.is_none() && allocation.past_name_check() {
+                gate = Some(Backoff::contention(tokio::time::Instant::now() + GATE_WAIT));
             }
-            if self.get_raw(name_key(name)).await?.is_some() {
-                return Err(SnapshotError::NameTaken(name.to_owned()));
-            }
-        }
-        // Concurrent allocations race on `s/next`; the loser reads again.
-        let mut gate = Backoff::contention(tokio::time::Instant::now() + GATE_WAIT);
-        let mut contended = 0;
-        // Written once commits in flight make us wait, so new ones wait for us.
-        let mut want: Option<Vec<u8>> = None;
-        let result = loop {
-            if contended >= 16 {
-                break Err(SnapshotError::Contended);
-            }
-            let next = self.get_raw(NEXT.to_vec()).await?;
-            let (id, condition) = match &next {
-                Some(v) => (be_u64(&v.value)?, Condition::Version(v.version)),
-                None => (1, Condition::Absent),
-            };
-            let record = SnapshotRecord {
-                id,
-                name: name.map(str::to_owned),
-                auto,
-                time_ms: now_ms(),
-                state: SnapshotState::Pending,
-            };
-            let encoded =
-                serde_json::to_vec(&record).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
-            let mut ops = vec![
-                gate::no_commit_in_flight(),
-                put(NEXT.to_vec(), (id + 1).to_be_bytes().to_vec(), condition),
-                put(id_key(id), encoded, Condition::Always),
-                put(open_key(id), Vec::new(), Condition::Always),
-                put(gate::marking_key(id), Vec::new(), Condition::Always),
-            ];
-            if let Some(name) = name {
-                ops.push(put(
-                    name_key(name),
-                    id.to_be_bytes().to_vec(),
-                    Condition::Absent,
-                ));
-            }
-            if let Some(key) = &want {
-                ops.push(delete(key.clone()));
-            }
-            let written = match self.meta().try_write(ops).await {
-                Ok(written) => written,
-                Err(e) => break Err(e.into()),
-            };
-            match written {
-                Ok(version) => return Ok(Tracked { record, version }),
-                // A transaction is committing: it resolves within a round trip.
-                Err(0) if gate.can_wait() => {
-                    if want.is_none() {
-                        let key = gate::want_key(rand_nonce());
-                        let label = now_ms().to_be_bytes().to_vec();
-                        if let Err(e) = self
-                            .write(vec![put(key.clone(), label, Condition::Always)])
-                            .await
-                        {
-                            break Err(e);
-                        }
-                        want = Some(key);
+            step = match step {
+                MetaStep::Read(key) => {
+                    let answer = self.meta().get(key).await;
+                    allocation.on_read(answer, now_ms())
+                }
+                MetaStep::Write(ops) => {
+                    let answer = self.meta().try_write(ops).await;
+                    let can_wait = gate.as_ref().is_some_and(Backoff::can_wait);
+                    allocation.on_written(answer, can_wait, rand_nonce(), now_ms())
+                }
+                MetaStep::Wait => {
+                    if let Some(gate) = gate.as_mut() {
+                        gate.wait().await;
                     }
-                    gate.wait().await;
-                    continue;
+                    allocation.resume()
                 }
-                Err(0) => break Err(SnapshotError::Blocked),
-                Err(_) => contended += 1,
+                MetaStep::Done(result) => return result,
             }
-            if let Some(name) = name {
-                if self.get_raw(name_key(name)).await?.is_some() {
-                    break Err(SnapshotError::NameTaken(name.to_owned()));
-                }
-            }
-        };
-        if let Some(key) = want {
-            // Best effort: the sweeper removes it if this fails.
-            let _ = self.write(vec![delete(key)]).await;
         }
-        result
     }
 
     /// Remove wants older than [`gate::WANT_EXPIRES`]: their allocations gave up or
     /// their coordinators died, and they would hold commits back.
     pub async fn drop_stale_wants(&self) -> Result<usize, SnapshotError> {
         let cutoff = now_ms().saturating_sub(gate::WANT_EXPIRES.as_millis() as u64);
-        let mut dropped = 0;
-        for (key, value) in self.meta().scan_all(gate::WANT).await? {
-            if be_u64(&value.value)? < cutoff {
-                self.write(vec![delete(key)]).await?;
-                dropped += 1;
-            }
+        let wants = self.meta().scan_all(gate::WANT).await?;
+        let stale = stale_wants(&wants, cutoff)?;
+        for key in &stale {
+            self.write(vec![delete(key.clone())]).await?;
         }
-        Ok(dropped)
+        Ok(stale.len())
     }
 
     /// Move a pending record to its final state, unless someone else did first.
-    /// Returns the record as it ends up.
+    /// Returns the record as it ends up (decided by [`Finish`]).
     pub async fn finish(
         &self,
         pending: &Tracked,
         state: SnapshotState,
     ) -> Result<SnapshotRecord, SnapshotError> {
-        let mut record = pending.record.clone();
-        let done = matches!(state, SnapshotState::Done { .. });
-        if done {
-            record.time_ms = now_ms().max(record.time_ms);
-        }
-        record.state = state;
-        let encoded =
-            serde_json::to_vec(&record).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
-        let mut ops = vec![
-            put(
-                id_key(record.id),
-                encoded,
-                Condition::Version(pending.version),
-            ),
-            delete(gate::marking_key(record.id)),
-        ];
-        if done {
-            ops.push(put(
-                time_key(record.time_ms, record.id),
-                Vec::new(),
-                Condition::Always,
-            ));
-        }
-        if self.write(ops).await?.is_some() {
-            return Ok(record);
-        }
-        match self.get(record.id).await? {
-            Some(now) => Ok(now.record),
-            None => Err(SnapshotError::NotFound(record.id.to_string())),
+        let (mut finish, mut step) = Finish::new(pending, state, now_ms())?;
+        loop {
+            step = match step {
+                MetaStep::Write(ops) => {
+                    let answer = self.meta().try_write(ops).await;
+                    finish.on_written(answer)
+                }
+                MetaStep::Read(key) => {
+                    let answer = self.meta().get(key).await;
+                    finish.on_read(answer)
+                }
+                MetaStep::Wait => {
+                    return Err(SnapshotError::Corrupt(
+                        "finishing an epoch never waits".into(),
+                    ))
+                }
+                MetaStep::Done(result) => return result,
+            }
         }
     }
 
     /// The epoch's shards have all been released: it no longer needs sweeping.
     pub async fn close(&self, id: u64) -> Result<(), SnapshotError> {
-        self.write(vec![delete(open_key(id)), delete(gate::marking_key(id))])
-            .await
-            .map(|_| ())
+        self.write(close_ops(id)).await.map(|_| ())
     }
 
     /// Epochs that may still hold alignment windows somewhere.
@@ -330,7 +260,7 @@ impl<'a, S: Shards> Registry<'a, S> {
     pub async fn get(&self, id: u64) -> Result<Option<Tracked>, SnapshotError> {
         self.get_raw(id_key(id))
             .await?
-            .map(|v| Self::decode(&v))
+            .map(|v| decode(&v))
             .transpose()
     }
 
@@ -364,7 +294,7 @@ impl<'a, S: Shards> Registry<'a, S> {
         let records = page
             .items
             .iter()
-            .map(|(_, v)| Self::decode(v).map(|v| v.record))
+            .map(|(_, v)| decode(v).map(|v| v.record))
             .collect::<Result<_, _>>()?;
         Ok((records, page.more))
     }
@@ -444,7 +374,7 @@ impl<'a, S: Shards> Registry<'a, S> {
             };
             start_after = Some(last.clone());
             for (_, value) in &page {
-                let record = Self::decode(value)?.record;
+                let record = decode(value)?.record;
                 if matches!(record.state, SnapshotState::Done { .. }) {
                     done.push(record);
                 }

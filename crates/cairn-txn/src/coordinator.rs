@@ -6,17 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_cluster::clock::now_ms;
-use cairn_cluster::meta::{delete, put};
-use cairn_cluster::{Meta, Shards};
+use cairn_cluster::{Meta, MetaStep, Shards};
 use cairn_raft::{Backoff, ShardError};
-use cairn_snapshot::gate;
-use cairn_store::{
-    shard_for_key, txn_id, txn_started_ms, ApplyOutcome, Command, Condition, ShardId, WriteOp,
-};
+use cairn_store::{shard_for_key, txn_id, txn_started_ms, ApplyOutcome, Command, ShardId, WriteOp};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::ballot::{Ballot, Refusal};
+use crate::decision::{
+    after_gate_abort, create_ops, forget_ops, Abort, Commit, CommitEnd, TxnSweep,
+};
 use crate::error::TxnError;
 use crate::record::{self, meta_error, txn_key, Tracked, TxnRecord, TxnState};
 
@@ -102,8 +101,7 @@ fn older(a: u64, b: u64) -> bool {
 
 /// Every shard resolved: drop the record (and release the snapshot gate).
 async fn forget<S: Shards>(shards: &S, id: u64) {
-    let ops = vec![delete(txn_key(id)), delete(gate::committing_key(id))];
-    if let Err(e) = Meta::new(shards).write(ops).await {
+    if let Err(e) = Meta::new(shards).write(forget_ops(id)).await {
         tracing::debug!(txn = id, error = %e, "could not drop the record; the sweeper will");
     }
 }
@@ -249,7 +247,7 @@ impl<S: Shards> Transactions<S> {
                 started_ms,
                 node: self.node,
             };
-            let ops = vec![put(txn_key(record.id), record.encode()?, Condition::Absent)];
+            let ops = create_ops(&record)?;
             // Nothing is prepared yet: whatever happens here, nothing was written.
             match self.meta().write(ops).await {
                 Ok(Some(version)) => return Ok(Tracked { record, version }),
@@ -267,102 +265,59 @@ impl<S: Shards> Transactions<S> {
     }
 
     /// Write the commit decision. It waits while a snapshot epoch is marking; if the
-    /// deadline passes first, the transaction is aborted instead.
+    /// deadline passes first, the transaction is aborted instead. [`Commit`] decides.
     async fn decide(&self, tracked: &Tracked, deadline: Instant) -> Result<(), TxnError> {
-        let id = tracked.record.id;
-        let committed = TxnRecord {
-            state: TxnState::Committed,
-            ..tracked.record.clone()
-        };
         let mut backoff = Backoff::contention(deadline);
+        let (mut commit, mut step) = Commit::new(tracked.clone())?;
         loop {
-            let mut ops = vec![
-                put(
-                    txn_key(id),
-                    committed.encode()?,
-                    Condition::Version(tracked.version),
-                ),
-                put(gate::committing_key(id), Vec::new(), Condition::Always),
-            ];
-            ops.extend(gate::no_epoch_marking());
-            match self.meta().try_write(ops).await {
-                Ok(Ok(_)) => return Ok(()),
-                // A snapshot is placing markers (or waits to): it finishes within a
-                // round trip.
-                Ok(Err(op)) if op >= 2 && backoff.can_wait() => {
+            step = match step {
+                MetaStep::Write(ops) => {
+                    let answer = self.meta().try_write(ops).await;
+                    commit.on_written(answer, backoff.can_wait())
+                }
+                MetaStep::Read(key) => {
+                    let answer = self.meta().get(key).await;
+                    commit.on_read(answer, backoff.can_wait())
+                }
+                MetaStep::Wait => {
                     backoff.wait().await;
-                    continue;
+                    commit.resume()
                 }
-                Ok(Err(op)) if op >= 2 => {
+                MetaStep::Done(CommitEnd::Committed) => return Ok(()),
+                MetaStep::Done(CommitEnd::Failed(e)) => return Err(e),
+                MetaStep::Done(CommitEnd::AbortFirst) => {
                     self.abort(tracked, deadline).await;
-                    return match self.state_of(id).await {
-                        Ok(Some(TxnState::Committed)) => Ok(()),
-                        _ => Err(TxnError::Aborted {
-                            reason: "snapshots kept the commit waiting past the deadline".into(),
-                        }),
-                    };
+                    let answer = self.meta().get(txn_key(tracked.record.id)).await;
+                    return after_gate_abort(answer);
                 }
-                // The record changed (the sweeper decided), or the write's outcome is
-                // unknown: the record says what happened.
-                Ok(Err(_)) | Err(_) => match self.state_of(id).await {
-                    Ok(Some(TxnState::Committed)) => return Ok(()),
-                    Ok(Some(TxnState::Pending)) if backoff.can_wait() => {
-                        backoff.wait().await;
-                    }
-                    Ok(Some(TxnState::Aborted)) | Ok(None) => {
-                        return Err(TxnError::Aborted {
-                            reason: "the sweeper aborted it before it could commit".into(),
-                        })
-                    }
-                    Ok(Some(TxnState::Pending)) | Err(_) => {
-                        return Err(TxnError::OutcomeUnknown {
-                            txn: id,
-                            reason: "the meta group did not confirm the commit decision in time"
-                                .into(),
-                        })
-                    }
-                },
             }
         }
     }
 
-    async fn state_of(&self, id: u64) -> Result<Option<TxnState>, TxnError> {
-        Ok(record::read(&self.meta(), id)
-            .await?
-            .map(|t| t.record.state))
-    }
-
     /// Decide abort (unless decided otherwise already) and resolve every shard.
+    /// [`Abort`] decides which way the shards are resolved.
     async fn abort(&self, tracked: &Tracked, deadline: Instant) {
         let id = tracked.record.id;
-        let aborted = TxnRecord {
-            state: TxnState::Aborted,
-            ..tracked.record.clone()
-        };
-        let decided = match aborted.encode() {
-            Ok(value) => self
-                .meta()
-                .write(vec![put(
-                    txn_key(id),
-                    value,
-                    Condition::Version(tracked.version),
-                )])
-                .await
-                .map(|v| v.is_some()),
+        let (mut abort, mut step) = match Abort::new(tracked) {
+            Ok(machine) => machine,
             Err(e) => {
                 tracing::error!(txn = id, error = %e, "cannot encode the abort");
                 return;
             }
         };
-        let commit = match decided {
-            Ok(true) => false,
-            // Someone decided first, or the write's fate is unknown: follow the record.
-            _ => match self.state_of(id).await {
-                Ok(Some(TxnState::Aborted)) => false,
-                Ok(Some(TxnState::Committed)) => true,
+        let commit = loop {
+            step = match step {
+                MetaStep::Write(ops) => abort.on_written(self.meta().try_write(ops).await),
+                MetaStep::Read(key) => abort.on_read(self.meta().get(key).await),
+                MetaStep::Wait => MetaStep::Done(None),
+                MetaStep::Done(Some(commit)) => break commit,
                 // Leave it to the sweeper, which will abort it.
-                _ => return,
-            },
+                MetaStep::Done(None) => return,
+            }
+        };
+        let aborted = TxnRecord {
+            state: TxnState::Aborted,
+            ..tracked.record.clone()
         };
         // Unlock promptly even if the client's deadline is close: other writers wait.
         let deadline = deadline.max(Instant::now() + Duration::from_secs(1));
@@ -460,19 +415,24 @@ impl<S: Shards> Transactions<S> {
                 now_ms().saturating_sub(tracked.record.started_ms),
             ));
             let deadline = Instant::now() + self.config.abort_after;
-            match tracked.record.state {
-                TxnState::Pending if age >= self.config.abort_after => {
+            let sweep = TxnSweep::of(
+                tracked.record.state,
+                age,
+                self.config.abort_after,
+                self.config.resolve_after,
+            );
+            match sweep {
+                TxnSweep::Abort => {
                     tracing::warn!(txn = id, "aborting a transaction its coordinator left");
                     self.abort(&tracked, deadline).await;
                 }
-                TxnState::Committed | TxnState::Aborted if age >= self.config.resolve_after => {
-                    let commit = tracked.record.state == TxnState::Committed;
+                TxnSweep::Resolve { commit } => {
                     let resolved = self.resolve(&tracked.record, commit, deadline).await;
                     if resolved.values().all(Option::is_some) {
                         self.forget(id).await;
                     }
                 }
-                _ => {}
+                TxnSweep::Leave => {}
             }
         }
         first_seen.retain(|id, _| live.contains(id));

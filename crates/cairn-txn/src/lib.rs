@@ -32,15 +32,22 @@
 //! aborts and retries under a new id that keeps its first start time, so waits never
 //! form a cycle and a transaction that keeps losing grows old and wins.
 //!
+//! What decides lives in I/O-free state machines that the async coordinator and the
+//! deterministic simulator both drive: [`Ballot`] (the prepare answers to commit or
+//! abort) and [`decision`] (the meta-group side: the record, the commit behind the
+//! snapshot gate, the abort, the cleanup, the sweeper's choice).
+//!
 //! This crate reaches shards and the meta group only through
 //! [`cairn_cluster::Shards`]; it never reads a tree or knows where a leader is.
 
 pub mod ballot;
 mod coordinator;
+pub mod decision;
 mod error;
 pub mod record;
 
 pub use ballot::{Ballot, Refusal};
 pub use coordinator::{Transactions, TxnConfig, TxnOutcome};
+pub use decision::{Abort, Commit, CommitEnd, TxnSweep};
 pub use error::TxnError;
 pub use record::{TxnRecord, TxnState};

@@ -59,6 +59,7 @@ impl TxnRecord {
 }
 
 /// A record and the meta version it was read at.
+#[derive(Debug, Clone)]
 pub struct Tracked {
     pub record: TxnRecord,
     pub version: u64,

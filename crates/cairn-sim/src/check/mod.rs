@@ -13,12 +13,17 @@
 //!   sequential order (Wing–Gong–Lowe, `todc-utils`);
 //! - [`snapshots`]: no answer above an open cut before the epoch's release, and every
 //!   completed snapshot satisfies the design's four guarantees;
+//! - `registry`: the meta group's records agree with what was observed (an epoch
+//!   recorded done has its markers' cuts, an aborted one was never reported done,
+//!   committed transactions were recorded committed), and its log keeps the gate (no
+//!   commit while an epoch is marking);
 //! - liveness is the run itself: it only gets here if a final write committed on
 //!   every shard and every replica applied it.
 
 pub mod convergence;
 pub mod durability;
 pub mod linearizable;
+pub(crate) mod registry;
 pub mod snapshots;
 
 use std::collections::BTreeMap;
