@@ -33,50 +33,6 @@ pub struct Op<T, R, O> {
     pub outcome: O,
 }
 
-/// Operations in the order they were invoked.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct OpLog<T, R, O> {
-    pub ops: Vec<Op<T, R, O>>,
-}
-
-impl<T, R, O> Default for OpLog<T, R, O> {
-    fn default() -> Self {
-        OpLog { ops: Vec::new() }
-    }
-}
-
-impl<T, R, O> OpLog<T, R, O> {
-    /// Record an invocation; `pending` is the outcome until [`OpLog::complete`].
-    pub fn invoke(
-        &mut self,
-        client: usize,
-        via: Option<u64>,
-        request: R,
-        invoked: T,
-        pending: O,
-    ) -> usize {
-        let id = self.ops.len();
-        self.ops.push(Op {
-            id,
-            client,
-            via,
-            request,
-            invoked,
-            completed: None,
-            outcome: pending,
-        });
-        id
-    }
-
-    /// Record how operation `id` ended, seen at `at`.
-    pub fn complete(&mut self, id: usize, at: T, outcome: O) {
-        if let Some(op) = self.ops.get_mut(id) {
-            op.completed = Some(at);
-            op.outcome = outcome;
-        }
-    }
-}
-
 /// A history projected on keys: each key's operations with their intervals, in the
 /// model's terms.
 #[derive(Debug, Clone)]
@@ -206,18 +162,6 @@ mod tests {
             effect: Some(w),
             expect: Expect::Applied { existed: None },
         }
-    }
-
-    #[test]
-    fn an_op_log_records_invocations_and_their_ends() {
-        let mut log: OpLog<u64, &str, Option<bool>> = OpLog::default();
-        let a = log.invoke(0, Some(2), "put", 10, None);
-        let b = log.invoke(1, None, "get", 11, None);
-        log.complete(b, 12, Some(true));
-        assert_eq!(log.ops[a].completed, None);
-        assert_eq!(log.ops[b].completed, Some(12));
-        assert_eq!(log.ops[b].outcome, Some(true));
-        assert_eq!(log.ops[a].via, Some(2));
     }
 
     #[test]

@@ -23,7 +23,7 @@
 //! that exhausts it is *undecided*, which a harness must report, never count as a pass.
 //!
 //! The history itself is shared too ([`history`]): the record of client operations
-//! ([`Op`], [`OpLog`]), the per-key view the model checks ([`KeyHistories`]), and how
+//! ([`Op`]), the per-key view the model checks ([`KeyHistories`]), and how
 //! each key's verdict is reached and shown.
 //!
 //! It must never know how a history was recorded: no HTTP, no replicas, no clocks but
@@ -31,7 +31,7 @@
 
 pub mod history;
 
-pub use history::{KeyHistories, KeyVerdict, Op, OpLog};
+pub use history::{KeyHistories, KeyVerdict, Op};
 
 use std::cell::Cell;
 use std::fmt::Debug;

@@ -127,16 +127,10 @@ impl Outcome {
     }
 }
 
-/// One client operation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Op {
-    pub id: OpId,
-    pub client: usize,
-    pub action: Action,
-    pub invoked: Stamp,
-    pub completed: Option<Stamp>,
-    pub outcome: Outcome,
-}
+/// One client operation: the record every harness shares (`cairn_lincheck::Op`), with
+/// the simulator's actions and outcomes. `via` is always `None` (a call follows the
+/// shard's leader); `completed` is `None` while the operation runs.
+pub type Op = cairn_lincheck::Op<Stamp, Action, Outcome>;
 
 /// A snapshot epoch as the simulated coordinator ran it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,7 +183,8 @@ impl History {
         self.ops.push(Op {
             id,
             client,
-            action,
+            via: None,
+            request: action,
             invoked,
             completed: None,
             outcome: Outcome::Pending,

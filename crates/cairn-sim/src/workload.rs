@@ -376,7 +376,7 @@ impl World {
     /// The history's outcome for a batch or read call's end.
     fn outcome_of(&mut self, op: OpId, end: CallEnd) -> Outcome {
         let is_read = matches!(
-            self.history.ops[op].action,
+            self.history.ops[op].request,
             Action::Get { .. } | Action::Scan { .. }
         );
         match end {
@@ -434,7 +434,7 @@ impl World {
         let o = &self.history.ops[op];
         let client = o.client;
         let mut seen = Vec::new();
-        match (&o.action, outcome) {
+        match (&o.request, outcome) {
             (Action::Get { key, .. }, Outcome::Read { value, .. }) => {
                 seen.push((key.clone(), value.map(|(v, _)| v)));
             }

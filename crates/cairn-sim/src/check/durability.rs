@@ -42,7 +42,7 @@ pub fn check(
                 placed.insert(id, (shard, key.clone(), version));
                 let op = op_of(id);
                 let i = (id & 0xFF) as usize;
-                let wrote = history.ops.get(op).and_then(|o| match &o.action {
+                let wrote = history.ops.get(op).and_then(|o| match &o.request {
                     Action::Batch { writes, .. } => writes.get(i).cloned(),
                     Action::Txn { writes, .. } => writes.get(i).map(|(_, w)| w.clone()),
                     Action::Get { .. } | Action::Scan { .. } => None,
@@ -60,7 +60,7 @@ pub fn check(
 
     for op in &history.ops {
         stats.ops += 1;
-        match (&op.action, &op.outcome) {
+        match (&op.request, &op.outcome) {
             (Action::Batch { shard, writes }, outcome) => {
                 let puts: Vec<&KeyWrite> = writes.iter().filter(|w| w.value.is_some()).collect();
                 match outcome {

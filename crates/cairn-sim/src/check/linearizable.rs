@@ -26,7 +26,7 @@
 
 use std::collections::BTreeMap;
 
-use cairn_lincheck::{check_key, Budget, Cond as KCond, Expect, KeyOp as KOp, Timed, Verdict};
+use cairn_lincheck::{Budget, Cond as KCond, Expect, KeyHistories, KeyOp as KOp, Verdict};
 use cairn_store::ShardId;
 
 use crate::check::{CheckStats, ShardFinal};
@@ -35,9 +35,6 @@ use crate::history::{Action, Cond, History, KeyWrite, Outcome, Stamp};
 /// Steps of the sequential specification one key may take before it is undecided
 /// (a step budget, unlike a deadline, keeps runs deterministic).
 const STEP_BUDGET: u64 = 2_000_000;
-
-/// One key's operations.
-type KeyOps = Vec<Timed<Stamp, u64>>;
 
 fn cond_of(cond: Cond, key: &str, fin: &ShardFinal) -> KCond<u64> {
     match cond {
@@ -58,16 +55,12 @@ pub fn check(
     stats: &mut CheckStats,
     violations: &mut Vec<String>,
 ) {
-    let mut keys: BTreeMap<String, KeyOps> = BTreeMap::new();
+    let mut keys: KeyHistories<Stamp, u64> = KeyHistories::default();
     let mut add = |key: &str, invoked: Stamp, completed: Option<Stamp>, op: KOp<u64>| {
-        keys.entry(key.to_owned()).or_default().push(Timed {
-            invoked,
-            completed,
-            op,
-        });
+        keys.add(key, invoked, completed, op);
     };
     for op in &history.ops {
-        match (&op.action, &op.outcome) {
+        match (&op.request, &op.outcome) {
             (
                 Action::Get {
                     key, stale: false, ..
@@ -157,44 +150,29 @@ pub fn check(
             _ => {}
         }
     }
-    for (key, ops) in keys {
+    let budget = || Budget {
+        steps: Some(STEP_BUDGET),
+        deadline: None,
+    };
+    // One thread: the step budget already makes every verdict repeatable, and seeds
+    // run side by side.
+    for key in keys.check(1, budget, |_, _| None) {
         stats.keys_checked += 1;
-        let budget = Budget {
-            steps: Some(STEP_BUDGET),
-            deadline: None,
-        };
-        match check_key(&ops, budget) {
+        let shown = key.shown.as_deref().unwrap_or_default();
+        match key.verdict {
             Verdict::Linearizable => {}
             Verdict::Violation => violations.push(format!(
-                "linearizability: key {key} (shard {}) has no legal order for its {} operations:\n{}",
-                shard_of(&key),
-                ops.len(),
-                describe(&ops)
+                "linearizability: key {} (shard {}) has no legal order for its {} operations:\n{shown}",
+                key.key,
+                shard_of(&key.key),
+                key.ops,
             )),
             Verdict::Undecided(why) => violations.push(format!(
-                "linearizability undecided: key {key} ({} operations): {why}",
-                ops.len()
+                "linearizability undecided: key {} ({} operations): {why}",
+                key.key, key.ops
             )),
         }
     }
-}
-
-fn describe(ops: &KeyOps) -> String {
-    let mut sorted: Vec<&Timed<Stamp, u64>> = ops.iter().collect();
-    sorted.sort_by_key(|t| t.invoked);
-    sorted
-        .iter()
-        .map(|t| {
-            let done = t
-                .completed
-                .map_or("?".to_owned(), |c| format!("{}.{}", c.ms, c.seq));
-            format!(
-                "  [{}.{} .. {done}] {:?}",
-                t.invoked.ms, t.invoked.seq, t.op
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 #[cfg(test)]
@@ -210,7 +188,8 @@ mod tests {
         Op {
             id,
             client: id,
-            action: Action::Batch {
+            via: None,
+            request: Action::Batch {
                 shard: 0,
                 writes: vec![KeyWrite {
                     key: key.into(),
@@ -228,7 +207,8 @@ mod tests {
         Op {
             id,
             client: id,
-            action: Action::Get {
+            via: None,
+            request: Action::Get {
                 shard: 0,
                 key: key.into(),
                 stale: false,

@@ -200,7 +200,7 @@ fn txns(log: &MetaLog, history: &History, violations: &mut Vec<String>) {
         }
     }
     for op in &history.ops {
-        let Action::Txn { txn, .. } = &op.action else {
+        let Action::Txn { txn, .. } = &op.request else {
             continue;
         };
         let committed = states

@@ -42,7 +42,7 @@ pub fn check(
     };
     for op in &history.ops {
         let Some(done) = op.completed else { continue };
-        match (&op.action, &op.outcome) {
+        match (&op.request, &op.outcome) {
             (Action::Batch { shard, writes }, Outcome::Applied { version, .. }) => {
                 answers.push((*shard, *version, done, format!("write {}", op.id)));
                 for w in writes {
@@ -188,7 +188,7 @@ pub fn check(
         }
         for op in &history.ops {
             if let (Action::Txn { txn, writes }, Outcome::TxnCommitted { .. }) =
-                (&op.action, &op.outcome)
+                (&op.request, &op.outcome)
             {
                 let sides: Vec<Option<bool>> = writes
                     .iter()
