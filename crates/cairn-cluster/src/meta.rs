@@ -37,7 +37,8 @@ pub enum MetaStep<T> {
     /// One conditional batch; answer with a [`WriteAnswer`].
     Write(Vec<WriteOp>),
     /// Pause (the driver's backoff and deadline decide how long), then resume the
-    /// machine. Asked only after the driver said it could still wait.
+    /// machine. Asked only while the driver last said it could still wait; a pause
+    /// past the deadline returns at once and the machine then gives up.
     Wait,
     /// The machine is finished.
     Done(T),

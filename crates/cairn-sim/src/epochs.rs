@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 
 use cairn_cluster::meta::MetaStep;
-use cairn_snapshot::epoch::{close_ops, Finish, FinishStep, Sweep, SWEPT};
+use cairn_snapshot::epoch::{close_ops, open_gate_ops, Finish, FinishStep, Sweep, SWEPT};
 use cairn_snapshot::registry::Tracked;
 use cairn_snapshot::{Allocation, Marking, SnapshotRecord, SnapshotState};
 use cairn_store::{ApplyOutcome, ShardId};
@@ -299,13 +299,15 @@ impl World {
         if *left > 0 {
             return;
         }
-        if !*close {
-            // Left open for the sweeper, which finishes the record first.
-            return self.end_run(run);
-        }
-        let id = *id;
+        // Not closed if the record is not known final: left open for the sweeper,
+        // which finishes the record first; only the gate opens.
+        let (id, ops) = if *close {
+            (*id, close_ops(*id))
+        } else {
+            (*id, open_gate_ops(*id))
+        };
         r.stage = Stage::Closing { id };
-        self.meta_step::<()>(Owner::EpochMeta(run), MetaStep::Write(close_ops(id)), true);
+        self.meta_step::<()>(Owner::EpochMeta(run), MetaStep::Write(ops), true);
     }
 
     /// A meta call of an epoch run ended.

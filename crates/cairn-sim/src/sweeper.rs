@@ -95,14 +95,9 @@ impl World {
             }
             Scan::Wants => {
                 let cutoff = self.wall_ms().saturating_sub(WANT_EXPIRES_MS);
-                match stale_wants(&items, cutoff) {
-                    Ok(stale) => {
-                        for key in stale {
-                            let step = MetaStep::<()>::Write(vec![delete(key)]);
-                            self.meta_step(Owner::SweepDelete, step, true);
-                        }
-                    }
-                    Err(e) => self.fail(format!("a want: {e}")),
+                for key in stale_wants(&items, cutoff) {
+                    let step = MetaStep::<()>::Write(vec![delete(key)]);
+                    self.meta_step(Owner::SweepDelete, step, true);
                 }
             }
         }

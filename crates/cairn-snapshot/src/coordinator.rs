@@ -160,9 +160,17 @@ impl<S: Shards> Coordinator<S> {
             .await
             .into_iter()
             .all(|r| matches!(r, Ok(Ok(_))));
-        if all && close {
-            if let Err(e) = self.registry().close(epoch).await {
-                tracing::debug!(epoch, error = %e, "could not close the epoch yet");
+        if all {
+            // An epoch whose record is not known final stays open for the sweeper, but
+            // its marking is over: the gate need not keep commits waiting meanwhile.
+            let registry = self.registry();
+            let ended = if close {
+                registry.close(epoch).await
+            } else {
+                registry.open_gate(epoch).await
+            };
+            if let Err(e) = ended {
+                tracing::debug!(epoch, close, error = %e, "could not end the epoch's marking yet");
                 return false;
             }
         }

@@ -38,7 +38,9 @@ pub const MAX_CONTENDED: u32 = 16;
 ///
 /// If the gate is shut and the driver can still wait, a want (`s/want/{nonce}`) is
 /// written first so new commits hold back, and the allocation's own batch deletes
-/// it; if it gives up, the want is deleted on the way out. Losing the race for
+/// it; if it gives up at the gate or in the race for `s/next`, the want is deleted on
+/// the way out. (A failed read ends the allocation at once and leaves the want to
+/// the sweeper, which drops it after `gate::WANT_EXPIRES`.) Losing the race for
 /// `s/next` reads it again (and the name, which the winner may have taken).
 #[derive(Debug)]
 pub struct Allocation {
@@ -372,6 +374,15 @@ pub fn close_ops(id: u64) -> Vec<WriteOp> {
     vec![delete(open_key(id)), delete(gate::marking_key(id))]
 }
 
+/// What opens the gate for an epoch whose marking is over but whose record could not
+/// be finished: transactions may commit again, and the epoch stays open for the
+/// sweeper, which finishes the record and closes it. Safe because the marking was
+/// decided: if the record lands done, every marker was applied already; if aborted,
+/// late markers are never read.
+pub fn open_gate_ops(id: u64) -> Vec<WriteOp> {
+    vec![delete(gate::marking_key(id))]
+}
+
 /// What the sweeper does with an epoch still open in the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sweep {
@@ -410,17 +421,18 @@ impl Sweep {
 
 /// The wants (under `s/want/`) labelled before `cutoff_ms`: left by allocations that
 /// gave up or died, and holding commits back.
-pub fn stale_wants(
-    wants: &[(Vec<u8>, Versioned)],
-    cutoff_ms: u64,
-) -> Result<Vec<Vec<u8>>, SnapshotError> {
+pub fn stale_wants(wants: &[(Vec<u8>, Versioned)], cutoff_ms: u64) -> Vec<Vec<u8>> {
     let mut stale = Vec::new();
     for (key, value) in wants {
-        if be_u64(&value.value)? < cutoff_ms {
-            stale.push(key.clone());
+        match be_u64(&value.value) {
+            Ok(written_ms) if written_ms >= cutoff_ms => {}
+            Ok(_) => stale.push(key.clone()),
+            // A want that does not decode holds commits back like any other, and no
+            // allocation will ever delete it: drop it rather than stop every sweep.
+            Err(_) => stale.push(key.clone()),
         }
     }
-    Ok(stale)
+    stale
 }
 
 #[cfg(test)]
@@ -431,6 +443,20 @@ mod tests {
 
     fn versioned(value: Vec<u8>, version: u64) -> Versioned {
         Versioned { value, version }
+    }
+
+    #[test]
+    fn stale_and_undecodable_wants_go_and_fresh_ones_stay() {
+        let want = |nonce: u64, value: Vec<u8>| (gate::want_key(nonce), versioned(value, 1));
+        let wants = [
+            want(1, 500u64.to_be_bytes().to_vec()),
+            want(2, 2_000u64.to_be_bytes().to_vec()),
+            want(3, b"garbage".to_vec()),
+        ];
+        assert_eq!(
+            stale_wants(&wants, 1_000),
+            vec![gate::want_key(1), gate::want_key(3)]
+        );
     }
 
     #[test]

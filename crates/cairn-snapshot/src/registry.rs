@@ -24,7 +24,7 @@ use cairn_raft::Backoff;
 use cairn_store::{Page, ShardId, Versioned, WriteOp};
 use serde::{Deserialize, Serialize};
 
-use crate::epoch::{close_ops, stale_wants, Allocation, Finish};
+use crate::epoch::{close_ops, open_gate_ops, stale_wants, Allocation, Finish};
 use crate::error::SnapshotError;
 use crate::gate;
 use cairn_cluster::meta::{delete, Meta, MetaStep};
@@ -207,7 +207,7 @@ impl<'a, S: Shards> Registry<'a, S> {
     pub async fn drop_stale_wants(&self) -> Result<usize, SnapshotError> {
         let cutoff = now_ms().saturating_sub(gate::WANT_EXPIRES.as_millis() as u64);
         let wants = self.meta().scan_all(gate::WANT).await?;
-        let stale = stale_wants(&wants, cutoff)?;
+        let stale = stale_wants(&wants, cutoff);
         for key in &stale {
             self.write(vec![delete(key.clone())]).await?;
         }
@@ -245,6 +245,11 @@ impl<'a, S: Shards> Registry<'a, S> {
     /// The epoch's shards have all been released: it no longer needs sweeping.
     pub async fn close(&self, id: u64) -> Result<(), SnapshotError> {
         self.write(close_ops(id)).await.map(|_| ())
+    }
+
+    /// End an epoch's marking but leave it open for the sweeper ([`open_gate_ops`]).
+    pub async fn open_gate(&self, id: u64) -> Result<(), SnapshotError> {
+        self.write(open_gate_ops(id)).await.map(|_| ())
     }
 
     /// Epochs that may still hold alignment windows somewhere.
