@@ -711,8 +711,8 @@ impl ShardState {
             .map(|item| item.map_err(StoreError::from))
     }
 
-    pub(crate) fn apply_raw(&self, batch: sled::Batch) -> Result<()> {
-        self.tree.apply_batch(batch)?;
+    pub(crate) fn insert_raw(&self, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
+        self.tree.insert(key, value)?;
         Ok(())
     }
 
