@@ -23,6 +23,8 @@ use std::time::Duration;
 use cairn_store::Command;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::epoch::{Sweep, SWEPT};
 use crate::error::SnapshotError;
@@ -66,18 +68,37 @@ impl Default for SnapshotConfig {
 pub struct Coordinator<S: Shards> {
     shards: Arc<S>,
     config: SnapshotConfig,
+    /// Releases still running after their snapshot was answered (see
+    /// [`Coordinator::take`]).
+    releases: TaskTracker,
 }
 
 impl<S: Shards> Coordinator<S> {
     pub fn new(shards: Arc<S>, config: SnapshotConfig) -> Self {
-        Coordinator { shards, config }
+        Coordinator {
+            shards,
+            config,
+            releases: TaskTracker::new(),
+        }
+    }
+
+    /// Wait until every release started by [`Coordinator::take`] has ended.
+    pub async fn settled(&self) {
+        self.releases.close();
+        self.releases.wait().await;
+        self.releases.reopen();
     }
 
     pub fn registry(&self) -> Registry<'_, S> {
         Registry::new(&self.shards)
     }
 
-    /// Take a snapshot; answers once it is complete (or aborted).
+    /// Take a snapshot; answers once it is complete (or aborted): once its record is
+    /// final in the meta group. The releases that close the shards' alignment windows
+    /// then run in the background: the snapshot's caller needs nothing from them, and
+    /// waiting would cost it two more Raft rounds (the releases, then the epoch's
+    /// close). Answers they hold wait for them either way; if this node dies first,
+    /// the meta leader's sweeper releases the epoch.
     pub async fn take(&self, name: Option<&str>) -> Result<SnapshotRecord, SnapshotError> {
         self.take_as(name, false).await
     }
@@ -127,7 +148,15 @@ impl<S: Shards> Coordinator<S> {
         // close the epoch only once its record is final: closed, an epoch is out of
         // the sweeper's sight, and a record whose finish failed would stay pending
         // forever (found by the simulator, seed 166).
-        self.release(epoch, record.is_ok()).await;
+        let releasing = Releasing {
+            shards: self.shards.clone(),
+            config: self.config.clone(),
+        };
+        let close = record.is_ok();
+        self.releases.spawn(
+            async move { releasing.release(epoch, close).await }
+                .instrument(tracing::info_span!("snapshot_release", epoch)),
+        );
         let record = record?;
         match &record.state {
             SnapshotState::Done { .. } => {
@@ -147,34 +176,13 @@ impl<S: Shards> Coordinator<S> {
         }
     }
 
-    /// Propose `Release(epoch)` to every shard; once all have applied it, close the
-    /// epoch in the registry if `close`. Returns whether every shard released (else
-    /// the sweeper retries).
     async fn release(&self, epoch: u64, close: bool) -> bool {
-        let count = self.shards.shard_count();
-        let releases = (0..count).map(|shard| {
-            let release = self.shards.propose(shard, Command::Release { epoch });
-            tokio::time::timeout(self.config.marker_timeout, release)
-        });
-        let all = futures::future::join_all(releases)
-            .await
-            .into_iter()
-            .all(|r| matches!(r, Ok(Ok(_))));
-        if all {
-            // An epoch whose record is not known final stays open for the sweeper, but
-            // its marking is over: the gate need not keep commits waiting meanwhile.
-            let registry = self.registry();
-            let ended = if close {
-                registry.close(epoch).await
-            } else {
-                registry.open_gate(epoch).await
-            };
-            if let Err(e) = ended {
-                tracing::debug!(epoch, close, error = %e, "could not end the epoch's marking yet");
-                return false;
-            }
+        Releasing {
+            shards: self.shards.clone(),
+            config: self.config.clone(),
         }
-        all
+        .release(epoch, close)
+        .await
     }
 
     /// One pass of the sweeper (meta leader only): abort epochs pending too long,
@@ -324,5 +332,43 @@ impl<S: Shards> Coordinator<S> {
                 tracing::debug!(error = %e, "snapshot sweep incomplete; retrying");
             }
         }
+    }
+}
+
+/// What a release needs, owned, so it can outlive the call that took the snapshot.
+struct Releasing<S: Shards> {
+    shards: Arc<S>,
+    config: SnapshotConfig,
+}
+
+impl<S: Shards> Releasing<S> {
+    /// Propose `Release(epoch)` to every shard; once all have applied it, close the
+    /// epoch in the registry if `close` (else only end its marking). Returns whether
+    /// every shard released (else the sweeper retries).
+    async fn release(&self, epoch: u64, close: bool) -> bool {
+        let count = self.shards.shard_count();
+        let releases = (0..count).map(|shard| {
+            let release = self.shards.propose(shard, Command::Release { epoch });
+            tokio::time::timeout(self.config.marker_timeout, release)
+        });
+        let all = futures::future::join_all(releases)
+            .await
+            .into_iter()
+            .all(|r| matches!(r, Ok(Ok(_))));
+        if all {
+            // An epoch whose record is not known final stays open for the sweeper, but
+            // its marking is over: the gate need not keep commits waiting meanwhile.
+            let registry = Registry::new(&*self.shards);
+            let ended = if close {
+                registry.close(epoch).await
+            } else {
+                registry.open_gate(epoch).await
+            };
+            if let Err(e) = ended {
+                tracing::debug!(epoch, close, error = %e, "could not end the epoch's marking yet");
+                return false;
+            }
+        }
+        all
     }
 }

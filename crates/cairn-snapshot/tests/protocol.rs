@@ -18,11 +18,12 @@ const SHARDS: u32 = 3;
 
 /// Three hosts, routing each request to the shard's leader. `broken` makes one
 /// shard's markers never commit, as in a shard without quorum; `marked` is told when
-/// shard 0's marker has been placed.
+/// shard 0's marker has been placed; releases wait while `releases_go` says false.
 struct Cluster {
     local: LocalCluster,
     broken: Option<u32>,
     marked: Arc<Notify>,
+    releases_go: tokio::sync::watch::Sender<bool>,
 }
 
 impl Cluster {
@@ -32,6 +33,7 @@ impl Cluster {
             local,
             broken,
             marked: Arc::new(Notify::new()),
+            releases_go: tokio::sync::watch::Sender::new(true),
         }
     }
 
@@ -50,6 +52,17 @@ impl Cluster {
                 ..
             })
         );
+        let release = matches!(
+            request,
+            Call::Control(ControlRequest::Propose {
+                command: Command::Release { .. },
+                ..
+            })
+        );
+        if release {
+            let mut go = self.releases_go.subscribe();
+            let _ = go.wait_for(|go| *go).await;
+        }
         if marker && self.broken == Some(shard) {
             tokio::time::sleep(Duration::from_secs(30)).await;
             return Err(ShardError::Unavailable {
@@ -133,12 +146,68 @@ async fn a_complete_snapshot_reads_the_state_at_its_cuts() {
     }
     let found = coordinator.registry().lookup("one").await.expect("by name");
     assert_eq!(found.id, snapshot.id);
+    // The releases run on after the snapshot is answered.
+    coordinator.settled().await;
     assert!(coordinator
         .registry()
         .open_epochs()
         .await
         .expect("open")
         .is_empty());
+    coordinator.settled().await;
+    drop(coordinator);
+    Arc::try_unwrap(cluster)
+        .ok()
+        .expect("sole owner")
+        .stop()
+        .await;
+}
+
+/// A snapshot is answered once its record is final; the releases that close the
+/// windows run on behind it, and a write after the cut waits for them, not for the
+/// snapshot's caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_is_answered_before_its_releases_land() {
+    let cluster = Arc::new(Cluster::start(None).await);
+    cluster.execute(put("warm", "up")).await.expect("put");
+    let coordinator = Coordinator::new(cluster.clone(), config());
+    cluster.releases_go.send_replace(false);
+
+    let snapshot = tokio::time::timeout(Duration::from_secs(5), coordinator.take(None))
+        .await
+        .expect("answered while its releases wait")
+        .expect("taken");
+    assert!(matches!(snapshot.state, SnapshotState::Done { .. }));
+    let open = coordinator.registry().open_epochs().await.expect("open");
+    assert_eq!(
+        open,
+        vec![snapshot.id],
+        "the epoch stays open until released"
+    );
+    // Inside the window: a write after the cut is held until the release lands.
+    let held = tokio::spawn({
+        let cluster = cluster.clone();
+        async move { cluster.execute(put("k", "after")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !held.is_finished(),
+        "a write after the cut was answered inside the window"
+    );
+
+    cluster.releases_go.send_replace(true);
+    coordinator.settled().await;
+    assert!(coordinator
+        .registry()
+        .open_epochs()
+        .await
+        .expect("open")
+        .is_empty());
+    tokio::time::timeout(Duration::from_secs(2), held)
+        .await
+        .expect("released")
+        .expect("task")
+        .expect("put");
     drop(coordinator);
     Arc::try_unwrap(cluster)
         .ok()
@@ -196,6 +265,8 @@ async fn a_shard_without_quorum_aborts_the_snapshot_and_releases_held_answers() 
     }
     let (record, _) = coordinator.registry().list(None, 10).await.expect("list");
     assert!(matches!(record[0].state, SnapshotState::Aborted { .. }));
+    // The releases run on after the snapshot is answered.
+    coordinator.settled().await;
     assert!(coordinator
         .registry()
         .open_epochs()
@@ -207,6 +278,7 @@ async fn a_shard_without_quorum_aborts_the_snapshot_and_releases_held_answers() 
         .await
         .expect("not held")
         .expect("put");
+    coordinator.settled().await;
     drop(coordinator);
     Arc::try_unwrap(cluster)
         .ok()
@@ -264,6 +336,7 @@ async fn the_sweeper_aborts_an_epoch_whose_coordinator_died() {
         matches!(record.record.state, SnapshotState::Aborted { .. }),
         "{record:?}"
     );
+    coordinator.settled().await;
     drop(coordinator);
     Arc::try_unwrap(cluster)
         .ok()
@@ -348,6 +421,7 @@ async fn history_gc_keeps_what_retained_snapshots_read_and_refuses_the_rest() {
             "{answer:?}"
         );
     }
+    coordinator.settled().await;
     drop(coordinator);
     Arc::try_unwrap(cluster)
         .ok()
