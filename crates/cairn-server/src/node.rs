@@ -150,6 +150,7 @@ pub struct Node {
     stop_sweeper: CancellationToken,
     sweeper: JoinHandle<()>,
     backups: Arc<Backups<Control>>,
+    snapshots: Arc<Coordinator<Control>>,
 }
 
 impl Node {
@@ -189,6 +190,7 @@ impl Node {
             raft,
             store,
             backups,
+            snapshots,
             ..
         } = parts;
         Ok(Node {
@@ -201,6 +203,7 @@ impl Node {
             stop_sweeper,
             sweeper,
             backups,
+            snapshots,
         })
     }
 
@@ -222,6 +225,10 @@ impl Node {
         drop(self.backups);
         self.stop_sweeper.cancel();
         let _ = self.sweeper.await;
+        // Releases of snapshots already answered end within the marker timeout; let
+        // them, so the windows they close do not wait for the meta sweeper.
+        self.snapshots.settled().await;
+        drop(self.snapshots);
         // The HTTP state (router, coordinator) went with the server; the replicas are
         // ours alone now.
         match Arc::try_unwrap(self.raft) {
