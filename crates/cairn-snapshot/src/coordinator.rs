@@ -7,7 +7,8 @@
 //! 3. If every shard answered within `marker_timeout`, record `Done(cuts)`; otherwise
 //!    `Aborted`. The record is updated conditionally, so if the sweeper aborted the
 //!    epoch meanwhile, the abort stands.
-//! 4. Propose `Release(e)` to every shard, ending the windows.
+//! 4. Answer the caller, and propose `Release(e)` to every shard in the background,
+//!    ending the windows; then close the epoch.
 //!
 //! Any node can coordinate; the meta log serialises what matters. A coordinator that
 //! dies mid-way leaves an open epoch behind: the sweeper, which runs on the meta
