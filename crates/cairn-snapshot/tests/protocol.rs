@@ -122,6 +122,25 @@ fn config() -> SnapshotConfig {
     }
 }
 
+/// Once the releases still running after a snapshot's answer have ended, no epoch is
+/// open.
+async fn assert_no_open_epochs(coordinator: &Coordinator<Cluster>) {
+    coordinator.settled().await;
+    let open = coordinator.registry().open_epochs().await.expect("open");
+    assert!(open.is_empty(), "epochs still open: {open:?}");
+}
+
+/// Let the coordinator's background work end, then stop the hosts.
+async fn wind_down(coordinator: Coordinator<Cluster>, cluster: Arc<Cluster>) {
+    coordinator.settled().await;
+    drop(coordinator);
+    Arc::try_unwrap(cluster)
+        .ok()
+        .expect("sole owner")
+        .stop()
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_complete_snapshot_reads_the_state_at_its_cuts() {
     let cluster = Arc::new(Cluster::start(None).await);
@@ -146,21 +165,8 @@ async fn a_complete_snapshot_reads_the_state_at_its_cuts() {
     }
     let found = coordinator.registry().lookup("one").await.expect("by name");
     assert_eq!(found.id, snapshot.id);
-    // The releases run on after the snapshot is answered.
-    coordinator.settled().await;
-    assert!(coordinator
-        .registry()
-        .open_epochs()
-        .await
-        .expect("open")
-        .is_empty());
-    coordinator.settled().await;
-    drop(coordinator);
-    Arc::try_unwrap(cluster)
-        .ok()
-        .expect("sole owner")
-        .stop()
-        .await;
+    assert_no_open_epochs(&coordinator).await;
+    wind_down(coordinator, cluster).await;
 }
 
 /// A snapshot is answered once its record is final; the releases that close the
@@ -196,13 +202,7 @@ async fn a_snapshot_is_answered_before_its_releases_land() {
     );
 
     cluster.releases_go.send_replace(true);
-    coordinator.settled().await;
-    assert!(coordinator
-        .registry()
-        .open_epochs()
-        .await
-        .expect("open")
-        .is_empty());
+    assert_no_open_epochs(&coordinator).await;
     tokio::time::timeout(Duration::from_secs(2), held)
         .await
         .expect("released")
@@ -265,26 +265,13 @@ async fn a_shard_without_quorum_aborts_the_snapshot_and_releases_held_answers() 
     }
     let (record, _) = coordinator.registry().list(None, 10).await.expect("list");
     assert!(matches!(record[0].state, SnapshotState::Aborted { .. }));
-    // The releases run on after the snapshot is answered.
-    coordinator.settled().await;
-    assert!(coordinator
-        .registry()
-        .open_epochs()
-        .await
-        .expect("open")
-        .is_empty());
+    assert_no_open_epochs(&coordinator).await;
     // Nothing is held any more: a new write is answered at once.
     tokio::time::timeout(Duration::from_secs(2), cluster.execute(put("k", "later")))
         .await
         .expect("not held")
         .expect("put");
-    coordinator.settled().await;
-    drop(coordinator);
-    Arc::try_unwrap(cluster)
-        .ok()
-        .expect("sole owner")
-        .stop()
-        .await;
+    wind_down(coordinator, cluster).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -336,13 +323,7 @@ async fn the_sweeper_aborts_an_epoch_whose_coordinator_died() {
         matches!(record.record.state, SnapshotState::Aborted { .. }),
         "{record:?}"
     );
-    coordinator.settled().await;
-    drop(coordinator);
-    Arc::try_unwrap(cluster)
-        .ok()
-        .expect("sole owner")
-        .stop()
-        .await;
+    wind_down(coordinator, cluster).await;
 }
 
 /// Read `key` of shard 0 at `version` on every host.
@@ -421,13 +402,7 @@ async fn history_gc_keeps_what_retained_snapshots_read_and_refuses_the_rest() {
             "{answer:?}"
         );
     }
-    coordinator.settled().await;
-    drop(coordinator);
-    Arc::try_unwrap(cluster)
-        .ok()
-        .expect("sole owner")
-        .stop()
-        .await;
+    wind_down(coordinator, cluster).await;
 }
 
 /// Every host applies the compaction (a log entry: waited for on each host's own
