@@ -208,12 +208,7 @@ async fn a_snapshot_is_answered_before_its_releases_land() {
         .expect("released")
         .expect("task")
         .expect("put");
-    drop(coordinator);
-    Arc::try_unwrap(cluster)
-        .ok()
-        .expect("sole owner")
-        .stop()
-        .await;
+    wind_down(coordinator, cluster).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
