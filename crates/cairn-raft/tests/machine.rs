@@ -3,14 +3,13 @@
 //! its state, and the holds its effects open keep later answers back until its effects
 //! close them. Nothing here is a key, a value, a marker or a transaction.
 
+mod common;
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use cairn_raft::commit::{Durability, SyncError};
 use cairn_raft::replica::{Outbox, Replica, ReplicaGauges, ReplicaMsg, ReplicaSeed};
 use cairn_raft::{RaftConfig, ShardError, StateMachine};
 use cairn_store::{
@@ -19,6 +18,8 @@ use cairn_store::{
 };
 use raft::prelude::Message;
 use tokio::sync::oneshot;
+
+use common::NoSync;
 
 /// A command of the tally machine.
 #[derive(Debug, Clone, Copy)]
@@ -146,34 +147,6 @@ impl Outbox<Tally> for Net {
     }
 }
 
-struct NoSync;
-
-impl Durability for NoSync {
-    fn sync(&self) -> Result<(), SyncError> {
-        Ok(())
-    }
-}
-
-fn config(node: u64) -> RaftConfig {
-    let peers: BTreeMap<u64, SocketAddr> = (1..=3)
-        .map(|id| (id, SocketAddr::from(([127, 0, 0, 1], 7000 + id as u16))))
-        .collect();
-    RaftConfig {
-        node_id: node,
-        cluster_id: "tally".into(),
-        shards: 1,
-        listen: peers[&node],
-        peers,
-        tick: Duration::from_millis(10),
-        election_ticks: 10,
-        heartbeat_ticks: 2,
-        log_compact_entries: 1000,
-        request_ticks: 1000,
-        replica_threads: 1,
-        limits: Default::default(),
-    }
-}
-
 struct Group {
     wire: Wire,
     replicas: Vec<Replica<Tally, Net, NoSync>>,
@@ -194,7 +167,11 @@ impl Group {
             };
             let replica = Replica::open_seeded(
                 0,
-                &config(node),
+                &RaftConfig {
+                    cluster_id: "tally".into(),
+                    request_ticks: 1000,
+                    ..common::config(node, 3, 1)
+                },
                 store.clone(),
                 NoSync,
                 Net(wire.clone()),

@@ -2,16 +2,14 @@
 //! several replicas of one thread took in a round become durable with one sync, and
 //! only then are they applied and answered.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use cairn_raft::commit::{Durability, SyncError};
 use cairn_raft::replica::pool;
 use cairn_raft::replica::{Outbox, Replica, ReplicaGauges, ReplicaMsg, ReplicaSeed};
-use cairn_raft::RaftConfig;
 use cairn_store::{
     ApplyOutcome, Command, Condition, NodeStore, OpKind, ShardId, ShardState, WriteOp,
 };
@@ -46,24 +44,6 @@ type Owned = (
     Receiver<ReplicaMsg<ShardState>>,
 );
 
-fn config() -> RaftConfig {
-    let addr = SocketAddr::from(([127, 0, 0, 1], 7001));
-    RaftConfig {
-        node_id: 1,
-        cluster_id: "pool".into(),
-        shards: 3,
-        listen: addr,
-        peers: BTreeMap::from([(1, addr)]),
-        tick: Duration::from_millis(10),
-        election_ticks: 10,
-        heartbeat_ticks: 2,
-        log_compact_entries: 1000,
-        request_ticks: 100,
-        replica_threads: 1,
-        limits: Default::default(),
-    }
-}
-
 fn put(key: &str) -> Command {
     Command::Batch(vec![WriteOp {
         key: key.as_bytes().to_vec(),
@@ -88,7 +68,7 @@ fn one_sync_covers_the_writes_of_every_replica_in_a_round() {
         };
         let replica = Replica::open_seeded(
             shard,
-            &config(),
+            &common::config(1, 1, 3),
             store.clone(),
             syncs.clone(),
             Nowhere,

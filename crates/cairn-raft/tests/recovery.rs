@@ -1,15 +1,12 @@
 //! Recovery of one replica from a disk left by a crash at an awkward point, driven by
 //! hand: no threads, no sockets, a stub outbox and durability.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+mod common;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
-use cairn_raft::commit::Durability;
 use cairn_raft::replica::{Outbox, Replica, ReplicaGauges, ReplicaMsg, ReplicaSeed};
-use cairn_raft::RaftConfig;
 use cairn_store::{AppliedState, NodeStore, ShardId, ShardState};
 use raft::prelude::{ConfState, Entry, HardState, Message, MessageType};
 
@@ -24,34 +21,6 @@ impl Outbox<ShardState> for Sent {
     fn send_snapshot(&mut self, _: ShardId, msg: Message, _: ShardState) -> bool {
         self.0.push(msg);
         true
-    }
-}
-
-struct NoSync;
-
-impl Durability for NoSync {
-    fn sync(&self) -> Result<(), cairn_raft::commit::SyncError> {
-        Ok(())
-    }
-}
-
-fn config(node: u64) -> RaftConfig {
-    let peers: BTreeMap<u64, SocketAddr> = (1..=3)
-        .map(|id| (id, SocketAddr::from(([127, 0, 0, 1], 7000 + id as u16))))
-        .collect();
-    RaftConfig {
-        node_id: node,
-        cluster_id: "recovery".into(),
-        shards: 1,
-        listen: peers[&node],
-        peers,
-        tick: Duration::from_millis(10),
-        election_ticks: 10,
-        heartbeat_ticks: 2,
-        log_compact_entries: 1000,
-        request_ticks: 100,
-        replica_threads: 1,
-        limits: Default::default(),
     }
 }
 
@@ -97,9 +66,9 @@ fn a_crash_inside_a_snapshot_install_over_a_longer_divergent_log_recovers() {
     };
     let mut replica = Replica::open_seeded(
         0,
-        &config(2),
+        &common::config(2, 3, 1),
         store.clone(),
-        NoSync,
+        common::NoSync,
         Sent::default(),
         gauges.clone(),
         seed,
