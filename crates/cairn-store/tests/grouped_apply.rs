@@ -65,6 +65,18 @@ fn everything(state: &ShardState) -> Vec<(Vec<u8>, Vec<u8>)> {
     state.export(u64::MAX).map(Result::unwrap).collect()
 }
 
+/// `data` as a log's entries from index 1, all of term 1.
+fn entries(data: &[Vec<u8>]) -> Vec<Committed<'_>> {
+    data.iter()
+        .enumerate()
+        .map(|(i, data)| Committed {
+            index: i as u64 + 1,
+            term: 1,
+            data,
+        })
+        .collect()
+}
+
 /// Apply `log` one entry at a time on one state and a prefix at a time on another:
 /// every entry's outcome and effects, the applied point and the whole tree must agree.
 fn both_ways(log: &[Option<Command>]) -> Result<(), TestCaseError> {
@@ -72,15 +84,7 @@ fn both_ways(log: &[Option<Command>]) -> Result<(), TestCaseError> {
         .iter()
         .map(|c| c.as_ref().map(Command::encode).unwrap_or_default())
         .collect();
-    let committed: Vec<Committed<'_>> = encoded
-        .iter()
-        .enumerate()
-        .map(|(i, data)| Committed {
-            index: i as u64 + 1,
-            term: 1,
-            data,
-        })
-        .collect();
+    let committed = entries(&encoded);
 
     let (_one_dir, one) = open();
     let singly: Vec<(ApplyOutcome, Effects)> = committed
@@ -125,15 +129,7 @@ fn plain_writes_to_distinct_keys_go_in_one_batch_and_a_repeated_key_splits_the_r
     };
     let data = [put(b"a"), Vec::new(), put(b"b"), put(b"a"), put(b"c")];
 
-    let committed: Vec<Committed<'_>> = data
-        .iter()
-        .enumerate()
-        .map(|(i, data)| Committed {
-            index: i as u64 + 1,
-            term: 1,
-            data,
-        })
-        .collect();
+    let committed = entries(&data);
     let (_dir, state) = open();
     // a, (empty), b: then a again must see the first a's write, so the run ends.
     assert_eq!(state.apply_entries(&committed).unwrap().len(), 3);
