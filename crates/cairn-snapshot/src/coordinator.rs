@@ -83,7 +83,9 @@ impl<S: Shards> Coordinator<S> {
         }
     }
 
-    /// Wait until every release started by [`Coordinator::take`] has ended.
+    /// Wait until every release started by [`Coordinator::take`] has ended. For one
+    /// caller at a time (node shutdown, tests): a second caller's `reopen` could make
+    /// the first wait for releases started after it asked.
     pub async fn settled(&self) {
         self.releases.close();
         self.releases.wait().await;
