@@ -611,8 +611,9 @@ impl ShardState {
     }
 
     /// Raw (tree key, tree value) pairs of the shard's state (with history) as of `upto`,
-    /// in tree order, for streaming a Raft snapshot: the horizon, the cut table and the
-    /// transaction records as they stood after entry `upto`, and every data version <= it.
+    /// for streaming a Raft snapshot: the cut table and the transaction records as they
+    /// stood after entry `upto`, every data version <= it (in tree order), and last the
+    /// GC horizon as it stands once the data has been read.
     ///
     /// Versions <= the applied index never change, so the result is exact even while
     /// `apply` continues; `upto` above the applied index gives whatever is applied by
@@ -657,16 +658,23 @@ impl ShardState {
                     Err(e) => Some(Err(e)),
                 }
             });
-        // The horizon as it is now (possibly newer than `upto`): the receiver may be
-        // sent versions already collected here, so it must refuse the same reads.
-        let horizon = self
-            .tree
-            .get(keys::HORIZON_KEY)
-            .map_err(StoreError::from)
-            .map(|h| h.map(|h| (keys::HORIZON_KEY.to_vec(), h.to_vec())))
-            .transpose();
+        // The horizon is read last, once the data has been streamed, because history GC
+        // may run while the stream is read: a compaction sets the horizon before
+        // `collect` deletes anything, so the horizon read after the last data pair
+        // covers every version the stream could have missed, and the receiver refuses
+        // exactly the reads this replica refuses. Read first, a compaction mid-stream
+        // would leave the receiver answering below the new horizon from versions it was
+        // never sent: a wrong answer instead of a 410.
+        let tree = self.tree.clone();
+        let horizon = std::iter::once_with(move || {
+            tree.get(keys::HORIZON_KEY)
+                .map_err(StoreError::from)
+                .map(|h| h.map(|h| (keys::HORIZON_KEY.to_vec(), h.to_vec())))
+                .transpose()
+        })
+        .flatten();
         let txns = self.export_txns(upto);
-        horizon.into_iter().chain(cuts).chain(txns).chain(data)
+        cuts.chain(txns).chain(data).chain(horizon)
     }
 
     /// Replace this shard's whole state with the pairs in `stage`, and set the applied

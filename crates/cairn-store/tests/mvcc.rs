@@ -401,6 +401,37 @@ fn export_stage_install_reproduces_state_at_cut() {
 }
 
 #[test]
+fn export_carries_a_horizon_raised_while_it_streams() {
+    let (_d1, src_store) = open();
+    let src = src_store.shard_state(0).unwrap();
+    for i in 1..=10u64 {
+        apply(&src, i, vec![put(b"k", &i.to_be_bytes())]);
+    }
+    // The export is lazy: history GC runs between its start and its first pair.
+    let export = src.export(10);
+    src.apply(11, 1, Some(&Command::Compact { horizon: 8 }))
+        .unwrap();
+    assert!(src.collect(8, 100).unwrap() > 0);
+    let pairs: Vec<_> = export.map(|r| r.unwrap()).collect();
+
+    let (_d2, dst_store) = open();
+    let stage = dst_store.snapshot_stage(0).unwrap();
+    stage.write(&pairs).unwrap();
+    let dst = dst_store.shard_state(0).unwrap();
+    dst.install(&stage, AppliedState { index: 10, term: 1 })
+        .unwrap();
+    assert_eq!(dst.horizon().unwrap(), 8);
+    // Below the horizon both replicas refuse; neither answers from missing versions.
+    for s in [&src, &dst] {
+        assert!(matches!(
+            s.get(b"k", 5),
+            Err(StoreError::HistoryCollected { horizon: 8 })
+        ));
+    }
+    assert_eq!(value(&dst, b"k", 9), Some((9, 9u64.to_be_bytes().to_vec())));
+}
+
+#[test]
 fn install_rejects_non_data_pairs() {
     let (_d, store) = open();
     let s = store.shard_state(0).unwrap();
