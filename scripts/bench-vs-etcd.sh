@@ -10,6 +10,7 @@
 #   scripts/bench-vs-etcd.sh                    # 5 s per cell, 10 000 keys
 #   BENCH_SECONDS=10 BENCH_KEYS=100000 scripts/bench-vs-etcd.sh
 #   CAIRN=path/to/cairn scripts/bench-vs-etcd.sh   # another build
+#   CAIRN_DEV_ARGS=--lease-reads scripts/bench-vs-etcd.sh   # more `cairn dev` flags
 #
 # It installs Debian's etcd-server and wrk if they are missing, builds Cairn in release
 # if no binary is given, listens on 127.0.0.1 only, and removes its data on exit.
@@ -59,7 +60,8 @@ for i in 1 2 3; do
   pids+=($!)
 done
 # Cairn: three nodes in one process.
-"$CAIRN" dev --data-dir "$work/cairn" --http-port 28181 --peer-port 29181 \
+# shellcheck disable=SC2086 # CAIRN_DEV_ARGS is a list of flags
+"$CAIRN" dev --data-dir "$work/cairn" --http-port 28181 --peer-port 29181 ${CAIRN_DEV_ARGS:-} \
   > "$work/cairn.log" 2>&1 &
 pids+=($!)
 

@@ -38,8 +38,14 @@ async fn run(
         env!("CARGO_BIN_EXE_cairn"),
     ));
     let names: Vec<&str> = faults.iter().map(|f| f.name()).collect();
+    // Large values set their own flags (`--value-bytes` gives them to the binary).
+    let flags = if scenario.value_bytes == 0 && !scenario.server_args.is_empty() {
+        format!(" --server-args {:?}", scenario.server_args.join(" "))
+    } else {
+        String::new()
+    };
     scenario.replay = format!(
-        "CAIRN_TEST_SEED={seed} cargo test -p cairn-server --test chaos {name} -- --nocapture   (or: target/debug/cairn-chaos --seed {seed} --faults {})",
+        "CAIRN_TEST_SEED={seed} cargo test -p cairn-server --test chaos {name} -- --nocapture   (or: target/debug/cairn-chaos --seed {seed} --faults {}{flags})",
         names.join(",")
     );
     let report = match Run::execute(&scenario).await {
@@ -110,6 +116,25 @@ async fn mixed_faults() {
             RestartAll,
             SlowMarkers,
         ],
+    )
+    .await;
+}
+
+/// Reads on leader leases (`--lease-reads`): a paused leader wakes up past its lease
+/// and must not answer from it, an isolated leader must stop answering before a new
+/// one commits, a killed one's followers must not vote on its old lease at restart.
+/// The per-key linearizability check catches a stale read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_reads() {
+    run(
+        "lease_reads",
+        108,
+        &[Pause, IsolateLeader, KillLeader, Pause],
+        |mut s| {
+            s.server_args
+                .extend(["--lease-reads".into(), "true".into()]);
+            s
+        },
     )
     .await;
 }

@@ -43,7 +43,20 @@ pub struct RaftConfig {
     pub replica_threads: usize,
     /// Size limits that keep every entry and frame deliverable.
     pub limits: RaftLimits,
+    /// Serve linearizable reads on a leader lease instead of a ReadIndex round per
+    /// batch of reads ([`RaftConfig::lease_ticks`]). Off by default: it trades a
+    /// round trip for an assumption about clocks ([`MAX_CLOCK_DRIFT_PERCENT`]).
+    pub lease_reads: bool,
 }
+
+/// How much faster one node's clock may run than another's, in percent, for leader
+/// leases to be safe. Lease reads assume it; nothing checks it.
+pub const MAX_CLOCK_DRIFT_PERCENT: u64 = 10;
+
+/// Ticks by which a replica's tick count may trail real time when it serves a read
+/// (the pool catches up missed ticks before it takes new inputs, so at most one
+/// period plus the time to take a round's inputs).
+const LEASE_TICK_SLACK: u64 = 3;
 
 /// Bytes a Raft message may carry in entries beyond the first (raft-rs's
 /// `max_size_per_msg`): a message holds at least one entry, and then more while
@@ -118,8 +131,33 @@ impl RaftConfig {
         0..=self.meta_shard()
     }
 
+    /// How long, in ticks from when a leader sent the heartbeats that a quorum then
+    /// acknowledged, it may serve reads without another round; `None` without
+    /// `lease_reads` or if the election timeout is too short to leave any lease.
+    ///
+    /// Why it is safe (`docs/ARCHITECTURE.md`, "Lease reads"): with `check_quorum`, a
+    /// follower ignores vote requests for `election_ticks` ticks after it last heard
+    /// from its leader, and replicas refuse all votes for their first `election_ticks`
+    /// ticks after a start; so no quorum can elect a new leader until at least
+    /// `election_ticks - 1` ticks of a follower's clock after the acknowledged
+    /// heartbeat. The lease ends sooner by the clock drift bound and by the ticks the
+    /// leader's own count may trail.
+    pub fn lease_ticks(&self) -> Option<u64> {
+        if !self.lease_reads {
+            return None;
+        }
+        let election = self.election_ticks as u64;
+        let drifted = election * (100 - MAX_CLOCK_DRIFT_PERCENT) / 100;
+        drifted
+            .checked_sub(LEASE_TICK_SLACK)
+            .filter(|&ticks| ticks > 0)
+    }
+
     pub fn validate(&self) -> Result<(), RaftError> {
         let fail = |m: &str| Err(RaftError::Config(m.to_owned()));
+        if self.lease_reads && self.lease_ticks().is_none() {
+            return fail("lease reads need an election timeout of at least 5 ticks");
+        }
         if self.node_id == 0 {
             return fail("node id must be at least 1");
         }

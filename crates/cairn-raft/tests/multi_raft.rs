@@ -65,6 +65,7 @@ impl TestCluster {
             request_ticks: 100,
             replica_threads: 2,
             limits: Default::default(),
+            lease_reads: false,
         };
         // While a host is down, the others keep dialling it, and any outgoing
         // connection of this process may take its (ephemeral-range) port as a local

@@ -74,6 +74,10 @@ pub struct Config {
     pub snapshot_interval_ms: u64,
     /// How long automatic snapshots are kept. Default 24 h.
     pub history_retention: Duration,
+    /// Serve linearizable reads on a leader lease (no round trip per read) instead
+    /// of a ReadIndex round. Default off: safe only while node clocks run within
+    /// `cairn_raft::config::MAX_CLOCK_DRIFT_PERCENT` of each other.
+    pub lease_reads: bool,
     /// Backups: default destination, throttle, schedules, S3 settings.
     pub backup: BackupSettings,
 }
@@ -191,6 +195,11 @@ pub struct Settings {
     /// How long automatic snapshots are kept, e.g. `24h`, `7d` [default: 24h].
     #[arg(long, env = "CAIRN_HISTORY_RETENTION")]
     pub history_retention: Option<String>,
+    /// Serve linearizable reads on a leader lease instead of a ReadIndex round
+    /// (`true`/`false`); assumes node clocks run within 10 % of each other
+    /// [default: false].
+    #[arg(long, env = "CAIRN_LEASE_READS")]
+    pub lease_reads: Option<bool>,
     /// Default backup destination (directory, file:///path or s3://bucket/prefix)
     /// [default: ./backups].
     #[arg(long, env = "CAIRN_BACKUP_DIR")]
@@ -246,6 +255,7 @@ impl Settings {
             request_timeout_ms,
             snapshot_interval_ms,
             history_retention,
+            lease_reads,
             backup_dir,
             backup_rate_limit,
             backup_allow,
@@ -304,6 +314,7 @@ impl Settings {
                     ServerError::Config(format!("--history-retention `{text}`: {e}"))
                 })?,
             },
+            lease_reads: self.lease_reads.unwrap_or(false),
             backup: {
                 let mut backup = self.backup.unwrap_or_default();
                 backup.dir = self.backup_dir.or(backup.dir);
@@ -369,6 +380,9 @@ impl Config {
         self.check_limits_compose()?;
         if self.request_timeout_ms < self.tick_ms {
             return fail("--request-timeout-ms must be at least one tick".into());
+        }
+        if self.lease_reads && self.election_ticks < 5 {
+            return fail("--lease-reads needs --election-ticks of at least 5".into());
         }
         Ok(())
     }
@@ -500,6 +514,7 @@ impl Config {
             request_ticks: (self.request_timeout_ms / self.tick_ms).max(1),
             replica_threads: self.replica_threads,
             limits: self.raft_limits(),
+            lease_reads: self.lease_reads,
         }
     }
 }

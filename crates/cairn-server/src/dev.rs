@@ -35,6 +35,9 @@ pub struct DevArgs {
     /// by default.
     #[arg(long, default_value_t = 1)]
     pub replica_threads: usize,
+    /// Serve linearizable reads on leader leases (see `cairn server --lease-reads`).
+    #[arg(long)]
+    pub lease_reads: bool,
 }
 
 impl DevArgs {
@@ -60,6 +63,7 @@ impl DevArgs {
                     cluster_token: Some("cairn-dev".into()),
                     snapshot_interval_ms: Some(self.snapshot_interval_ms),
                     replica_threads: Some(self.replica_threads),
+                    lease_reads: Some(self.lease_reads),
                     // A local playground: backups may go wherever its user says.
                     backup_allow: Some(vec!["*".into()]),
                     ..Settings::default()

@@ -38,6 +38,9 @@ pub struct SimConfig {
     pub log_compact_entries: (u64, u64),
     /// Chance that a Raft snapshot install during the active phase is crashed inside.
     pub install_crash_chance: f64,
+    /// Whether leaders serve reads on leases (`RaftConfig::lease_reads`). The nodes'
+    /// clocks drift by up to 10 % either way, the bound leases assume.
+    pub lease_reads: bool,
 }
 
 impl Default for SimConfig {
@@ -54,6 +57,7 @@ impl Default for SimConfig {
             transactions: true,
             log_compact_entries: (6, 40),
             install_crash_chance: 0.2,
+            lease_reads: false,
         }
     }
 }
@@ -65,6 +69,15 @@ impl SimConfig {
         SimConfig {
             log_compact_entries: (6, 8),
             install_crash_chance: 0.8,
+            ..SimConfig::default()
+        }
+    }
+
+    /// Reads on leader leases, under every fault of the default profile (pauses of
+    /// a leader, partitions, crashes right after acknowledging a heartbeat).
+    pub fn leases() -> SimConfig {
+        SimConfig {
+            lease_reads: true,
             ..SimConfig::default()
         }
     }

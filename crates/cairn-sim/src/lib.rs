@@ -71,6 +71,8 @@ pub struct Report {
     pub net: NetStats,
     pub disk: DiskStats,
     pub raft_snapshots_installed: u64,
+    /// Batches of reads served on a leader lease (only with `lease_reads`).
+    pub lease_reads: u64,
     /// A fingerprint of the history and the final replicas: equal for equal seeds.
     pub trace: u64,
 }
@@ -96,6 +98,7 @@ pub fn profile(name: &str) -> Option<SimConfig> {
         "default" => Some(SimConfig::default()),
         "long" => Some(SimConfig::long()),
         "installs" => Some(SimConfig::installs()),
+        "leases" => Some(SimConfig::leases()),
         "calm" => Some(SimConfig {
             faults: false,
             ..SimConfig::default()
@@ -109,7 +112,7 @@ pub fn run_profile(seed: u64, name: &str) -> Result<Report, Failure> {
     let cfg = profile(name).ok_or_else(|| Failure {
         seed,
         profile: name.to_owned(),
-        message: format!("no profile named {name:?} (default, long, installs, calm)"),
+        message: format!("no profile named {name:?} (default, long, installs, leases, calm)"),
         replay: String::new(),
     })?;
     run(seed, name, cfg)
@@ -161,7 +164,9 @@ fn run_checked(seed: u64, cfg: SimConfig) -> Result<Report, String> {
     trace.update(format!("{digests:?}").as_bytes());
     let mut disk = DiskStats::default();
     let mut installed = 0;
+    let mut lease_reads = 0;
     for n in &world.nodes {
+        lease_reads += n.lease_reads();
         let d = n.disk_stats();
         disk.syncs += d.syncs;
         disk.images += d.images;
@@ -177,6 +182,7 @@ fn run_checked(seed: u64, cfg: SimConfig) -> Result<Report, String> {
         net: world.net.stats.clone(),
         disk,
         raft_snapshots_installed: installed,
+        lease_reads,
         trace: trace.digest(),
     })
 }

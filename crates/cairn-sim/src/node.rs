@@ -32,6 +32,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::rc::Rc;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -174,15 +175,25 @@ pub struct SimNode {
     pub tick_ms: u64,
     /// A paused node (SIGSTOP) does nothing until then; what reaches it waits.
     pub paused_until: u64,
+    /// Ticks that fell while it was paused: the first tick after counts them, as a
+    /// node's replica pool counts the periods it missed.
+    pub missed_ticks: u64,
     /// Per shard, the fixed election timeout of the current life.
     pub election_timeouts: Vec<usize>,
     /// Disk figures of earlier lives.
     pub past_disk: DiskStats,
     pub past_snapshots_installed: u64,
+    pub past_lease_reads: u64,
 }
 
 /// The multi-raft configuration every simulated node uses (addresses are never dialled).
-pub fn raft_config(node: NodeId, nodes: u64, shards: u32, log_compact_entries: u64) -> RaftConfig {
+pub fn raft_config(
+    node: NodeId,
+    nodes: u64,
+    shards: u32,
+    log_compact_entries: u64,
+    lease_reads: bool,
+) -> RaftConfig {
     let peers: BTreeMap<NodeId, SocketAddr> = (1..=nodes)
         .map(|id| {
             (
@@ -204,6 +215,7 @@ pub fn raft_config(node: NodeId, nodes: u64, shards: u32, log_compact_entries: u
         request_ticks: 100,
         replica_threads: 1,
         limits: Default::default(),
+        lease_reads,
     }
 }
 
@@ -221,9 +233,11 @@ impl SimNode {
             down_image: StoreImage::default(),
             tick_ms,
             paused_until: 0,
+            missed_ticks: 0,
             election_timeouts: Vec::new(),
             past_disk: DiskStats::default(),
             past_snapshots_installed: 0,
+            past_lease_reads: 0,
         }
     }
 
@@ -291,15 +305,8 @@ impl SimNode {
         let Some(live) = self.live.take() else {
             return Ok(0);
         };
-        let snapshots: u64 = live
-            .gauges
-            .iter()
-            .map(|g| {
-                g.snapshots_installed
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            })
-            .sum();
-        self.past_snapshots_installed += snapshots;
+        self.past_snapshots_installed += gauges_sum(&live, |g| &g.snapshots_installed);
+        self.past_lease_reads += gauges_sum(&live, |g| &g.lease_reads);
         let Live {
             store,
             disk,
@@ -344,16 +351,20 @@ impl SimNode {
 
     /// Raft snapshots installed over every life so far.
     pub fn snapshots_installed(&self) -> u64 {
-        let live: u64 = self.live.as_ref().map_or(0, |l| {
-            l.gauges
-                .iter()
-                .map(|g| {
-                    g.snapshots_installed
-                        .load(std::sync::atomic::Ordering::Relaxed)
-                })
-                .sum()
-        });
+        let live = self
+            .live
+            .as_ref()
+            .map_or(0, |l| gauges_sum(l, |g| &g.snapshots_installed));
         self.past_snapshots_installed + live
+    }
+
+    /// Batches of reads leaders served on their lease, over every life so far.
+    pub fn lease_reads(&self) -> u64 {
+        let live = self
+            .live
+            .as_ref()
+            .map_or(0, |l| gauges_sum(l, |g| &g.lease_reads));
+        self.past_lease_reads + live
     }
 
     /// Arm a crash of this node (see the module doc).
@@ -369,4 +380,12 @@ impl SimNode {
             .as_ref()
             .and_then(|l| l.disk.borrow_mut().error.take())
     }
+}
+
+/// One counter summed over a live node's replicas.
+fn gauges_sum(live: &Live, counter: impl Fn(&ReplicaGauges) -> &AtomicU64) -> u64 {
+    live.gauges
+        .iter()
+        .map(|g| counter(g).load(std::sync::atomic::Ordering::Relaxed))
+        .sum()
 }

@@ -236,7 +236,7 @@ impl World {
         let shards = rng.gen_range(cfg.shards.0..=cfg.shards.1);
         let compact = rng.gen_range(cfg.log_compact_entries.0..=cfg.log_compact_entries.1);
         let raft_cfgs = (1..=cfg.nodes)
-            .map(|id| raft_config(id, cfg.nodes, shards, compact))
+            .map(|id| raft_config(id, cfg.nodes, shards, compact, cfg.lease_reads))
             .collect();
         let nodes = (1..=cfg.nodes)
             .map(|id| SimNode::new(id, TICK_MS - 1 + rng.gen_range(0..=2)))
@@ -320,6 +320,7 @@ impl World {
         let mut rng = ChaCha8Rng::seed_from_u64(self.rng.gen());
         let node = self.node_mut(id);
         node.start(&cfg, timeouts, &mut rng)?;
+        node.missed_ticks = 0;
         let (inc, tick) = (node.incarnation, node.tick_ms);
         let phase = self.rng.gen_range(0..tick);
         self.clock.after(phase, Event::Tick(id, inc));
@@ -502,12 +503,14 @@ impl World {
                 }
                 if self.paused(node).is_some() {
                     // A stopped process misses its ticks.
+                    self.node_mut(node).missed_ticks += 1;
                     let tick = self.node(node).tick_ms;
                     self.clock.after(tick, Event::Tick(node, inc));
                     return;
                 }
+                let periods = 1 + std::mem::take(&mut self.node_mut(node).missed_ticks);
                 for shard in 0..=self.shards {
-                    self.with_replica(node, shard, |r| r.tick());
+                    self.with_replica(node, shard, |r| r.tick_periods(periods));
                 }
                 let tick = self.node(node).tick_ms;
                 self.clock.after(tick, Event::Tick(node, inc));

@@ -136,6 +136,19 @@ fn installs_seeds_1_to_10() {
     );
 }
 
+/// Reads on leader leases under the default profile's faults: a leader paused past
+/// its lease, partitions, crashes, clocks 10 % apart. Linearizability is checked as
+/// in every profile; a lease that outlived a new leader shows as a stale read.
+#[test]
+fn leases_seeds_1_to_20() {
+    let lease_reads: u64 = (1..=3).map(|seed| run(seed, "leases").lease_reads).sum();
+    assert!(
+        lease_reads > 100,
+        "leases profile: only {lease_reads} read batches served on a lease in seeds 1-3"
+    );
+    seeds(1, 20, "leases", DEFAULT_FLOORS);
+}
+
 /// Without faults nothing may go unknown: a broken checker or workload shows here.
 #[test]
 fn calm_seeds_do_everything_they_are_asked() {

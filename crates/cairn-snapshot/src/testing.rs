@@ -52,6 +52,7 @@ impl LocalCluster {
                 request_ticks: 250,
                 replica_threads: 2,
                 limits: Default::default(),
+                lease_reads: false,
             };
             hosts.insert(id, MultiRaft::start(config, store).await.expect("start"));
         }

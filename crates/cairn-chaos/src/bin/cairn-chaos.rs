@@ -56,6 +56,10 @@ struct Args {
     /// and frames near their caps); 0: small values.
     #[arg(long, default_value_t = 0)]
     value_bytes: usize,
+    /// More flags for every node's `cairn server` command line, as one string split at
+    /// spaces (e.g. `--server-args "--lease-reads true"`).
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    server_args: String,
 }
 
 fn cairn_binary(args: &Args) -> anyhow::Result<PathBuf> {
@@ -88,10 +92,11 @@ fn parse_faults(names: &[String]) -> anyhow::Result<Vec<FaultKind>> {
 fn replay_command(seed: u64, faults: &[FaultKind], args: &Args) -> String {
     let names: Vec<&str> = faults.iter().map(|f| f.name()).collect();
     format!(
-        "cargo build -p cairn-server --features failpoints && cargo build -p cairn-chaos && target/debug/cairn-chaos --seed {seed} --faults {} --clients {} --value-bytes {}",
+        "cargo build -p cairn-server --features failpoints && cargo build -p cairn-chaos && target/debug/cairn-chaos --seed {seed} --faults {} --clients {} --value-bytes {} --server-args {:?}",
         names.join(","),
         args.clients,
-        args.value_bytes
+        args.value_bytes,
+        args.server_args
     )
 }
 
@@ -124,6 +129,9 @@ fn main() -> anyhow::Result<()> {
                 scenario = scenario.with_large_values(args.value_bytes);
             }
             scenario.clients = args.clients;
+            scenario
+                .server_args
+                .extend(args.server_args.split_whitespace().map(String::from));
             scenario.replay = replay_command(seed, &faults, &args);
             return one(&scenario).await;
         }
@@ -147,6 +155,9 @@ fn main() -> anyhow::Result<()> {
                 scenario = scenario.with_large_values(args.value_bytes);
             }
             scenario.clients = args.clients;
+            scenario
+                .server_args
+                .extend(args.server_args.split_whitespace().map(String::from));
             // A fault about every `every`: the hold and the recovery take part of it.
             scenario.gap = (every.mul_f64(0.2), every.mul_f64(0.5));
             scenario.replay = replay_command(round_seed, &faults, &args);

@@ -23,6 +23,8 @@ pub struct ReplicaGauges {
     /// served without the leader (stale and fixed-version reads) must not reveal state
     /// above it. Stored before `applied` moves past a marker (release/acquire).
     pub hold_from: AtomicU64,
+    /// Batches of reads served on the leader lease, with no ReadIndex round.
+    pub lease_reads: AtomicU64,
     /// The applied index again, for waiters ([`ReplicaGauges::wait_applied`]): sent
     /// once per batch of applied entries, not per entry.
     applied_watch: tokio::sync::watch::Sender<u64>,

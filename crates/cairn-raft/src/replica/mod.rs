@@ -145,8 +145,18 @@ pub struct Replica<M: StateMachine, O: Outbox<M>, D: Durability = GroupCommit> {
     request_ticks: u64,
     /// The largest command this replica proposes (`RaftLimits::max_entry_bytes`).
     max_entry_bytes: usize,
-    /// Logical clock: ticks since start.
+    /// Logical clock: tick periods since start (a late tick counts every period it
+    /// missed, so deadlines and the lease follow real time).
     now: u64,
+    /// Ticks a leader lease lasts ([`RaftConfig::lease_ticks`]); `None`: every read
+    /// takes a ReadIndex round.
+    lease_ticks: Option<u64>,
+    /// The lease this leader holds, if any.
+    lease: Option<read::Lease>,
+    /// Votes are refused until `now` reaches this, with lease reads on: before its
+    /// crash this replica may have acknowledged the heartbeat a leader's lease rests
+    /// on, and raft-rs's own refusal needs a leader this replica no longer remembers.
+    votes_from: u64,
     next_id: u64,
     role: StateRole,
     // Ordered maps throughout: iteration order decides the order of replies, which a
@@ -289,6 +299,13 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
             request_ticks: cfg.request_ticks,
             max_entry_bytes: cfg.limits.max_entry_bytes,
             now: 0,
+            lease_ticks: cfg.lease_ticks(),
+            lease: None,
+            votes_from: if cfg.lease_reads {
+                cfg.election_ticks as u64
+            } else {
+                0
+            },
             next_id: seed.proposal_ids,
             role: StateRole::Follower,
             writes: BTreeMap::new(),
@@ -343,6 +360,8 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
     /// [`Replica::process_write`] wrote is durable.
     pub fn process_finish(&mut self) -> Result<(), ReplicaError> {
         self.ready_finish()?;
+        // Reads served on the lease may need no Ready at all.
+        self.release_reads()?;
         for done in self.snapshot_done.drain(..) {
             let _ = done.send(());
         }
@@ -362,6 +381,10 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
                 }
             }
             ReplicaMsg::Raft(msg) => {
+                if self.now < self.votes_from && read::asks_for_vote(&msg) {
+                    tracing::debug!(from = msg.from, "vote refused: lease reads, just started");
+                    return;
+                }
                 if let Err(e) = self.raw.step(*msg) {
                     tracing::debug!(error = %e, "dropped raft message");
                 }
@@ -432,7 +455,15 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
 
     /// One logical clock tick: elections, heartbeats and request deadlines move.
     pub fn tick(&mut self) {
-        self.now += 1;
+        self.tick_periods(1);
+    }
+
+    /// A tick that comes `periods` tick lengths after the last one (a thread that was
+    /// busy or stopped missed some). Raft still moves one tick, as it always did after
+    /// a stall; deadlines and the leader lease move by every period, so a leader that
+    /// was stopped never serves a read on a lease that ran out while it was.
+    pub fn tick_periods(&mut self, periods: u64) {
+        self.now += periods.max(1);
         self.raw.tick();
         let now = self.now;
         let shard = self.shard;
@@ -577,6 +608,9 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
         }
         if role == StateRole::Leader && self.role != StateRole::Leader {
             tracing::info!(term = self.raw.raft.term, "became leader");
+        }
+        if role != StateRole::Leader {
+            self.lease = None;
         }
         self.role = role;
     }

@@ -13,7 +13,7 @@
 //! Shards are dealt to threads round-robin; a replica never moves between threads, so
 //! each is still owned by exactly one thread and nothing is shared across the loop.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{tick, Receiver, Select, TryRecvError};
 
@@ -38,6 +38,10 @@ pub fn run<M: StateMachine, O: Outbox<M>, D: Durability>(
     tick_len: Duration,
 ) {
     let ticker = tick(tick_len);
+    // The ticker keeps one tick for a thread that was busy or stopped and drops the
+    // rest; the periods they stood for are counted here, so request deadlines and
+    // leader leases follow real time.
+    let mut ticked = Instant::now();
     loop {
         let mut select = Select::new();
         for (_, inbox) in &replicas {
@@ -49,8 +53,9 @@ pub fn run<M: StateMachine, O: Outbox<M>, D: Durability>(
             break;
         }
         if ticker.try_recv().is_ok() {
+            let periods = periods_since(&mut ticked, tick_len);
             for (replica, _) in &mut replicas {
-                replica.tick();
+                replica.tick_periods(periods);
             }
         }
         match round(&mut replicas, &commit) {
@@ -63,6 +68,17 @@ pub fn run<M: StateMachine, O: Outbox<M>, D: Durability>(
         replica.stop();
     }
     tracing::debug!("replica pool stopped");
+}
+
+/// Whole tick lengths since `*last` (at least one), moving `*last` on by as many but
+/// never past now: the count then trails real time by less than one tick length.
+fn periods_since(last: &mut Instant, tick_len: Duration) -> u64 {
+    let now = Instant::now();
+    let len = tick_len.as_nanos().max(1);
+    let periods = (now.saturating_duration_since(*last).as_nanos() / len).max(1);
+    let periods = u32::try_from(periods).unwrap_or(u32::MAX);
+    *last = (*last + tick_len.saturating_mul(periods)).min(now);
+    u64::from(periods)
 }
 
 /// One round: take what every inbox holds, write every replica's Ready, one sync if

@@ -383,6 +383,7 @@ mod tests {
                 max_frame_bytes: MAX_FRAME,
                 max_entry_bytes: 1024,
             },
+            lease_reads: false,
         }
     }
 

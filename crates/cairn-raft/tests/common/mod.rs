@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use cairn_raft::commit::{Durability, SyncError};
+
+pub mod tally;
 use cairn_raft::RaftConfig;
 
 /// Node `node` of a group of `voters` (ids `1..=voters`), hosting `shards` shards.
@@ -29,6 +31,7 @@ pub fn config(node: u64, voters: u64, shards: u32) -> RaftConfig {
         request_ticks: 100,
         replica_threads: 1,
         limits: Default::default(),
+        lease_reads: false,
     }
 }
 
