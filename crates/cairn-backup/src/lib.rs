@@ -22,6 +22,7 @@ pub mod destination;
 pub mod error;
 pub mod format;
 pub mod manifest;
+mod priority;
 pub mod restore;
 pub mod retention;
 pub mod schedule;

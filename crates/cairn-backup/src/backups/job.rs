@@ -285,9 +285,11 @@ impl<S: Shards> Backups<S> {
         let state = self.store.shard_state(shard)?;
         let rate = self.config.rate_limit;
         let (sink, mut parts) = PartSink::new(Upload::PART);
-        let encoder = tokio::task::spawn_blocking(move || {
-            let mut throttle = Throttle::new(rate);
-            let records = state.history(range).map(|r| {
+        let encoder = crate::priority::behind_foreground(
+            format!("backup-shard-{shard}"),
+            move || {
+                let mut throttle = Throttle::new(rate);
+                let records = state.history(range).map(|r| {
                 r.map(|v| Record {
                     key: v.key,
                     version: v.version,
@@ -300,17 +302,15 @@ impl<S: Shards> Backups<S> {
                     other => BackupError::Local(other),
                 })
             });
-            encode_shard_into(shard, records, &mut throttle, sink)
-        });
+                encode_shard_into(shard, records, &mut throttle, sink)
+            },
+        );
         let name = format!("{id}/{}", shard_file_name(shard));
         let mut upload = job.dest.upload(&name, Upload::PART);
         let streamed = self.stream_parts(job, &mut parts, &mut upload).await;
         // Closing the channel stops an encoder whose upload failed.
         drop(parts);
-        let encoded = encoder
-            .await
-            .map_err(|e| BackupError::Invalid(format!("backup encoder: {e}")))
-            .and_then(|r| r);
+        let encoded = encoder.await;
         let entry = match (streamed, encoded) {
             (Ok(()), Ok(entry)) => entry,
             (Err(e), _) | (Ok(()), Err(e)) => {
