@@ -616,6 +616,79 @@ async fn foreign_data_dir_is_refused() {
     assert_eq!(got.as_deref(), Some(&b"node data"[..]));
 }
 
+/// Issue 14: a follower whose data directory was wiped, started again, initialised a
+/// new directory and its replica threads panicked inside raft-rs while the process
+/// kept serving HTTP. It must stop, whole, and say that it lost entries it had
+/// acknowledged; the other two keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_stops_and_says_why() {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
+    let client = cluster.client(1);
+    for i in 0..40u32 {
+        put_retrying(
+            std::slice::from_ref(&client),
+            format!("wiped/{i}").as_bytes(),
+            b"before",
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    // Every shard's leader must have counted node 3's acknowledgements: wait until
+    // node 3 has applied what each leader committed.
+    let commits = leader_commits(&cluster).await;
+    eventually(
+        "node 3 to apply every shard's writes",
+        Duration::from_secs(20),
+        || {
+            let cluster = &cluster;
+            let commits = &commits;
+            async move {
+                let status = cluster.status(3).await;
+                let behind: Vec<u32> = status
+                    .shards
+                    .iter()
+                    .filter(|s| commits.get(&s.id).is_some_and(|&c| s.applied < c))
+                    .map(|s| s.id)
+                    .collect();
+                if behind.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("shards {behind:?} behind"))
+                }
+            }
+        },
+    )
+    .await;
+
+    cluster.kill(3).await;
+    std::fs::remove_dir_all(cluster.data_dir(3)).unwrap();
+    cluster.start_node(3);
+    let Some(status) = cluster.wait_exit(3, Duration::from_secs(30)).await else {
+        cluster.print_log_tail(3, 40);
+        panic!("node 3 kept running on a wiped data directory");
+    };
+    let log = std::fs::read_to_string(cluster.stderr_path(3)).unwrap_or_default();
+    assert!(!status.success(), "node 3 exited with {status}");
+    assert!(
+        log.contains("entries this node acknowledged are gone"),
+        "node 3 did not say why it stopped:\n{}",
+        cluster.log_tail(3, 40)
+    );
+    // The survivors still serve every shard.
+    for i in 0..40u32 {
+        let key = format!("wiped/{i}");
+        let got = client.get(key.as_bytes()).await.unwrap().map(|g| g.value);
+        assert_eq!(got.as_deref(), Some(&b"before"[..]), "{key}");
+    }
+    put_retrying(
+        std::slice::from_ref(&client),
+        b"wiped/after",
+        b"after",
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
 fn set_arg(args: &mut [String], flag: &str, value: &str) {
     let at = args
         .iter()

@@ -175,6 +175,35 @@ async fn write_path_crashes_lose_no_acknowledged_write() {
     );
 }
 
+/// Issue 14's fail-stop: a replica thread that panics takes the whole process down
+/// with a message, rather than leaving it serving HTTP with a dead replica; restarted,
+/// the node catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_panicking_replica_thread_stops_the_whole_process() {
+    let mut cluster = Cluster::start(options(&[])).await;
+    cluster.kill(2).await;
+    cluster.start_node_with_env(2, &[("FAILPOINTS", "state.apply.before=20*off->panic")]);
+    let mut acked = BTreeMap::new();
+    let deadline = std::time::Instant::now() + FIRE_WITHIN;
+    write_until(&cluster, "panic/", &mut acked, |n| {
+        n >= 100 || std::time::Instant::now() > deadline
+    })
+    .await;
+    let Some(status) = cluster.wait_exit(2, FIRE_WITHIN).await else {
+        cluster.print_log_tail(2, 40);
+        panic!("node 2 kept running after its replica thread panicked");
+    };
+    let log = std::fs::read_to_string(cluster.stderr_path(2)).unwrap_or_default();
+    assert!(
+        status.signal() == Some(libc::SIGABRT) && log.contains("stopping the whole process"),
+        "node 2 exited with {status}:\n{}",
+        cluster.log_tail(2, 20)
+    );
+    cluster.start_node(2);
+    cluster.wait_ready().await;
+    assert_kept(&cluster, 2, &acked).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn raft_snapshot_crashes_recover() {
     let mut cluster = Cluster::start(options(&["--log-compact-entries", "40"])).await;

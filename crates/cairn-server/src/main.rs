@@ -46,6 +46,21 @@ enum Command {
     Client(client::ClientCommand),
 }
 
+/// A node is never half-alive: a panic on any thread (a replica's, the transport's, a
+/// request handler's) is logged and then ends the whole process, so that a supervisor
+/// restarts it with its data, instead of it serving HTTP with dead replicas behind.
+fn stop_whole_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("unnamed");
+        tracing::error!(thread, panic = %info, "a thread panicked; stopping the process");
+        eprintln!("cairn: thread `{thread}` panicked; stopping the whole process (fail-stop)");
+        std::process::abort();
+    }));
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -65,6 +80,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let _crash_points = cairn_store::arm_crash_points();
+    stop_whole_on_panic();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         match cli.command {

@@ -381,6 +381,21 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
                 }
             }
             ReplicaMsg::Raft(msg) => {
+                if self.lost_acknowledged_entries(&msg) {
+                    let last = self.raw.raft.raft_log.last_index();
+                    fatal(
+                        self.shard,
+                        &format!(
+                            "leader {} counts this replica as holding entries up to {} (its \
+                             commit index for us), but the log ends at {last}: entries this \
+                             node acknowledged are gone (its data directory was wiped or \
+                             rolled back). A node that lost acknowledged entries must not \
+                             take part as a voter, or committed writes can be lost; keep it \
+                             stopped, the other replicas keep serving (docs/OPERATIONS.md)",
+                            msg.from, msg.commit
+                        ),
+                    );
+                }
                 if self.now < self.votes_from && read::asks_for_vote(&msg) {
                     tracing::debug!(from = msg.from, "vote refused: lease reads, just started");
                     return;
@@ -404,6 +419,17 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
                 self.raw.report_snapshot(to, status);
             }
         }
+    }
+
+    /// Whether `msg` shows this replica lost entries it acknowledged: a leader's
+    /// heartbeat carries `min(what we acknowledged, its commit index)`, and committed
+    /// entries that a replica acknowledged are never truncated from it, so a commit
+    /// index beyond our log's end means our log went backwards. (raft-rs would panic
+    /// on it; this names the cause first.)
+    fn lost_acknowledged_entries(&self, msg: &Message) -> bool {
+        msg.msg_type == MessageType::MsgHeartbeat
+            && msg.term >= self.raw.raft.term
+            && msg.commit > self.raw.raft.raft_log.last_index()
     }
 
     fn not_leader(&self) -> ShardError {
