@@ -351,20 +351,17 @@ impl SimNode {
 
     /// Raft snapshots installed over every life so far.
     pub fn snapshots_installed(&self) -> u64 {
-        let live = self
-            .live
-            .as_ref()
-            .map_or(0, |l| gauges_sum(l, |g| &g.snapshots_installed));
-        self.past_snapshots_installed + live
+        self.past_snapshots_installed + self.live_sum(|g| &g.snapshots_installed)
     }
 
     /// Batches of reads leaders served on their lease, over every life so far.
     pub fn lease_reads(&self) -> u64 {
-        let live = self
-            .live
-            .as_ref()
-            .map_or(0, |l| gauges_sum(l, |g| &g.lease_reads));
-        self.past_lease_reads + live
+        self.past_lease_reads + self.live_sum(|g| &g.lease_reads)
+    }
+
+    /// One counter summed over this life's replicas (0 while down).
+    fn live_sum(&self, counter: impl Fn(&ReplicaGauges) -> &AtomicU64) -> u64 {
+        self.live.as_ref().map_or(0, |l| gauges_sum(l, counter))
     }
 
     /// Arm a crash of this node (see the module doc).
