@@ -7,7 +7,7 @@
 //!
 //! | tree                   | owner             | holds                                        |
 //! |------------------------|-------------------|----------------------------------------------|
-//! | `node`                 | [`NodeStore`]     | the node's identity (cluster, node id, shard count) |
+//! | `node`                 | [`NodeStore`]     | the node's identity (cluster, node id, shard count), its data incarnation and its peers' |
 //! | `shard/{id}/log`       | [`RaftLog`]       | Raft entries, hard state, conf state, compaction point |
 //! | `shard/{id}/data`      | [`ShardState`]    | the MVCC state machine and its applied index |
 //! | `shard/{id}/incoming`  | [`SnapshotStage`] | a Raft snapshot being received from a peer   |
@@ -106,6 +106,19 @@ pub struct NodeIdentity {
 const NODE_TREE: &str = "node";
 const IDENTITY_KEY: &[u8] = b"identity";
 const RESTORED_FROM_KEY: &[u8] = b"restored_from";
+const DATA_INCARNATION_KEY: &[u8] = b"data_incarnation";
+const PEER_DATA_PREFIX: &[u8] = b"peer_data/";
+
+fn peer_data_key(node: NodeId) -> Vec<u8> {
+    [PEER_DATA_PREFIX, &node.to_be_bytes()[..]].concat()
+}
+
+fn decode_u64(bytes: &[u8], what: &str) -> Result<u64> {
+    bytes
+        .try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::corrupt(format!("{what} has length {}", bytes.len())))
+}
 
 /// A node's sled database. Clone = same database.
 #[derive(Clone)]
@@ -185,6 +198,36 @@ impl NodeStore {
         let tree = self.db.open_tree(NODE_TREE)?;
         tree.insert(RESTORED_FROM_KEY, origin.as_bytes())?;
         Ok(())
+    }
+
+    /// This data directory's incarnation: a random number drawn when the directory
+    /// was first used by a node (`draw` is called then, and the number made durable),
+    /// and never again. A node whose directory was wiped or replaced comes back with
+    /// another, which its peers refuse (they remember the first).
+    pub fn data_incarnation(&self, draw: impl FnOnce() -> u64) -> Result<u64> {
+        let tree = self.db.open_tree(NODE_TREE)?;
+        if let Some(v) = tree.get(DATA_INCARNATION_KEY)? {
+            return decode_u64(&v, "data incarnation");
+        }
+        let drawn = draw();
+        tree.insert(DATA_INCARNATION_KEY, &drawn.to_be_bytes()[..])?;
+        self.flush()?;
+        Ok(drawn)
+    }
+
+    /// The data incarnation peer `node` first presented to this node, if any.
+    pub fn peer_data_incarnation(&self, node: NodeId) -> Result<Option<u64>> {
+        let tree = self.db.open_tree(NODE_TREE)?;
+        tree.get(peer_data_key(node))?
+            .map(|v| decode_u64(&v, "a peer's data incarnation"))
+            .transpose()
+    }
+
+    /// Remember (durably) the data incarnation peer `node` presented first.
+    pub fn set_peer_data_incarnation(&self, node: NodeId, incarnation: u64) -> Result<()> {
+        let tree = self.db.open_tree(NODE_TREE)?;
+        tree.insert(peer_data_key(node), &incarnation.to_be_bytes()[..])?;
+        self.flush()
     }
 
     fn shard_tree(&self, shard: ShardId, what: &str) -> Result<sled::Tree> {
@@ -271,5 +314,23 @@ mod tests {
         }
         let store = NodeStore::open(&path).unwrap();
         assert_eq!(store.identity().unwrap(), Some(id));
+    }
+
+    #[test]
+    fn the_data_incarnation_is_drawn_once_and_peers_are_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node");
+        {
+            let store = NodeStore::open(&path).unwrap();
+            assert_eq!(store.data_incarnation(|| 41).unwrap(), 41);
+            assert_eq!(store.data_incarnation(|| 99).unwrap(), 41);
+            assert_eq!(store.peer_data_incarnation(2).unwrap(), None);
+            store.set_peer_data_incarnation(2, 7).unwrap();
+        }
+        // Durable without another flush: both writes synced themselves.
+        let store = NodeStore::open(&path).unwrap();
+        assert_eq!(store.data_incarnation(|| 99).unwrap(), 41);
+        assert_eq!(store.peer_data_incarnation(2).unwrap(), Some(7));
+        assert_eq!(store.peer_data_incarnation(3).unwrap(), None);
     }
 }

@@ -390,7 +390,7 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
                              commit index for us), but the log ends at {last}: entries this \
                              node acknowledged are gone (its data directory was wiped or \
                              rolled back). A node that lost acknowledged entries must not \
-                             take part as a voter, or committed writes can be lost; keep it \
+                             rejoin as a voter, or committed writes can be lost; keep it \
                              stopped, the other replicas keep serving (docs/OPERATIONS.md)",
                             msg.from, msg.commit
                         ),

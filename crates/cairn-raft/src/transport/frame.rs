@@ -28,7 +28,14 @@ pub(super) enum Frame {
         cluster_id: String,
         from: NodeId,
         incarnation: u64,
+        /// The sender's data directory's incarnation (`NodeStore::data_incarnation`):
+        /// a peer refuses one other than the first it saw from this node.
+        data: u64,
     },
+    /// The accepting side's answer to a `Hello` it refuses for good, before it closes
+    /// the connection: the connecting node must not take part (its data directory
+    /// is not the one its peers knew).
+    Refused { reason: String },
     /// A Raft message (protobuf bytes) for a shard's replica. Droppable.
     Raft { shard: ShardId, msg: Vec<u8> },
     /// A forwarded call (a client's or a control call), answered by `Reply` with the
@@ -73,6 +80,8 @@ pub enum FrameKind {
     /// A keepalive ping or its pong. Losing some only makes a link look slow; losing
     /// every one for the keepalive deadline makes the sender re-dial.
     Keepalive,
+    /// A refused handshake's answer.
+    Refused,
 }
 
 /// Classifies one frame's bytes (the payload of a length-delimited frame, as
@@ -90,6 +99,7 @@ pub fn frame_kind(bytes: &[u8]) -> Option<FrameKind> {
             FrameKind::Snapshot
         }
         Frame::Ping { .. } | Frame::Pong { .. } => FrameKind::Keepalive,
+        Frame::Refused { .. } => FrameKind::Refused,
     })
 }
 
@@ -117,6 +127,8 @@ pub(super) enum PeerError {
     BadHello,
     #[error("a peer of another cluster ({0})")]
     OtherCluster(String),
+    #[error("{0}")]
+    LostData(String),
     #[error("no shard {0}")]
     NoShard(ShardId),
     #[error("{0}")]

@@ -51,6 +51,27 @@ impl Transport {
         }
     }
 
+    /// Accept `data` as peer `from`'s data incarnation if it is the first this node
+    /// has seen from it (remembered durably) or the same; `LostData` if it differs.
+    async fn check_data_incarnation(&self, from: u64, data: u64) -> Result<(), PeerError> {
+        let store = self.inner.store.clone();
+        let known =
+            tokio::task::spawn_blocking(move || match store.peer_data_incarnation(from)? {
+                Some(known) => Ok(Some(known)),
+                None => store.set_peer_data_incarnation(from, data).map(|()| None),
+            })
+            .await
+            .map_err(|_| PeerError::Protocol("the incarnation check stopped"))??;
+        match known {
+            Some(known) if known != data => Err(PeerError::LostData(format!(
+                "node {from} came back with another data directory (incarnation {data:#x}, \
+                 where this node knew {known:#x}): it lost the Raft entries it had \
+                 acknowledged, and must not rejoin as a voter (docs/OPERATIONS.md)"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Read one inbound connection: Raft messages, forwarded calls, or a snapshot.
     async fn serve(
         self,
@@ -67,10 +88,23 @@ impl Transport {
                 cluster_id,
                 from,
                 incarnation,
+                data,
             }))) => {
                 if cluster_id != self.inner.cluster_id {
                     tracing::warn!(from, %cluster_id, "refused a peer of another cluster");
                     return Err(PeerError::OtherCluster(cluster_id));
+                }
+                if let Err(e) = self.check_data_incarnation(from, data).await {
+                    if let PeerError::LostData(reason) = &e {
+                        tracing::error!(from, "refused a peer: {reason}");
+                        let refused = Frame::Refused {
+                            reason: reason.clone(),
+                        };
+                        if let Ok(bytes) = encode(&refused, max_frame) {
+                            let _ = framed.send(bytes).await;
+                        }
+                    }
+                    return Err(e);
                 }
                 (from, incarnation)
             }
@@ -181,7 +215,8 @@ impl Transport {
                 Frame::Hello { .. }
                 | Frame::Reply { .. }
                 | Frame::SnapshotAck
-                | Frame::Pong { .. } => {
+                | Frame::Pong { .. }
+                | Frame::Refused { .. } => {
                     break Err(PeerError::Protocol(
                         "unexpected frame on an inbound connection",
                     ));

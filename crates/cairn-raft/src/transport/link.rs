@@ -166,6 +166,17 @@ impl Keepalive {
     }
 }
 
+/// Peer `peer` refused this node's data directory: it lost Raft entries it had
+/// acknowledged, so it must take no part at all (not even vote). Stop the process.
+fn lost_data(peer: NodeId, reason: &str) -> ! {
+    tracing::error!(peer, reason, "refused by a peer; stopping");
+    eprintln!(
+        "cairn: node {peer} refused this node: {reason}. This node's data directory is \
+         not the one its peers knew; it must not rejoin as a voter (docs/OPERATIONS.md)"
+    );
+    std::process::abort();
+}
+
 /// Dial `addr` and say hello.
 pub(super) async fn connect(
     addr: SocketAddr,
@@ -253,6 +264,7 @@ impl Transport {
                     Ok(Frame::Pong { nonce }) => {
                         let _ = pong_tx.send(nonce);
                     }
+                    Ok(Frame::Refused { reason }) => lost_data(peer, &reason),
                     _ => {
                         tracing::warn!("unexpected frame on an outbound connection");
                         break;

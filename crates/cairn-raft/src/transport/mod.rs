@@ -13,7 +13,12 @@
 //! stage and only then hands the message to the replica, which installs the stage.
 //!
 //! Every connection starts with a `Hello` naming the cluster id; a peer of another
-//! cluster is refused.
+//! cluster is refused. It also names the sender's *data incarnation*, drawn once when
+//! its data directory was first used: a node remembers the first one each peer
+//! presented and refuses any other for good, answering `Refused`, on which the sender
+//! stops. A node whose directory was wiped or rolled back lost entries it
+//! acknowledged; if it could vote, a shard could elect a leader that lacks committed
+//! writes.
 //!
 //! **A forwarded call runs at most once.** The network may deliver a frame twice (a
 //! retransmitting middlebox, a proxy, a replayed connection), and a write executed
@@ -113,6 +118,8 @@ struct Inner {
     next_call: AtomicU64,
     /// This process's incarnation (see the module doc), named in every `Hello`.
     incarnation: u64,
+    /// This data directory's incarnation, named in every `Hello` (see `inbound.rs`).
+    data_incarnation: u64,
     /// Calls received, per sender incarnation: a duplicate is never executed twice.
     ledger: Mutex<CallLedger>,
     /// One staged snapshot per shard at a time.
@@ -137,6 +144,9 @@ impl Transport {
         cancel: CancellationToken,
     ) -> std::io::Result<Transport> {
         let node_id = cfg.node_id;
+        let data_incarnation = store
+            .data_incarnation(|| rand::random::<u64>() | 1)
+            .map_err(std::io::Error::other)?;
         let listener = TcpListener::bind(cfg.listen).await?;
         let mut links = Vec::new();
         let mut peer_map = HashMap::new();
@@ -159,6 +169,7 @@ impl Transport {
                 calls: Mutex::new(HashMap::new()),
                 next_call: AtomicU64::new(1),
                 incarnation: rand::random(),
+                data_incarnation,
                 ledger: Mutex::new(CallLedger::default()),
                 stage_locks: (0..shards).map(|_| Default::default()).collect(),
                 cancel,
@@ -271,6 +282,7 @@ impl Transport {
             cluster_id: self.inner.cluster_id.clone(),
             from: self.inner.node_id,
             incarnation: self.inner.incarnation,
+            data: self.inner.data_incarnation,
         }
     }
 
@@ -411,11 +423,21 @@ mod tests {
     }
 
     async fn dial(addr: SocketAddr, incarnation: u64) -> Framed<TcpStream, LengthDelimitedCodec> {
+        dial_with_data(addr, incarnation, 1).await
+    }
+
+    /// Dial as node 1 whose data directory has incarnation `data`.
+    async fn dial_with_data(
+        addr: SocketAddr,
+        incarnation: u64,
+        data: u64,
+    ) -> Framed<TcpStream, LengthDelimitedCodec> {
         for _ in 0..100 {
             let hello = Frame::Hello {
                 cluster_id: "c".into(),
                 from: 1,
                 incarnation,
+                data,
             };
             if let Ok(framed) = connect(addr, hello, MAX_FRAME).await {
                 return framed;
@@ -440,6 +462,48 @@ mod tests {
             }
         }
         ids
+    }
+
+    /// The first frame back on `framed` within a second, if any.
+    async fn answer(framed: &mut Framed<TcpStream, LengthDelimitedCodec>) -> Option<Frame> {
+        match tokio::time::timeout(Duration::from_secs(1), framed.next()).await {
+            Ok(Some(Ok(bytes))) => Some(bincode::deserialize::<Frame>(&bytes).unwrap()),
+            _ => None,
+        }
+    }
+
+    /// A node whose data directory was wiped comes back with another data
+    /// incarnation: refused for good, with a reason, while the first one it presented
+    /// is still accepted.
+    #[tokio::test]
+    async fn a_peer_with_another_data_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = free_addr();
+        let (_transport, _handler, cancel) = node(2, &[(2, addr)], dir.path()).await;
+        let ping = || encode(&Frame::Ping { nonce: 5 }, MAX_FRAME).unwrap();
+
+        let mut first = dial_with_data(addr, 9, 0xabc).await;
+        first.send(ping()).await.unwrap();
+        assert!(matches!(
+            answer(&mut first).await,
+            Some(Frame::Pong { nonce: 5 })
+        ));
+
+        let mut wiped = dial_with_data(addr, 10, 0xdef).await;
+        match answer(&mut wiped).await {
+            Some(Frame::Refused { reason }) => {
+                assert!(reason.contains("another data directory"), "{reason}")
+            }
+            other => panic!("a new data directory was not refused: {other:?}"),
+        }
+
+        let mut again = dial_with_data(addr, 11, 0xabc).await;
+        again.send(ping()).await.unwrap();
+        assert!(matches!(
+            answer(&mut again).await,
+            Some(Frame::Pong { nonce: 5 })
+        ));
+        cancel.cancel();
     }
 
     /// Found by the chaos harness (`tests/chaos.rs`, `duplicated_frames`): a peer
