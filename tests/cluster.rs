@@ -692,6 +692,71 @@ async fn a_wiped_node_stops_and_says_why() {
     .await;
 }
 
+/// Issue 14, "Addresses": peers named by host name (as compose services and
+/// StatefulSets name them), resolved at each dial. Three fresh nodes whose
+/// `--initial-cluster` and `--peer` say `localhost` form a cluster that replicates and
+/// forwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_named_by_host_name_form_a_cluster() {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
+    cluster.kill_all().await;
+    let mut children = Vec::new();
+    for id in cluster.ids() {
+        std::fs::remove_dir_all(cluster.data_dir(id)).unwrap();
+        let mut args = cluster.node_args(id);
+        let peer = cluster.peer_addr(id);
+        for flag in ["--peer", "--initial-cluster"] {
+            let at = args.iter().position(|a| a == flag).unwrap() + 1;
+            args[at] = args[at].replace("127.0.0.1:", "localhost:");
+        }
+        assert!(!args.iter().any(|a| a == "--peer-listen"), "{args:?}");
+        args.extend(["--peer-listen".into(), peer.to_string()]);
+        let mut command = tokio::process::Command::from(Cluster::command(&args));
+        command
+            .kill_on_drop(true)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(cluster.dir().join(format!("named-{id}.log"))).unwrap());
+        children.push(command.spawn().expect("start cairn"));
+    }
+    let client = |id: usize| cluster.client(id);
+    eventually(
+        "the named cluster to be ready",
+        Duration::from_secs(30),
+        || {
+            let c = client(3);
+            async move {
+                match c.put(b"named/probe", b"x").await {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        },
+    )
+    .await;
+    put_retrying(
+        &[client(1)],
+        b"named/k",
+        b"through a name",
+        Duration::from_secs(10),
+    )
+    .await;
+    for id in cluster.ids() {
+        let got = client(id).get(b"named/k").await.unwrap().map(|g| g.value);
+        assert_eq!(got.as_deref(), Some(&b"through a name"[..]), "node {id}");
+    }
+    let status = cluster.status(1).await;
+    assert!(
+        status
+            .nodes
+            .iter()
+            .all(|n| n.peer_addr.starts_with("localhost:")),
+        "{:?}",
+        status.nodes
+    );
+    drop(children);
+}
+
 fn set_arg(args: &mut [String], flag: &str, value: &str) {
     let at = args
         .iter()

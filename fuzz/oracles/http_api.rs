@@ -270,7 +270,7 @@ async fn start(dir: &Path) -> axum::Router {
         id: Some(1),
         data_dir: Some(dir.join("data")),
         http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-        peer: Some(peer),
+        peer: Some(peer.into()),
         initial_cluster: Some(format!("1={peer}")),
         shards: Some(2),
         tick_ms: Some(20),

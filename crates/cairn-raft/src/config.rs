@@ -8,6 +8,103 @@ use cairn_store::{NodeId, ShardId};
 
 use crate::error::RaftError;
 
+/// A peer's address as configured: `HOST:PORT`, where the host is an IP address or a
+/// name resolved each time the peer is dialled (so compose services and Kubernetes
+/// StatefulSets can name their peers, and a peer that moves keeps its name).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerAddr {
+    host: String,
+    port: u16,
+}
+
+impl PeerAddr {
+    /// The host part: an IP address or a name.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The address, if the host is an IP address (no lookup needed).
+    pub fn ip(&self) -> Option<SocketAddr> {
+        let ip: std::net::IpAddr = self.host.trim_matches(['[', ']']).parse().ok()?;
+        Some(SocketAddr::new(ip, self.port))
+    }
+
+    /// Every address the host resolves to now, in the resolver's order.
+    pub async fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
+        if let Some(addr) = self.ip() {
+            return Ok(vec![addr]);
+        }
+        Ok(tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await?
+            .collect())
+    }
+}
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+impl From<SocketAddr> for PeerAddr {
+    fn from(addr: SocketAddr) -> PeerAddr {
+        let host = match addr {
+            SocketAddr::V4(a) => a.ip().to_string(),
+            SocketAddr::V6(a) => format!("[{}]", a.ip()),
+        };
+        PeerAddr {
+            host,
+            port: addr.port(),
+        }
+    }
+}
+
+impl std::str::FromStr for PeerAddr {
+    type Err = String;
+
+    /// `HOST:PORT`: an IPv4 or bracketed IPv6 address, or a DNS name, then a port.
+    fn from_str(text: &str) -> Result<PeerAddr, String> {
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(addr.into());
+        }
+        let (host, port) = text
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{text}` is not HOST:PORT"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("`{port}` in `{text}` is not a port"))?;
+        let name_ok = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            });
+        if !name_ok {
+            return Err(format!(
+                "`{host}` in `{text}` is neither an IP address nor a host name"
+            ));
+        }
+        Ok(PeerAddr {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PeerAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<PeerAddr, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// The most any configuration may set the frame cap to; tools that only cut frames
 /// (the fault-injecting proxy) accept up to this.
 pub const MAX_FRAME_CAP: usize = 1 << 30;
@@ -24,7 +121,7 @@ pub struct RaftConfig {
     pub shards: u32,
     /// Every node of the cluster (this one included) and its peer address. Every shard
     /// has a replica on every node.
-    pub peers: BTreeMap<NodeId, SocketAddr>,
+    pub peers: BTreeMap<NodeId, PeerAddr>,
     /// Where this node accepts peer connections.
     pub listen: SocketAddr,
     /// Length of one logical clock tick.
@@ -180,5 +277,50 @@ impl RaftConfig {
             return fail("replica threads must be at least 1");
         }
         self.limits.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_addresses_are_ips_or_host_names() {
+        let ip: PeerAddr = "10.0.0.7:9081".parse().unwrap();
+        assert_eq!(ip.ip(), Some("10.0.0.7:9081".parse().unwrap()));
+        assert_eq!(ip.to_string(), "10.0.0.7:9081");
+        let v6: PeerAddr = "[::1]:9081".parse().unwrap();
+        assert_eq!(v6.ip(), Some("[::1]:9081".parse().unwrap()));
+        assert_eq!(v6.to_string(), "[::1]:9081", "displayed as SocketAddr is");
+        let name: PeerAddr = "Node-1.Cairn.svc:9081".parse().unwrap();
+        assert_eq!((name.host(), name.port()), ("node-1.cairn.svc", 9081));
+        assert_eq!(name.ip(), None);
+        for bad in [
+            "",
+            "node1",
+            "node1:",
+            ":9081",
+            "node1:99999",
+            "no_de:1",
+            "-a:1",
+            "a..b:1",
+        ] {
+            assert!(bad.parse::<PeerAddr>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_name_resolves_at_each_call_and_an_ip_needs_no_lookup() {
+        let local: PeerAddr = "localhost:9081".parse().unwrap();
+        let addrs = local.resolve().await.unwrap();
+        assert!(
+            !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()),
+            "{addrs:?}"
+        );
+        let ip: PeerAddr = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(
+            ip.resolve().await.unwrap(),
+            vec!["127.0.0.1:1".parse().unwrap()]
+        );
     }
 }

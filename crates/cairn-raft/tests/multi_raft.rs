@@ -56,7 +56,7 @@ impl TestCluster {
             node_id: id,
             cluster_id: "test".into(),
             shards: SHARDS,
-            peers: self.peers.clone(),
+            peers: self.peers.iter().map(|(&n, &a)| (n, a.into())).collect(),
             listen: self.peers[&id],
             tick: Duration::from_millis(20),
             election_ticks: 10,

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cairn_raft::PeerAddr;
 use cairn_store::NodeId;
 use serde::Deserialize;
 
@@ -27,13 +28,15 @@ pub struct Config {
     pub http: SocketAddr,
     /// Address peers connect to for Raft traffic and forwarded requests (the one
     /// `initial_cluster` lists for this node).
-    pub peer: SocketAddr,
-    /// Address the peer transport listens on. Default: `peer`. It differs only when
-    /// something between the nodes forwards `peer` to it (a NAT, or the fault-injecting
-    /// proxy of `cairn-chaos`); the cluster id keeps deriving from `initial_cluster`.
+    /// An IP address or a host name, resolved by peers each time they dial.
+    pub peer: PeerAddr,
+    /// Address the peer transport listens on. Default: `peer` (resolved once, at
+    /// start, if it is a name). It differs only when something between the nodes
+    /// forwards `peer` to it (a NAT, or the fault-injecting proxy of `cairn-chaos`);
+    /// the cluster id keeps deriving from `initial_cluster`.
     pub peer_listen: SocketAddr,
     /// Every node of the cluster and its peer address, this one included.
-    pub initial_cluster: BTreeMap<NodeId, SocketAddr>,
+    pub initial_cluster: BTreeMap<NodeId, PeerAddr>,
     /// Number of shards; fixed when the cluster is created. Default 8.
     pub shards: u32,
     /// Distinguishes clusters that share member ids and addresses. Default "cairn".
@@ -130,9 +133,10 @@ pub struct Settings {
     /// HTTP API address, e.g. 127.0.0.1:8081.
     #[arg(long, env = "CAIRN_HTTP")]
     pub http: Option<SocketAddr>,
-    /// Peer address, e.g. 127.0.0.1:9081.
+    /// Peer address other nodes dial, e.g. 127.0.0.1:9081 or node1.cairn:9081 (a name
+    /// is resolved at every dial).
     #[arg(long, env = "CAIRN_PEER")]
-    pub peer: Option<SocketAddr>,
+    pub peer: Option<PeerAddr>,
     /// Address to listen on for peers, when they reach this node's --peer address
     /// through a forwarder (NAT, test proxy) [default: --peer].
     #[arg(long, env = "CAIRN_PEER_LISTEN")]
@@ -285,8 +289,11 @@ impl Settings {
             id: self.id.ok_or_else(|| missing("id"))?,
             data_dir: self.data_dir.ok_or_else(|| missing("data-dir"))?,
             http: self.http.ok_or_else(|| missing("http"))?,
+            peer_listen: match self.peer_listen {
+                Some(listen) => listen,
+                None => listen_on(&peer)?,
+            },
             peer,
-            peer_listen: self.peer_listen.unwrap_or(peer),
             initial_cluster,
             shards: self.shards.unwrap_or(8),
             cluster_token: self.cluster_token.unwrap_or_else(|| "cairn".into()),
@@ -342,7 +349,7 @@ impl Config {
                     self.id
                 ))
             }
-            Some(addr) if *addr != self.peer => {
+            Some(addr) if addr != &self.peer => {
                 return fail(format!(
                     "--initial-cluster gives node {} the peer address {addr}, but --peer is {}",
                     self.id, self.peer
@@ -544,8 +551,26 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{text}` is too large"))
 }
 
-/// Parse `1=127.0.0.1:9081,2=127.0.0.1:9082`.
-pub fn parse_initial_cluster(text: &str) -> Result<BTreeMap<NodeId, SocketAddr>, ServerError> {
+/// Where to listen for peers by default: `peer` itself if it is an IP address, else
+/// the first address its name resolves to now.
+fn listen_on(peer: &PeerAddr) -> Result<SocketAddr, ServerError> {
+    if let Some(addr) = peer.ip() {
+        return Ok(addr);
+    }
+    use std::net::ToSocketAddrs as _;
+    (peer.host(), peer.port())
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| {
+            ServerError::Config(format!(
+                "--peer {peer}: the name does not resolve here, so there is nothing to listen on; give --peer-listen IP:PORT"
+            ))
+        })
+}
+
+/// Parse `1=127.0.0.1:9081,2=node2.cairn:9082` (IP addresses or host names).
+pub fn parse_initial_cluster(text: &str) -> Result<BTreeMap<NodeId, PeerAddr>, ServerError> {
     let bad = |m: String| ServerError::Config(format!("--initial-cluster: {m}"));
     let mut nodes = BTreeMap::new();
     for member in text.split(',').map(str::trim).filter(|m| !m.is_empty()) {
@@ -556,10 +581,7 @@ pub fn parse_initial_cluster(text: &str) -> Result<BTreeMap<NodeId, SocketAddr>,
             .trim()
             .parse()
             .map_err(|_| bad(format!("`{id}` is not a node id")))?;
-        let addr: SocketAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| bad(format!("`{addr}` is not an IP:PORT address")))?;
+        let addr: PeerAddr = addr.trim().parse().map_err(bad)?;
         if id == 0 {
             return Err(bad("node ids start at 1".into()));
         }
@@ -628,7 +650,12 @@ mod tests {
             initial_cluster: Some("1=nonsense".into()),
             ..base()
         })
-        .contains("not an IP:PORT"));
+        .contains("HOST:PORT"));
+        assert!(err(Settings {
+            initial_cluster: Some("1=127.0.0.1:9081,2=under_score:9082".into()),
+            ..base()
+        })
+        .contains("neither an IP address nor a host name"));
         assert!(err(Settings {
             peer: Some("127.0.0.1:1".parse().unwrap()),
             ..base()
@@ -644,6 +671,25 @@ mod tests {
             ..base()
         })
         .contains("--peer-listen"));
+    }
+
+    /// Peers may be named by host name (compose services, StatefulSets): the names
+    /// reach Raft as they are, to be resolved at every dial, and the listen address
+    /// defaults to what this node's own name resolves to.
+    #[test]
+    fn peers_may_be_host_names() {
+        let c = Settings {
+            peer: Some("localhost:9081".parse().unwrap()),
+            initial_cluster: Some("1=localhost:9081,2=Node-2.cairn.internal:9082".into()),
+            ..base()
+        }
+        .resolve()
+        .unwrap();
+        assert!(c.peer_listen.ip().is_loopback(), "{}", c.peer_listen);
+        assert_eq!(c.peer_listen.port(), 9081);
+        let raft = c.raft("x".into());
+        assert_eq!(raft.peers[&2].to_string(), "node-2.cairn.internal:9082");
+        assert_eq!(raft.peers[&1].host(), "localhost");
     }
 
     /// Every limit must fit what carries it (issue 11: a page of the default size
@@ -698,7 +744,7 @@ mod tests {
     #[test]
     fn peer_listen_defaults_to_peer() {
         let c = base().resolve().unwrap();
-        assert_eq!(c.peer_listen, c.peer);
+        assert_eq!(Some(c.peer_listen), c.peer.ip());
         let listen: SocketAddr = "127.0.0.1:19081".parse().unwrap();
         let c = Settings {
             peer_listen: Some(listen),

@@ -57,7 +57,9 @@ impl DevArgs {
                     id: Some(id),
                     data_dir: Some(self.data_dir.join(format!("node-{id}"))),
                     http: parse(port(self.http_port, id)),
-                    peer: parse(port(self.peer_port, id)),
+                    peer: format!("127.0.0.1:{}", port(self.peer_port, id))
+                        .parse()
+                        .ok(),
                     initial_cluster: Some(cluster.join(",")),
                     shards: Some(self.shards),
                     cluster_token: Some("cairn-dev".into()),

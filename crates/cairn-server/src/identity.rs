@@ -7,8 +7,8 @@
 //! can never join its data to the wrong cluster or impersonate another member.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 
+use cairn_raft::PeerAddr;
 use cairn_store::{NodeId, NodeIdentity, NodeStore};
 
 use crate::config::Config;
@@ -30,7 +30,7 @@ pub fn cluster_id(config: &Config) -> String {
 pub fn cluster_id_of(
     token: &str,
     shards: u32,
-    members: &BTreeMap<NodeId, SocketAddr>,
+    members: &BTreeMap<NodeId, PeerAddr>,
     restored_from: Option<&str>,
 ) -> String {
     let mut spec = format!("cairn/v1;token={token};shards={shards}");

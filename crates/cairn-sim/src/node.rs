@@ -207,7 +207,7 @@ pub fn raft_config(
         cluster_id: "sim".into(),
         shards,
         listen: peers[&node],
-        peers,
+        peers: peers.iter().map(|(&n, &a)| (n, a.into())).collect(),
         tick: Duration::from_millis(TICK_MS),
         election_ticks: ELECTION_TICKS,
         heartbeat_ticks: 2,

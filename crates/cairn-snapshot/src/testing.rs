@@ -43,7 +43,7 @@ impl LocalCluster {
                 node_id: id,
                 cluster_id: "test".into(),
                 shards,
-                peers: peers.clone(),
+                peers: peers.iter().map(|(&n, &a)| (n, a.into())).collect(),
                 listen: peers[&id],
                 tick: Duration::from_millis(20),
                 election_ticks: 10,

@@ -10,7 +10,6 @@
 //! and re-dialled, and the reset is counted ([`LinkStatus::resets`]), so a link never
 //! stays half-alive and the operator can see that it tried to.
 
-use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -25,6 +24,7 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use super::frame::{codec, encode, Frame, FrameError};
 use super::Transport;
 use crate::call::Call;
+use crate::config::PeerAddr;
 use crate::error::ShardError;
 use crate::retry::Backoff;
 
@@ -177,15 +177,34 @@ fn lost_data(peer: NodeId, reason: &str) -> ! {
     std::process::abort();
 }
 
-/// Dial `addr` and say hello.
+/// Resolve `addr` (a name is looked up at every dial), dial its addresses in turn
+/// until one answers, and say hello.
 pub(super) async fn connect(
-    addr: SocketAddr,
+    addr: &PeerAddr,
     hello: Frame,
     max_frame: usize,
 ) -> std::io::Result<Framed<TcpStream, LengthDelimitedCodec>> {
-    let stream = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    let mut failed = std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        format!("{addr} resolves to nothing"),
+    );
+    let mut dialled = None;
+    for ip in addr.resolve().await? {
+        match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(ip)).await {
+            Ok(Ok(stream)) => {
+                dialled = Some(stream);
+                break;
+            }
+            Ok(Err(e)) => failed = e,
+            Err(_) => {
+                failed = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("connecting to {ip} timed out"),
+                )
+            }
+        }
+    }
+    let stream = dialled.ok_or(failed)?;
     stream.set_nodelay(true)?;
     let mut framed = Framed::new(stream, codec(max_frame));
     let hello = encode(&hello, max_frame).map_err(std::io::Error::other)?;
@@ -195,18 +214,13 @@ pub(super) async fn connect(
 
 impl Transport {
     /// Own the outbound connection to one peer, reconnecting with backoff.
-    pub(super) async fn link(
-        self,
-        peer: NodeId,
-        addr: SocketAddr,
-        mut rx: mpsc::Receiver<Outbound>,
-    ) {
+    pub(super) async fn link(self, peer: NodeId, addr: PeerAddr, mut rx: mpsc::Receiver<Outbound>) {
         let mut backoff = Backoff::redial();
         let stats = self.link_stats(peer);
         loop {
             let connected = tokio::select! {
                 _ = self.inner.cancel.cancelled() => return,
-                c = connect(addr, self.hello(), self.inner.max_frame) => c,
+                c = connect(&addr, self.hello(), self.inner.max_frame) => c,
             };
             match connected {
                 Ok(framed) => {

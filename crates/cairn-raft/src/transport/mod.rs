@@ -12,6 +12,9 @@
 //! the `MsgSnapshot` itself; the receiver writes the chunks to the shard's snapshot
 //! stage and only then hands the message to the replica, which installs the stage.
 //!
+//! A peer's address may be a host name: it is resolved at every dial and each
+//! address it gives is tried in turn, so a peer that moves keeps its name.
+//!
 //! Every connection starts with a `Hello` naming the cluster id; a peer of another
 //! cluster is refused. It also names the sender's *data incarnation*, drawn once when
 //! its data directory was first used: a node remembers the first one each peer
@@ -128,7 +131,7 @@ struct Inner {
 }
 
 struct Peer {
-    addr: std::net::SocketAddr,
+    addr: crate::config::PeerAddr,
     tx: mpsc::Sender<Outbound>,
     stats: LinkStats,
 }
@@ -150,11 +153,12 @@ impl Transport {
         let listener = TcpListener::bind(cfg.listen).await?;
         let mut links = Vec::new();
         let mut peer_map = HashMap::new();
-        for (&id, &addr) in cfg.peers.iter().filter(|(&id, _)| id != node_id) {
+        for (&id, addr) in cfg.peers.iter().filter(|(&id, _)| id != node_id) {
+            let addr = addr.clone();
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
             let stats = LinkStats::default();
+            links.push((id, addr.clone(), rx));
             peer_map.insert(id, Peer { addr, tx, stats });
-            links.push((id, addr, rx));
         }
         let shards = replicas.len();
         let transport = Transport {
@@ -378,12 +382,13 @@ mod tests {
     }
 
     fn config(node_id: NodeId, peers: &[(NodeId, SocketAddr)]) -> RaftConfig {
-        let peers: BTreeMap<_, _> = peers.iter().copied().collect();
+        let listen = peers.iter().find(|(id, _)| *id == node_id).unwrap().1;
+        let peers: BTreeMap<_, _> = peers.iter().map(|&(id, a)| (id, a.into())).collect();
         RaftConfig {
             node_id,
             cluster_id: "c".into(),
             shards: 1,
-            listen: peers[&node_id],
+            listen,
             peers,
             tick: Duration::from_millis(100),
             election_ticks: 10,
@@ -439,7 +444,7 @@ mod tests {
                 incarnation,
                 data,
             };
-            if let Ok(framed) = connect(addr, hello, MAX_FRAME).await {
+            if let Ok(framed) = connect(&addr.into(), hello, MAX_FRAME).await {
                 return framed;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -4,7 +4,6 @@
 //! replica, which installs the stage. The stage is locked per shard until the replica
 //! has handled the message.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use cairn_store::{ShardId, ShardState};
@@ -35,7 +34,7 @@ impl Transport {
         let Some(peer) = self.inner.peers.get(&msg.to) else {
             return false;
         };
-        let (to, addr) = (msg.to, peer.addr);
+        let (to, addr) = (msg.to, peer.addr.clone());
         let t = self.clone();
         let span = tracing::info_span!("snapshot_send", node = t.inner.node_id, shard, to);
         self.inner.runtime.spawn(
@@ -111,14 +110,14 @@ impl Transport {
 
     pub(super) async fn stream_snapshot(
         &self,
-        addr: SocketAddr,
+        addr: crate::config::PeerAddr,
         shard: ShardId,
         msg: Message,
         state: ShardState,
     ) -> Result<(), PeerError> {
         let upto = msg.get_snapshot().get_metadata().index;
         let max_frame = self.inner.max_frame;
-        let mut framed = connect(addr, self.hello(), max_frame).await?;
+        let mut framed = connect(&addr, self.hello(), max_frame).await?;
         let mut versions: Versions = Box::new(state.export(upto));
         let mut sent = 0usize;
         loop {

@@ -23,7 +23,7 @@ pub fn config(node: u64, voters: u64, shards: u32) -> RaftConfig {
         cluster_id: "hand-driven".into(),
         shards,
         listen: peers[&node],
-        peers,
+        peers: peers.iter().map(|(&n, &a)| (n, a.into())).collect(),
         tick: Duration::from_millis(10),
         election_ticks: 10,
         heartbeat_ticks: 2,
