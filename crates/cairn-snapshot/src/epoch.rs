@@ -102,10 +102,16 @@ impl Allocation {
 
     /// The first step.
     pub fn start(&mut self) -> AllocationStep {
+        self.read_name_or_next(true)
+    }
+
+    /// Check the name is free (if the snapshot has one), else read `s/next`: the
+    /// first step, and again after losing the race for `s/next`.
+    fn read_name_or_next(&mut self, first: bool) -> AllocationStep {
         match &self.name {
             Some(name) => {
                 let key = name_key(name);
-                self.awaiting = Awaiting::Name { first: true };
+                self.awaiting = Awaiting::Name { first };
                 MetaStep::Read(key)
             }
             None => self.read_next(),
@@ -248,14 +254,7 @@ impl Allocation {
                 // Another allocation took the id (or the name).
                 Ok(Err(_)) => {
                     self.contended += 1;
-                    match &self.name {
-                        Some(name) => {
-                            let key = name_key(name);
-                            self.awaiting = Awaiting::Name { first: false };
-                            MetaStep::Read(key)
-                        }
-                        None => self.read_next(),
-                    }
+                    self.read_name_or_next(false)
                 }
             },
             Awaiting::Want(key) => match answer {
