@@ -262,7 +262,8 @@ impl World {
             };
             let decided = self.stamp();
             let epoch = &mut self.history.epochs[index];
-            epoch.decided = Some(decided);
+            // The sweeper may have decided and released it first (`release`).
+            epoch.decided = Some(epoch.decided.map_or(decided, |d| d.min(decided)));
             epoch.done = matches!(reported, Reported::Done(_));
             self.work.epochs.reported.insert(id, reported);
         }
@@ -270,6 +271,18 @@ impl World {
     }
 
     fn release(&mut self, run: RunId, id: u64, close: bool) {
+        if !self.work.epochs.runs.contains_key(&run) {
+            return;
+        }
+        // Whoever releases knows the epoch is decided (or, for a coordinator whose
+        // finish went unanswered, gives up waiting): the windows may close from now.
+        // The sweeper releases without the coordinator's run learning of it, so the
+        // decision is stamped here too, or the holds check would count answers after
+        // a sweeper's release as early.
+        let now = self.stamp();
+        if let Some(epoch) = self.history.epochs.iter_mut().find(|e| e.id == id) {
+            epoch.decided = Some(epoch.decided.map_or(now, |d| d.min(now)));
+        }
         let Some(r) = self.work.epochs.runs.get_mut(&run) else {
             return;
         };

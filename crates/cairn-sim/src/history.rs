@@ -138,7 +138,8 @@ pub struct Epoch {
     pub id: u64,
     /// When it was requested (markers proposed right after).
     pub requested: Stamp,
-    /// When the coordinator decided done or aborted (and began releasing).
+    /// When the epoch was first known decided done or aborted and its releases began:
+    /// by its coordinator, or by the sweeper, whichever came first.
     pub decided: Option<Stamp>,
     /// Every shard reported a cut.
     pub done: bool,
