@@ -4,8 +4,8 @@
 //! **Holds.** While epoch `e` is open on shard `s` (marker applied at cut `c`, release
 //! not yet), no answer may reveal state above `c`: no write acknowledged at a version
 //! above `c`, no read (linearizable or stale) served above it, no resolve answered
-//! above it. Every such answer must come after the coordinator decided `e` (it
-//! proposes the releases only then).
+//! above it. Every such answer must come after `e` was decided, by its coordinator or
+//! by the sweeper, whichever released first (releases are proposed only then).
 //!
 //! **Guarantees**, for every epoch whose markers were all placed (a write is "in S"
 //! when its version on its shard is below that shard's cut):
