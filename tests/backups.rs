@@ -954,7 +954,7 @@ async fn scheduled_backups_run_once_per_tick_across_a_meta_leader_kill() {
     )
     .await;
     let victim = running.node as usize;
-    let meta_leader = cluster.status(1).await.meta.leader;
+    let meta_leader = cluster.status(1).await.meta.and_then(|m| m.leader);
     eprintln!(
         "killing node {victim} (meta leader {meta_leader:?}) during {}",
         running.id

@@ -843,7 +843,7 @@ async fn causal_chains_survive_continuous_snapshots_and_a_leader_kill() {
     eprintln!(
         "{:?}: killed node {victim} (shard leaders {led:?}, meta leader {:?})",
         started.elapsed(),
-        status.meta.leader
+        status.meta.and_then(|m| m.leader)
     );
     tokio::time::sleep(RESTART_AT.saturating_sub(started.elapsed())).await;
     let acked_at_restart = Shared::load(&shared.acked);

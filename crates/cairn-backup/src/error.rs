@@ -35,6 +35,9 @@ pub enum BackupError {
     /// This node's replica of a shard could not be read.
     #[error("local replica: {0}")]
     Local(#[from] cairn_store::StoreError),
+    /// Reading a shard held by other nodes failed.
+    #[error("reading a shard from its replicas: {0}")]
+    Remote(#[from] cairn_raft::ShardError),
     /// The destination is outside every allowed root (`--backup-allow`): a client may
     /// not make the node write wherever it likes.
     #[error("{0}")]

@@ -297,15 +297,18 @@ pub struct RestoreStats {
 }
 
 /// Write the plan's snapshot into a new data directory at `dir` (which must not exist
-/// or be empty) for a node of a cluster with `voters`, under `identity`, recording
-/// `origin` as what it was restored from. `progress(shard)` after each shard.
+/// or be empty) for a node of a new cluster, under `identity`, recording `origin` as
+/// what it was restored from. `voters(shard)` names each shard's voters in the new
+/// cluster: the node gets the shards it is a voter of, and no others (the new
+/// cluster's placement, whatever the old one's was). `progress(shard)` after each
+/// shard written.
 pub fn write(
     dir: &Path,
     plan: &RestorePlan,
     fetched: &Fetched,
     identity: &NodeIdentity,
     origin: &str,
-    voters: Vec<u64>,
+    voters: impl Fn(u32) -> Vec<u64>,
     mut progress: impl FnMut(u32),
 ) -> Result<RestoreStats, BackupError> {
     let io = BackupError::io;
@@ -335,6 +338,10 @@ pub fn write(
     cairn_store::crash_point!("restore.write.before");
     let mut stats = RestoreStats::default();
     for shard in 0..plan.shards {
+        let voters = voters(shard);
+        if !voters.contains(&identity.node_id) {
+            continue;
+        }
         let cut = plan.snapshot.cuts.get(&shard).copied().ok_or_else(|| {
             BackupError::Corrupt(format!(
                 "snapshot {} has no cut for shard {shard}",
@@ -391,7 +398,7 @@ pub fn write(
             return Err(e);
         }
         stats.keys += loaded;
-        store.raft_log(shard)?.start_at(cut, 1, voters.clone())?;
+        store.raft_log(shard)?.start_at(cut, 1, voters)?;
         cairn_store::crash_point!("restore.shard.after");
         progress(shard);
     }

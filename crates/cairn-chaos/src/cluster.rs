@@ -568,7 +568,7 @@ impl Cluster {
                 Ok(status) => {
                     return Ok(Leaders {
                         shards: status.shards.iter().map(|s| (s.id, s.leader)).collect(),
-                        meta: status.meta.leader,
+                        meta: status.meta.as_ref().and_then(|m| m.leader),
                     })
                 }
                 Err(e) => last = e.to_string(),

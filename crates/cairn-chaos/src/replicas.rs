@@ -273,7 +273,7 @@ pub async fn converge(
         for &node in &nodes {
             match cluster.status(node).await {
                 Ok(status) => {
-                    for s in status.shards.iter().chain(std::iter::once(&status.meta)) {
+                    for s in status.shards.iter().chain(status.meta.as_ref()) {
                         let t = target.entry(s.id).or_insert(0);
                         *t = (*t).max(s.commit);
                         applied.insert((s.id, node), s.applied);
@@ -384,7 +384,7 @@ async fn applied_everywhere(cluster: &Cluster, nodes: &[NodeId], group: u32) -> 
         let s = status
             .shards
             .iter()
-            .chain(std::iter::once(&status.meta))
+            .chain(status.meta.as_ref())
             .find(|s| s.id == group)?;
         least = least.min(s.applied);
     }

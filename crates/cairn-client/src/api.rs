@@ -186,9 +186,15 @@ pub struct ClusterStatus {
     /// The node that answered.
     pub node_id: u64,
     pub nodes: Vec<NodeInfo>,
+    /// The data shards the answering node holds a replica of, as its replicas see them.
     pub shards: Vec<ShardStatus>,
-    /// The meta group (snapshot registry), as the answering node's replica sees it.
-    pub meta: ShardStatus,
+    /// The meta group (snapshot registry), as the answering node's replica sees it;
+    /// absent if the node holds no replica of it.
+    pub meta: Option<ShardStatus>,
+    /// Every group (the data shards, then the meta group): where its replicas are and
+    /// which node leads it, as far as the answering node knows.
+    #[serde(default)]
+    pub placement: Vec<ShardPlacement>,
     /// The answering node's links to its peers.
     #[serde(default)]
     pub links: Vec<PeerLink>,
@@ -216,6 +222,26 @@ pub struct PeerLink {
 pub struct NodeInfo {
     pub id: u64,
     pub peer_addr: String,
+    /// Groups (data shards and the meta group) with a replica on this node.
+    #[serde(default)]
+    pub replicas: u32,
+    /// Groups this node leads, as far as the answering node knows.
+    #[serde(default)]
+    pub leaders: u32,
+}
+
+/// Where one group's replicas are.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShardPlacement {
+    /// The group: a data shard, or the meta group (the id after the last shard).
+    pub id: u32,
+    /// Whether this is the meta group.
+    #[serde(default)]
+    pub meta: bool,
+    /// Node ids of its voters.
+    pub replicas: Vec<u64>,
+    /// Its leader, if the answering node knows one.
+    pub leader: Option<u64>,
 }
 
 /// One shard as seen by the answering node's replica of it.

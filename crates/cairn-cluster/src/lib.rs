@@ -17,7 +17,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use cairn_raft::{ControlRequest, ShardError, ShardResponse};
-use cairn_store::{ApplyOutcome, Command, ShardId};
+use cairn_store::{ApplyOutcome, Command, HistoryRange, KeyVersion, PageLimit, ShardId};
 
 pub use meta::{Meta, MetaError, MetaStep, ReadAnswer, WriteAnswer};
 
@@ -46,6 +46,35 @@ pub trait Shards: Send + Sync + 'static {
         }
     }
 
+    /// One page of `shard`'s history (a backup's read), from a replica that has
+    /// applied all of `range`, resumed after `after`: its versions, and whether more
+    /// follow.
+    fn history_page(
+        &self,
+        shard: ShardId,
+        range: HistoryRange,
+        after: Option<(Vec<u8>, u64)>,
+        limit: PageLimit,
+    ) -> impl Future<Output = Result<(Vec<KeyVersion>, bool), ShardError>> + Send {
+        async move {
+            self.control(ControlRequest::History {
+                shard,
+                range,
+                after,
+                limit,
+            })
+            .await?
+            .into_history(shard)
+        }
+    }
+
+    /// Whether this node holds a replica of `shard` (a backup reads a local replica
+    /// when there is one, and another node's otherwise).
+    fn hosts(&self, shard: ShardId) -> bool {
+        let _ = shard;
+        true
+    }
+
     /// Wait until this node's replica of `shard` has applied `index`; false if it did
     /// not within `timeout` (backups read the local replica at a snapshot's cut).
     fn applied_here(
@@ -58,9 +87,9 @@ pub trait Shards: Send + Sync + 'static {
     /// Whether this node's replica leads the meta group (the sweeper runs only there).
     fn leads_meta(&self) -> bool;
 
-    /// A number that grows whenever data is written (automatic snapshots are taken
-    /// only when it moved).
-    fn writes_seen(&self) -> u64;
+    /// A number that moves whenever data is written (automatic snapshots are taken
+    /// only when it moved); `None` if it could not be learned (then assume it moved).
+    fn writes_seen(&self) -> impl Future<Output = Option<u64>> + Send;
 
     /// The byte budget of one page read from a shard: what a forwarded answer may
     /// carry (the node's `max_page_bytes`, which fits the peer transport's frames).

@@ -14,7 +14,9 @@
 //! per kind (`into_written`, `into_value`, ...): a mismatch there is a protocol fault
 //! between nodes, reported as [`ShardError::Protocol`].
 
-use cairn_store::{ApplyOutcome, Command, Page, PageLimit, ShardId, Versioned, WriteOp};
+use cairn_store::{
+    ApplyOutcome, Command, HistoryRange, KeyVersion, Page, PageLimit, ShardId, Versioned, WriteOp,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ShardError;
@@ -116,6 +118,20 @@ pub enum ControlRequest {
         start_after: Option<Vec<u8>>,
         limit: PageLimit,
     },
+    /// The versions `range` selects (a backup's read), resumed after `after` (the
+    /// key and version a previous page ended with): one page within `limit`. Served
+    /// by the replica it reaches once that has applied the whole range; it never
+    /// changes after that, so no leader needs to confirm anything.
+    History {
+        shard: ShardId,
+        range: HistoryRange,
+        after: Option<(Vec<u8>, u64)>,
+        limit: PageLimit,
+    },
+    /// How many write batches the replica it reaches has applied since its node
+    /// started: a number that moves when the shard is written (automatic snapshots
+    /// are taken only then).
+    Progress { shard: ShardId },
 }
 
 impl ControlRequest {
@@ -123,7 +139,9 @@ impl ControlRequest {
         match self {
             ControlRequest::Propose { shard, .. }
             | ControlRequest::Get { shard, .. }
-            | ControlRequest::Scan { shard, .. } => *shard,
+            | ControlRequest::Scan { shard, .. }
+            | ControlRequest::History { shard, .. }
+            | ControlRequest::Progress { shard } => *shard,
         }
     }
 
@@ -186,6 +204,15 @@ pub enum ShardResponse {
     Items(Page<Versioned>),
     /// Changed keys with their value at the later version (`None`: deleted).
     Changes(Page<Option<Versioned>>),
+    /// A page of a shard's history; `more` if the read did not reach its end.
+    History {
+        versions: Vec<KeyVersion>,
+        more: bool,
+    },
+    /// Write batches applied (see [`ControlRequest::Progress`]).
+    Progress {
+        writes_applied: u64,
+    },
 }
 
 impl ShardResponse {
@@ -221,12 +248,30 @@ impl ShardResponse {
         }
     }
 
+    /// The answer to a history read: its versions, and whether more follow.
+    pub fn into_history(self, shard: ShardId) -> Result<(Vec<KeyVersion>, bool), ShardError> {
+        match self {
+            ShardResponse::History { versions, more } => Ok((versions, more)),
+            other => Err(other.mismatch(shard, "a page of history")),
+        }
+    }
+
+    /// The answer to a progress call.
+    pub fn into_progress(self, shard: ShardId) -> Result<u64, ShardError> {
+        match self {
+            ShardResponse::Progress { writes_applied } => Ok(writes_applied),
+            other => Err(other.mismatch(shard, "a progress count")),
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             ShardResponse::Written(_) => "a write's outcome",
             ShardResponse::Value(_) => "a value",
             ShardResponse::Items(_) => "a page of keys",
             ShardResponse::Changes(_) => "a page of changes",
+            ShardResponse::History { .. } => "a page of history",
+            ShardResponse::Progress { .. } => "a progress count",
         }
     }
 

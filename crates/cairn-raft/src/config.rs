@@ -119,9 +119,10 @@ pub struct RaftConfig {
     /// Number of data shards, fixed when the cluster is created. The node also hosts
     /// one more group, the meta group ([`RaftConfig::meta_shard`]).
     pub shards: u32,
-    /// Every node of the cluster (this one included) and its peer address. Every shard
-    /// has a replica on every node.
+    /// Every node of the cluster (this one included) and its peer address.
     pub peers: BTreeMap<NodeId, PeerAddr>,
+    /// Which of `peers` hold each group's replicas ([`RaftConfig::voters`]).
+    pub placement: Placement,
     /// Where this node accepts peer connections.
     pub listen: SocketAddr,
     /// Length of one logical clock tick.
@@ -144,6 +145,57 @@ pub struct RaftConfig {
     /// batch of reads ([`RaftConfig::lease_ticks`]). Off by default: it trades a
     /// round trip for an assumption about clocks ([`MAX_CLOCK_DRIFT_PERCENT`]).
     pub lease_reads: bool,
+}
+
+/// How a cluster's groups were placed on its nodes when it was created: the voters
+/// each group's log starts with. After the first start a group's own log (its
+/// `ConfState`) is what says who its voters are; this only seeds it, so every node
+/// derives the same placement from its start-up flags without talking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Placement {
+    /// Every group on every node: the replication factor is the cluster size.
+    #[default]
+    Everywhere,
+    /// Each group on `replicas` nodes, dealt like cards in node-id order: group `g`
+    /// takes the nodes at positions `g * replicas ..` (mod the node count), so every
+    /// node holds within one of the average number of replicas.
+    Spread { replicas: usize },
+}
+
+impl Placement {
+    /// The placement that gives every group `replicas` voters among `nodes` nodes:
+    /// [`Placement::Everywhere`] when that is all of them.
+    pub fn with_factor(replicas: usize, nodes: usize) -> Placement {
+        if replicas >= nodes {
+            Placement::Everywhere
+        } else {
+            Placement::Spread { replicas }
+        }
+    }
+
+    /// The replicas each group has among `nodes` nodes.
+    pub fn factor(&self, nodes: usize) -> usize {
+        match *self {
+            Placement::Everywhere => nodes,
+            Placement::Spread { replicas } => replicas.min(nodes),
+        }
+    }
+
+    /// The voters `group` starts with among `nodes` (sorted, distinct).
+    pub fn voters(&self, group: ShardId, nodes: &[NodeId]) -> Vec<NodeId> {
+        let mut sorted = nodes.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let n = sorted.len();
+        let take = self.factor(n);
+        if take == n {
+            return sorted;
+        }
+        let start = (group as usize * take) % n;
+        let mut voters: Vec<NodeId> = (0..take).map(|i| sorted[(start + i) % n]).collect();
+        voters.sort_unstable();
+        voters
+    }
 }
 
 /// How much faster one node's clock may run than another's, in percent, for leader
@@ -223,9 +275,20 @@ impl RaftConfig {
         self.shards
     }
 
-    /// Every Raft group this node hosts: the data shards, then the meta group.
+    /// Every Raft group of the cluster: the data shards, then the meta group.
     pub fn groups(&self) -> std::ops::RangeInclusive<ShardId> {
         0..=self.meta_shard()
+    }
+
+    /// The voters `group` was created with ([`Placement`]).
+    pub fn voters(&self, group: ShardId) -> Vec<NodeId> {
+        let nodes: Vec<NodeId> = self.peers.keys().copied().collect();
+        self.placement.voters(group, &nodes)
+    }
+
+    /// Whether this node holds a replica of `group`.
+    pub fn hosts(&self, group: ShardId) -> bool {
+        group <= self.meta_shard() && self.voters(group).contains(&self.node_id)
     }
 
     /// How long, in ticks from when a leader sent the heartbeats that a quorum then
@@ -263,6 +326,9 @@ impl RaftConfig {
         }
         if self.shards == 0 {
             return fail("shards must be at least 1");
+        }
+        if self.placement.factor(self.peers.len()) == 0 {
+            return fail("the replication factor must be at least 1");
         }
         if self.heartbeat_ticks == 0 || self.election_ticks <= self.heartbeat_ticks {
             return fail("election ticks must exceed heartbeat ticks, which must be at least 1");
@@ -307,6 +373,45 @@ mod tests {
         ] {
             assert!(bad.parse::<PeerAddr>().is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn spread_placement_gives_each_node_within_one_of_the_average() {
+        for nodes in 1..=9u64 {
+            for replicas in 1..=5usize {
+                for groups in [1u32, 2, 9, 65, 257] {
+                    let ids: Vec<NodeId> = (1..=nodes).map(|i| i * 10).collect();
+                    let placement = Placement::with_factor(replicas, ids.len());
+                    let mut held = BTreeMap::<NodeId, usize>::new();
+                    for g in 0..groups {
+                        let voters = placement.voters(g, &ids);
+                        assert_eq!(voters.len(), replicas.min(ids.len()));
+                        assert!(voters.windows(2).all(|w| w[0] < w[1]), "{voters:?}");
+                        assert!(voters.iter().all(|v| ids.contains(v)));
+                        for v in voters {
+                            *held.entry(v).or_default() += 1;
+                        }
+                    }
+                    let most = ids.iter().map(|i| held.get(i).copied().unwrap_or(0)).max();
+                    let least = ids.iter().map(|i| held.get(i).copied().unwrap_or(0)).min();
+                    assert!(
+                        most.unwrap() - least.unwrap() <= 1,
+                        "{nodes} nodes, rf {replicas}, {groups} groups: {held:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn placement_is_the_same_whatever_order_the_nodes_come_in() {
+        let p = Placement::Spread { replicas: 3 };
+        assert_eq!(p.voters(4, &[5, 1, 3, 2, 4]), p.voters(4, &[1, 2, 3, 4, 5]));
+        assert_eq!(p.voters(0, &[1, 2, 3, 4, 5]), vec![1, 2, 3]);
+        assert_eq!(p.voters(1, &[1, 2, 3, 4, 5]), vec![1, 4, 5]);
+        assert_eq!(p.voters(4, &[1, 2, 3, 4, 5]), vec![3, 4, 5]);
+        assert_eq!(Placement::with_factor(3, 3), Placement::Everywhere);
+        assert_eq!(Placement::Everywhere.voters(7, &[2, 1]), vec![1, 2]);
     }
 
     #[tokio::test]

@@ -32,7 +32,7 @@ pub mod retry;
 pub mod transport;
 
 pub use call::{Call, Consistency, ControlRequest, ShardRequest, ShardResponse};
-pub use config::{PeerAddr, RaftConfig, RaftLimits};
+pub use config::{PeerAddr, Placement, RaftConfig, RaftLimits};
 pub use error::{RaftError, ReplicaError, ShardError};
 pub use machine::StateMachine;
 pub use multi_raft::{ControlPath, LocalShards, MultiRaft, ReplicaStatus};

@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use cairn_store::{Command, NodeId, NodeStore, PageLimit, ReadScope, ShardId, ShardState};
+use cairn_store::{
+    Command, HistoryRange, NodeId, NodeStore, PageLimit, ReadScope, ShardId, ShardState,
+};
 use crossbeam_channel::{bounded, Sender};
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
@@ -23,15 +25,16 @@ use crate::transport::{CallHandler, Transport};
 /// Requests queued per replica before callers are told to back off.
 const REPLICA_INBOX: usize = 16 * 1024;
 
-/// This node's replicas, as seen by request handling: their inboxes, trees and gauges.
+/// This node's replicas, as seen by request handling: their inboxes, trees and gauges,
+/// indexed by group id (`None` where another node holds the group).
 pub struct LocalShards {
     node_id: NodeId,
     /// Groups below this are data shards, open to client calls; the rest (the meta
     /// group) take control calls only.
     data_shards: u32,
-    inboxes: Vec<Sender<ReplicaMsg<ShardState>>>,
-    states: Vec<ShardState>,
-    gauges: Vec<Arc<ReplicaGauges>>,
+    inboxes: Vec<Option<Sender<ReplicaMsg<ShardState>>>>,
+    states: Vec<Option<ShardState>>,
+    gauges: Vec<Option<Arc<ReplicaGauges>>>,
 }
 
 impl LocalShards {
@@ -113,7 +116,70 @@ impl LocalShards {
                 self.scan(shard, prefix, start_after, limit, Consistency::Linearizable)
                     .await
             }
+            ControlRequest::History {
+                shard,
+                range,
+                after,
+                limit,
+            } => self.history(shard, range, after, limit).await,
+            ControlRequest::Progress { shard } => {
+                self.replica(shard)?;
+                let writes_applied = self
+                    .gauges(shard)
+                    .map_or(0, |g| g.writes_applied.load(Ordering::Relaxed));
+                Ok(ShardResponse::Progress { writes_applied })
+            }
         }
+    }
+
+    /// A page of `shard`'s history (see [`ControlRequest::History`]), once this
+    /// replica has applied all of `range`.
+    async fn history(
+        &self,
+        shard: ShardId,
+        range: HistoryRange,
+        after: Option<(Vec<u8>, u64)>,
+        limit: PageLimit,
+    ) -> Result<ShardResponse, ShardError> {
+        let (_, state) = self.replica(shard)?;
+        let upto = match range {
+            HistoryRange::StateAt { at } => at,
+            HistoryRange::Between { upto, .. } => upto,
+        };
+        let applied = self
+            .gauges(shard)
+            .map_or(0, |g| g.applied.load(Ordering::Relaxed));
+        if applied < upto {
+            return Err(ShardError::Unavailable {
+                shard,
+                reason: format!("version {upto} is not yet applied here (applied {applied})"),
+            });
+        }
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || {
+            let after = after.as_ref().map(|(k, v)| (k.as_slice(), *v));
+            let mut versions = Vec::new();
+            let mut bytes = 0;
+            for version in state.history_after(range, after) {
+                if versions.len() >= limit.items.max(1)
+                    || (bytes >= limit.bytes && !versions.is_empty())
+                {
+                    return Ok(ShardResponse::History {
+                        versions,
+                        more: true,
+                    });
+                }
+                let version = version.map_err(|e| storage(shard, e))?;
+                bytes += version.key.len() + version.value.as_ref().map_or(0, Vec::len) + 16;
+                versions.push(version);
+            }
+            Ok(ShardResponse::History {
+                versions,
+                more: false,
+            })
+        })
+        .await
+        .map_err(|_| ShardError::ShuttingDown)?
     }
 
     /// Serve either kind of call through its own entry point.
@@ -129,13 +195,17 @@ impl LocalShards {
         shard: ShardId,
     ) -> Result<(&Sender<ReplicaMsg<ShardState>>, &ShardState), ShardError> {
         match (
-            self.inboxes.get(shard as usize),
-            self.states.get(shard as usize),
+            self.inboxes.get(shard as usize).and_then(Option::as_ref),
+            self.states.get(shard as usize).and_then(Option::as_ref),
         ) {
             (Some(i), Some(s)) => Ok((i, s)),
-            _ => Err(ShardError::Unavailable {
+            _ if shard as usize >= self.states.len() => Err(ShardError::Unavailable {
                 shard,
                 reason: "no such shard".into(),
+            }),
+            _ => Err(ShardError::Unavailable {
+                shard,
+                reason: format!("node {} holds no replica of it", self.node_id),
             }),
         }
     }
@@ -239,6 +309,7 @@ impl LocalShards {
         collected.resize(self.states.len(), 0);
         let mut removed = 0;
         for (group, state) in self.states.iter().enumerate() {
+            let Some(state) = state else { continue };
             let shard = group as ShardId;
             let horizon = state.horizon().map_err(|e| storage(shard, e))?;
             if horizon > collected[group] {
@@ -254,11 +325,20 @@ impl LocalShards {
     /// This node's replica of `shard`'s state machine, for reads that need no
     /// leader (backups, status, tests).
     pub fn state(&self, shard: ShardId) -> Option<&ShardState> {
-        self.states.get(shard as usize)
+        self.states.get(shard as usize).and_then(Option::as_ref)
     }
 
+    /// The gauges of this node's replica of `shard`; `None` if it holds none.
     pub fn gauges(&self, shard: ShardId) -> Option<&ReplicaGauges> {
-        self.gauges.get(shard as usize).map(|g| g.as_ref())
+        self.gauges
+            .get(shard as usize)
+            .and_then(Option::as_ref)
+            .map(|g| g.as_ref())
+    }
+
+    /// Whether this node holds a replica of `shard`.
+    pub fn hosts(&self, shard: ShardId) -> bool {
+        self.state(shard).is_some()
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -353,11 +433,17 @@ impl MultiRaft {
         let mut states = Vec::new();
         let mut gauges = Vec::new();
         for shard in cfg.groups() {
+            if !cfg.hosts(shard) {
+                inboxes.push(None);
+                states.push(None);
+                gauges.push(None);
+                continue;
+            }
             let (tx, rx) = bounded(REPLICA_INBOX);
-            inboxes.push(tx);
-            receivers.push(rx);
-            states.push(store.shard_state(shard)?);
-            gauges.push(Arc::new(ReplicaGauges::new()));
+            inboxes.push(Some(tx));
+            receivers.push((shard, rx));
+            states.push(Some(store.shard_state(shard)?));
+            gauges.push(Some(Arc::new(ReplicaGauges::new())));
         }
         let local = Arc::new(LocalShards {
             node_id: node,
@@ -374,14 +460,17 @@ impl MultiRaft {
         // Shards dealt round-robin to the pool's threads (see `replica/pool.rs`).
         let pools = cfg.replica_threads;
         let mut owned: Vec<Vec<_>> = (0..pools).map(|_| Vec::new()).collect();
-        for (shard, inbox) in cfg.groups().zip(receivers) {
+        for (shard, inbox) in receivers {
+            let Some(gauges) = gauges[shard as usize].clone() else {
+                continue;
+            };
             let replica = Replica::<ShardState, _, _>::open(
                 shard,
                 &cfg,
                 store.clone(),
                 commit.clone(),
                 transport.clone(),
-                gauges[shard as usize].clone(),
+                gauges,
             )?;
             owned[shard as usize % pools].push((replica, inbox));
         }

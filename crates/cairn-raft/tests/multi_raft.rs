@@ -57,6 +57,7 @@ impl TestCluster {
             cluster_id: "test".into(),
             shards: SHARDS,
             peers: self.peers.iter().map(|(&n, &a)| (n, a.into())).collect(),
+            placement: cairn_raft::Placement::Everywhere,
             listen: self.peers[&id],
             tick: Duration::from_millis(20),
             election_ticks: 10,

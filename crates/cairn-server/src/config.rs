@@ -39,6 +39,9 @@ pub struct Config {
     pub initial_cluster: BTreeMap<NodeId, PeerAddr>,
     /// Number of shards; fixed when the cluster is created. Default 8.
     pub shards: u32,
+    /// Replicas of each shard (and of the meta group), fixed when the cluster is
+    /// created. Default 3, or the cluster's size if it has fewer nodes.
+    pub replication_factor: usize,
     /// Distinguishes clusters that share member ids and addresses. Default "cairn".
     pub cluster_token: String,
     /// Length of a Raft tick. Default 100 ms.
@@ -147,6 +150,10 @@ pub struct Settings {
     /// Number of shards (fixed at cluster creation) [default: 8].
     #[arg(long, env = "CAIRN_SHARDS")]
     pub shards: Option<u32>,
+    /// Replicas of each shard, spread over the nodes (fixed at cluster creation)
+    /// [default: 3, or every node of a smaller cluster].
+    #[arg(long, env = "CAIRN_REPLICATION_FACTOR")]
+    pub replication_factor: Option<usize>,
     /// Token distinguishing clusters with the same members [default: cairn].
     #[arg(long, env = "CAIRN_CLUSTER_TOKEN")]
     pub cluster_token: Option<String>,
@@ -243,6 +250,7 @@ impl Settings {
             peer_listen,
             initial_cluster,
             shards,
+            replication_factor,
             cluster_token,
             tick_ms,
             election_ticks,
@@ -294,8 +302,11 @@ impl Settings {
                 None => listen_on(&peer)?,
             },
             peer,
-            initial_cluster,
             shards: self.shards.unwrap_or(8),
+            replication_factor: self
+                .replication_factor
+                .unwrap_or(DEFAULT_REPLICATION_FACTOR.min(initial_cluster.len())),
+            initial_cluster,
             cluster_token: self.cluster_token.unwrap_or_else(|| "cairn".into()),
             tick_ms: self.tick_ms.unwrap_or(100),
             election_ticks: self.election_ticks.unwrap_or(10),
@@ -365,6 +376,13 @@ impl Config {
         }
         if self.shards == 0 || self.shards > 4096 {
             return fail("--shards must be between 1 and 4096".into());
+        }
+        let nodes = self.initial_cluster.len();
+        if self.replication_factor == 0 || self.replication_factor > nodes {
+            return fail(format!(
+                "--replication-factor must be between 1 and the number of nodes in --initial-cluster ({nodes}); it is {}",
+                self.replication_factor
+            ));
         }
         if self.tick_ms == 0 {
             return fail("--tick-ms must be positive".into());
@@ -505,6 +523,11 @@ impl Config {
         Duration::from_millis(self.tick_ms)
     }
 
+    /// How the cluster's groups are placed on its nodes at creation.
+    pub fn placement(&self) -> cairn_raft::Placement {
+        cairn_raft::Placement::with_factor(self.replication_factor, self.initial_cluster.len())
+    }
+
     /// The replicas' settings for this node in cluster `cluster_id` (the one place a
     /// node's configuration becomes Raft's, for every way a node is started).
     pub fn raft(&self, cluster_id: String) -> cairn_raft::RaftConfig {
@@ -513,6 +536,7 @@ impl Config {
             cluster_id,
             shards: self.shards,
             peers: self.initial_cluster.clone(),
+            placement: self.placement(),
             listen: self.peer_listen,
             tick: self.tick(),
             election_ticks: self.election_ticks,
@@ -525,6 +549,10 @@ impl Config {
         }
     }
 }
+
+/// Replicas per shard when `--replication-factor` is not given (as CockroachDB and
+/// TiKV default to): a cluster of fewer nodes puts a replica on each.
+pub const DEFAULT_REPLICATION_FACTOR: usize = 3;
 
 /// Parse a byte size: `1048576`, `512KiB`, `64MiB`, `1GiB` (also KB/MB/GB as powers
 /// of 1000).
@@ -755,5 +783,29 @@ mod tests {
         assert_eq!(c.peer_listen, listen);
         // The advertised address (and so the cluster id) stays `--peer`.
         assert_eq!(c.initial_cluster[&1], c.peer);
+    }
+
+    /// The replication factor defaults to three, or to every node of a smaller
+    /// cluster; an explicit one must fit the cluster; only a factor below the
+    /// cluster's size changes the cluster id (so existing clusters keep theirs).
+    #[test]
+    fn the_replication_factor_fits_the_cluster_and_names_it() {
+        let five = "1=127.0.0.1:9081,2=127.0.0.1:9082,3=127.0.0.1:9083,4=127.0.0.1:9084,5=127.0.0.1:9085";
+        let with = |rf: Option<usize>, members: &str| Settings {
+            replication_factor: rf,
+            initial_cluster: Some(members.into()),
+            ..base()
+        };
+        assert_eq!(base().resolve().unwrap().replication_factor, 2);
+        let c = with(None, five).resolve().unwrap();
+        assert_eq!(c.replication_factor, 3);
+        assert_eq!(c.placement(), cairn_raft::Placement::Spread { replicas: 3 });
+        let err = |s: Settings| s.resolve().unwrap_err().to_string();
+        assert!(err(with(Some(0), five)).contains("--replication-factor"));
+        assert!(err(with(Some(6), five)).contains("(5)"));
+        let id = |s: Settings| crate::identity::cluster_id(&s.resolve().unwrap());
+        assert_eq!(id(with(Some(2), "1=127.0.0.1:9081,2=127.0.0.1:9082")), id(base()));
+        assert_ne!(id(with(Some(3), five)), id(with(Some(5), five)));
+        assert_ne!(id(with(Some(3), five)), id(with(Some(2), five)));
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use cairn_raft::PeerAddr;
+use cairn_raft::{PeerAddr, Placement};
 use cairn_store::{NodeId, NodeIdentity, NodeStore};
 
 use crate::config::Config;
@@ -20,22 +20,32 @@ pub fn cluster_id(config: &Config) -> String {
         &config.cluster_token,
         config.shards,
         &config.initial_cluster,
+        config.placement(),
         None,
     )
 }
 
-/// The cluster id of these members, shards and token; a cluster restored from a
-/// backup also mixes in what it was restored from, so it never shares an id with the
-/// cluster the backup came from (or with another restore of it).
+/// The cluster id of these members, shards, placement and token; a cluster restored
+/// from a backup also mixes in what it was restored from, so it never shares an id
+/// with the cluster the backup came from (or with another restore of it).
+///
+/// A replication factor below the cluster's size is part of the id (nodes started
+/// with different factors would place replicas differently, so they must not form
+/// one cluster); a cluster with a replica on every node hashes as it did before
+/// replication factors existed, so its data directories keep their id.
 pub fn cluster_id_of(
     token: &str,
     shards: u32,
     members: &BTreeMap<NodeId, PeerAddr>,
+    placement: Placement,
     restored_from: Option<&str>,
 ) -> String {
     let mut spec = format!("cairn/v1;token={token};shards={shards}");
     for (id, addr) in members {
         spec.push_str(&format!(";{id}={addr}"));
+    }
+    if let Placement::Spread { replicas } = placement {
+        spec.push_str(&format!(";replicas={replicas}"));
     }
     if let Some(origin) = restored_from {
         spec.push_str(&format!(";restored={origin}"));
@@ -51,6 +61,7 @@ pub fn check_or_init(store: &NodeStore, config: &Config) -> Result<NodeIdentity,
             &config.cluster_token,
             config.shards,
             &config.initial_cluster,
+            config.placement(),
             restored_from.as_deref(),
         ),
         node_id: config.id,

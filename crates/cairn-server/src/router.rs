@@ -1,13 +1,18 @@
 //! Where a request goes: `shard = hash(key) mod N`, then that shard's leader.
 //!
 //! The router sends a request to this node's replica when it leads the shard and over
-//! the peer transport otherwise. A `NotLeader` or `Unavailable` answer means nothing
+//! the peer transport otherwise. For a shard this node holds a replica of, its replica
+//! knows the leader; for one it does not (a replication factor below the cluster's
+//! size), the router remembers where it last found the leader, starts from one of
+//! the shard's voters when it does not know, and follows the leader a refusing
+//! replica names (as TiKV's clients keep a region cache). A `NotLeader` or `Unavailable` answer means nothing
 //! was changed, so it waits briefly (an election may be under way) and tries again
 //! until the request's deadline; any other answer, including `OutcomeUnknown`, goes
 //! back to the client as it is, because retrying a write whose fate is unknown could
 //! apply it twice.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +41,81 @@ pub struct Router {
     timeout: Duration,
     /// Byte budget of a page (`Config::max_page_bytes`).
     page_bytes: usize,
+    /// Leaders of the groups this node holds no replica of.
+    remote: RemoteLeaders,
+}
+
+/// Where the leaders of groups without a local replica were last found.
+struct RemoteLeaders {
+    /// Per group: the node that last answered as its leader, or 0.
+    hint: Vec<AtomicU64>,
+    /// Per group: which voter to try next when no leader is known.
+    next: Vec<AtomicUsize>,
+    /// Per group: its voters (empty for a group this node holds).
+    voters: Vec<Vec<NodeId>>,
+}
+
+impl RemoteLeaders {
+    fn new(raft: &MultiRaft) -> RemoteLeaders {
+        let cfg = raft.config();
+        let voters: Vec<Vec<NodeId>> = cfg
+            .groups()
+            .map(|g| {
+                if raft.local().hosts(g) {
+                    Vec::new()
+                } else {
+                    cfg.voters(g)
+                }
+            })
+            .collect();
+        RemoteLeaders {
+            hint: voters.iter().map(|_| AtomicU64::new(0)).collect(),
+            next: voters.iter().map(|_| AtomicUsize::new(0)).collect(),
+            voters,
+        }
+    }
+
+    /// Where to send the next attempt at `group`: its known leader, else the next of
+    /// its voters in turn.
+    fn target(&self, group: ShardId) -> Option<NodeId> {
+        let g = group as usize;
+        let voters = self.voters.get(g)?;
+        match self.hint[g].load(Ordering::Relaxed) {
+            0 if voters.is_empty() => None,
+            0 => Some(voters[self.next[g].fetch_add(1, Ordering::Relaxed) % voters.len()]),
+            leader => Some(leader),
+        }
+    }
+
+    /// What an attempt sent to `node` taught: it leads (an answer), it named another
+    /// leader, or it could not serve (try another voter next).
+    fn learn<T>(&self, group: ShardId, node: NodeId, result: &Result<T, ShardError>) {
+        let Some(hint) = self.hint.get(group as usize) else {
+            return;
+        };
+        let leader = match result {
+            Ok(_) => node,
+            Err(e) => match e.retry_at() {
+                Some(Some(named)) => named,
+                Some(None) => 0,
+                // A final answer came from the leader (or from whoever it names).
+                None => return,
+            },
+        };
+        hint.store(leader, Ordering::Relaxed);
+    }
+
+    /// The leader last found, without choosing a voter to try.
+    fn known(&self, group: ShardId) -> Option<NodeId> {
+        let leader = self.hint.get(group as usize)?.load(Ordering::Relaxed);
+        (leader != 0).then_some(leader)
+    }
+
+    fn holds_none(&self, group: ShardId) -> bool {
+        self.voters
+            .get(group as usize)
+            .is_some_and(|v| !v.is_empty())
+    }
 }
 
 /// Where one attempt of a routed call goes.
@@ -49,6 +129,7 @@ enum Hop {
 impl Router {
     pub fn new(raft: Arc<MultiRaft>, config: &Config) -> Router {
         Router {
+            remote: RemoteLeaders::new(&raft),
             raft,
             shards: config.shards,
             timeout: config.request_timeout(),
@@ -72,6 +153,16 @@ impl Router {
 
     pub fn raft(&self) -> &MultiRaft {
         &self.raft
+    }
+
+    /// `group`'s leader as this node knows it: from its replica if it holds one,
+    /// else where a request last found it.
+    pub fn leader_of(&self, group: ShardId) -> Option<NodeId> {
+        if self.remote.holds_none(group) {
+            self.remote.known(group)
+        } else {
+            self.raft.leader_of(group)
+        }
     }
 
     /// Apply `ops` (all of one shard) atomically on the shard's leader. A key locked
@@ -135,7 +226,7 @@ impl Router {
 
     /// Execute a client call on its shard's leader (or locally for local reads).
     async fn execute(&self, req: ShardRequest) -> Result<ShardResponse, ShardError> {
-        if req.is_local_read() {
+        if req.is_local_read() && self.raft.local().hosts(req.shard()) {
             match self.raft.local().execute(req.clone()).await {
                 // This replica has not applied that version yet; the leader has.
                 Err(ShardError::Unavailable { .. }) if req.reads_fixed_version() => {}
@@ -166,8 +257,17 @@ impl Router {
         let me = self.raft.local().node_id();
         let deadline = Instant::now() + self.timeout;
         let mut backoff = Backoff::election(deadline);
+        let remote = self.remote.holds_none(shard);
+        // Hops taken on a refusing replica's word, without a pause: bounded, so two
+        // replicas that name each other cannot keep a request spinning.
+        let mut followed = 0;
         loop {
-            let result = match self.raft.leader_of(shard) {
+            let target = if remote {
+                self.remote.target(shard)
+            } else {
+                self.raft.leader_of(shard)
+            };
+            let result = match target {
                 Some(leader) if leader == me => attempt(Hop::Here).await,
                 Some(leader) => {
                     let left = deadline.saturating_duration_since(Instant::now());
@@ -178,6 +278,16 @@ impl Router {
                     reason: "no leader is known (an election may be under way)".into(),
                 }),
             };
+            if let (true, Some(node)) = (remote, target) {
+                self.remote.learn(shard, node, &result);
+                if let Err(e) = &result {
+                    let named = e.retry_at().flatten();
+                    if named.is_some_and(|n| n != node) && followed < 3 {
+                        followed += 1;
+                        continue;
+                    }
+                }
+            }
             match result {
                 Err(e) if e.is_retryable() && backoff.can_wait() => {
                     backoff.wait().await;
@@ -290,10 +400,26 @@ impl Shards for Control {
         }
     }
 
-    fn writes_seen(&self) -> u64 {
-        // Every node holds a replica of every shard, so its own replicas see every
-        // write (a little late on a follower, which only delays the next snapshot).
-        self.router.raft.writes_applied()
+    fn hosts(&self, shard: ShardId) -> bool {
+        self.router.raft.local().hosts(shard)
+    }
+
+    async fn writes_seen(&self) -> Option<u64> {
+        // This node's replicas count the writes of the shards it holds; each other
+        // shard is asked for its count (the sum only has to move when data does).
+        let raft = &self.router.raft;
+        let asked = (0..self.router.shards)
+            .filter(|&s| !raft.local().hosts(s))
+            .map(|shard| async move {
+                self.control(ControlRequest::Progress { shard })
+                    .await?
+                    .into_progress(shard)
+            });
+        let mut seen = raft.writes_applied();
+        for count in futures::future::join_all(asked).await {
+            seen = seen.wrapping_add(count.ok()?);
+        }
+        Some(seen)
     }
 
     fn page_bytes(&self) -> usize {

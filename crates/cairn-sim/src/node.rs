@@ -208,6 +208,7 @@ pub fn raft_config(
         shards,
         listen: peers[&node],
         peers: peers.iter().map(|(&n, &a)| (n, a.into())).collect(),
+        placement: cairn_raft::Placement::Everywhere,
         tick: Duration::from_millis(TICK_MS),
         election_ticks: ELECTION_TICKS,
         heartbeat_ticks: 2,

@@ -240,10 +240,10 @@ impl<S: Shards> Coordinator<S> {
             *last = None;
             return Ok(());
         }
-        let seen = self.shards.writes_seen();
-        if *last != Some(seen) {
+        let seen = self.shards.writes_seen().await;
+        if seen.is_none() || *last != seen {
             self.take_as(None, true).await?;
-            *last = Some(seen);
+            *last = seen;
         }
         let cutoff = now_ms().saturating_sub(self.config.retention.as_millis() as u64);
         let registry = self.registry();

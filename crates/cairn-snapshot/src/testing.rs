@@ -44,6 +44,7 @@ impl LocalCluster {
                 cluster_id: "test".into(),
                 shards,
                 peers: peers.iter().map(|(&n, &a)| (n, a.into())).collect(),
+                placement: cairn_raft::Placement::Everywhere,
                 listen: peers[&id],
                 tick: Duration::from_millis(20),
                 election_ticks: 10,
@@ -125,7 +126,7 @@ impl Shards for LocalCluster {
         true
     }
 
-    fn writes_seen(&self) -> u64 {
-        self.writes_applied()
+    async fn writes_seen(&self) -> Option<u64> {
+        Some(self.writes_applied())
     }
 }

@@ -95,8 +95,8 @@ impl Shards for Cluster {
         true
     }
 
-    fn writes_seen(&self) -> u64 {
-        self.local.writes_applied()
+    async fn writes_seen(&self) -> Option<u64> {
+        Some(self.local.writes_applied())
     }
 }
 

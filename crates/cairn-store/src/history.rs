@@ -8,12 +8,14 @@
 //! they needed (the caller keeps the snapshot it reads retained, so this is a guard,
 //! not a path taken in practice).
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Result, StoreError};
 use crate::keys;
 use crate::state::{AppliedState, ShardState};
 
 /// One version of one key, as backups store it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyVersion {
     pub key: Vec<u8>,
     pub version: u64,
@@ -22,7 +24,7 @@ pub struct KeyVersion {
 }
 
 /// Which versions a backup read returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HistoryRange {
     /// The state at `at`: each key's newest version `<= at`, if it is live. A full
     /// backup.
@@ -53,12 +55,32 @@ impl ShardState {
         &self,
         range: HistoryRange,
     ) -> impl Iterator<Item = Result<KeyVersion>> + Send + 'static {
+        self.history_after(range, None)
+    }
+
+    /// [`ShardState::history`], resumed after the version `after` (a key and version
+    /// it returned before): what a read in pages, one call each, needs. A `StateAt`
+    /// read returns one version per key, so it resumes at the next key.
+    pub fn history_after(
+        &self,
+        range: HistoryRange,
+        after: Option<(&[u8], u64)>,
+    ) -> impl Iterator<Item = Result<KeyVersion>> + Send + 'static {
         let this = self.clone();
         let needs = range.needs();
         let start = self.check_horizon(needs).err();
         let mut failed = start.is_some();
         let mut last_ident: Option<Vec<u8>> = None;
-        let data = self.raw_data().filter_map(move |item| {
+        let from = after.map(|(key, version)| match range {
+            HistoryRange::StateAt { .. } => keys::after_key(key),
+            HistoryRange::Between { .. } => {
+                // The least tree key above (key, version): versions sort newest first.
+                let mut next = keys::encode_key(key, version);
+                next.push(0);
+                next
+            }
+        });
+        let data = self.raw_data_from(from).filter_map(move |item| {
             if failed {
                 return None;
             }

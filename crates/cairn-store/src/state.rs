@@ -719,6 +719,19 @@ impl ShardState {
             .map(|item| item.map_err(StoreError::from))
     }
 
+    /// The data tree's pairs from tree key `from` (inclusive; from the start if
+    /// `None`).
+    pub(crate) fn raw_data_from(
+        &self,
+        from: Option<Vec<u8>>,
+    ) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec)>> + Send {
+        let start = from.unwrap_or_else(|| vec![keys::DATA_PREFIX]);
+        let end = vec![keys::DATA_PREFIX + 1];
+        self.tree
+            .range(start..end)
+            .map(|item| item.map_err(StoreError::from))
+    }
+
     pub(crate) fn insert_raw(&self, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
         self.tree.insert(key, value)?;
         Ok(())

@@ -211,8 +211,8 @@ impl Shards for SlowLastResolve {
         true
     }
 
-    fn writes_seen(&self) -> u64 {
-        self.0.writes_applied()
+    async fn writes_seen(&self) -> Option<u64> {
+        Some(self.0.writes_applied())
     }
 }
 

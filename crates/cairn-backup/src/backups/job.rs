@@ -1,5 +1,6 @@
 //! One backup's job: resolve its snapshot and parent, write every shard file from
-//! this node's replicas, then the manifest, then record it done; afterwards, apply
+//! this node's replica of the shard or, for a shard it holds none of, from the
+//! shard's replicas on other nodes, then the manifest, then record it done; afterwards, apply
 //! the destination's retention.
 
 use std::collections::BTreeMap;
@@ -8,9 +9,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use cairn_cluster::clock::now_ms;
 use cairn_cluster::Shards;
+use cairn_raft::ShardError;
 use cairn_snapshot::{SnapshotRecord, SnapshotState};
-use cairn_store::{HistoryRange, StoreError};
+use cairn_store::{HistoryRange, KeyVersion, PageLimit, ShardState, StoreError};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::catalog::{BackupRecord, BackupState, Tracked};
 use crate::destination::{Destination, Upload};
@@ -23,6 +26,21 @@ use crate::verify::read_manifest;
 use crate::write::{encode_shard_into, put_manifest, shard_file_name, PartSink, Throttle};
 
 use super::{rfc3339_ms, Backups, Job};
+
+/// Versions a page read from another node's replica carries at most (and how many
+/// wait in the channel to the encoder).
+const REMOTE_PAGE_ITEMS: usize = 4096;
+
+/// A version read from another node's replica, or why the read stopped.
+type RemoteVersion = Result<KeyVersion, ShardError>;
+
+/// Where a shard file's versions come from.
+pub(super) enum Source {
+    /// This node's replica, read directly.
+    Local(ShardState),
+    /// Pages from the shard's replicas on other nodes.
+    Remote(mpsc::Receiver<RemoteVersion>),
+}
 
 impl<S: Shards> Backups<S> {
     /// Run a recorded backup to its end, recording the outcome.
@@ -192,8 +210,15 @@ impl<S: Shards> Backups<S> {
                     upto,
                 },
             };
-            self.wait_applied(shard, upto).await?;
-            let entry = self.write_shard(job, &id, shard, range).await?;
+            // Read the local replica when this node holds one; otherwise the shard's
+            // replicas serve it in pages (from one that has applied the cut).
+            let source = if self.shards.hosts(shard) {
+                self.wait_applied(shard, upto).await?;
+                Source::Local(self.store.shard_state(shard)?)
+            } else {
+                Source::Remote(self.page_history(shard, range))
+            };
+            let entry = self.write_shard(job, &id, shard, range, source).await?;
             self.record(job, |r| {
                 r.progress.shards_done += 1;
                 r.progress.bytes += entry.bytes;
@@ -272,6 +297,47 @@ impl<S: Shards> Backups<S> {
         )))
     }
 
+    /// Fetch `shard`'s history in pages from its replicas on other nodes, in order,
+    /// into a channel the encoder reads (each page is asked of the shard's leader,
+    /// which serves it once it has applied the range). A failure is the last item.
+    fn page_history(&self, shard: u32, range: HistoryRange) -> mpsc::Receiver<RemoteVersion> {
+        let (tx, rx) = mpsc::channel(REMOTE_PAGE_ITEMS);
+        let shards = self.shards.clone();
+        let limit = PageLimit {
+            items: REMOTE_PAGE_ITEMS,
+            bytes: shards.page_bytes(),
+        };
+        let span = tracing::info_span!("backup_remote_shard", shard);
+        tokio::spawn(
+            async move {
+                let mut after = None;
+                loop {
+                    let (versions, more) = match shards
+                        .history_page(shard, range, after.clone(), limit)
+                        .await
+                    {
+                        Ok(page) => page,
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    };
+                    for v in versions {
+                        after = Some((v.key.clone(), v.version));
+                        if tx.send(Ok(v)).await.is_err() {
+                            return; // The encoder stopped.
+                        }
+                    }
+                    if !more {
+                        return;
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        rx
+    }
+
     /// Read and encode one shard file off the runtime and stream it to the
     /// destination as it is produced, heart-beating meanwhile. Nothing of the file is
     /// visible until it is complete; on any error it is aborted.
@@ -281,30 +347,46 @@ impl<S: Shards> Backups<S> {
         id: &str,
         shard: u32,
         range: HistoryRange,
+        source: Source,
     ) -> Result<FileEntry, BackupError> {
-        let state = self.store.shard_state(shard)?;
         let rate = self.config.rate_limit;
         let (sink, mut parts) = PartSink::new(Upload::PART);
-        let encoder = crate::priority::behind_foreground(
-            format!("backup-shard-{shard}"),
-            move || {
+        let gone = move |horizon: u64| {
+            BackupError::HistoryGone(format!(
+                "shard {shard}: history below version {horizon} has been collected; the parent backup's snapshot is gone, take a full backup"
+            ))
+        };
+        let encoder =
+            crate::priority::behind_foreground(format!("backup-shard-{shard}"), move || {
                 let mut throttle = Throttle::new(rate);
-                let records = state.history(range).map(|r| {
-                r.map(|v| Record {
-                    key: v.key,
-                    version: v.version,
-                    value: v.value,
-                })
-                .map_err(|e| match e {
-                    StoreError::HistoryCollected { horizon } => BackupError::HistoryGone(format!(
-                        "shard {shard}: history below version {horizon} has been collected; the parent backup's snapshot is gone, take a full backup"
-                    )),
-                    other => BackupError::Local(other),
-                })
-            });
+                let versions: Box<dyn Iterator<Item = Result<KeyVersion, BackupError>>> =
+                    match source {
+                        Source::Local(state) => Box::new(state.history(range).map(move |r| {
+                            r.map_err(|e| match e {
+                                StoreError::HistoryCollected { horizon } => gone(horizon),
+                                other => BackupError::Local(other),
+                            })
+                        })),
+                        // The encoder runs on its own thread, outside the runtime, so
+                        // it may block on the channel.
+                        Source::Remote(mut rx) => Box::new(
+                            std::iter::from_fn(move || rx.blocking_recv()).map(move |r| {
+                                r.map_err(|e| match e {
+                                    ShardError::HistoryCollected { horizon, .. } => gone(horizon),
+                                    other => BackupError::Remote(other),
+                                })
+                            }),
+                        ),
+                    };
+                let records = versions.map(|r| {
+                    r.map(|v| Record {
+                        key: v.key,
+                        version: v.version,
+                        value: v.value,
+                    })
+                });
                 encode_shard_into(shard, records, &mut throttle, sink)
-            },
-        );
+            });
         let name = format!("{id}/{}", shard_file_name(shard));
         let mut upload = job.dest.upload(&name, Upload::PART);
         let streamed = self.stream_parts(job, &mut parts, &mut upload).await;

@@ -218,7 +218,7 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
         let state = M::open(&store, shard)?;
         let mut log = store.raft_log(shard)?;
         log.attach_applied(state.applied_point());
-        let voters: Vec<u64> = cfg.peers.keys().copied().collect();
+        let voters = cfg.voters(shard);
         log.initialize(&raft::prelude::ConfState::from((voters, vec![])))?;
 
         let applied = state.applied()?;

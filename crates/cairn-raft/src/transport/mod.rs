@@ -115,7 +115,8 @@ struct Inner {
     max_frame: usize,
     runtime: tokio::runtime::Handle,
     peers: HashMap<NodeId, Peer>,
-    replicas: Vec<ReplicaSender<ReplicaMsg<ShardState>>>,
+    /// This node's replicas by group id; `None` where another node holds the group.
+    replicas: Vec<Option<ReplicaSender<ReplicaMsg<ShardState>>>>,
     store: NodeStore,
     calls: Mutex<HashMap<u64, oneshot::Sender<CallResult>>>,
     next_call: AtomicU64,
@@ -141,7 +142,7 @@ impl Transport {
     /// Must be called inside a tokio runtime.
     pub async fn start(
         cfg: &RaftConfig,
-        replicas: Vec<ReplicaSender<ReplicaMsg<ShardState>>>,
+        replicas: Vec<Option<ReplicaSender<ReplicaMsg<ShardState>>>>,
         store: NodeStore,
         handler: Arc<dyn CallHandler>,
         cancel: CancellationToken,
@@ -297,7 +298,12 @@ impl Transport {
     }
 
     fn deliver(&self, shard: ShardId, bytes: &[u8]) {
-        let Some(replica) = self.inner.replicas.get(shard as usize) else {
+        let Some(replica) = self
+            .inner
+            .replicas
+            .get(shard as usize)
+            .and_then(Option::as_ref)
+        else {
             return;
         };
         if let Ok(msg) = Message::parse_from_bytes(bytes) {
@@ -390,6 +396,7 @@ mod tests {
             shards: 1,
             listen,
             peers,
+            placement: crate::config::Placement::Everywhere,
             tick: Duration::from_millis(100),
             election_ticks: 10,
             heartbeat_ticks: 2,

@@ -44,7 +44,7 @@ impl Transport {
                     tracing::warn!(error = %e, "snapshot stream failed");
                 }
                 let ok = result.is_ok();
-                if let Some(replica) = t.inner.replicas.get(shard as usize) {
+                if let Some(Some(replica)) = t.inner.replicas.get(shard as usize) {
                     let _ = replica.send(ReplicaMsg::SnapshotSent { to, ok });
                 }
             }
@@ -97,6 +97,7 @@ impl Transport {
             .inner
             .replicas
             .get(shard as usize)
+            .and_then(Option::as_ref)
             .ok_or(PeerError::NoShard(shard))?;
         let (done, handled) = oneshot::channel();
         replica

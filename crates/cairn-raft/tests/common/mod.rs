@@ -24,6 +24,7 @@ pub fn config(node: u64, voters: u64, shards: u32) -> RaftConfig {
         shards,
         listen: peers[&node],
         peers: peers.iter().map(|(&n, &a)| (n, a.into())).collect(),
+        placement: cairn_raft::Placement::Everywhere,
         tick: Duration::from_millis(10),
         election_ticks: 10,
         heartbeat_ticks: 2,

@@ -171,6 +171,7 @@ impl From<BackupError> for ApiError {
                 ErrorCode::BadBackup
             }
             BackupError::Local(_) => ErrorCode::StorageError,
+            BackupError::Remote(s) => return ApiError::from(s.clone()),
         };
         ApiError::new(code, e.to_string())
     }

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
-use cairn_client::api::{ClusterStatus, NodeInfo, PeerLink, ShardStatus};
+use cairn_client::api::{ClusterStatus, NodeInfo, PeerLink, ShardPlacement, ShardStatus};
 use cairn_raft::LinkStatus;
 
 use super::{ApiError, ApiState, ErrorCode};
@@ -16,11 +16,10 @@ type Shared = State<Arc<ApiState>>;
 pub async fn status(State(api): Shared) -> Result<Json<ClusterStatus>, ApiError> {
     let config = &api.config;
     let raft = api.router.raft();
-    let replicas: Vec<u64> = config.initial_cluster.keys().copied().collect();
     let status = |shard: u32| {
         raft.status(shard).map(|s| ShardStatus {
             id: s.shard,
-            replicas: replicas.clone(),
+            replicas: raft.config().voters(shard),
             leader: s.leader,
             term: s.term,
             commit: s.commit,
@@ -29,10 +28,23 @@ pub async fn status(State(api): Shared) -> Result<Json<ClusterStatus>, ApiError>
             snapshots_installed: s.snapshots_installed,
         })
     };
-    let shards = (0..config.shards).filter_map(status).collect();
-    let meta = status(raft.config().meta_shard());
-    let meta =
-        meta.ok_or_else(|| ApiError::new(ErrorCode::StorageError, "no meta group replica"))?;
+    let meta_shard = raft.config().meta_shard();
+    let placement: Vec<ShardPlacement> = raft
+        .config()
+        .groups()
+        .map(|id| ShardPlacement {
+            id,
+            meta: id == meta_shard,
+            replicas: raft.config().voters(id),
+            leader: api.router.leader_of(id),
+        })
+        .collect();
+    let count = |node: u64, pick: &dyn Fn(&ShardPlacement) -> bool| {
+        placement
+            .iter()
+            .filter(|p| pick(p) && p.replicas.contains(&node))
+            .count() as u32
+    };
     Ok(Json(ClusterStatus {
         cluster_id: api.cluster_id.clone(),
         node_id: config.id,
@@ -42,10 +54,13 @@ pub async fn status(State(api): Shared) -> Result<Json<ClusterStatus>, ApiError>
             .map(|(&id, addr)| NodeInfo {
                 id,
                 peer_addr: addr.to_string(),
+                replicas: count(id, &|_| true),
+                leaders: count(id, &|p| p.leader == Some(id)),
             })
             .collect(),
-        shards,
-        meta,
+        shards: (0..config.shards).filter_map(status).collect(),
+        meta: status(meta_shard),
+        placement,
         links: raft.links().iter().map(peer_link).collect(),
     }))
 }
@@ -74,13 +89,15 @@ pub async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Ready when every shard has a leader this node knows of, so any request can be
-/// routed.
+/// Ready when every group this node holds a replica of has a leader it knows of (the
+/// data shards and the meta group: snapshots need it), so those requests can be
+/// routed; the routes to the others are found on the first request.
 pub async fn ready(State(api): Shared) -> Result<Json<serde_json::Value>, ApiError> {
     let raft = api.router.raft();
-    // The data shards and the meta group (snapshots need it).
-    let leaderless: Vec<u32> = (0..=raft.config().meta_shard())
-        .filter(|&s| raft.leader_of(s).is_none())
+    let leaderless: Vec<u32> = raft
+        .config()
+        .groups()
+        .filter(|&s| raft.local().hosts(s) && raft.leader_of(s).is_none())
         .collect();
     if leaderless.is_empty() {
         Ok(Json(serde_json::json!({ "ready": true })))

@@ -12,7 +12,8 @@ use cairn_backup::restore::{self, Target};
 use cairn_backup::{read_manifest, verify, Destination, Manifest, S3Options};
 use cairn_client::api::CreateBackup;
 use cairn_client::Client;
-use cairn_server::config::parse_initial_cluster;
+use cairn_raft::Placement;
+use cairn_server::config::{parse_initial_cluster, DEFAULT_REPLICATION_FACTOR};
 use cairn_server::identity::cluster_id_of;
 use cairn_store::NodeIdentity;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -87,6 +88,11 @@ pub struct RestoreArgs {
     /// The new cluster's token (as the nodes will be started with).
     #[arg(long, default_value = "cairn")]
     cluster_token: String,
+    /// The new cluster's replication factor (as the nodes will be started with)
+    /// [default: 3, or every node of a smaller cluster]. The new cluster places its
+    /// shards by it, whatever the old cluster's size and placement were.
+    #[arg(long)]
+    replication_factor: Option<usize>,
     /// Restore from this backup (default: whichever holds the wanted snapshot).
     #[arg(long)]
     backup: Option<String>,
@@ -347,6 +353,21 @@ pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
     if !members.contains_key(&node_id) {
         bail!("--initial-cluster does not list node {node_id}");
     }
+    let factor = args
+        .replication_factor
+        .unwrap_or(DEFAULT_REPLICATION_FACTOR.min(members.len()));
+    if factor == 0 || factor > members.len() {
+        bail!(
+            "--replication-factor must be between 1 and the number of nodes in --initial-cluster ({})",
+            members.len()
+        );
+    }
+    let placement = Placement::with_factor(factor, members.len());
+    let nodes: Vec<u64> = members.keys().copied().collect();
+    let voters = move |shard| placement.voters(shard, &nodes);
+    let hosted = (0..plan.shards)
+        .filter(|&s| voters(s).contains(&node_id))
+        .count();
     let origin = format!(
         "{}/{}/{}",
         plan.source_cluster(),
@@ -354,7 +375,13 @@ pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
         plan.snapshot.id
     );
     let identity = NodeIdentity {
-        cluster_id: cluster_id_of(&args.cluster_token, plan.shards, &members, Some(&origin)),
+        cluster_id: cluster_id_of(
+            &args.cluster_token,
+            plan.shards,
+            &members,
+            placement,
+            Some(&origin),
+        ),
         node_id,
         shards: plan.shards,
     };
@@ -366,13 +393,12 @@ pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
     bar.set_message("checking");
     let fetched = restore::fetch(&dest, &plan, &dir, |bytes| bar.inc(bytes)).await?;
     bar.set_message("writing");
-    bar.set_length(u64::from(plan.shards));
+    bar.set_length(hosted as u64);
     bar.set_position(0);
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} shards")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let voters: Vec<u64> = members.keys().copied().collect();
     let begin = Instant::now();
     let stats = tokio::task::spawn_blocking({
         let bar = bar.clone();

@@ -482,7 +482,7 @@ async fn restore_once(name: &str, dest: &Destination, id: &str, dir: &Path) -> a
                 &fetched,
                 &identity,
                 "bench",
-                vec![1, 2, 3],
+                |_| vec![1, 2, 3],
                 |_| {},
             )
         }

@@ -1,0 +1,298 @@
+//! A replication factor below the cluster's size, against real processes: five nodes,
+//! three replicas of each shard.
+//!
+//! - `five_nodes_hold_three_replicas_each_and_serve_every_key_from_any_node`: the
+//!   placement `/v1/cluster` shows gives every group three voters and every node
+//!   within one of the average; each node runs replicas of its groups only; every
+//!   key is written and read (linearizable, stale, at a snapshot) through every
+//!   node, so nodes without a replica of a shard forward to its leader; a write to a
+//!   shard the meta leader holds no replica of still brings an automatic snapshot; a
+//!   backup taken through a node that misses shards holds them all, and restores
+//!   into a cluster of another size (three nodes, a replica on each); a SIGKILLed
+//!   node leaves every shard two of its three replicas, and the cluster serves on.
+
+#[path = "harness/mod.rs"]
+mod harness;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use cairn_client::api::{ClusterStatus, CreateBackup};
+use cairn_client::{Client, Consistency, ReadAt};
+use harness::{eventually, shard_of, Cluster, ClusterOptions};
+
+const NODES: usize = 5;
+const SHARDS: u32 = 8;
+const REPLICAS: usize = 3;
+
+fn key(i: usize) -> Vec<u8> {
+    format!("placed/{i:03}").into_bytes()
+}
+
+/// Every group's voters, as node `id` reports them.
+fn voters(status: &ClusterStatus) -> BTreeMap<u32, Vec<u64>> {
+    status
+        .placement
+        .iter()
+        .map(|p| (p.id, p.replicas.clone()))
+        .collect()
+}
+
+/// Which node leads the meta group, by any node that knows.
+async fn meta_leader(cluster: &Cluster) -> u64 {
+    eventually("a known meta leader", Duration::from_secs(20), || async {
+        for id in cluster.running() {
+            if let Ok(status) = cluster.client(id).cluster().await {
+                if let Some(leader) = status.meta.as_ref().and_then(|m| m.leader) {
+                    return Ok(leader);
+                }
+            }
+        }
+        Err("no node knows".to_owned())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_nodes_hold_three_replicas_each_and_serve_every_key_from_any_node() {
+    let mut cluster = Cluster::start(ClusterOptions {
+        nodes: NODES,
+        shards: SHARDS,
+        extra_args: vec!["--replication-factor".into(), REPLICAS.to_string()],
+        ..ClusterOptions::default()
+    })
+    .await;
+    let clients: Vec<Client> = cluster.ids().iter().map(|&id| cluster.client(id)).collect();
+
+    // Placement: every node derives the same; three voters a group; even spread.
+    let first = cluster.status(1).await;
+    let placement = voters(&first);
+    assert_eq!(placement.len(), SHARDS as usize + 1, "{first:?}");
+    let mut held = BTreeMap::<u64, usize>::new();
+    for (group, replicas) in &placement {
+        let distinct: BTreeSet<_> = replicas.iter().collect();
+        assert_eq!(distinct.len(), REPLICAS, "group {group}: {replicas:?}");
+        for &node in replicas {
+            assert!(
+                (1..=NODES as u64).contains(&node),
+                "group {group}: {replicas:?}"
+            );
+            *held.entry(node).or_default() += 1;
+        }
+    }
+    let (most, least) = (held.values().max(), held.values().min());
+    assert!(
+        held.len() == NODES && most.unwrap() - least.unwrap() <= 1,
+        "replicas per node: {held:?}"
+    );
+    for id in cluster.ids() {
+        let status = cluster.status(id).await;
+        assert_eq!(voters(&status), placement, "node {id} places differently");
+        let node = id as u64;
+        // The node runs replicas of its own groups and of no others.
+        let local: BTreeSet<u32> = status.shards.iter().map(|s| s.id).collect();
+        let own: BTreeSet<u32> = placement
+            .iter()
+            .filter(|(&g, r)| g < SHARDS && r.contains(&node))
+            .map(|(&g, _)| g)
+            .collect();
+        assert_eq!(local, own, "node {id}'s replicas");
+        assert_eq!(
+            status.meta.is_some(),
+            placement[&SHARDS].contains(&node),
+            "node {id}'s meta replica"
+        );
+        let info = status.nodes.iter().find(|n| n.id == node).expect("itself");
+        assert_eq!(info.replicas as usize, held[&node], "node {id}'s count");
+    }
+
+    // Every key through a different node, then read back through every node: each
+    // node lacks replicas of some shards, so some reads and writes must forward.
+    for i in 0..80 {
+        let client = &clients[i % NODES];
+        client
+            .put(&key(i), format!("v{i}").as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("put {i} through node {}: {e}", i % NODES + 1));
+    }
+    let shards_written: BTreeSet<u32> = (0..80).map(|i| shard_of(&key(i), SHARDS)).collect();
+    assert_eq!(shards_written.len(), SHARDS as usize, "every shard written");
+    for (n, client) in clients.iter().enumerate() {
+        for i in 0..80 {
+            let got = client
+                .get(&key(i))
+                .await
+                .unwrap_or_else(|e| panic!("get {i} through node {}: {e}", n + 1));
+            assert_eq!(
+                got.map(|g| g.value),
+                Some(format!("v{i}").into_bytes()),
+                "key {i} through node {}",
+                n + 1
+            );
+        }
+    }
+    // A stale read may lag a little; through any node it soon shows every write.
+    for (n, client) in clients.iter().enumerate() {
+        eventually(
+            "stale scans to catch up",
+            Duration::from_secs(10),
+            || async {
+                let stale = client
+                    .scan_all(b"placed/", Consistency::Stale)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                (stale.len() == 80).then_some(()).ok_or(format!(
+                    "node {} sees {}",
+                    n + 1,
+                    stale.len()
+                ))
+            },
+        )
+        .await;
+    }
+
+    // A snapshot through the last node, read at through every node.
+    let snapshot = clients[NODES - 1]
+        .create_snapshot(Some("placed"))
+        .await
+        .expect("snapshot");
+    assert_eq!(snapshot.cuts.len(), SHARDS as usize, "{snapshot:?}");
+    clients[0].put(&key(0), b"after").await.expect("overwrite");
+    for client in &clients {
+        let scan = client
+            .scan_all_at(b"placed/", &ReadAt::Snapshot(snapshot.id.to_string()))
+            .await
+            .expect("scan at the snapshot");
+        assert_eq!(scan.value.len(), 80);
+        assert_eq!(
+            scan.value[0].1, b"v0",
+            "the snapshot predates the overwrite"
+        );
+    }
+
+    // Automatic snapshots follow writes to shards the meta leader holds none of.
+    let leader = meta_leader(&cluster).await;
+    let elsewhere: Vec<u32> = (0..SHARDS)
+        .filter(|s| !placement[s].contains(&leader))
+        .collect();
+    assert!(!elsewhere.is_empty(), "{placement:?}");
+    let far_key = (0..)
+        .map(|i| format!("far/{i}").into_bytes())
+        .find(|k| elsewhere.contains(&shard_of(k, SHARDS)))
+        .expect("a key of such a shard");
+    let written = clients[0].put(&far_key, b"far").await.expect("far put");
+    eventually(
+        "an automatic snapshot holding the write",
+        Duration::from_secs(20),
+        || async {
+            let newest = clients[0]
+                .list_snapshots(None, Some(1))
+                .await
+                .map_err(|e| e.to_string())?;
+            let id = newest.snapshots.first().ok_or("no snapshots")?.id;
+            let got = clients[0]
+                .get_at(&far_key, &ReadAt::Snapshot(id.to_string()))
+                .await
+                .map_err(|e| e.to_string())?;
+            match got.value {
+                Some(g) if g.version == written => Ok(()),
+                other => Err(format!("snapshot {id} holds {other:?}")),
+            }
+        },
+    )
+    .await;
+
+    // A backup through a node that holds only some shards reads the rest remotely.
+    let backup_node = (1..=NODES as u64)
+        .find(|n| (0..SHARDS).any(|s| !placement[&s].contains(n)))
+        .expect("a node missing a shard");
+    // Outside the cluster's directory, which goes with the cluster.
+    let backups = tempfile::tempdir().expect("backup dir");
+    let dest = backups.path().display().to_string();
+    let client = cluster.client(backup_node as usize);
+    let started = client
+        .create_backup(&CreateBackup {
+            destination: Some(dest.clone()),
+            incremental: false,
+            snapshot: Some(snapshot.id.to_string()),
+        })
+        .await
+        .expect("POST /v1/backups");
+    let done = eventually("the backup to finish", Duration::from_secs(60), || async {
+        let info = client
+            .backup(&started.id)
+            .await
+            .map_err(|e| e.to_string())?;
+        (info.state != "running")
+            .then_some(info)
+            .ok_or_else(|| "running".to_owned())
+    })
+    .await;
+    assert_eq!(done.state, "done", "{done:?}");
+    assert_eq!(done.progress.shards_done, SHARDS);
+    assert_eq!(done.progress.keys, 80, "{done:?}");
+
+    // A SIGKILLed node leaves every shard a quorum: writes and reads go on.
+    cluster.kill(2).await;
+    for (n, client) in clients.iter().enumerate() {
+        if n == 1 {
+            continue;
+        }
+        for i in (0..80).step_by(7) {
+            let value = format!("w{i}-{n}");
+            eventually(
+                "a write with a node down",
+                Duration::from_secs(20),
+                || async {
+                    client
+                        .put(&key(i), value.as_bytes())
+                        .await
+                        .map_err(|e| e.to_string())
+                },
+            )
+            .await;
+            let got = client.get(&key(i)).await.expect("read with a node down");
+            assert_eq!(got.map(|g| g.value), Some(value.into_bytes()));
+        }
+    }
+    drop(cluster);
+
+    // The backup restores into a cluster of another size and placement.
+    let restored = Cluster::start_prepared(ClusterOptions::default(), |c| {
+        for id in c.ids() {
+            let dir = c.data_dir(id).display().to_string();
+            let node = id.to_string();
+            let args: Vec<String> = [
+                "restore",
+                "--from",
+                &dest,
+                "--to-data-dir",
+                &dir,
+                "--node-id",
+                &node,
+                "--initial-cluster",
+                c.initial_cluster(),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let output = Cluster::command(&args).output().expect("run restore");
+            assert!(
+                output.status.success(),
+                "restore: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    })
+    .await;
+    let scan = restored
+        .client(3)
+        .scan_all(b"placed/", Consistency::Linearizable)
+        .await
+        .expect("scan the restored cluster");
+    let got: Vec<(Vec<u8>, Vec<u8>)> = scan.into_iter().map(|(k, v, _)| (k, v)).collect();
+    let want: Vec<(Vec<u8>, Vec<u8>)> = (0..80)
+        .map(|i| (key(i), format!("v{i}").into_bytes()))
+        .collect();
+    assert_eq!(got, want, "the restored cluster holds the snapshot");
+}
