@@ -39,11 +39,14 @@ async fn run(
     ));
     let names: Vec<&str> = faults.iter().map(|f| f.name()).collect();
     // Large values set their own flags (`--value-bytes` gives them to the binary).
-    let flags = if scenario.value_bytes == 0 && !scenario.server_args.is_empty() {
+    let mut flags = if scenario.value_bytes == 0 && !scenario.server_args.is_empty() {
         format!(" --server-args {:?}", scenario.server_args.join(" "))
     } else {
         String::new()
     };
+    if scenario.nodes != 3 {
+        flags.push_str(&format!(" --nodes {}", scenario.nodes));
+    }
     scenario.replay = format!(
         "CAIRN_TEST_SEED={seed} cargo test -p cairn-server --test chaos {name} -- --nocapture   (or: target/debug/cairn-chaos --seed {seed} --faults {}{flags})",
         names.join(",")
@@ -133,6 +136,26 @@ async fn lease_reads() {
         |mut s| {
             s.server_args
                 .extend(["--lease-reads".into(), "true".into()]);
+            s
+        },
+    )
+    .await;
+}
+
+/// Five nodes with three replicas of each shard: every node lacks some shards, so
+/// requests forward to nodes the client never named, snapshots mark groups on
+/// different node sets, and a killed node takes a different set of replicas with it
+/// each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_three_replicas() {
+    run(
+        "five_nodes_three_replicas",
+        109,
+        &[KillLeader, Partition, KillFollower],
+        |mut s| {
+            s.nodes = 5;
+            s.server_args
+                .extend(["--replication-factor".into(), "3".into()]);
             s
         },
     )

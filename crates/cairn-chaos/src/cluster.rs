@@ -562,19 +562,30 @@ impl Cluster {
 
     /// Who leads each group, from the first responsive node that answers.
     pub async fn leaders(&self) -> Result<Leaders> {
+        // Each node knows the leaders of the groups it holds replicas of; with fewer
+        // replicas than nodes, no one node knows them all.
         let mut last = String::from("no responsive node");
+        let mut merged: Option<Leaders> = None;
         for id in self.responsive() {
             match self.status(id).await {
                 Ok(status) => {
-                    return Ok(Leaders {
-                        shards: status.shards.iter().map(|s| (s.id, s.leader)).collect(),
-                        meta: status.meta.as_ref().and_then(|m| m.leader),
-                    })
+                    let seen = merged.get_or_insert_with(|| Leaders {
+                        shards: Vec::new(),
+                        meta: None,
+                    });
+                    for s in &status.shards {
+                        match seen.shards.iter_mut().find(|(id, _)| *id == s.id) {
+                            Some((_, leader)) => *leader = leader.or(s.leader),
+                            None => seen.shards.push((s.id, s.leader)),
+                        }
+                    }
+                    seen.shards.sort_unstable_by_key(|(id, _)| *id);
+                    seen.meta = seen.meta.or(status.meta.as_ref().and_then(|m| m.leader));
                 }
                 Err(e) => last = e.to_string(),
             }
         }
-        Err(ChaosError::Timeout {
+        merged.ok_or_else(|| ChaosError::Timeout {
             what: "an answer to GET /v1/cluster".into(),
             waited: CONTROL_TIMEOUT,
             last,

@@ -253,15 +253,56 @@ async fn get_json<T: serde::de::DeserializeOwned>(
         })
 }
 
-/// Wait until every node applied every group as far as any node committed it, then
-/// compare digests (see the module doc). `groups` is the data shards and the meta
-/// group's number.
+/// The nodes holding each group's replicas (data shards and the meta group), as the
+/// first node that answers reports the placement; every node for every group if the
+/// cluster reports none.
+pub async fn holders(cluster: &Cluster) -> Result<BTreeMap<u32, Vec<NodeId>>> {
+    let mut last = None;
+    for node in cluster.ids() {
+        match cluster.status(node).await {
+            Ok(status) => {
+                let mut groups: BTreeMap<u32, Vec<NodeId>> = status
+                    .placement
+                    .iter()
+                    .map(|p| (p.id, p.replicas.clone()))
+                    .collect();
+                if groups.is_empty() {
+                    let every = cluster.ids();
+                    let ids = status
+                        .shards
+                        .iter()
+                        .chain(status.meta.as_ref())
+                        .map(|s| s.id);
+                    groups = ids.map(|g| (g, every.clone())).collect();
+                }
+                return Ok(groups);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| ChaosError::Api {
+        node: 0,
+        what: "no node to ask for the placement".into(),
+    }))
+}
+
+/// Wait until every replica applied its group as far as any replica committed it,
+/// then compare digests (see the module doc). `groups` is the data shards and the
+/// meta group's number.
 pub async fn converge(
     cluster: &Cluster,
     groups: u32,
     timeout: Duration,
 ) -> Result<ConvergenceReport> {
     let nodes = cluster.ids();
+    let holders = holders(cluster).await?;
+    let held_by = |group: u32| {
+        holders
+            .get(&group)
+            .cloned()
+            .unwrap_or_else(|| nodes.clone())
+    };
+    let replicas: usize = holders.values().map(Vec::len).sum();
     let deadline = Instant::now() + timeout;
     // 1. Caught up: applied >= the highest commit seen, on every node.
     let mut target: BTreeMap<u32, u64> = BTreeMap::new();
@@ -287,13 +328,13 @@ pub async fn converge(
             .iter()
             .flat_map(|(&g, &t)| {
                 let applied = &applied;
-                nodes.iter().filter_map(move |&n| {
+                held_by(g).into_iter().filter_map(move |n| {
                     let a = applied.get(&(g, n)).copied().unwrap_or(0);
                     (a < t).then(|| format!("node {n} applied group {g} to {a} of {t}"))
                 })
             })
             .collect();
-        if behind.is_empty() && applied.len() == nodes.len() * target.len() && !target.is_empty() {
+        if behind.is_empty() && applied.len() == replicas && !target.is_empty() {
             break applied;
         }
         if Instant::now() > deadline {
@@ -314,6 +355,7 @@ pub async fn converge(
         ..ConvergenceReport::default()
     };
     for group in 0..=groups {
+        let nodes = held_by(group);
         let Some(mut at) = nodes
             .iter()
             .filter_map(|&n| applied.get(&(group, n)).copied())

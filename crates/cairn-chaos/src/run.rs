@@ -414,10 +414,15 @@ impl Run {
         let groups = scenario.shards;
         let convergence = replicas::converge(cluster, groups, READY).await?;
         violations.extend(convergence.violations.iter().cloned());
-        let reader = ids[0];
-        let status = cluster.status(reader).await?;
+        let holders = replicas::holders(cluster).await?;
         let mut shard_versions = Vec::new();
         for shard in 0..scenario.shards {
+            // A node holding a replica of the shard reads it.
+            let reader = holders
+                .get(&shard)
+                .and_then(|h| h.first().copied())
+                .unwrap_or(ids[0]);
+            let status = cluster.status(reader).await?;
             let upto = match convergence.at.get(&shard) {
                 Some(&at) => at,
                 None => status

@@ -545,6 +545,11 @@ impl MultiRaft {
             .take()
     }
 
+    /// Whether `peer` looks reachable now ([`Transport::reachable`]); this node is.
+    pub fn reachable(&self, peer: NodeId) -> bool {
+        peer == self.cfg.node_id || self.transport.reachable(peer)
+    }
+
     /// The state of this node's link to every peer.
     pub fn links(&self) -> Vec<crate::transport::LinkStatus> {
         self.transport.links()

@@ -790,7 +790,8 @@ mod tests {
     /// cluster's size changes the cluster id (so existing clusters keep theirs).
     #[test]
     fn the_replication_factor_fits_the_cluster_and_names_it() {
-        let five = "1=127.0.0.1:9081,2=127.0.0.1:9082,3=127.0.0.1:9083,4=127.0.0.1:9084,5=127.0.0.1:9085";
+        let five =
+            "1=127.0.0.1:9081,2=127.0.0.1:9082,3=127.0.0.1:9083,4=127.0.0.1:9084,5=127.0.0.1:9085";
         let with = |rf: Option<usize>, members: &str| Settings {
             replication_factor: rf,
             initial_cluster: Some(members.into()),
@@ -804,7 +805,10 @@ mod tests {
         assert!(err(with(Some(0), five)).contains("--replication-factor"));
         assert!(err(with(Some(6), five)).contains("(5)"));
         let id = |s: Settings| crate::identity::cluster_id(&s.resolve().unwrap());
-        assert_eq!(id(with(Some(2), "1=127.0.0.1:9081,2=127.0.0.1:9082")), id(base()));
+        assert_eq!(
+            id(with(Some(2), "1=127.0.0.1:9081,2=127.0.0.1:9082")),
+            id(base())
+        );
         assert_ne!(id(with(Some(3), five)), id(with(Some(5), five)));
         assert_ne!(id(with(Some(3), five)), id(with(Some(2), five)));
     }

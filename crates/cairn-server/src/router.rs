@@ -76,15 +76,24 @@ impl RemoteLeaders {
     }
 
     /// Where to send the next attempt at `group`: its known leader, else the next of
-    /// its voters in turn.
-    fn target(&self, group: ShardId) -> Option<NodeId> {
+    /// its voters in turn, passing over those whose links are down (a leader that
+    /// died is forgotten as soon as its link drops, not after a request timed out
+    /// on it).
+    fn target(&self, group: ShardId, reachable: impl Fn(NodeId) -> bool) -> Option<NodeId> {
         let g = group as usize;
         let voters = self.voters.get(g)?;
-        match self.hint[g].load(Ordering::Relaxed) {
-            0 if voters.is_empty() => None,
-            0 => Some(voters[self.next[g].fetch_add(1, Ordering::Relaxed) % voters.len()]),
-            leader => Some(leader),
+        if voters.is_empty() {
+            return None;
         }
+        match self.hint[g].load(Ordering::Relaxed) {
+            0 => {}
+            leader if reachable(leader) => return Some(leader),
+            _ => self.hint[g].store(0, Ordering::Relaxed),
+        }
+        let start = self.next[g].fetch_add(1, Ordering::Relaxed);
+        let mut order = (0..voters.len()).map(|i| voters[(start + i) % voters.len()]);
+        let first = voters[start % voters.len()];
+        Some(order.find(|&v| reachable(v)).unwrap_or(first))
     }
 
     /// What an attempt sent to `node` taught: it leads (an answer), it named another
@@ -263,7 +272,7 @@ impl Router {
         let mut followed = 0;
         loop {
             let target = if remote {
-                self.remote.target(shard)
+                self.remote.target(shard, |node| self.raft.reachable(node))
             } else {
                 self.raft.leader_of(shard)
             };

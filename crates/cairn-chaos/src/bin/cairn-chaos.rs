@@ -52,6 +52,10 @@ struct Args {
     /// Workload clients per run.
     #[arg(long, default_value_t = 10)]
     clients: usize,
+    /// Nodes per cluster (with `--server-args "--replication-factor 3"`, more nodes
+    /// than replicas).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
     /// Put values of this many bytes, under scaled-down size limits (pages, entries
     /// and frames near their caps); 0: small values.
     #[arg(long, default_value_t = 0)]
@@ -92,8 +96,9 @@ fn parse_faults(names: &[String]) -> anyhow::Result<Vec<FaultKind>> {
 fn replay_command(seed: u64, faults: &[FaultKind], args: &Args) -> String {
     let names: Vec<&str> = faults.iter().map(|f| f.name()).collect();
     format!(
-        "cargo build -p cairn-server --features failpoints && cargo build -p cairn-chaos && target/debug/cairn-chaos --seed {seed} --faults {} --clients {} --value-bytes {} --server-args {:?}",
+        "cargo build -p cairn-server --features failpoints && cargo build -p cairn-chaos && target/debug/cairn-chaos --seed {seed} --faults {} --nodes {} --clients {} --value-bytes {} --server-args {:?}",
         names.join(","),
+        args.nodes,
         args.clients,
         args.value_bytes,
         args.server_args
@@ -109,6 +114,9 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    if args.nodes == 0 || args.nodes > 9 {
+        bail!("--nodes must be from 1 to 9");
+    }
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -129,6 +137,7 @@ fn main() -> anyhow::Result<()> {
                 scenario = scenario.with_large_values(args.value_bytes);
             }
             scenario.clients = args.clients;
+            scenario.nodes = args.nodes;
             scenario
                 .server_args
                 .extend(args.server_args.split_whitespace().map(String::from));
@@ -155,6 +164,7 @@ fn main() -> anyhow::Result<()> {
                 scenario = scenario.with_large_values(args.value_bytes);
             }
             scenario.clients = args.clients;
+            scenario.nodes = args.nodes;
             scenario
                 .server_args
                 .extend(args.server_args.split_whitespace().map(String::from));

@@ -41,8 +41,13 @@ pub(super) enum Outbound {
     Call(u64, Call),
 }
 
+/// A keepalive unanswered this long marks the peer unreachable for routing (pings go
+/// out every second; a healthy peer answers well within this).
+const UNANSWERED_AFTER: Duration = Duration::from_millis(1500);
+
 /// What one node knows of its link to a peer. Written by the link task and callers,
-/// read by status pages; never read by anything that decides.
+/// read by status pages and by routers choosing which replica to try first; never
+/// by anything that decides what is true.
 #[derive(Debug, Default)]
 pub(super) struct LinkStats {
     connected: AtomicBool,
@@ -91,6 +96,17 @@ impl LinkStats {
             oversized_frames: self.oversized.load(Ordering::Relaxed),
             calls_unanswered: self.unanswered.load(Ordering::Relaxed),
         }
+    }
+
+    /// Whether the link is up and its keepalives are answered (a peer killed or cut
+    /// off shows as not reachable within about a keepalive's deadline).
+    pub(super) fn reachable(&self) -> bool {
+        let outstanding = *self
+            .ping_outstanding
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.connected.load(Ordering::Relaxed)
+            && outstanding.is_none_or(|sent| sent.elapsed() < UNANSWERED_AFTER)
     }
 
     pub(super) fn call_unanswered(&self, peer: NodeId) {

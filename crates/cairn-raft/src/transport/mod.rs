@@ -258,6 +258,12 @@ impl Transport {
         links
     }
 
+    /// Whether `peer` looks reachable now (its link is up and answering keepalives).
+    /// A hint for choosing where to send first, never a promise.
+    pub fn reachable(&self, peer: NodeId) -> bool {
+        self.link_stats(peer).is_some_and(LinkStats::reachable)
+    }
+
     fn link_stats(&self, peer: NodeId) -> Option<&LinkStats> {
         self.inner.peers.get(&peer).map(|p| &p.stats)
     }
