@@ -3,7 +3,8 @@
 //!
 //! - `five_nodes_hold_three_replicas_each_and_serve_every_key_from_any_node`: the
 //!   placement `/v1/cluster` shows gives every group three voters and every node
-//!   within one of the average; each node runs replicas of its groups only; every
+//!   within one of the average; each node runs replicas of its groups only; leaders
+//!   spread to at most each node's share; every
 //!   key is written and read (linearizable, stale, at a snapshot) through every
 //!   node, so nodes without a replica of a shard forward to its leader; a write to a
 //!   shard the meta leader holds no replica of still brings an automatic snapshot; a
@@ -105,6 +106,27 @@ async fn five_nodes_hold_three_replicas_each_and_serve_every_key_from_any_node()
         let info = status.nodes.iter().find(|n| n.id == node).expect("itself");
         assert_eq!(info.replicas as usize, held[&node], "node {id}'s count");
     }
+
+    // Leaders spread too: each node ends up leading at most its share of the nine
+    // groups, ceil(9 / 5) = 2 (elections alone often give one node four).
+    eventually("leaders spread over the nodes", Duration::from_secs(60), || async {
+        let mut leads = BTreeMap::new();
+        for id in cluster.ids() {
+            let status = cluster.client(id).cluster().await.map_err(|e| e.to_string())?;
+            let own = status
+                .shards
+                .iter()
+                .chain(status.meta.as_ref())
+                .filter(|s| s.leader == Some(id as u64))
+                .count();
+            leads.insert(id, own);
+        }
+        let total: usize = leads.values().sum();
+        (total == SHARDS as usize + 1 && leads.values().all(|&n| n <= 2))
+            .then_some(())
+            .ok_or(format!("groups led per node: {leads:?}"))
+    })
+    .await;
 
     // Every key through a different node, then read back through every node: each
     // node lacks replicas of some shards, so some reads and writes must forward.

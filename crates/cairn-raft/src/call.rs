@@ -129,8 +129,8 @@ pub enum ControlRequest {
         limit: PageLimit,
     },
     /// How many write batches the replica it reaches has applied since its node
-    /// started: a number that moves when the shard is written (automatic snapshots
-    /// are taken only then).
+    /// started (a number that moves when the shard is written: automatic snapshots
+    /// are taken only then), and how many groups that node leads (for balancing).
     Progress { shard: ShardId },
 }
 
@@ -196,6 +196,15 @@ impl Call {
     }
 }
 
+/// What a [`ControlRequest::Progress`] learns of a replica and its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Write batches the replica applied since its node started.
+    pub writes_applied: u64,
+    /// Groups (data shards and the meta group) the node leads.
+    pub leads: u32,
+}
+
 /// The answer to a call, variant by variant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ShardResponse {
@@ -209,10 +218,8 @@ pub enum ShardResponse {
         versions: Vec<KeyVersion>,
         more: bool,
     },
-    /// Write batches applied (see [`ControlRequest::Progress`]).
-    Progress {
-        writes_applied: u64,
-    },
+    /// See [`ControlRequest::Progress`].
+    Progress(Progress),
 }
 
 impl ShardResponse {
@@ -257,9 +264,9 @@ impl ShardResponse {
     }
 
     /// The answer to a progress call.
-    pub fn into_progress(self, shard: ShardId) -> Result<u64, ShardError> {
+    pub fn into_progress(self, shard: ShardId) -> Result<Progress, ShardError> {
         match self {
-            ShardResponse::Progress { writes_applied } => Ok(writes_applied),
+            ShardResponse::Progress(progress) => Ok(progress),
             other => Err(other.mismatch(shard, "a progress count")),
         }
     }
@@ -271,7 +278,7 @@ impl ShardResponse {
             ShardResponse::Items(_) => "a page of keys",
             ShardResponse::Changes(_) => "a page of changes",
             ShardResponse::History { .. } => "a page of history",
-            ShardResponse::Progress { .. } => "a progress count",
+            ShardResponse::Progress(_) => "a progress count",
         }
     }
 

@@ -31,7 +31,7 @@ pub mod replica;
 pub mod retry;
 pub mod transport;
 
-pub use call::{Call, Consistency, ControlRequest, ShardRequest, ShardResponse};
+pub use call::{Call, Consistency, ControlRequest, Progress, ShardRequest, ShardResponse};
 pub use config::{PeerAddr, Placement, RaftConfig, RaftLimits};
 pub use error::{RaftError, ReplicaError, ShardError};
 pub use machine::StateMachine;

@@ -14,7 +14,7 @@ use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::call::{Call, Consistency, ControlRequest, ShardRequest, ShardResponse};
+use crate::call::{Call, Consistency, ControlRequest, Progress, ShardRequest, ShardResponse};
 use crate::commit::GroupCommit;
 use crate::config::RaftConfig;
 use crate::error::{RaftError, ShardError};
@@ -127,7 +127,10 @@ impl LocalShards {
                 let writes_applied = self
                     .gauges(shard)
                     .map_or(0, |g| g.writes_applied.load(Ordering::Relaxed));
-                Ok(ShardResponse::Progress { writes_applied })
+                Ok(ShardResponse::Progress(Progress {
+                    writes_applied,
+                    leads: self.leads(),
+                }))
             }
         }
     }
@@ -339,6 +342,25 @@ impl LocalShards {
     /// Whether this node holds a replica of `shard`.
     pub fn hosts(&self, shard: ShardId) -> bool {
         self.state(shard).is_some()
+    }
+
+    /// How many groups this node's replicas lead.
+    pub fn leads(&self) -> u32 {
+        let me = Some(self.node_id);
+        self.gauges
+            .iter()
+            .flatten()
+            .filter(|g| g.leader() == me)
+            .count() as u32
+    }
+
+    /// Ask this node's replica of `shard` to hand its leadership to `to` (see
+    /// [`ReplicaMsg::TransferLeader`]); it does so only if it leads.
+    pub fn transfer_leader(&self, shard: ShardId, to: NodeId) -> Result<(), ShardError> {
+        let (inbox, _) = self.replica(shard)?;
+        inbox
+            .try_send(ReplicaMsg::TransferLeader { to })
+            .map_err(|_| overloaded(shard))
     }
 
     pub fn node_id(&self) -> NodeId {

@@ -22,6 +22,9 @@ pub struct DevArgs {
     /// Number of shards.
     #[arg(long, default_value_t = 8)]
     pub shards: u32,
+    /// Replicas of each shard [default: 3, or every node of a smaller cluster].
+    #[arg(long)]
+    pub replication_factor: Option<usize>,
     /// HTTP port of node 1; node N listens on this plus N-1.
     #[arg(long, default_value_t = 8081)]
     pub http_port: u16,
@@ -62,6 +65,7 @@ impl DevArgs {
                         .ok(),
                     initial_cluster: Some(cluster.join(",")),
                     shards: Some(self.shards),
+                    replication_factor: self.replication_factor,
                     cluster_token: Some("cairn-dev".into()),
                     snapshot_interval_ms: Some(self.snapshot_interval_ms),
                     replica_threads: Some(self.replica_threads),
@@ -82,13 +86,16 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let mut nodes = Vec::new();
-    for config in args.configs()? {
+    let configs = args.configs()?;
+    let configs_rf = configs.first().map_or(0, |c| c.replication_factor);
+    for config in configs {
         nodes.push(Node::start(config).await?);
     }
     println!(
-        "cairn dev cluster: {} nodes, {} shards, data in {}",
+        "cairn dev cluster: {} nodes, {} shards with {} replicas each, data in {}",
         nodes.len(),
         args.shards,
+        configs_rf,
         args.data_dir.display()
     );
     for node in &nodes {

@@ -12,6 +12,7 @@ pub mod config;
 pub mod dev;
 pub mod error;
 pub mod identity;
+pub mod leadership;
 pub mod node;
 pub mod revert;
 pub mod router;

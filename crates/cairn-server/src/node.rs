@@ -35,6 +35,7 @@ pub struct Parts {
     pub snapshots: Arc<Coordinator<Control>>,
     pub txns: Arc<Transactions<Control>>,
     pub backups: Arc<Backups<Control>>,
+    pub control: Arc<Control>,
     pub api: Arc<ApiState>,
 }
 
@@ -67,7 +68,7 @@ impl Parts {
         );
         let reverts = Arc::new(Reverts::new(
             router.clone(),
-            control,
+            control.clone(),
             txns.clone(),
             config.request_timeout(),
             config.id,
@@ -89,6 +90,7 @@ impl Parts {
             snapshots,
             txns,
             backups,
+            control,
             api,
         })
     }
@@ -99,7 +101,8 @@ impl Parts {
     }
 
     /// Start every background task (sweepers, automatic snapshots, history GC and
-    /// collection, backup schedules), each in its own span, until `stop` fires.
+    /// collection, backup schedules, leader balancing), each in its own span, until
+    /// `stop` fires.
     pub fn spawn_background(&self, stop: CancellationToken) -> JoinHandle<()> {
         let id = self.config.id;
         let span = tracing::info_span!("snapshot_sweeper", node = id);
@@ -131,10 +134,22 @@ impl Parts {
             .clone()
             .run_schedules(stop.clone())
             .instrument(span);
+        let span = tracing::info_span!("leader_balance", node = id);
+        let leaders =
+            crate::leadership::balance(self.control.clone(), stop.clone()).instrument(span);
         let span = tracing::info_span!("backup_sweeper", node = id);
         let backup_sweep = self.backups.clone().run_sweeper(stop).instrument(span);
         tokio::spawn(async move {
-            tokio::join!(sweep, auto, gc, collect, schedules, backup_sweep, txn_sweep);
+            tokio::join!(
+                sweep,
+                auto,
+                gc,
+                collect,
+                schedules,
+                backup_sweep,
+                txn_sweep,
+                leaders
+            );
         })
     }
 }

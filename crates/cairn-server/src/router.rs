@@ -383,6 +383,24 @@ impl Control {
     }
 }
 
+impl Control {
+    /// How many groups node `node` leads, asked of its replica of `group` (which it
+    /// must hold); `None` if it did not answer within `timeout`.
+    pub async fn leads_of(&self, node: NodeId, group: ShardId, timeout: Duration) -> Option<u32> {
+        let ask = ControlRequest::Progress { shard: group };
+        let answer = if node == self.router.raft.local().node_id() {
+            self.path.local(ask).await
+        } else {
+            self.path.forward(node, ask, timeout).await
+        };
+        Some(answer.ok()?.into_progress(group).ok()?.leads)
+    }
+
+    pub fn raft(&self) -> &MultiRaft {
+        &self.router.raft
+    }
+}
+
 impl Shards for Control {
     fn shard_count(&self) -> u32 {
         self.router.shards
@@ -426,7 +444,7 @@ impl Shards for Control {
             });
         let mut seen = raft.writes_applied();
         for count in futures::future::join_all(asked).await {
-            seen = seen.wrapping_add(count.ok()?);
+            seen = seen.wrapping_add(count.ok()?.writes_applied);
         }
         Some(seen)
     }

@@ -81,6 +81,11 @@ pub enum ReplicaMsg<M: StateMachine> {
     },
     /// From the snapshot sender: how streaming a snapshot to `to` ended.
     SnapshotSent { to: NodeId, ok: bool },
+    /// From the leader balancer: hand leadership to voter `to` (Raft's leader
+    /// transfer). Ignored unless this replica leads and `to` is another voter, and
+    /// always with lease reads on: the transferee's forced election would override
+    /// the lease this leader may still be reading on.
+    TransferLeader { to: NodeId },
 }
 
 /// Where a replica's outbound traffic goes. Production: the peer transport; the
@@ -417,6 +422,17 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
                     SnapshotStatus::Failure
                 };
                 self.raw.report_snapshot(to, status);
+            }
+            ReplicaMsg::TransferLeader { to } => {
+                let voter = self.raw.raft.prs().conf().voters().contains(to);
+                if self.role == StateRole::Leader
+                    && self.lease_ticks.is_none()
+                    && voter
+                    && to != self.raw.raft.id
+                {
+                    tracing::info!(to, "transferring leadership");
+                    self.raw.transfer_leader(to);
+                }
             }
         }
     }
