@@ -109,23 +109,31 @@ async fn five_nodes_hold_three_replicas_each_and_serve_every_key_from_any_node()
 
     // Leaders spread too: each node ends up leading at most its share of the nine
     // groups, ceil(9 / 5) = 2 (elections alone often give one node four).
-    eventually("leaders spread over the nodes", Duration::from_secs(60), || async {
-        let mut leads = BTreeMap::new();
-        for id in cluster.ids() {
-            let status = cluster.client(id).cluster().await.map_err(|e| e.to_string())?;
-            let own = status
-                .shards
-                .iter()
-                .chain(status.meta.as_ref())
-                .filter(|s| s.leader == Some(id as u64))
-                .count();
-            leads.insert(id, own);
-        }
-        let total: usize = leads.values().sum();
-        (total == SHARDS as usize + 1 && leads.values().all(|&n| n <= 2))
-            .then_some(())
-            .ok_or(format!("groups led per node: {leads:?}"))
-    })
+    eventually(
+        "leaders spread over the nodes",
+        Duration::from_secs(60),
+        || async {
+            let mut leads = BTreeMap::new();
+            for id in cluster.ids() {
+                let status = cluster
+                    .client(id)
+                    .cluster()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let own = status
+                    .shards
+                    .iter()
+                    .chain(status.meta.as_ref())
+                    .filter(|s| s.leader == Some(id as u64))
+                    .count();
+                leads.insert(id, own);
+            }
+            let total: usize = leads.values().sum();
+            (total == SHARDS as usize + 1 && leads.values().all(|&n| n <= 2))
+                .then_some(())
+                .ok_or(format!("groups led per node: {leads:?}"))
+        },
+    )
     .await;
 
     // Every key through a different node, then read back through every node: each
