@@ -577,7 +577,21 @@ async fn coordinator_crashes_leave_nothing_half_done() {
             // the later batch came after.
             let writes = if point == "txn.prepared" { 0 } else { 1 };
             for k in &keys {
-                let history = key_history(&cluster, 1 + (i + 1) % 3, k).await;
+                // The debug view reads one node's replica, which may be a follower
+                // that has not applied the batch yet: wait until it has.
+                let node = 1 + (i + 1) % 3;
+                let history = eventually(
+                    "the batch applied on the replica read",
+                    Duration::from_secs(10),
+                    || async {
+                        let history = key_history(&cluster, node, k).await;
+                        match history.first() {
+                            Some((_, Some(v))) if v.as_slice() == b"after" => Ok(history),
+                            _ => Err(format!("{history:?}")),
+                        }
+                    },
+                )
+                .await;
                 let values: Vec<Option<&[u8]>> =
                     history.iter().map(|(_, v)| v.as_deref()).collect();
                 assert_eq!(

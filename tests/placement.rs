@@ -264,6 +264,40 @@ async fn five_nodes_hold_three_replicas_each_and_serve_every_key_from_any_node()
 
     // A SIGKILLed node leaves every shard a quorum: writes and reads go on.
     cluster.kill(2).await;
+    // `cairn node list` shows every node, its replicas, and that node 2's link is down.
+    let endpoint = format!("http://{}", cluster.http_addr(1));
+    eventually(
+        "node list to show node 2 down",
+        Duration::from_secs(20),
+        || async {
+            let args: Vec<String> = ["node", "list", "--endpoint", &endpoint]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            let output = Cluster::command(&args)
+                .output()
+                .map_err(|e| e.to_string())?;
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            let rows: Vec<Vec<&str>> = text
+                .lines()
+                .skip(1)
+                .map(|l| l.split_whitespace().collect())
+                .collect();
+            let link = |id: &str| rows.iter().find(|r| r[0] == id).map(|r| r[4]);
+            let counts_right = rows.iter().all(|r| {
+                r[0].parse::<u64>()
+                    .is_ok_and(|id| r[2] == held[&id].to_string())
+            });
+            (output.status.success()
+                && rows.len() == NODES
+                && counts_right
+                && link("1") == Some("self")
+                && link("2") == Some("down"))
+            .then_some(())
+            .ok_or(text)
+        },
+    )
+    .await;
     for (n, client) in clients.iter().enumerate() {
         if n == 1 {
             continue;

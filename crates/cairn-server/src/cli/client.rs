@@ -61,6 +61,19 @@ pub enum ClientCommand {
     /// Take, list, show and delete consistent snapshots.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// The cluster's nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum NodeCommand {
+    /// Every node, as the answering node sees it: its peer address, the groups it
+    /// holds replicas of and leads, and the answering node's link to it.
+    List {
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -170,8 +183,38 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&status)?);
         }
         ClientCommand::Snapshot(command) => snapshot(command).await?,
+        ClientCommand::Node(NodeCommand::List { endpoint }) => {
+            let status = Client::new(endpoint.endpoint).cluster().await?;
+            print!("{}", node_table(&status));
+        }
     }
     Ok(())
+}
+
+/// `cairn node list`: one line per node. A node's link is the answering node's
+/// connection to it (`self` for the answering node): `up`, `unanswered` (connected,
+/// keepalives unanswered) or `down`.
+fn node_table(status: &cairn_client::api::ClusterStatus) -> String {
+    let mut out = format!(
+        "{:<4} {:<24} {:>8} {:>8}  {}\n",
+        "ID", "PEER", "REPLICAS", "LEADS", "LINK"
+    );
+    for node in &status.nodes {
+        let link = if node.id == status.node_id {
+            "self".to_owned()
+        } else {
+            status
+                .links
+                .iter()
+                .find(|l| l.peer == node.id)
+                .map_or_else(|| "unknown".to_owned(), |l| l.state.clone())
+        };
+        out.push_str(&format!(
+            "{:<4} {:<24} {:>8} {:>8}  {}\n",
+            node.id, node.peer_addr, node.replicas, node.leaders, link
+        ));
+    }
+    out
 }
 
 async fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
