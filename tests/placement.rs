@@ -360,3 +360,153 @@ async fn five_nodes_hold_three_replicas_each_and_serve_every_key_from_any_node()
         .collect();
     assert_eq!(got, want, "the restored cluster holds the snapshot");
 }
+
+/// Node `id`'s replicas, as its own `/v1/cluster` lists them.
+async fn hosted_by(cluster: &Cluster, id: usize) -> BTreeSet<u32> {
+    let status = cluster.status(id).await;
+    status
+        .shards
+        .iter()
+        .map(|s| s.id)
+        .chain(status.meta.iter().map(|m| m.id))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_moves_to_another_node_and_the_old_one_is_dropped() {
+    const SHARDS: u32 = 4;
+    let mut cluster = Cluster::start(ClusterOptions {
+        nodes: 4,
+        shards: SHARDS,
+        extra_args: vec!["--replication-factor".into(), "3".into()],
+        ..ClusterOptions::default()
+    })
+    .await;
+    let client = cluster.client(1);
+    let keys: Vec<Vec<u8>> = (0..120).map(key).collect();
+    for (i, k) in keys.iter().enumerate() {
+        client
+            .put(k, format!("v{i}").as_bytes())
+            .await
+            .expect("put");
+    }
+
+    // A data shard, a node without a replica of it, and its leader as the one to move
+    // (so leadership has to leave it first).
+    let placement = voters(&cluster.status(1).await);
+    let (shard, to) = (0..SHARDS)
+        .find_map(|s| {
+            (1..=4u64)
+                .find(|n| !placement[&s].contains(n))
+                .map(|n| (s, n))
+        })
+        .expect("a node without a replica");
+    let from = eventually("a leader of the shard", Duration::from_secs(20), || async {
+        cluster
+            .leader_node_of(shard)
+            .await
+            .map(|n| n as u64)
+            .ok_or_else(|| "no leader yet".to_owned())
+    })
+    .await;
+    assert!(placement[&shard].contains(&from), "{placement:?}");
+    assert!(hosted_by(&cluster, to as usize)
+        .await
+        .iter()
+        .all(|&g| g != shard));
+
+    let moved = cluster
+        .client(to as usize)
+        .move_replica(shard, from, to)
+        .await
+        .expect("move");
+    let mut expected: Vec<u64> = placement[&shard]
+        .iter()
+        .map(|&n| if n == from { to } else { n })
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(moved.voters, expected, "{moved:?}");
+    assert!(moved.learners.is_empty(), "{moved:?}");
+    assert_ne!(moved.leader, Some(from), "{moved:?}");
+
+    // The new node runs the replica, the old one dropped it; nothing else moved.
+    assert!(hosted_by(&cluster, to as usize).await.contains(&shard));
+    assert!(!hosted_by(&cluster, from as usize).await.contains(&shard));
+    for id in cluster.ids() {
+        let seen = voters(&cluster.status(id).await);
+        if hosted_by(&cluster, id).await.contains(&shard) {
+            assert_eq!(seen[&shard], expected, "node {id}");
+        }
+    }
+
+    // Every key reads back through every node; the new voter serves its shard's keys
+    // from its own state (stale reads answer locally on voters only).
+    let of_shard: Vec<(usize, &Vec<u8>)> = keys
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| shard_of(k, SHARDS) == shard)
+        .collect();
+    assert!(!of_shard.is_empty());
+    for id in cluster.ids() {
+        let c = cluster.client(id);
+        for (i, k) in keys.iter().enumerate() {
+            let got = c.get(k).await.expect("get").expect("present");
+            assert_eq!(got.value, format!("v{i}").into_bytes(), "node {id}");
+        }
+    }
+    let new_voter = cluster.client(to as usize);
+    eventually(
+        "the new voter's own state",
+        Duration::from_secs(20),
+        || async {
+            for (i, k) in &of_shard {
+                let got = new_voter
+                    .get_with(k, Consistency::Stale)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if got.map(|g| g.value) != Some(format!("v{i}").into_bytes()) {
+                    return Err(format!("key {i} not there yet"));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
+
+    // Asking again finds the move done and changes nothing; a move that makes no
+    // sense is a 400 that says why.
+    let again = client.move_replica(shard, from, to).await.expect("again");
+    assert_eq!(again.voters, expected);
+    let err = client
+        .move_replica(shard, from, 9)
+        .await
+        .expect_err("unknown node");
+    assert_eq!(err.code(), Some("bad_move"), "{err}");
+    let err = client
+        .move_replica(shard, to, to)
+        .await
+        .expect_err("same node");
+    assert_eq!(err.code(), Some("bad_move"), "{err}");
+
+    // Placement survives restarts: SIGKILL both nodes; the new one reopens the
+    // replica, the old one does not bring its copy back.
+    cluster.kill(to as usize).await;
+    cluster.kill(from as usize).await;
+    cluster.start_node(to as usize);
+    cluster.start_node(from as usize);
+    cluster.wait_ready().await;
+    assert!(hosted_by(&cluster, to as usize).await.contains(&shard));
+    assert!(!hosted_by(&cluster, from as usize).await.contains(&shard));
+    let (i, k) = of_shard[0];
+    client.put(k, b"after the move").await.expect("write after");
+    for id in cluster.ids() {
+        let got = cluster
+            .client(id)
+            .get(k)
+            .await
+            .expect("get")
+            .expect("present");
+        assert_eq!(got.value, b"after the move", "node {id}, key {i}");
+    }
+    cluster.assert_alive();
+}

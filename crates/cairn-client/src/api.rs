@@ -431,6 +431,24 @@ pub struct ScheduleList {
     pub schedules: Vec<ScheduleInfo>,
 }
 
+/// The body of `POST /v1/shards/{id}/move`: move the replica on node `from` to node
+/// `to`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MoveRequest {
+    pub from: u64,
+    pub to: u64,
+}
+
+/// The answer to a move: the shard's members once it is done.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MoveResponse {
+    pub shard: u32,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    pub leader: Option<u64>,
+}
+
 /// Body of `POST /v1/revert`.
 ///
 /// `prefix` (or `prefix_b64`) is required: a revert without one is refused rather than

@@ -332,6 +332,14 @@ impl Client {
         json(check(self.http.get(url).send().await?).await?).await
     }
 
+    /// Move shard `shard`'s replica on node `from` to node `to`
+    /// (`POST /v1/shards/{id}/move`); answers once the move is done.
+    pub async fn move_replica(&self, shard: u32, from: u64, to: u64) -> Result<api::MoveResponse> {
+        let url = format!("{}/v1/shards/{shard}/move", self.base);
+        let body = api::MoveRequest { from, to };
+        json(check(self.http.post(url).json(&body).send().await?).await?).await
+    }
+
     /// `Ok(())` when the process is up and serving HTTP.
     pub async fn health(&self) -> Result<()> {
         let url = format!("{}/health", self.base);

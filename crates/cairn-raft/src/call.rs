@@ -15,7 +15,8 @@
 //! between nodes, reported as [`ShardError::Protocol`].
 
 use cairn_store::{
-    ApplyOutcome, Command, HistoryRange, KeyVersion, Page, PageLimit, ShardId, Versioned, WriteOp,
+    ApplyOutcome, Command, HistoryRange, KeyVersion, NodeId, Page, PageLimit, ShardId, Versioned,
+    WriteOp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -132,6 +133,81 @@ pub enum ControlRequest {
     /// started (a number that moves when the shard is written: automatic snapshots
     /// are taken only then), and how many groups that node leads (for balancing).
     Progress { shard: ShardId },
+    /// The group's members as its leader sees them, with how far each has caught
+    /// up. Served by the leader only (a follower answers `NotLeader`).
+    Members { shard: ShardId },
+    /// Change the group's members (Raft configuration change); answered once the
+    /// change is applied on the leader. Served by the leader only.
+    ChangeMembers {
+        shard: ShardId,
+        change: MemberChange,
+    },
+    /// Hand the group's leadership to voter `to`. Served by the leader only; answered
+    /// at once, the transfer itself takes an election.
+    TransferLeader { shard: ShardId, to: NodeId },
+    /// Open an empty replica of the group on the node the call reaches (a learner to
+    /// be, caught up by a Raft snapshot once the leader adds it). Idempotent.
+    OpenReplica { shard: ShardId },
+    /// Stop and delete the node's replica of the group, which `members` (the group's
+    /// committed configuration, as its leader applied it) no longer names. Refused if
+    /// `members` names the node. Idempotent.
+    DropReplica {
+        shard: ShardId,
+        members: Vec<NodeId>,
+    },
+}
+
+/// A change of one group's members, made with Raft's joint consensus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberChange {
+    /// Add `node` as a learner: it receives the log (a Raft snapshot first) but does
+    /// not vote.
+    AddLearner { node: NodeId },
+    /// Make learner `add` a voter and remove voter `remove`, in one joint
+    /// configuration that the leader leaves by itself once it is applied.
+    Replace { add: NodeId, remove: NodeId },
+    /// Remove `node`, a learner that will not be promoted.
+    RemoveLearner { node: NodeId },
+}
+
+/// A group's members as its leader sees them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Members {
+    /// Voters of the (incoming) configuration.
+    pub voters: Vec<NodeId>,
+    /// Voters of the outgoing configuration while a joint change is under way;
+    /// empty otherwise.
+    pub outgoing: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    pub leader: Option<NodeId>,
+    /// The leader's commit index.
+    pub commit: u64,
+    /// Per member, the highest log index known to match the leader's.
+    pub matched: Vec<(NodeId, u64)>,
+}
+
+impl Members {
+    /// Every node the configuration names (voters, outgoing voters, learners).
+    pub fn all(&self) -> Vec<NodeId> {
+        let mut all: Vec<NodeId> = self
+            .voters
+            .iter()
+            .chain(&self.outgoing)
+            .chain(&self.learners)
+            .copied()
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
+    /// How far `node`'s log matches the leader's (0 if unknown).
+    pub fn matched(&self, node: NodeId) -> u64 {
+        self.matched
+            .iter()
+            .find(|(n, _)| *n == node)
+            .map_or(0, |(_, m)| *m)
+    }
 }
 
 impl ControlRequest {
@@ -141,7 +217,12 @@ impl ControlRequest {
             | ControlRequest::Get { shard, .. }
             | ControlRequest::Scan { shard, .. }
             | ControlRequest::History { shard, .. }
-            | ControlRequest::Progress { shard } => *shard,
+            | ControlRequest::Progress { shard }
+            | ControlRequest::Members { shard }
+            | ControlRequest::ChangeMembers { shard, .. }
+            | ControlRequest::TransferLeader { shard, .. }
+            | ControlRequest::OpenReplica { shard }
+            | ControlRequest::DropReplica { shard, .. } => *shard,
         }
     }
 
@@ -192,6 +273,7 @@ impl Call {
             self,
             Call::Client(ShardRequest::Write { .. })
                 | Call::Control(ControlRequest::Propose { .. })
+                | Call::Control(ControlRequest::ChangeMembers { .. })
         )
     }
 }
@@ -220,6 +302,10 @@ pub enum ShardResponse {
     },
     /// See [`ControlRequest::Progress`].
     Progress(Progress),
+    /// See [`ControlRequest::Members`].
+    Members(Members),
+    /// Done, nothing to tell (opening, dropping, a transfer asked for).
+    Done,
 }
 
 impl ShardResponse {
@@ -271,6 +357,22 @@ impl ShardResponse {
         }
     }
 
+    /// The answer to a members call.
+    pub fn into_members(self, shard: ShardId) -> Result<Members, ShardError> {
+        match self {
+            ShardResponse::Members(members) => Ok(members),
+            other => Err(other.mismatch(shard, "a group's members")),
+        }
+    }
+
+    /// The answer to a call that only reports success.
+    pub fn into_done(self, shard: ShardId) -> Result<(), ShardError> {
+        match self {
+            ShardResponse::Done => Ok(()),
+            other => Err(other.mismatch(shard, "done")),
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             ShardResponse::Written(_) => "a write's outcome",
@@ -279,6 +381,8 @@ impl ShardResponse {
             ShardResponse::Changes(_) => "a page of changes",
             ShardResponse::History { .. } => "a page of history",
             ShardResponse::Progress(_) => "a progress count",
+            ShardResponse::Members(_) => "a group's members",
+            ShardResponse::Done => "done",
         }
     }
 

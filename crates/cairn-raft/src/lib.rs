@@ -25,13 +25,16 @@ pub mod call;
 pub mod commit;
 pub mod config;
 pub mod error;
+mod hosted;
 pub mod machine;
 pub mod multi_raft;
 pub mod replica;
 pub mod retry;
 pub mod transport;
 
-pub use call::{Call, Consistency, ControlRequest, Progress, ShardRequest, ShardResponse};
+pub use call::{
+    Call, Consistency, ControlRequest, MemberChange, Members, Progress, ShardRequest, ShardResponse,
+};
 pub use config::{PeerAddr, Placement, RaftConfig, RaftLimits};
 pub use error::{RaftError, ReplicaError, ShardError};
 pub use machine::StateMachine;

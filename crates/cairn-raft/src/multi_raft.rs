@@ -18,6 +18,7 @@ use crate::call::{Call, Consistency, ControlRequest, Progress, ShardRequest, Sha
 use crate::commit::GroupCommit;
 use crate::config::RaftConfig;
 use crate::error::{RaftError, ShardError};
+use crate::hosted::{HostedReplicas, Slot};
 use crate::replica::pool;
 use crate::replica::{Replica, ReplicaGauges, ReplicaMsg};
 use crate::transport::{CallHandler, Transport};
@@ -26,15 +27,30 @@ use crate::transport::{CallHandler, Transport};
 const REPLICA_INBOX: usize = 16 * 1024;
 
 /// This node's replicas, as seen by request handling: their inboxes, trees and gauges,
-/// indexed by group id (`None` where another node holds the group).
+/// by group id, and the means to open and drop replicas as the groups' members change.
 pub struct LocalShards {
     node_id: NodeId,
     /// Groups below this are data shards, open to client calls; the rest (the meta
     /// group) take control calls only.
     data_shards: u32,
-    inboxes: Vec<Option<Sender<ReplicaMsg<ShardState>>>>,
-    states: Vec<Option<ShardState>>,
-    gauges: Vec<Option<Arc<ReplicaGauges>>>,
+    hosted: Arc<HostedReplicas>,
+    /// How replicas are opened and dropped at run time; set once the node's parts
+    /// (transport, group commit, pool threads) exist.
+    /// Taken away when the node stops: its group-commit handle must go for the
+    /// flusher to end.
+    opener: Mutex<Option<Arc<Opener>>>,
+}
+
+/// What opening a replica at run time takes.
+struct Opener {
+    cfg: RaftConfig,
+    store: NodeStore,
+    commit: GroupCommit,
+    transport: Transport,
+    /// Each pool thread's door for a new replica.
+    pools: Vec<Sender<pool::Owned<ShardState, Transport, GroupCommit>>>,
+    /// One open or drop at a time: each rewrites the recorded list of hosted groups.
+    changing: tokio::sync::Mutex<()>,
 }
 
 impl LocalShards {
@@ -78,13 +94,12 @@ impl LocalShards {
             } => {
                 let (inbox, state) = self.replica(shard)?;
                 self.read_version(
-                    inbox,
+                    &inbox,
                     Consistency::AtVersion(from.max(to)),
                     shard,
                     ReadScope::Nothing,
                 )
                 .await?;
-                let state = state.clone();
                 let page = tokio::task::spawn_blocking(move || {
                     state.diff(&prefix, start_after.as_deref(), limit, from, to)
                 })
@@ -132,7 +147,164 @@ impl LocalShards {
                     leads: self.leads(),
                 }))
             }
+            ControlRequest::Members { shard } => {
+                let (inbox, _) = self.replica(shard)?;
+                let (reply, rx) = oneshot::channel();
+                inbox
+                    .try_send(ReplicaMsg::Members { reply })
+                    .map_err(|_| overloaded(shard))?;
+                let members = rx.await.map_err(|_| ShardError::ShuttingDown)?;
+                if members.leader != Some(self.node_id) {
+                    return Err(ShardError::NotLeader {
+                        shard,
+                        leader: members.leader,
+                    });
+                }
+                Ok(ShardResponse::Members(members))
+            }
+            ControlRequest::ChangeMembers { shard, change } => {
+                let (inbox, _) = self.replica(shard)?;
+                let (reply, rx) = oneshot::channel();
+                inbox
+                    .try_send(ReplicaMsg::ChangeMembers { change, reply })
+                    .map_err(|_| overloaded(shard))?;
+                rx.await.map_err(|_| ShardError::ShuttingDown)??;
+                Ok(ShardResponse::Done)
+            }
+            ControlRequest::TransferLeader { shard, to } => {
+                let leader = self.gauges(shard).and_then(|g| g.leader());
+                if self.hosts(shard) && leader != Some(self.node_id) {
+                    return Err(ShardError::NotLeader { shard, leader });
+                }
+                self.transfer_leader(shard, to)?;
+                Ok(ShardResponse::Done)
+            }
+            ControlRequest::OpenReplica { shard } => self.open_replica(shard).await,
+            ControlRequest::DropReplica { shard, members } => {
+                self.drop_replica(shard, members).await
+            }
         }
+    }
+
+    fn opener(&self) -> Option<Arc<Opener>> {
+        self.opener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Open an empty replica of `shard` here and start it (see
+    /// [`ControlRequest::OpenReplica`]). It knows no configuration until the group's
+    /// leader sends it a Raft snapshot, so it neither votes nor campaigns before.
+    async fn open_replica(&self, shard: ShardId) -> Result<ShardResponse, ShardError> {
+        if shard as usize >= self.hosted.groups() {
+            return Err(ShardError::Unavailable {
+                shard,
+                reason: "no such shard".into(),
+            });
+        }
+        let opener = self.opener().ok_or(ShardError::ShuttingDown)?;
+        let _one_at_a_time = opener.changing.lock().await;
+        if self.hosts(shard) {
+            return Ok(ShardResponse::Done);
+        }
+        let store = opener.store.clone();
+        let mut hosted = self.hosted.ids();
+        hosted.push(shard);
+        hosted.sort_unstable();
+        let (cfg, commit, transport) = (
+            opener.cfg.clone(),
+            opener.commit.clone(),
+            opener.transport.clone(),
+        );
+        let gauges = Arc::new(ReplicaGauges::new());
+        let replica_gauges = gauges.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            // Whatever an earlier replica of the group left (a drop cut short) goes:
+            // this one starts empty, with an empty configuration that no later boot
+            // replaces with the placement the cluster was created with.
+            store.drop_shard(shard)?;
+            store
+                .raft_log(shard)?
+                .initialize(&raft::prelude::ConfState::default())?;
+            store.set_hosted_groups(&hosted)?;
+            let state = store.shard_state(shard)?;
+            let replica = Replica::<ShardState, _, _>::open(
+                shard,
+                &cfg,
+                store,
+                commit,
+                transport,
+                replica_gauges,
+            )?;
+            Ok::<_, RaftError>((replica, state))
+        })
+        .await
+        .map_err(|_| ShardError::ShuttingDown)?;
+        let (replica, state) = opened.map_err(|e| ShardError::Storage {
+            shard,
+            reason: e.to_string(),
+        })?;
+        let (tx, rx) = bounded(REPLICA_INBOX);
+        self.hosted.set(
+            shard,
+            Some(Slot {
+                inbox: tx,
+                state,
+                gauges,
+            }),
+        );
+        let pool = &opener.pools[shard as usize % opener.pools.len()];
+        pool.send((replica, rx))
+            .map_err(|_| ShardError::ShuttingDown)?;
+        tracing::info!(shard, "opened a replica");
+        Ok(ShardResponse::Done)
+    }
+
+    /// Stop this node's replica of `shard` and delete its data (see
+    /// [`ControlRequest::DropReplica`]).
+    async fn drop_replica(
+        &self,
+        shard: ShardId,
+        members: Vec<NodeId>,
+    ) -> Result<ShardResponse, ShardError> {
+        if members.contains(&self.node_id) {
+            return Err(ShardError::Refused {
+                shard,
+                reason: format!(
+                    "the group's configuration still names node {}; remove it first",
+                    self.node_id
+                ),
+            });
+        }
+        let opener = self.opener().ok_or(ShardError::ShuttingDown)?;
+        let _one_at_a_time = opener.changing.lock().await;
+        let Some(slot) = self.hosted.get(shard) else {
+            return Ok(ShardResponse::Done);
+        };
+        let (reply, retired) = oneshot::channel();
+        slot.inbox
+            .try_send(ReplicaMsg::Retire { reply })
+            .map_err(|_| overloaded(shard))?;
+        // Once the pool has let go of the replica nothing writes its trees.
+        retired.await.map_err(|_| ShardError::ShuttingDown)?;
+        self.hosted.set(shard, None);
+        let hosted = self.hosted.ids();
+        let store = opener.store.clone();
+        tokio::task::spawn_blocking(move || {
+            // The list first: a crash before the trees go leaves data nobody opens,
+            // and the next replica of the group clears it.
+            store.set_hosted_groups(&hosted)?;
+            store.drop_shard(shard)
+        })
+        .await
+        .map_err(|_| ShardError::ShuttingDown)?
+        .map_err(|e| storage(shard, e))?;
+        tracing::info!(
+            shard,
+            "dropped the replica: the group no longer names this node"
+        );
+        Ok(ShardResponse::Done)
     }
 
     /// A page of `shard`'s history (see [`ControlRequest::History`]), once this
@@ -158,7 +330,6 @@ impl LocalShards {
                 reason: format!("version {upto} is not yet applied here (applied {applied})"),
             });
         }
-        let state = state.clone();
         tokio::task::spawn_blocking(move || {
             let after = after.as_ref().map(|(k, v)| (k.as_slice(), *v));
             let mut versions = Vec::new();
@@ -196,17 +367,14 @@ impl LocalShards {
     fn replica(
         &self,
         shard: ShardId,
-    ) -> Result<(&Sender<ReplicaMsg<ShardState>>, &ShardState), ShardError> {
-        match (
-            self.inboxes.get(shard as usize).and_then(Option::as_ref),
-            self.states.get(shard as usize).and_then(Option::as_ref),
-        ) {
-            (Some(i), Some(s)) => Ok((i, s)),
-            _ if shard as usize >= self.states.len() => Err(ShardError::Unavailable {
+    ) -> Result<(Sender<ReplicaMsg<ShardState>>, ShardState), ShardError> {
+        match self.hosted.get(shard) {
+            Some(slot) => Ok((slot.inbox, slot.state)),
+            None if shard as usize >= self.hosted.groups() => Err(ShardError::Unavailable {
                 shard,
                 reason: "no such shard".into(),
             }),
-            _ => Err(ShardError::Unavailable {
+            None => Err(ShardError::Unavailable {
                 shard,
                 reason: format!("node {} holds no replica of it", self.node_id),
             }),
@@ -234,7 +402,7 @@ impl LocalShards {
     ) -> Result<ShardResponse, ShardError> {
         let (inbox, state) = self.replica(shard)?;
         let scope = ReadScope::Key(key.clone());
-        let at = self.read_version(inbox, consistency, shard, scope).await?;
+        let at = self.read_version(&inbox, consistency, shard, scope).await?;
         let value = state.get(&key, at).map_err(|e| storage(shard, e))?;
         Ok(ShardResponse::Value(value))
     }
@@ -252,8 +420,7 @@ impl LocalShards {
             prefix: prefix.clone(),
             start_after: start_after.clone(),
         };
-        let at = self.read_version(inbox, consistency, shard, scope).await?;
-        let state = state.clone();
+        let at = self.read_version(&inbox, consistency, shard, scope).await?;
         let page = tokio::task::spawn_blocking(move || {
             state.scan(&prefix, start_after.as_deref(), limit, at)
         })
@@ -309,11 +476,11 @@ impl LocalShards {
     /// horizon that no read can see any more. Blocking; runs off the Raft threads.
     /// `collected[g]` remembers the horizon already collected for group `g`.
     pub fn collect_history(&self, collected: &mut Vec<u64>) -> Result<usize, ShardError> {
-        collected.resize(self.states.len(), 0);
+        collected.resize(self.hosted.groups(), 0);
         let mut removed = 0;
-        for (group, state) in self.states.iter().enumerate() {
-            let Some(state) = state else { continue };
-            let shard = group as ShardId;
+        for (shard, slot) in self.hosted.all() {
+            let group = shard as usize;
+            let state = slot.state;
             let horizon = state.horizon().map_err(|e| storage(shard, e))?;
             if horizon > collected[group] {
                 removed += state
@@ -327,30 +494,40 @@ impl LocalShards {
 
     /// This node's replica of `shard`'s state machine, for reads that need no
     /// leader (backups, status, tests).
-    pub fn state(&self, shard: ShardId) -> Option<&ShardState> {
-        self.states.get(shard as usize).and_then(Option::as_ref)
+    pub fn state(&self, shard: ShardId) -> Option<ShardState> {
+        self.hosted.get(shard).map(|s| s.state)
     }
 
     /// The gauges of this node's replica of `shard`; `None` if it holds none.
-    pub fn gauges(&self, shard: ShardId) -> Option<&ReplicaGauges> {
-        self.gauges
-            .get(shard as usize)
-            .and_then(Option::as_ref)
-            .map(|g| g.as_ref())
+    pub fn gauges(&self, shard: ShardId) -> Option<Arc<ReplicaGauges>> {
+        self.hosted.gauges(shard)
     }
 
-    /// Whether this node holds a replica of `shard`.
+    /// Whether this node holds a replica of `shard` (a voter's, or a learner's that
+    /// may still be catching up).
     pub fn hosts(&self, shard: ShardId) -> bool {
-        self.state(shard).is_some()
+        self.hosted.get(shard).is_some()
+    }
+
+    /// Whether this node's replica of `shard` is one of its voters: caught up at
+    /// some point, so its state may answer reads that need no leader.
+    pub fn votes_in(&self, shard: ShardId) -> bool {
+        self.gauges(shard)
+            .is_some_and(|g| g.voters().contains(&self.node_id))
+    }
+
+    /// The groups this node holds replicas of.
+    pub fn hosted(&self) -> Vec<ShardId> {
+        self.hosted.ids()
     }
 
     /// How many groups this node's replicas lead.
     pub fn leads(&self) -> u32 {
         let me = Some(self.node_id);
-        self.gauges
+        self.hosted
+            .all()
             .iter()
-            .flatten()
-            .filter(|g| g.leader() == me)
+            .filter(|(_, s)| s.gauges.leader() == me)
             .count() as u32
     }
 
@@ -450,42 +627,44 @@ impl MultiRaft {
     pub async fn start(cfg: RaftConfig, store: NodeStore) -> Result<MultiRaft, RaftError> {
         cfg.validate()?;
         let node = cfg.node_id;
-        let mut inboxes = Vec::new();
-        let mut receivers = Vec::new();
-        let mut states = Vec::new();
-        let mut gauges = Vec::new();
-        for shard in cfg.groups() {
-            if !cfg.hosts(shard) {
-                inboxes.push(None);
-                states.push(None);
-                gauges.push(None);
-                continue;
+        // The groups this node holds: as last recorded, or, on a directory's first
+        // boot, as the cluster's placement says.
+        let hosted_groups = match store.hosted_groups()? {
+            Some(groups) => groups,
+            None => {
+                let groups: Vec<ShardId> = cfg.groups().filter(|&g| cfg.hosts(g)).collect();
+                store.set_hosted_groups(&groups)?;
+                groups
             }
+        };
+        let hosted = Arc::new(HostedReplicas::new(cfg.groups().count()));
+        let mut receivers = Vec::new();
+        for &shard in &hosted_groups {
             let (tx, rx) = bounded(REPLICA_INBOX);
-            inboxes.push(Some(tx));
-            receivers.push((shard, rx));
-            states.push(Some(store.shard_state(shard)?));
-            gauges.push(Some(Arc::new(ReplicaGauges::new())));
+            let gauges = Arc::new(ReplicaGauges::new());
+            receivers.push((shard, rx, gauges.clone()));
+            let slot = Slot {
+                inbox: tx,
+                state: store.shard_state(shard)?,
+                gauges,
+            };
+            hosted.set(shard, Some(slot));
         }
         let local = Arc::new(LocalShards {
             node_id: node,
             data_shards: cfg.shards,
-            inboxes: inboxes.clone(),
-            states,
-            gauges: gauges.clone(),
+            hosted: hosted.clone(),
+            opener: Mutex::new(None),
         });
         let cancel = CancellationToken::new();
         let transport =
-            Transport::start(&cfg, inboxes, store.clone(), local.clone(), cancel.clone()).await?;
+            Transport::start(&cfg, hosted, store.clone(), local.clone(), cancel.clone()).await?;
         let (commit, commit_thread) = GroupCommit::start(store.clone(), node);
         let (stop_tx, stop_rx) = bounded::<()>(0);
         // Shards dealt round-robin to the pool's threads (see `replica/pool.rs`).
-        let pools = cfg.replica_threads;
+        let pools = cfg.replica_threads.max(1);
         let mut owned: Vec<Vec<_>> = (0..pools).map(|_| Vec::new()).collect();
-        for (shard, inbox) in receivers {
-            let Some(gauges) = gauges[shard as usize].clone() else {
-                continue;
-            };
+        for (shard, inbox, gauges) in receivers {
             let replica = Replica::<ShardState, _, _>::open(
                 shard,
                 &cfg,
@@ -497,10 +676,10 @@ impl MultiRaft {
             owned[shard as usize % pools].push((replica, inbox));
         }
         let mut threads = Vec::new();
+        let mut doors = Vec::new();
         for (index, replicas) in owned.into_iter().enumerate() {
-            if replicas.is_empty() {
-                continue;
-            }
+            let (door, adopt) = bounded(64);
+            doors.push(door);
             let stop = stop_rx.clone();
             let tick = cfg.tick;
             let commit = commit.clone();
@@ -509,10 +688,21 @@ impl MultiRaft {
                 .spawn(move || {
                     let span = tracing::info_span!("replica_pool", node, index);
                     let _enter = span.enter();
-                    pool::run(replicas, commit, stop, tick)
+                    pool::run(replicas, adopt, commit, stop, tick)
                 })?;
             threads.push(handle);
         }
+        *local
+            .opener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(Opener {
+            cfg: cfg.clone(),
+            store: store.clone(),
+            commit: commit.clone(),
+            transport: transport.clone(),
+            pools: doors,
+            changing: tokio::sync::Mutex::new(()),
+        }));
         let control = ControlPath {
             local: local.clone(),
             transport: transport.clone(),
@@ -601,6 +791,11 @@ impl MultiRaft {
     /// Stop the transport, then every replica (each fails what it still holds), then
     /// the flusher, after one last fsync.
     pub async fn shutdown(mut self) {
+        self.local
+            .opener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         self.cancel.cancel();
         drop(self.stop_replicas.take());
         let threads = std::mem::take(&mut self.threads);
@@ -627,6 +822,11 @@ impl Drop for MultiRaft {
     fn drop(&mut self) {
         // Without an explicit shutdown the threads still stop: closing the stop channel
         // ends every replica loop, and the flusher ends with its last handle.
+        self.local
+            .opener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         self.cancel.cancel();
         drop(self.stop_replicas.take());
     }

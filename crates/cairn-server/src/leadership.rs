@@ -69,7 +69,12 @@ async fn next_transfer(control: &Control) -> Option<(ShardId, u64)> {
         .collect();
     for group in led {
         let mut best: Option<(u32, u64)> = None;
-        for voter in cfg.voters(group) {
+        let voters = raft
+            .local()
+            .gauges(group)
+            .map(|g| g.voters())
+            .unwrap_or_default();
+        for voter in voters {
             if voter == me || !raft.reachable(voter) {
                 continue;
             }

@@ -13,6 +13,7 @@ pub mod dev;
 pub mod error;
 pub mod identity;
 pub mod leadership;
+pub mod moves;
 pub mod node;
 pub mod revert;
 pub mod router;

@@ -79,6 +79,7 @@ impl Parts {
             txns: txns.clone(),
             backups: backups.clone(),
             reverts,
+            control: control.clone(),
             cluster_id: identity.cluster_id,
             metrics: prometheus(),
             config: config.clone(),

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use cairn_cluster::Shards;
 use cairn_raft::{
-    Backoff, Consistency, ControlPath, ControlRequest, MultiRaft, ShardError, ShardRequest,
-    ShardResponse,
+    Backoff, Consistency, ControlPath, ControlRequest, Members, MultiRaft, ShardError,
+    ShardRequest, ShardResponse,
 };
 use cairn_store::page::PageBuilder;
 use cairn_store::{
@@ -45,59 +45,117 @@ pub struct Router {
     remote: RemoteLeaders,
 }
 
-/// Where the leaders of groups without a local replica were last found.
+/// Where the leaders and voters of groups without a local replica were last found.
 struct RemoteLeaders {
+    me: NodeId,
     /// Per group: the node that last answered as its leader, or 0.
     hint: Vec<AtomicU64>,
-    /// Per group: which voter to try next when no leader is known.
+    /// Per group: which candidate to try next when no leader is known.
     next: Vec<AtomicUsize>,
-    /// Per group: its voters (empty for a group this node holds).
-    voters: Vec<Vec<NodeId>>,
+    /// Per group: its voters as last learned (at first, the placement the cluster was
+    /// created with; replicas move, so a [`Members`] answer replaces them).
+    voters: std::sync::RwLock<Vec<Vec<NodeId>>>,
+    /// Every node of the cluster, tried after the voters: a group's replicas may have
+    /// moved since this node last learned where they are.
+    nodes: Vec<NodeId>,
 }
 
 impl RemoteLeaders {
     fn new(raft: &MultiRaft) -> RemoteLeaders {
         let cfg = raft.config();
-        let voters: Vec<Vec<NodeId>> = cfg
-            .groups()
-            .map(|g| {
-                if raft.local().hosts(g) {
-                    Vec::new()
-                } else {
-                    cfg.voters(g)
-                }
-            })
-            .collect();
+        let voters: Vec<Vec<NodeId>> = cfg.groups().map(|g| cfg.voters(g)).collect();
         RemoteLeaders {
+            me: cfg.node_id,
             hint: voters.iter().map(|_| AtomicU64::new(0)).collect(),
             next: voters.iter().map(|_| AtomicUsize::new(0)).collect(),
-            voters,
+            voters: std::sync::RwLock::new(voters),
+            nodes: cfg.peers.keys().copied().collect(),
         }
     }
 
-    /// Where to send the next attempt at `group`: its known leader, else the next of
-    /// its voters in turn, passing over those whose links are down (a leader that
-    /// died is forgotten as soon as its link drops, not after a request timed out
-    /// on it).
+    /// The candidates for `group`'s leader, in the order they are tried: its voters
+    /// as last learned, then every other node but this one.
+    fn candidates(&self, group: ShardId) -> Vec<NodeId> {
+        let mut out = self.voters(group);
+        out.retain(|&n| n != self.me);
+        for &n in &self.nodes {
+            if n != self.me && !out.contains(&n) {
+                out.push(n);
+            }
+        }
+        out
+    }
+
+    /// `group`'s voters as last learned.
+    fn voters(&self, group: ShardId) -> Vec<NodeId> {
+        self.voters
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(group as usize)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Remember `group`'s members as its leader named them.
+    fn learn_members(&self, group: ShardId, members: &Members) {
+        let mut voters = members.voters.clone();
+        voters.extend(
+            members
+                .outgoing
+                .iter()
+                .filter(|n| !members.voters.contains(n)),
+        );
+        voters.sort_unstable();
+        if let Some(slot) = self
+            .voters
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_mut(group as usize)
+        {
+            *slot = voters;
+        }
+        if let (Some(leader), Some(hint)) = (members.leader, self.hint.get(group as usize)) {
+            hint.store(leader, Ordering::Relaxed);
+        }
+    }
+
+    /// Where to send the next attempt at `group`: its known leader, else the next
+    /// candidate in turn (voters first), passing over those whose links are down (a
+    /// leader that died is forgotten as soon as its link drops, not after a request
+    /// timed out on it).
     fn target(&self, group: ShardId, reachable: impl Fn(NodeId) -> bool) -> Option<NodeId> {
         let g = group as usize;
-        let voters = self.voters.get(g)?;
-        if voters.is_empty() {
-            return None;
-        }
-        match self.hint[g].load(Ordering::Relaxed) {
+        let hint = self.hint.get(g)?;
+        match hint.load(Ordering::Relaxed) {
             0 => {}
             leader if reachable(leader) => return Some(leader),
-            _ => self.hint[g].store(0, Ordering::Relaxed),
+            _ => hint.store(0, Ordering::Relaxed),
         }
-        let start = self.next[g].fetch_add(1, Ordering::Relaxed);
-        let mut order = (0..voters.len()).map(|i| voters[(start + i) % voters.len()]);
-        let first = voters[start % voters.len()];
+        let candidates = self.candidates(group);
+        if candidates.is_empty() {
+            return None;
+        }
+        // Voters first: a try counter that restarts each pass over the voters would
+        // need a lock; instead every other try goes to a voter.
+        let voters = self
+            .voters(group)
+            .into_iter()
+            .filter(|&n| n != self.me)
+            .count();
+        let turn = self.next[g].fetch_add(1, Ordering::Relaxed);
+        let pool = if voters > 0 && turn.is_multiple_of(2) {
+            &candidates[..voters]
+        } else {
+            &candidates[..]
+        };
+        let start = turn / 2;
+        let mut order = (0..pool.len()).map(|i| pool[(start + i) % pool.len()]);
+        let first = pool[start % pool.len()];
         Some(order.find(|&v| reachable(v)).unwrap_or(first))
     }
 
     /// What an attempt sent to `node` taught: it leads (an answer), it named another
-    /// leader, or it could not serve (try another voter next).
+    /// leader, or it could not serve (try another candidate next).
     fn learn<T>(&self, group: ShardId, node: NodeId, result: &Result<T, ShardError>) {
         let Some(hint) = self.hint.get(group as usize) else {
             return;
@@ -118,12 +176,6 @@ impl RemoteLeaders {
     fn known(&self, group: ShardId) -> Option<NodeId> {
         let leader = self.hint.get(group as usize)?.load(Ordering::Relaxed);
         (leader != 0).then_some(leader)
-    }
-
-    fn holds_none(&self, group: ShardId) -> bool {
-        self.voters
-            .get(group as usize)
-            .is_some_and(|v| !v.is_empty())
     }
 }
 
@@ -167,11 +219,25 @@ impl Router {
     /// `group`'s leader as this node knows it: from its replica if it holds one,
     /// else where a request last found it.
     pub fn leader_of(&self, group: ShardId) -> Option<NodeId> {
-        if self.remote.holds_none(group) {
-            self.remote.known(group)
-        } else {
+        if self.raft.local().hosts(group) {
             self.raft.leader_of(group)
+        } else {
+            self.remote.known(group)
         }
+    }
+
+    /// `group`'s voters as this node knows them: from its replica if it holds one
+    /// that has its configuration, else as last learned.
+    pub fn voters_of(&self, group: ShardId) -> Vec<NodeId> {
+        match self.raft.local().gauges(group).map(|g| g.voters()) {
+            Some(voters) if !voters.is_empty() => voters,
+            _ => self.remote.voters(group),
+        }
+    }
+
+    /// Remember `group`'s members as its leader named them (routing and status).
+    pub fn learn_members(&self, group: ShardId, members: &Members) {
+        self.remote.learn_members(group, members);
     }
 
     /// Apply `ops` (all of one shard) atomically on the shard's leader. A key locked
@@ -235,7 +301,8 @@ impl Router {
 
     /// Execute a client call on its shard's leader (or locally for local reads).
     async fn execute(&self, req: ShardRequest) -> Result<ShardResponse, ShardError> {
-        if req.is_local_read() && self.raft.local().hosts(req.shard()) {
+        // Only a voter's state answers on its own: a learner may still be empty.
+        if req.is_local_read() && self.raft.local().votes_in(req.shard()) {
             match self.raft.local().execute(req.clone()).await {
                 // This replica has not applied that version yet; the leader has.
                 Err(ShardError::Unavailable { .. }) if req.reads_fixed_version() => {}
@@ -266,15 +333,21 @@ impl Router {
         let me = self.raft.local().node_id();
         let deadline = Instant::now() + self.timeout;
         let mut backoff = Backoff::election(deadline);
-        let remote = self.remote.holds_none(shard);
         // Hops taken on a refusing replica's word, without a pause: bounded, so two
         // replicas that name each other cannot keep a request spinning.
         let mut followed = 0;
         loop {
-            let target = if remote {
-                self.remote.target(shard, |node| self.raft.reachable(node))
-            } else {
+            // The local replica knows the leader, unless there is none here or it is
+            // new and has not heard from one yet: then the remembered way.
+            let local = if self.raft.local().hosts(shard) {
                 self.raft.leader_of(shard)
+            } else {
+                None
+            };
+            let remote = local.is_none();
+            let target = match local {
+                Some(leader) => Some(leader),
+                None => self.remote.target(shard, |node| self.raft.reachable(node)),
             };
             let result = match target {
                 Some(leader) if leader == me => attempt(Hop::Here).await,
@@ -398,6 +471,26 @@ impl Control {
 
     pub fn raft(&self) -> &MultiRaft {
         &self.router.raft
+    }
+
+    /// Make a control call on node `node` itself (not routed to a leader): opening
+    /// and dropping replicas.
+    pub async fn call_node(
+        &self,
+        node: NodeId,
+        req: ControlRequest,
+        timeout: Duration,
+    ) -> Result<ShardResponse, ShardError> {
+        if node == self.router.raft.local().node_id() {
+            self.path.local(req).await
+        } else {
+            self.path.forward(node, req, timeout).await
+        }
+    }
+
+    /// See [`Router::learn_members`].
+    pub fn learn_members(&self, group: ShardId, members: &Members) {
+        self.router.learn_members(group, members);
     }
 }
 

@@ -108,6 +108,7 @@ const IDENTITY_KEY: &[u8] = b"identity";
 const RESTORED_FROM_KEY: &[u8] = b"restored_from";
 const DATA_INCARNATION_KEY: &[u8] = b"data_incarnation";
 const PEER_DATA_PREFIX: &[u8] = b"peer_data/";
+const HOSTED_KEY: &[u8] = b"hosted";
 
 fn peer_data_key(node: NodeId) -> Vec<u8> {
     [PEER_DATA_PREFIX, &node.to_be_bytes()[..]].concat()
@@ -227,6 +228,41 @@ impl NodeStore {
     pub fn set_peer_data_incarnation(&self, node: NodeId, incarnation: u64) -> Result<()> {
         let tree = self.db.open_tree(NODE_TREE)?;
         tree.insert(peer_data_key(node), &incarnation.to_be_bytes()[..])?;
+        self.flush()
+    }
+
+    /// The groups this node holds replicas of, as last recorded; `None` before the
+    /// first record (a new or restored directory: its placement says).
+    pub fn hosted_groups(&self) -> Result<Option<Vec<ShardId>>> {
+        let tree = self.db.open_tree(NODE_TREE)?;
+        match tree.get(HOSTED_KEY)? {
+            None => Ok(None),
+            Some(v) => exact_bincode(&v)
+                .map(Some)
+                .map_err(|e| StoreError::corrupt(format!("hosted groups: {e}"))),
+        }
+    }
+
+    /// Record, durably, the groups this node holds replicas of.
+    pub fn set_hosted_groups(&self, groups: &[ShardId]) -> Result<()> {
+        let tree = self.db.open_tree(NODE_TREE)?;
+        // Serializing integers cannot fail.
+        let bytes = bincode::serialize(groups).expect("bincode serialization of group ids");
+        tree.insert(HOSTED_KEY, bytes)?;
+        self.flush()
+    }
+
+    /// Delete every tree of `shard` (log, data, snapshot stage) and forget its log's
+    /// mirror: the replica was removed from the group and stopped. A later replica of
+    /// the same group starts empty.
+    pub fn drop_shard(&self, shard: ShardId) -> Result<()> {
+        self.logs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&shard);
+        for what in ["log", "data", "incoming"] {
+            self.db.drop_tree(format!("shard/{shard}/{what}"))?;
+        }
         self.flush()
     }
 

@@ -25,6 +25,9 @@ pub struct ReplicaGauges {
     pub hold_from: AtomicU64,
     /// Batches of reads served on the leader lease, with no ReadIndex round.
     pub lease_reads: AtomicU64,
+    /// The group's voters as this replica's configuration names them (both halves
+    /// of a joint one), sorted.
+    voters: std::sync::Mutex<Vec<NodeId>>,
     /// The applied index again, for waiters ([`ReplicaGauges::wait_applied`]): sent
     /// once per batch of applied entries, not per entry.
     applied_watch: tokio::sync::watch::Sender<u64>,
@@ -58,6 +61,22 @@ impl ReplicaGauges {
     pub fn unheld_version(&self) -> u64 {
         let applied = self.applied.load(Ordering::Acquire);
         applied.min(self.hold_from.load(Ordering::Acquire))
+    }
+
+    pub(super) fn set_voters(&self, voters: Vec<NodeId>) {
+        *self
+            .voters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = voters;
+    }
+
+    /// The group's voters as this replica last knew them (empty for a replica that
+    /// has not yet received its group's configuration).
+    pub fn voters(&self) -> Vec<NodeId> {
+        self.voters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub fn leader(&self) -> Option<NodeId> {

@@ -40,6 +40,7 @@ use raft::prelude::{ConfChange, ConfChangeV2, Entry, EntryType, Message, Message
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
 
+use crate::call::{MemberChange, Members};
 use crate::commit::{Durability, GroupCommit};
 use crate::config::RaftConfig;
 use crate::error::{ReplicaError, ShardError};
@@ -86,6 +87,20 @@ pub enum ReplicaMsg<M: StateMachine> {
     /// always with lease reads on: the transferee's forced election would override
     /// the lease this leader may still be reading on.
     TransferLeader { to: NodeId },
+    /// From the placement code: the group's members as this replica sees them (how
+    /// far each has caught up is known to a leader only). Answered at once.
+    Members { reply: oneshot::Sender<Members> },
+    /// From the placement code: change the group's members (leader only), answered
+    /// once the change is applied here. raft-rs turns a change proposed while another
+    /// is pending into an empty entry, so the caller checks the members afterwards.
+    ChangeMembers {
+        change: MemberChange,
+        reply: WriteReply<M>,
+    },
+    /// From the node, which is dropping this replica (the group no longer names this
+    /// node): fail what waits and leave the pool; `reply` fires once the pool has let
+    /// go of the replica, after which nothing writes its trees.
+    Retire { reply: oneshot::Sender<()> },
 }
 
 /// Where a replica's outbound traffic goes. Production: the peer transport; the
@@ -185,6 +200,8 @@ pub struct Replica<M: StateMachine, O: Outbox<M>, D: Durability = GroupCommit> {
     snapshot_done: Vec<oneshot::Sender<()>>,
     /// A Ready written by [`Replica::ready_write`], waiting for its sync.
     ready: Option<raft::Ready>,
+    /// Set once the node asked this replica to retire ([`ReplicaMsg::Retire`]).
+    retire: Option<oneshot::Sender<()>>,
 }
 
 impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
@@ -322,7 +339,9 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
             lock_waits: BTreeMap::new(),
             snapshot_done: Vec::new(),
             ready: None,
+            retire: None,
         })
+        .inspect(Replica::publish_members)
     }
 
     /// This replica's shard.
@@ -333,6 +352,20 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
     /// The state machine this replica's log drives.
     pub fn machine(&self) -> &M {
         &self.state
+    }
+
+    /// Whether the node asked this replica to retire: its pool lets go of it after
+    /// the round, then answers [`Replica::retired`].
+    pub(crate) fn retiring(&self) -> bool {
+        self.retire.is_some()
+    }
+
+    /// The pool has let go of this retiring replica: tell the node.
+    pub(crate) fn retired(mut self) {
+        self.stop();
+        if let Some(reply) = self.retire.take() {
+            let _ = reply.send(());
+        }
     }
 
     /// The node is stopping: answer everything still waiting.
@@ -401,6 +434,17 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
                         ),
                     );
                 }
+                if msg.msg_type == MessageType::MsgAppend
+                    && msg.index == 0
+                    && self.raw.raft.prs().conf().voters().ids().is_empty()
+                {
+                    // A replica that has not yet received its group's configuration
+                    // (a new member) takes it from a Raft snapshot only: entries from
+                    // the log's start would leave it without the configuration the
+                    // group was created with, which is in no entry.
+                    tracing::debug!(from = msg.from, "append from the log's start refused");
+                    return;
+                }
                 if self.now < self.votes_from && read::asks_for_vote(&msg) {
                     tracing::debug!(from = msg.from, "vote refused: lease reads, just started");
                     return;
@@ -433,6 +477,111 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
                     tracing::info!(to, "transferring leadership");
                     self.raw.transfer_leader(to);
                 }
+            }
+            ReplicaMsg::Members { reply } => {
+                let _ = reply.send(self.members());
+            }
+            ReplicaMsg::ChangeMembers { change, reply } => self.change_members(change, reply),
+            ReplicaMsg::Retire { reply } => {
+                let shard = self.shard;
+                let leader = self.gauges.leader();
+                self.fail_pending(
+                    || ShardError::OutcomeUnknown {
+                        shard,
+                        reason: "the replica was removed before the write was applied".into(),
+                    },
+                    || ShardError::NotLeader { shard, leader },
+                );
+                self.retire = Some(reply);
+            }
+        }
+    }
+
+    /// The group's members as this replica's configuration names them.
+    fn members(&self) -> Members {
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        let sorted = |ids: &[NodeId]| {
+            let mut ids = ids.to_vec();
+            ids.sort_unstable();
+            ids
+        };
+        let leads = self.role == StateRole::Leader;
+        let mut learners = sorted(&conf.learners);
+        learners.extend(&conf.learners_next);
+        Members {
+            voters: sorted(&conf.voters),
+            outgoing: sorted(&conf.voters_outgoing),
+            learners,
+            leader: self.gauges.leader(),
+            commit: self.raw.raft.raft_log.committed,
+            matched: if leads {
+                let mut m: Vec<(NodeId, u64)> = self
+                    .raw
+                    .raft
+                    .prs()
+                    .iter()
+                    .map(|(&id, pr)| (id, pr.matched))
+                    .collect();
+                m.sort_unstable();
+                m
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// Publish the voters (both halves of a joint configuration) for status pages and
+    /// routing.
+    fn publish_members(&self) {
+        let mut voters: Vec<NodeId> = self.raw.raft.prs().conf().voters().ids().iter().collect();
+        voters.sort_unstable();
+        self.gauges.set_voters(voters);
+    }
+
+    /// Propose a change of members (see [`ReplicaMsg::ChangeMembers`]).
+    fn change_members(&mut self, change: MemberChange, reply: WriteReply<M>) {
+        use raft::prelude::{ConfChangeSingle, ConfChangeTransition, ConfChangeType};
+        if self.role != StateRole::Leader {
+            let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
+        let single = |change_type, node_id| ConfChangeSingle {
+            change_type,
+            node_id,
+            ..Default::default()
+        };
+        let changes = match change {
+            MemberChange::AddLearner { node } => vec![single(ConfChangeType::AddLearnerNode, node)],
+            MemberChange::Replace { add, remove } => vec![
+                single(ConfChangeType::AddNode, add),
+                single(ConfChangeType::RemoveNode, remove),
+            ],
+            MemberChange::RemoveLearner { node } => {
+                vec![single(ConfChangeType::RemoveNode, node)]
+            }
+        };
+        let mut cc = ConfChangeV2::default();
+        cc.set_changes(changes.into());
+        // Auto: a change of several members goes through a joint configuration that
+        // the leader leaves by itself once it is applied.
+        cc.set_transition(ConfChangeTransition::Auto);
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        match self.raw.propose_conf_change(id.to_be_bytes().to_vec(), cc) {
+            Ok(()) => {
+                tracing::info!(?change, "proposed a change of members");
+                let pending = PendingWrite {
+                    term: self.raw.raft.term,
+                    deadline: self.now + self.request_ticks,
+                    reply,
+                };
+                self.writes.insert(id, pending);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(ShardError::Unavailable {
+                    shard: self.shard,
+                    reason: e.to_string(),
+                }));
             }
         }
     }
@@ -781,6 +930,13 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
         }?;
         self.log.set_conf_state(&cs)?;
         self.commit.written();
+        self.publish_members();
+        tracing::info!(
+            voters = ?cs.voters,
+            outgoing = ?cs.voters_outgoing,
+            learners = ?cs.learners,
+            "applied a change of members"
+        );
         Ok(())
     }
 

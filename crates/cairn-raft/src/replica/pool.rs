@@ -29,10 +29,13 @@ pub type Owned<M, O, D> = (Replica<M, O, D>, Receiver<ReplicaMsg<M>>);
 /// cannot hold the others of its thread back for long.
 const DRAIN: usize = 4096;
 
-/// Drive `replicas` (each with its inbox) until `shutdown` is closed or an inbox is
-/// gone. `commit` makes each round's writes durable with one sync.
+/// Drive `replicas` (each with its inbox), and those `adopt` hands over later, until
+/// `shutdown` is closed. `commit` makes each round's writes durable with one sync. A
+/// replica that retires ([`ReplicaMsg::Retire`]) or whose inbox is gone leaves the
+/// pool after its round.
 pub fn run<M: StateMachine, O: Outbox<M>, D: Durability>(
     mut replicas: Vec<Owned<M, O, D>>,
+    adopt: Receiver<Owned<M, O, D>>,
     commit: D,
     shutdown: Receiver<()>,
     tick_len: Duration,
@@ -42,15 +45,32 @@ pub fn run<M: StateMachine, O: Outbox<M>, D: Durability>(
     // rest; the periods they stood for are counted here, so request deadlines and
     // leader leases follow real time.
     let mut ticked = Instant::now();
+    let mut adopting = true;
     loop {
         let mut select = Select::new();
         for (_, inbox) in &replicas {
             select.recv(inbox);
         }
         select.recv(&ticker);
+        if adopting {
+            select.recv(&adopt);
+        }
         let stop = select.recv(&shutdown);
         if select.ready() == stop {
             break;
+        }
+        loop {
+            match adopt.try_recv() {
+                Ok(owned) => {
+                    tracing::info!(shard = owned.0.shard(), "replica joined the pool");
+                    replicas.push(owned);
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    adopting = false;
+                    break;
+                }
+            }
         }
         if ticker.try_recv().is_ok() {
             let periods = periods_since(&mut ticked, tick_len);
@@ -59,9 +79,12 @@ pub fn run<M: StateMachine, O: Outbox<M>, D: Durability>(
             }
         }
         match round(&mut replicas, &commit) {
-            Ok(true) => {}
-            Ok(false) => break,
+            Ok(_) => {}
             Err((shard, e)) => fatal(shard, &e.to_string()),
+        }
+        for (replica, _) in replicas.extract_if(.., |(r, _)| r.retiring()) {
+            tracing::info!(shard = replica.shard(), "replica left the pool");
+            replica.retired();
         }
     }
     for (replica, _) in &mut replicas {
@@ -82,20 +105,28 @@ fn periods_since(last: &mut Instant, tick_len: Duration) -> u64 {
 }
 
 /// One round: take what every inbox holds, write every replica's Ready, one sync if
-/// any of them needs it, then finish every Ready. `Ok(false)` if an inbox is gone
-/// (the node is stopping); an error names the shard whose storage failed (or the
-/// first shard, for a failed sync), after which memory and disk may disagree.
+/// any of them needs it, then finish every Ready. `Ok(false)` if some inbox is gone
+/// (its replica is then marked retiring, so the pool lets go of it); an error names
+/// the shard whose storage failed (or the first shard, for a failed sync), after
+/// which memory and disk may disagree.
 pub fn round<M: StateMachine, O: Outbox<M>, D: Durability>(
     replicas: &mut [Owned<M, O, D>],
     commit: &D,
 ) -> Result<bool, (u32, ReplicaError)> {
     // Every inbox, not only the one that woke us: one sync then covers them all.
+    let mut all_open = true;
     for (replica, inbox) in replicas.iter_mut() {
         for _ in 0..DRAIN {
             match inbox.try_recv() {
                 Ok(msg) => replica.handle(msg),
                 Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => return Ok(false),
+                Err(TryRecvError::Disconnected) => {
+                    // Nobody can reach it any more (the node is stopping or let it go).
+                    let (reply, _) = tokio::sync::oneshot::channel();
+                    replica.handle(ReplicaMsg::Retire { reply });
+                    all_open = false;
+                    break;
+                }
             }
         }
     }
@@ -110,5 +141,5 @@ pub fn round<M: StateMachine, O: Outbox<M>, D: Durability>(
     for (replica, _) in replicas.iter_mut() {
         replica.process_finish().map_err(|e| (replica.shard(), e))?;
     }
-    Ok(true)
+    Ok(all_open)
 }

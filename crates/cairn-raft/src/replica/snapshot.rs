@@ -35,6 +35,7 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
             .map(|h| (h.id, h.from))
             .collect();
         self.publish_hold();
+        self.publish_members();
         self.gauges.set_applied(meta.index);
         self.gauges
             .first_index
@@ -56,6 +57,18 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
     pub(super) fn maybe_compact(&mut self) -> Result<(), ReplicaError> {
         let applied = self.gauges.applied.load(Ordering::Relaxed);
         let first = self.gauges.first_index.load(Ordering::Relaxed);
+        if first == 1 && applied >= 1 {
+            // The configuration a group was created with is in no entry. A log that
+            // still begins at index 1 could be replayed to a member added later, which
+            // would then run without it; dropped, every leader sends such a member a
+            // Raft snapshot, which carries the configuration.
+            self.log.compact(2)?;
+            self.commit.written();
+            self.gauges
+                .first_index
+                .store(self.log.first_index()?, Ordering::Relaxed);
+            return Ok(());
+        }
         if applied < first || applied - first < self.log_compact_entries {
             return Ok(());
         }

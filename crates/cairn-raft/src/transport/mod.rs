@@ -63,7 +63,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_store::{NodeId, NodeStore, ShardId, ShardState};
-use crossbeam_channel::Sender as ReplicaSender;
 use futures::future::BoxFuture;
 use protobuf::Message as _;
 use raft::prelude::Message;
@@ -79,6 +78,7 @@ pub use link::LinkStatus;
 use crate::call::Call;
 use crate::config::RaftConfig;
 use crate::error::ShardError;
+use crate::hosted::HostedReplicas;
 use crate::replica::{Outbox, ReplicaMsg};
 use frame::{CallResult, Frame};
 use ledger::{Admission, CallLedger, CallSender};
@@ -115,8 +115,8 @@ struct Inner {
     max_frame: usize,
     runtime: tokio::runtime::Handle,
     peers: HashMap<NodeId, Peer>,
-    /// This node's replicas by group id; `None` where another node holds the group.
-    replicas: Vec<Option<ReplicaSender<ReplicaMsg<ShardState>>>>,
+    /// This node's replicas by group id.
+    replicas: Arc<HostedReplicas>,
     store: NodeStore,
     calls: Mutex<HashMap<u64, oneshot::Sender<CallResult>>>,
     next_call: AtomicU64,
@@ -140,9 +140,9 @@ struct Peer {
 impl Transport {
     /// Bind the listener (`cfg.listen`) and start a link task per peer of `cfg.peers`.
     /// Must be called inside a tokio runtime.
-    pub async fn start(
+    pub(crate) async fn start(
         cfg: &RaftConfig,
-        replicas: Vec<Option<ReplicaSender<ReplicaMsg<ShardState>>>>,
+        replicas: Arc<HostedReplicas>,
         store: NodeStore,
         handler: Arc<dyn CallHandler>,
         cancel: CancellationToken,
@@ -161,7 +161,7 @@ impl Transport {
             links.push((id, addr.clone(), rx));
             peer_map.insert(id, Peer { addr, tx, stats });
         }
-        let shards = replicas.len();
+        let shards = replicas.groups();
         let transport = Transport {
             inner: Arc::new(Inner {
                 node_id,
@@ -304,12 +304,7 @@ impl Transport {
     }
 
     fn deliver(&self, shard: ShardId, bytes: &[u8]) {
-        let Some(replica) = self
-            .inner
-            .replicas
-            .get(shard as usize)
-            .and_then(Option::as_ref)
-        else {
+        let Some(replica) = self.inner.replicas.inbox(shard) else {
             return;
         };
         if let Ok(msg) = Message::parse_from_bytes(bytes) {
@@ -430,7 +425,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let transport = Transport::start(
             &config(id, peers),
-            Vec::new(),
+            Arc::new(HostedReplicas::new(0)),
             store,
             handler.clone(),
             cancel.clone(),

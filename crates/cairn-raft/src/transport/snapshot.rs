@@ -44,7 +44,7 @@ impl Transport {
                     tracing::warn!(error = %e, "snapshot stream failed");
                 }
                 let ok = result.is_ok();
-                if let Some(Some(replica)) = t.inner.replicas.get(shard as usize) {
+                if let Some(replica) = t.inner.replicas.inbox(shard) {
                     let _ = replica.send(ReplicaMsg::SnapshotSent { to, ok });
                 }
             }
@@ -60,6 +60,11 @@ impl Transport {
         shard: ShardId,
         pairs: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<(), PeerError> {
+        // Only a hosted replica installs a stage; anything else would leave a tree
+        // behind for a group this node does not hold.
+        if self.inner.replicas.get(shard).is_none() {
+            return Err(PeerError::NoShard(shard));
+        }
         let lock = self
             .inner
             .stage_locks
@@ -96,8 +101,7 @@ impl Transport {
         let replica = self
             .inner
             .replicas
-            .get(shard as usize)
-            .and_then(Option::as_ref)
+            .inbox(shard)
             .ok_or(PeerError::NoShard(shard))?;
         let (done, handled) = oneshot::channel();
         replica

@@ -19,7 +19,7 @@ pub async fn status(State(api): Shared) -> Result<Json<ClusterStatus>, ApiError>
     let status = |shard: u32| {
         raft.status(shard).map(|s| ShardStatus {
             id: s.shard,
-            replicas: raft.config().voters(shard),
+            replicas: api.router.voters_of(shard),
             leader: s.leader,
             term: s.term,
             commit: s.commit,
@@ -35,7 +35,7 @@ pub async fn status(State(api): Shared) -> Result<Json<ClusterStatus>, ApiError>
         .map(|id| ShardPlacement {
             id,
             meta: id == meta_shard,
-            replicas: raft.config().voters(id),
+            replicas: api.router.voters_of(id),
             leader: api.router.leader_of(id),
         })
         .collect();

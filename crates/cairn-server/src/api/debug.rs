@@ -148,7 +148,6 @@ fn replica(api: &ApiState, params: &Params) -> Result<ShardState, ApiError> {
     u32::try_from(shard)
         .ok()
         .and_then(|s| api.router.raft().local().state(s))
-        .cloned()
         .ok_or_else(|| {
             ApiError::new(
                 ErrorCode::NotFound,

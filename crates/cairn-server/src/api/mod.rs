@@ -12,6 +12,7 @@ mod debug;
 mod error;
 mod kv;
 mod openapi;
+mod placement;
 mod request;
 mod snapshots;
 pub mod url;
@@ -40,6 +41,8 @@ pub struct ApiState {
     pub txns: Arc<Transactions<Control>>,
     pub backups: Arc<Backups<Control>>,
     pub reverts: Arc<Reverts>,
+    /// Control calls (replica moves).
+    pub control: Arc<Control>,
     pub config: Config,
     pub cluster_id: String,
     pub metrics: Option<PrometheusHandle>,
@@ -83,6 +86,7 @@ pub fn app(state: Arc<ApiState>) -> axum::Router {
         .route("/v1/revert", post(backups::revert))
         .route("/v1/reverts", get(backups::reverts))
         .route("/v1/cluster", get(cluster::status))
+        .route("/v1/shards/{id}/move", post(placement::move_replica))
         .route("/v1/openapi.json", get(openapi::document))
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))

@@ -64,6 +64,29 @@ pub enum ClientCommand {
     /// The cluster's nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// The cluster's shards (Raft groups).
+    #[command(subcommand)]
+    Shard(ShardCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ShardCommand {
+    /// Move a shard's replica from one node to another: the new replica is added as
+    /// a learner, caught up, made a voter while the old one is removed, and the old
+    /// one's data deleted. Prints the shard's members after the move; asking again
+    /// resumes a move that was cut short.
+    Move {
+        /// The shard (group) id; the meta group's id is the shard count.
+        shard: u32,
+        /// The node whose replica moves.
+        #[arg(long)]
+        from: u64,
+        /// The node it moves to.
+        #[arg(long)]
+        to: u64,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -186,6 +209,17 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Node(NodeCommand::List { endpoint }) => {
             let status = Client::new(endpoint.endpoint).cluster().await?;
             print!("{}", node_table(&status));
+        }
+        ClientCommand::Shard(ShardCommand::Move {
+            shard,
+            from,
+            to,
+            endpoint,
+        }) => {
+            let moved = Client::new(endpoint.endpoint)
+                .move_replica(shard, from, to)
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&moved)?);
         }
     }
     Ok(())

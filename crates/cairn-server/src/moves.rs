@@ -1,0 +1,255 @@
+//! Moving one replica of a group from one node to another, with Raft's membership
+//! changes: the step that rebalancing, decommissioning and replacing nodes are made
+//! of.
+//!
+//! A move never leaves the group with fewer voters than it had, and every step is
+//! safe to repeat, so a move cut short (a crash, a timeout) is finished by asking for
+//! it again:
+//!
+//! 1. open an empty replica on the new node, which knows no configuration and so
+//!    neither votes nor campaigns;
+//! 2. add it as a learner; the leader sends it a Raft snapshot (logs never begin at
+//!    index 1 for long, so the snapshot, which carries the configuration, is the only
+//!    way in), then the log;
+//! 3. once it has what was committed when it was added, hand leadership away from the
+//!    old node if it leads;
+//! 4. make the learner a voter and remove the old voter in one joint configuration,
+//!    which the leader leaves by itself;
+//! 5. tell the old node to drop its replica, naming the configuration that no longer
+//!    holds it (a removed replica may never hear of its removal from Raft itself).
+//!
+//! What it must never do: change members other than through the group's leader, or
+//! drop a replica that the committed configuration still names.
+
+use std::time::Duration;
+
+use cairn_cluster::Shards as _;
+use cairn_raft::{ControlRequest, MemberChange, Members, ShardError};
+use cairn_store::{NodeId, ShardId};
+use tokio::time::Instant;
+
+use crate::router::Control;
+
+/// How often a move looks at the group's members while it waits.
+const POLL: Duration = Duration::from_millis(100);
+
+/// How long one call of a move may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One replica to move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Move {
+    pub shard: ShardId,
+    pub from: NodeId,
+    pub to: NodeId,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    /// The move makes no sense for this cluster (an unknown node, a replica that is
+    /// not where it is said to be).
+    #[error("{0}")]
+    Invalid(String),
+    /// The group is in the middle of another change of members.
+    #[error("{0}")]
+    Busy(String),
+    /// A step did not finish in time; asking again resumes the move.
+    #[error("{0}")]
+    TimedOut(String),
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+}
+
+/// Move `mv.shard`'s replica from `mv.from` to `mv.to`; `catch_up` bounds the wait
+/// for the new replica to receive the group's state. Returns the members after it.
+pub async fn move_replica(
+    control: &Control,
+    mv: Move,
+    catch_up: Duration,
+) -> Result<Members, MoveError> {
+    let Move { shard, from, to } = mv;
+    let cfg = control.raft().config();
+    if shard as usize >= cfg.groups().count() {
+        return Err(MoveError::Invalid(format!("there is no shard {shard}")));
+    }
+    for node in [from, to] {
+        if !cfg.peers.contains_key(&node) {
+            return Err(MoveError::Invalid(format!(
+                "node {node} is not a member of the cluster"
+            )));
+        }
+    }
+    if from == to {
+        return Err(MoveError::Invalid(
+            "`from` and `to` are the same node".into(),
+        ));
+    }
+    let mut members = members(control, shard).await?;
+    if !members.outgoing.is_empty() {
+        return Err(MoveError::Busy(format!(
+            "shard {shard} is changing its members (voters {:?} joining {:?}); try again shortly",
+            members.outgoing, members.voters
+        )));
+    }
+    // A repeat of a move that got as far as the swap only has the drop left.
+    let swapped = members.voters.contains(&to) && !members.voters.contains(&from);
+    if !swapped {
+        if !members.voters.contains(&from) {
+            return Err(MoveError::Invalid(format!(
+                "node {from} holds no voter of shard {shard} (voters {:?})",
+                members.voters
+            )));
+        }
+        if members.voters.contains(&to) {
+            return Err(MoveError::Invalid(format!(
+                "node {to} already holds a voter of shard {shard} (voters {:?})",
+                members.voters
+            )));
+        }
+        members = add_learner(control, shard, to, members, catch_up).await?;
+        members = lead_elsewhere(control, shard, from, members).await?;
+        members = swap(control, shard, from, to, members).await?;
+    }
+    let drop = ControlRequest::DropReplica {
+        shard,
+        members: members.all(),
+    };
+    match control.call_node(from, drop, CALL_TIMEOUT).await {
+        Ok(_) => {}
+        // The group no longer counts on it; its node drops it when told again.
+        Err(e) => tracing::warn!(shard, from, error = %e, "the old replica was not dropped"),
+    }
+    tracing::info!(shard, from, to, voters = ?members.voters, "moved a replica");
+    Ok(members)
+}
+
+/// The group's members, from its leader; remembered for routing.
+pub async fn members(control: &Control, shard: ShardId) -> Result<Members, MoveError> {
+    let members = control
+        .control(ControlRequest::Members { shard })
+        .await?
+        .into_members(shard)?;
+    control.learn_members(shard, &members);
+    Ok(members)
+}
+
+/// Steps 1-2: an empty replica on `to`, added as a learner, caught up to what was
+/// committed when it joined.
+async fn add_learner(
+    control: &Control,
+    shard: ShardId,
+    to: NodeId,
+    mut members: Members,
+    catch_up: Duration,
+) -> Result<Members, MoveError> {
+    if !members.learners.contains(&to) {
+        control
+            .call_node(to, ControlRequest::OpenReplica { shard }, CALL_TIMEOUT)
+            .await?;
+        members = change_until(control, shard, MemberChange::AddLearner { node: to }, |m| {
+            m.learners.contains(&to)
+        })
+        .await?;
+    }
+    let target = members.commit;
+    let deadline = Instant::now() + catch_up;
+    loop {
+        if members.matched(to) >= target {
+            return Ok(members);
+        }
+        if Instant::now() >= deadline {
+            return Err(MoveError::TimedOut(format!(
+                "node {to}'s new replica of shard {shard} reached index {} of {target} in {catch_up:?}; \
+                 it stays a learner, and asking again resumes the move",
+                members.matched(to)
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+        members = self::members(control, shard).await?;
+    }
+}
+
+/// Step 3: leadership off `from`, to another voter.
+async fn lead_elsewhere(
+    control: &Control,
+    shard: ShardId,
+    from: NodeId,
+    mut members: Members,
+) -> Result<Members, MoveError> {
+    let deadline = Instant::now() + CALL_TIMEOUT;
+    while members.leader == Some(from) {
+        let Some(&to) = members.voters.iter().find(|&&v| v != from) else {
+            return Err(MoveError::Invalid(format!(
+                "node {from} is shard {shard}'s only voter"
+            )));
+        };
+        if Instant::now() >= deadline {
+            return Err(MoveError::TimedOut(format!(
+                "leadership of shard {shard} did not leave node {from} (with lease reads on, \
+                 leaders are never transferred: stop node {from} or move another replica)"
+            )));
+        }
+        control
+            .control(ControlRequest::TransferLeader { shard, to })
+            .await?;
+        tokio::time::sleep(POLL * 3).await;
+        members = self::members(control, shard).await?;
+    }
+    Ok(members)
+}
+
+/// Step 4: learner `to` in, voter `from` out, and the joint configuration left.
+async fn swap(
+    control: &Control,
+    shard: ShardId,
+    from: NodeId,
+    to: NodeId,
+    _members: Members,
+) -> Result<Members, MoveError> {
+    change_until(
+        control,
+        shard,
+        MemberChange::Replace {
+            add: to,
+            remove: from,
+        },
+        |m| m.voters.contains(&to) && !m.voters.contains(&from) && m.outgoing.is_empty(),
+    )
+    .await
+}
+
+/// Propose `change` until the members satisfy `done`: raft-rs drops a change
+/// proposed while another is pending, and a leader may change in between.
+async fn change_until(
+    control: &Control,
+    shard: ShardId,
+    change: MemberChange,
+    done: impl Fn(&Members) -> bool,
+) -> Result<Members, MoveError> {
+    let deadline = Instant::now() + CALL_TIMEOUT * 2;
+    loop {
+        let members = members(control, shard).await?;
+        if done(&members) {
+            return Ok(members);
+        }
+        if Instant::now() >= deadline {
+            return Err(MoveError::TimedOut(format!(
+                "shard {shard}'s members did not change ({change:?}); they are voters {:?}, \
+                 outgoing {:?}, learners {:?}",
+                members.voters, members.outgoing, members.learners
+            )));
+        }
+        // A joint configuration is left by the leader on its own; wait for that.
+        if members.outgoing.is_empty() {
+            match control
+                .control(ControlRequest::ChangeMembers { shard, change })
+                .await
+            {
+                Ok(_) => continue,
+                Err(e) if e.is_retryable() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
