@@ -264,7 +264,8 @@ async fn five_nodes_hold_three_replicas_each_and_serve_every_key_from_any_node()
 
     // A SIGKILLed node leaves every shard a quorum: writes and reads go on.
     cluster.kill(2).await;
-    // `cairn node list` shows every node, its replicas, and that node 2's link is down.
+    // `cairn node list` shows every node, its replicas, its state, and that node 2's
+    // link is down.
     let endpoint = format!("http://{}", cluster.http_addr(1));
     eventually(
         "node list to show node 2 down",
@@ -283,7 +284,8 @@ async fn five_nodes_hold_three_replicas_each_and_serve_every_key_from_any_node()
                 .skip(1)
                 .map(|l| l.split_whitespace().collect())
                 .collect();
-            let link = |id: &str| rows.iter().find(|r| r[0] == id).map(|r| r[4]);
+            let link = |id: &str| rows.iter().find(|r| r[0] == id).map(|r| r[5]);
+            let all_active = rows.iter().all(|r| r[4] == "active");
             let counts_right = rows.iter().all(|r| {
                 r[0].parse::<u64>()
                     .is_ok_and(|id| r[2] == held[&id].to_string())
@@ -291,6 +293,7 @@ async fn five_nodes_hold_three_replicas_each_and_serve_every_key_from_any_node()
             (output.status.success()
                 && rows.len() == NODES
                 && counts_right
+                && all_active
                 && link("1") == Some("self")
                 && link("2") == Some("down"))
             .then_some(())
@@ -373,7 +376,7 @@ async fn hosted_by(cluster: &Cluster, id: usize) -> BTreeSet<u32> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_replica_moves_to_another_node_and_the_old_one_is_dropped() {
+async fn replicas_move_between_nodes_and_a_node_is_decommissioned() {
     const SHARDS: u32 = 4;
     let mut cluster = Cluster::start(ClusterOptions {
         nodes: 4,
@@ -508,5 +511,58 @@ async fn a_replica_moves_to_another_node_and_the_old_one_is_dropped() {
             .expect("present");
         assert_eq!(got.value, b"after the move", "node {id}, key {i}");
     }
+
+    // Decommission: every replica leaves node `from`; each group keeps three voters,
+    // none on it; its state says so; every key still reads through it (forwarded).
+    let gone = from as usize;
+    let before = hosted_by(&cluster, gone).await;
+    assert!(!before.is_empty(), "node {gone} holds replicas before");
+    let done = client.decommission(from).await.expect("decommission");
+    assert_eq!(done.moved.len(), before.len(), "{done:?}");
+    assert!(hosted_by(&cluster, gone).await.is_empty());
+    let status = cluster.status(1).await;
+    for p in &status.placement {
+        assert_eq!(p.replicas.len(), 3, "{p:?}");
+        assert!(!p.replicas.contains(&from), "{p:?}");
+    }
+    let node = |n: u64| {
+        status
+            .nodes
+            .iter()
+            .find(|x| x.id == n)
+            .cloned()
+            .expect("listed")
+    };
+    assert_eq!(node(from).state, "decommissioned");
+    assert_eq!(node(from).replicas, 0);
+    for (j, k) in keys.iter().enumerate() {
+        let got = cluster
+            .client(gone)
+            .get(k)
+            .await
+            .expect("get")
+            .expect("present");
+        let want = if j == i {
+            b"after the move".to_vec()
+        } else {
+            format!("v{j}").into_bytes()
+        };
+        assert_eq!(got.value, want, "key {j}");
+    }
+    // Three active nodes are left for groups of three: no more can go, and the
+    // decommissioned node takes no replica back.
+    let other = cluster
+        .ids()
+        .into_iter()
+        .find(|&n| n != gone)
+        .expect("another") as u64;
+    let err = client.decommission(other).await.expect_err("too few nodes");
+    assert_eq!(err.code(), Some("bad_move"), "{err}");
+    let (group, holder) = (status.placement[0].id, status.placement[0].replicas[0]);
+    let err = client
+        .move_replica(group, holder, from)
+        .await
+        .expect_err("onto a decommissioned node");
+    assert_eq!(err.code(), Some("bad_move"), "{err}");
     cluster.assert_alive();
 }

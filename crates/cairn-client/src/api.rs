@@ -228,6 +228,10 @@ pub struct NodeInfo {
     /// Groups this node leads, as far as the answering node knows.
     #[serde(default)]
     pub leaders: u32,
+    /// `active`, `decommissioning`, `decommissioned`, or `unknown` when the meta group
+    /// could not be read.
+    #[serde(default)]
+    pub state: String,
 }
 
 /// Where one group's replicas are.
@@ -447,6 +451,21 @@ pub struct MoveResponse {
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
     pub leader: Option<u64>,
+}
+
+/// The answer to `POST /v1/nodes/{id}/decommission`: the node holds no replica any
+/// more; what moved where.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DecommissionResponse {
+    pub node: u64,
+    pub moved: Vec<MovedReplica>,
+}
+
+/// One replica a decommission moved.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MovedReplica {
+    pub shard: u32,
+    pub to: u64,
 }
 
 /// Body of `POST /v1/revert`.

@@ -41,6 +41,10 @@ use reqwest::StatusCode;
 /// How long one request may take, end to end.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long calls that move replicas may take: each waits for new replicas to catch
+/// up with their shards.
+const LONG_CALL_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Consistency {
@@ -337,7 +341,17 @@ impl Client {
     pub async fn move_replica(&self, shard: u32, from: u64, to: u64) -> Result<api::MoveResponse> {
         let url = format!("{}/v1/shards/{shard}/move", self.base);
         let body = api::MoveRequest { from, to };
-        json(check(self.http.post(url).json(&body).send().await?).await?).await
+        // A move waits for the new replica to catch up: longer than other calls.
+        let request = self.http.post(url).json(&body).timeout(LONG_CALL_TIMEOUT);
+        json(check(request.send().await?).await?).await
+    }
+
+    /// Move every replica off node `node` (`POST /v1/nodes/{id}/decommission`);
+    /// answers once it holds none.
+    pub async fn decommission(&self, node: u64) -> Result<api::DecommissionResponse> {
+        let url = format!("{}/v1/nodes/{node}/decommission", self.base);
+        let request = self.http.post(url).timeout(LONG_CALL_TIMEOUT);
+        json(check(request.send().await?).await?).await
     }
 
     /// `Ok(())` when the process is up and serving HTTP.

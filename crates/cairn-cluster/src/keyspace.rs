@@ -18,6 +18,7 @@
 //! b/id/          cairn-backup     backup records
 //! b/sched/       cairn-backup     schedule state (last tick fired, last result)
 //! r/             cairn-server     revert audit records by millis BE ++ node BE
+//! n/state/       cairn-server     node id BE -> a node's state (`decommissioning`, ...)
 //! ```
 
 /// Next epoch to allocate.
@@ -49,6 +50,9 @@ pub const BACKUP_SCHEDULE: &[u8] = b"b/sched/";
 /// Revert audit records.
 pub const REVERT_AUDIT: &[u8] = b"r/";
 
+/// Node states other than active, by node id.
+pub const NODE_STATE: &[u8] = b"n/state/";
+
 /// Every prefix above, for checks.
 pub const ALL: &[&[u8]] = &[
     SNAPSHOT_NEXT,
@@ -65,6 +69,7 @@ pub const ALL: &[&[u8]] = &[
     BACKUP_ID,
     BACKUP_SCHEDULE,
     REVERT_AUDIT,
+    NODE_STATE,
 ];
 
 #[cfg(test)]

@@ -23,8 +23,10 @@
 
 use std::time::Duration;
 
-use cairn_cluster::Shards as _;
+use cairn_cluster::meta::{self, Meta};
+use cairn_cluster::{keyspace, Shards as _};
 use cairn_raft::{ControlRequest, MemberChange, Members, ShardError};
+use cairn_store::Condition;
 use cairn_store::{NodeId, ShardId};
 use tokio::time::Instant;
 
@@ -83,6 +85,11 @@ pub async fn move_replica(
         return Err(MoveError::Invalid(
             "`from` and `to` are the same node".into(),
         ));
+    }
+    if let Some(state) = node_state(control, to).await? {
+        return Err(MoveError::Invalid(format!(
+            "node {to} is {state}: it takes no replicas"
+        )));
     }
     let mut members = members(control, shard).await?;
     if !members.outgoing.is_empty() {
@@ -251,5 +258,138 @@ async fn change_until(
             }
         }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Move every replica off `node`, one group at a time, each to the node (not yet
+/// holding one of that group) with the fewest replicas. Refused when fewer nodes than
+/// the replication factor would remain. Returns each group moved and where to; asking
+/// again resumes.
+pub async fn decommission(
+    control: &Control,
+    node: NodeId,
+    catch_up: Duration,
+) -> Result<Vec<(ShardId, NodeId)>, MoveError> {
+    let cfg = control.raft().config();
+    if !cfg.peers.contains_key(&node) {
+        return Err(MoveError::Invalid(format!(
+            "node {node} is not a member of the cluster"
+        )));
+    }
+    let groups: Vec<ShardId> = cfg.groups().collect();
+    let mut placement = Vec::with_capacity(groups.len());
+    for &group in &groups {
+        placement.push((group, members(control, group).await?.voters));
+    }
+    let mut others = Vec::new();
+    for &n in cfg.peers.keys().filter(|&&n| n != node) {
+        if node_state(control, n).await?.is_none() {
+            others.push(n);
+        }
+    }
+    let widest = placement.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
+    if others.len() < widest {
+        return Err(MoveError::Invalid(format!(
+            "decommissioning node {node} would leave {} active nodes for groups of {widest} \
+             replicas; add a node first",
+            others.len()
+        )));
+    }
+    set_node_state(control, node, DECOMMISSIONING).await?;
+    let mut moved = Vec::new();
+    for i in 0..placement.len() {
+        let (group, voters) = placement[i].clone();
+        if !voters.contains(&node) {
+            continue;
+        }
+        let load = |n: NodeId| placement.iter().filter(|(_, v)| v.contains(&n)).count();
+        let Some(to) = others
+            .iter()
+            .copied()
+            .filter(|n| !voters.contains(n))
+            .min_by_key(|&n| (load(n), n))
+        else {
+            continue;
+        };
+        let after = move_replica(
+            control,
+            Move {
+                shard: group,
+                from: node,
+                to,
+            },
+            catch_up,
+        )
+        .await?;
+        placement[i].1 = after.voters;
+        moved.push((group, to));
+    }
+    set_node_state(control, node, DECOMMISSIONED).await?;
+    tracing::info!(
+        node,
+        moved = moved.len(),
+        "node decommissioned: it holds no replica"
+    );
+    Ok(moved)
+}
+
+/// A node moving its replicas away; it takes no new ones.
+pub const DECOMMISSIONING: &str = "decommissioning";
+/// A node that holds no replica and takes none: it can be stopped for good.
+pub const DECOMMISSIONED: &str = "decommissioned";
+
+fn state_key(node: NodeId) -> Vec<u8> {
+    [keyspace::NODE_STATE, &node.to_be_bytes()[..]].concat()
+}
+
+/// Every node's state other than active, as the meta group records it.
+pub async fn node_states(
+    control: &Control,
+) -> Result<std::collections::BTreeMap<NodeId, String>, MoveError> {
+    let all = Meta::new(control)
+        .scan_all(keyspace::NODE_STATE)
+        .await
+        .map_err(meta_error)?;
+    Ok(all
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let id = k.get(keyspace::NODE_STATE.len()..)?.try_into().ok()?;
+            Some((
+                u64::from_be_bytes(id),
+                String::from_utf8_lossy(&v.value).into_owned(),
+            ))
+        })
+        .collect())
+}
+
+/// `node`'s state as the meta group records it; `None`: active.
+pub async fn node_state(control: &Control, node: NodeId) -> Result<Option<String>, MoveError> {
+    let got = Meta::new(control)
+        .get(state_key(node))
+        .await
+        .map_err(meta_error)?;
+    Ok(got.map(|v| String::from_utf8_lossy(&v.value).into_owned()))
+}
+
+async fn set_node_state(control: &Control, node: NodeId, state: &str) -> Result<(), MoveError> {
+    let put = meta::put(
+        state_key(node),
+        state.as_bytes().to_vec(),
+        Condition::Always,
+    );
+    Meta::new(control)
+        .write(vec![put])
+        .await
+        .map_err(meta_error)?;
+    Ok(())
+}
+
+fn meta_error(e: meta::MetaError) -> MoveError {
+    match e {
+        meta::MetaError::Shard(e) => MoveError::Shard(e),
+        other => MoveError::Shard(ShardError::Protocol {
+            shard: 0,
+            reason: other.to_string(),
+        }),
     }
 }

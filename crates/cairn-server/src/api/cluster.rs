@@ -39,6 +39,21 @@ pub async fn status(State(api): Shared) -> Result<Json<ClusterStatus>, ApiError>
             leader: api.router.leader_of(id),
         })
         .collect();
+    // States live in the meta group; a status page must not fail or hang for it.
+    let states = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        crate::moves::node_states(&api.control),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok);
+    let state_of = |node: u64| match &states {
+        Some(states) => states
+            .get(&node)
+            .cloned()
+            .unwrap_or_else(|| "active".into()),
+        None => "unknown".into(),
+    };
     let count = |node: u64, pick: &dyn Fn(&ShardPlacement) -> bool| {
         placement
             .iter()
@@ -56,6 +71,7 @@ pub async fn status(State(api): Shared) -> Result<Json<ClusterStatus>, ApiError>
                 peer_addr: addr.to_string(),
                 replicas: count(id, &|_| true),
                 leaders: count(id, &|p| p.leader == Some(id)),
+                state: state_of(id),
             })
             .collect(),
         shards: (0..config.shards).filter_map(status).collect(),

@@ -56,7 +56,7 @@ error_codes! {
     BadRevert = (BAD_REQUEST, "bad_revert", "a revert without `prefix`, or an empty prefix without `\"all\": true`"),
     BadSnapshotName = (BAD_REQUEST, "bad_snapshot_name", "a snapshot name must be 1 to 256 bytes and not a number"),
     BadBackupRequest = (BAD_REQUEST, "bad_backup_request", "the backup cannot be taken as asked (bad destination, nothing to extend, an incomplete snapshot)"),
-    BadMove = (BAD_REQUEST, "bad_move", "the replica move names an unknown shard or node, or a replica that is not where it is said to be"),
+    BadMove = (BAD_REQUEST, "bad_move", "the replica move (or decommission) names an unknown shard or node, a replica that is not where it is said to be, or would leave too few nodes"),
     AsOfInFuture = (BAD_REQUEST, "as_of_in_future", "`as_of` is later than the node's clock; the message names the newest readable time"),
     DestinationNotAllowed = (FORBIDDEN, "destination_not_allowed", "a backup destination outside the allowed roots (`--backup-allow`)"),
     KeyNotFound = (NOT_FOUND, "key_not_found", "no value for this key"),

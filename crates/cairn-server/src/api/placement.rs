@@ -1,4 +1,5 @@
-//! `POST /v1/shards/{id}/move`: move one replica of a group to another node.
+//! `POST /v1/shards/{id}/move`: move one replica of a group to another node;
+//! `POST /v1/nodes/{id}/decommission`: move every replica off a node.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::Uri;
 use axum::Json;
-use cairn_client::api::{MoveRequest, MoveResponse};
+use cairn_client::api::{DecommissionResponse, MoveRequest, MoveResponse, MovedReplica};
 
 use super::request::{read_body, Params};
 use super::{path_param, ApiError, ApiState, ErrorCode};
@@ -41,16 +42,46 @@ pub async fn move_replica(
     };
     let members = moves::move_replica(&api.control, mv, CATCH_UP)
         .await
-        .map_err(|e| match e {
-            MoveError::Invalid(m) => ApiError::new(ErrorCode::BadMove, m),
-            MoveError::Busy(m) => ApiError::new(ErrorCode::MoveInProgress, m),
-            MoveError::TimedOut(m) => ApiError::new(ErrorCode::Unavailable, m),
-            MoveError::Shard(e) => e.into(),
-        })?;
+        .map_err(move_error)?;
     Ok(Json(MoveResponse {
         shard,
         voters: members.voters,
         learners: members.learners,
         leader: members.leader,
     }))
+}
+
+/// Move every replica off the node; answers once it holds none. Asking again
+/// resumes one that was cut short.
+pub async fn decommission(
+    State(api): Shared,
+    uri: Uri,
+) -> Result<Json<DecommissionResponse>, ApiError> {
+    Params::parse(&uri, &[])?;
+    let id = path_param(&uri, 3, "id")?;
+    let node: u64 = id.parse().map_err(|_| {
+        ApiError::new(
+            ErrorCode::BadPath,
+            format!("`id` must be a node id, not {id:?}"),
+        )
+    })?;
+    let moved = moves::decommission(&api.control, node, CATCH_UP)
+        .await
+        .map_err(move_error)?;
+    Ok(Json(DecommissionResponse {
+        node,
+        moved: moved
+            .into_iter()
+            .map(|(shard, to)| MovedReplica { shard, to })
+            .collect(),
+    }))
+}
+
+fn move_error(e: MoveError) -> ApiError {
+    match e {
+        MoveError::Invalid(m) => ApiError::new(ErrorCode::BadMove, m),
+        MoveError::Busy(m) => ApiError::new(ErrorCode::MoveInProgress, m),
+        MoveError::TimedOut(m) => ApiError::new(ErrorCode::Unavailable, m),
+        MoveError::Shard(e) => e.into(),
+    }
 }

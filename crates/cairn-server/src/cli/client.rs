@@ -97,6 +97,15 @@ pub enum NodeCommand {
         #[command(flatten)]
         endpoint: Endpoint,
     },
+    /// Move every replica off a node (each to the node with the fewest replicas that
+    /// holds none of that shard), so it can be stopped for good. Refused when fewer
+    /// nodes than a shard's replicas would remain. Asking again resumes.
+    Decommission {
+        /// The node to empty.
+        id: u64,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -210,6 +219,10 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
             let status = Client::new(endpoint.endpoint).cluster().await?;
             print!("{}", node_table(&status));
         }
+        ClientCommand::Node(NodeCommand::Decommission { id, endpoint }) => {
+            let done = Client::new(endpoint.endpoint).decommission(id).await?;
+            println!("{}", serde_json::to_string_pretty(&done)?);
+        }
         ClientCommand::Shard(ShardCommand::Move {
             shard,
             from,
@@ -230,8 +243,8 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
 /// keepalives unanswered) or `down`.
 fn node_table(status: &cairn_client::api::ClusterStatus) -> String {
     let mut out = format!(
-        "{:<4} {:<24} {:>8} {:>8}  {}\n",
-        "ID", "PEER", "REPLICAS", "LEADS", "LINK"
+        "{:<4} {:<24} {:>8} {:>8}  {:<15} {}\n",
+        "ID", "PEER", "REPLICAS", "LEADS", "STATE", "LINK"
     );
     for node in &status.nodes {
         let link = if node.id == status.node_id {
@@ -244,8 +257,8 @@ fn node_table(status: &cairn_client::api::ClusterStatus) -> String {
                 .map_or_else(|| "unknown".to_owned(), |l| l.state.clone())
         };
         out.push_str(&format!(
-            "{:<4} {:<24} {:>8} {:>8}  {}\n",
-            node.id, node.peer_addr, node.replicas, node.leaders, link
+            "{:<4} {:<24} {:>8} {:>8}  {:<15} {}\n",
+            node.id, node.peer_addr, node.replicas, node.leaders, node.state, link
         ));
     }
     out
