@@ -566,3 +566,106 @@ async fn replicas_move_between_nodes_and_a_node_is_decommissioned() {
     assert_eq!(err.code(), Some("bad_move"), "{err}");
     cluster.assert_alive();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_nodes_replicas_are_recreated_and_it_holds_none_when_it_returns() {
+    const SHARDS: u32 = 4;
+    let mut cluster = Cluster::start(ClusterOptions {
+        nodes: 4,
+        shards: SHARDS,
+        extra_args: vec![
+            "--replication-factor".into(),
+            "3".into(),
+            "--dead-after".into(),
+            "2s".into(),
+        ],
+        ..ClusterOptions::default()
+    })
+    .await;
+    let keys: Vec<Vec<u8>> = (0..60).map(key).collect();
+    for (i, k) in keys.iter().enumerate() {
+        cluster
+            .client(1)
+            .put(k, format!("v{i}").as_bytes())
+            .await
+            .expect("put");
+    }
+    // Not the meta leader: the one that watches stays up and keeps counting.
+    let meta = meta_leader(&cluster).await;
+    let dead = cluster
+        .ids()
+        .into_iter()
+        .find(|&n| n as u64 != meta)
+        .expect("another node");
+    let held = hosted_by(&cluster, dead).await;
+    assert!(!held.is_empty());
+    let watcher = meta as usize;
+    cluster.kill(dead).await;
+
+    // Every group it held gets a third voter elsewhere; the node is marked dead.
+    eventually(
+        "the dead node's replicas re-created",
+        Duration::from_secs(60),
+        || async {
+            let status = cluster
+                .client(watcher)
+                .cluster()
+                .await
+                .map_err(|e| e.to_string())?;
+            let state = status
+                .nodes
+                .iter()
+                .find(|n| n.id == dead as u64)
+                .map(|n| n.state.clone());
+            let placed = status
+                .placement
+                .iter()
+                .all(|p| p.replicas.len() == 3 && !p.replicas.contains(&(dead as u64)));
+            (placed && state.as_deref() == Some("dead"))
+                .then_some(())
+                .ok_or(format!("{state:?}: {:?}", status.placement))
+        },
+    )
+    .await;
+    for (i, k) in keys.iter().enumerate() {
+        let got = cluster
+            .client(watcher)
+            .get(k)
+            .await
+            .expect("get")
+            .expect("present");
+        assert_eq!(got.value, format!("v{i}").into_bytes());
+    }
+
+    // It comes back: it learns its groups removed it and drops every replica, while
+    // serving requests by forwarding them.
+    cluster.start_node(dead);
+    eventually(
+        "the returning node to drop its stale replicas",
+        Duration::from_secs(60),
+        || async {
+            let status = cluster
+                .client(dead)
+                .cluster()
+                .await
+                .map_err(|e| e.to_string())?;
+            (status.shards.is_empty() && status.meta.is_none())
+                .then_some(())
+                .ok_or(format!(
+                    "still holds {:?}",
+                    status.shards.iter().map(|s| s.id).collect::<Vec<_>>()
+                ))
+        },
+    )
+    .await;
+    for (i, k) in keys.iter().enumerate() {
+        let got = cluster
+            .client(dead)
+            .get(k)
+            .await
+            .expect("get")
+            .expect("present");
+        assert_eq!(got.value, format!("v{i}").into_bytes());
+    }
+    cluster.assert_alive();
+}

@@ -84,6 +84,10 @@ pub struct Config {
     /// of a ReadIndex round. Default off: safe only while node clocks run within
     /// `cairn_raft::config::MAX_CLOCK_DRIFT_PERCENT` of each other.
     pub lease_reads: bool,
+    /// A node the meta leader cannot reach for this long is declared dead and its
+    /// replicas are re-created on other nodes; `None` never. Default 5 min (as
+    /// CockroachDB's `server.time_until_store_dead`).
+    pub dead_after: Option<Duration>,
     /// Backups: default destination, throttle, schedules, S3 settings.
     pub backup: BackupSettings,
 }
@@ -211,6 +215,10 @@ pub struct Settings {
     /// [default: false].
     #[arg(long, env = "CAIRN_LEASE_READS")]
     pub lease_reads: Option<bool>,
+    /// A node unreachable for this long (e.g. `5m`, `30s`) is declared dead and its
+    /// replicas re-created on other nodes; `0` never [default: 5m].
+    #[arg(long, env = "CAIRN_DEAD_AFTER")]
+    pub dead_after: Option<String>,
     /// Default backup destination (directory, file:///path or s3://bucket/prefix)
     /// [default: ./backups].
     #[arg(long, env = "CAIRN_BACKUP_DIR")]
@@ -268,6 +276,7 @@ impl Settings {
             snapshot_interval_ms,
             history_retention,
             lease_reads,
+            dead_after,
             backup_dir,
             backup_rate_limit,
             backup_allow,
@@ -333,6 +342,17 @@ impl Settings {
                 })?,
             },
             lease_reads: self.lease_reads.unwrap_or(false),
+            dead_after: match self.dead_after.as_deref() {
+                None => Some(Duration::from_secs(300)),
+                Some("0") => None,
+                Some(text) => match humantime::parse_duration(text) {
+                    Ok(d) if d.is_zero() => None,
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        return Err(ServerError::Config(format!("--dead-after `{text}`: {e}")))
+                    }
+                },
+            },
             backup: {
                 let mut backup = self.backup.unwrap_or_default();
                 backup.dir = self.backup_dir.or(backup.dir);

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod config;
+pub mod departures;
 pub mod dev;
 pub mod error;
 pub mod identity;

@@ -261,13 +261,32 @@ async fn change_until(
     }
 }
 
-/// Move every replica off `node`, one group at a time, each to the node (not yet
-/// holding one of that group) with the fewest replicas. Refused when fewer nodes than
-/// the replication factor would remain. Returns each group moved and where to; asking
-/// again resumes.
+/// Move every replica off `node`, one group at a time, each to the node (active, not
+/// yet holding one of that group) with the fewest replicas. Refused when fewer active
+/// nodes than the replication factor would remain. Returns each group moved and where
+/// to; asking again resumes.
 pub async fn decommission(
     control: &Control,
     node: NodeId,
+    catch_up: Duration,
+) -> Result<Vec<(ShardId, NodeId)>, MoveError> {
+    let moved = evacuate(control, node, DECOMMISSIONING, catch_up).await?;
+    set_node_state(control, node, DECOMMISSIONED).await?;
+    tracing::info!(
+        node,
+        moved = moved.len(),
+        "node decommissioned: it holds no replica"
+    );
+    Ok(moved)
+}
+
+/// Mark `node` with `state` (which keeps new replicas off it) and move each of its
+/// replicas to another active node. The node need not answer: a dead node's replicas
+/// are re-created from the other voters, and it is told to drop its own if it can be.
+pub async fn evacuate(
+    control: &Control,
+    node: NodeId,
+    state: &str,
     catch_up: Duration,
 ) -> Result<Vec<(ShardId, NodeId)>, MoveError> {
     let cfg = control.raft().config();
@@ -282,20 +301,21 @@ pub async fn decommission(
         placement.push((group, members(control, group).await?.voters));
     }
     let mut others = Vec::new();
+    // Active and reachable now: a replica is not re-created on a node that is down.
     for &n in cfg.peers.keys().filter(|&&n| n != node) {
-        if node_state(control, n).await?.is_none() {
+        if control.raft().reachable(n) && node_state(control, n).await?.is_none() {
             others.push(n);
         }
     }
     let widest = placement.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
     if others.len() < widest {
         return Err(MoveError::Invalid(format!(
-            "decommissioning node {node} would leave {} active nodes for groups of {widest} \
+            "emptying node {node} would leave {} active nodes for groups of {widest} \
              replicas; add a node first",
             others.len()
         )));
     }
-    set_node_state(control, node, DECOMMISSIONING).await?;
+    set_node_state(control, node, state).await?;
     let mut moved = Vec::new();
     for i in 0..placement.len() {
         let (group, voters) = placement[i].clone();
@@ -324,12 +344,6 @@ pub async fn decommission(
         placement[i].1 = after.voters;
         moved.push((group, to));
     }
-    set_node_state(control, node, DECOMMISSIONED).await?;
-    tracing::info!(
-        node,
-        moved = moved.len(),
-        "node decommissioned: it holds no replica"
-    );
     Ok(moved)
 }
 
@@ -337,6 +351,9 @@ pub async fn decommission(
 pub const DECOMMISSIONING: &str = "decommissioning";
 /// A node that holds no replica and takes none: it can be stopped for good.
 pub const DECOMMISSIONED: &str = "decommissioned";
+/// A node that was unreachable for `--dead-after`: its replicas were re-created
+/// elsewhere, and it takes none.
+pub const DEAD: &str = "dead";
 
 fn state_key(node: NodeId) -> Vec<u8> {
     [keyspace::NODE_STATE, &node.to_be_bytes()[..]].concat()

@@ -102,7 +102,8 @@ impl Parts {
     }
 
     /// Start every background task (sweepers, automatic snapshots, history GC and
-    /// collection, backup schedules, leader balancing), each in its own span, until
+    /// collection, backup schedules, leader balancing, dead nodes and stale
+    /// replicas), each in its own span, until
     /// `stop` fires.
     pub fn spawn_background(&self, stop: CancellationToken) -> JoinHandle<()> {
         let id = self.config.id;
@@ -138,6 +139,10 @@ impl Parts {
         let span = tracing::info_span!("leader_balance", node = id);
         let leaders =
             crate::leadership::balance(self.control.clone(), stop.clone()).instrument(span);
+        let span = tracing::info_span!("departures", node = id);
+        let departures =
+            crate::departures::watch(self.control.clone(), self.config.dead_after, stop.clone())
+                .instrument(span);
         let span = tracing::info_span!("backup_sweeper", node = id);
         let backup_sweep = self.backups.clone().run_sweeper(stop).instrument(span);
         tokio::spawn(async move {
@@ -149,7 +154,8 @@ impl Parts {
                 schedules,
                 backup_sweep,
                 txn_sweep,
-                leaders
+                leaders,
+                departures
             );
         })
     }
