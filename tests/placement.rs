@@ -669,3 +669,192 @@ async fn a_dead_nodes_replicas_are_recreated_and_it_holds_none_when_it_returns()
     }
     cluster.assert_alive();
 }
+
+/// A node started by hand, outside the cluster's own set: killed when dropped.
+struct Joiner {
+    child: std::process::Child,
+    http: std::net::SocketAddr,
+    args: Vec<String>,
+}
+
+impl Joiner {
+    /// `cairn server --id ID ... --join <node 1's HTTP>`, on fresh ports, in `dir`.
+    fn spawn(cluster: &Cluster, id: u64, dir: &std::path::Path) -> Joiner {
+        let port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+        };
+        let (http, peer) = (port(), port());
+        let args: Vec<String> = [
+            "server",
+            "--id",
+            &id.to_string(),
+            "--data-dir",
+            &dir.display().to_string(),
+            "--http",
+            &http.to_string(),
+            "--peer",
+            &peer.to_string(),
+            "--join",
+            &format!("http://{}", cluster.http_addr(1)),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        Joiner::run(args, http)
+    }
+
+    fn run(args: Vec<String>, http: std::net::SocketAddr) -> Joiner {
+        let log = std::fs::File::create(format!("{}.log", args[4])).expect("log file");
+        let child = Cluster::command(&args)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn");
+        Joiner { child, http, args }
+    }
+
+    fn client(&self) -> Client {
+        Client::new(format!("http://{}", self.http))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(format!("{}.log", self.args[4])).unwrap_or_default()
+    }
+
+    /// SIGKILL, then start again with the same arguments.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        *self = Joiner::run(self.args.clone(), self.http);
+    }
+}
+
+impl Drop for Joiner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_joins_a_running_cluster_and_takes_its_replicas() {
+    const SHARDS: u32 = 4;
+    let cluster = Cluster::start(ClusterOptions {
+        nodes: 3,
+        shards: SHARDS,
+        ..ClusterOptions::default()
+    })
+    .await;
+    let client = cluster.client(1);
+    let keys: Vec<Vec<u8>> = (0..60).map(key).collect();
+    for (i, k) in keys.iter().enumerate() {
+        client
+            .put(k, format!("v{i}").as_bytes())
+            .await
+            .expect("put");
+    }
+
+    // Node 4 joins through node 1; every node learns of it.
+    let mut four = Joiner::spawn(&cluster, 4, &cluster.dir().join("joined-4"));
+    let joined = four.client();
+    eventually(
+        "node 4 to join and serve",
+        Duration::from_secs(30),
+        || async {
+            let status = joined.cluster().await.map_err(|e| e.to_string())?;
+            (status.nodes.len() == 4 && status.cluster_id == cluster.status(1).await.cluster_id)
+                .then_some(())
+                .ok_or(format!("{:?}", status.nodes))
+        },
+    )
+    .await;
+    for id in cluster.ids() {
+        let c = cluster.client(id);
+        eventually(
+            "the others to know node 4",
+            Duration::from_secs(20),
+            || async {
+                let status = c.cluster().await.map_err(|e| e.to_string())?;
+                status
+                    .nodes
+                    .iter()
+                    .any(|n| n.id == 4 && n.state == "active" && n.replicas == 0)
+                    .then_some(())
+                    .ok_or(format!("{:?}", status.nodes))
+            },
+        )
+        .await;
+    }
+    // It holds nothing yet, and serves every key by forwarding.
+    assert!(joined.cluster().await.expect("status").shards.is_empty());
+    for (i, k) in keys.iter().enumerate() {
+        let got = joined.get(k).await.expect("get").expect("present");
+        assert_eq!(got.value, format!("v{i}").into_bytes());
+    }
+
+    // An id that is taken is refused, and the node says what to do.
+    let taken = Joiner::spawn(&cluster, 2, &cluster.dir().join("joined-2"));
+    let mut taken = taken;
+    let status = tokio::task::spawn_blocking(move || {
+        let status = taken.child.wait().expect("wait");
+        (status, taken)
+    })
+    .await
+    .expect("join");
+    assert!(!status.0.success());
+    assert!(
+        status.1.log().contains("is taken by the member"),
+        "{}",
+        status.1.log()
+    );
+
+    // Node 1 is decommissioned: its replicas go to node 4, the only node without them.
+    let done = client.decommission(1).await.expect("decommission");
+    assert_eq!(done.moved.len(), SHARDS as usize + 1, "{done:?}");
+    assert!(done.moved.iter().all(|m| m.to == 4), "{done:?}");
+    eventually(
+        "node 4 to serve its own replicas",
+        Duration::from_secs(30),
+        || async {
+            for (i, k) in &keys.iter().enumerate().collect::<Vec<_>>() {
+                let got = joined
+                    .get_with(k, Consistency::Stale)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if got.map(|g| g.value) != Some(format!("v{i}").into_bytes()) {
+                    return Err(format!("key {i}"));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
+
+    // A SIGKILL and restart: node 4 is still a member with its replicas.
+    four.restart();
+    let joined = four.client();
+    eventually(
+        "node 4 back with its replicas",
+        Duration::from_secs(30),
+        || async {
+            let status = joined.cluster().await.map_err(|e| {
+                let log = four.log();
+                let why: Vec<&str> = log
+                    .lines()
+                    .filter(|l| !l.starts_with(' '))
+                    .take(12)
+                    .collect();
+                format!("{e}; its log says:\n{}", why.join("\n"))
+            })?;
+            (status.shards.len() == SHARDS as usize && status.meta.is_some())
+                .then_some(())
+                .ok_or(format!("{:?}", status.shards))
+        },
+    )
+    .await;
+    client.put(&keys[0], b"after").await.expect("write");
+    let got = joined.get(&keys[0]).await.expect("get").expect("present");
+    assert_eq!(got.value, b"after");
+}

@@ -411,6 +411,18 @@ impl Run {
             violations.push(format!("the cluster is not live after healing: {e}"));
         }
         // Checks.
+        // The snapshots to check are listed before the replicas' versions are read:
+        // automatic snapshots go on, and one completed after the read would have cuts
+        // beyond what was read (it could not be checked, and was once reported so).
+        let listed: Vec<SnapshotInfo> =
+            clients[0]
+                .1
+                .list_all_snapshots()
+                .await
+                .map_err(|e| ChaosError::Api {
+                    node: clients[0].0,
+                    what: format!("list snapshots: {e}"),
+                })?;
         let groups = scenario.shards;
         let convergence = replicas::converge(cluster, groups, READY).await?;
         violations.extend(convergence.violations.iter().cloned());
@@ -511,15 +523,6 @@ impl Run {
                 truncate_lines(&history.show_key(&key), 120)
             ));
         }
-        let listed: Vec<SnapshotInfo> =
-            clients[0]
-                .1
-                .list_all_snapshots()
-                .await
-                .map_err(|e| ChaosError::Api {
-                    node: clients[0].0,
-                    what: format!("list snapshots: {e}"),
-                })?;
         let snapshots = snapshots::check(SnapshotInputs {
             history: &history,
             taken: &attempts,

@@ -453,6 +453,31 @@ pub struct MoveResponse {
     pub leader: Option<u64>,
 }
 
+/// The body of `POST /v1/nodes/join`: a new node asks to become member `id`,
+/// reachable by its peers at `peer_addr`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    pub id: u64,
+    pub peer_addr: String,
+}
+
+/// The answer to a join: what the new node needs to start as a member.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JoinResponse {
+    pub cluster_id: String,
+    pub shards: u32,
+    /// Every member, the new one included.
+    pub members: Vec<Member>,
+}
+
+/// A member of the cluster and its peer address.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Member {
+    pub id: u64,
+    pub peer_addr: String,
+}
+
 /// The answer to `POST /v1/nodes/{id}/decommission`: the node holds no replica any
 /// more; what moved where.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

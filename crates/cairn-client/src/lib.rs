@@ -346,6 +346,17 @@ impl Client {
         json(check(request.send().await?).await?).await
     }
 
+    /// Ask to join the cluster as member `id` at peer address `peer_addr`
+    /// (`POST /v1/nodes/join`).
+    pub async fn join(&self, id: u64, peer_addr: &str) -> Result<api::JoinResponse> {
+        let url = format!("{}/v1/nodes/join", self.base);
+        let body = api::JoinRequest {
+            id,
+            peer_addr: peer_addr.to_owned(),
+        };
+        json(check(self.http.post(url).json(&body).send().await?).await?).await
+    }
+
     /// Move every replica off node `node` (`POST /v1/nodes/{id}/decommission`);
     /// answers once it holds none.
     pub async fn decommission(&self, node: u64) -> Result<api::DecommissionResponse> {

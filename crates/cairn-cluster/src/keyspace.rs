@@ -19,6 +19,7 @@
 //! b/sched/       cairn-backup     schedule state (last tick fired, last result)
 //! r/             cairn-server     revert audit records by millis BE ++ node BE
 //! n/state/       cairn-server     node id BE -> a node's state (`decommissioning`, ...)
+//! n/member/      cairn-server     node id BE -> peer address of a node that joined
 //! ```
 
 /// Next epoch to allocate.
@@ -53,6 +54,9 @@ pub const REVERT_AUDIT: &[u8] = b"r/";
 /// Node states other than active, by node id.
 pub const NODE_STATE: &[u8] = b"n/state/";
 
+/// Nodes that joined after the cluster was founded, by node id: their peer address.
+pub const NODE_MEMBER: &[u8] = b"n/member/";
+
 /// Every prefix above, for checks.
 pub const ALL: &[&[u8]] = &[
     SNAPSHOT_NEXT,
@@ -70,6 +74,7 @@ pub const ALL: &[&[u8]] = &[
     BACKUP_SCHEDULE,
     REVERT_AUDIT,
     NODE_STATE,
+    NODE_MEMBER,
 ];
 
 #[cfg(test)]

@@ -757,6 +757,23 @@ impl MultiRaft {
             .take()
     }
 
+    /// Every member of the cluster (this node included) and its peer address: the
+    /// founding members and those that joined since.
+    pub fn members(&self) -> std::collections::BTreeMap<NodeId, crate::config::PeerAddr> {
+        let mut all: std::collections::BTreeMap<_, _> =
+            self.transport.peers().into_iter().collect();
+        if let Some(addr) = self.cfg.peers.get(&self.cfg.node_id) {
+            all.insert(self.cfg.node_id, addr.clone());
+        }
+        all
+    }
+
+    /// Start talking to a member that joined (see [`Transport::add_peer`]); false if
+    /// it was known.
+    pub fn add_member(&self, id: NodeId, addr: crate::config::PeerAddr) -> bool {
+        self.transport.add_peer(id, addr)
+    }
+
     /// Whether `peer` looks reachable now ([`Transport::reachable`]); this node is.
     pub fn reachable(&self, peer: NodeId) -> bool {
         peer == self.cfg.node_id || self.transport.reachable(peer)

@@ -37,6 +37,10 @@ pub struct Config {
     pub peer_listen: SocketAddr,
     /// Every node of the cluster and its peer address, this one included.
     pub initial_cluster: BTreeMap<NodeId, PeerAddr>,
+    /// HTTP addresses of members of a running cluster to join (instead of
+    /// `--initial-cluster`); empty for a founding member. Used only on a data
+    /// directory's first start; afterwards the node knows its cluster.
+    pub join: Vec<String>,
     /// Number of shards; fixed when the cluster is created. Default 8.
     pub shards: u32,
     /// Replicas of each shard (and of the meta group), fixed when the cluster is
@@ -151,6 +155,10 @@ pub struct Settings {
     /// Every node: `1=127.0.0.1:9081,2=127.0.0.1:9082,3=127.0.0.1:9083`.
     #[arg(long, env = "CAIRN_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
+    /// Join a running cluster through any of its members' HTTP addresses
+    /// (`http://HOST:PORT[,...]`), instead of `--initial-cluster`.
+    #[arg(long, env = "CAIRN_JOIN")]
+    pub join: Option<String>,
     /// Number of shards (fixed at cluster creation) [default: 8].
     #[arg(long, env = "CAIRN_SHARDS")]
     pub shards: Option<u32>,
@@ -257,6 +265,7 @@ impl Settings {
             peer,
             peer_listen,
             initial_cluster,
+            join,
             shards,
             replication_factor,
             cluster_token,
@@ -296,12 +305,34 @@ impl Settings {
     /// Apply defaults and validate.
     pub fn resolve(self) -> Result<Config, ServerError> {
         let missing = |what: &str| ServerError::Config(format!("--{what} is required"));
-        let initial_cluster = parse_initial_cluster(
-            self.initial_cluster
-                .as_deref()
-                .ok_or_else(|| missing("initial-cluster"))?,
-        )?;
         let peer = self.peer.ok_or_else(|| missing("peer"))?;
+        let join: Vec<String> = self
+            .join
+            .as_deref()
+            .map(|j| {
+                j.split(',')
+                    .map(str::trim)
+                    .filter(|e| !e.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let initial_cluster = match (self.initial_cluster.as_deref(), join.is_empty()) {
+            (Some(_), false) => {
+                return Err(ServerError::Config(
+                    "give --initial-cluster (to found a cluster) or --join (to join a running \
+                     one), not both"
+                        .into(),
+                ))
+            }
+            (Some(text), true) => parse_initial_cluster(text)?,
+            // Until the join answers, the node knows only itself.
+            (None, false) => {
+                let id = self.id.ok_or_else(|| missing("id"))?;
+                BTreeMap::from([(id, peer.clone())])
+            }
+            (None, true) => return Err(missing("initial-cluster (or --join)")),
+        };
         let config = Config {
             id: self.id.ok_or_else(|| missing("id"))?,
             data_dir: self.data_dir.ok_or_else(|| missing("data-dir"))?,
@@ -316,6 +347,7 @@ impl Settings {
                 .replication_factor
                 .unwrap_or(DEFAULT_REPLICATION_FACTOR.min(initial_cluster.len())),
             initial_cluster,
+            join,
             cluster_token: self.cluster_token.unwrap_or_else(|| "cairn".into()),
             tick_ms: self.tick_ms.unwrap_or(100),
             election_ticks: self.election_ticks.unwrap_or(10),

@@ -73,7 +73,7 @@ async fn declare_dead(
     let raft = control.raft();
     let me = raft.local().node_id();
     let now = Instant::now();
-    for &peer in raft.config().peers.keys().filter(|&&p| p != me) {
+    for &peer in raft.members().keys().filter(|&&p| p != me) {
         if raft.reachable(peer) {
             unreachable.remove(&peer);
             continue;

@@ -68,7 +68,15 @@ pub fn check_or_init(store: &NodeStore, config: &Config) -> Result<NodeIdentity,
         shards: config.shards,
     };
     let dir = config.data_dir.display();
+    // A node that joined a running cluster learned the cluster's id from it: its own
+    // configuration (no founding members) cannot derive it.
+    let joined = store.members()?.is_some();
     match store.identity()? {
+        Some(found)
+            if joined && found.node_id == expected.node_id && found.shards == expected.shards =>
+        {
+            Ok(found)
+        }
         None => {
             store.set_identity(&expected)?;
             store.flush()?;

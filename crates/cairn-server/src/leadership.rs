@@ -59,7 +59,7 @@ async fn next_transfer(control: &Control) -> Option<(ShardId, u64)> {
     let raft = control.raft();
     let cfg = raft.config();
     let me = cfg.node_id;
-    let share = share(cfg.groups().count(), cfg.peers.len()) as u32;
+    let share = share(cfg.groups().count(), raft.members().len()) as u32;
     if raft.local().leads() <= share {
         return None;
     }

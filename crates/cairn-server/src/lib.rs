@@ -13,6 +13,7 @@ pub mod departures;
 pub mod dev;
 pub mod error;
 pub mod identity;
+pub mod join;
 pub mod leadership;
 pub mod moves;
 pub mod node;

@@ -75,7 +75,7 @@ pub async fn move_replica(
         return Err(MoveError::Invalid(format!("there is no shard {shard}")));
     }
     for node in [from, to] {
-        if !cfg.peers.contains_key(&node) {
+        if !control.raft().members().contains_key(&node) {
             return Err(MoveError::Invalid(format!(
                 "node {node} is not a member of the cluster"
             )));
@@ -290,7 +290,7 @@ pub async fn evacuate(
     catch_up: Duration,
 ) -> Result<Vec<(ShardId, NodeId)>, MoveError> {
     let cfg = control.raft().config();
-    if !cfg.peers.contains_key(&node) {
+    if !control.raft().members().contains_key(&node) {
         return Err(MoveError::Invalid(format!(
             "node {node} is not a member of the cluster"
         )));
@@ -302,7 +302,7 @@ pub async fn evacuate(
     }
     let mut others = Vec::new();
     // Active and reachable now: a replica is not re-created on a node that is down.
-    for &n in cfg.peers.keys().filter(|&&n| n != node) {
+    for &n in control.raft().members().keys().filter(|&&n| n != node) {
         if control.raft().reachable(n) && node_state(control, n).await?.is_none() {
             others.push(n);
         }
@@ -401,7 +401,7 @@ async fn set_node_state(control: &Control, node: NodeId, state: &str) -> Result<
     Ok(())
 }
 
-fn meta_error(e: meta::MetaError) -> MoveError {
+pub(crate) fn meta_error(e: meta::MetaError) -> MoveError {
     match e {
         meta::MetaError::Shard(e) => MoveError::Shard(e),
         other => MoveError::Shard(ShardError::Protocol {

@@ -44,6 +44,7 @@ impl Parts {
     /// and wire the routers, coordinators and the HTTP API's state. Starts no
     /// background task and listens on no HTTP port.
     pub async fn assemble(config: Config, store: NodeStore) -> Result<Parts, ServerError> {
+        let config = crate::join::prepare(config, &store).await?;
         let identity = identity::check_or_init(&store, &config)?;
         let raft_config = config.raft(identity.cluster_id.clone());
         let raft = Arc::new(MultiRaft::start(raft_config, store.clone()).await?);
@@ -143,6 +144,9 @@ impl Parts {
         let departures =
             crate::departures::watch(self.control.clone(), self.config.dead_after, stop.clone())
                 .instrument(span);
+        let span = tracing::info_span!("members", node = id);
+        let members = crate::join::learn(self.control.clone(), self.store.clone(), stop.clone())
+            .instrument(span);
         let span = tracing::info_span!("backup_sweeper", node = id);
         let backup_sweep = self.backups.clone().run_sweeper(stop).instrument(span);
         tokio::spawn(async move {
@@ -155,7 +159,8 @@ impl Parts {
                 backup_sweep,
                 txn_sweep,
                 leaders,
-                departures
+                departures,
+                members
             );
         })
     }

@@ -55,9 +55,6 @@ struct RemoteLeaders {
     /// Per group: its voters as last learned (at first, the placement the cluster was
     /// created with; replicas move, so a [`Members`] answer replaces them).
     voters: std::sync::RwLock<Vec<Vec<NodeId>>>,
-    /// Every node of the cluster, tried after the voters: a group's replicas may have
-    /// moved since this node last learned where they are.
-    nodes: Vec<NodeId>,
 }
 
 impl RemoteLeaders {
@@ -69,16 +66,16 @@ impl RemoteLeaders {
             hint: voters.iter().map(|_| AtomicU64::new(0)).collect(),
             next: voters.iter().map(|_| AtomicUsize::new(0)).collect(),
             voters: std::sync::RwLock::new(voters),
-            nodes: cfg.peers.keys().copied().collect(),
         }
     }
 
     /// The candidates for `group`'s leader, in the order they are tried: its voters
-    /// as last learned, then every other node but this one.
-    fn candidates(&self, group: ShardId) -> Vec<NodeId> {
+    /// as last learned, then every other member (`nodes`) but this one: a group's
+    /// replicas may have moved since this node last learned where they are.
+    fn candidates(&self, group: ShardId, nodes: &[NodeId]) -> Vec<NodeId> {
         let mut out = self.voters(group);
         out.retain(|&n| n != self.me);
-        for &n in &self.nodes {
+        for &n in nodes {
             if n != self.me && !out.contains(&n) {
                 out.push(n);
             }
@@ -123,7 +120,12 @@ impl RemoteLeaders {
     /// candidate in turn (voters first), passing over those whose links are down (a
     /// leader that died is forgotten as soon as its link drops, not after a request
     /// timed out on it).
-    fn target(&self, group: ShardId, reachable: impl Fn(NodeId) -> bool) -> Option<NodeId> {
+    fn target(
+        &self,
+        group: ShardId,
+        nodes: impl FnOnce() -> Vec<NodeId>,
+        reachable: impl Fn(NodeId) -> bool,
+    ) -> Option<NodeId> {
         let g = group as usize;
         let hint = self.hint.get(g)?;
         match hint.load(Ordering::Relaxed) {
@@ -131,7 +133,7 @@ impl RemoteLeaders {
             leader if reachable(leader) => return Some(leader),
             _ => hint.store(0, Ordering::Relaxed),
         }
-        let candidates = self.candidates(group);
+        let candidates = self.candidates(group, &nodes());
         if candidates.is_empty() {
             return None;
         }
@@ -347,7 +349,11 @@ impl Router {
             let remote = local.is_none();
             let target = match local {
                 Some(leader) => Some(leader),
-                None => self.remote.target(shard, |node| self.raft.reachable(node)),
+                None => self.remote.target(
+                    shard,
+                    || self.raft.members().into_keys().collect(),
+                    |node| self.raft.reachable(node),
+                ),
             };
             let result = match target {
                 Some(leader) if leader == me => attempt(Hop::Here).await,

@@ -109,6 +109,7 @@ const RESTORED_FROM_KEY: &[u8] = b"restored_from";
 const DATA_INCARNATION_KEY: &[u8] = b"data_incarnation";
 const PEER_DATA_PREFIX: &[u8] = b"peer_data/";
 const HOSTED_KEY: &[u8] = b"hosted";
+const MEMBERS_KEY: &[u8] = b"members";
 
 fn peer_data_key(node: NodeId) -> Vec<u8> {
     [PEER_DATA_PREFIX, &node.to_be_bytes()[..]].concat()
@@ -249,6 +250,28 @@ impl NodeStore {
         // Serializing integers cannot fail.
         let bytes = bincode::serialize(groups).expect("bincode serialization of group ids");
         tree.insert(HOSTED_KEY, bytes)?;
+        self.flush()
+    }
+
+    /// The cluster's members as this node last recorded them (id, peer address), if
+    /// it records them: a node that joined a running cluster does (it has no
+    /// `--initial-cluster`), and every node records members that joined.
+    pub fn members(&self) -> Result<Option<Vec<(NodeId, String)>>> {
+        let tree = self.db.open_tree(NODE_TREE)?;
+        match tree.get(MEMBERS_KEY)? {
+            None => Ok(None),
+            Some(v) => exact_bincode(&v)
+                .map(Some)
+                .map_err(|e| StoreError::corrupt(format!("members: {e}"))),
+        }
+    }
+
+    /// Record, durably, the cluster's members.
+    pub fn set_members(&self, members: &[(NodeId, String)]) -> Result<()> {
+        let tree = self.db.open_tree(NODE_TREE)?;
+        // Serializing integers and strings cannot fail.
+        let bytes = bincode::serialize(members).expect("bincode serialization of members");
+        tree.insert(MEMBERS_KEY, bytes)?;
         self.flush()
     }
 

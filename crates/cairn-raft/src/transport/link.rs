@@ -233,6 +233,7 @@ impl Transport {
     pub(super) async fn link(self, peer: NodeId, addr: PeerAddr, mut rx: mpsc::Receiver<Outbound>) {
         let mut backoff = Backoff::redial();
         let stats = self.link_stats(peer);
+        let stats = stats.as_deref();
         loop {
             let connected = tokio::select! {
                 _ = self.inner.cancel.cancelled() => return,
@@ -303,6 +304,7 @@ impl Transport {
             }
         });
         let stats = self.link_stats(peer);
+        let stats = stats.as_deref();
         let mut keepalive = Keepalive::default();
         let mut ticker = tokio::time::interval(PING_EVERY);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -372,6 +374,7 @@ impl Transport {
     /// A frame that cannot be sent: its call fails at once, a Raft message is dropped.
     fn refuse(&self, peer: NodeId, frame: Frame, error: FrameError) {
         let stats = self.link_stats(peer);
+        let stats = stats.as_deref();
         match frame {
             Frame::Call { id, call } => {
                 if let Some(stats) = stats {

@@ -114,7 +114,9 @@ struct Inner {
     /// The frame cap (`RaftLimits::max_frame_bytes`), both ways.
     max_frame: usize,
     runtime: tokio::runtime::Handle,
-    peers: HashMap<NodeId, Peer>,
+    /// Every other member: the cluster's founding members, and nodes that joined
+    /// since ([`Transport::add_peer`]).
+    peers: std::sync::RwLock<HashMap<NodeId, Arc<Peer>>>,
     /// This node's replicas by group id.
     replicas: Arc<HostedReplicas>,
     store: NodeStore,
@@ -134,7 +136,7 @@ struct Inner {
 struct Peer {
     addr: crate::config::PeerAddr,
     tx: mpsc::Sender<Outbound>,
-    stats: LinkStats,
+    stats: Arc<LinkStats>,
 }
 
 impl Transport {
@@ -152,15 +154,6 @@ impl Transport {
             .data_incarnation(|| rand::random::<u64>() | 1)
             .map_err(std::io::Error::other)?;
         let listener = TcpListener::bind(cfg.listen).await?;
-        let mut links = Vec::new();
-        let mut peer_map = HashMap::new();
-        for (&id, addr) in cfg.peers.iter().filter(|(&id, _)| id != node_id) {
-            let addr = addr.clone();
-            let (tx, rx) = mpsc::channel(PEER_QUEUE);
-            let stats = LinkStats::default();
-            links.push((id, addr.clone(), rx));
-            peer_map.insert(id, Peer { addr, tx, stats });
-        }
         let shards = replicas.groups();
         let transport = Transport {
             inner: Arc::new(Inner {
@@ -168,7 +161,7 @@ impl Transport {
                 cluster_id: cfg.cluster_id.clone(),
                 max_frame: cfg.limits.max_frame_bytes,
                 runtime: tokio::runtime::Handle::current(),
-                peers: peer_map,
+                peers: Default::default(),
                 replicas,
                 store,
                 calls: Mutex::new(HashMap::new()),
@@ -180,10 +173,8 @@ impl Transport {
                 cancel,
             }),
         };
-        for (peer, addr, rx) in links {
-            let t = transport.clone();
-            let span = tracing::info_span!("peer_link", node = node_id, peer, %addr);
-            tokio::spawn(t.link(peer, addr, rx).instrument(span));
+        for (&id, addr) in cfg.peers.iter() {
+            transport.add_peer(id, addr.clone());
         }
         let t = transport.clone();
         let span = tracing::info_span!("peer_listener", node = node_id, listen = %cfg.listen);
@@ -191,9 +182,63 @@ impl Transport {
         Ok(transport)
     }
 
+    /// Start talking to member `id` at `addr` (a link task, re-dialling as needed).
+    /// Returns false if it is this node or already a peer.
+    pub fn add_peer(&self, id: NodeId, addr: crate::config::PeerAddr) -> bool {
+        if id == self.inner.node_id {
+            return false;
+        }
+        let mut peers = self
+            .inner
+            .peers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if peers.contains_key(&id) {
+            return false;
+        }
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        let peer = Peer {
+            addr: addr.clone(),
+            tx,
+            stats: Arc::default(),
+        };
+        peers.insert(id, Arc::new(peer));
+        drop(peers);
+        let t = self.clone();
+        let node = self.inner.node_id;
+        let span = tracing::info_span!("peer_link", node, peer = id, %addr);
+        self.inner
+            .runtime
+            .spawn(t.link(id, addr, rx).instrument(span));
+        true
+    }
+
+    /// Every other member and its peer address.
+    pub fn peers(&self) -> Vec<(NodeId, crate::config::PeerAddr)> {
+        let mut all: Vec<_> = self
+            .lock_peers()
+            .iter()
+            .map(|(&id, p)| (id, p.addr.clone()))
+            .collect();
+        all.sort_by_key(|(id, _)| *id);
+        all
+    }
+
+    fn peer(&self, id: NodeId) -> Option<Arc<Peer>> {
+        self.lock_peers().get(&id).cloned()
+    }
+
+    fn lock_peers(&self) -> std::sync::RwLockReadGuard<'_, HashMap<NodeId, Arc<Peer>>> {
+        // Peers are only ever added whole.
+        self.inner
+            .peers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Queue a Raft message for its peer. Returns false if it was dropped.
     pub fn send_raft(&self, shard: ShardId, msg: Message) -> bool {
-        let Some(peer) = self.inner.peers.get(&msg.to) else {
+        let Some(peer) = self.peer(msg.to) else {
             return false;
         };
         match msg.write_to_bytes() {
@@ -209,11 +254,7 @@ impl Transport {
             shard,
             reason: format!("node {to}: {reason}"),
         };
-        let peer = self
-            .inner
-            .peers
-            .get(&to)
-            .ok_or_else(|| unavailable("not a peer"))?;
+        let peer = self.peer(to).ok_or_else(|| unavailable("not a peer"))?;
         let id = self.inner.next_call.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.lock_calls().insert(id, tx);
@@ -249,8 +290,7 @@ impl Transport {
     /// The state of this node's link to every peer, by peer id.
     pub fn links(&self) -> Vec<LinkStatus> {
         let mut links: Vec<_> = self
-            .inner
-            .peers
+            .lock_peers()
             .iter()
             .map(|(&id, peer)| peer.stats.status(id))
             .collect();
@@ -261,11 +301,11 @@ impl Transport {
     /// Whether `peer` looks reachable now (its link is up and answering keepalives).
     /// A hint for choosing where to send first, never a promise.
     pub fn reachable(&self, peer: NodeId) -> bool {
-        self.link_stats(peer).is_some_and(LinkStats::reachable)
+        self.link_stats(peer).is_some_and(|s| s.reachable())
     }
 
-    fn link_stats(&self, peer: NodeId) -> Option<&LinkStats> {
-        self.inner.peers.get(&peer).map(|p| &p.stats)
+    fn link_stats(&self, peer: NodeId) -> Option<Arc<LinkStats>> {
+        self.peer(peer).map(|p| p.stats.clone())
     }
 
     fn lock_calls(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<CallResult>>> {

@@ -31,7 +31,7 @@ impl Transport {
     /// Stream a Raft snapshot to its peer in the background; the replica hears how it
     /// ended through `SnapshotSent`. Returns false if it could not even be started.
     pub fn send_snapshot(&self, shard: ShardId, msg: Message, state: ShardState) -> bool {
-        let Some(peer) = self.inner.peers.get(&msg.to) else {
+        let Some(peer) = self.peer(msg.to) else {
             return false;
         };
         let (to, addr) = (msg.to, peer.addr.clone());

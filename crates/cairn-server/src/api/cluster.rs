@@ -63,8 +63,8 @@ pub async fn status(State(api): Shared) -> Result<Json<ClusterStatus>, ApiError>
     Ok(Json(ClusterStatus {
         cluster_id: api.cluster_id.clone(),
         node_id: config.id,
-        nodes: config
-            .initial_cluster
+        nodes: raft
+            .members()
             .iter()
             .map(|(&id, addr)| NodeInfo {
                 id,

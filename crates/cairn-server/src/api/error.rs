@@ -68,6 +68,7 @@ error_codes! {
     KeyLocked = (CONFLICT, "key_locked", "a key stayed locked by another cross-shard batch until the deadline; nothing changed, retry"),
     Conflict = (CONFLICT, "conflict", "the catalog or the keys changed under the request; nothing changed, retry"),
     MoveInProgress = (CONFLICT, "move_in_progress", "the shard is changing its members; retry shortly"),
+    JoinRefused = (CONFLICT, "join_refused", "the node id is taken by another member or names a removed node, or the peer address is in use; the message says what to do"),
     NotApplied = (CONFLICT, "not_applied", "(debug views) the version asked for is not applied on this replica yet"),
     HistoryUnavailable = (GONE, "history_unavailable", "the time or version is before the oldest retained history"),
     PreconditionFailed = (PRECONDITION_FAILED, "precondition_failed", "`If-Match` / `If-None-Match` / `if_version` / `if_absent` did not hold"),

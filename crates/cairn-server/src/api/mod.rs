@@ -87,6 +87,7 @@ pub fn app(state: Arc<ApiState>) -> axum::Router {
         .route("/v1/reverts", get(backups::reverts))
         .route("/v1/cluster", get(cluster::status))
         .route("/v1/shards/{id}/move", post(placement::move_replica))
+        .route("/v1/nodes/join", post(placement::join))
         .route("/v1/nodes/{id}/decommission", post(placement::decommission))
         .route("/v1/openapi.json", get(openapi::document))
         .route("/health", get(cluster::health))

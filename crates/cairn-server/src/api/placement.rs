@@ -1,5 +1,6 @@
 //! `POST /v1/shards/{id}/move`: move one replica of a group to another node;
-//! `POST /v1/nodes/{id}/decommission`: move every replica off a node.
+//! `POST /v1/nodes/{id}/decommission`: move every replica off a node;
+//! `POST /v1/nodes/join`: admit a new node.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,10 +9,13 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::Uri;
 use axum::Json;
-use cairn_client::api::{DecommissionResponse, MoveRequest, MoveResponse, MovedReplica};
+use cairn_client::api::{
+    DecommissionResponse, JoinRequest, JoinResponse, MoveRequest, MoveResponse, MovedReplica,
+};
 
 use super::request::{read_body, Params};
 use super::{path_param, ApiError, ApiState, ErrorCode};
+use crate::join::{self, JoinError};
 use crate::moves::{self, Move, MoveError};
 
 type Shared = State<Arc<ApiState>>;
@@ -84,4 +88,24 @@ fn move_error(e: MoveError) -> ApiError {
         MoveError::TimedOut(m) => ApiError::new(ErrorCode::Unavailable, m),
         MoveError::Shard(e) => e.into(),
     }
+}
+
+/// Admit a new node as a member (see `crate::join`).
+pub async fn join(
+    State(api): Shared,
+    uri: Uri,
+    body: Body,
+) -> Result<Json<JoinResponse>, ApiError> {
+    Params::parse(&uri, &[])?;
+    let body = read_body(&api, body).await?;
+    let request: JoinRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(ErrorCode::BadJson, format!("invalid join request: {e}")))?;
+    let answer = join::admit(&api.control, &api.cluster_id, &request)
+        .await
+        .map_err(|e| match e {
+            JoinError::Invalid(m) => ApiError::new(ErrorCode::BadJson, m),
+            JoinError::Refused(m) => ApiError::new(ErrorCode::JoinRefused, m),
+            JoinError::Cluster(e) => move_error(e),
+        })?;
+    Ok(Json(answer))
 }
