@@ -102,3 +102,96 @@ fn a_crash_inside_a_snapshot_install_over_a_longer_divergent_log_recovers() {
     );
     assert_eq!(gauges.applied.load(Ordering::Relaxed), 8);
 }
+
+/// A replica applied a joint conf change (index 2) and the change that leaves it
+/// (index 3), and crashed after the second wrote the configuration but before the
+/// state machine recorded index 3 as applied. Left alone, raft-rs replays entry 3
+/// onto the configuration it already produced and stops ("can't leave a non-joint
+/// config"); seen when a node that had just received a moved replica was SIGKILLed.
+/// The replica opens, with the applied point completed and the final configuration.
+#[test]
+fn a_crash_between_a_conf_change_and_its_applied_point_recovers() {
+    use cairn_store::Committed;
+    use protobuf::Message as _;
+    use raft::prelude::{
+        ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, EntryType,
+    };
+
+    let store = NodeStore::open_temporary().unwrap();
+    let log = store.raft_log(0).unwrap();
+    log.initialize(&ConfState::from((vec![1, 2, 3], vec![])))
+        .unwrap();
+    let conf_entry = |index: u64, cc: &ConfChangeV2| Entry {
+        index,
+        term: 1,
+        entry_type: EntryType::EntryConfChangeV2,
+        data: cc.write_to_bytes().unwrap().into(),
+        ..Default::default()
+    };
+    let mut enter = ConfChangeV2::default();
+    enter.set_changes(
+        vec![
+            ConfChangeSingle {
+                change_type: ConfChangeType::AddNode,
+                node_id: 4,
+                ..Default::default()
+            },
+            ConfChangeSingle {
+                change_type: ConfChangeType::RemoveNode,
+                node_id: 3,
+                ..Default::default()
+            },
+        ]
+        .into(),
+    );
+    enter.set_transition(ConfChangeTransition::Auto);
+    let leave = ConfChangeV2::default();
+    let entries = vec![entry(1, 1), conf_entry(2, &enter), conf_entry(3, &leave)];
+    let hs = HardState {
+        term: 1,
+        vote: 1,
+        commit: 3,
+        ..Default::default()
+    };
+    log.persist(&entries, Some(&hs)).unwrap();
+    // Entries 1 and 2 fully applied; entry 3's configuration written, its applied
+    // point lost.
+    let state = store.shard_state(0).unwrap();
+    cairn_raft::StateMachine::apply(
+        &state,
+        &[
+            Committed {
+                index: 1,
+                term: 1,
+                data: &[],
+            },
+            Committed {
+                index: 2,
+                term: 1,
+                data: &[],
+            },
+        ],
+    )
+    .unwrap();
+    log.set_conf_state_at(&ConfState::from((vec![1, 2, 4], vec![])), 3)
+        .unwrap();
+
+    let gauges = Arc::new(ReplicaGauges::new());
+    let mut replica = Replica::open_seeded(
+        0,
+        &common::config(2, 3, 1),
+        store.clone(),
+        common::NoSync,
+        Sent::default(),
+        gauges.clone(),
+        ReplicaSeed {
+            proposal_ids: 1,
+            election_timeout: Some(15),
+        },
+    )
+    .unwrap();
+    replica.process().expect("nothing to apply again");
+    assert_eq!(gauges.applied.load(Ordering::Relaxed), 3);
+    assert_eq!(gauges.voters(), vec![1, 2, 4]);
+    assert_eq!(store.shard_state(0).unwrap().applied().unwrap().index, 3);
+}

@@ -92,6 +92,9 @@ pub struct Config {
     /// replicas are re-created on other nodes; `None` never. Default 5 min (as
     /// CockroachDB's `server.time_until_store_dead`).
     pub dead_after: Option<Duration>,
+    /// Most replica moves a minute the meta leader makes to even out the nodes'
+    /// replica counts; 0 never. Default 6.
+    pub rebalance_rate: u32,
     /// Backups: default destination, throttle, schedules, S3 settings.
     pub backup: BackupSettings,
 }
@@ -227,6 +230,10 @@ pub struct Settings {
     /// replicas re-created on other nodes; `0` never [default: 5m].
     #[arg(long, env = "CAIRN_DEAD_AFTER")]
     pub dead_after: Option<String>,
+    /// Most replica moves a minute made to even out the nodes' replica counts (after
+    /// a node joins); `0` never [default: 6].
+    #[arg(long, env = "CAIRN_REBALANCE_RATE")]
+    pub rebalance_rate: Option<u32>,
     /// Default backup destination (directory, file:///path or s3://bucket/prefix)
     /// [default: ./backups].
     #[arg(long, env = "CAIRN_BACKUP_DIR")]
@@ -286,6 +293,7 @@ impl Settings {
             history_retention,
             lease_reads,
             dead_after,
+            rebalance_rate,
             backup_dir,
             backup_rate_limit,
             backup_allow,
@@ -374,6 +382,7 @@ impl Settings {
                 })?,
             },
             lease_reads: self.lease_reads.unwrap_or(false),
+            rebalance_rate: self.rebalance_rate.unwrap_or(6),
             dead_after: match self.dead_after.as_deref() {
                 None => Some(Duration::from_secs(300)),
                 Some("0") => None,

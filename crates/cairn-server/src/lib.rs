@@ -17,6 +17,7 @@ pub mod join;
 pub mod leadership;
 pub mod moves;
 pub mod node;
+pub mod rebalance;
 pub mod revert;
 pub mod router;
 

@@ -104,7 +104,7 @@ impl Parts {
 
     /// Start every background task (sweepers, automatic snapshots, history GC and
     /// collection, backup schedules, leader balancing, dead nodes and stale
-    /// replicas), each in its own span, until
+    /// replicas, members that joined, rebalancing), each in its own span, until
     /// `stop` fires.
     pub fn spawn_background(&self, stop: CancellationToken) -> JoinHandle<()> {
         let id = self.config.id;
@@ -147,6 +147,13 @@ impl Parts {
         let span = tracing::info_span!("members", node = id);
         let members = crate::join::learn(self.control.clone(), self.store.clone(), stop.clone())
             .instrument(span);
+        let span = tracing::info_span!("rebalance", node = id);
+        let rebalance = crate::rebalance::run(
+            self.control.clone(),
+            self.config.rebalance_rate,
+            stop.clone(),
+        )
+        .instrument(span);
         let span = tracing::info_span!("backup_sweeper", node = id);
         let backup_sweep = self.backups.clone().run_sweeper(stop).instrument(span);
         tokio::spawn(async move {
@@ -160,7 +167,8 @@ impl Parts {
                 txn_sweep,
                 leaders,
                 departures,
-                members
+                members,
+                rebalance
             );
         })
     }

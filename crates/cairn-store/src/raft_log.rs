@@ -47,6 +47,8 @@ use crate::state::AppliedState;
 use crate::ShardId;
 
 const CONF_STATE_KEY: &[u8] = b"c";
+/// The index of the entry (or snapshot) the conf state was taken from.
+const CONF_INDEX_KEY: &[u8] = b"ci";
 const ENTRY_PREFIX: u8 = b'e';
 const HARD_STATE_KEY: &[u8] = b"h";
 const TRUNCATED_KEY: &[u8] = b"t";
@@ -343,7 +345,32 @@ impl RaftLog {
         self.persist(&[], Some(&hs))
     }
 
-    /// Replace the conf state (after applying a conf change).
+    /// Replace the conf state after applying the conf change at `index`, recording
+    /// the index with it (one batch), so a restart can tell a conf state that got
+    /// ahead of the state machine's applied point ([`RaftLog::conf_index`]).
+    pub fn set_conf_state_at(&self, cs: &ConfState, index: u64) -> Result<()> {
+        let mut mirror = self.mirror();
+        let mut batch = sled::Batch::default();
+        batch.insert(
+            CONF_STATE_KEY,
+            cs.write_to_bytes().map_err(raft::Error::from)?,
+        );
+        batch.insert(CONF_INDEX_KEY, &index.to_be_bytes()[..]);
+        self.tree.apply_batch(batch)?;
+        mirror.conf_state = cs.clone();
+        Ok(())
+    }
+
+    /// The index of the entry (or Raft snapshot) the stored conf state comes from; 0
+    /// for the configuration the group was created with.
+    pub fn conf_index(&self) -> Result<u64> {
+        match self.tree.get(CONF_INDEX_KEY)? {
+            None => Ok(0),
+            Some(v) => be_u64(&v).ok_or_else(|| self.corrupt("conf index is not 8 bytes")),
+        }
+    }
+
+    /// Replace the conf state (the configuration a new log starts with).
     pub fn set_conf_state(&self, cs: &ConfState) -> Result<()> {
         let mut mirror = self.mirror();
         let bytes = cs.write_to_bytes().map_err(raft::Error::from)?;
@@ -387,6 +414,7 @@ impl RaftLog {
                 .write_to_bytes()
                 .map_err(raft::Error::from)?,
         );
+        batch.insert(CONF_INDEX_KEY, &meta.index.to_be_bytes()[..]);
         batch.insert(
             HARD_STATE_KEY,
             hs.write_to_bytes().map_err(raft::Error::from)?,

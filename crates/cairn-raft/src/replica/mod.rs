@@ -243,7 +243,32 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
         let voters = cfg.voters(shard);
         log.initialize(&raft::prelude::ConfState::from((voters, vec![])))?;
 
-        let applied = state.applied()?;
+        let mut applied = state.applied()?;
+        // Applying a conf change writes the configuration (log tree), then the applied
+        // point (data tree); a crash in between leaves the configuration one entry
+        // ahead, and raft-rs would apply that entry to it again (and stop: "can't
+        // leave a non-joint config"). sled recovers a prefix of its writes, so all
+        // that is missing is that entry's applied point; it carries no command, so
+        // apply it to the state machine now.
+        let conf_index = log.conf_index()?;
+        if conf_index == applied.index + 1
+            && conf_index >= log.first_index()?
+            && conf_index <= log.last_index()?
+        {
+            let term = log.term_of(conf_index)?;
+            state.apply(&[Committed {
+                index: conf_index,
+                term,
+                data: &[],
+            }])?;
+            commit.written();
+            applied = state.applied()?;
+            tracing::info!(
+                shard,
+                index = conf_index,
+                "completed a conf change's apply cut short by a crash"
+            );
+        }
         let mut hs = log.hard_state()?;
         // A crash between installing a snapshot's data and moving the log leaves the
         // state machine at a point the log does not hold: beyond its end, or, over a
@@ -928,7 +953,7 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
             let cc = ConfChangeV2::parse_from_bytes(&entry.data)?;
             self.raw.apply_conf_change(&cc)
         }?;
-        self.log.set_conf_state(&cs)?;
+        self.log.set_conf_state_at(&cs, entry.index)?;
         self.commit.written();
         self.publish_members();
         tracing::info!(

@@ -16,6 +16,19 @@ type Shared = State<Arc<ApiState>>;
 pub async fn status(State(api): Shared) -> Result<Json<ClusterStatus>, ApiError> {
     let config = &api.config;
     let raft = api.router.raft();
+    // Groups this node holds no voter of: their voters as their leaders say now
+    // (replicas move), each asked for at most a second; the router remembers.
+    let remote = raft
+        .config()
+        .groups()
+        .filter(|&g| !raft.local().votes_in(g))
+        .map(|g| {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                crate::moves::members(&api.control, g),
+            )
+        });
+    futures::future::join_all(remote).await;
     let status = |shard: u32| {
         raft.status(shard).map(|s| ShardStatus {
             id: s.shard,
