@@ -784,9 +784,10 @@ impl MultiRaft {
         self.transport.links()
     }
 
-    /// Write batches this node's replicas of the data shards have applied since start.
+    /// Write batches this node's voters of the data shards have applied since start.
     pub fn writes_applied(&self) -> u64 {
         (0..self.cfg.shards)
+            .filter(|&s| self.local.votes_in(s))
             .filter_map(|s| self.local.gauges(s))
             .map(|g| g.writes_applied.load(Ordering::Relaxed))
             .sum()

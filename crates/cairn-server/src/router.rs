@@ -527,7 +527,8 @@ impl Shards for Control {
     }
 
     fn hosts(&self, shard: ShardId) -> bool {
-        self.router.raft.local().hosts(shard)
+        // A voter's replica: a learner a move just opened may hold nothing yet.
+        self.router.raft.local().votes_in(shard)
     }
 
     async fn writes_seen(&self) -> Option<u64> {
@@ -535,7 +536,7 @@ impl Shards for Control {
         // shard is asked for its count (the sum only has to move when data does).
         let raft = &self.router.raft;
         let asked = (0..self.router.shards)
-            .filter(|&s| !raft.local().hosts(s))
+            .filter(|&s| !raft.local().votes_in(s))
             .map(|shard| async move {
                 self.control(ControlRequest::Progress { shard })
                     .await?
