@@ -58,20 +58,7 @@ fn member_key(id: NodeId) -> Vec<u8> {
 
 /// Members that joined, as the meta group records them.
 async fn joined(control: &Control) -> Result<BTreeMap<NodeId, String>, MoveError> {
-    let all = Meta::new(control)
-        .scan_all(keyspace::NODE_MEMBER)
-        .await
-        .map_err(moves::meta_error)?;
-    Ok(all
-        .into_iter()
-        .filter_map(|(k, v)| {
-            let id = k.get(keyspace::NODE_MEMBER.len()..)?.try_into().ok()?;
-            Some((
-                u64::from_be_bytes(id),
-                String::from_utf8_lossy(&v.value).into_owned(),
-            ))
-        })
-        .collect())
+    moves::node_records(control, keyspace::NODE_MEMBER).await
 }
 
 /// Every member: the founding ones this node was started with and those that joined.

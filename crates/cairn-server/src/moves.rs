@@ -21,6 +21,7 @@
 //! What it must never do: change members other than through the group's leader, or
 //! drop a replica that the committed configuration still names.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cairn_cluster::meta::{self, Meta};
@@ -360,17 +361,24 @@ fn state_key(node: NodeId) -> Vec<u8> {
 }
 
 /// Every node's state other than active, as the meta group records it.
-pub async fn node_states(
+pub async fn node_states(control: &Control) -> Result<BTreeMap<NodeId, String>, MoveError> {
+    node_records(control, keyspace::NODE_STATE).await
+}
+
+/// The records under `prefix` of the meta group whose keys are `prefix` ++ node id
+/// (u64 BE) and whose values are text, by node id.
+pub(crate) async fn node_records(
     control: &Control,
-) -> Result<std::collections::BTreeMap<NodeId, String>, MoveError> {
+    prefix: &[u8],
+) -> Result<BTreeMap<NodeId, String>, MoveError> {
     let all = Meta::new(control)
-        .scan_all(keyspace::NODE_STATE)
+        .scan_all(prefix)
         .await
         .map_err(meta_error)?;
     Ok(all
         .into_iter()
         .filter_map(|(k, v)| {
-            let id = k.get(keyspace::NODE_STATE.len()..)?.try_into().ok()?;
+            let id = k.get(prefix.len()..)?.try_into().ok()?;
             Some((
                 u64::from_be_bytes(id),
                 String::from_utf8_lossy(&v.value).into_owned(),

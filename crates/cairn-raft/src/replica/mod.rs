@@ -590,11 +590,22 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
         // Auto: a change of several members goes through a joint configuration that
         // the leader leaves by itself once it is applied.
         cc.set_transition(ConfChangeTransition::Auto);
+        tracing::info!(?change, "proposing a change of members");
+        self.track(reply, |raw, ctx| raw.propose_conf_change(ctx, cc));
+    }
+
+    /// Propose under a fresh proposal id (the entry's context) and keep `reply` until
+    /// the entry is applied. raft-rs refuses before appending (e.g. a leader transfer
+    /// is under way), so a refusal means nothing was written.
+    fn track(
+        &mut self,
+        reply: WriteReply<M>,
+        propose: impl FnOnce(&mut RawNode<RaftLog>, Vec<u8>) -> raft::Result<()>,
+    ) {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
-        match self.raw.propose_conf_change(id.to_be_bytes().to_vec(), cc) {
+        match propose(&mut self.raw, id.to_be_bytes().to_vec()) {
             Ok(()) => {
-                tracing::info!(?change, "proposed a change of members");
                 let pending = PendingWrite {
                     term: self.raw.raft.term,
                     deadline: self.now + self.request_ticks,
@@ -647,26 +658,7 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
             }));
             return;
         }
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1);
-        match self.raw.propose(id.to_be_bytes().to_vec(), data) {
-            Ok(()) => {
-                let pending = PendingWrite {
-                    term: self.raw.raft.term,
-                    deadline: self.now + self.request_ticks,
-                    reply,
-                };
-                self.writes.insert(id, pending);
-            }
-            Err(e) => {
-                // raft-rs refuses before appending (e.g. a leader transfer is under
-                // way), so nothing was written.
-                let _ = reply.send(Err(ShardError::Unavailable {
-                    shard: self.shard,
-                    reason: e.to_string(),
-                }));
-            }
-        }
+        self.track(reply, |raw, ctx| raw.propose(ctx, data));
     }
 
     /// One logical clock tick: elections, heartbeats and request deadlines move.
