@@ -436,6 +436,14 @@ async fn replicas_move_between_nodes_and_a_node_is_decommissioned() {
     expected.sort_unstable();
     assert_eq!(moved.voters, expected, "{moved:?}");
     assert!(moved.learners.is_empty(), "{moved:?}");
+    let after = cluster.status(to as usize).await;
+    let placed = after
+        .placement
+        .iter()
+        .find(|p| p.id == shard)
+        .expect("placed");
+    assert_eq!(placed.replicas, expected, "{placed:?}");
+    assert!(placed.learners.is_empty(), "{placed:?}");
     assert_ne!(moved.leader, Some(from), "{moved:?}");
 
     // The new node runs the replica, the old one dropped it; nothing else moved.

@@ -244,6 +244,9 @@ pub struct ShardPlacement {
     pub meta: bool,
     /// Node ids of its voters.
     pub replicas: Vec<u64>,
+    /// Node ids of its learners: replicas being added by a move, not yet voting.
+    #[serde(default)]
+    pub learners: Vec<u64>,
     /// Its leader, if the answering node knows one.
     pub leader: Option<u64>,
 }

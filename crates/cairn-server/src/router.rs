@@ -55,6 +55,8 @@ struct RemoteLeaders {
     /// Per group: its voters as last learned (at first, the placement the cluster was
     /// created with; replicas move, so a [`Members`] answer replaces them).
     voters: std::sync::RwLock<Vec<Vec<NodeId>>>,
+    /// Per group: its learners as last learned.
+    learners: std::sync::RwLock<Vec<Vec<NodeId>>>,
 }
 
 impl RemoteLeaders {
@@ -65,6 +67,7 @@ impl RemoteLeaders {
             me: cfg.node_id,
             hint: voters.iter().map(|_| AtomicU64::new(0)).collect(),
             next: voters.iter().map(|_| AtomicUsize::new(0)).collect(),
+            learners: std::sync::RwLock::new(vec![Vec::new(); voters.len()]),
             voters: std::sync::RwLock::new(voters),
         }
     }
@@ -110,6 +113,14 @@ impl RemoteLeaders {
             .get_mut(group as usize)
         {
             *slot = voters;
+        }
+        if let Some(slot) = self
+            .learners
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_mut(group as usize)
+        {
+            *slot = members.learners.clone();
         }
         if let (Some(leader), Some(hint)) = (members.leader, self.hint.get(group as usize)) {
             hint.store(leader, Ordering::Relaxed);
@@ -234,6 +245,21 @@ impl Router {
         match self.raft.local().gauges(group).map(|g| g.voters()) {
             Some(voters) if !voters.is_empty() => voters,
             _ => self.remote.voters(group),
+        }
+    }
+
+    /// `group`'s learners as this node knows them (as [`Router::voters_of`]).
+    pub fn learners_of(&self, group: ShardId) -> Vec<NodeId> {
+        match self.raft.local().gauges(group) {
+            Some(g) if !g.voters().is_empty() => g.learners(),
+            _ => self
+                .remote
+                .learners
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(group as usize)
+                .cloned()
+                .unwrap_or_default(),
         }
     }
 

@@ -28,6 +28,8 @@ pub struct ReplicaGauges {
     /// The group's voters as this replica's configuration names them (both halves
     /// of a joint one), sorted.
     voters: std::sync::Mutex<Vec<NodeId>>,
+    /// Its learners, likewise.
+    learners: std::sync::Mutex<Vec<NodeId>>,
     /// The applied index again, for waiters ([`ReplicaGauges::wait_applied`]): sent
     /// once per batch of applied entries, not per entry.
     applied_watch: tokio::sync::watch::Sender<u64>,
@@ -63,11 +65,23 @@ impl ReplicaGauges {
         applied.min(self.hold_from.load(Ordering::Acquire))
     }
 
-    pub(super) fn set_voters(&self, voters: Vec<NodeId>) {
+    pub(super) fn set_members(&self, voters: Vec<NodeId>, learners: Vec<NodeId>) {
         *self
             .voters
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = voters;
+        *self
+            .learners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = learners;
+    }
+
+    /// The group's learners as this replica last knew them.
+    pub fn learners(&self) -> Vec<NodeId> {
+        self.learners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The group's voters as this replica last knew them (empty for a replica that

@@ -555,12 +555,15 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
         }
     }
 
-    /// Publish the voters (both halves of a joint configuration) for status pages and
-    /// routing.
+    /// Publish the voters (both halves of a joint configuration) and the learners for
+    /// status pages and routing.
     fn publish_members(&self) {
-        let mut voters: Vec<NodeId> = self.raw.raft.prs().conf().voters().ids().iter().collect();
+        let conf = self.raw.raft.prs().conf();
+        let mut voters: Vec<NodeId> = conf.voters().ids().iter().collect();
         voters.sort_unstable();
-        self.gauges.set_voters(voters);
+        let mut learners: Vec<NodeId> = conf.learners().iter().copied().collect();
+        learners.sort_unstable();
+        self.gauges.set_members(voters, learners);
     }
 
     /// Propose a change of members (see [`ReplicaMsg::ChangeMembers`]).

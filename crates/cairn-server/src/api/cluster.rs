@@ -49,6 +49,7 @@ pub async fn status(State(api): Shared) -> Result<Json<ClusterStatus>, ApiError>
             id,
             meta: id == meta_shard,
             replicas: api.router.voters_of(id),
+            learners: api.router.learners_of(id),
             leader: api.router.leader_of(id),
         })
         .collect();
