@@ -39,6 +39,11 @@ impl HostedReplicas {
         self.read().len()
     }
 
+    /// Whether `group` has a replica here (nothing cloned: routing asks per request).
+    pub fn contains(&self, group: ShardId) -> bool {
+        self.read().get(group as usize).is_some_and(Option::is_some)
+    }
+
     pub fn get(&self, group: ShardId) -> Option<Slot> {
         self.read().get(group as usize).cloned().flatten()
     }

@@ -506,14 +506,13 @@ impl LocalShards {
     /// Whether this node holds a replica of `shard` (a voter's, or a learner's that
     /// may still be catching up).
     pub fn hosts(&self, shard: ShardId) -> bool {
-        self.hosted.get(shard).is_some()
+        self.hosted.contains(shard)
     }
 
     /// Whether this node's replica of `shard` is one of its voters: caught up at
     /// some point, so its state may answer reads that need no leader.
     pub fn votes_in(&self, shard: ShardId) -> bool {
-        self.gauges(shard)
-            .is_some_and(|g| g.voters().contains(&self.node_id))
+        self.gauges(shard).is_some_and(|g| g.is_voter(self.node_id))
     }
 
     /// The groups this node holds replicas of.

@@ -76,6 +76,14 @@ impl ReplicaGauges {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = learners;
     }
 
+    /// Whether `node` is one of the group's voters as this replica last knew them.
+    pub fn is_voter(&self, node: NodeId) -> bool {
+        self.voters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&node)
+    }
+
     /// The group's learners as this replica last knew them.
     pub fn learners(&self) -> Vec<NodeId> {
         self.learners
