@@ -47,6 +47,9 @@ async fn run(
     if scenario.nodes != 3 {
         flags.push_str(&format!(" --nodes {}", scenario.nodes));
     }
+    if scenario.spares != 0 {
+        flags.push_str(&format!(" --spares {}", scenario.spares));
+    }
     scenario.replay = format!(
         "CAIRN_TEST_SEED={seed} cargo test -p cairn-server --test chaos {name} -- --nocapture   (or: target/debug/cairn-chaos --seed {seed} --faults {}{flags})",
         names.join(",")
@@ -156,6 +159,32 @@ async fn five_nodes_three_replicas() {
             s.nodes = 5;
             s.server_args
                 .extend(["--replication-factor".into(), "3".into()]);
+            s
+        },
+    )
+    .await;
+}
+
+/// Members change under load (issue 14): a replica move cut short by SIGKILL of its
+/// source, its target, the group's leader or the node driving it; a fifth node
+/// joining, which rebalancing then fills while a leader dies; a decommission, half
+/// the time with the node driving it killed part-way. Every move is finished by
+/// asking again, and the usual checks hold across the changed placement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes() {
+    run(
+        "membership_changes",
+        110,
+        &[MoveKill, Join, KillLeader, Decommission, MoveKill],
+        |mut s| {
+            s.nodes = 4;
+            s.spares = 1;
+            s.server_args.extend([
+                "--replication-factor".into(),
+                "3".into(),
+                "--rebalance-rate".into(),
+                "30".into(),
+            ]);
             s
         },
     )

@@ -697,3 +697,75 @@ async fn restore_crashes_write_nothing() {
         .collect();
     assert_eq!(beside, vec![std::ffi::OsString::from("node1")]);
 }
+
+/// A move whose driving node crashes right after the new node opened its empty
+/// replica, before the group added it as a learner: nothing will ever finish that
+/// move, so the new node must notice that the group does not name it and drop the
+/// replica (it would otherwise host a group it can never learn a leader of, and
+/// report itself not ready for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_move_cut_short_after_opening_leaves_no_replica_behind() {
+    let mut cluster = Cluster::start(ClusterOptions {
+        nodes: 4,
+        shards: 4,
+        extra_args: ["--replication-factor", "3", "--rebalance-rate", "0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        ..ClusterOptions::default()
+    })
+    .await;
+    let status = cluster.status(1).await;
+    let (shard, from, to) = status
+        .placement
+        .iter()
+        .filter(|p| !p.meta)
+        .find_map(|p| {
+            let from = *p.replicas.iter().find(|&&n| n != 1)?;
+            let to = (1..=4u64).find(|n| !p.replicas.contains(n) && *n != 1)?;
+            Some((p.id, from, to))
+        })
+        .expect("a shard node 1 can move between two other nodes");
+    arm(&mut cluster, 1, "move.opened", 0).await;
+    cluster.wait_ready().await;
+    let driver = cluster.client(1);
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        driver.move_replica(shard, from, to),
+    )
+    .await;
+    assert_fired(&mut cluster, 1, "move.opened").await;
+    cluster.start_node(1);
+    let target = cluster.client(to as usize);
+    let hosts =
+        |status: &cairn_client::api::ClusterStatus| status.shards.iter().any(|s| s.id == shard);
+    // The crash came after the replica was opened: it is there, knowing no leader.
+    assert!(
+        hosts(&cluster.status(to as usize).await),
+        "node {to} should host the replica the move opened"
+    );
+    eventually(
+        "the replica the cut-short move opened is dropped",
+        Duration::from_secs(45),
+        || async {
+            let status = target.cluster().await.map_err(|e| e.to_string())?;
+            if hosts(&status) {
+                return Err(format!("node {to} still hosts shard {shard}"));
+            }
+            match target.ready().await {
+                Ok(true) => Ok(()),
+                other => Err(format!("node {to} not ready: {other:?}")),
+            }
+        },
+    )
+    .await;
+    // The group kept its voters and serves.
+    let after = cluster.status(2).await;
+    let placed = after
+        .placement
+        .iter()
+        .find(|p| p.id == shard)
+        .expect("the shard's placement");
+    assert!(placed.replicas.contains(&from) && !placed.replicas.contains(&to));
+    assert!(placed.learners.is_empty(), "learners {:?}", placed.learners);
+}

@@ -745,8 +745,17 @@ impl Joiner {
 
     /// SIGKILL, then start again with the same arguments.
     fn restart(&mut self) {
+        self.kill();
+        self.start();
+    }
+
+    fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Start again (after [`Joiner::kill`]) with the same arguments.
+    fn start(&mut self) {
         *self = Joiner::run(self.args.clone(), self.http);
     }
 }
@@ -761,7 +770,7 @@ impl Drop for Joiner {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_joins_a_running_cluster_and_takes_its_replicas() {
     const SHARDS: u32 = 4;
-    let cluster = Cluster::start(ClusterOptions {
+    let mut cluster = Cluster::start(ClusterOptions {
         nodes: 3,
         shards: SHARDS,
         extra_args: vec!["--rebalance-rate".into(), "60".into()],
@@ -916,4 +925,48 @@ async fn a_node_joins_a_running_cluster_and_takes_its_replicas() {
     client.put(&keys[0], b"after").await.expect("write");
     let got = joined.get(&keys[0]).await.expect("get").expect("present");
     assert_eq!(got.value, b"after");
+
+    // A founder restarted while the meta group cannot answer (every other node is
+    // down) still knows node 4 and dials it: it recorded the member that joined.
+    // Learning it only from the meta group would leave it deaf to node 4 whenever
+    // node 4 leads that group, which the chaos harness once hit (a shard's leader on
+    // node 4 could never reach the restarted founder, and its keys went unavailable).
+    four.kill();
+    cluster.kill_all().await;
+    cluster.start_node(1);
+    let one = cluster.client(1);
+    eventually(
+        "the restarted founder to know node 4 with the meta group down",
+        Duration::from_secs(30),
+        || async {
+            let status = one.cluster().await.map_err(|e| e.to_string())?;
+            let knows = status.nodes.iter().any(|n| n.id == 4);
+            let dials = status.links.iter().any(|l| l.peer == 4);
+            (knows && dials).then_some(()).ok_or(format!(
+                "nodes {:?}, links to {:?}",
+                status.nodes.iter().map(|n| n.id).collect::<Vec<_>>(),
+                status.links.iter().map(|l| l.peer).collect::<Vec<_>>()
+            ))
+        },
+    )
+    .await;
+    cluster.start_node(2);
+    cluster.start_node(3);
+    four.start();
+    let joined = four.client();
+    eventually(
+        "writes after the full restart",
+        Duration::from_secs(30),
+        || async {
+            client
+                .put(&keys[1], b"again")
+                .await
+                .map_err(|e| e.to_string())?;
+            let got = joined.get(&keys[1]).await.map_err(|e| e.to_string())?;
+            (got.map(|g| g.value) == Some(b"again".to_vec()))
+                .then_some(())
+                .ok_or("not read back".to_owned())
+        },
+    )
+    .await;
 }

@@ -40,6 +40,10 @@ pub struct ClusterOptions {
     /// The `cairn` binary to run.
     pub binary: PathBuf,
     pub nodes: usize,
+    /// Nodes made ready (ports, directories, a proxy listener) but left out of
+    /// `--initial-cluster`: each joins the running cluster with `--join` when
+    /// [`Cluster::join`] starts it. They are numbered after the founding nodes.
+    pub spares: usize,
     pub shards: u32,
     /// Appended to every node's `cairn server` command line.
     pub extra_args: Vec<String>,
@@ -55,6 +59,7 @@ impl ClusterOptions {
         ClusterOptions {
             binary: binary.into(),
             nodes: 3,
+            spares: 0,
             shards: 8,
             extra_args: Vec::new(),
             proxied: false,
@@ -80,6 +85,11 @@ struct Node {
     /// Where the node's peer transport listens (= `peer` without a proxy).
     peer_listen: SocketAddr,
     data_dir: PathBuf,
+    /// Named in `--initial-cluster` (a founder), or a spare that has joined; spares
+    /// that have not are not members and are left out of [`Cluster::ids`].
+    member: bool,
+    /// Started with `--join` rather than `--initial-cluster`.
+    joins: bool,
     child: Option<Child>,
     paused: bool,
     client: Client,
@@ -117,8 +127,9 @@ impl Cluster {
         let mut held = Vec::new();
         let mut nodes = Vec::new();
         let mut proxy_listeners = Vec::new();
-        for index in 0..opts.nodes {
+        for index in 0..opts.nodes + opts.spares {
             let id = index as NodeId + 1;
+            let founder = index < opts.nodes;
             let http = free_listener()?;
             let peer = free_listener()?;
             let peer_addr = local_addr(&peer)?;
@@ -141,6 +152,8 @@ impl Cluster {
                 peer: peer_addr,
                 peer_listen,
                 data_dir: dir.path().join(format!("node{id}")),
+                member: founder,
+                joins: !founder,
                 child: None,
                 paused: false,
                 client: Client::new(base.clone()),
@@ -150,6 +163,7 @@ impl Cluster {
         drop(held);
         let initial_cluster = nodes
             .iter()
+            .filter(|n| !n.joins)
             .map(|n| format!("{}={}", n.id, n.peer))
             .collect::<Vec<_>>()
             .join(",");
@@ -172,9 +186,33 @@ impl Cluster {
         &self.opts
     }
 
-    /// Node ids, 1..=n.
+    /// The members' node ids: the founders 1..=n, then the spares that joined.
     pub fn ids(&self) -> Vec<NodeId> {
-        self.nodes.iter().map(|n| n.id).collect()
+        self.nodes
+            .iter()
+            .filter(|n| n.member)
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Spares that have not joined yet, in the order they will.
+    pub fn spares(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|n| !n.member)
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Start spare `id` with `--join` naming the founders' HTTP addresses; from now on
+    /// it is a member. Does not wait for the join to be answered.
+    pub fn join(&mut self, id: NodeId) -> Result<()> {
+        let node = self.node_mut(id)?;
+        if node.member {
+            return Err(ChaosError::Misuse(format!("node {id} is a member already")));
+        }
+        node.member = true;
+        self.start_node(id)
     }
 
     pub fn shards(&self) -> u32 {
@@ -283,9 +321,19 @@ impl Cluster {
             args.push("--peer-listen".into());
             args.push(node.peer_listen.to_string());
         }
+        if node.joins {
+            // Any member's HTTP address admits it; the founders' never change.
+            let founders: Vec<String> = self
+                .nodes
+                .iter()
+                .filter(|n| !n.joins)
+                .map(|n| format!("http://{}", n.http))
+                .collect();
+            args.extend(["--join".into(), founders.join(",")]);
+        } else {
+            args.extend(["--initial-cluster".into(), self.initial_cluster.clone()]);
+        }
         args.extend([
-            "--initial-cluster".into(),
-            self.initial_cluster.clone(),
             "--shards".into(),
             self.opts.shards.to_string(),
             // The default destination is relative to the working directory; keep

@@ -20,6 +20,14 @@
 //! | `duplicate` | 20–50 % of Raft messages, calls and replies sent twice | heal | frames were duplicated |
 //! | `slow-markers` | forwarded markers and releases delayed 100–600 ms, so shards' cuts land far apart | heal | a marker was delayed |
 //! | `crash-point` | restart a node with a write-path crash point armed (`FAILPOINTS`, after 5–60 passes) | start it without | it aborted at that point |
+//! | `join` | start a spare node with `--join` (the cluster rebalances onto it) | none: it stays | it became an active member |
+//! | `decommission` | `POST /v1/nodes/{id}/decommission` for an active node, and half the time SIGKILL the node driving it part-way | restart it, ask again until it answers | the node ended `decommissioned` holding no replica |
+//! | `kill-during-move` | `POST /v1/shards/{id}/move` of one voter to a node without one, and SIGKILL the source, the target, the group's leader or the node driving the move part-way | restart it, ask again until it answers | the kill landed while the move was unfinished |
+//!
+//! Membership faults need room: `join` a spare ([`crate::Scenario::spares`]),
+//! `decommission` and `kill-during-move` more active nodes than a group has replicas.
+//! Healing one finishes what it started, so the checks after the run see a settled
+//! placement; the run's automatic rebalancing may go on moving replicas meanwhile.
 //!
 //! A fault that did not fire (no leader to find, no frame crossed the proxy while it
 //! held) fails the run: a harness that cannot hurt the cluster must not pass.
@@ -27,6 +35,7 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use cairn_client::api::ClusterStatus;
 use cairn_store::NodeId;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -51,6 +60,9 @@ pub enum FaultKind {
     Duplicate,
     SlowMarkers,
     CrashPoint,
+    Join,
+    Decommission,
+    MoveKill,
 }
 
 /// The crash points a node passes all the time while it serves writes (the rest of
@@ -68,7 +80,7 @@ const WRITE_PATH_POINTS: [&str; 8] = [
 ];
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 12] = [
+    pub const ALL: [FaultKind; 15] = [
         FaultKind::KillFollower,
         FaultKind::KillLeader,
         FaultKind::Pause,
@@ -81,6 +93,9 @@ impl FaultKind {
         FaultKind::Duplicate,
         FaultKind::SlowMarkers,
         FaultKind::CrashPoint,
+        FaultKind::Join,
+        FaultKind::Decommission,
+        FaultKind::MoveKill,
     ];
 
     pub fn name(self) -> &'static str {
@@ -97,6 +112,9 @@ impl FaultKind {
             FaultKind::Duplicate => "duplicate",
             FaultKind::SlowMarkers => "slow-markers",
             FaultKind::CrashPoint => "crash-point",
+            FaultKind::Join => "join",
+            FaultKind::Decommission => "decommission",
+            FaultKind::MoveKill => "kill-during-move",
         }
     }
 
@@ -206,7 +224,32 @@ pub struct Injected {
     /// A node armed to crash at a point, and whether it did.
     crash: Option<(NodeId, &'static str)>,
     crashed: bool,
+    /// A change of members in progress, which healing finishes.
+    change: Option<Change>,
 }
+
+/// A change of members a fault started, and how to finish it.
+enum Change {
+    Join {
+        node: NodeId,
+    },
+    Decommission {
+        node: NodeId,
+        call: tokio::task::JoinHandle<String>,
+    },
+    Move {
+        shard: u32,
+        from: NodeId,
+        to: NodeId,
+        call: tokio::task::JoinHandle<String>,
+        /// The kill landed before the call answered.
+        cut: bool,
+    },
+}
+
+/// How long healing may take to finish a change of members (a move waits for a Raft
+/// snapshot to reach its new replica; a decommission makes several moves).
+const FINISH_CHANGE: Duration = Duration::from_secs(120);
 
 /// Injects and heals faults on a cluster and its network.
 pub struct Nemesis {
@@ -265,6 +308,45 @@ impl Nemesis {
         }
     }
 
+    /// A replica to move: a group not in the middle of a change (the meta group a
+    /// quarter of the time), one of its voters, an active node holding none of its
+    /// replicas, a responsive node to drive the move, and the group's leader.
+    async fn choose_move(
+        &mut self,
+        cluster: &Cluster,
+    ) -> Result<(u32, NodeId, NodeId, NodeId, Option<NodeId>)> {
+        let status = settled_view(cluster).await?;
+        let active = active_members(cluster, &status);
+        let meta = self.rng.gen_bool(0.25);
+        let choices: Vec<_> = status
+            .placement
+            .iter()
+            .filter(|p| p.meta == meta && p.learners.is_empty() && !p.replicas.is_empty())
+            .filter_map(|p| {
+                let free: Vec<NodeId> = active
+                    .iter()
+                    .copied()
+                    .filter(|n| !p.replicas.contains(n))
+                    .collect();
+                (!free.is_empty()).then(|| (p.id, p.replicas.clone(), free, p.leader))
+            })
+            .collect();
+        let (shard, voters, free, leader) =
+            choices.choose(&mut self.rng).cloned().ok_or_else(|| {
+                ChaosError::Misuse(format!(
+                    "no group to move: every active node ({active:?}) holds a replica of each"
+                ))
+            })?;
+        let none = || ChaosError::Misuse("nothing to choose from".into());
+        let from = *voters.choose(&mut self.rng).ok_or_else(none)?;
+        let to = *free.choose(&mut self.rng).ok_or_else(none)?;
+        let driver = *cluster
+            .responsive()
+            .choose(&mut self.rng)
+            .ok_or_else(none)?;
+        Ok((shard, from, to, driver, leader))
+    }
+
     /// Inject one fault.
     pub async fn inject(
         &mut self,
@@ -277,6 +359,7 @@ impl Nemesis {
         let mut killed = Vec::new();
         let mut paused = Vec::new();
         let mut crash = None;
+        let mut change = None;
         let counts = network.counts();
         let target = match kind {
             FaultKind::KillFollower | FaultKind::KillLeader => {
@@ -406,6 +489,113 @@ impl Nemesis {
                 crash = Some((victim, point));
                 format!("node {victim} restarted to crash at `{point}` after {skip} passes")
             }
+            FaultKind::Join => {
+                let node = *cluster
+                    .spares()
+                    .first()
+                    .ok_or_else(|| ChaosError::Misuse("no spare node left to join".into()))?;
+                cluster.join(node)?;
+                change = Some(Change::Join { node });
+                format!("node {node} joins with --join")
+            }
+            FaultKind::Decommission => {
+                let status = settled_view(cluster).await?;
+                let active = active_members(cluster, &status);
+                let widest = widest_group(&status);
+                if active.len() <= widest {
+                    return Err(ChaosError::Misuse(format!(
+                        "decommission needs more active nodes than the {widest} replicas of a group; active: {active:?}"
+                    )));
+                }
+                let node = *active
+                    .choose(&mut self.rng)
+                    .ok_or_else(|| ChaosError::Misuse("no active node".into()))?;
+                let driver = *others(&cluster.responsive(), node)
+                    .choose(&mut self.rng)
+                    .ok_or_else(|| ChaosError::Misuse("no node to drive it".into()))?;
+                let client = cluster.client(driver)?;
+                let call = tokio::spawn(async move {
+                    match client.decommission(node).await {
+                        Ok(answer) => format!("moved {} replicas", answer.moved.len()),
+                        Err(e) => e.to_string(),
+                    }
+                });
+                let mut target = format!("decommission node {node}, driven by node {driver}");
+                if self.rng.gen_bool(0.5) {
+                    let after = Duration::from_millis(self.rng.gen_range(300..=2000));
+                    tokio::time::sleep(after).await;
+                    if !call.is_finished() {
+                        cluster.kill(driver)?;
+                        killed.push(driver);
+                        target.push_str(&format!("; SIGKILL node {driver} after {after:?}"));
+                    }
+                }
+                change = Some(Change::Decommission { node, call });
+                target
+            }
+            FaultKind::MoveKill => {
+                // A small group moves in well under a second: if the move answers
+                // before the kill, it was a move without a fault; try another, with
+                // less time before the kill.
+                let mut longest = 800;
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let (shard, from, to, driver, leader) = self.choose_move(cluster).await?;
+                    let client = cluster.client(driver)?;
+                    let call = tokio::spawn(async move {
+                        match client.move_replica(shard, from, to).await {
+                            Ok(answer) => format!("voters {:?}", answer.voters),
+                            Err(e) => e.to_string(),
+                        }
+                    });
+                    let after = Duration::from_millis(self.rng.gen_range(20..=longest));
+                    tokio::time::sleep(after).await;
+                    let cut = !call.is_finished();
+                    if !cut && attempt < 4 {
+                        tracing::info!(
+                            shard,
+                            from,
+                            to,
+                            ?after,
+                            "the move answered before the kill; another"
+                        );
+                        longest = (longest / 2).max(40);
+                        continue;
+                    }
+                    let responsive = cluster.responsive();
+                    let mut suspects: Vec<NodeId> = [Some(from), Some(to), Some(driver), leader]
+                        .into_iter()
+                        .flatten()
+                        .filter(|n| responsive.contains(n))
+                        .collect();
+                    suspects.sort_unstable();
+                    suspects.dedup();
+                    let victim = suspects
+                        .choose(&mut self.rng)
+                        .copied()
+                        .ok_or_else(|| ChaosError::Misuse("no node of the move runs".into()))?;
+                    cluster.kill(victim)?;
+                    killed.push(victim);
+                    let role = match victim {
+                        v if v == from => "the source",
+                        v if v == to => "the target",
+                        v if v == driver => "the node driving it",
+                        _ => "the group's leader",
+                    };
+                    change = Some(Change::Move {
+                        shard,
+                        from,
+                        to,
+                        call,
+                        cut,
+                    });
+                    break format!(
+                        "move group {shard} from node {from} to node {to}, driven by node {driver} (attempt {attempt}); SIGKILL node {victim} ({role}) after {after:?}{}",
+                        if cut { "" } else { ", after the move had answered" }
+                    );
+                }
+            }
             FaultKind::Duplicate => {
                 let duplicate = self.rng.gen_range(0.20..=0.50);
                 network.set(LinkFaults {
@@ -426,6 +616,7 @@ impl Nemesis {
             counts,
             crash,
             crashed: false,
+            change,
         })
     }
 
@@ -454,8 +645,9 @@ impl Nemesis {
     }
 
     /// Undo a fault: restart what was killed, continue what was stopped, heal the
-    /// network. Does not wait for the cluster to recover.
-    pub fn heal(
+    /// network, and finish a change of members the fault started. Does not otherwise
+    /// wait for the cluster to recover.
+    pub async fn heal(
         &mut self,
         injected: Injected,
         cluster: &mut Cluster,
@@ -471,6 +663,13 @@ impl Nemesis {
         for &node in &injected.killed {
             cluster.start_node(node)?;
         }
+        let (finished, target) = match injected.change {
+            Some(change) => {
+                let (finished, how) = finish(change, cluster, &mut self.rng).await?;
+                (finished, format!("{}; {how}", injected.target))
+            }
+            None => (false, injected.target),
+        };
         let fired = match injected.kind {
             FaultKind::Partition | FaultKind::IsolateLeader | FaultKind::OneWay => {
                 frames.blocked + frames.streams_cut > 0
@@ -483,10 +682,11 @@ impl Nemesis {
             }
             FaultKind::Pause => !injected.paused.is_empty(),
             FaultKind::CrashPoint => injected.crashed,
+            FaultKind::Join | FaultKind::Decommission | FaultKind::MoveKill => finished,
         };
         let record = FaultRecord {
             kind: injected.kind,
-            target: injected.target,
+            target,
             injected: injected.injected,
             healed: self.clock.elapsed(),
             frames,
@@ -495,6 +695,168 @@ impl Nemesis {
         tracing::info!(fault = %record, "fault healed");
         Ok(record)
     }
+}
+
+/// Finish a change of members once its fault is healed: wait for a joined node to be
+/// an active member; ask again for a decommission or a move until it answers (every
+/// step of both can be repeated). Returns whether the change did what its fault is
+/// for, and what happened, for the report.
+async fn finish(change: Change, cluster: &mut Cluster, rng: &mut StdRng) -> Result<(bool, String)> {
+    cluster.wait_ready(FINISH_CHANGE).await?;
+    let deadline = Instant::now() + FINISH_CHANGE;
+    match change {
+        Change::Join { node } => loop {
+            let status = settled_view(cluster).await?;
+            let state = status
+                .nodes
+                .iter()
+                .find(|n| n.id == node)
+                .map(|n| n.state.clone());
+            if state.as_deref() == Some("active") {
+                return Ok((true, format!("node {node} is an active member")));
+            }
+            if Instant::now() > deadline {
+                return Err(ChaosError::Timeout {
+                    what: format!("node {node} to join"),
+                    waited: FINISH_CHANGE,
+                    last: format!("its state: {state:?}"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        },
+        Change::Decommission { node, call } => {
+            let first = call.await.unwrap_or_else(|e| e.to_string());
+            let mut last = first.clone();
+            let mut asked = 1;
+            loop {
+                let status = settled_view(cluster).await?;
+                let state = status
+                    .nodes
+                    .iter()
+                    .find(|n| n.id == node)
+                    .map(|n| n.state.clone());
+                let holds: Vec<u32> = status
+                    .placement
+                    .iter()
+                    .filter(|p| p.replicas.contains(&node) || p.learners.contains(&node))
+                    .map(|p| p.id)
+                    .collect();
+                if state.as_deref() == Some("decommissioned") && holds.is_empty() {
+                    return Ok((
+                        true,
+                        format!("node {node} decommissioned after {asked} asks (first: {first})"),
+                    ));
+                }
+                if Instant::now() > deadline {
+                    return Err(ChaosError::Timeout {
+                        what: format!("node {node} to be decommissioned"),
+                        waited: FINISH_CHANGE,
+                        last: format!("state {state:?}, holding {holds:?}; last answer: {last}"),
+                    });
+                }
+                let driver = others(&cluster.responsive(), node)
+                    .choose(rng)
+                    .copied()
+                    .ok_or_else(|| ChaosError::Misuse("no node to drive it".into()))?;
+                asked += 1;
+                last = match cluster.client(driver)?.decommission(node).await {
+                    Ok(answer) => format!("moved {} replicas", answer.moved.len()),
+                    Err(e) => {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        e.to_string()
+                    }
+                };
+            }
+        }
+        Change::Move {
+            shard,
+            from,
+            to,
+            call,
+            cut,
+        } => {
+            let first = call.await.unwrap_or_else(|e| e.to_string());
+            let mut last;
+            let mut asked = 1;
+            loop {
+                let driver = cluster
+                    .responsive()
+                    .choose(rng)
+                    .copied()
+                    .ok_or_else(|| ChaosError::Misuse("no node to drive it".into()))?;
+                asked += 1;
+                match cluster.client(driver)?.move_replica(shard, from, to).await {
+                    Ok(answer) => {
+                        return Ok((
+                            cut,
+                            format!(
+                            "the move finished after {asked} asks (first: {first}); voters {:?}",
+                            answer.voters
+                        ),
+                        ))
+                    }
+                    // Moot: another change (rebalancing) moved the replica meanwhile.
+                    Err(e) if e.code() == Some("bad_move") => {
+                        return Ok((cut, format!("the move was overtaken: {e} (first: {first})")))
+                    }
+                    Err(e) => last = e.to_string(),
+                }
+                if Instant::now() > deadline {
+                    return Err(ChaosError::Timeout {
+                        what: format!("the move of group {shard} from node {from} to node {to}"),
+                        waited: FINISH_CHANGE,
+                        last,
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// The cluster as the first responsive node that knows every group's placement sees
+/// it.
+async fn settled_view(cluster: &Cluster) -> Result<ClusterStatus> {
+    let mut last = String::from("no responsive node");
+    let deadline = Instant::now() + FIND_LEADER;
+    loop {
+        for node in cluster.responsive() {
+            match cluster.status(node).await {
+                Ok(status) if !status.placement.is_empty() => return Ok(status),
+                Ok(_) => last = format!("node {node} knows no placement"),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(ChaosError::Timeout {
+                what: "a node's view of the placement".into(),
+                waited: FIND_LEADER,
+                last,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Members in the state `active`.
+fn active_members(cluster: &Cluster, status: &ClusterStatus) -> Vec<NodeId> {
+    let members = cluster.ids();
+    status
+        .nodes
+        .iter()
+        .filter(|n| n.state == "active" && members.contains(&n.id))
+        .map(|n| n.id)
+        .collect()
+}
+
+/// The most replicas any group has.
+fn widest_group(status: &ClusterStatus) -> usize {
+    status
+        .placement
+        .iter()
+        .map(|p| p.replicas.len())
+        .max()
+        .unwrap_or(0)
 }
 
 fn others(ids: &[NodeId], node: NodeId) -> Vec<NodeId> {

@@ -334,7 +334,13 @@ pub async fn converge(
                 })
             })
             .collect();
-        if behind.is_empty() && applied.len() == replicas && !target.is_empty() {
+        // Only the voters count: a node may still hold a replica its group removed
+        // (it drops it shortly), or a learner a move is adding.
+        let reported = applied
+            .keys()
+            .filter(|(g, n)| held_by(*g).contains(n))
+            .count();
+        if behind.is_empty() && reported == replicas && !target.is_empty() {
             break applied;
         }
         if Instant::now() > deadline {

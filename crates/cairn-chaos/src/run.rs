@@ -52,6 +52,9 @@ pub struct Scenario {
     /// The `cairn` binary.
     pub binary: PathBuf,
     pub nodes: usize,
+    /// Nodes that a `join` fault adds to the running cluster (see
+    /// [`crate::cluster::ClusterOptions::spares`]).
+    pub spares: usize,
     pub shards: u32,
     pub clients: usize,
     pub pinned: usize,
@@ -95,6 +98,7 @@ impl Scenario {
             faults,
             binary: binary.into(),
             nodes: 3,
+            spares: 0,
             shards: 8,
             clients: 10,
             pinned: 5,
@@ -275,6 +279,7 @@ impl Run {
         let mut rng = StdRng::seed_from_u64(scenario.seed);
         let mut options = ClusterOptions::new(&scenario.binary);
         options.nodes = scenario.nodes;
+        options.spares = scenario.spares;
         options.shards = scenario.shards;
         options.proxied = true;
         options.extra_args = scenario.server_args.clone();
@@ -380,7 +385,7 @@ impl Run {
             tokio::time::sleep(plan.hold).await;
             nemesis.settle(&mut injected, cluster).await?;
             cluster.check_alive()?;
-            let record = nemesis.heal(injected, cluster, network)?;
+            let record = nemesis.heal(injected, cluster, network).await?;
             if !record.fired {
                 violations.push(format!("fault {record} never fired"));
             }

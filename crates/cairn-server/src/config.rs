@@ -351,9 +351,13 @@ impl Settings {
             },
             peer,
             shards: self.shards.unwrap_or(8),
-            replication_factor: self
-                .replication_factor
-                .unwrap_or(DEFAULT_REPLICATION_FACTOR.min(initial_cluster.len())),
+            // A joining node's factor is the cluster's, fixed at its creation; the
+            // flag only matters to founders.
+            replication_factor: match self.replication_factor {
+                Some(rf) => rf,
+                None if !join.is_empty() => DEFAULT_REPLICATION_FACTOR,
+                None => DEFAULT_REPLICATION_FACTOR.min(initial_cluster.len()),
+            },
             initial_cluster,
             join,
             cluster_token: self.cluster_token.unwrap_or_else(|| "cairn".into()),
@@ -439,7 +443,11 @@ impl Config {
             return fail("--shards must be between 1 and 4096".into());
         }
         let nodes = self.initial_cluster.len();
-        if self.replication_factor == 0 || self.replication_factor > nodes {
+        // A node about to join knows only itself until the join is answered, and a
+        // running cluster's factor is not its to choose: the same flags can start
+        // founders and joiners.
+        if self.replication_factor == 0 || (self.join.is_empty() && self.replication_factor > nodes)
+        {
             return fail(format!(
                 "--replication-factor must be between 1 and the number of nodes in --initial-cluster ({nodes}); it is {}",
                 self.replication_factor
@@ -872,5 +880,14 @@ mod tests {
         );
         assert_ne!(id(with(Some(3), five)), id(with(Some(5), five)));
         assert_ne!(id(with(Some(3), five)), id(with(Some(2), five)));
+        // A joining node may be started with the founders' flags: until the join is
+        // answered it knows only itself, and the factor is the cluster's anyway.
+        let joiner = Settings {
+            replication_factor: Some(3),
+            initial_cluster: None,
+            join: Some("http://127.0.0.1:8081".into()),
+            ..base()
+        };
+        assert_eq!(joiner.resolve().unwrap().replication_factor, 3);
     }
 }

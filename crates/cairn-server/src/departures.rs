@@ -117,7 +117,14 @@ async fn declare_dead(
 }
 
 /// Drop this node's replicas that their group's leader no longer names, once two
-/// checks in a row agree.
+/// checks in a row agree; three for a replica that knows no configuration yet.
+///
+/// A move opens its new replica empty and then adds it as a learner, whose first Raft
+/// snapshot brings the configuration: an unconfigured replica the leader does not
+/// name is either a second away from that, or was left by a move cut short between
+/// the two steps (which no retry may ever come back for). The third check gives the
+/// first case time; should it lose the race anyway, the move's catch-up wait fails
+/// and asking again opens the replica afresh.
 async fn drop_stale(control: &Control, suspects: &mut BTreeMap<ShardId, u32>) {
     let raft = control.raft();
     let me = raft.local().node_id();
@@ -126,10 +133,7 @@ async fn drop_stale(control: &Control, suspects: &mut BTreeMap<ShardId, u32>) {
         let configured = raft
             .local()
             .gauges(group)
-            .is_some_and(|g| !g.voters().is_empty());
-        if !configured {
-            continue;
-        }
+            .is_some_and(|g| !g.voters().is_empty() || !g.learners().is_empty());
         let Ok(members) = moves::members(control, group).await else {
             continue;
         };
@@ -137,7 +141,7 @@ async fn drop_stale(control: &Control, suspects: &mut BTreeMap<ShardId, u32>) {
             continue;
         }
         let seen = suspects.get(&group).copied().unwrap_or(0) + 1;
-        if seen < 2 {
+        if seen < if configured { 2 } else { 3 } {
             still.insert(group, seen);
             continue;
         }

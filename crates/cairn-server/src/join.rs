@@ -20,7 +20,7 @@
 //! What it must never do: admit a node under an id a member holds, or let a node
 //! whose directory is already part of a cluster join again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -214,6 +214,25 @@ fn parse_members(members: &[(NodeId, String)]) -> Result<BTreeMap<NodeId, PeerAd
 /// Run until `stop` fires: start links to members that joined, and on a node that
 /// joined itself, keep its recorded member list current.
 pub async fn learn(control: Arc<Control>, store: NodeStore, stop: CancellationToken) {
+    // Members that joined before this start are dialled at once: the meta group,
+    // through which they are learned below, may be led by one of them, and a node
+    // that cannot reach its leader could never learn of it.
+    let founder = !matches!(store.members(), Ok(Some(_)));
+    let initial: BTreeSet<NodeId> = control.raft().config().peers.keys().copied().collect();
+    let mut recorded = if founder {
+        store.joined()
+    } else {
+        store.members().map(Option::unwrap_or_default)
+    }
+    .unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "could not read the recorded members");
+        Vec::new()
+    });
+    for (id, addr) in &recorded {
+        if let Ok(parsed) = addr.parse() {
+            control.raft().add_member(*id, parsed);
+        }
+    }
     let mut tick = tokio::time::interval(EVERY);
     loop {
         tokio::select! {
@@ -223,24 +242,33 @@ pub async fn learn(control: Arc<Control>, store: NodeStore, stop: CancellationTo
         let Ok(joined) = joined(&control).await else {
             continue;
         };
-        let mut learned = false;
         for (id, addr) in joined {
             let Ok(parsed) = addr.parse() else { continue };
             if control.raft().add_member(id, parsed) {
                 tracing::info!(node = id, peer = %addr, "a member joined");
-                learned = true;
             }
         }
-        if learned && matches!(store.members(), Ok(Some(_))) {
-            let all: Vec<(NodeId, String)> = control
-                .raft()
-                .members()
-                .into_iter()
-                .map(|(id, a)| (id, a.to_string()))
-                .collect();
-            if let Err(e) = store.set_members(&all) {
-                tracing::warn!(error = %e, "could not record the members");
-            }
+        // A founder records the members beyond its `--initial-cluster`; a node that
+        // joined, all of them. (A member may also have been added by the join call
+        // this node answered, so the record is compared, not the additions counted.)
+        let now: Vec<(NodeId, String)> = control
+            .raft()
+            .members()
+            .into_iter()
+            .filter(|(id, _)| !founder || !initial.contains(id))
+            .map(|(id, a)| (id, a.to_string()))
+            .collect();
+        if now == recorded {
+            continue;
+        }
+        let written = if founder {
+            store.set_joined(&now)
+        } else {
+            store.set_members(&now)
+        };
+        match written {
+            Ok(()) => recorded = now,
+            Err(e) => tracing::warn!(error = %e, "could not record the members"),
         }
     }
 }

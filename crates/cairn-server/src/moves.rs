@@ -154,6 +154,9 @@ async fn add_learner(
         control
             .call_node(to, ControlRequest::OpenReplica { shard }, CALL_TIMEOUT)
             .await?;
+        // A crash here leaves an empty replica the group does not name: its node
+        // drops it (`departures`), unless the move is asked for again first.
+        cairn_store::crash_point!("move.opened");
         members = change_until(control, shard, MemberChange::AddLearner { node: to }, |m| {
             m.learners.contains(&to)
         })

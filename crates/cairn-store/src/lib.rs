@@ -110,6 +110,7 @@ const DATA_INCARNATION_KEY: &[u8] = b"data_incarnation";
 const PEER_DATA_PREFIX: &[u8] = b"peer_data/";
 const HOSTED_KEY: &[u8] = b"hosted";
 const MEMBERS_KEY: &[u8] = b"members";
+const JOINED_KEY: &[u8] = b"joined";
 
 fn peer_data_key(node: NodeId) -> Vec<u8> {
     [PEER_DATA_PREFIX, &node.to_be_bytes()[..]].concat()
@@ -255,7 +256,8 @@ impl NodeStore {
 
     /// The cluster's members as this node last recorded them (id, peer address), if
     /// it records them: a node that joined a running cluster does (it has no
-    /// `--initial-cluster`), and every node records members that joined.
+    /// `--initial-cluster`). Founders record the members that joined after them
+    /// apart ([`NodeStore::joined`]), as their `--initial-cluster` names the cluster.
     pub fn members(&self) -> Result<Option<Vec<(NodeId, String)>>> {
         let tree = self.db.open_tree(NODE_TREE)?;
         match tree.get(MEMBERS_KEY)? {
@@ -272,6 +274,27 @@ impl NodeStore {
         // Serializing integers and strings cannot fail.
         let bytes = bincode::serialize(members).expect("bincode serialization of members");
         tree.insert(MEMBERS_KEY, bytes)?;
+        self.flush()
+    }
+
+    /// The members that joined after this founding node started, as it last
+    /// recorded them (id, peer address); empty if none did. A founder needs them at
+    /// every start before it can read the meta group: that group's leader may be one
+    /// of them.
+    pub fn joined(&self) -> Result<Vec<(NodeId, String)>> {
+        let tree = self.db.open_tree(NODE_TREE)?;
+        match tree.get(JOINED_KEY)? {
+            None => Ok(Vec::new()),
+            Some(v) => exact_bincode(&v).map_err(|e| StoreError::corrupt(format!("joined: {e}"))),
+        }
+    }
+
+    /// Record, durably, the members that joined after this founding node started.
+    pub fn set_joined(&self, joined: &[(NodeId, String)]) -> Result<()> {
+        let tree = self.db.open_tree(NODE_TREE)?;
+        // Serializing integers and strings cannot fail.
+        let bytes = bincode::serialize(joined).expect("bincode serialization of members");
+        tree.insert(JOINED_KEY, bytes)?;
         self.flush()
     }
 

@@ -56,6 +56,9 @@ struct Args {
     /// than replicas).
     #[arg(long, default_value_t = 3)]
     nodes: usize,
+    /// Nodes that `join` faults add to the running cluster (at most one join each).
+    #[arg(long, default_value_t = 0)]
+    spares: usize,
     /// Put values of this many bytes, under scaled-down size limits (pages, entries
     /// and frames near their caps); 0: small values.
     #[arg(long, default_value_t = 0)]
@@ -96,9 +99,10 @@ fn parse_faults(names: &[String]) -> anyhow::Result<Vec<FaultKind>> {
 fn replay_command(seed: u64, faults: &[FaultKind], args: &Args) -> String {
     let names: Vec<&str> = faults.iter().map(|f| f.name()).collect();
     format!(
-        "cargo build -p cairn-server --features failpoints && cargo build -p cairn-chaos && target/debug/cairn-chaos --seed {seed} --faults {} --nodes {} --clients {} --value-bytes {} --server-args {:?}",
+        "cargo build -p cairn-server --features failpoints && cargo build -p cairn-chaos && target/debug/cairn-chaos --seed {seed} --faults {} --nodes {} --spares {} --clients {} --value-bytes {} --server-args {:?}",
         names.join(","),
         args.nodes,
+        args.spares,
         args.clients,
         args.value_bytes,
         args.server_args
@@ -138,6 +142,7 @@ fn main() -> anyhow::Result<()> {
             }
             scenario.clients = args.clients;
             scenario.nodes = args.nodes;
+            scenario.spares = args.spares;
             scenario
                 .server_args
                 .extend(args.server_args.split_whitespace().map(String::from));
@@ -155,9 +160,7 @@ fn main() -> anyhow::Result<()> {
         let mut index = 0;
         while started.elapsed() < total {
             let round_seed: u64 = rng.gen();
-            let faults: Vec<FaultKind> = (0..per_round)
-                .map(|_| FaultKind::ALL[rng.gen_range(0..FaultKind::ALL.len())])
-                .collect();
+            let faults = soak_faults(&mut rng, per_round, &args);
             let mut scenario =
                 Scenario::new(format!("soak-{index}"), round_seed, faults.clone(), &binary);
             if args.value_bytes > 0 {
@@ -165,6 +168,7 @@ fn main() -> anyhow::Result<()> {
             }
             scenario.clients = args.clients;
             scenario.nodes = args.nodes;
+            scenario.spares = args.spares;
             scenario
                 .server_args
                 .extend(args.server_args.split_whitespace().map(String::from));
@@ -180,6 +184,39 @@ fn main() -> anyhow::Result<()> {
         );
         Ok(())
     })
+}
+
+/// A soak round's faults, drawn at random among those the cluster has room for:
+/// `join` while spares remain, and membership changes only with more nodes than the
+/// default three replicas (one decommission per round, so enough nodes stay active).
+fn soak_faults(rng: &mut StdRng, count: usize, args: &Args) -> Vec<FaultKind> {
+    let mut spares = args.spares;
+    // More founders than a group's three replicas: a move has somewhere to go, and a
+    // decommission leaves three active nodes.
+    let room = args.nodes > 3;
+    let mut decommissions = usize::from(room);
+    let mut faults = Vec::with_capacity(count);
+    while faults.len() < count {
+        let kind = FaultKind::ALL[rng.gen_range(0..FaultKind::ALL.len())];
+        let fits = match kind {
+            FaultKind::Join if spares > 0 => {
+                spares -= 1;
+                true
+            }
+            FaultKind::Join => false,
+            FaultKind::Decommission if decommissions > 0 && room => {
+                decommissions -= 1;
+                true
+            }
+            FaultKind::Decommission => false,
+            FaultKind::MoveKill => room,
+            _ => true,
+        };
+        if fits {
+            faults.push(kind);
+        }
+    }
+    faults
 }
 
 async fn one(scenario: &Scenario) -> anyhow::Result<()> {
