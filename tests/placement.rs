@@ -970,3 +970,57 @@ async fn a_node_joins_a_running_cluster_and_takes_its_replicas() {
     )
     .await;
 }
+
+/// A node a join admitted is `joining` until the meta leader reaches it, and takes
+/// no replicas meanwhile: one admitted but never started (here, an address nothing
+/// listens on) receives no move, by hand or by rebalancing. (The join test above
+/// sees a started one become `active`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_admitted_node_that_never_starts_stays_joining_and_takes_nothing() {
+    let cluster = Cluster::start(ClusterOptions {
+        nodes: 3,
+        shards: 2,
+        extra_args: vec!["--rebalance-rate".into(), "600".into()],
+        ..ClusterOptions::default()
+    })
+    .await;
+    let client = cluster.client(2);
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let answer = client
+        .join(9, &nowhere.to_string())
+        .await
+        .expect("node 9 admitted");
+    assert!(answer.members.iter().any(|m| m.id == 9));
+    let state_of_9 = || async {
+        let status = cluster.client(1).cluster().await.expect("status");
+        let node = status.nodes.iter().find(|n| n.id == 9).cloned();
+        (node.map(|n| (n.state, n.replicas)), status)
+    };
+    eventually(
+        "node 9 listed as joining",
+        Duration::from_secs(10),
+        || async {
+            match state_of_9().await.0 {
+                Some((state, 0)) if state == "joining" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    // Rebalancing runs every few seconds at this rate; nothing goes to node 9.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (state, status) = state_of_9().await;
+    assert_eq!(state, Some(("joining".to_owned(), 0)));
+    assert!(status
+        .placement
+        .iter()
+        .all(|p| !p.replicas.contains(&9) && !p.learners.contains(&9)));
+    let refused = client
+        .move_replica(0, status.placement[0].replicas[0], 9)
+        .await
+        .expect_err("a move to a joining node");
+    assert_eq!(refused.code(), Some("bad_move"), "{refused}");
+    assert!(refused.to_string().contains("joining"), "{refused}");
+}

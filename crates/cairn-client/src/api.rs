@@ -228,7 +228,8 @@ pub struct NodeInfo {
     /// Groups this node leads, as far as the answering node knows.
     #[serde(default)]
     pub leaders: u32,
-    /// `active`, `decommissioning`, `decommissioned`, or `unknown` when the meta group
+    /// `joining` (admitted, not yet reached by the meta leader), `active`,
+    /// `decommissioning`, `decommissioned`, `dead`, or `unknown` when the meta group
     /// could not be read.
     #[serde(default)]
     pub state: String,

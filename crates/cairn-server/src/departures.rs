@@ -11,8 +11,13 @@
 //!   a round apart agree, the node drops it. So a dead node that comes back holds
 //!   nothing, and says so in its log.
 //!
-//! What it must never do: drop a replica the leader still names, or one that has no
-//! configuration yet (a move opened it and is about to add it).
+//!   A replica with no configuration yet (a move opened it and is about to add it)
+//!   gets a third check: a move cut short between those two steps leaves one that
+//!   nothing else would reap.
+//! - **Joined nodes.** A node a join admitted is `joining` until the meta leader
+//!   reaches it over the peer transport; then it is marked active and takes replicas.
+//!
+//! What it must never do: drop a replica the leader still names.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -50,6 +55,7 @@ pub async fn watch(control: Arc<Control>, dead_after: Option<Duration>, stop: Ca
         if let Some(dead_after) = dead_after {
             declare_dead(&control, dead_after, &mut unreachable, &mut evacuated).await;
         }
+        activate_reached(&control).await;
         round = round.wrapping_add(1);
         if round.is_multiple_of(STALE_EVERY) {
             drop_stale(&control, &mut suspects).await;
@@ -114,6 +120,27 @@ async fn declare_dead(
     // A node declared dead that answers again stays dead (it holds nothing and takes
     // nothing); forgetting it here lets a later death of the same id be handled.
     evacuated.retain(|n| unreachable.contains_key(n));
+}
+
+/// On the meta leader: mark `joining` nodes it can reach active.
+async fn activate_reached(control: &Control) {
+    use cairn_cluster::Shards as _;
+    if !control.leads_meta() {
+        return;
+    }
+    let Ok(states) = moves::node_states(control).await else {
+        return;
+    };
+    for (node, state) in states {
+        if state != moves::JOINING || !control.raft().reachable(node) {
+            continue;
+        }
+        match moves::activate(control, node).await {
+            Ok(true) => tracing::info!(node, "the joined node is reachable: it is active"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(node, error = %e, "could not mark a joined node active"),
+        }
+    }
 }
 
 /// Drop this node's replicas that their group's leader no longer names, once two

@@ -91,7 +91,11 @@ pub async fn admit(
         .parse()
         .map_err(|e| JoinError::Invalid(format!("peer_addr {:?}: {e}", req.peer_addr)))?;
     let addr = addr.to_string();
-    if let Some(state) = moves::node_state(control, id).await? {
+    // A joiner that crashed before recording the answer asks again while `joining`.
+    if let Some(state) = moves::node_state(control, id)
+        .await?
+        .filter(|s| s != moves::JOINING)
+    {
         return Err(JoinError::Refused(format!(
             "node {id} was removed from the cluster ({state}); a removed node never comes \
              back under its id: start it with an empty data directory and a new --id"
@@ -113,7 +117,7 @@ pub async fn admit(
             }
             let put = meta::put(member_key(id), addr.clone().into_bytes(), Condition::Absent);
             let written = Meta::new(control)
-                .write(vec![put])
+                .write(vec![put, moves::joining(id)])
                 .await
                 .map_err(moves::meta_error)?;
             if written.is_none() {

@@ -351,6 +351,10 @@ pub async fn evacuate(
     Ok(moved)
 }
 
+/// A node a join admitted that the meta leader has not reached yet: it takes no
+/// replicas until it is known to run (a node admitted but never started would
+/// otherwise receive moves that cannot finish).
+pub const JOINING: &str = "joining";
 /// A node moving its replicas away; it takes no new ones.
 pub const DECOMMISSIONING: &str = "decommissioning";
 /// A node that holds no replica and takes none: it can be stopped for good.
@@ -397,6 +401,31 @@ pub async fn node_state(control: &Control, node: NodeId) -> Result<Option<String
         .await
         .map_err(meta_error)?;
     Ok(got.map(|v| String::from_utf8_lossy(&v.value).into_owned()))
+}
+
+/// The record that makes a newly admitted `node` [`JOINING`], to be written with its
+/// member record.
+pub(crate) fn joining(node: NodeId) -> cairn_store::WriteOp {
+    meta::put(
+        state_key(node),
+        JOINING.as_bytes().to_vec(),
+        Condition::Always,
+    )
+}
+
+/// Make `node` active if it is still [`JOINING`]; `false` if it is not (it became
+/// active already, or a decommission began meanwhile, which this must not undo).
+pub async fn activate(control: &Control, node: NodeId) -> Result<bool, MoveError> {
+    let meta = Meta::new(control);
+    let Some(found) = meta.get(state_key(node)).await.map_err(meta_error)? else {
+        return Ok(false);
+    };
+    if found.value != JOINING.as_bytes() {
+        return Ok(false);
+    }
+    let mut clear = meta::delete(state_key(node));
+    clear.condition = Condition::Version(found.version);
+    Ok(meta.write(vec![clear]).await.map_err(meta_error)?.is_some())
 }
 
 async fn set_node_state(control: &Control, node: NodeId, state: &str) -> Result<(), MoveError> {
