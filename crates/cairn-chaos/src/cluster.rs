@@ -640,6 +640,57 @@ impl Cluster {
         })
     }
 
+    /// Every responsive node's view, one line per node and group, for a report on a
+    /// cluster that stopped making progress: its links, and per group the voters,
+    /// learners and leader it knows, and (where it holds a replica) term, commit and
+    /// applied index.
+    pub async fn describe(&self) -> String {
+        let mut out = String::new();
+        for id in self.responsive() {
+            let status = match self.status(id).await {
+                Ok(status) => status,
+                Err(e) => {
+                    out.push_str(&format!("node {id}: {e}\n"));
+                    continue;
+                }
+            };
+            let links: Vec<String> = status
+                .links
+                .iter()
+                .map(|l| format!("{}:{}", l.peer, l.state))
+                .collect();
+            let states: Vec<String> = status
+                .nodes
+                .iter()
+                .map(|n| format!("{}:{}", n.id, n.state))
+                .collect();
+            out.push_str(&format!(
+                "node {id}: links [{}], nodes [{}]\n",
+                links.join(" "),
+                states.join(" ")
+            ));
+            for p in &status.placement {
+                let local = status
+                    .shards
+                    .iter()
+                    .chain(status.meta.as_ref())
+                    .find(|s| s.id == p.id)
+                    .map(|s| {
+                        format!(
+                            "; here: leader {:?} term {} commit {} applied {}",
+                            s.leader, s.term, s.commit, s.applied
+                        )
+                    })
+                    .unwrap_or_default();
+                out.push_str(&format!(
+                    "  group {}: voters {:?} learners {:?} leader {:?}{local}\n",
+                    p.id, p.replicas, p.learners, p.leader
+                ));
+            }
+        }
+        out
+    }
+
     /// The last `lines` lines of node `id`'s stderr log.
     pub fn log_tail(&self, id: NodeId, lines: usize) -> String {
         let text = std::fs::read(self.stderr_path(id))

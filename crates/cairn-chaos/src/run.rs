@@ -302,14 +302,17 @@ impl Run {
                 Ok(report)
             }
             Err(e) => {
+                // What the nodes say now, while they still run, and their logs before
+                // the directory is kept (the cluster then looks at an empty one).
+                let state = cluster.describe().await;
+                let tails = cluster.all_log_tails(30);
                 let dir = cluster.keep_dir();
                 Err(ChaosError::RunAborted(format!(
-                    "chaos run {} (seed {}) could not complete: {e}\nreplay: {}\ndata and logs kept in {}\n{}",
+                    "chaos run {} (seed {}) could not complete: {e}\nreplay: {}\ndata and logs kept in {}\nthe nodes' view:\n{state}\n{tails}",
                     scenario.name,
                     scenario.seed,
                     scenario.replay,
                     dir.display(),
-                    cluster.all_log_tails(30)
                 )))
             }
         }

@@ -115,8 +115,8 @@ pub async fn move_replica(
             )));
         }
         members = add_learner(control, shard, to, members, catch_up).await?;
-        members = lead_elsewhere(control, shard, from, members).await?;
-        members = swap(control, shard, from, to, members).await?;
+        lead_elsewhere(control, shard, from, members).await?;
+        members = swap(control, shard, from, to).await?;
     }
     let drop = ControlRequest::DropReplica {
         shard,
@@ -215,7 +215,6 @@ async fn swap(
     shard: ShardId,
     from: NodeId,
     to: NodeId,
-    _members: Members,
 ) -> Result<Members, MoveError> {
     change_until(
         control,
@@ -304,13 +303,14 @@ pub async fn evacuate(
     for &group in &groups {
         placement.push((group, members(control, group).await?.voters));
     }
-    let mut others = Vec::new();
     // Active and reachable now: a replica is not re-created on a node that is down.
-    for &n in control.raft().members().keys().filter(|&&n| n != node) {
-        if control.raft().reachable(n) && node_state(control, n).await?.is_none() {
-            others.push(n);
-        }
-    }
+    let states = node_states(control).await?;
+    let others: Vec<NodeId> = control
+        .raft()
+        .members()
+        .into_keys()
+        .filter(|&n| n != node && !states.contains_key(&n) && control.raft().reachable(n))
+        .collect();
     let widest = placement.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
     if others.len() < widest {
         return Err(MoveError::Invalid(format!(

@@ -52,48 +52,65 @@ struct RemoteLeaders {
     hint: Vec<AtomicU64>,
     /// Per group: which candidate to try next when no leader is known.
     next: Vec<AtomicUsize>,
-    /// Per group: its voters as last learned (at first, the placement the cluster was
-    /// created with; replicas move, so a [`Members`] answer replaces them).
-    voters: std::sync::RwLock<Vec<Vec<NodeId>>>,
-    /// Per group: its learners as last learned.
-    learners: std::sync::RwLock<Vec<Vec<NodeId>>>,
+    /// Per group: its members as last learned (at first, the placement the cluster
+    /// was created with; replicas move, so a [`Members`] answer replaces them).
+    known: std::sync::RwLock<Vec<KnownMembers>>,
+}
+
+/// One group's members as a node last learned them.
+#[derive(Debug, Clone, Default)]
+struct KnownMembers {
+    voters: Vec<NodeId>,
+    learners: Vec<NodeId>,
 }
 
 impl RemoteLeaders {
     fn new(raft: &MultiRaft) -> RemoteLeaders {
         let cfg = raft.config();
-        let voters: Vec<Vec<NodeId>> = cfg.groups().map(|g| cfg.voters(g)).collect();
+        let known: Vec<KnownMembers> = cfg
+            .groups()
+            .map(|g| KnownMembers {
+                voters: cfg.voters(g),
+                learners: Vec::new(),
+            })
+            .collect();
         RemoteLeaders {
             me: cfg.node_id,
-            hint: voters.iter().map(|_| AtomicU64::new(0)).collect(),
-            next: voters.iter().map(|_| AtomicUsize::new(0)).collect(),
-            learners: std::sync::RwLock::new(vec![Vec::new(); voters.len()]),
-            voters: std::sync::RwLock::new(voters),
+            hint: known.iter().map(|_| AtomicU64::new(0)).collect(),
+            next: known.iter().map(|_| AtomicUsize::new(0)).collect(),
+            known: std::sync::RwLock::new(known),
         }
     }
 
-    /// The candidates for `group`'s leader, in the order they are tried: its voters
-    /// as last learned, then every other member (`nodes`) but this one: a group's
-    /// replicas may have moved since this node last learned where they are.
-    fn candidates(&self, group: ShardId, nodes: &[NodeId]) -> Vec<NodeId> {
-        let mut out = self.voters(group);
-        out.retain(|&n| n != self.me);
-        for &n in nodes {
-            if n != self.me && !out.contains(&n) {
-                out.push(n);
-            }
-        }
-        out
-    }
-
-    /// `group`'s voters as last learned.
-    fn voters(&self, group: ShardId) -> Vec<NodeId> {
-        self.voters
+    /// `group`'s members as last learned.
+    fn members(&self, group: ShardId) -> KnownMembers {
+        self.known
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(group as usize)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// `group`'s voters as last learned.
+    fn voters(&self, group: ShardId) -> Vec<NodeId> {
+        self.members(group).voters
+    }
+
+    /// The candidates for `group`'s leader, in the order they are tried: its voters
+    /// as last learned (how many, the second value), then every other member
+    /// (`nodes`) but this one: a group's replicas may have moved since this node last
+    /// learned where they are.
+    fn candidates(&self, group: ShardId, nodes: &[NodeId]) -> (Vec<NodeId>, usize) {
+        let mut out = self.voters(group);
+        out.retain(|&n| n != self.me);
+        let voters = out.len();
+        for &n in nodes {
+            if n != self.me && !out.contains(&n) {
+                out.push(n);
+            }
+        }
+        (out, voters)
     }
 
     /// Remember `group`'s members as its leader named them.
@@ -107,20 +124,15 @@ impl RemoteLeaders {
         );
         voters.sort_unstable();
         if let Some(slot) = self
-            .voters
+            .known
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get_mut(group as usize)
         {
-            *slot = voters;
-        }
-        if let Some(slot) = self
-            .learners
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get_mut(group as usize)
-        {
-            *slot = members.learners.clone();
+            *slot = KnownMembers {
+                voters,
+                learners: members.learners.clone(),
+            };
         }
         if let (Some(leader), Some(hint)) = (members.leader, self.hint.get(group as usize)) {
             hint.store(leader, Ordering::Relaxed);
@@ -144,17 +156,12 @@ impl RemoteLeaders {
             leader if reachable(leader) => return Some(leader),
             _ => hint.store(0, Ordering::Relaxed),
         }
-        let candidates = self.candidates(group, &nodes());
+        let (candidates, voters) = self.candidates(group, &nodes());
         if candidates.is_empty() {
             return None;
         }
         // Voters first: a try counter that restarts each pass over the voters would
         // need a lock; instead every other try goes to a voter.
-        let voters = self
-            .voters(group)
-            .into_iter()
-            .filter(|&n| n != self.me)
-            .count();
         let turn = self.next[g].fetch_add(1, Ordering::Relaxed);
         let pool = if voters > 0 && turn.is_multiple_of(2) {
             &candidates[..voters]
@@ -252,14 +259,7 @@ impl Router {
     pub fn learners_of(&self, group: ShardId) -> Vec<NodeId> {
         match self.raft.local().gauges(group) {
             Some(g) if !g.voters().is_empty() => g.learners(),
-            _ => self
-                .remote
-                .learners
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .get(group as usize)
-                .cloned()
-                .unwrap_or_default(),
+            _ => self.remote.members(group).learners,
         }
     }
 
