@@ -322,31 +322,47 @@ pub async fn evacuate(
     set_node_state(control, node, state).await?;
     let mut moved = Vec::new();
     for i in 0..placement.len() {
-        let (group, voters) = placement[i].clone();
-        if !voters.contains(&node) {
+        let group = placement[i].0;
+        if !placement[i].1.contains(&node) {
             continue;
         }
-        let load = |n: NodeId| placement.iter().filter(|(_, v)| v.contains(&n)).count();
-        let Some(to) = others
-            .iter()
-            .copied()
-            .filter(|n| !voters.contains(n))
-            .min_by_key(|&n| (load(n), n))
-        else {
-            continue;
-        };
-        let after = move_replica(
-            control,
-            Move {
+        // Other moves (rebalancing) may change the group meanwhile: every attempt
+        // plans against its members as they are now, and one that lost a race to
+        // such a move is planned again.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let now = members(control, group).await?;
+            placement[i].1 = now.voters.clone();
+            if !now.voters.contains(&node) {
+                break;
+            }
+            let load = |n: NodeId| placement.iter().filter(|(_, v)| v.contains(&n)).count();
+            let Some(to) = others
+                .iter()
+                .copied()
+                .filter(|n| !now.voters.contains(n) && !now.learners.contains(n))
+                .min_by_key(|&n| (load(n), n))
+            else {
+                break;
+            };
+            let mv = Move {
                 shard: group,
                 from: node,
                 to,
-            },
-            catch_up,
-        )
-        .await?;
-        placement[i].1 = after.voters;
-        moved.push((group, to));
+            };
+            match move_replica(control, mv, catch_up).await {
+                Ok(after) => {
+                    placement[i].1 = after.voters;
+                    moved.push((group, to));
+                    break;
+                }
+                Err(MoveError::Invalid(_) | MoveError::Busy(_)) if attempt < 5 => {
+                    tokio::time::sleep(POLL * 5).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
     Ok(moved)
 }
