@@ -399,6 +399,11 @@ async fn replicas_move_between_nodes_and_a_node_is_decommissioned() {
             .await
             .expect("put");
     }
+    // A snapshot before the move, read and reverted to after it.
+    client
+        .create_snapshot(Some("before-move"))
+        .await
+        .expect("snapshot");
 
     // A data shard, a node without a replica of it, and its leader as the one to move
     // (so leadership has to leave it first).
@@ -489,6 +494,41 @@ async fn replicas_move_between_nodes_and_a_node_is_decommissioned() {
         },
     )
     .await;
+
+    // Across the move: the new voter answers reads at the snapshot taken before it
+    // (the Raft snapshot that built it carried the shard's history), and a prefix
+    // reverted to that snapshot is reverted on every shard, the moved one included.
+    for (i, k) in keys.iter().enumerate() {
+        client
+            .put(k, format!("changed{i}").as_bytes())
+            .await
+            .expect("overwrite");
+    }
+    for (i, k) in &of_shard {
+        let old = new_voter
+            .get_at(k, &ReadAt::Snapshot("before-move".into()))
+            .await
+            .expect("read at the snapshot")
+            .value
+            .expect("present at the snapshot");
+        assert_eq!(old.value, format!("v{i}").into_bytes());
+    }
+    let reverted = new_voter
+        .revert(b"placed/", "before-move")
+        .await
+        .expect("revert across the move");
+    assert_eq!(reverted.restored, keys.len() as u64, "{reverted:?}");
+    for id in cluster.ids() {
+        let c = cluster.client(id);
+        for (i, k) in keys.iter().enumerate() {
+            let got = c.get(k).await.expect("get").expect("present");
+            assert_eq!(
+                got.value,
+                format!("v{i}").into_bytes(),
+                "node {id}, key {i}"
+            );
+        }
+    }
 
     // Asking again finds the move done and changes nothing; a move that makes no
     // sense is a 400 that says why.
