@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use cairn_raft::{
-    Consistency, ControlPath, ControlRequest, MultiRaft, RaftConfig, RaftError, ShardError,
-    ShardRequest, ShardResponse,
+    Consistency, ControlPath, ControlRequest, MemberChange, MultiRaft, RaftConfig, RaftError,
+    ShardError, ShardRequest, ShardResponse,
 };
 use cairn_store::{ApplyOutcome, Command, Condition, NodeStore, OpKind, WriteOp};
 
@@ -112,6 +112,25 @@ impl TestCluster {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("no agreed leader for shard {shard}");
+    }
+
+    /// A leader of `shard` that the hosts other than `except` agree on.
+    async fn leader_among(&self, shard: u32, except: u64) -> u64 {
+        for _ in 0..500 {
+            let seen: Vec<Option<u64>> = self
+                .hosts
+                .iter()
+                .filter(|(&id, _)| id != except)
+                .map(|(_, h)| h.leader_of(shard))
+                .collect();
+            if let Some(Some(leader)) = seen.first() {
+                if *leader != except && seen.iter().all(|l| l == &Some(*leader)) {
+                    return *leader;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no agreed leader for shard {shard} among the hosts but {except}");
     }
 
     async fn put(&self, shard: u32, key: &str, value: &str) -> u64 {
@@ -614,5 +633,112 @@ async fn every_acknowledged_write_follows_a_durable_sync() {
     assert!(
         grown.iter().filter(|&&g| g >= writes).count() >= 2,
         "a quorum must sync every write durably: syncs per node {grown:?} for {writes} writes"
+    );
+}
+
+/// A leader asked to remove itself refuses (raft-rs would keep it leading without
+/// its own progress, and it would panic at its next append): leadership must move
+/// first. The group keeps its voters and its leader, and takes writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_refuses_to_remove_itself() {
+    let cluster = TestCluster::start().await;
+    let shard = 0;
+    let leader = cluster.leader(shard).await;
+    let other = *cluster.hosts.keys().find(|&&id| id != leader).unwrap();
+    for change in [
+        MemberChange::Replace {
+            add: other,
+            remove: leader,
+        },
+        MemberChange::RemoveLearner { node: leader },
+    ] {
+        let answer = cluster.controls[&leader]
+            .local(ControlRequest::ChangeMembers { shard, change })
+            .await;
+        match answer {
+            Err(ShardError::Unavailable { reason, .. }) => {
+                assert!(reason.contains("cannot remove itself"), "{reason}")
+            }
+            other => panic!("{change:?} answered {other:?}"),
+        }
+    }
+    let members = cluster.controls[&leader]
+        .local(ControlRequest::Members { shard })
+        .await;
+    let Ok(ShardResponse::Members(members)) = members else {
+        panic!("members: {members:?}");
+    };
+    assert_eq!(members.voters, vec![1, 2, 3]);
+    assert_eq!(members.leader, Some(leader));
+    cluster.put(shard, "after", "refusal").await;
+}
+
+/// Leadership that comes back to a voter while a change removing it is under way:
+/// the leader proposes a joint configuration that removes B, and at once hands
+/// leadership to B, which then leads the group out of the joint configuration and
+/// out of its own membership. B must step down (raft-rs would keep it leading
+/// without its own progress, and panic at its next append); the others elect a
+/// leader and the group takes writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_removed_by_a_change_it_finished_steps_down() {
+    let cluster = TestCluster::start().await;
+    let shard = 0;
+    let leader = cluster.leader(shard).await;
+    let removed = *cluster.hosts.keys().find(|&&id| id != leader).unwrap();
+    // Node 4 does not exist: the new configuration's quorum is the two others.
+    let change = ControlRequest::ChangeMembers {
+        shard,
+        change: MemberChange::Replace {
+            add: 4,
+            remove: removed,
+        },
+    };
+    let control = cluster.controls[&leader].clone();
+    let proposed = tokio::spawn(async move { control.local(change).await });
+    // Long enough for the proposal to reach the leader's log, too short for the
+    // group to leave the joint configuration it enters.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    cluster.controls[&leader]
+        .local(ControlRequest::TransferLeader { shard, to: removed })
+        .await
+        .expect("transfer");
+    let answered = proposed.await;
+    let mut voters = Vec::new();
+    for _ in 0..300 {
+        let host = cluster
+            .hosts
+            .keys()
+            .copied()
+            .find(|&h| h != removed)
+            .unwrap();
+        if let Ok(ShardResponse::Members(m)) = cluster.controls[&host]
+            .local(ControlRequest::Members { shard })
+            .await
+        {
+            voters = m.voters.clone();
+            if m.outgoing.is_empty() && !m.voters.contains(&removed) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !voters.contains(&removed),
+        "voters {voters:?}; the change answered {answered:?}"
+    );
+    let new_leader = cluster.leader_among(shard, removed).await;
+    assert_ne!(new_leader, removed);
+    let request = ControlRequest::Propose {
+        shard,
+        command: put("after", "stepping down"),
+    };
+    let written = cluster.controls[&new_leader].local(request).await;
+    assert!(
+        matches!(written, Ok(ShardResponse::Written(_))),
+        "{written:?}"
+    );
+    assert!(
+        cluster.hosts[&removed].leader_of(shard) != Some(removed),
+        "the removed replica still believes it leads"
     );
 }

@@ -237,6 +237,11 @@ async fn change_until(
     done: impl Fn(&Members) -> bool,
 ) -> Result<Members, MoveError> {
     let deadline = Instant::now() + CALL_TIMEOUT * 2;
+    let removing = match change {
+        MemberChange::Replace { remove, .. } => Some(remove),
+        MemberChange::RemoveLearner { node } => Some(node),
+        MemberChange::AddLearner { .. } => None,
+    };
     loop {
         let members = members(control, shard).await?;
         if done(&members) {
@@ -248,6 +253,18 @@ async fn change_until(
                  outgoing {:?}, learners {:?}",
                 members.voters, members.outgoing, members.learners
             )));
+        }
+        // The group's leader refuses to remove itself, and leadership can come back
+        // to a node after it was handed away (leader spreading, an election).
+        if removing.is_some() && members.leader == removing {
+            if let Some(&to) = members.voters.iter().find(|&&v| Some(v) != removing) {
+                let transfer = ControlRequest::TransferLeader { shard, to };
+                if let Err(e) = control.control(transfer).await {
+                    tracing::debug!(shard, error = %e, "leader transfer before a change");
+                }
+            }
+            tokio::time::sleep(POLL * 3).await;
+            continue;
         }
         // A joint configuration is left by the leader on its own; wait for that.
         if members.outgoing.is_empty() {

@@ -578,6 +578,24 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
             node_id,
             ..Default::default()
         };
+        // raft-rs keeps a leader that removed itself leading, without its own
+        // progress, and panics at its next persisted append (TiKV refuses these too):
+        // leadership must move first.
+        let removes = match change {
+            MemberChange::AddLearner { .. } => None,
+            MemberChange::Replace { remove, .. } => Some(remove),
+            MemberChange::RemoveLearner { node } => Some(node),
+        };
+        if removes == Some(self.raw.raft.id) {
+            let _ = reply.send(Err(ShardError::Unavailable {
+                shard: self.shard,
+                reason: format!(
+                    "node {} leads the group and cannot remove itself; hand leadership to                      another voter first",
+                    self.raw.raft.id
+                ),
+            }));
+            return;
+        }
         let changes = match change {
             MemberChange::AddLearner { node } => vec![single(ConfChangeType::AddLearnerNode, node)],
             MemberChange::Replace { add, remove } => vec![
@@ -950,6 +968,19 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
         }?;
         self.log.set_conf_state_at(&cs, entry.index)?;
         self.commit.written();
+        // A leader removed by a change it did not propose itself (leadership came
+        // back to it during a joint configuration, which it then left) steps down,
+        // as etcd's raft does: raft-rs would keep it leading without its own progress
+        // and panic at its next append. The remaining voters elect a leader.
+        let me = self.raw.raft.id;
+        if self.role == StateRole::Leader
+            && !cs.voters.contains(&me)
+            && !cs.voters_outgoing.contains(&me)
+        {
+            tracing::warn!("this leader is no longer a voter of the group: stepping down");
+            let term = self.raw.raft.term;
+            self.raw.raft.become_follower(term, raft::INVALID_ID);
+        }
         self.publish_members();
         tracing::info!(
             voters = ?cs.voters,
