@@ -26,6 +26,13 @@ async fn run(
     shape: impl FnOnce(Scenario) -> Scenario,
 ) {
     let _turn = ONE_RUN_AT_A_TIME.lock().await;
+    // The harness's own log (each fault as it is injected and healed) on stderr, so
+    // a run that cannot complete still shows what it did.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn,cairn_chaos=info"))
+        .with_ansi(false)
+        .with_test_writer()
+        .try_init();
     let seed = match std::env::var("CAIRN_TEST_SEED") {
         Ok(text) => text.parse().expect("CAIRN_TEST_SEED must be a u64"),
         Err(_) => default_seed,

@@ -647,7 +647,17 @@ impl Cluster {
     pub async fn describe(&self) -> String {
         let mut out = String::new();
         for id in self.responsive() {
-            let status = match self.status(id).await {
+            // `/v1/cluster` asks leaders of groups the node holds none of: more than
+            // the control client's short deadline on a struggling cluster.
+            let asked = self.client(id).map(|c| async move { c.cluster().await });
+            let status = match asked {
+                Ok(call) => call.await.map_err(|e| ChaosError::Api {
+                    node: id,
+                    what: format!("GET /v1/cluster: {e}"),
+                }),
+                Err(e) => Err(e),
+            };
+            let status = match status {
                 Ok(status) => status,
                 Err(e) => {
                     out.push_str(&format!("node {id}: {e}\n"));

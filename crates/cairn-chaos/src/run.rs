@@ -292,6 +292,11 @@ impl Run {
             rng.gen(),
         )?;
         let outcome = Run::body(scenario, &mut rng, &mut cluster, &network, started).await;
+        // What the nodes say, asked while their links still run.
+        let state = match &outcome {
+            Err(_) => cluster.describe().await,
+            Ok(_) => String::new(),
+        };
         network.stop();
         match outcome {
             Ok(mut report) => {
@@ -302,9 +307,8 @@ impl Run {
                 Ok(report)
             }
             Err(e) => {
-                // What the nodes say now, while they still run, and their logs before
-                // the directory is kept (the cluster then looks at an empty one).
-                let state = cluster.describe().await;
+                // The logs before the directory is kept (the cluster then looks at an
+                // empty one).
                 let tails = cluster.all_log_tails(30);
                 let dir = cluster.keep_dir();
                 Err(ChaosError::RunAborted(format!(
