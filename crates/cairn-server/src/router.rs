@@ -364,6 +364,11 @@ impl Router {
         // Hops taken on a refusing replica's word, without a pause: bounded, so two
         // replicas that name each other cannot keep a request spinning.
         let mut followed = 0;
+        // The leader the last refusal named, tried next whatever this node believes:
+        // the local replica's view can be stale (a replica its group removed and
+        // that is not yet dropped, a learner cut off from the leader), and so can
+        // this node's view of its links.
+        let mut named: Option<NodeId> = None;
         loop {
             // The local replica knows the leader, unless there is none here or it is
             // new and has not heard from one yet: then the remembered way.
@@ -373,9 +378,10 @@ impl Router {
                 None
             };
             let remote = local.is_none();
-            let target = match local {
-                Some(leader) => Some(leader),
-                None => self.remote.target(
+            let target = match (named.take(), local) {
+                (Some(leader), _) => Some(leader),
+                (None, Some(leader)) => Some(leader),
+                (None, None) => self.remote.target(
                     shard,
                     || self.raft.members().into_keys().collect(),
                     |node| self.raft.reachable(node),
@@ -392,12 +398,15 @@ impl Router {
                     reason: "no leader is known (an election may be under way)".into(),
                 }),
             };
-            if let (true, Some(node)) = (remote, target) {
-                self.remote.learn(shard, node, &result);
+            if let Some(node) = target {
+                if remote {
+                    self.remote.learn(shard, node, &result);
+                }
                 if let Err(e) = &result {
-                    let named = e.retry_at().flatten();
-                    if named.is_some_and(|n| n != node) && followed < 3 {
+                    let other = e.retry_at().flatten().filter(|&n| n != node);
+                    if other.is_some() && followed < 3 {
                         followed += 1;
+                        named = other;
                         continue;
                     }
                 }
