@@ -215,8 +215,9 @@ fn parse_members(members: &[(NodeId, String)]) -> Result<BTreeMap<NodeId, PeerAd
         .collect()
 }
 
-/// Run until `stop` fires: start links to members that joined, and on a node that
-/// joined itself, keep its recorded member list current.
+/// Run until `stop` fires: start links to members that joined, and keep this node's
+/// record of them current (a founder records those beyond its `--initial-cluster`,
+/// a node that joined records every member), so a restart dials them at once.
 pub async fn learn(control: Arc<Control>, store: NodeStore, stop: CancellationToken) {
     // Members that joined before this start are dialled at once: the meta group,
     // through which they are learned below, may be led by one of them, and a node

@@ -590,7 +590,8 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
             let _ = reply.send(Err(ShardError::Unavailable {
                 shard: self.shard,
                 reason: format!(
-                    "node {} leads the group and cannot remove itself; hand leadership to                      another voter first",
+                    "node {} leads the group and cannot remove itself; hand leadership to another \
+                     voter first",
                     self.raw.raft.id
                 ),
             }));
