@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use cairn_raft::{
-    Call, ControlPath, ControlRequest, MultiRaft, RaftConfig, ShardError, ShardResponse,
+    Call, ControlPath, ControlRequest, MultiRaft, RaftConfig, RaftError, ShardError, ShardResponse,
 };
 use cairn_store::{NodeStore, ShardId};
 
@@ -55,7 +55,23 @@ impl LocalCluster {
                 limits: Default::default(),
                 lease_reads: false,
             };
-            hosts.insert(id, MultiRaft::start(config, store).await.expect("start"));
+            // The ports were chosen free, then let go; until a host binds its own, an
+            // outgoing connection of this process (another host dialling, a test
+            // running beside this one) may hold it for a moment as a local port:
+            // retry the bind rather than fail on that race.
+            let mut attempts = 0;
+            let host = loop {
+                match MultiRaft::start(config.clone(), store.clone()).await {
+                    Err(RaftError::Io(e))
+                        if e.kind() == std::io::ErrorKind::AddrInUse && attempts < 100 =>
+                    {
+                        attempts += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    other => break other.expect("start"),
+                }
+            };
+            hosts.insert(id, host);
         }
         let controls = hosts
             .iter()
