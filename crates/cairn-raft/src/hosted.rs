@@ -8,15 +8,14 @@
 
 use std::sync::{Arc, RwLock};
 
+use crate::replica::inbox::Inbox;
+use crate::replica::ReplicaGauges;
 use cairn_store::{ShardId, ShardState};
-use crossbeam_channel::Sender;
-
-use crate::replica::{ReplicaGauges, ReplicaMsg};
 
 /// One hosted replica, as the rest of the node reaches it.
 #[derive(Clone)]
 pub(crate) struct Slot {
-    pub inbox: Sender<ReplicaMsg<ShardState>>,
+    pub inbox: Inbox<ShardState>,
     pub state: ShardState,
     pub gauges: Arc<ReplicaGauges>,
 }
@@ -48,7 +47,7 @@ impl HostedReplicas {
         self.read().get(group as usize).cloned().flatten()
     }
 
-    pub fn inbox(&self, group: ShardId) -> Option<Sender<ReplicaMsg<ShardState>>> {
+    pub fn inbox(&self, group: ShardId) -> Option<Inbox<ShardState>> {
         self.read()
             .get(group as usize)
             .and_then(|s| s.as_ref().map(|s| s.inbox.clone()))

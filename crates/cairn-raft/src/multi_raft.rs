@@ -19,6 +19,7 @@ use crate::commit::GroupCommit;
 use crate::config::RaftConfig;
 use crate::error::{RaftError, ShardError};
 use crate::hosted::{HostedReplicas, Slot};
+use crate::replica::inbox::{self, Inbox, Mailbox};
 use crate::replica::pool;
 use crate::replica::{Replica, ReplicaGauges, ReplicaMsg};
 use crate::transport::{CallHandler, Transport};
@@ -48,9 +49,22 @@ struct Opener {
     commit: GroupCommit,
     transport: Transport,
     /// Each pool thread's door for a new replica.
-    pools: Vec<Sender<pool::Owned<ShardState, Transport, GroupCommit>>>,
+    pools: Vec<PoolDoor>,
     /// One open or drop at a time: each rewrites the recorded list of hosted groups.
     changing: tokio::sync::Mutex<()>,
+}
+
+/// How a replica reaches a pool thread: the door it is handed through at run time,
+/// and the bell its inbox rings.
+struct PoolDoor {
+    adopt: Sender<pool::Owned<ShardState, Transport, GroupCommit>>,
+    bell: Sender<ShardId>,
+}
+
+impl PoolDoor {
+    fn inbox(&self, shard: ShardId) -> (Inbox<ShardState>, Mailbox<ShardState>) {
+        inbox::inbox(shard, REPLICA_INBOX, self.bell.clone())
+    }
 }
 
 impl LocalShards {
@@ -245,17 +259,18 @@ impl LocalShards {
             shard,
             reason: e.to_string(),
         })?;
-        let (tx, rx) = bounded(REPLICA_INBOX);
+        let pool = &opener.pools[shard as usize % opener.pools.len()];
+        let (inbox, mailbox) = pool.inbox(shard);
         self.hosted.set(
             shard,
             Some(Slot {
-                inbox: tx,
+                inbox,
                 state,
                 gauges,
             }),
         );
-        let pool = &opener.pools[shard as usize % opener.pools.len()];
-        pool.send((replica, rx))
+        pool.adopt
+            .send((replica, mailbox))
             .map_err(|_| ShardError::ShuttingDown)?;
         tracing::info!(shard, "opened a replica");
         Ok(ShardResponse::Done)
@@ -364,10 +379,7 @@ impl LocalShards {
         }
     }
 
-    fn replica(
-        &self,
-        shard: ShardId,
-    ) -> Result<(Sender<ReplicaMsg<ShardState>>, ShardState), ShardError> {
+    fn replica(&self, shard: ShardId) -> Result<(Inbox<ShardState>, ShardState), ShardError> {
         match self.hosted.get(shard) {
             Some(slot) => Ok((slot.inbox, slot.state)),
             None if shard as usize >= self.hosted.groups() => Err(ShardError::Unavailable {
@@ -441,7 +453,7 @@ impl LocalShards {
     /// nothing across shards.
     async fn read_version(
         &self,
-        inbox: &Sender<ReplicaMsg<ShardState>>,
+        inbox: &Inbox<ShardState>,
         consistency: Consistency,
         shard: ShardId,
         scope: ReadScope,
@@ -637,13 +649,24 @@ impl MultiRaft {
             }
         };
         let hosted = Arc::new(HostedReplicas::new(cfg.groups().count()));
-        let mut receivers = Vec::new();
+        // Shards are dealt round-robin to the pool's threads (see `replica/pool.rs`);
+        // each thread has a door for replicas opened later and a bell for its inboxes.
+        let pools = cfg.replica_threads.max(1);
+        let mut doors = Vec::new();
+        let mut entrances = Vec::new();
+        for _ in 0..pools {
+            let (adopt, adopted) = bounded(64);
+            let (bell, rung) = crossbeam_channel::unbounded();
+            doors.push(PoolDoor { adopt, bell });
+            entrances.push((adopted, rung));
+        }
+        let mut mailboxes = Vec::new();
         for &shard in &hosted_groups {
-            let (tx, rx) = bounded(REPLICA_INBOX);
+            let (inbox, mailbox) = doors[shard as usize % pools].inbox(shard);
             let gauges = Arc::new(ReplicaGauges::new());
-            receivers.push((shard, rx, gauges.clone()));
+            mailboxes.push((shard, mailbox, gauges.clone()));
             let slot = Slot {
-                inbox: tx,
+                inbox,
                 state: store.shard_state(shard)?,
                 gauges,
             };
@@ -660,10 +683,8 @@ impl MultiRaft {
             Transport::start(&cfg, hosted, store.clone(), local.clone(), cancel.clone()).await?;
         let (commit, commit_thread) = GroupCommit::start(store.clone(), node);
         let (stop_tx, stop_rx) = bounded::<()>(0);
-        // Shards dealt round-robin to the pool's threads (see `replica/pool.rs`).
-        let pools = cfg.replica_threads.max(1);
         let mut owned: Vec<Vec<_>> = (0..pools).map(|_| Vec::new()).collect();
-        for (shard, inbox, gauges) in receivers {
+        for (shard, mailbox, gauges) in mailboxes {
             let replica = Replica::<ShardState, _, _>::open(
                 shard,
                 &cfg,
@@ -672,13 +693,10 @@ impl MultiRaft {
                 transport.clone(),
                 gauges,
             )?;
-            owned[shard as usize % pools].push((replica, inbox));
+            owned[shard as usize % pools].push((replica, mailbox));
         }
         let mut threads = Vec::new();
-        let mut doors = Vec::new();
-        for (index, replicas) in owned.into_iter().enumerate() {
-            let (door, adopt) = bounded(64);
-            doors.push(door);
+        for (index, (replicas, (adopt, bell))) in owned.into_iter().zip(entrances).enumerate() {
             let stop = stop_rx.clone();
             let tick = cfg.tick;
             let commit = commit.clone();
@@ -687,7 +705,7 @@ impl MultiRaft {
                 .spawn(move || {
                     let span = tracing::info_span!("replica_pool", node, index);
                     let _enter = span.enter();
-                    pool::run(replicas, adopt, commit, stop, tick)
+                    pool::run(replicas, adopt, bell, commit, stop, tick)
                 })?;
             threads.push(handle);
         }

@@ -48,6 +48,7 @@ use crate::machine::StateMachine;
 
 mod gate;
 mod gauges;
+pub mod inbox;
 pub mod pool;
 mod read;
 mod snapshot;
@@ -408,6 +409,12 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
             self.commit.sync()?;
         }
         self.process_finish()
+    }
+
+    /// Whether Raft has work for this replica that no input has to trigger (a Ready
+    /// left over, such as committed entries beyond one Ready's size limit).
+    pub fn has_ready(&self) -> bool {
+        self.ready.is_none() && self.raw.has_ready()
     }
 
     /// The first half of [`Replica::process`]: everything up to the sync. Returns
