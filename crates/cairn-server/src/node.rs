@@ -2,17 +2,22 @@
 //! unit.
 //!
 //! Shutdown order matters: the HTTP server stops accepting and lets in-flight requests
-//! finish (their replicas are still running), then the replicas stop (failing anything
-//! still queued with `shutting_down`), then the store is flushed.
+//! finish (their replicas are still running), then the background tasks stop, then
+//! the replicas (failing anything still queued with `shutting_down`), then the store is
+//! flushed. The first two waits are bounded: what outlives them is dropped, with a
+//! warning that names it, so a node always stops.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use cairn_backup::Backups;
 use cairn_raft::MultiRaft;
 use cairn_snapshot::Coordinator;
 use cairn_store::NodeStore;
 use cairn_txn::{Transactions, TxnConfig};
+use futures::future::BoxFuture;
+use futures::FutureExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +29,10 @@ use crate::error::ServerError;
 use crate::identity;
 use crate::revert::Reverts;
 use crate::router::{Control, Router};
+
+/// How long shutdown waits for in-flight HTTP requests, and for the background
+/// tasks, before it drops what is left and says so.
+const STOP_WAIT: Duration = Duration::from_secs(10);
 
 /// A node's parts, wired together: the one composition root. [`Node::start`] serves
 /// it over HTTP with its background tasks; the HTTP fuzz oracle drives its
@@ -104,73 +113,99 @@ impl Parts {
 
     /// Start every background task (sweepers, automatic snapshots, history GC and
     /// collection, backup schedules, leader balancing, dead nodes and stale
-    /// replicas, members that joined, rebalancing), each in its own span, until
-    /// `stop` fires.
-    pub fn spawn_background(&self, stop: CancellationToken) -> JoinHandle<()> {
+    /// replicas, members that joined, rebalancing), each in its own span and task,
+    /// until `stop` fires.
+    pub fn spawn_background(&self, stop: CancellationToken) -> Background {
         let id = self.config.id;
-        let span = tracing::info_span!("snapshot_sweeper", node = id);
-        let sweep = self
-            .snapshots
-            .clone()
-            .run_sweeper(stop.clone())
-            .instrument(span);
-        let span = tracing::info_span!("auto_snapshots", node = id);
-        let auto = self
-            .snapshots
-            .clone()
-            .run_auto(stop.clone())
-            .instrument(span);
-        let span = tracing::info_span!("history_gc", node = id);
-        let gc = self.snapshots.clone().run_gc(stop.clone()).instrument(span);
-        let span = tracing::info_span!("txn_sweeper", node = id);
-        let txn_sweep = self.txns.clone().run_sweeper(stop.clone()).instrument(span);
-        let span = tracing::info_span!("history_collector", node = id);
-        let collect = collect_history(
-            self.raft.clone(),
-            self.config.snapshots().gc_every,
-            stop.clone(),
-        )
-        .instrument(span);
-        let span = tracing::info_span!("backup_schedules", node = id);
-        let schedules = self
-            .backups
-            .clone()
-            .run_schedules(stop.clone())
-            .instrument(span);
-        let span = tracing::info_span!("leader_balance", node = id);
-        let leaders =
-            crate::leadership::balance(self.control.clone(), stop.clone()).instrument(span);
-        let span = tracing::info_span!("departures", node = id);
-        let departures =
+        let mut background = Background { tasks: Vec::new() };
+        let mut spawn = |name: &'static str, task: BoxFuture<'static, ()>| {
+            let span = tracing::info_span!("background", task = name, node = id);
+            background
+                .tasks
+                .push((name, tokio::spawn(task.instrument(span))));
+        };
+        spawn(
+            "snapshot_sweeper",
+            self.snapshots.clone().run_sweeper(stop.clone()).boxed(),
+        );
+        spawn(
+            "auto_snapshots",
+            self.snapshots.clone().run_auto(stop.clone()).boxed(),
+        );
+        spawn(
+            "history_gc",
+            self.snapshots.clone().run_gc(stop.clone()).boxed(),
+        );
+        spawn(
+            "txn_sweeper",
+            self.txns.clone().run_sweeper(stop.clone()).boxed(),
+        );
+        spawn(
+            "history_collector",
+            collect_history(
+                self.raft.clone(),
+                self.config.snapshots().gc_every,
+                stop.clone(),
+            )
+            .boxed(),
+        );
+        spawn(
+            "backup_schedules",
+            self.backups.clone().run_schedules(stop.clone()).boxed(),
+        );
+        spawn(
+            "leader_balance",
+            crate::leadership::balance(self.control.clone(), stop.clone()).boxed(),
+        );
+        spawn(
+            "departures",
             crate::departures::watch(self.control.clone(), self.config.dead_after, stop.clone())
-                .instrument(span);
-        let span = tracing::info_span!("members", node = id);
-        let members = crate::join::learn(self.control.clone(), self.store.clone(), stop.clone())
-            .instrument(span);
-        let span = tracing::info_span!("rebalance", node = id);
-        let rebalance = crate::rebalance::run(
-            self.control.clone(),
-            self.config.rebalance_rate,
-            stop.clone(),
-        )
-        .instrument(span);
-        let span = tracing::info_span!("backup_sweeper", node = id);
-        let backup_sweep = self.backups.clone().run_sweeper(stop).instrument(span);
-        tokio::spawn(async move {
-            tokio::join!(
-                sweep,
-                auto,
-                gc,
-                collect,
-                schedules,
-                backup_sweep,
-                txn_sweep,
-                leaders,
-                departures,
-                members,
-                rebalance
-            );
-        })
+                .boxed(),
+        );
+        spawn(
+            "members",
+            crate::join::learn(self.control.clone(), self.store.clone(), stop.clone()).boxed(),
+        );
+        spawn(
+            "rebalance",
+            crate::rebalance::run(
+                self.control.clone(),
+                self.config.rebalance_rate,
+                stop.clone(),
+            )
+            .boxed(),
+        );
+        spawn(
+            "backup_sweeper",
+            self.backups.clone().run_sweeper(stop).boxed(),
+        );
+        background
+    }
+}
+
+/// A node's background tasks, by name.
+pub struct Background {
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
+}
+
+impl Background {
+    /// Wait for every task to end (their stop token must have fired), for at most
+    /// `within` in all; abort those still running then and name them. Each task
+    /// checks its token between steps, and each step is bounded, so this is for a
+    /// step that is not: the node must stop either way, and the operator should
+    /// learn which task held it.
+    pub async fn stop(self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        for (name, mut task) in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                tracing::warn!(
+                    task = name,
+                    ?within,
+                    "background task still running at shutdown; aborted"
+                );
+                task.abort();
+            }
+        }
     }
 }
 
@@ -183,7 +218,7 @@ pub struct Node {
     stop_http: CancellationToken,
     http: JoinHandle<()>,
     stop_sweeper: CancellationToken,
-    sweeper: JoinHandle<()>,
+    sweeper: Background,
     backups: Arc<Backups<Control>>,
     snapshots: Arc<Coordinator<Control>>,
 }
@@ -254,12 +289,19 @@ impl Node {
     /// final flush.
     pub async fn shutdown(self) {
         self.stop_http.cancel();
-        let _ = self.http.await;
+        let mut http = self.http;
+        if tokio::time::timeout(STOP_WAIT, &mut http).await.is_err() {
+            tracing::warn!(
+                within = ?STOP_WAIT,
+                "HTTP requests still running at shutdown; dropped"
+            );
+            http.abort();
+        }
         // Running backups record themselves failed while the replicas still serve.
         self.backups.shutdown().await;
         drop(self.backups);
         self.stop_sweeper.cancel();
-        let _ = self.sweeper.await;
+        self.sweeper.stop(STOP_WAIT).await;
         // Releases of snapshots already answered end within the marker timeout; let
         // them, so the windows they close do not wait for the meta sweeper.
         self.snapshots.settled().await;
