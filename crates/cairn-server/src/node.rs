@@ -7,6 +7,7 @@
 //! flushed. The first two waits are bounded: what outlives them is dropped, with a
 //! warning that names it, so a node always stops.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -16,8 +17,6 @@ use cairn_raft::MultiRaft;
 use cairn_snapshot::Coordinator;
 use cairn_store::NodeStore;
 use cairn_txn::{Transactions, TxnConfig};
-use futures::future::BoxFuture;
-use futures::FutureExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -116,86 +115,99 @@ impl Parts {
     /// replicas, members that joined, rebalancing), each in its own span and task,
     /// until `stop` fires.
     pub fn spawn_background(&self, stop: CancellationToken) -> Background {
-        let id = self.config.id;
-        let mut background = Background { tasks: Vec::new() };
-        let mut spawn = |name: &'static str, task: BoxFuture<'static, ()>| {
-            let span = tracing::info_span!("background", task = name, node = id);
-            background
-                .tasks
-                .push((name, tokio::spawn(task.instrument(span))));
-        };
-        spawn(
+        let mut background = Background::new(self.config.id, stop.clone());
+        background.spawn(
             "snapshot_sweeper",
-            self.snapshots.clone().run_sweeper(stop.clone()).boxed(),
+            self.snapshots.clone().run_sweeper(stop.clone()),
         );
-        spawn(
+        background.spawn(
             "auto_snapshots",
-            self.snapshots.clone().run_auto(stop.clone()).boxed(),
+            self.snapshots.clone().run_auto(stop.clone()),
         );
-        spawn(
-            "history_gc",
-            self.snapshots.clone().run_gc(stop.clone()).boxed(),
-        );
-        spawn(
-            "txn_sweeper",
-            self.txns.clone().run_sweeper(stop.clone()).boxed(),
-        );
-        spawn(
+        background.spawn("history_gc", self.snapshots.clone().run_gc(stop.clone()));
+        background.spawn("txn_sweeper", self.txns.clone().run_sweeper(stop.clone()));
+        background.spawn(
             "history_collector",
             collect_history(
                 self.raft.clone(),
                 self.config.snapshots().gc_every,
                 stop.clone(),
-            )
-            .boxed(),
+            ),
         );
-        spawn(
+        background.spawn(
             "backup_schedules",
-            self.backups.clone().run_schedules(stop.clone()).boxed(),
+            self.backups.clone().run_schedules(stop.clone()),
         );
-        spawn(
+        background.spawn(
             "leader_balance",
-            crate::leadership::balance(self.control.clone(), stop.clone()).boxed(),
+            crate::leadership::balance(self.control.clone(), stop.clone()),
         );
-        spawn(
+        background.spawn(
             "departures",
-            crate::departures::watch(self.control.clone(), self.config.dead_after, stop.clone())
-                .boxed(),
+            crate::departures::watch(self.control.clone(), self.config.dead_after, stop.clone()),
         );
-        spawn(
+        background.spawn(
             "members",
-            crate::join::learn(self.control.clone(), self.store.clone(), stop.clone()).boxed(),
+            crate::join::learn(self.control.clone(), self.store.clone(), stop.clone()),
         );
-        spawn(
+        background.spawn(
             "rebalance",
             crate::rebalance::run(
                 self.control.clone(),
                 self.config.rebalance_rate,
                 stop.clone(),
-            )
-            .boxed(),
+            ),
         );
-        spawn(
-            "backup_sweeper",
-            self.backups.clone().run_sweeper(stop).boxed(),
-        );
+        background.spawn("backup_sweeper", self.backups.clone().run_sweeper(stop));
         background
     }
 }
 
-/// A node's background tasks, by name.
+/// A node's background tasks, by name, and the token that stops them.
 pub struct Background {
+    node: u64,
+    stop: CancellationToken,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
 
 impl Background {
-    /// Wait for every task to end (their stop token must have fired), for at most
-    /// `within` in all; abort those still running then and name them. Each task
-    /// checks its token between steps, and each step is bounded, so this is for a
-    /// step that is not: the node must stop either way, and the operator should
-    /// learn which task held it.
-    pub async fn stop(self, within: Duration) {
+    /// No tasks yet; `stop` is the token they are given.
+    pub fn new(node: u64, stop: CancellationToken) -> Background {
+        Background {
+            node,
+            stop,
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Run `task` in its own tokio task and span, named `name`.
+    ///
+    /// Each task checks the stop token between its steps, but a step can be long (a
+    /// call per replica, each waiting out its timeout once the other nodes have
+    /// gone: a node of 256 shards took minutes to stop). So once the token fires,
+    /// the step is dropped where it waits: every step is one a crash may cut short
+    /// too.
+    pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        let span = tracing::info_span!("background", task = name, node = self.node);
+        let stop = self.stop.clone();
+        let task = async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = task => {}
+            }
+        };
+        self.tasks.push((name, tokio::spawn(task.instrument(span))));
+    }
+
+    /// Fire the stop token and wait for every task to end, for at most `within` in
+    /// all; abort those still running then, and return their names (each is also
+    /// logged). A task ends at its next await once stopped, so this is for one that
+    /// blocks a thread without awaiting: the node must stop either way, and the
+    /// operator should learn which task held it.
+    pub async fn stop(self, within: Duration) -> Vec<&'static str> {
+        self.stop.cancel();
         let deadline = tokio::time::Instant::now() + within;
+        let mut aborted = Vec::new();
         for (name, mut task) in self.tasks {
             if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
                 tracing::warn!(
@@ -204,8 +216,10 @@ impl Background {
                     "background task still running at shutdown; aborted"
                 );
                 task.abort();
+                aborted.push(name);
             }
         }
+        aborted
     }
 }
 
@@ -217,7 +231,6 @@ pub struct Node {
     store: NodeStore,
     stop_http: CancellationToken,
     http: JoinHandle<()>,
-    stop_sweeper: CancellationToken,
     sweeper: Background,
     backups: Arc<Backups<Control>>,
     snapshots: Arc<Coordinator<Control>>,
@@ -239,8 +252,7 @@ impl Node {
             what: "HTTP listener".into(),
             source,
         })?;
-        let stop_sweeper = CancellationToken::new();
-        let sweeper = parts.spawn_background(stop_sweeper.clone());
+        let sweeper = parts.spawn_background(CancellationToken::new());
         let stop_http = CancellationToken::new();
         let stop = stop_http.clone();
         let app = parts.app();
@@ -270,7 +282,6 @@ impl Node {
             store,
             stop_http,
             http,
-            stop_sweeper,
             sweeper,
             backups,
             snapshots,
@@ -300,7 +311,6 @@ impl Node {
         // Running backups record themselves failed while the replicas still serve.
         self.backups.shutdown().await;
         drop(self.backups);
-        self.stop_sweeper.cancel();
         self.sweeper.stop(STOP_WAIT).await;
         // Releases of snapshots already answered end within the marker timeout; let
         // them, so the windows they close do not wait for the meta sweeper.
@@ -366,4 +376,29 @@ fn prometheus() -> Option<PrometheusHandle> {
                 .ok()
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stopped_background_task_ends_even_in_the_middle_of_a_step() {
+        let stop = CancellationToken::new();
+        let mut background = Background::new(1, stop.clone());
+        // A loop that checks its token only between steps, stuck in a step that
+        // never ends (a call whose peers are gone).
+        let token = stop.clone();
+        let (entered, in_step) = tokio::sync::oneshot::channel();
+        background.spawn("stuck", async move {
+            let _ = entered.send(());
+            while !token.is_cancelled() {
+                std::future::pending::<()>().await;
+            }
+        });
+        background.spawn("idle", async move {});
+        in_step.await.unwrap();
+        let aborted = background.stop(Duration::from_secs(5)).await;
+        assert!(aborted.is_empty(), "tasks had to be aborted: {aborted:?}");
+    }
 }
