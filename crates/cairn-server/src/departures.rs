@@ -157,10 +157,16 @@ async fn drop_stale(control: &Control, suspects: &mut BTreeMap<ShardId, u32>) {
     let me = raft.local().node_id();
     let mut still = BTreeMap::new();
     for group in raft.local().hosted() {
-        let configured = raft
-            .local()
-            .gauges(group)
-            .is_some_and(|g| !g.voters().is_empty() || !g.learners().is_empty());
+        let gauges = raft.local().gauges(group);
+        // A leader is a member by construction: one that applies its own removal
+        // steps down (`Replica::apply_conf_change`), and one cut off while the others
+        // removed it steps down within an election timeout (check quorum), to be
+        // asked about then. Asking leaders would be a call per led group every few
+        // seconds for nothing.
+        if gauges.as_ref().is_some_and(|g| g.leader() == Some(me)) {
+            continue;
+        }
+        let configured = gauges.is_some_and(|g| !g.voters().is_empty() || !g.learners().is_empty());
         let Ok(members) = moves::members(control, group).await else {
             continue;
         };
