@@ -12,7 +12,8 @@
 //!    index 1 for long, so the snapshot, which carries the configuration, is the only
 //!    way in), then the log;
 //! 3. once it has what was committed when it was added, hand leadership away from the
-//!    old node if it leads;
+//!    old node if it leads (again before every attempt of step 4: leadership can come
+//!    back, and a leader refuses to remove itself);
 //! 4. make the learner a voter and remove the old voter in one joint configuration,
 //!    which the leader leaves by itself;
 //! 5. tell the old node to drop its replica, naming the configuration that no longer
@@ -114,8 +115,9 @@ pub async fn move_replica(
                 members.voters
             )));
         }
-        members = add_learner(control, shard, to, members, catch_up).await?;
-        lead_elsewhere(control, shard, from, members).await?;
+        add_learner(control, shard, to, members, catch_up).await?;
+        // Step 3, leadership off `from`, is part of step 4: it must hold when the
+        // change is proposed, and leadership can come back in between.
         members = swap(control, shard, from, to).await?;
     }
     let drop = ControlRequest::DropReplica {
@@ -180,35 +182,6 @@ async fn add_learner(
     }
 }
 
-/// Step 3: leadership off `from`, to another voter.
-async fn lead_elsewhere(
-    control: &Control,
-    shard: ShardId,
-    from: NodeId,
-    mut members: Members,
-) -> Result<Members, MoveError> {
-    let deadline = Instant::now() + CALL_TIMEOUT;
-    while members.leader == Some(from) {
-        let Some(&to) = members.voters.iter().find(|&&v| v != from) else {
-            return Err(MoveError::Invalid(format!(
-                "node {from} is shard {shard}'s only voter"
-            )));
-        };
-        if Instant::now() >= deadline {
-            return Err(MoveError::TimedOut(format!(
-                "leadership of shard {shard} did not leave node {from} (with lease reads on, \
-                 leaders are never transferred: stop node {from} or move another replica)"
-            )));
-        }
-        control
-            .control(ControlRequest::TransferLeader { shard, to })
-            .await?;
-        tokio::time::sleep(POLL * 3).await;
-        members = self::members(control, shard).await?;
-    }
-    Ok(members)
-}
-
 /// Step 4: learner `to` in, voter `from` out, and the joint configuration left.
 async fn swap(
     control: &Control,
@@ -247,21 +220,35 @@ async fn change_until(
         if done(&members) {
             return Ok(members);
         }
-        if Instant::now() >= deadline {
-            return Err(MoveError::TimedOut(format!(
-                "shard {shard}'s members did not change ({change:?}); they are voters {:?}, \
-                 outgoing {:?}, learners {:?}",
-                members.voters, members.outgoing, members.learners
-            )));
-        }
         // The group's leader refuses to remove itself, and leadership can come back
         // to a node after it was handed away (leader spreading, an election).
-        if removing.is_some() && members.leader == removing {
-            if let Some(&to) = members.voters.iter().find(|&&v| Some(v) != removing) {
-                let transfer = ControlRequest::TransferLeader { shard, to };
-                if let Err(e) = control.control(transfer).await {
-                    tracing::debug!(shard, error = %e, "leader transfer before a change");
-                }
+        let leader_leaving = match removing {
+            Some(node) if members.leader == Some(node) => Some(node),
+            _ => None,
+        };
+        if Instant::now() >= deadline {
+            return Err(MoveError::TimedOut(match leader_leaving {
+                Some(node) => format!(
+                    "leadership of shard {shard} did not leave node {node} (with lease reads \
+                     on, leaders are never transferred: stop node {node} or move another \
+                     replica)"
+                ),
+                None => format!(
+                    "shard {shard}'s members did not change ({change:?}); they are voters \
+                     {:?}, outgoing {:?}, learners {:?}",
+                    members.voters, members.outgoing, members.learners
+                ),
+            }));
+        }
+        if let Some(node) = leader_leaving {
+            let Some(&to) = members.voters.iter().find(|&&v| v != node) else {
+                return Err(MoveError::Invalid(format!(
+                    "node {node} is shard {shard}'s only voter"
+                )));
+            };
+            let transfer = ControlRequest::TransferLeader { shard, to };
+            if let Err(e) = control.control(transfer).await {
+                tracing::debug!(shard, error = %e, "leader transfer before a change");
             }
             tokio::time::sleep(POLL * 3).await;
             continue;
