@@ -46,6 +46,7 @@ pub async fn watch(control: Arc<Control>, dead_after: Option<Duration>, stop: Ca
     let mut unreachable: BTreeMap<NodeId, Instant> = BTreeMap::new();
     let mut evacuated: BTreeSet<NodeId> = BTreeSet::new();
     let mut suspects: BTreeMap<ShardId, u32> = BTreeMap::new();
+    let mut settled: BTreeSet<NodeId> = BTreeSet::new();
     let mut round = 0u32;
     loop {
         tokio::select! {
@@ -55,7 +56,7 @@ pub async fn watch(control: Arc<Control>, dead_after: Option<Duration>, stop: Ca
         if let Some(dead_after) = dead_after {
             declare_dead(&control, dead_after, &mut unreachable, &mut evacuated).await;
         }
-        activate_reached(&control).await;
+        activate_reached(&control, &mut settled).await;
         round = round.wrapping_add(1);
         if round.is_multiple_of(STALE_EVERY) {
             drop_stale(&control, &mut suspects).await;
@@ -122,15 +123,32 @@ async fn declare_dead(
     evacuated.retain(|n| unreachable.contains_key(n));
 }
 
-/// On the meta leader: mark `joining` nodes it can reach active.
-async fn activate_reached(control: &Control) {
+/// On the meta leader: mark joining nodes active once their links answer.
+///
+/// `settled` holds the members already seen in another state: a node leaves
+/// `joining` only forwards, so the meta group's node states are read only while some
+/// member is not yet known to be past it (a join in progress), not every second.
+async fn activate_reached(control: &Control, settled: &mut BTreeSet<NodeId>) {
     use cairn_cluster::Shards as _;
     if !control.leads_meta() {
+        return;
+    }
+    let members = control.raft().members();
+    if members.keys().all(|node| settled.contains(node)) {
         return;
     }
     let Ok(states) = moves::node_states(control).await else {
         return;
     };
+    // Active nodes have no record; any other state than joining is past it too.
+    for &node in members.keys() {
+        if states
+            .get(&node)
+            .is_none_or(|state| state != moves::JOINING)
+        {
+            settled.insert(node);
+        }
+    }
     for (node, state) in states {
         if state != moves::JOINING || !control.raft().reachable(node) {
             continue;
