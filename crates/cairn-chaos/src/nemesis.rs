@@ -260,6 +260,12 @@ pub struct Nemesis {
 /// How long to look for a leader before declaring the fault could not fire.
 const FIND_LEADER: Duration = Duration::from_secs(15);
 
+/// Between two looks at the cluster while waiting for it.
+const LOOK_AGAIN: Duration = Duration::from_millis(200);
+
+/// Between two asks of a change that has not finished yet.
+const ASK_AGAIN: Duration = Duration::from_millis(500);
+
 impl Nemesis {
     pub fn new(rng: StdRng, clock: Instant) -> Nemesis {
         Nemesis { rng, clock }
@@ -277,35 +283,27 @@ impl Nemesis {
 
     /// The current leader of `group` (`None`: the meta group), waiting for one.
     async fn leader(&self, cluster: &Cluster, group: Option<u32>) -> Result<NodeId> {
-        let deadline = Instant::now() + FIND_LEADER;
-        loop {
-            let last = match cluster.leaders().await {
-                Ok(leaders) => {
-                    let leader = match group {
-                        None => leaders.meta,
-                        Some(s) => leaders
-                            .shards
-                            .iter()
-                            .find(|(id, _)| *id == s)
-                            .and_then(|(_, l)| *l),
-                    };
-                    match leader {
-                        Some(l) if cluster.responsive().contains(&l) => return Ok(l),
-                        Some(l) => format!("leader {l} is not responsive"),
-                        None => "no leader known".into(),
-                    }
-                }
-                Err(e) => e.to_string(),
+        let what = || format!("a leader of group {group:?} to aim a fault at");
+        until(what, FIND_LEADER, LOOK_AGAIN, async || {
+            let leaders = match cluster.leaders().await {
+                Ok(leaders) => leaders,
+                Err(e) => return Ok(Look::NotYet(e.to_string())),
             };
-            if Instant::now() > deadline {
-                return Err(ChaosError::Timeout {
-                    what: format!("a leader of group {group:?} to aim a fault at"),
-                    waited: FIND_LEADER,
-                    last,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            let leader = match group {
+                None => leaders.meta,
+                Some(s) => leaders
+                    .shards
+                    .iter()
+                    .find(|(id, _)| *id == s)
+                    .and_then(|(_, l)| *l),
+            };
+            Ok(match leader {
+                Some(l) if cluster.responsive().contains(&l) => Look::Done(l),
+                Some(l) => Look::NotYet(format!("leader {l} is not responsive")),
+                None => Look::NotYet("no leader known".into()),
+            })
+        })
+        .await
     }
 
     /// A replica to move: a group not in the middle of a change (the meta group a
@@ -703,32 +701,31 @@ impl Nemesis {
 /// for, and what happened, for the report.
 async fn finish(change: Change, cluster: &mut Cluster, rng: &mut StdRng) -> Result<(bool, String)> {
     cluster.wait_ready(FINISH_CHANGE).await?;
-    let deadline = Instant::now() + FINISH_CHANGE;
+    let cluster = &*cluster;
     match change {
-        Change::Join { node } => loop {
-            let status = settled_view(cluster).await?;
-            let state = status
-                .nodes
-                .iter()
-                .find(|n| n.id == node)
-                .map(|n| n.state.clone());
-            if state.as_deref() == Some("active") {
-                return Ok((true, format!("node {node} is an active member")));
-            }
-            if Instant::now() > deadline {
-                return Err(ChaosError::Timeout {
-                    what: format!("node {node} to join"),
-                    waited: FINISH_CHANGE,
-                    last: format!("its state: {state:?}"),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        },
+        Change::Join { node } => {
+            let what = || format!("node {node} to join");
+            until(what, FINISH_CHANGE, LOOK_AGAIN, async || {
+                let status = settled_view(cluster).await?;
+                let state = status
+                    .nodes
+                    .iter()
+                    .find(|n| n.id == node)
+                    .map(|n| n.state.clone());
+                Ok(if state.as_deref() == Some("active") {
+                    Look::Done((true, format!("node {node} is an active member")))
+                } else {
+                    Look::NotYet(format!("its state: {state:?}"))
+                })
+            })
+            .await
+        }
         Change::Decommission { node, call } => {
             let first = call.await.unwrap_or_else(|e| e.to_string());
             let mut last = first.clone();
             let mut asked = 1;
-            loop {
+            let what = || format!("node {node} to be decommissioned");
+            until(what, FINISH_CHANGE, ASK_AGAIN, async || {
                 let status = settled_view(cluster).await?;
                 let state = status
                     .nodes
@@ -742,18 +739,12 @@ async fn finish(change: Change, cluster: &mut Cluster, rng: &mut StdRng) -> Resu
                     .map(|p| p.id)
                     .collect();
                 if state.as_deref() == Some("decommissioned") && holds.is_empty() {
-                    return Ok((
+                    return Ok(Look::Done((
                         true,
                         format!("node {node} decommissioned after {asked} asks (first: {first})"),
-                    ));
+                    )));
                 }
-                if Instant::now() > deadline {
-                    return Err(ChaosError::Timeout {
-                        what: format!("node {node} to be decommissioned"),
-                        waited: FINISH_CHANGE,
-                        last: format!("state {state:?}, holding {holds:?}; last answer: {last}"),
-                    });
-                }
+                let seen = format!("state {state:?}, holding {holds:?}; last answer: {last}");
                 let driver = others(&cluster.responsive(), node)
                     .choose(rng)
                     .copied()
@@ -761,12 +752,11 @@ async fn finish(change: Change, cluster: &mut Cluster, rng: &mut StdRng) -> Resu
                 asked += 1;
                 last = match cluster.client(driver)?.decommission(node).await {
                     Ok(answer) => format!("moved {} replicas", answer.moved.len()),
-                    Err(e) => {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        e.to_string()
-                    }
+                    Err(e) => e.to_string(),
                 };
-            }
+                Ok(Look::NotYet(seen))
+            })
+            .await
         }
         Change::Move {
             shard,
@@ -776,40 +766,34 @@ async fn finish(change: Change, cluster: &mut Cluster, rng: &mut StdRng) -> Resu
             cut,
         } => {
             let first = call.await.unwrap_or_else(|e| e.to_string());
-            let mut last;
             let mut asked = 1;
-            loop {
+            let what = || format!("the move of group {shard} from node {from} to node {to}");
+            until(what, FINISH_CHANGE, ASK_AGAIN, async || {
                 let driver = cluster
                     .responsive()
                     .choose(rng)
                     .copied()
                     .ok_or_else(|| ChaosError::Misuse("no node to drive it".into()))?;
                 asked += 1;
-                match cluster.client(driver)?.move_replica(shard, from, to).await {
-                    Ok(answer) => {
-                        return Ok((
+                Ok(
+                    match cluster.client(driver)?.move_replica(shard, from, to).await {
+                        Ok(answer) => Look::Done((
                             cut,
                             format!(
                             "the move finished after {asked} asks (first: {first}); voters {:?}",
                             answer.voters
                         ),
-                        ))
-                    }
-                    // Moot: another change (rebalancing) moved the replica meanwhile.
-                    Err(e) if e.code() == Some("bad_move") => {
-                        return Ok((cut, format!("the move was overtaken: {e} (first: {first})")))
-                    }
-                    Err(e) => last = e.to_string(),
-                }
-                if Instant::now() > deadline {
-                    return Err(ChaosError::Timeout {
-                        what: format!("the move of group {shard} from node {from} to node {to}"),
-                        waited: FINISH_CHANGE,
-                        last,
-                    });
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+                        )),
+                        // Moot: another change (rebalancing) moved the replica meanwhile.
+                        Err(e) if e.code() == Some("bad_move") => Look::Done((
+                            cut,
+                            format!("the move was overtaken: {e} (first: {first})"),
+                        )),
+                        Err(e) => Look::NotYet(e.to_string()),
+                    },
+                )
+            })
+            .await
         }
     }
 }
@@ -817,24 +801,50 @@ async fn finish(change: Change, cluster: &mut Cluster, rng: &mut StdRng) -> Resu
 /// The cluster as the first responsive node that knows every group's placement sees
 /// it.
 async fn settled_view(cluster: &Cluster) -> Result<ClusterStatus> {
-    let mut last = String::from("no responsive node");
-    let deadline = Instant::now() + FIND_LEADER;
-    loop {
+    let what = || "a node's view of the placement".to_string();
+    until(what, FIND_LEADER, LOOK_AGAIN, async || {
+        let mut last = String::from("no responsive node");
         for node in cluster.responsive() {
             match cluster.status(node).await {
-                Ok(status) if !status.placement.is_empty() => return Ok(status),
+                Ok(status) if !status.placement.is_empty() => return Ok(Look::Done(status)),
                 Ok(_) => last = format!("node {node} knows no placement"),
                 Err(e) => last = e.to_string(),
             }
         }
+        Ok(Look::NotYet(last))
+    })
+    .await
+}
+
+/// What one look at the cluster found: the answer, or what it saw instead.
+enum Look<T> {
+    Done(T),
+    NotYet(String),
+}
+
+/// Look until `look` finds its answer, pausing `pause` between looks, for at most
+/// `waited`; then fail naming `what` and what the last look saw. An error from a look
+/// ends the wait at once.
+async fn until<T>(
+    what: impl FnOnce() -> String,
+    waited: Duration,
+    pause: Duration,
+    mut look: impl AsyncFnMut() -> Result<Look<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + waited;
+    loop {
+        let last = match look().await? {
+            Look::Done(answer) => return Ok(answer),
+            Look::NotYet(last) => last,
+        };
         if Instant::now() > deadline {
             return Err(ChaosError::Timeout {
-                what: "a node's view of the placement".into(),
-                waited: FIND_LEADER,
+                what: what(),
+                waited,
                 last,
             });
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(pause).await;
     }
 }
 
