@@ -19,6 +19,7 @@
 //! asserted: this is a measuring tool.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,8 +79,8 @@ struct Phase {
     start: Instant,
     /// Per successful operation: when it completed (since `start`) and its latency.
     samples: Vec<(Duration, Duration)>,
-    /// When each failed operation completed (since `start`).
-    errors: Vec<Duration>,
+    /// When each failed operation completed (since `start`), and why it failed.
+    errors: Vec<(Duration, String)>,
     elapsed: Duration,
 }
 
@@ -132,8 +133,8 @@ impl Phase {
             errors: self
                 .errors
                 .iter()
-                .filter(|at| inside(at))
-                .copied()
+                .filter(|(at, _)| inside(at))
+                .cloned()
                 .collect(),
             elapsed: hi.saturating_sub(lo),
         }
@@ -589,12 +590,12 @@ async fn phase(
                     n += 1;
                     written += 1;
                     let t = Instant::now();
-                    let ok = match workload {
+                    let outcome = match workload {
                         Workload::Put => client
                             .put(key.as_bytes(), &value.get(id, written))
                             .await
-                            .is_ok(),
-                        Workload::Get => client.get(key.as_bytes()).await.is_ok(),
+                            .map(drop),
+                        Workload::Get => client.get(key.as_bytes()).await.map(drop),
                         Workload::Batch(len) => {
                             // Clients are one step apart in `n`; shift each one's
                             // batches so that they do not chase each other's locks.
@@ -609,15 +610,14 @@ async fn phase(
                                     )
                                 })
                                 .collect();
-                            client.batch(ops).await.is_ok()
+                            client.batch(ops).await.map(drop)
                         }
                     };
                     let latency = t.elapsed();
                     let at = t.duration_since(start) + latency;
-                    if ok {
-                        samples.push((at, latency));
-                    } else {
-                        errors.push(at);
+                    match outcome {
+                        Ok(()) => samples.push((at, latency)),
+                        Err(e) => errors.push((at, e.to_string())),
                     }
                 }
                 (samples, errors)
@@ -659,4 +659,14 @@ fn report(name: &str, phase: Phase) {
         pct(0.99),
         pct(1.0),
     );
+    // Errors are not throughput: say what they were, the commonest first.
+    let mut why: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, error) in &phase.errors {
+        *why.entry(error.as_str()).or_default() += 1;
+    }
+    let mut why: Vec<(&str, usize)> = why.into_iter().collect();
+    why.sort_by(|a, b| b.1.cmp(&a.1));
+    for (error, count) in why.iter().take(3) {
+        println!("{:>18}  {count} x {error}", "");
+    }
 }
