@@ -665,7 +665,7 @@ fn report(name: &str, phase: Phase) {
         *why.entry(error.as_str()).or_default() += 1;
     }
     let mut why: Vec<(&str, usize)> = why.into_iter().collect();
-    why.sort_by(|a, b| b.1.cmp(&a.1));
+    why.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
     for (error, count) in why.iter().take(3) {
         println!("{:>18}  {count} x {error}", "");
     }
