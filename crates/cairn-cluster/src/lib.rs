@@ -17,7 +17,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use cairn_raft::{ControlRequest, ShardError, ShardResponse};
-use cairn_store::{ApplyOutcome, Command, HistoryRange, KeyVersion, PageLimit, ShardId};
+use cairn_store::{ApplyOutcome, Command, HistoryRange, KeyVersion, PageLimit, ShardId, Versioned};
 
 pub use meta::{Meta, MetaError, MetaStep, ReadAnswer, WriteAnswer};
 
@@ -83,6 +83,16 @@ pub trait Shards: Send + Sync + 'static {
         index: u64,
         timeout: Duration,
     ) -> impl Future<Output = bool> + Send;
+
+    /// `key` of the meta group as this node's own replica has applied it, asking no
+    /// leader: `None` if this node holds no voter of the meta group (or cannot say).
+    /// It may be stale, so it is only for a value whose use a conditional write
+    /// checks (a compare-and-set on its version): a stale guess costs a refused
+    /// write and a proper read, a fresh one saves a round trip.
+    fn meta_get_here(&self, key: &[u8]) -> Option<Versioned> {
+        let _ = key;
+        None
+    }
 
     /// Whether this node's replica leads the meta group (the sweeper runs only there).
     fn leads_meta(&self) -> bool;

@@ -593,6 +593,16 @@ impl Shards for Control {
         let meta = raft.config().meta_shard();
         raft.leader_of(meta) == Some(raft.local().node_id())
     }
+
+    fn meta_get_here(&self, key: &[u8]) -> Option<cairn_store::Versioned> {
+        let local = self.router.raft.local();
+        let meta = self.router.raft.config().meta_shard();
+        if !local.votes_in(meta) {
+            return None;
+        }
+        // The newest applied version: the meta group holds no alignment windows.
+        local.state(meta)?.get(key, u64::MAX).ok()?
+    }
 }
 
 /// Merge shards' pages into one page in key order within `limit`.

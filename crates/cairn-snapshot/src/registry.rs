@@ -31,8 +31,8 @@ use cairn_cluster::meta::{delete, Meta, MetaStep};
 use cairn_cluster::Shards;
 
 use cairn_cluster::keyspace::{
-    SNAPSHOT_AUTO as AUTO, SNAPSHOT_ID as ID, SNAPSHOT_NAME as NAME, SNAPSHOT_OPEN as OPEN,
-    SNAPSHOT_TIME as TIME,
+    SNAPSHOT_AUTO as AUTO, SNAPSHOT_ID as ID, SNAPSHOT_NAME as NAME, SNAPSHOT_NEXT as NEXT,
+    SNAPSHOT_OPEN as OPEN, SNAPSHOT_TIME as TIME,
 };
 
 /// How long an allocation waits for committing transactions to resolve.
@@ -175,6 +175,11 @@ impl<'a, S: Shards> Registry<'a, S> {
     pub async fn allocate(&self, name: Option<&str>, auto: bool) -> Result<Tracked, SnapshotError> {
         let mut allocation = Allocation::new(name, auto)?;
         let mut gate: Option<Backoff> = None;
+        // The first read of `s/next` may come from this node's own meta replica: the
+        // allocation's batch takes the id by compare-and-set on the version read, so
+        // a stale value is refused (and read again from the leader), never used. It
+        // saves the leader's ReadIndex round on the snapshot's path.
+        let mut guess_next = true;
         let mut step = allocation.start();
         loop {
             // The wait at the gate is counted from the end of the name check.
@@ -183,7 +188,14 @@ impl<'a, S: Shards> Registry<'a, S> {
             }
             step = match step {
                 MetaStep::Read(key) => {
-                    let answer = self.meta().get(key).await;
+                    let here = (guess_next && key == NEXT)
+                        .then(|| self.shards.meta_get_here(&key))
+                        .flatten();
+                    guess_next &= key != NEXT;
+                    let answer = match here {
+                        Some(next) => Ok(Some(next)),
+                        None => self.meta().get(key).await,
+                    };
                     allocation.on_read(answer, now_ms())
                 }
                 MetaStep::Write(ops) => {

@@ -142,6 +142,12 @@ impl Shards for LocalCluster {
         true
     }
 
+    /// Host 1's own meta replica, as the server's router reads it.
+    fn meta_get_here(&self, key: &[u8]) -> Option<cairn_store::Versioned> {
+        let state = self.hosts.get(&1)?.local().state(self.shards)?;
+        state.get(key, u64::MAX).ok()?
+    }
+
     async fn writes_seen(&self) -> Option<u64> {
         Some(self.writes_applied())
     }

@@ -1,20 +1,24 @@
 //! The marker protocol on three real multi-raft hosts in one process: a snapshot that
 //! completes, one that aborts because a shard cannot place its marker, and an epoch
 //! abandoned by its coordinator that the sweeper aborts. In each case the alignment
-//! window ends: held answers are released.
+//! window ends: held answers are released. And the allocation's guess of the next id
+//! from the local meta replica: used when fresh, refused when stale.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_cluster::Shards;
 use cairn_raft::{Call, Consistency, ControlRequest, ShardError, ShardRequest, ShardResponse};
 use cairn_snapshot::testing::LocalCluster;
 use cairn_snapshot::{Coordinator, SnapshotConfig, SnapshotError, SnapshotState};
-use cairn_store::{ApplyOutcome, Command, Condition, OpKind, WriteOp};
+use cairn_store::{ApplyOutcome, Command, Condition, OpKind, Versioned, WriteOp};
 use tokio::sync::Notify;
 
 const SHARDS: u32 = 3;
+
+const NEXT: &[u8] = cairn_cluster::keyspace::SNAPSHOT_NEXT;
 
 /// Three hosts, routing each request to the shard's leader. `broken` makes one
 /// shard's markers never commit, as in a shard without quorum; `marked` is told when
@@ -24,6 +28,18 @@ struct Cluster {
     broken: Option<u32>,
     marked: Arc<Notify>,
     releases_go: tokio::sync::watch::Sender<bool>,
+    /// What this node's own meta replica is said to hold for `s/next`.
+    guess: Mutex<Guess>,
+    /// Reads of `s/next` sent to the meta group's leader.
+    next_reads: AtomicUsize,
+}
+
+/// How [`Shards::meta_get_here`] answers.
+enum Guess {
+    /// As host 1's meta replica has applied it.
+    Here,
+    /// This value, whatever the meta group holds.
+    Fixed(Versioned),
 }
 
 impl Cluster {
@@ -34,6 +50,8 @@ impl Cluster {
             broken,
             marked: Arc::new(Notify::new()),
             releases_go: tokio::sync::watch::Sender::new(true),
+            guess: Mutex::new(Guess::Here),
+            next_reads: AtomicUsize::new(0),
         }
     }
 
@@ -45,6 +63,9 @@ impl Cluster {
     async fn execute(&self, request: impl Into<Call>) -> Result<ShardResponse, ShardError> {
         let request: Call = request.into();
         let shard = request.shard();
+        if matches!(&request, Call::Control(ControlRequest::Get { key, .. }) if key == NEXT) {
+            self.next_reads.fetch_add(1, Ordering::SeqCst);
+        }
         let marker = matches!(
             request,
             Call::Control(ControlRequest::Propose {
@@ -93,6 +114,13 @@ impl Shards for Cluster {
 
     fn leads_meta(&self) -> bool {
         true
+    }
+
+    fn meta_get_here(&self, key: &[u8]) -> Option<Versioned> {
+        match &*self.guess.lock().unwrap() {
+            Guess::Here => self.local.meta_get_here(key),
+            Guess::Fixed(value) => Some(value.clone()),
+        }
     }
 
     async fn writes_seen(&self) -> Option<u64> {
@@ -424,4 +452,42 @@ async fn collect_everywhere(cluster: &Cluster, horizons: &std::collections::BTre
         let mut collected = Vec::new();
         host.collect_history(&mut collected).expect("collect");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_guess_of_the_next_id_saves_the_read_and_a_stale_one_is_refused() {
+    let cluster = Arc::new(Cluster::start(None).await);
+    let coordinator = Coordinator::new(cluster.clone(), config());
+    // The first snapshot: no `s/next` yet, nothing to guess from.
+    let first = coordinator.take(None).await.expect("first");
+    assert_eq!(first.id, 1);
+    let reads = cluster.next_reads.load(Ordering::SeqCst);
+    // Once host 1's meta replica has applied the allocation, its guess is right and
+    // no read goes to the leader.
+    let meta = cluster.local.shard_count();
+    let next = loop {
+        if let Some(next) = cluster.local.meta_get_here(NEXT) {
+            break next;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        next.value,
+        2u64.to_be_bytes(),
+        "s/next in meta group {meta}"
+    );
+    let second = coordinator.take(None).await.expect("second");
+    assert_eq!(second.id, 2);
+    assert_eq!(
+        cluster.next_reads.load(Ordering::SeqCst),
+        reads,
+        "a fresh guess still read s/next from the leader"
+    );
+    // A stale guess (the first allocation's s/next) loses the compare-and-set: the
+    // id is read from the leader, and no id is handed out twice.
+    *cluster.guess.lock().unwrap() = Guess::Fixed(next);
+    let third = coordinator.take(None).await.expect("third");
+    assert_eq!(third.id, 3, "a stale guess reused an id");
+    assert_eq!(cluster.next_reads.load(Ordering::SeqCst), reads + 1);
+    wind_down(coordinator, cluster).await;
 }
