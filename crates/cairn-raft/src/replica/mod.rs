@@ -30,7 +30,7 @@
 //! back for snapshot alignment windows and transaction locks; `snapshot.rs` installs
 //! Raft snapshots and compacts the log; `gauges.rs` publishes the live figures.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -145,6 +145,8 @@ type ReadReply = oneshot::Sender<Result<u64, ShardError>>;
 
 /// A write waiting to be applied.
 struct PendingWrite<M: StateMachine> {
+    /// The term of the proposal's entry: an entry is this write's only if it carries
+    /// its id and is of this term. (Its index is in `writes_by_index`.)
     term: u64,
     deadline: u64,
     reply: WriteReply<M>,
@@ -183,6 +185,11 @@ pub struct Replica<M: StateMachine, O: Outbox<M>, D: Durability = GroupCommit> {
     // Ordered maps throughout: iteration order decides the order of replies, which a
     // simulated run must repeat exactly.
     writes: BTreeMap<u64, PendingWrite<M>>,
+    /// `(index of its entry, id)` of every write in `writes`. May name ids already
+    /// answered (they are skipped): it is only ever read from its low end, as entries
+    /// apply. (An index can come twice: a replica that leads again after its entries
+    /// were cut away may propose at an index one of its old writes had.)
+    writes_by_index: BTreeSet<(u64, u64)>,
     /// Reads that arrived since the last ReadIndex was issued.
     reads_unissued: Vec<Reader<M>>,
     /// ReadIndex requests in flight, by context id.
@@ -357,6 +364,7 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
             next_id: seed.proposal_ids,
             role: StateRole::Follower,
             writes: BTreeMap::new(),
+            writes_by_index: BTreeSet::new(),
             reads_unissued: Vec::new(),
             reads_inflight: BTreeMap::new(),
             reads_confirmed: BTreeMap::new(),
@@ -635,12 +643,15 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
         self.next_id = self.next_id.wrapping_add(1);
         match propose(&mut self.raw, id.to_be_bytes().to_vec()) {
             Ok(()) => {
+                // raft-rs appended the entry to its log at once.
+                let index = self.raw.raft.raft_log.last_index();
                 let pending = PendingWrite {
                     term: self.raw.raft.term,
                     deadline: self.now + self.request_ticks,
                     reply,
                 };
                 self.writes.insert(id, pending);
+                self.writes_by_index.insert((index, id));
             }
             Err(e) => {
                 let _ = reply.send(Err(ShardError::Unavailable {
@@ -796,7 +807,6 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
         };
         if let Some(hs) = ready.hs() {
             self.gauges.term.store(hs.term, Ordering::Relaxed);
-            self.fail_stale_writes(hs.term);
         }
 
         // 5. Messages that promise durability (votes, append responses): now safe.
@@ -830,12 +840,17 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
     fn on_soft_state(&mut self, leader: NodeId, role: StateRole) {
         self.gauges.leader.store(leader, Ordering::Relaxed);
         if self.role == StateRole::Leader && role != StateRole::Leader {
+            // Writes in flight stay: their entries may still commit under the next
+            // leader (a leader transfer hands over a log that has them all), and
+            // applying one here answers its writer, as a leader would. Those whose
+            // entries another leader overwrote are failed as nothing-written once
+            // the entry that took their index applies (`applied_one`).
             let shard = self.shard;
             let hint = (leader != 0).then_some(leader);
-            self.fail_pending(
+            self.fail_reads_and_holds(
                 || ShardError::OutcomeUnknown {
                     shard,
-                    reason: "leadership lost before the write was applied".into(),
+                    reason: "leadership lost before the write was answered".into(),
                 },
                 || ShardError::NotLeader {
                     shard,
@@ -850,18 +865,6 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
             self.lease = None;
         }
         self.role = role;
-    }
-
-    /// Writes proposed in an earlier term can no longer be tracked by id alone: the
-    /// entries may have been replaced by another leader's.
-    fn fail_stale_writes(&mut self, term: u64) {
-        let shard = self.shard;
-        for (_, w) in self.writes.extract_if(.., |_, w| w.term < term) {
-            let _ = w.reply.send(Err(ShardError::OutcomeUnknown {
-                shard,
-                reason: "term changed before the write was applied".into(),
-            }));
-        }
     }
 
     /// Apply committed entries through the state machine, and act on what each means
@@ -963,7 +966,30 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
                 });
             }
         }
+        // A write of ours whose entry was at or below this index and was not this
+        // entry lost its place to another leader's entry: committed entries are never
+        // replaced (Log Matching), so it was not applied and never will be.
+        self.settle_writes_through(index, |shard| ShardError::Unavailable {
+            shard,
+            reason: "another leader's entry took the write's place in the log; nothing was \
+                     written"
+                .into(),
+        });
         Ok(())
+    }
+
+    /// Fail every write still waiting whose entry was at or below `index`, which this
+    /// replica has now applied (or installed a snapshot past).
+    fn settle_writes_through(&mut self, index: u64, err: impl Fn(ShardId) -> ShardError) {
+        while let Some(&(at, id)) = self.writes_by_index.first() {
+            if at > index {
+                break;
+            }
+            self.writes_by_index.pop_first();
+            if let Some(w) = self.writes.remove(&id) {
+                let _ = w.reply.send(Err(err(self.shard)));
+            }
+        }
     }
 
     fn apply_conf_change(&mut self, entry: &Entry) -> Result<(), ReplicaError> {
@@ -1027,6 +1053,18 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
         for (_, w) in std::mem::take(&mut self.writes) {
             let _ = w.reply.send(Err(write_err()));
         }
+        self.writes_by_index.clear();
+        self.fail_reads_and_holds(write_err, read_err);
+    }
+
+    /// Answer every read this replica holds with `read_err`, and every answer held
+    /// back by the gate (writes with `write_err`); writes still waiting for their
+    /// entries stay.
+    fn fail_reads_and_holds(
+        &mut self,
+        write_err: impl Fn() -> ShardError,
+        read_err: impl Fn() -> ShardError,
+    ) {
         for reader in self.reads_unissued.drain(..) {
             let _ = reader.reply.send(Err(read_err()));
         }

@@ -8,7 +8,7 @@ use raft::prelude::Snapshot;
 
 use super::{Outbox, Replica};
 use crate::commit::Durability;
-use crate::error::ReplicaError;
+use crate::error::{ReplicaError, ShardError};
 use crate::machine::StateMachine;
 
 impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
@@ -36,6 +36,12 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
             .collect();
         self.publish_hold();
         self.publish_members();
+        // Writes whose entries the snapshot covers cannot be told apart from others'
+        // any more: whether theirs was applied is unknown.
+        self.settle_writes_through(meta.index, |shard| ShardError::OutcomeUnknown {
+            shard,
+            reason: "a Raft snapshot from the leader replaced the log the write was in".into(),
+        });
         self.gauges.set_applied(meta.index);
         self.gauges
             .first_index

@@ -80,7 +80,7 @@ error_codes! {
     StorageError = (INTERNAL_SERVER_ERROR, "storage_error", "the node's storage failed; the node logs why"),
     DestinationError = (BAD_GATEWAY, "destination_error", "the backup destination could not be read or written"),
     Unavailable = (SERVICE_UNAVAILABLE, "unavailable", "no leader or no quorum right now; nothing changed, retry"),
-    OutcomeUnknown = (SERVICE_UNAVAILABLE, "outcome_unknown", "a write was proposed but its fate is unknown (leader lost, deadline); read before retrying"),
+    OutcomeUnknown = (SERVICE_UNAVAILABLE, "outcome_unknown", "a write was proposed but its fate is unknown (deadline passed); read before retrying"),
     ShuttingDown = (SERVICE_UNAVAILABLE, "shutting_down", "the node is stopping"),
     SnapshotAborted = (SERVICE_UNAVAILABLE, "snapshot_aborted", "a shard could not place its marker in time; retry"),
     TransactionAborted = (SERVICE_UNAVAILABLE, "transaction_aborted", "a cross-shard batch could not be prepared everywhere in time; nothing changed, retry"),
