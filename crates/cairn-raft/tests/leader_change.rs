@@ -122,3 +122,34 @@ fn a_write_whose_entry_was_overwritten_is_answered_as_written_nothing() {
         other => panic!("expected a written-nothing refusal, got {other:?}"),
     }
 }
+
+#[test]
+fn a_proposal_taken_after_raft_stepped_down_in_the_same_round_is_refused_not_forwarded() {
+    let mut group = Group::new();
+    group.elect();
+    elect_node_2_without_node_1(&mut group);
+    // A message of node 2's term for node 1, which still believes it leads.
+    let from_node_2 = loop {
+        group.replicas[1].tick();
+        group.replicas[1].process().unwrap();
+        let sent = std::mem::take(&mut *group.wire.borrow_mut());
+        if let Some(msg) = sent.into_iter().find(|m| m.to == 1 && m.from == 2) {
+            break msg;
+        }
+    };
+    // Both arrive in one round: Raft steps down on the first, before the replica has
+    // seen a Ready saying so.
+    group.replicas[0].handle(ReplicaMsg::Raft(Box::new(from_node_2)));
+    let (reply, mut answer) = oneshot::channel();
+    group.replicas[0].handle(ReplicaMsg::Propose {
+        command: Op::Add(5),
+        reply,
+    });
+    match answer_of(&mut answer) {
+        Err(ShardError::NotLeader { .. }) => {}
+        other => panic!("expected NotLeader at once, got {other:?}"),
+    }
+    // Nothing was forwarded behind the caller's back: no write anywhere.
+    reconnect(&mut group);
+    assert_eq!(group.totals(), vec![0, 0, 0]);
+}

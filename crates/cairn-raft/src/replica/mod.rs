@@ -639,12 +639,31 @@ impl<M: StateMachine, O: Outbox<M>, D: Durability> Replica<M, O, D> {
         reply: WriteReply<M>,
         propose: impl FnOnce(&mut RawNode<RaftLog>, Vec<u8>) -> raft::Result<()>,
     ) {
+        // raft-rs forwards a follower's proposal to the leader it knows, where it
+        // would be appended at an index and term this replica cannot know, and a
+        // pending write is matched to its entry by both. Raft may have stepped down
+        // since `self.role` was last updated (a message of a higher term, handled in
+        // this round): ask it. The router forwards to leaders itself.
+        if self.raw.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
+        let before = self.raw.raft.raft_log.last_index();
         match propose(&mut self.raw, id.to_be_bytes().to_vec()) {
+            // Appended here, by a leader, as the log's next entry: its index is known.
+            Ok(())
+                if self.raw.raft.state != StateRole::Leader
+                    || self.raw.raft.raft_log.last_index() != before + 1 =>
+            {
+                let _ = reply.send(Err(ShardError::OutcomeUnknown {
+                    shard: self.shard,
+                    reason: "the proposal was not appended by this leader".into(),
+                }));
+            }
             Ok(()) => {
-                // raft-rs appended the entry to its log at once.
-                let index = self.raw.raft.raft_log.last_index();
+                let index = before + 1;
                 let pending = PendingWrite {
                     term: self.raw.raft.term,
                     deadline: self.now + self.request_ticks,
