@@ -316,6 +316,8 @@ impl Cluster {
             node.http.to_string(),
             "--peer".into(),
             node.peer.to_string(),
+            // The replicas' digests (`/v1/debug/digest`) are how a run compares them.
+            "--enable-debug".into(),
         ];
         if node.peer_listen != node.peer {
             args.push("--peer-listen".into());

@@ -576,6 +576,11 @@ pub fn classify(e: &ClientError) -> Outcome {
             status: 0,
             code: "unaddressable".into(),
         },
+        // Nothing is sent with a token that cannot be a header.
+        ClientError::BadToken => Outcome::Refused {
+            status: 0,
+            code: "bad_token".into(),
+        },
     }
 }
 

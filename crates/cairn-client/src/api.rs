@@ -568,3 +568,83 @@ pub struct RevertResponse {
     pub deleted: u64,
     pub shards: Vec<RevertShard>,
 }
+
+/// What a token lets its bearer do; each role can do everything the one before can.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Gets, scans, point-in-time reads, diffs, the cluster's status.
+    Read,
+    /// Reads, plus puts, deletes and batches.
+    Write,
+    /// Everything: snapshots, backups, reverts, membership, tokens, debug views.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Write => "write",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Role, String> {
+        match text {
+            "read" => Ok(Role::Read),
+            "write" => Ok(Role::Write),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!(
+                "no role `{other}`: roles are `read`, `write` and `admin`"
+            )),
+        }
+    }
+}
+
+/// Body of `POST /v1/auth/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    /// Who or what the token is for (1 to 128 bytes), shown in lists and audit records.
+    pub name: String,
+    pub role: Role,
+}
+
+/// A token as the cluster lists it: never its secret.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// The token's public id (the part between the dots).
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    /// When it was created, in milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// Who created it (a token's name, or `root`).
+    pub created_by: String,
+}
+
+/// The answer to `POST /v1/auth/tokens`: the only time the secret is shown.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CreatedToken {
+    /// The bearer token, `cairn.<id>.<secret>`: give it as `Authorization: Bearer ...`.
+    pub token: String,
+    #[serde(flatten)]
+    pub info: TokenInfo,
+}
+
+/// The answer to `GET /v1/auth/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenList {
+    pub tokens: Vec<TokenInfo>,
+}

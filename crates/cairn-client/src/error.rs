@@ -23,6 +23,10 @@ pub enum Error {
     /// every URL parser); nothing was sent.
     #[error("key {0:?} cannot be addressed in a URL path; use a batch")]
     UnaddressableKey(Vec<u8>),
+    /// The token holds bytes an HTTP header cannot carry (a newline, say); nothing
+    /// was sent. The token itself is not repeated here.
+    #[error("the token cannot be sent in an HTTP header (it holds control characters)")]
+    BadToken,
 }
 
 impl Error {

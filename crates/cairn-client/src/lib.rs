@@ -45,6 +45,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// up with their shards.
 const LONG_CALL_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// The media type every POST carries: the server refuses others, so that a browser's
+/// cross-site form post can never reach a route.
+const JSON: &str = "application/json";
+
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Consistency {
@@ -154,6 +158,23 @@ impl Client {
             // Only a TLS backend can make this fail, and this build has none.
             .expect("building a plain-HTTP reqwest client cannot fail");
         Client::with_http(base, http)
+    }
+
+    /// A client for the node at `base` that presents `token` (`cairn.<id>.<secret>`,
+    /// or a root token) as `Authorization: Bearer` on every request. The header is
+    /// marked sensitive, so it never shows in `Debug` output.
+    pub fn with_token(base: impl Into<String>, token: &str) -> Result<Client> {
+        let mut bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| Error::BadToken)?;
+        bearer.set_sensitive(true);
+        let headers =
+            reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, bearer)]);
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .default_headers(headers)
+            .build()
+            .expect("building a plain-HTTP reqwest client cannot fail");
+        Ok(Client::with_http(base, http))
     }
 
     /// A client sharing an existing `reqwest::Client` (and its pool and settings).
@@ -357,11 +378,44 @@ impl Client {
         json(check(self.http.post(url).json(&body).send().await?).await?).await
     }
 
+    /// Create a token with `role` (`POST /v1/auth/tokens`, admin only); the answer is
+    /// the only time its secret is shown.
+    pub async fn create_token(&self, name: &str, role: api::Role) -> Result<api::CreatedToken> {
+        let url = format!("{}/v1/auth/tokens", self.base);
+        let body = api::CreateToken {
+            name: name.to_owned(),
+            role,
+        };
+        json(check(self.http.post(url).json(&body).send().await?).await?).await
+    }
+
+    /// Every token of the cluster, without secrets (`GET /v1/auth/tokens`).
+    pub async fn tokens(&self) -> Result<Vec<api::TokenInfo>> {
+        let url = format!("{}/v1/auth/tokens", self.base);
+        let list: api::TokenList = json(check(self.http.get(url).send().await?).await?).await?;
+        Ok(list.tokens)
+    }
+
+    /// Revoke token `id` (`DELETE /v1/auth/tokens/{id}`): every node refuses it within
+    /// a second.
+    pub async fn revoke_token(&self, id: &str) -> Result<()> {
+        let url = format!(
+            "{}/v1/auth/tokens/{}",
+            self.base,
+            encode_with(id.as_bytes(), KEY_SET_NO_SLASH)
+        );
+        check(self.http.delete(url).send().await?).await.map(drop)
+    }
+
     /// Move every replica off node `node` (`POST /v1/nodes/{id}/decommission`);
     /// answers once it holds none.
     pub async fn decommission(&self, node: u64) -> Result<api::DecommissionResponse> {
         let url = format!("{}/v1/nodes/{node}/decommission", self.base);
-        let request = self.http.post(url).timeout(LONG_CALL_TIMEOUT);
+        let request = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, JSON)
+            .timeout(LONG_CALL_TIMEOUT);
         json(check(request.send().await?).await?).await
     }
 
@@ -388,7 +442,10 @@ impl Client {
     /// it, so taking another is safe.
     pub async fn create_snapshot(&self, name: Option<&str>) -> Result<api::SnapshotInfo> {
         let url = format!("{}/v1/snapshots", self.base);
-        let mut request = self.http.post(url);
+        let mut request = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, JSON);
         if let Some(name) = name {
             request = request.json(&api::CreateSnapshot {
                 name: Some(name.to_owned()),

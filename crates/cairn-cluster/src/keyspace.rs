@@ -20,6 +20,7 @@
 //! r/             cairn-server     revert audit records by millis BE ++ node BE
 //! n/state/       cairn-server     node id BE -> a node's state (`decommissioning`, ...)
 //! n/member/      cairn-server     node id BE -> peer address of a node that joined
+//! a/token/       cairn-server     token id -> the token's role, name and secret's hash
 //! ```
 
 /// Next epoch to allocate.
@@ -57,6 +58,9 @@ pub const NODE_STATE: &[u8] = b"n/state/";
 /// Nodes that joined after the cluster was founded, by node id: their peer address.
 pub const NODE_MEMBER: &[u8] = b"n/member/";
 
+/// Bearer tokens by id: role, name and the hash of the secret (never the secret).
+pub const AUTH_TOKEN: &[u8] = b"a/token/";
+
 /// Every prefix above, for checks.
 pub const ALL: &[&[u8]] = &[
     SNAPSHOT_NEXT,
@@ -75,6 +79,7 @@ pub const ALL: &[&[u8]] = &[
     REVERT_AUDIT,
     NODE_STATE,
     NODE_MEMBER,
+    AUTH_TOKEN,
 ];
 
 #[cfg(test)]

@@ -95,6 +95,15 @@ pub struct Config {
     /// Most replica moves a minute the meta leader makes to even out the nodes'
     /// replica counts; 0 never. Default 6.
     pub rebalance_rate: u32,
+    /// A file holding the root token; giving one turns authentication on (every
+    /// route but health, readiness, metrics and the API description needs a token).
+    /// The file is read at start; only its hash is kept.
+    pub root_token_file: Option<PathBuf>,
+    /// Listen beyond loopback without TLS and authentication. Default off: such a
+    /// node refuses to start (CockroachDB's `--insecure`).
+    pub insecure: bool,
+    /// Serve the `/v1/debug/*` views (admin only). Default off.
+    pub enable_debug: bool,
     /// Backups: default destination, throttle, schedules, S3 settings.
     pub backup: BackupSettings,
 }
@@ -234,6 +243,21 @@ pub struct Settings {
     /// a node joins); `0` never [default: 6].
     #[arg(long, env = "CAIRN_REBALANCE_RATE")]
     pub rebalance_rate: Option<u32>,
+    /// A file holding the root token (at least 32 printable characters; `cairn token
+    /// root FILE` writes one). Turns authentication on: clients then need a token
+    /// (`Authorization: Bearer ...`) for every route but /health, /ready, /metrics and
+    /// /v1/openapi.json. Every node of a cluster gets the same file.
+    #[arg(long, env = "CAIRN_ROOT_TOKEN_FILE")]
+    pub root_token_file: Option<PathBuf>,
+    /// Listen on non-loopback addresses although traffic is neither encrypted nor
+    /// (without --root-token-file) authenticated. Without it such a node refuses to
+    /// start [default: false].
+    #[arg(long, env = "CAIRN_INSECURE", num_args = 0..=1, default_missing_value = "true")]
+    pub insecure: Option<bool>,
+    /// Serve the /v1/debug views of replicas' versions and digests (admin only)
+    /// [default: false].
+    #[arg(long, env = "CAIRN_ENABLE_DEBUG", num_args = 0..=1, default_missing_value = "true")]
+    pub enable_debug: Option<bool>,
     /// Default backup destination (directory, file:///path or s3://bucket/prefix)
     /// [default: ./backups].
     #[arg(long, env = "CAIRN_BACKUP_DIR")]
@@ -294,6 +318,9 @@ impl Settings {
             lease_reads,
             dead_after,
             rebalance_rate,
+            root_token_file,
+            insecure,
+            enable_debug,
             backup_dir,
             backup_rate_limit,
             backup_allow,
@@ -398,6 +425,9 @@ impl Settings {
                     }
                 },
             },
+            root_token_file: self.root_token_file,
+            insecure: self.insecure.unwrap_or(false),
+            enable_debug: self.enable_debug.unwrap_or(false),
             backup: {
                 let mut backup = self.backup.unwrap_or_default();
                 backup.dir = self.backup_dir.or(backup.dir);
@@ -472,6 +502,7 @@ impl Config {
             return fail("--max-request-bytes must be at least --max-value-bytes".into());
         }
         self.check_limits_compose()?;
+        self.check_exposure()?;
         if self.request_timeout_ms < self.tick_ms {
             return fail("--request-timeout-ms must be at least one tick".into());
         }
@@ -479,6 +510,55 @@ impl Config {
             return fail("--lease-reads needs --election-ticks of at least 5".into());
         }
         Ok(())
+    }
+
+    /// Secure by default: a node listens beyond loopback only when told it may be
+    /// reached insecurely. Traffic is plaintext (Cairn has no TLS yet), so
+    /// `--insecure` is needed off loopback even with authentication on; without
+    /// authentication anyone who reaches the port could read and change everything.
+    fn check_exposure(&self) -> Result<(), ServerError> {
+        if self.insecure {
+            return Ok(());
+        }
+        let exposed: Vec<String> = [("--http", self.http), ("--peer-listen", self.peer_listen)]
+            .into_iter()
+            .filter(|(_, addr)| !addr.ip().is_loopback())
+            .map(|(flag, addr)| format!("{flag} {addr}"))
+            .collect();
+        if exposed.is_empty() {
+            return Ok(());
+        }
+        let auth = if self.root_token_file.is_some() {
+            "clients must present tokens, but tokens and data would cross the network unencrypted"
+        } else {
+            "anyone who reaches it could read, change and delete every key (no --root-token-file) over unencrypted connections"
+        };
+        Err(ServerError::Config(format!(
+            "refusing to listen beyond loopback ({}): {auth}, as Cairn has no TLS yet. \
+             Listen on 127.0.0.1, or pass --insecure to accept that",
+            exposed.join(", ")
+        )))
+    }
+
+    /// Whether this node can be reached insecurely: it is allowed to (`--insecure`)
+    /// and does listen beyond loopback or without authentication. Said at every start.
+    pub fn exposure_warning(&self) -> Option<String> {
+        let beyond = !self.http.ip().is_loopback() || !self.peer_listen.ip().is_loopback();
+        match (beyond, self.root_token_file.is_some()) {
+            (false, true) => None,
+            (false, false) => Some(
+                "authentication is off (no --root-token-file): any local user can read and change every key"
+                    .into(),
+            ),
+            (true, true) => Some(
+                "--insecure: listening beyond loopback without TLS; tokens and data cross the network in plaintext"
+                    .into(),
+            ),
+            (true, false) => Some(
+                "--insecure: listening beyond loopback without TLS or authentication; anyone who reaches this node can read, change and delete every key"
+                    .into(),
+            ),
+        }
     }
 
     /// The size limits compose, so every request, page and Raft entry fits in what
@@ -836,6 +916,63 @@ mod tests {
             ..base()
         };
         assert!(small.resolve().is_ok());
+    }
+
+    /// Secure by default: off loopback only with `--insecure`, and the refusal names
+    /// the addresses and what is missing.
+    #[test]
+    fn a_node_listens_beyond_loopback_only_when_told_it_is_insecure() {
+        let exposed = |http: &str, peer_listen: &str| Settings {
+            http: Some(http.parse().unwrap()),
+            peer_listen: Some(peer_listen.parse().unwrap()),
+            ..base()
+        };
+        let refused = exposed("0.0.0.0:8081", "127.0.0.1:9081")
+            .resolve()
+            .unwrap_err();
+        let message = refused.to_string();
+        assert!(message.contains("--http 0.0.0.0:8081"), "{message}");
+        assert!(message.contains("--insecure"), "{message}");
+        assert!(message.contains("no --root-token-file"), "{message}");
+        let refused = exposed("127.0.0.1:8081", "10.0.0.5:9081")
+            .resolve()
+            .unwrap_err();
+        assert!(refused.to_string().contains("--peer-listen 10.0.0.5:9081"));
+        // Authentication alone is not enough: the traffic would be plaintext.
+        let with_auth = Settings {
+            root_token_file: Some("root.token".into()),
+            ..exposed("0.0.0.0:8081", "0.0.0.0:9081")
+        };
+        let refused = with_auth.clone().resolve().unwrap_err().to_string();
+        assert!(refused.contains("unencrypted"), "{refused}");
+
+        let allowed = Settings {
+            insecure: Some(true),
+            ..with_auth
+        }
+        .resolve()
+        .expect("--insecure allows it");
+        assert!(allowed.exposure_warning().unwrap().contains("plaintext"));
+        let open = Settings {
+            insecure: Some(true),
+            ..exposed("0.0.0.0:8081", "127.0.0.1:9081")
+        }
+        .resolve()
+        .unwrap();
+        assert!(open.exposure_warning().unwrap().contains("anyone"));
+
+        let local = base().resolve().unwrap();
+        assert!(local
+            .exposure_warning()
+            .unwrap()
+            .contains("authentication is off"));
+        let secured = Settings {
+            root_token_file: Some("root.token".into()),
+            ..base()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(secured.exposure_warning(), None);
     }
 
     #[test]

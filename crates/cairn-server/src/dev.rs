@@ -72,6 +72,7 @@ impl DevArgs {
                     lease_reads: Some(self.lease_reads),
                     // A local playground: backups may go wherever its user says.
                     backup_allow: Some(vec!["*".into()]),
+                    enable_debug: Some(true),
                     ..Settings::default()
                 }
                 .resolve()
@@ -107,6 +108,9 @@ pub async fn run(
             first.http_addr()
         );
     }
+    println!(
+        "insecure by design: loopback only, no TLS, no authentication (see docs/SECURITY.md to secure a cluster)"
+    );
     println!("press Ctrl-C to stop");
     shutdown.await;
     println!("stopping...");

@@ -160,10 +160,18 @@ pub async fn prepare(mut config: Config, store: &NodeStore) -> Result<Config, Se
     }
     let mut tried = Vec::new();
     for endpoint in &config.join {
-        let answer = match Client::new(endpoint.clone())
-            .join(config.id, &config.peer.to_string())
-            .await
-        {
+        let client = match &config.root_token_file {
+            // With authentication on, admitting a node is an admin's call: the
+            // joiner presents the root token every node of the cluster is given.
+            Some(path) => {
+                let root = crate::auth::token::read_root_text(path)
+                    .map_err(|e| ServerError::Config(e.to_string()))?;
+                Client::with_token(endpoint.clone(), &root)
+                    .map_err(|e| ServerError::Config(e.to_string()))?
+            }
+            None => Client::new(endpoint.clone()),
+        };
+        let answer = match client.join(config.id, &config.peer.to_string()).await {
             Ok(answer) => answer,
             // A refusal is an answer: another member would give the same.
             Err(e) if e.code().is_some() => {

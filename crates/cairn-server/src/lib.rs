@@ -8,6 +8,7 @@
 //! keeps.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod departures;
 pub mod dev;

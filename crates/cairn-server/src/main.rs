@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
-use cli::{backup as backup_cli, bench, client};
+use cli::{backup as backup_cli, bench, client, token as token_cli};
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +40,9 @@ enum Command {
     /// Take, list and verify consistent backups.
     #[command(subcommand)]
     Backup(backup_cli::BackupCommand),
+    /// Make the root token; create, list and revoke clients' tokens.
+    #[command(subcommand)]
+    Token(token_cli::TokenCommand),
     /// Build a new cluster node's data directory from a backup chain (offline).
     Restore(backup_cli::RestoreArgs),
     #[command(flatten)]
@@ -98,6 +101,7 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(args) => bench::run(args).await,
             Command::Backup(command) => backup_cli::run_backup(command).await,
             Command::Restore(args) => backup_cli::run_restore(args).await,
+            Command::Token(command) => token_cli::run(command).await,
             Command::Client(command) => client::run(command).await,
         }
     })

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::api::{self, ApiState};
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::error::ServerError;
 use crate::identity;
@@ -52,6 +53,12 @@ impl Parts {
     /// and wire the routers, coordinators and the HTTP API's state. Starts no
     /// background task and listens on no HTTP port.
     pub async fn assemble(config: Config, store: NodeStore) -> Result<Parts, ServerError> {
+        let root_token = config
+            .root_token_file
+            .as_deref()
+            .map(crate::auth::token::read_root)
+            .transpose()
+            .map_err(|e| ServerError::Config(e.to_string()))?;
         let config = crate::join::prepare(config, &store).await?;
         let identity = identity::check_or_init(&store, &config)?;
         let raft_config = config.raft(identity.cluster_id.clone());
@@ -88,6 +95,7 @@ impl Parts {
             txns: txns.clone(),
             backups: backups.clone(),
             reverts,
+            auth: Arc::new(Auth::new(root_token, control.clone())),
             control: control.clone(),
             cluster_id: identity.cluster_id,
             metrics: prometheus(),
@@ -252,6 +260,9 @@ impl Node {
             what: "HTTP listener".into(),
             source,
         })?;
+        if let Some(warning) = config.exposure_warning() {
+            tracing::warn!(node = config.id, "insecure: {warning}");
+        }
         let sweeper = parts.spawn_background(CancellationToken::new());
         let stop_http = CancellationToken::new();
         let stop = stop_http.clone();

@@ -15,6 +15,7 @@ mod openapi;
 mod placement;
 mod request;
 mod snapshots;
+mod tokens;
 pub mod url;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use error::{ApiError, ErrorCode};
 
+use crate::auth::{access, Auth};
 use crate::config::Config;
 use crate::revert::Reverts;
 use crate::router::{Control, Router};
@@ -43,6 +45,8 @@ pub struct ApiState {
     pub reverts: Arc<Reverts>,
     /// Control calls (replica moves).
     pub control: Arc<Control>,
+    /// Who may do what (tokens, roles).
+    pub auth: Arc<Auth>,
     pub config: Config,
     pub cluster_id: String,
     pub metrics: Option<PrometheusHandle>,
@@ -59,7 +63,15 @@ impl ApiState {
 }
 
 /// Build the axum application.
+///
+/// Every route passes [`access::authorize`] first (its role, a POST's media type);
+/// the debug views exist only with `--enable-debug`.
 pub fn app(state: Arc<ApiState>) -> axum::Router {
+    let debug = if state.config.enable_debug {
+        debug::routes()
+    } else {
+        axum::Router::new()
+    };
     axum::Router::new()
         .route("/v1/kv", get(kv::scan))
         .route(
@@ -89,11 +101,23 @@ pub fn app(state: Arc<ApiState>) -> axum::Router {
         .route("/v1/shards/{id}/move", post(placement::move_replica))
         .route("/v1/nodes/join", post(placement::join))
         .route("/v1/nodes/{id}/decommission", post(placement::decommission))
+        .route("/v1/auth/tokens", get(tokens::list).post(tokens::create))
+        .route(
+            "/v1/auth/tokens/{id}",
+            axum::routing::delete(tokens::revoke),
+        )
         .route("/v1/openapi.json", get(openapi::document))
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))
         .route("/metrics", get(cluster::metrics))
-        .merge(debug::routes())
+        .merge(debug)
+        // A route layer runs once the route is matched, so it knows which one it
+        // guards; unmatched requests get the fallbacks' 404 and 405, which show
+        // nothing.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::authorize,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Bodies are read with explicit limits in the handlers, which answer in JSON.

@@ -11,7 +11,6 @@ use anyhow::{bail, Context as _};
 use cairn_backup::restore::{self, Target};
 use cairn_backup::{read_manifest, verify, Destination, Manifest, S3Options};
 use cairn_client::api::CreateBackup;
-use cairn_client::Client;
 use cairn_raft::Placement;
 use cairn_server::config::{parse_initial_cluster, DEFAULT_REPLICATION_FACTOR};
 use cairn_server::identity::cluster_id_of;
@@ -131,7 +130,7 @@ pub async fn run_backup(command: BackupCommand) -> anyhow::Result<()> {
             no_wait,
             endpoint,
         } => {
-            let client = Client::new(&endpoint.endpoint);
+            let client = endpoint.client()?;
             let started = client
                 .create_backup(&CreateBackup {
                     destination: to,
@@ -187,7 +186,7 @@ pub async fn run_backup(command: BackupCommand) -> anyhow::Result<()> {
             }
         }
         BackupCommand::Status { id, endpoint } => {
-            let info = Client::new(&endpoint.endpoint).backup(&id).await?;
+            let info = endpoint.client()?.backup(&id).await?;
             println!("{}", serde_json::to_string_pretty(&info)?);
             Ok(())
         }
@@ -195,7 +194,7 @@ pub async fn run_backup(command: BackupCommand) -> anyhow::Result<()> {
             dest: None,
             endpoint,
         } => {
-            for b in Client::new(&endpoint.endpoint).backups().await? {
+            for b in endpoint.client()?.backups().await? {
                 println!(
                     "{}\t{}\t{}\t{}\tsnapshot {}\t{} keys\t{} bytes{}",
                     b.id,
@@ -229,7 +228,7 @@ pub async fn run_backup(command: BackupCommand) -> anyhow::Result<()> {
             Ok(())
         }
         BackupCommand::Schedules { endpoint } => {
-            for s in Client::new(&endpoint.endpoint).backup_schedules().await? {
+            for s in endpoint.client()?.backup_schedules().await? {
                 println!(
                     "{}\t{}\t{}\tnext {}\tlast {}\t{}\tlag {}",
                     s.name,

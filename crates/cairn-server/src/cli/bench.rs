@@ -39,6 +39,8 @@ pub struct BenchArgs {
         default_value = "http://127.0.0.1:8081,http://127.0.0.1:8082,http://127.0.0.1:8083"
     )]
     endpoints: String,
+    #[command(flatten)]
+    credentials: super::client::Credentials,
     /// Concurrent clients.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -144,6 +146,8 @@ impl Phase {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let endpoints: Vec<String> = args.endpoints.split(',').map(str::to_owned).collect();
     anyhow::ensure!(!endpoints.is_empty(), "no endpoints");
+    // Check the token once, so every later client can be made without failing.
+    args.credentials.client(&endpoints[0])?;
     anyhow::ensure!(
         args.keys > 0 && args.concurrency > 0 && args.shards > 0,
         "keys, concurrency and shards must be positive"
@@ -179,8 +183,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl BenchArgs {
+    /// A client of `endpoint` with its own connection pool.
+    fn connect(&self, endpoint: &str) -> Client {
+        self.credentials
+            .client(endpoint)
+            .expect("the token was checked when the bench started")
+    }
+}
+
 async fn snapshots(args: &BenchArgs, endpoints: &[String], value: Values) -> anyhow::Result<()> {
-    let client = Client::new(endpoints[0].clone());
+    let client = args.connect(&endpoints[0]);
     preload(args, endpoints, &value).await?;
 
     let mut latencies = Vec::new();
@@ -241,7 +254,7 @@ async fn preload(args: &BenchArgs, endpoints: &[String], value: &Values) -> anyh
         .flat_map(|ids| ids.chunks(500).map(<[u64]>::to_vec).collect::<Vec<_>>())
         .collect();
     let mut loaded = futures::stream::iter(batches.into_iter().enumerate().map(|(n, ids)| {
-        let client = Client::new(endpoints[n % endpoints.len()].clone());
+        let client = args.connect(&endpoints[n % endpoints.len()]);
         let value = value.clone();
         async move {
             let ops = ids
@@ -325,7 +338,7 @@ async fn backup_and_restore(
     value: Values,
     url: &str,
 ) -> anyhow::Result<()> {
-    let client = Client::new(endpoints[0].clone());
+    let client = args.connect(&endpoints[0]);
     preload(args, endpoints, &value).await?;
     let live: u64 = (0..args.keys)
         .map(|i| (key(i).len() + args.value_size) as u64)
@@ -562,7 +575,7 @@ async fn phase(
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.duration);
     let snapshotter = snapshot_every.map(|every| {
-        let client = Client::new(endpoints[0].clone());
+        let client = args.connect(&endpoints[0]);
         tokio::spawn(async move {
             let mut taken = 0u64;
             while Instant::now() < deadline {
@@ -576,7 +589,7 @@ async fn phase(
     });
     let tasks: Vec<_> = (0..args.concurrency)
         .map(|i| {
-            let client = Client::new(endpoints[i % endpoints.len()].clone());
+            let client = args.connect(&endpoints[i % endpoints.len()]);
             let value = value.clone();
             let keys = args.keys;
             tokio::spawn(async move {

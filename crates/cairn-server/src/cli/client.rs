@@ -14,6 +14,51 @@ pub struct Endpoint {
         default_value = "http://127.0.0.1:8081"
     )]
     pub endpoint: String,
+    #[command(flatten)]
+    pub credentials: Credentials,
+}
+
+impl Endpoint {
+    /// A client of the endpoint, presenting the credentials given (if any).
+    pub fn client(&self) -> anyhow::Result<Client> {
+        self.credentials.client(&self.endpoint)
+    }
+}
+
+/// The token a command presents, for clusters that authenticate (`--root-token-file`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Credentials {
+    /// Bearer token (from `cairn token create`, or the root token). Prefer the
+    /// environment or --token-file: a flag's value shows in the process list.
+    #[arg(long, global = true, env = "CAIRN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the bearer token.
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_TOKEN_FILE",
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+impl Credentials {
+    pub fn client(&self, endpoint: &str) -> anyhow::Result<Client> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(token), _) => Some(token.trim().to_owned()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the token file {}", path.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        Ok(match token {
+            Some(token) => Client::with_token(endpoint, &token)?,
+            None => Client::new(endpoint),
+        })
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -148,7 +193,7 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
             as_of,
             endpoint,
         } => {
-            let client = Client::new(endpoint.endpoint);
+            let client = endpoint.client()?;
             let at = match (snapshot, as_of) {
                 (Some(s), _) => Some(ReadAt::Snapshot(s)),
                 (None, Some(t)) => Some(ReadAt::AsOf(t)),
@@ -187,19 +232,16 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
             } else {
                 value.into_bytes()
             };
-            let version = Client::new(endpoint.endpoint)
-                .put(key.as_bytes(), &value)
-                .await?;
+            let version = endpoint.client()?.put(key.as_bytes(), &value).await?;
             println!("version {version}");
         }
         ClientCommand::Delete { key, endpoint } => {
-            let r = Client::new(endpoint.endpoint)
-                .delete(key.as_bytes())
-                .await?;
+            let r = endpoint.client()?.delete(key.as_bytes()).await?;
             println!("deleted {} (version {})", r.deleted, r.version);
         }
         ClientCommand::Scan { prefix, endpoint } => {
-            let items = Client::new(endpoint.endpoint)
+            let items = endpoint
+                .client()?
                 .scan_all(prefix.as_bytes(), Consistency::Linearizable)
                 .await?;
             let mut out = std::io::stdout().lock();
@@ -211,16 +253,16 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
             }
         }
         ClientCommand::Cluster { endpoint } => {
-            let status = Client::new(endpoint.endpoint).cluster().await?;
+            let status = endpoint.client()?.cluster().await?;
             println!("{}", serde_json::to_string_pretty(&status)?);
         }
         ClientCommand::Snapshot(command) => snapshot(command).await?,
         ClientCommand::Node(NodeCommand::List { endpoint }) => {
-            let status = Client::new(endpoint.endpoint).cluster().await?;
+            let status = endpoint.client()?.cluster().await?;
             print!("{}", node_table(&status));
         }
         ClientCommand::Node(NodeCommand::Decommission { id, endpoint }) => {
-            let done = Client::new(endpoint.endpoint).decommission(id).await?;
+            let done = endpoint.client()?.decommission(id).await?;
             println!("{}", serde_json::to_string_pretty(&done)?);
         }
         ClientCommand::Shard(ShardCommand::Move {
@@ -229,9 +271,7 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
             to,
             endpoint,
         }) => {
-            let moved = Client::new(endpoint.endpoint)
-                .move_replica(shard, from, to)
-                .await?;
+            let moved = endpoint.client()?.move_replica(shard, from, to).await?;
             println!("{}", serde_json::to_string_pretty(&moved)?);
         }
     }
@@ -267,27 +307,21 @@ fn node_table(status: &cairn_client::api::ClusterStatus) -> String {
 async fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
     match command {
         SnapshotCommand::Create { name, endpoint } => {
-            let info = Client::new(endpoint.endpoint)
-                .create_snapshot(name.as_deref())
-                .await?;
+            let info = endpoint.client()?.create_snapshot(name.as_deref()).await?;
             println!("{}", serde_json::to_string_pretty(&info)?);
         }
         SnapshotCommand::List { limit, endpoint } => {
-            let list = Client::new(endpoint.endpoint)
-                .list_snapshots(None, Some(limit))
-                .await?;
+            let list = endpoint.client()?.list_snapshots(None, Some(limit)).await?;
             for s in list.snapshots {
                 println!("{:>8}  {}  {}", s.id, s.time, s.name.unwrap_or_default());
             }
         }
         SnapshotCommand::Show { snapshot, endpoint } => {
-            let info = Client::new(endpoint.endpoint).snapshot(&snapshot).await?;
+            let info = endpoint.client()?.snapshot(&snapshot).await?;
             println!("{}", serde_json::to_string_pretty(&info)?);
         }
         SnapshotCommand::Delete { snapshot, endpoint } => {
-            Client::new(endpoint.endpoint)
-                .delete_snapshot(&snapshot)
-                .await?;
+            endpoint.client()?.delete_snapshot(&snapshot).await?;
             println!("deleted snapshot {snapshot}");
         }
     }

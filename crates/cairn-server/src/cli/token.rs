@@ -1,0 +1,87 @@
+//! `cairn token root|create|list|revoke`: the root token every node is given, and the
+//! tokens an admin hands to people and programs.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use cairn_client::api::Role;
+use cairn_server::auth::token;
+
+use super::client::Endpoint;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Write a new root token to FILE (mode 0600; refuses to overwrite). Give every
+    /// node that file with --root-token-file to turn authentication on.
+    Root { file: PathBuf },
+    /// Create a token and print it (the only time it is shown).
+    Create {
+        /// Who or what the token is for.
+        #[arg(long)]
+        name: String,
+        /// `read`, `write` or `admin`.
+        #[arg(long)]
+        role: Role,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// List the cluster's tokens (ids, names, roles; never secrets).
+    List {
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// Revoke a token by id: every node refuses it within a second.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+}
+
+pub async fn run(command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Root { file } => {
+            let mut out = std::fs::OpenOptions::new();
+            out.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut out, 0o600);
+            let mut out = out
+                .open(&file)
+                .with_context(|| format!("creating {}", file.display()))?;
+            writeln!(out, "{}", token::new_root())?;
+            out.sync_all()?;
+            eprintln!(
+                "wrote a root token to {}; give every node `--root-token-file {}`",
+                file.display(),
+                file.display()
+            );
+        }
+        TokenCommand::Create {
+            name,
+            role,
+            endpoint,
+        } => {
+            let created = endpoint.client()?.create_token(&name, role).await?;
+            eprintln!(
+                "token {} ({}, role {}): keep it secret, it is not shown again",
+                created.info.id, created.info.name, created.info.role
+            );
+            println!("{}", created.token);
+        }
+        TokenCommand::List { endpoint } => {
+            println!("{:<16}  {:<5}  {:<24}  NAME", "ID", "ROLE", "CREATED BY");
+            for t in endpoint.client()?.tokens().await? {
+                println!(
+                    "{:<16}  {:<5}  {:<24}  {}",
+                    t.id, t.role, t.created_by, t.name
+                );
+            }
+        }
+        TokenCommand::Revoke { id, endpoint } => {
+            endpoint.client()?.revoke_token(&id).await?;
+            println!("revoked token {id}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,319 @@
+//! Authentication and roles, end to end against real `cairn server` processes started
+//! with `--root-token-file`: every route of the OpenAPI document is tried without a
+//! token and with each role's token, tokens are revoked, and no secret reaches a log.
+
+#[path = "harness/mod.rs"]
+mod harness;
+
+use std::time::Duration;
+
+use cairn_client::api::Role;
+use cairn_client::Client;
+use harness::{eventually, Cluster, ClusterOptions};
+use reqwest::Method;
+
+/// A cluster whose nodes all hold the root token `root`.
+async fn secured(nodes: usize) -> (Cluster, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("root.token");
+    let output = std::process::Command::new(harness::cairn_bin())
+        .args(["token", "root"])
+        .arg(&path)
+        .output()
+        .expect("run `cairn token root`");
+    assert!(output.status.success(), "{output:?}");
+    let root = std::fs::read_to_string(&path).unwrap().trim().to_owned();
+    let cluster = Cluster::start(ClusterOptions {
+        nodes,
+        shards: 2,
+        extra_args: vec![
+            "--root-token-file".into(),
+            path.display().to_string(),
+            "--snapshot-interval-ms".into(),
+            "0".into(),
+        ],
+        ..ClusterOptions::default()
+    })
+    .await;
+    (cluster, root, dir)
+}
+
+struct Answer {
+    status: u16,
+    code: Option<String>,
+    challenge: Option<String>,
+}
+
+/// One request as a client would send it; a POST says it is JSON, with a body that
+/// is not (so no handler that is reached changes anything).
+async fn send(method: &Method, url: &str, token: Option<&str>) -> Answer {
+    let mut request = reqwest::Client::new().request(method.clone(), url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if *method == Method::POST {
+        request = request
+            .header("content-type", "application/json")
+            .body("not json");
+    }
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = response.status().as_u16();
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    Answer {
+        status,
+        code: body["error"]["code"].as_str().map(str::to_owned),
+        challenge,
+    }
+}
+
+/// Every operation of the OpenAPI document: method, a concrete path whose parameters
+/// name nothing that exists (so an allowed admin call is refused by its handler, not
+/// carried out), and the role it needs (`None`: open).
+fn operations(doc: &serde_json::Value) -> Vec<(Method, String, Option<Role>)> {
+    let mut all = Vec::new();
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        let concrete = path
+            .replace("{key}", "auth-test-key")
+            .replace("{id}", "999")
+            .replace("{a}", "998")
+            .replace("{b}", "999");
+        for (method, op) in ops.as_object().expect("operations") {
+            if method == "parameters" {
+                continue;
+            }
+            let role = op["x-cairn-role"]
+                .as_str()
+                .map(|r| r.parse().expect("a role"));
+            let open = op["security"].as_array().is_some_and(|s| s.is_empty());
+            assert!(
+                role.is_some() != open,
+                "{method} {path}: an operation is open or names its role, not both or neither"
+            );
+            let method: Method = method.to_uppercase().parse().expect("a method");
+            all.push((method, concrete.clone(), role));
+        }
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_needs_its_role_and_a_revoked_token_stops_working() {
+    let (cluster, root, _root_dir) = secured(3).await;
+    let base = format!("http://{}", cluster.http_addr(1));
+    let admin = Client::with_token(&base, &root).unwrap();
+
+    // The document is open; everything in it is tried.
+    let doc: serde_json::Value = reqwest::get(format!("{base}/v1/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let operations = operations(&doc);
+    assert!(operations.len() > 25, "{} operations", operations.len());
+
+    let mut tokens = Vec::new();
+    for role in [Role::Read, Role::Write, Role::Admin] {
+        let created = admin
+            .create_token(&format!("{role}-app"), role)
+            .await
+            .unwrap();
+        assert_eq!(created.info.role, role);
+        assert_eq!(created.info.created_by, "root");
+        tokens.push((role, created.token));
+    }
+    let strangers = [
+        None,
+        Some("cairn.0123456789abcdef.".to_owned() + &"0".repeat(64)),
+        Some(format!("{}x", tokens[2].1)),
+        Some("not-a-token".to_owned()),
+    ];
+
+    for (method, path, needs) in &operations {
+        let url = format!("{base}{path}");
+        for stranger in &strangers {
+            let got = send(method, &url, stranger.as_deref()).await;
+            match needs {
+                None => assert!(
+                    ![401, 403].contains(&got.status),
+                    "{method} {path} is open, but answered {}",
+                    got.status
+                ),
+                Some(_) => {
+                    assert_eq!(
+                        (got.status, got.code.as_deref()),
+                        (401, Some("unauthenticated")),
+                        "{method} {path} with {stranger:?}"
+                    );
+                    assert_eq!(got.challenge.as_deref(), Some("Bearer"));
+                }
+            }
+        }
+        let Some(needs) = needs else { continue };
+        for (role, token) in tokens
+            .iter()
+            .map(|(r, t)| (*r, t.as_str()))
+            .chain([(Role::Admin, root.as_str())])
+        {
+            let got = send(method, &url, Some(token)).await;
+            if role < *needs {
+                assert_eq!(
+                    (got.status, got.code.as_deref()),
+                    (403, Some("forbidden")),
+                    "{method} {path} with a {role} token"
+                );
+            } else {
+                assert!(
+                    ![401, 403, 415].contains(&got.status),
+                    "{method} {path} with a {role} token answered {} {:?}",
+                    got.status,
+                    got.code
+                );
+            }
+        }
+    }
+
+    // A write token writes and reads; a read token only reads; on any node.
+    let writer =
+        Client::with_token(format!("http://{}", cluster.http_addr(2)), &tokens[1].1).unwrap();
+    let reader =
+        Client::with_token(format!("http://{}", cluster.http_addr(3)), &tokens[0].1).unwrap();
+    writer
+        .put(b"greeting", b"hello")
+        .await
+        .expect("a write token writes");
+    assert_eq!(
+        reader.get(b"greeting").await.unwrap().map(|g| g.value),
+        Some(b"hello".to_vec())
+    );
+    let refused = reader.put(b"greeting", b"bye").await.unwrap_err();
+    assert_eq!(refused.status(), Some(403));
+    assert_eq!(
+        writer.get(b"greeting").await.unwrap().map(|g| g.value),
+        Some(b"hello".to_vec()),
+        "a refused write changed nothing"
+    );
+
+    // Listed without secrets.
+    let listed = admin.tokens().await.unwrap();
+    assert_eq!(listed.len(), 3);
+    let shown = serde_json::to_string(&listed).unwrap();
+    for (_, token) in &tokens {
+        let secret = token.rsplit('.').next().unwrap();
+        assert!(!shown.contains(secret), "a listed token shows its secret");
+    }
+
+    // Revoked: refused on every node within the cache's second (give it a few).
+    let writer_id = listed
+        .iter()
+        .find(|t| t.role == Role::Write)
+        .unwrap()
+        .id
+        .clone();
+    admin.revoke_token(&writer_id).await.unwrap();
+    for node in cluster.ids() {
+        let client =
+            Client::with_token(format!("http://{}", cluster.http_addr(node)), &tokens[1].1)
+                .unwrap();
+        eventually(
+            "the revoked token is refused",
+            Duration::from_secs(10),
+            || {
+                let client = client.clone();
+                async move {
+                    match client.get(b"greeting").await {
+                        Err(e) if e.status() == Some(401) => Ok(()),
+                        other => Err(format!("{other:?}")),
+                    }
+                }
+            },
+        )
+        .await;
+    }
+    for node in cluster.ids() {
+        let client =
+            Client::with_token(format!("http://{}", cluster.http_addr(node)), &tokens[1].1)
+                .unwrap();
+        let refused = client.put(b"greeting", b"after").await.unwrap_err();
+        assert_eq!(refused.code(), Some("unauthenticated"), "node {node}");
+    }
+    let again = admin.revoke_token(&writer_id).await.unwrap_err();
+    assert_eq!(again.code(), Some("token_not_found"));
+    assert_eq!(
+        admin.get(b"greeting").await.unwrap().map(|g| g.value),
+        Some(b"hello".to_vec()),
+        "no write of the revoked token went through"
+    );
+
+    // No secret reaches a log.
+    for node in cluster.ids() {
+        for path in [cluster.stderr_path(node), cluster.stdout_path(node)] {
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                !log.contains(&root),
+                "{} holds the root token",
+                path.display()
+            );
+            for (_, token) in &tokens {
+                let secret = token.rsplit('.').next().unwrap();
+                assert!(!log.contains(secret), "{} holds a token", path.display());
+            }
+        }
+    }
+}
+
+/// Without authentication (a loopback node), a web page the node's user visits could
+/// still post to it: only the media type stands in the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_that_is_not_json_changes_nothing() {
+    let cluster = Cluster::start(ClusterOptions {
+        nodes: 1,
+        shards: 2,
+        ..ClusterOptions::default()
+    })
+    .await;
+    let base = format!("http://{}", cluster.http_addr(1));
+    let admin = cluster.client(1);
+    let batch = r#"{"ops":[{"op":"put","key":"csrf","value":"written"}]}"#;
+    // What a browser's cross-site form (or `no-cors` fetch) can send.
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        let mut request = reqwest::Client::new()
+            .post(format!("{base}/v1/batch"))
+            .body(batch);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 415, "{content_type:?}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unsupported_media_type");
+    }
+    assert_eq!(
+        admin.get(b"csrf").await.unwrap(),
+        None,
+        "a refused post wrote"
+    );
+    // The same body, said to be JSON, is written.
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/batch"))
+        .header("content-type", "application/json; charset=utf-8")
+        .body(batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(admin.get(b"csrf").await.unwrap().is_some());
+}
