@@ -147,7 +147,7 @@ impl Transport {
                 Err(e) => break Err(e.into()),
             };
             match frame {
-                Frame::Raft { shard, msg } => self.deliver(shard, &msg),
+                Frame::Raft { shard, msg } => self.deliver(sender.0, shard, &msg),
                 Frame::Call { id, call } => {
                     let shard = call.shard();
                     match self.admit(sender, id) {
@@ -200,7 +200,7 @@ impl Transport {
                     if let Err(e) = self.stage_chunk(&mut staging, shard, Vec::new()).await {
                         break Err(e);
                     }
-                    let handed = self.hand_snapshot(shard, &msg).await;
+                    let handed = self.hand_snapshot(sender.0, shard, &msg).await;
                     staging = None;
                     match handed {
                         Ok(()) => match encode(&Frame::SnapshotAck, max_frame) {

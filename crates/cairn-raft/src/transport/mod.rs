@@ -343,15 +343,39 @@ impl Transport {
         }
     }
 
-    fn deliver(&self, shard: ShardId, bytes: &[u8]) {
+    /// Hand a Raft message from the connection of peer `sender` to its replica.
+    /// A message must come from the node that sent it and be for this node: one that
+    /// claims another sender or addressee is dropped, so a connection speaks only
+    /// for the node its hello names (with mutual TLS, the node its certificate names).
+    fn deliver(&self, sender: u64, shard: ShardId, bytes: &[u8]) {
         let Some(replica) = self.inner.replicas.inbox(shard) else {
             return;
         };
         if let Ok(msg) = Message::parse_from_bytes(bytes) {
+            if !speaks_for(sender, self.inner.node_id, &msg) {
+                tracing::warn!(
+                    sender,
+                    claimed = msg.from,
+                    to = msg.to,
+                    shard,
+                    "dropped a Raft message whose sender or addressee is not this link's"
+                );
+                return;
+            }
             // A full inbox means the replica is behind; Raft will resend.
             let _ = replica.try_send(ReplicaMsg::Raft(Box::new(msg)));
         }
     }
+}
+
+/// Whether a Raft message that peer `sender` sent to node `me` says so. raft-rs
+/// forwards one kind with another node in `from`: a follower asked to hand
+/// leadership over passes `MsgTransferLeader` on to its leader with the transferee
+/// as `from`.
+fn speaks_for(sender: u64, me: u64, msg: &Message) -> bool {
+    let from_ok =
+        msg.from == sender || msg.get_msg_type() == raft::eraftpb::MessageType::MsgTransferLeader;
+    from_ok && msg.to == me
 }
 
 #[cfg(test)]
@@ -523,6 +547,68 @@ mod tests {
             Ok(Some(Ok(bytes))) => Some(bincode::deserialize::<Frame>(&bytes).unwrap()),
             _ => None,
         }
+    }
+
+    /// A connection speaks for the node its hello names: a Raft message claiming
+    /// another sender, or meant for another node, never reaches the replica.
+    #[tokio::test]
+    async fn a_raft_message_claiming_another_sender_is_dropped() {
+        use protobuf::Message as _;
+        let dir = tempfile::tempdir().unwrap();
+        let addr = free_addr();
+        let store = NodeStore::open(&dir.path().join("2")).unwrap();
+        let replicas = Arc::new(HostedReplicas::new(1));
+        let (bell, _rings) = crossbeam_channel::unbounded();
+        let (inbox, mailbox) = crate::replica::inbox::inbox(0, 16, bell);
+        replicas.set(
+            0,
+            Some(crate::hosted::Slot {
+                inbox,
+                state: store.shard_state(0).unwrap(),
+                gauges: Default::default(),
+            }),
+        );
+        let cancel = CancellationToken::new();
+        let handler = Arc::new(Counting {
+            calls: AtomicUsize::new(0),
+        });
+        let _transport = Transport::start(
+            &config(2, &[(2, addr)]),
+            replicas,
+            store,
+            handler,
+            cancel.clone(),
+        )
+        .await
+        .unwrap();
+        let raft = |from: u64, to: u64, term: u64| {
+            let mut msg = Message::default();
+            msg.from = from;
+            msg.to = to;
+            msg.term = term;
+            msg.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+            let msg = msg.write_to_bytes().unwrap();
+            encode(&Frame::Raft { shard: 0, msg }, MAX_FRAME).unwrap()
+        };
+        // The hello says node 1.
+        let mut link = dial(addr, 1).await;
+        link.send(raft(3, 2, 7)).await.unwrap();
+        link.send(raft(1, 5, 8)).await.unwrap();
+        link.send(raft(1, 2, 9)).await.unwrap();
+        link.send(encode(&Frame::Ping { nonce: 1 }, MAX_FRAME).unwrap())
+            .await
+            .unwrap();
+        // Frames are read in order: once the ping is answered, all three were handled.
+        assert!(matches!(
+            answer(&mut link).await,
+            Some(Frame::Pong { nonce: 1 })
+        ));
+        let mut delivered = Vec::new();
+        while let Ok(ReplicaMsg::Raft(msg)) = mailbox.try_recv() {
+            delivered.push((msg.from, msg.to, msg.term));
+        }
+        assert_eq!(delivered, vec![(1, 2, 9)]);
+        cancel.cancel();
     }
 
     /// A node whose data directory was wiped comes back with another data

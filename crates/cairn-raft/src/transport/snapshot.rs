@@ -94,10 +94,17 @@ impl Transport {
 
     pub(super) async fn hand_snapshot(
         &self,
+        sender: u64,
         shard: ShardId,
         bytes: &[u8],
     ) -> Result<(), PeerError> {
         let msg = Message::parse_from_bytes(bytes)?;
+        // As for every Raft message (`Transport::deliver`): only from the link's node.
+        if !super::speaks_for(sender, self.inner.node_id, &msg) {
+            return Err(PeerError::Protocol(
+                "a snapshot whose sender or addressee is not this link's",
+            ));
+        }
         let replica = self
             .inner
             .replicas
