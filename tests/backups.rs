@@ -609,7 +609,10 @@ async fn bad_backup_requests_change_nothing() {
     let http = reqwest::Client::new();
     let base = format!("http://{}", cluster.http_addr(1));
     let post = |body: String| {
-        let request = http.post(format!("{base}/v1/backups")).body(body);
+        let request = http
+            .post(format!("{base}/v1/backups"))
+            .header("content-type", "application/json")
+            .body(body);
         async move { request.send().await.unwrap() }
     };
     for (body, status, code) in cases {

@@ -55,6 +55,14 @@ async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<Ve
         .expect("client");
     let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
     let mut request = http.request(method.clone(), url);
+    // Every POST must say it is JSON (tests/auth.rs checks the refusal); a test that
+    // gives no media type means the usual one.
+    let typed = headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("content-type"));
+    if method == reqwest::Method::POST && !typed {
+        request = request.header("content-type", "application/json");
+    }
     for (name, value) in headers {
         request = request.header(
             HeaderName::from_bytes(name.as_bytes()).expect("header name"),
@@ -88,8 +96,14 @@ async fn raw(addr: SocketAddr, method: &str, target: &str, body: &[u8]) -> Resp 
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    // Every POST must say it is JSON (tests/auth.rs checks the refusal).
+    let media = if method == "POST" {
+        "Content-Type: application/json\r\n"
+    } else {
+        ""
+    };
     let head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{media}Content-Length: {}\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await.expect("write head");

@@ -43,6 +43,9 @@ pub struct ClusterOptions {
     pub extra_args: Vec<String>,
     /// Set in every node's environment, at every start (e.g. `FAILPOINTS`).
     pub env: Vec<(String, String)>,
+    /// HTTPS and mutual TLS between peers, with certificates made for the cluster;
+    /// [`Cluster::client`] trusts their CA.
+    pub tls: bool,
 }
 
 impl Default for ClusterOptions {
@@ -52,6 +55,7 @@ impl Default for ClusterOptions {
             shards: 8,
             extra_args: Vec::new(),
             env: Vec::new(),
+            tls: false,
         }
     }
 }
@@ -83,6 +87,7 @@ impl Cluster {
         let mut options = processes::ClusterOptions::new(cairn_bin());
         options.nodes = opts.nodes;
         options.shards = opts.shards;
+        options.tls = opts.tls;
         // Tests write backups to temporary directories: allow those, and no more, so
         // the destination check stays on.
         options.extra_args = vec![
@@ -102,6 +107,16 @@ impl Cluster {
         }
         cluster.wait_ready().await;
         cluster
+    }
+
+    /// The CA's certificate (PEM) of a cluster started with `tls`.
+    pub fn ca_pem(&self) -> Option<&[u8]> {
+        self.inner.ca_pem()
+    }
+
+    /// Node `id`'s base URL (`https://` under TLS).
+    pub fn url(&self, id: usize) -> String {
+        format!("{}://{}", self.inner.scheme(), self.http_addr(id))
     }
 
     /// Node ids, 1..=n.

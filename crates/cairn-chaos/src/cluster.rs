@@ -51,6 +51,10 @@ pub struct ClusterOptions {
     pub proxied: bool,
     /// Prefix of the temporary directory's name.
     pub dir_prefix: String,
+    /// TLS on: a CA and a certificate per node are made in the cluster's directory
+    /// (`cairn certs`), nodes serve HTTPS and speak mutual TLS to each other, and the
+    /// cluster's clients trust only that CA.
+    pub tls: bool,
 }
 
 impl ClusterOptions {
@@ -64,6 +68,7 @@ impl ClusterOptions {
             extra_args: Vec::new(),
             proxied: false,
             dir_prefix: "cairn-test-".into(),
+            tls: false,
         }
     }
 }
@@ -104,6 +109,8 @@ pub struct Cluster {
     nodes: Vec<Node>,
     initial_cluster: String,
     proxy_listeners: Vec<(NodeId, TcpListener)>,
+    /// The CA's certificate (PEM) when TLS is on.
+    ca: Option<Vec<u8>>,
     // Dropped after the children are killed (Drop runs before fields drop).
     dir: tempfile::TempDir,
 }
@@ -123,6 +130,16 @@ impl Cluster {
             .prefix(&opts.dir_prefix)
             .tempdir()
             .map_err(|e| ChaosError::io("create a temporary directory", e))?;
+        let ca = if opts.tls {
+            Some(make_certificates(
+                &opts.binary,
+                &dir.path().join("certs"),
+                opts.nodes + opts.spares,
+            )?)
+        } else {
+            None
+        };
+        let scheme = if opts.tls { "https" } else { "http" };
         // Every listener is held until all ports are chosen, so no two coincide.
         let mut held = Vec::new();
         let mut nodes = Vec::new();
@@ -145,7 +162,7 @@ impl Cluster {
             };
             let http_addr = local_addr(&http)?;
             held.push(http);
-            let base = format!("http://{http_addr}");
+            let base = format!("{scheme}://{http_addr}");
             nodes.push(Node {
                 id,
                 http: http_addr,
@@ -156,8 +173,12 @@ impl Cluster {
                 joins: !founder,
                 child: None,
                 paused: false,
-                client: Client::new(base.clone()),
-                control: Client::with_http(base, http_client(CONTROL_TIMEOUT)),
+                client: Client::with_options(base.clone(), None, ca.as_deref())
+                    .map_err(|e| ChaosError::Misuse(format!("the test CA: {e}")))?,
+                control: Client::with_http(
+                    base,
+                    http_client_trusting(CONTROL_TIMEOUT, ca.as_deref())?,
+                ),
             });
         }
         drop(held);
@@ -172,6 +193,7 @@ impl Cluster {
             nodes,
             initial_cluster,
             proxy_listeners,
+            ca,
             dir,
         })
     }
@@ -236,6 +258,20 @@ impl Cluster {
     /// A client talking to node `id` (the client's own 10 s deadline).
     pub fn client(&self, id: NodeId) -> Result<Client> {
         Ok(self.node(id)?.client.clone())
+    }
+
+    /// `https` when TLS is on, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.opts.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The CA's certificate (PEM), when TLS is on.
+    pub fn ca_pem(&self) -> Option<&[u8]> {
+        self.ca.as_deref()
     }
 
     /// A client for node `id` with a short deadline, for status questions.
@@ -319,6 +355,18 @@ impl Cluster {
             // The replicas' digests (`/v1/debug/digest`) are how a run compares them.
             "--enable-debug".into(),
         ];
+        if self.opts.tls {
+            let certs = self.dir().join("certs");
+            let file = |name: String| certs.join(name).display().to_string();
+            args.extend([
+                "--tls-ca".into(),
+                file("ca.crt".into()),
+                "--tls-cert".into(),
+                file(format!("node-{id}.crt")),
+                "--tls-key".into(),
+                file(format!("node-{id}.key")),
+            ]);
+        }
         if node.peer_listen != node.peer {
             args.push("--peer-listen".into());
             args.push(node.peer_listen.to_string());
@@ -329,7 +377,7 @@ impl Cluster {
                 .nodes
                 .iter()
                 .filter(|n| !n.joins)
-                .map(|n| format!("http://{}", n.http))
+                .map(|n| format!("{}://{}", self.scheme(), n.http))
                 .collect();
             args.extend(["--join".into(), founders.join(",")]);
         } else {
@@ -750,6 +798,67 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// A reqwest client with a deadline that trusts only the CA `ca` (PEM), if given.
+pub fn http_client_trusting(timeout: Duration, ca: Option<&[u8]>) -> Result<reqwest::Client> {
+    let Some(ca) = ca else {
+        return Ok(http_client(timeout));
+    };
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false);
+    for root in reqwest::Certificate::from_pem_bundle(ca)
+        .map_err(|e| ChaosError::Misuse(format!("the test CA: {e}")))?
+    {
+        builder = builder.add_root_certificate(root);
+    }
+    builder
+        .build()
+        .map_err(|e| ChaosError::Misuse(format!("an HTTPS client: {e}")))
+}
+
+/// Make a CA and certificates for nodes 1 to `nodes` in `dir` with `binary`'s
+/// `certs` commands; the CA's certificate (PEM).
+fn make_certificates(
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    nodes: usize,
+) -> Result<Vec<u8>> {
+    let run = |args: Vec<String>| -> Result<()> {
+        let output = std::process::Command::new(binary)
+            .args(&args)
+            .output()
+            .map_err(|e| {
+                ChaosError::io(format!("run {} {}", binary.display(), args.join(" ")), e)
+            })?;
+        if !output.status.success() {
+            return Err(ChaosError::Misuse(format!(
+                "`cairn {}` failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            )));
+        }
+        Ok(())
+    };
+    let dir_arg = dir.display().to_string();
+    run(vec![
+        "certs".into(),
+        "create-ca".into(),
+        "--dir".into(),
+        dir_arg.clone(),
+    ])?;
+    for id in 1..=nodes {
+        run(vec![
+            "certs".into(),
+            "create-node".into(),
+            id.to_string(),
+            "--dir".into(),
+            dir_arg.clone(),
+        ])?;
+    }
+    std::fs::read(dir.join("ca.crt")).map_err(|e| ChaosError::io("read the test CA", e))
 }
 
 /// A reqwest client with a deadline, for plain HTTP on loopback.

@@ -577,7 +577,7 @@ pub fn classify(e: &ClientError) -> Outcome {
             code: "unaddressable".into(),
         },
         // Nothing is sent with a token that cannot be a header.
-        ClientError::BadToken => Outcome::Refused {
+        ClientError::BadToken | ClientError::BadCa(_) => Outcome::Refused {
             status: 0,
             code: "bad_token".into(),
         },

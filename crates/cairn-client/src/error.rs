@@ -27,6 +27,9 @@ pub enum Error {
     /// was sent. The token itself is not repeated here.
     #[error("the token cannot be sent in an HTTP header (it holds control characters)")]
     BadToken,
+    /// The CA certificate given to trust could not be used; nothing was sent.
+    #[error("the CA certificate: {0}")]
+    BadCa(String),
 }
 
 impl Error {

@@ -155,8 +155,8 @@ impl Client {
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .build()
-            // Only a TLS backend can make this fail, and this build has none.
-            .expect("building a plain-HTTP reqwest client cannot fail");
+            // Only loading TLS roots can make this fail, and this client loads none.
+            .expect("building a reqwest client without TLS roots cannot fail");
         Client::with_http(base, http)
     }
 
@@ -164,16 +164,41 @@ impl Client {
     /// or a root token) as `Authorization: Bearer` on every request. The header is
     /// marked sensitive, so it never shows in `Debug` output.
     pub fn with_token(base: impl Into<String>, token: &str) -> Result<Client> {
-        let mut bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| Error::BadToken)?;
-        bearer.set_sensitive(true);
-        let headers =
-            reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, bearer)]);
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .default_headers(headers)
+        Client::with_options(base, Some(token), None)
+    }
+
+    /// A client for the node at `base` with an optional bearer token and, for
+    /// `https://` nodes, the PEM certificate(s) of the cluster's CA: the only
+    /// authority the client then trusts.
+    pub fn with_options(
+        base: impl Into<String>,
+        token: Option<&str>,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Client> {
+        let mut builder = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
+        if let Some(token) = token {
+            let mut bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| Error::BadToken)?;
+            bearer.set_sensitive(true);
+            builder = builder.default_headers(reqwest::header::HeaderMap::from_iter([(
+                reqwest::header::AUTHORIZATION,
+                bearer,
+            )]));
+        }
+        if let Some(pem) = ca_pem {
+            let roots = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| Error::BadCa(e.to_string()))?;
+            if roots.is_empty() {
+                return Err(Error::BadCa("no PEM certificate in it".into()));
+            }
+            builder = builder.use_rustls_tls().tls_built_in_root_certs(false);
+            for root in roots {
+                builder = builder.add_root_certificate(root);
+            }
+        }
+        let http = builder
             .build()
-            .expect("building a plain-HTTP reqwest client cannot fail");
+            .map_err(|e| Error::BadCa(format!("building the HTTPS client: {e}")))?;
         Ok(Client::with_http(base, http))
     }
 

@@ -145,6 +145,8 @@ pub struct RaftConfig {
     /// batch of reads ([`RaftConfig::lease_ticks`]). Off by default: it trades a
     /// round trip for an assumption about clocks ([`MAX_CLOCK_DRIFT_PERCENT`]).
     pub lease_reads: bool,
+    /// Mutual TLS on the peer port (`transport::tls`); `None` is plaintext.
+    pub tls: Option<crate::transport::tls::PeerTls>,
 }
 
 /// How a cluster's groups were placed on its nodes when it was created: the voters

@@ -67,6 +67,7 @@ impl TestCluster {
             replica_threads: 2,
             limits: Default::default(),
             lease_reads: false,
+            tls: None,
         };
         // While a host is down, the others keep dialling it, and any outgoing
         // connection of this process may take its (ephemeral-range) port as a local

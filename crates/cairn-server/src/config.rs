@@ -102,10 +102,23 @@ pub struct Config {
     /// Listen beyond loopback without TLS and authentication. Default off: such a
     /// node refuses to start (CockroachDB's `--insecure`).
     pub insecure: bool,
+    /// TLS: HTTPS for clients and mutual TLS between peers; `None` is plaintext.
+    pub tls: Option<TlsFiles>,
     /// Serve the `/v1/debug/*` views (admin only). Default off.
     pub enable_debug: bool,
     /// Backups: default destination, throttle, schedules, S3 settings.
     pub backup: BackupSettings,
+}
+
+/// A node's TLS material, as files (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The cluster CA's certificate: the only authority peers are checked against.
+    pub ca: PathBuf,
+    /// This node's certificate, naming `node-<id>.cairn` and the hosts clients use.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
 }
 
 /// The `[backup]` table of the config file (and its flags).
@@ -249,9 +262,18 @@ pub struct Settings {
     /// /v1/openapi.json. Every node of a cluster gets the same file.
     #[arg(long, env = "CAIRN_ROOT_TOKEN_FILE")]
     pub root_token_file: Option<PathBuf>,
-    /// Listen on non-loopback addresses although traffic is neither encrypted nor
-    /// (without --root-token-file) authenticated. Without it such a node refuses to
-    /// start [default: false].
+    /// The cluster CA's certificate (PEM). With --tls-cert and --tls-key, turns TLS
+    /// on: HTTPS for clients, mutual TLS between peers (`cairn certs` makes them).
+    #[arg(long, env = "CAIRN_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM), from `cairn certs create-node`.
+    #[arg(long, env = "CAIRN_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "CAIRN_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Listen on non-loopback addresses without TLS (--tls-*) and authentication
+    /// (--root-token-file). Without it such a node refuses to start [default: false].
     #[arg(long, env = "CAIRN_INSECURE", num_args = 0..=1, default_missing_value = "true")]
     pub insecure: Option<bool>,
     /// Serve the /v1/debug views of replicas' versions and digests (admin only)
@@ -319,6 +341,9 @@ impl Settings {
             dead_after,
             rebalance_rate,
             root_token_file,
+            tls_ca,
+            tls_cert,
+            tls_key,
             insecure,
             enable_debug,
             backup_dir,
@@ -427,6 +452,15 @@ impl Settings {
             },
             root_token_file: self.root_token_file,
             insecure: self.insecure.unwrap_or(false),
+            tls: match (self.tls_ca, self.tls_cert, self.tls_key) {
+                (Some(ca), Some(cert), Some(key)) => Some(TlsFiles { ca, cert, key }),
+                (None, None, None) => None,
+                _ => {
+                    return Err(ServerError::Config(
+                        "TLS needs all three of --tls-ca, --tls-cert and --tls-key".into(),
+                    ))
+                }
+            },
             enable_debug: self.enable_debug.unwrap_or(false),
             backup: {
                 let mut backup = self.backup.unwrap_or_default();
@@ -512,12 +546,11 @@ impl Config {
         Ok(())
     }
 
-    /// Secure by default: a node listens beyond loopback only when told it may be
-    /// reached insecurely. Traffic is plaintext (Cairn has no TLS yet), so
-    /// `--insecure` is needed off loopback even with authentication on; without
-    /// authentication anyone who reaches the port could read and change everything.
+    /// Secure by default: a node listens beyond loopback only with TLS (`--tls-*`)
+    /// and authentication (`--root-token-file`), or when told it may be reached
+    /// insecurely (`--insecure`).
     fn check_exposure(&self) -> Result<(), ServerError> {
-        if self.insecure {
+        if self.insecure || (self.tls.is_some() && self.root_token_file.is_some()) {
             return Ok(());
         }
         let exposed: Vec<String> = [("--http", self.http), ("--peer-listen", self.peer_listen)]
@@ -528,34 +561,40 @@ impl Config {
         if exposed.is_empty() {
             return Ok(());
         }
-        let auth = if self.root_token_file.is_some() {
-            "clients must present tokens, but tokens and data would cross the network unencrypted"
-        } else {
-            "anyone who reaches it could read, change and delete every key (no --root-token-file) over unencrypted connections"
+        let missing = match (self.tls.is_some(), self.root_token_file.is_some()) {
+            (false, true) => {
+                "without TLS (--tls-ca, --tls-cert, --tls-key), tokens and data would cross the network unencrypted and anyone could speak to the peer port"
+            }
+            (true, false) => {
+                "without authentication (--root-token-file), anyone who reaches it could read, change and delete every key"
+            }
+            _ => {
+                "without TLS (--tls-ca, --tls-cert, --tls-key) and authentication (--root-token-file), anyone who reaches it could read, change and delete every key, over unencrypted connections"
+            }
         };
         Err(ServerError::Config(format!(
-            "refusing to listen beyond loopback ({}): {auth}, as Cairn has no TLS yet. \
-             Listen on 127.0.0.1, or pass --insecure to accept that",
+            "refusing to listen beyond loopback ({}): {missing}. Listen on 127.0.0.1, \
+             secure the node (docs/SECURITY.md), or pass --insecure to accept that",
             exposed.join(", ")
         )))
     }
 
-    /// Whether this node can be reached insecurely: it is allowed to (`--insecure`)
-    /// and does listen beyond loopback or without authentication. Said at every start.
+    /// Whether this node can be reached insecurely, said at every start.
     pub fn exposure_warning(&self) -> Option<String> {
         let beyond = !self.http.ip().is_loopback() || !self.peer_listen.ip().is_loopback();
-        match (beyond, self.root_token_file.is_some()) {
-            (false, true) => None,
-            (false, false) => Some(
+        let (tls, auth) = (self.tls.is_some(), self.root_token_file.is_some());
+        match (beyond, tls, auth) {
+            (_, true, true) | (false, false, true) => None,
+            (false, _, false) => Some(
                 "authentication is off (no --root-token-file): any local user can read and change every key"
                     .into(),
             ),
-            (true, true) => Some(
-                "--insecure: listening beyond loopback without TLS; tokens and data cross the network in plaintext"
+            (true, false, true) => Some(
+                "--insecure: listening beyond loopback without TLS; tokens and data cross the network in plaintext, and anyone who reaches the peer port can speak for a member"
                     .into(),
             ),
-            (true, false) => Some(
-                "--insecure: listening beyond loopback without TLS or authentication; anyone who reaches this node can read, change and delete every key"
+            (true, _, false) => Some(
+                "--insecure: listening beyond loopback without authentication; anyone who reaches this node can read, change and delete every key"
                     .into(),
             ),
         }
@@ -695,6 +734,8 @@ impl Config {
             replica_threads: self.replica_threads,
             limits: self.raft_limits(),
             lease_reads: self.lease_reads,
+            // Loaded from `tls` when the node starts (`Parts::assemble`).
+            tls: None,
         }
     }
 }
@@ -933,7 +974,8 @@ mod tests {
         let message = refused.to_string();
         assert!(message.contains("--http 0.0.0.0:8081"), "{message}");
         assert!(message.contains("--insecure"), "{message}");
-        assert!(message.contains("no --root-token-file"), "{message}");
+        assert!(message.contains("(--root-token-file)"), "{message}");
+        assert!(message.contains("--tls-cert"), "{message}");
         let refused = exposed("127.0.0.1:8081", "10.0.0.5:9081")
             .resolve()
             .unwrap_err();
@@ -945,6 +987,32 @@ mod tests {
         };
         let refused = with_auth.clone().resolve().unwrap_err().to_string();
         assert!(refused.contains("unencrypted"), "{refused}");
+        // TLS alone is not enough either: anyone could still read everything.
+        let tls = |s: Settings| Settings {
+            tls_ca: Some("ca.crt".into()),
+            tls_cert: Some("node-1.crt".into()),
+            tls_key: Some("node-1.key".into()),
+            ..s
+        };
+        let refused = tls(exposed("0.0.0.0:8081", "0.0.0.0:9081"))
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("without authentication"), "{refused}");
+        // Both: a secured node listens anywhere, and says nothing at start.
+        let secured = tls(with_auth.clone())
+            .resolve()
+            .expect("TLS and tokens suffice");
+        assert_eq!(secured.exposure_warning(), None);
+        let partial = Settings {
+            tls_key: None,
+            ..tls(base())
+        };
+        assert!(partial
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("all three"));
 
         let allowed = Settings {
             insecure: Some(true),

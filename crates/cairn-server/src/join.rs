@@ -143,6 +143,29 @@ pub async fn admit(
     })
 }
 
+/// A client of the member at `endpoint`. With authentication on, admitting a node is
+/// an admin's call: the joiner presents the root token every node of the cluster is
+/// given. With TLS on, it trusts only the cluster's CA.
+fn join_client(config: &Config, endpoint: &str) -> Result<Client, ServerError> {
+    let root = config
+        .root_token_file
+        .as_deref()
+        .map(crate::auth::token::read_root_text)
+        .transpose()
+        .map_err(|e| ServerError::Config(e.to_string()))?;
+    let ca = config
+        .tls
+        .as_ref()
+        .map(|tls| {
+            std::fs::read(&tls.ca).map_err(|e| {
+                ServerError::Config(format!("reading --tls-ca {}: {e}", tls.ca.display()))
+            })
+        })
+        .transpose()?;
+    Client::with_options(endpoint, root.as_deref(), ca.as_deref())
+        .map_err(|e| ServerError::Config(e.to_string()))
+}
+
 /// Before a node starts: on a joining node's first start, join through `--join` and
 /// record the answer; on a later start of a node that joined, take its members from
 /// its directory. Founding members pass through unchanged.
@@ -160,17 +183,7 @@ pub async fn prepare(mut config: Config, store: &NodeStore) -> Result<Config, Se
     }
     let mut tried = Vec::new();
     for endpoint in &config.join {
-        let client = match &config.root_token_file {
-            // With authentication on, admitting a node is an admin's call: the
-            // joiner presents the root token every node of the cluster is given.
-            Some(path) => {
-                let root = crate::auth::token::read_root_text(path)
-                    .map_err(|e| ServerError::Config(e.to_string()))?;
-                Client::with_token(endpoint.clone(), &root)
-                    .map_err(|e| ServerError::Config(e.to_string()))?
-            }
-            None => Client::new(endpoint.clone()),
-        };
+        let client = join_client(&config, endpoint)?;
         let answer = match client.join(config.id, &config.peer.to_string()).await {
             Ok(answer) => answer,
             // A refusal is an answer: another member would give the same.

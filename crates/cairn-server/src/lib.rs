@@ -13,6 +13,7 @@ pub mod config;
 pub mod departures;
 pub mod dev;
 pub mod error;
+pub mod https;
 pub mod identity;
 pub mod join;
 pub mod leadership;

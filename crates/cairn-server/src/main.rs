@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
-use cli::{backup as backup_cli, bench, client, token as token_cli};
+use cli::{backup as backup_cli, bench, certs as certs_cli, client, token as token_cli};
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +40,9 @@ enum Command {
     /// Take, list and verify consistent backups.
     #[command(subcommand)]
     Backup(backup_cli::BackupCommand),
+    /// Make the certificates of a cluster that uses TLS.
+    #[command(subcommand)]
+    Certs(certs_cli::CertsCommand),
     /// Make the root token; create, list and revoke clients' tokens.
     #[command(subcommand)]
     Token(token_cli::TokenCommand),
@@ -102,6 +105,7 @@ fn main() -> anyhow::Result<()> {
             Command::Backup(command) => backup_cli::run_backup(command).await,
             Command::Restore(args) => backup_cli::run_restore(args).await,
             Command::Token(command) => token_cli::run(command).await,
+            Command::Certs(command) => certs_cli::run(command),
             Command::Client(command) => client::run(command).await,
         }
     })

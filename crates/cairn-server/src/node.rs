@@ -29,6 +29,26 @@ use crate::error::ServerError;
 use crate::identity;
 use crate::revert::Reverts;
 use crate::router::{Control, Router};
+use cairn_raft::transport::tls::{PeerTls, TlsMaterial};
+
+/// The node's TLS material, loaded and checked against its id.
+fn load_tls(config: &Config) -> Result<Option<TlsMaterial>, ServerError> {
+    let Some(files) = &config.tls else {
+        return Ok(None);
+    };
+    let material = TlsMaterial::load(&files.ca, &files.cert, &files.key)
+        .map_err(|e| ServerError::Config(e.to_string()))?;
+    if !material.names_node(config.id) {
+        return Err(ServerError::Config(format!(
+            "the certificate {} does not name node {} ({}): make one with `cairn certs create-node {}`",
+            files.cert.display(),
+            config.id,
+            cairn_raft::transport::tls::node_name(config.id),
+            config.id
+        )));
+    }
+    Ok(Some(material))
+}
 
 /// How long shutdown waits for in-flight HTTP requests, and for the background
 /// tasks, before it drops what is left and says so.
@@ -46,6 +66,8 @@ pub struct Parts {
     pub backups: Arc<Backups<Control>>,
     pub control: Arc<Control>,
     pub api: Arc<ApiState>,
+    /// The HTTPS server's configuration, when TLS is on.
+    pub https: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Parts {
@@ -59,9 +81,20 @@ impl Parts {
             .map(crate::auth::token::read_root)
             .transpose()
             .map_err(|e| ServerError::Config(e.to_string()))?;
+        let tls = load_tls(&config)?;
         let config = crate::join::prepare(config, &store).await?;
         let identity = identity::check_or_init(&store, &config)?;
-        let raft_config = config.raft(identity.cluster_id.clone());
+        let mut raft_config = config.raft(identity.cluster_id.clone());
+        raft_config.tls = tls
+            .as_ref()
+            .map(PeerTls::new)
+            .transpose()
+            .map_err(|e| ServerError::Config(e.to_string()))?;
+        let https = tls
+            .as_ref()
+            .map(|material| material.server_config(false))
+            .transpose()
+            .map_err(|e| ServerError::Config(e.to_string()))?;
         let raft = Arc::new(MultiRaft::start(raft_config, store.clone()).await?);
         let path = raft
             .take_control()
@@ -110,6 +143,7 @@ impl Parts {
             backups,
             control,
             api,
+            https,
         })
     }
 
@@ -268,16 +302,35 @@ impl Node {
         let stop = stop_http.clone();
         let app = parts.app();
         let span = tracing::info_span!("http", node = config.id, %http_addr);
-        let http = tokio::spawn(
-            async move {
-                let serve = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await });
-                if let Err(e) = serve.await {
-                    tracing::error!(error = %e, "HTTP server failed");
+        let stopped = async move { stop.cancelled().await };
+        let http =
+            match &parts.https {
+                Some(tls) => {
+                    let listener = crate::https::HttpsListener::new(listener, tls.clone())
+                        .map_err(|source| ServerError::Io {
+                            what: "HTTPS listener".into(),
+                            source,
+                        })?;
+                    tokio::spawn(
+                        async move {
+                            let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
+                            if let Err(e) = serve.await {
+                                tracing::error!(error = %e, "HTTPS server failed");
+                            }
+                        }
+                        .instrument(span),
+                    )
                 }
-            }
-            .instrument(span),
-        );
+                None => tokio::spawn(
+                    async move {
+                        let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
+                        if let Err(e) = serve.await {
+                            tracing::error!(error = %e, "HTTP server failed");
+                        }
+                    }
+                    .instrument(span),
+                ),
+            };
         tracing::info!(node = config.id, %http_addr, peer = %config.peer, "node started");
         let Parts {
             raft,

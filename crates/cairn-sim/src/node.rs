@@ -217,6 +217,7 @@ pub fn raft_config(
         replica_threads: 1,
         limits: Default::default(),
         lease_reads,
+        tls: None,
     }
 }
 

@@ -54,6 +54,7 @@ impl LocalCluster {
                 replica_threads: 2,
                 limits: Default::default(),
                 lease_reads: false,
+                tls: None,
             };
             // The ports were chosen free, then let go; until a host binds its own, an
             // outgoing connection of this process (another host dialling, a test

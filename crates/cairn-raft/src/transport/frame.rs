@@ -151,6 +151,10 @@ pub(super) enum PeerError {
     Store(#[from] cairn_store::StoreError),
     #[error("a blocking task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("TLS handshake: {0}")]
+    Tls(std::io::Error),
+    #[error("the peer's certificate does not name node {0}, which its hello claims")]
+    Impostor(u64),
 }
 
 /// Why a frame could not be encoded.

@@ -19,6 +19,8 @@ use tracing::Instrument;
 
 use super::frame::{codec, encode, encode_reply, Frame, PeerError};
 use super::ledger::Admission;
+use super::link::HANDSHAKE_DEADLINE;
+use super::tls::{certifies, PeerStream};
 use super::{CallHandler, Transport};
 
 impl Transport {
@@ -79,6 +81,17 @@ impl Transport {
         handler: Arc<dyn CallHandler>,
     ) -> Result<(), PeerError> {
         let max_frame = self.inner.max_frame;
+        let (stream, certificate) = match &self.inner.tls {
+            Some(tls) => match tokio::time::timeout(HANDSHAKE_DEADLINE, tls.accept(stream)).await {
+                Ok(Ok((stream, certificate))) => (stream, Some(certificate)),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "refused a peer connection: TLS handshake failed");
+                    return Err(PeerError::Tls(e));
+                }
+                Err(_) => return Err(PeerError::NoHello),
+            },
+            None => (PeerStream::Plain(stream), None),
+        };
         let mut framed = Framed::new(stream, codec(max_frame));
         let hello = tokio::time::timeout(Duration::from_secs(5), framed.next())
             .await
@@ -90,6 +103,13 @@ impl Transport {
                 incarnation,
                 data,
             }))) => {
+                // Under TLS a connection speaks for the node its certificate names.
+                if let Some(certificate) = &certificate {
+                    if !certifies(certificate, from) {
+                        tracing::warn!(from, "refused a peer whose certificate names another node");
+                        return Err(PeerError::Impostor(from));
+                    }
+                }
                 if cluster_id != self.inner.cluster_id {
                     tracing::warn!(from, %cluster_id, "refused a peer of another cluster");
                     return Err(PeerError::OtherCluster(cluster_id));

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use cairn_store::{NodeId, ShardId};
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
+
+use super::tls::{PeerStream, PeerTls};
 use tokio::sync::mpsc;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
@@ -193,13 +195,18 @@ fn lost_data(peer: NodeId, reason: &str) -> ! {
     std::process::abort();
 }
 
+/// How long a TLS handshake may take, either way.
+pub(super) const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Resolve `addr` (a name is looked up at every dial), dial its addresses in turn
-/// until one answers, and say hello.
+/// until one answers, open TLS to node `peer` if configured, and say hello.
 pub(super) async fn connect(
     addr: &PeerAddr,
+    peer: NodeId,
+    tls: Option<&PeerTls>,
     hello: Frame,
     max_frame: usize,
-) -> std::io::Result<Framed<TcpStream, LengthDelimitedCodec>> {
+) -> std::io::Result<Framed<PeerStream, LengthDelimitedCodec>> {
     let mut failed = std::io::Error::new(
         std::io::ErrorKind::NotFound,
         format!("{addr} resolves to nothing"),
@@ -222,6 +229,14 @@ pub(super) async fn connect(
     }
     let stream = dialled.ok_or(failed)?;
     stream.set_nodelay(true)?;
+    let stream = match tls {
+        Some(tls) => tokio::time::timeout(HANDSHAKE_DEADLINE, tls.dial(stream, peer))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+            })??,
+        None => PeerStream::Plain(stream),
+    };
     let mut framed = Framed::new(stream, codec(max_frame));
     let hello = encode(&hello, max_frame).map_err(std::io::Error::other)?;
     framed.send(hello).await?;
@@ -237,7 +252,7 @@ impl Transport {
         loop {
             let connected = tokio::select! {
                 _ = self.inner.cancel.cancelled() => return,
-                c = connect(&addr, self.hello(), self.inner.max_frame) => c,
+                c = connect(&addr, peer, self.inner.tls.as_ref(), self.hello(), self.inner.max_frame) => c,
             };
             match connected {
                 Ok(framed) => {
@@ -282,7 +297,7 @@ impl Transport {
     async fn pump(
         &self,
         peer: NodeId,
-        framed: Framed<TcpStream, LengthDelimitedCodec>,
+        framed: Framed<PeerStream, LengthDelimitedCodec>,
         rx: &mut mpsc::Receiver<Outbound>,
     ) -> ControlFlow<()> {
         let (mut sink, mut stream) = framed.split();

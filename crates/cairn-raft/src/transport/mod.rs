@@ -56,6 +56,7 @@ mod inbound;
 mod ledger;
 mod link;
 mod snapshot;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -130,6 +131,8 @@ struct Inner {
     ledger: Mutex<CallLedger>,
     /// One staged snapshot per shard at a time.
     stage_locks: Vec<Arc<tokio::sync::Mutex<()>>>,
+    /// Mutual TLS on every peer connection, when configured.
+    tls: Option<tls::PeerTls>,
     cancel: CancellationToken,
 }
 
@@ -170,6 +173,7 @@ impl Transport {
                 data_incarnation,
                 ledger: Mutex::new(CallLedger::default()),
                 stage_locks: (0..shards).map(|_| Default::default()).collect(),
+                tls: cfg.tls.clone(),
                 cancel,
             }),
         };
@@ -386,7 +390,6 @@ mod tests {
 
     use cairn_store::{ApplyOutcome, Page, Versioned};
     use futures::{SinkExt, StreamExt};
-    use tokio::net::TcpStream;
     use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
     use super::frame::encode;
@@ -473,6 +476,7 @@ mod tests {
                 max_entry_bytes: 1024,
             },
             lease_reads: false,
+            tls: None,
         }
     }
 
@@ -499,7 +503,10 @@ mod tests {
         (transport, handler, cancel)
     }
 
-    async fn dial(addr: SocketAddr, incarnation: u64) -> Framed<TcpStream, LengthDelimitedCodec> {
+    async fn dial(
+        addr: SocketAddr,
+        incarnation: u64,
+    ) -> Framed<tls::PeerStream, LengthDelimitedCodec> {
         dial_with_data(addr, incarnation, 1).await
     }
 
@@ -508,7 +515,7 @@ mod tests {
         addr: SocketAddr,
         incarnation: u64,
         data: u64,
-    ) -> Framed<TcpStream, LengthDelimitedCodec> {
+    ) -> Framed<tls::PeerStream, LengthDelimitedCodec> {
         for _ in 0..100 {
             let hello = Frame::Hello {
                 cluster_id: "c".into(),
@@ -516,7 +523,7 @@ mod tests {
                 incarnation,
                 data,
             };
-            if let Ok(framed) = connect(&addr.into(), hello, MAX_FRAME).await {
+            if let Ok(framed) = connect(&addr.into(), 2, None, hello, MAX_FRAME).await {
                 return framed;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -525,7 +532,7 @@ mod tests {
     }
 
     /// Replies arriving within a short while.
-    async fn replies(framed: &mut Framed<TcpStream, LengthDelimitedCodec>) -> Vec<u64> {
+    async fn replies(framed: &mut Framed<tls::PeerStream, LengthDelimitedCodec>) -> Vec<u64> {
         let mut ids = Vec::new();
         while let Ok(Some(Ok(bytes))) =
             tokio::time::timeout(Duration::from_millis(300), framed.next()).await
@@ -542,11 +549,106 @@ mod tests {
     }
 
     /// The first frame back on `framed` within a second, if any.
-    async fn answer(framed: &mut Framed<TcpStream, LengthDelimitedCodec>) -> Option<Frame> {
+    async fn answer(framed: &mut Framed<tls::PeerStream, LengthDelimitedCodec>) -> Option<Frame> {
         match tokio::time::timeout(Duration::from_secs(1), framed.next()).await {
             Ok(Some(Ok(bytes))) => Some(bincode::deserialize::<Frame>(&bytes).unwrap()),
             _ => None,
         }
+    }
+
+    /// A CA and certificates for nodes 1 and 2 in `dir`, loaded.
+    fn pki(dir: &std::path::Path) -> (tls::TlsMaterial, tls::TlsMaterial) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        std::fs::write(dir.join("ca.crt"), ca_cert.pem()).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let node = |id: NodeId| {
+            let key = KeyPair::generate().unwrap();
+            let params = CertificateParams::new(vec![tls::node_name(id)]).unwrap();
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            let (c, k) = (dir.join(format!("{id}.crt")), dir.join(format!("{id}.key")));
+            std::fs::write(&c, cert.pem()).unwrap();
+            std::fs::write(&k, key.serialize_pem()).unwrap();
+            tls::TlsMaterial::load(&dir.join("ca.crt"), &c, &k).unwrap()
+        };
+        (node(1), node(2))
+    }
+
+    /// Under mutual TLS a connection speaks for the node its certificate names: a
+    /// peer with node 1's certificate is served as node 1, and refused when its hello
+    /// claims node 3; a peer without a certificate, or speaking plaintext, gets
+    /// nothing; and a dialler refuses a node whose certificate names another.
+    #[tokio::test]
+    async fn under_tls_a_peer_is_the_node_its_certificate_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one, two) = pki(dir.path());
+        assert!(one.names_node(1) && !one.names_node(2));
+        let addr = free_addr();
+        let store = NodeStore::open(&dir.path().join("data")).unwrap();
+        let mut cfg = config(2, &[(2, addr)]);
+        cfg.tls = Some(tls::PeerTls::new(&two).unwrap());
+        let cancel = CancellationToken::new();
+        let handler = Arc::new(Counting {
+            calls: AtomicUsize::new(0),
+        });
+        let _transport = Transport::start(
+            &cfg,
+            Arc::new(HostedReplicas::new(0)),
+            store,
+            handler,
+            cancel.clone(),
+        )
+        .await
+        .unwrap();
+        let as_one = tls::PeerTls::new(&one).unwrap();
+        let hello = |from: NodeId| Frame::Hello {
+            cluster_id: "c".into(),
+            from,
+            incarnation: 1,
+            data: 1,
+        };
+        let ping = || encode(&Frame::Ping { nonce: 4 }, MAX_FRAME).unwrap();
+        let mut dial = None;
+        for _ in 0..100 {
+            if let Ok(framed) = connect(&addr.into(), 2, Some(&as_one), hello(1), MAX_FRAME).await {
+                dial = Some(framed);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut honest = dial.expect("node 1 connects under TLS");
+        honest.send(ping()).await.unwrap();
+        assert!(matches!(
+            answer(&mut honest).await,
+            Some(Frame::Pong { nonce: 4 })
+        ));
+
+        let mut impostor = connect(&addr.into(), 2, Some(&as_one), hello(3), MAX_FRAME)
+            .await
+            .expect("the handshake itself succeeds");
+        let _ = impostor.send(ping()).await;
+        assert!(
+            answer(&mut impostor).await.is_none(),
+            "node 1 spoke as node 3"
+        );
+
+        let mut plain = connect(&addr.into(), 2, None, hello(1), MAX_FRAME)
+            .await
+            .expect("TCP connects");
+        let _ = plain.send(ping()).await;
+        assert!(
+            answer(&mut plain).await.is_none(),
+            "a plaintext peer was served"
+        );
+
+        // A dialler that meant node 5 does not accept node 2's certificate.
+        assert!(connect(&addr.into(), 5, Some(&as_one), hello(1), MAX_FRAME)
+            .await
+            .is_err());
+        cancel.cancel();
     }
 
     /// A connection speaks for the node its hello names: a Raft message claiming

@@ -129,7 +129,15 @@ impl Transport {
     ) -> Result<(), PeerError> {
         let upto = msg.get_snapshot().get_metadata().index;
         let max_frame = self.inner.max_frame;
-        let mut framed = connect(&addr, self.hello(), max_frame).await?;
+        let peer = msg.to;
+        let mut framed = connect(
+            &addr,
+            peer,
+            self.inner.tls.as_ref(),
+            self.hello(),
+            max_frame,
+        )
+        .await?;
         let mut versions: Versions = Box::new(state.export(upto));
         let mut sent = 0usize;
         loop {

@@ -33,6 +33,7 @@ pub fn config(node: u64, voters: u64, shards: u32) -> RaftConfig {
         replica_threads: 1,
         limits: Default::default(),
         lease_reads: false,
+        tls: None,
     }
 }
 

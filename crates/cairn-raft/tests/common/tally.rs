@@ -174,6 +174,7 @@ impl Group {
                     cluster_id: "tally".into(),
                     request_ticks: 1000,
                     lease_reads,
+                    tls: None,
                     ..super::config(node, 3, 1)
                 },
                 store.clone(),

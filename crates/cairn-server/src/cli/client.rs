@@ -40,6 +40,10 @@ pub struct Credentials {
         conflicts_with = "token"
     )]
     pub token_file: Option<std::path::PathBuf>,
+    /// The cluster CA's certificate (PEM), to trust an `https://` endpoint (the only
+    /// authority trusted then).
+    #[arg(long, global = true, env = "CAIRN_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Credentials {
@@ -54,9 +58,17 @@ impl Credentials {
             ),
             (None, None) => None,
         };
-        Ok(match token {
-            Some(token) => Client::with_token(endpoint, &token)?,
-            None => Client::new(endpoint),
+        let ca = self
+            .ca_file
+            .as_ref()
+            .map(|path| {
+                std::fs::read(path)
+                    .with_context(|| format!("reading the CA file {}", path.display()))
+            })
+            .transpose()?;
+        Ok(match (&token, &ca) {
+            (None, None) => Client::new(endpoint),
+            _ => Client::with_options(endpoint, token.as_deref(), ca.as_deref())?,
         })
     }
 }

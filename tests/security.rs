@@ -1,6 +1,7 @@
-//! Authentication and roles, end to end against real `cairn server` processes started
-//! with `--root-token-file`: every route of the OpenAPI document is tried without a
-//! token and with each role's token, tokens are revoked, and no secret reaches a log.
+//! Security end to end against real `cairn server` processes: authentication and
+//! roles (`--root-token-file`: every route of the OpenAPI document is tried without a
+//! token and with each role's token, tokens are revoked, no secret reaches a log),
+//! JSON-only POSTs, and TLS (HTTPS only, peers under mutual TLS).
 
 #[path = "harness/mod.rs"]
 mod harness;
@@ -12,8 +13,8 @@ use cairn_client::Client;
 use harness::{eventually, Cluster, ClusterOptions};
 use reqwest::Method;
 
-/// A cluster whose nodes all hold the root token `root`.
-async fn secured(nodes: usize) -> (Cluster, String, tempfile::TempDir) {
+/// A root token made by `cairn token root`, in a file of a temporary directory.
+fn root_token() -> (String, std::path::PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let path = dir.path().join("root.token");
     let output = std::process::Command::new(harness::cairn_bin())
@@ -23,6 +24,12 @@ async fn secured(nodes: usize) -> (Cluster, String, tempfile::TempDir) {
         .expect("run `cairn token root`");
     assert!(output.status.success(), "{output:?}");
     let root = std::fs::read_to_string(&path).unwrap().trim().to_owned();
+    (root, path, dir)
+}
+
+/// A cluster whose nodes all hold the root token `root`.
+async fn secured(nodes: usize) -> (Cluster, String, tempfile::TempDir) {
+    let (root, path, dir) = root_token();
     let cluster = Cluster::start(ClusterOptions {
         nodes,
         shards: 2,
@@ -316,4 +323,78 @@ async fn a_post_that_is_not_json_changes_nothing() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
     assert!(admin.get(b"csrf").await.unwrap().is_some());
+}
+
+/// With TLS on, a node serves HTTPS only, to clients that trust the cluster's CA, and
+/// its peers reach each other only under mutual TLS: writes forwarded between nodes,
+/// a snapshot (markers through every shard's leader) and reads at it all work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_serves_only_https_and_its_peers_speak_tls() {
+    let (root, path, _root_dir) = root_token();
+    let cluster = Cluster::start(ClusterOptions {
+        nodes: 3,
+        shards: 2,
+        tls: true,
+        extra_args: vec![
+            "--root-token-file".into(),
+            path.display().to_string(),
+            "--snapshot-interval-ms".into(),
+            "0".into(),
+        ],
+        ..ClusterOptions::default()
+    })
+    .await;
+    let ca = cluster.ca_pem().expect("a TLS cluster has a CA");
+    let client = |node: usize| {
+        assert!(cluster.url(node).starts_with("https://"));
+        Client::with_options(cluster.url(node), Some(&root), Some(ca)).unwrap()
+    };
+    for node in cluster.ids() {
+        for i in 0..4 {
+            let key = format!("tls/{node}/{i}");
+            client(node)
+                .put(key.as_bytes(), b"v")
+                .await
+                .expect("a write");
+        }
+    }
+    let snapshot = client(2).create_snapshot(None).await.expect("a snapshot");
+    let at = cairn_client::ReadAt::id(snapshot.id);
+    for node in cluster.ids() {
+        let read = client(node)
+            .get_at(b"tls/1/3", &at)
+            .await
+            .expect("a read at it");
+        assert_eq!(read.value.map(|g| g.value), Some(b"v".to_vec()));
+    }
+    let status = client(1).cluster().await.unwrap();
+    assert!(
+        status.links.iter().all(|l| l.state == "up"),
+        "every peer link is up under mutual TLS: {:?}",
+        status.links
+    );
+
+    // A plaintext client on the HTTPS port gets nothing.
+    let plain = reqwest::get(format!("http://{}/health", cluster.http_addr(1))).await;
+    assert!(plain.is_err(), "plaintext HTTP was answered: {plain:?}");
+    // A client that does not trust the cluster's CA refuses the node.
+    let stranger = Client::new(cluster.url(1)).health().await;
+    assert!(stranger.is_err(), "a client without the CA connected");
+    // A plaintext peer gets nothing from the peer port: it closes the connection.
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut peer = tokio::net::TcpStream::connect(cluster.peer_addr(1))
+        .await
+        .unwrap();
+    let _ = peer.write_all(b"\x00\x00\x00\x05hello").await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), peer.read(&mut buf)).await;
+    match read {
+        Ok(Ok(n)) => assert!(
+            n == 0 || buf[0] == 0x15,
+            "the peer port answered plaintext with {:?}",
+            &buf[..n]
+        ),
+        Ok(Err(_)) => {}
+        Err(_) => panic!("the peer port held a plaintext connection open"),
+    }
 }
