@@ -298,6 +298,11 @@ pub struct Settings {
     /// The `[backup]` table (file only).
     #[arg(skip)]
     pub backup: Option<BackupSettings>,
+    /// Set by `cairn dev` only (no flag, no key): a local playground, where a backup
+    /// may go anywhere (`--backup-allow '*'`).
+    #[arg(skip)]
+    #[serde(skip)]
+    pub playground: Option<bool>,
 }
 
 macro_rules! merge_fields {
@@ -349,7 +354,8 @@ impl Settings {
             backup_dir,
             backup_rate_limit,
             backup_allow,
-            backup
+            backup,
+            playground
         )
     }
 
@@ -470,6 +476,16 @@ impl Settings {
                 backup
             },
         };
+        if config.backup.allow.iter().any(|root| root.trim() == "*")
+            && self.playground != Some(true)
+        {
+            return Err(ServerError::Config(
+                "--backup-allow '*' would let any client with the admin role write backups \
+                 anywhere this node can write; it is for `cairn dev` only. List the roots \
+                 backups may go under instead"
+                    .into(),
+            ));
+        }
         config.validate()?;
         config.backups()?;
         Ok(config)
@@ -858,6 +874,17 @@ mod tests {
     #[test]
     fn bad_settings_are_explained() {
         let err = |s: Settings| s.resolve().unwrap_err().to_string();
+        let anywhere = || Settings {
+            backup_allow: Some(vec!["/srv/backups".into(), "*".into()]),
+            ..base()
+        };
+        assert!(err(anywhere()).contains("`cairn dev` only"));
+        assert!(Settings {
+            playground: Some(true),
+            ..anywhere()
+        }
+        .resolve()
+        .is_ok());
         assert!(err(Settings { id: None, ..base() }).contains("--id"));
         assert!(err(Settings {
             id: Some(3),

@@ -72,6 +72,7 @@ impl DevArgs {
                     lease_reads: Some(self.lease_reads),
                     // A local playground: backups may go wherever its user says.
                     backup_allow: Some(vec!["*".into()]),
+                    playground: Some(true),
                     enable_debug: Some(true),
                     ..Settings::default()
                 }
