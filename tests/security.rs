@@ -398,3 +398,48 @@ async fn a_tls_cluster_serves_only_https_and_its_peers_speak_tls() {
         Err(_) => panic!("the peer port held a plaintext connection open"),
     }
 }
+
+/// A client that opens connections and sends nothing holds them for the header
+/// timeout (10 s) at most: past `--max-connections`, others wait, and are served once
+/// the server has closed the silent ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_cannot_starve_other_clients() {
+    use tokio::io::AsyncReadExt as _;
+    let cluster = Cluster::start(ClusterOptions {
+        nodes: 1,
+        shards: 2,
+        extra_args: vec!["--max-connections".into(), "4".into()],
+        ..ClusterOptions::default()
+    })
+    .await;
+    let addr = cluster.http_addr(1);
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let started = std::time::Instant::now();
+    let patient = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let answer = patient
+        .get(format!("http://{addr}/health"))
+        .send()
+        .await
+        .expect("served once the silent connections are closed");
+    assert!(answer.status().is_success());
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "a fifth connection was served while four silent ones held every slot"
+    );
+    for mut connection in silent {
+        let mut buf = [0u8; 256];
+        let read = tokio::time::timeout(Duration::from_secs(30), connection.read(&mut buf))
+            .await
+            .expect("the server closes a silent connection");
+        if let Ok(n) = read {
+            let answer = String::from_utf8_lossy(&buf[..n]);
+            assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
+        }
+    }
+}

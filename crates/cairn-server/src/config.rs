@@ -104,6 +104,9 @@ pub struct Config {
     pub insecure: bool,
     /// TLS: HTTPS for clients and mutual TLS between peers; `None` is plaintext.
     pub tls: Option<TlsFiles>,
+    /// Most HTTP connections served at once; more wait in the listen backlog.
+    /// Default 1024.
+    pub max_connections: usize,
     /// Serve the `/v1/debug/*` views (admin only). Default off.
     pub enable_debug: bool,
     /// Backups: default destination, throttle, schedules, S3 settings.
@@ -230,6 +233,10 @@ pub struct Settings {
     /// transaction) [default: 8388608].
     #[arg(long, env = "CAIRN_MAX_ENTRY_BYTES")]
     pub max_entry_bytes: Option<usize>,
+    /// Most HTTP connections served at once; more wait until one closes (a client
+    /// must send each request's headers within 10 s) [default: 1024].
+    #[arg(long, env = "CAIRN_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// Largest peer transport frame in bytes [default: 67108864].
     #[arg(long, env = "CAIRN_MAX_FRAME_BYTES")]
     pub max_frame_bytes: Option<usize>,
@@ -339,6 +346,7 @@ impl Settings {
             max_page_bytes,
             max_entry_bytes,
             max_frame_bytes,
+            max_connections,
             request_timeout_ms,
             snapshot_interval_ms,
             history_retention,
@@ -436,6 +444,7 @@ impl Settings {
                 .max_frame_bytes
                 .unwrap_or(cairn_raft::RaftLimits::default().max_frame_bytes),
             request_timeout_ms: self.request_timeout_ms.unwrap_or(5000),
+            max_connections: self.max_connections.unwrap_or(1024),
             snapshot_interval_ms: self.snapshot_interval_ms.unwrap_or(1000),
             history_retention: match self.history_retention.as_deref() {
                 None => Duration::from_secs(24 * 3600),
@@ -544,6 +553,9 @@ impl Config {
         }
         if self.replica_threads == 0 {
             return fail("--replica-threads must be at least 1".into());
+        }
+        if self.max_connections == 0 {
+            return fail("--max-connections must be at least 1".into());
         }
         if self.max_key_bytes == 0 || self.max_value_bytes == 0 || self.max_scan_limit == 0 {
             return fail("size limits must be positive".into());

@@ -22,6 +22,7 @@ pub mod node;
 pub mod rebalance;
 pub mod revert;
 pub mod router;
+pub mod serve;
 
 pub use config::{Config, Settings};
 pub use error::ServerError;

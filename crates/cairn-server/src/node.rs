@@ -302,35 +302,20 @@ impl Node {
         let stop = stop_http.clone();
         let app = parts.app();
         let span = tracing::info_span!("http", node = config.id, %http_addr);
-        let stopped = async move { stop.cancelled().await };
-        let http =
-            match &parts.https {
-                Some(tls) => {
-                    let listener = crate::https::HttpsListener::new(listener, tls.clone())
-                        .map_err(|source| ServerError::Io {
+        let most = config.max_connections;
+        let http = match &parts.https {
+            Some(tls) => {
+                let listener =
+                    crate::https::HttpsListener::new(listener, tls.clone()).map_err(|source| {
+                        ServerError::Io {
                             what: "HTTPS listener".into(),
                             source,
-                        })?;
-                    tokio::spawn(
-                        async move {
-                            let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
-                            if let Err(e) = serve.await {
-                                tracing::error!(error = %e, "HTTPS server failed");
-                            }
                         }
-                        .instrument(span),
-                    )
-                }
-                None => tokio::spawn(
-                    async move {
-                        let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
-                        if let Err(e) = serve.await {
-                            tracing::error!(error = %e, "HTTP server failed");
-                        }
-                    }
-                    .instrument(span),
-                ),
-            };
+                    })?;
+                tokio::spawn(crate::serve::serve(listener, app, most, stop).instrument(span))
+            }
+            None => tokio::spawn(crate::serve::serve(listener, app, most, stop).instrument(span)),
+        };
         tracing::info!(node = config.id, %http_addr, peer = %config.peer, "node started");
         let Parts {
             raft,
