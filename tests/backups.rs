@@ -1028,3 +1028,126 @@ async fn scheduled_backups_run_once_per_tick_across_a_meta_leader_kill() {
     assert!(schedules[0].next_run_ms.is_some());
     assert!(schedules[0].last_result.is_some());
 }
+
+/// With `--backup-key-file`, backups are sealed: no value can be read from the files,
+/// verify and restore without the key (or with another) refuse and say which key is
+/// needed, a tampered manifest fails verification naming it, and with the key a full
+/// and an incremental backup restore exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn encrypted_backups_need_their_key_and_restore_with_it() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("backup.key");
+    let other = keys.path().join("other.key");
+    for path in [&key, &other] {
+        let made = cairn(&["backup", "key", path.to_str().unwrap()], &[]);
+        assert!(made.status.success(), "{}", text(&made));
+    }
+    let dest_dir = tempfile::tempdir().unwrap();
+    let dest = dest_dir.path().display().to_string();
+    let cluster = Cluster::start(ClusterOptions {
+        extra_args: vec![
+            "--backup-key-file".into(),
+            key.display().to_string(),
+            "--snapshot-interval-ms".into(),
+            "0".into(),
+        ],
+        ..ClusterOptions::default()
+    })
+    .await;
+    let client = cluster.client(1);
+    let secret = b"a-value-that-must-not-be-readable-at-rest";
+    for i in 0..40 {
+        client
+            .put(format!("enc/{i:02}").as_bytes(), secret)
+            .await
+            .unwrap();
+    }
+    let full = backup(&client, &dest, false, None).await;
+    client
+        .put(b"enc/late", b"after the full backup")
+        .await
+        .unwrap();
+    let incremental = backup(&client, &dest, true, None).await;
+    let want = client
+        .scan_all(b"", Consistency::Linearizable)
+        .await
+        .unwrap();
+    drop(cluster);
+
+    // Nothing readable at rest.
+    for entry in walk(dest_dir.path()) {
+        let bytes = std::fs::read(&entry).unwrap();
+        if entry.ends_with("manifest.json") {
+            let manifest: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert!(manifest["encryption"]["key_id"].is_string(), "{manifest}");
+            assert!(manifest["mac"].is_string(), "{manifest}");
+        } else {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret),
+                "{} holds a value in the clear",
+                entry.display()
+            );
+        }
+    }
+
+    // Without the key, or with another, nothing verifies or restores; both say why.
+    for env in [
+        vec![],
+        vec![("CAIRN_BACKUP_KEY_FILE", other.to_str().unwrap())],
+    ] {
+        let verified = cairn(&["backup", "verify", &dest], &env);
+        assert!(!verified.status.success());
+        assert!(
+            text(&verified).contains("encrypted with key"),
+            "{}",
+            text(&verified)
+        );
+        let restored = cairn(&["restore", "--from", &dest, "--dry-run"], &env);
+        assert!(!restored.status.success());
+        assert!(
+            text(&restored).contains("encrypted with key"),
+            "{}",
+            text(&restored)
+        );
+    }
+    let with_key = [("CAIRN_BACKUP_KEY_FILE", key.to_str().unwrap())];
+    let verified = cairn(&["backup", "verify", &dest], &with_key);
+    assert!(verified.status.success(), "{}", text(&verified));
+
+    // With the key: the incremental restores to the state it captured, the full to
+    // its own.
+    let (scan, _) = restore_and_scan(&dest, &["--backup", &incremental.id], &with_key).await;
+    assert_same("the incremental, restored", &scan, &want);
+    let (scan, _) = restore_and_scan(&dest, &["--backup", &full.id], &with_key).await;
+    assert_eq!(scan.len(), 40, "the full backup holds the first 40 keys");
+
+    // A manifest altered after the fact fails verification, naming it.
+    let manifest = dest_dir.path().join(&full.id).join("manifest.json");
+    let altered = std::fs::read_to_string(&manifest).unwrap().replacen(
+        "\"schedule\": null",
+        "\"schedule\": \"forged\"",
+        1,
+    );
+    std::fs::write(&manifest, altered).unwrap();
+    let verified = cairn(&["backup", "verify", &dest, "--id", &full.id], &with_key);
+    assert!(!verified.status.success());
+    let said = text(&verified);
+    assert!(
+        said.contains("manifest.json") && said.contains("MAC"),
+        "{said}"
+    );
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}

@@ -42,6 +42,9 @@ pub enum BackupError {
     /// not make the node write wherever it likes.
     #[error("{0}")]
     NotAllowed(String),
+    /// The backup key is missing, unreadable or not the one the backup needs.
+    #[error("backup key: {0}")]
+    Key(String),
     /// Someone else (the sweeper) decided this backup's fate first.
     #[error("{0}")]
     Superseded(String),

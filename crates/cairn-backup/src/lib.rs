@@ -4,7 +4,7 @@
 //! A backup is a completed snapshot's state written as one sorted, compressed,
 //! checksummed file per shard, plus a manifest written last (a backup without a
 //! manifest does not exist). This crate owns the file format ([`format`]), the
-//! manifest ([`manifest`]), destinations through `object_store` ([`destination`]),
+//! manifest ([`manifest`]), encryption at rest ([`seal`]), destinations through `object_store` ([`destination`]),
 //! the catalog of backups and schedules in the meta group ([`catalog`]), taking
 //! backups from this node's replicas ([`backups`]), schedules ([`schedule`]) and
 //! retention ([`retention`]), verification ([`verify`]) and offline restore
@@ -26,6 +26,7 @@ mod priority;
 pub mod restore;
 pub mod retention;
 pub mod schedule;
+pub mod seal;
 pub mod verify;
 pub mod write;
 
@@ -35,6 +36,7 @@ pub use catalog::{BackupRecord, BackupState, Progress};
 pub use destination::{Destination, S3Options, Upload};
 pub use error::BackupError;
 pub use format::{FileStats, Record, ShardReader, ShardWriter};
-pub use manifest::{FileEntry, Manifest, ParentRef, SnapshotRef};
+pub use manifest::{Encryption, FileEntry, Manifest, ParentRef, SnapshotRef};
+pub use seal::BackupKey;
 pub use verify::{read_manifest, verify, VerifyReport};
 pub use write::{put_manifest, put_shard_file};

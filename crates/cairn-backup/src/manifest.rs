@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::BackupError;
+use crate::seal::BackupKey;
 
 /// The manifest layout version; a reader refuses a newer one.
 pub const MANIFEST_VERSION: u32 = 1;
@@ -34,6 +35,23 @@ pub struct Manifest {
     /// snapshot whose cuts lie between its parent's and its own on every shard.
     #[serde(default)]
     pub covered: Vec<SnapshotRef>,
+    /// How the shard files are encrypted; absent: they are not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+    /// Keyed BLAKE3 (from the backup key) of this manifest with `mac` absent, hex:
+    /// present on every encrypted backup, so a tampered manifest is detected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// How a backup's files are encrypted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Encryption {
+    /// `xchacha20poly1305-stream64k` (docs/BACKUP_FORMAT.md).
+    pub cipher: String,
+    /// The id of the key (not the key): which key file opens it.
+    pub key_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +90,60 @@ impl Manifest {
     /// Every snapshot this backup restores to: the ones it covers, then its own.
     pub fn restorable(&self) -> impl Iterator<Item = &SnapshotRef> {
         self.covered.iter().chain(std::iter::once(&self.snapshot))
+    }
+
+    /// Mark the backup encrypted under `key` and sign the manifest with it (last:
+    /// nothing may change afterwards).
+    pub fn seal(&mut self, key: &BackupKey) {
+        self.encryption = Some(Encryption {
+            cipher: crate::seal::CIPHER.into(),
+            key_id: key.id(),
+        });
+        self.mac = None;
+        self.mac = Some(key.mac(&self.to_json()));
+    }
+
+    /// The id of the key the backup's files are sealed under, if they are.
+    pub fn key_id(&self) -> Option<&str> {
+        self.encryption.as_ref().map(|e| e.key_id.as_str())
+    }
+
+    /// Check that `key` opens this backup and that the manifest is the one it signed.
+    /// A plain backup needs no key (and has no MAC to check).
+    pub fn authenticate(&self, key: Option<&BackupKey>) -> Result<(), BackupError> {
+        let Some(encryption) = &self.encryption else {
+            return Ok(());
+        };
+        let name = format!("{}/{MANIFEST}", self.backup_id);
+        if encryption.cipher != crate::seal::CIPHER {
+            return Err(BackupError::BadFile {
+                file: name,
+                reason: format!("unknown cipher `{}`", encryption.cipher),
+            });
+        }
+        let key = key.ok_or_else(|| {
+            BackupError::Key(format!(
+                "backup {} is encrypted with key {}: give that key (--key-file)",
+                self.backup_id, encryption.key_id
+            ))
+        })?;
+        if key.id() != encryption.key_id {
+            return Err(BackupError::Key(format!(
+                "backup {} is encrypted with key {}, not the key given ({})",
+                self.backup_id,
+                encryption.key_id,
+                key.id()
+            )));
+        }
+        let mut bare = self.clone();
+        bare.mac = None;
+        match &self.mac {
+            Some(mac) if key.mac_matches(&bare.to_json(), mac) => Ok(()),
+            _ => Err(BackupError::BadFile {
+                file: name,
+                reason: "the manifest's MAC does not match: it was altered after the backup".into(),
+            }),
+        }
     }
 
     pub fn to_json(&self) -> Vec<u8> {

@@ -25,7 +25,9 @@ use crate::destination::Destination;
 use crate::error::BackupError;
 use crate::format::{Record, ShardReader};
 use crate::manifest::{Manifest, SnapshotRef, MANIFEST};
-use crate::verify::{check_file, read_manifest};
+use crate::seal::{BackupKey, Unsealed};
+use crate::verify::{check_file, read_manifest_with, Sealed};
+use crate::write::shard_file_name;
 
 /// Which point to restore.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +53,8 @@ pub struct RestorePlan {
     pub bytes: u64,
     /// Records in those files (an upper bound of the keys restored).
     pub versions: u64,
+    /// The key the chain's files are sealed under, if they are.
+    pub key: Option<BackupKey>,
 }
 
 impl RestorePlan {
@@ -70,16 +74,17 @@ pub async fn plan(
     dest: &Destination,
     backup: Option<&str>,
     target: &Target,
+    key: Option<&BackupKey>,
 ) -> Result<RestorePlan, BackupError> {
     let candidates = match backup {
-        Some(id) => vec![read_manifest(dest, id).await?],
+        Some(id) => vec![read_manifest_with(dest, id, key).await?],
         None => {
             // Every manifest is read strictly: skipping an unreadable one could
             // silently restore an older point than the one asked for. `--backup`
             // picks a backup without reading the others.
             let mut all = Vec::new();
             for id in dest.list_backups().await? {
-                all.push(read_manifest(dest, &id).await?);
+                all.push(read_manifest_with(dest, &id, key).await?);
             }
             all
         }
@@ -141,7 +146,7 @@ pub async fn plan(
         if chain.len() > 100_000 {
             return Err(BackupError::Corrupt("backup chain loops".into()));
         }
-        let manifest = read_manifest(dest, &parent.backup_id).await?;
+        let manifest = read_manifest_with(dest, &parent.backup_id, key).await?;
         if manifest.snapshot.cuts != parent.cuts {
             return Err(BackupError::BadFile {
                 file: format!("{}/{MANIFEST}", parent.backup_id),
@@ -172,6 +177,7 @@ pub async fn plan(
         files,
         bytes,
         versions,
+        key: key.cloned(),
     })
 }
 
@@ -213,7 +219,11 @@ pub async fn fetch(
         for file in &manifest.files {
             let name = format!("{}/{}", manifest.backup_id, file.path);
             let local = fetched.spool.join(format!("{n}-{}", file.shard));
-            check_file(dest, &name, file, Some(&local)).await?;
+            let sealed = Sealed {
+                with: manifest.key_id(),
+                key: plan.key.as_ref(),
+            };
+            check_file(dest, &name, file, Some(&local), sealed).await?;
             per_shard.insert(file.shard, local);
             progress(file.bytes);
         }
@@ -225,13 +235,13 @@ pub async fn fetch(
 /// The newest version below a cut of each key of one shard, merged across a chain's
 /// files, each sorted by key and newest version first. Holds one record per file.
 struct ChainMerge {
-    files: Vec<(String, ShardReader<std::fs::File>, Option<Record>)>,
+    files: Vec<(String, ShardReader<Unsealed<std::fs::File>>, Option<Record>)>,
     cut: u64,
 }
 
 impl ChainMerge {
     fn new(
-        files: Vec<(String, ShardReader<std::fs::File>)>,
+        files: Vec<(String, ShardReader<Unsealed<std::fs::File>>)>,
         cut: u64,
     ) -> Result<Self, BackupError> {
         let mut merge = ChainMerge {
@@ -355,6 +365,9 @@ pub fn write(
                 .get(&shard)
                 .ok_or_else(|| BackupError::Missing(name.clone()))?;
             let file = std::fs::File::open(path).map_err(io("opening a spooled file"))?;
+            let place = format!("{}/{}", manifest.backup_id, shard_file_name(shard));
+            let file = Unsealed::new(file, manifest.key_id(), plan.key.as_ref(), &place)
+                .map_err(|e| e.in_file(&name))?;
             let reader = ShardReader::new(file).map_err(|e| e.in_file(&name))?;
             files.push((name, reader));
         }
@@ -484,7 +497,10 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let readers = files(dir.path(), &writes, &bounds)
                 .into_iter()
-                .map(|(n, p)| (n, ShardReader::new(std::fs::File::open(p).unwrap()).unwrap()))
+                .map(|(n, p)| {
+                    let file = Unsealed::Plain(std::fs::File::open(p).unwrap());
+                    (n, ShardReader::new(file).unwrap())
+                })
                 .collect();
             let mut merge = ChainMerge::new(readers, cut).unwrap();
             let mut got = Vec::new();

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use crate::destination::Destination;
 use crate::error::BackupError;
 use crate::format::ShardReader;
+use crate::seal::{BackupKey, Unsealed};
 
 use crate::manifest::{FileEntry, Manifest, MANIFEST};
 
@@ -26,13 +27,18 @@ pub struct VerifyReport {
 
 /// Check a backup and its whole chain: manifests parse, every file exists with the
 /// recorded size and BLAKE3, decodes completely, holds the recorded counts and only
-/// its shard, and each parent's cuts are where the child says it starts. The first
-/// problem is returned, naming the file.
-pub async fn verify(dest: &Destination, backup_id: &str) -> Result<VerifyReport, BackupError> {
+/// its shard, and each parent's cuts are where the child says it starts. An encrypted
+/// backup needs its `key`: its manifests' MACs are checked and its files opened. The
+/// first problem is returned, naming the file.
+pub async fn verify(
+    dest: &Destination,
+    backup_id: &str,
+    key: Option<&BackupKey>,
+) -> Result<VerifyReport, BackupError> {
     let mut report = VerifyReport::default();
     let mut next = Some((backup_id.to_owned(), None));
     while let Some((id, expected_cuts)) = next.take() {
-        let manifest = read_manifest(dest, &id).await?;
+        let manifest = read_manifest_with(dest, &id, key).await?;
         if let Some(cuts) = expected_cuts {
             if manifest.snapshot.cuts != cuts {
                 return Err(BackupError::BadFile {
@@ -43,7 +49,11 @@ pub async fn verify(dest: &Destination, backup_id: &str) -> Result<VerifyReport,
         }
         for file in &manifest.files {
             let name = format!("{id}/{}", file.path);
-            let versions = check_file(dest, &name, file, None).await?;
+            let sealed = Sealed {
+                with: manifest.key_id(),
+                key,
+            };
+            let versions = check_file(dest, &name, file, None, sealed).await?;
             report.files += 1;
             report.bytes += file.bytes;
             report.versions += versions;
@@ -63,9 +73,17 @@ pub async fn check_file(
     name: &str,
     file: &FileEntry,
     keep: Option<&Path>,
+    sealed: Sealed<'_>,
 ) -> Result<u64, BackupError> {
     let stream = dest.get_stream(name).await?;
-    check_stream(name, stream, file, keep).await
+    check_stream(name, stream, file, keep, sealed).await
+}
+
+/// Whether a file is sealed (the key id its manifest names) and the key to open it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sealed<'a> {
+    pub with: Option<&'a str>,
+    pub key: Option<&'a BackupKey>,
 }
 
 /// [`check_stream`] of bytes at hand, fed in small chunks as a download would be.
@@ -74,7 +92,14 @@ pub async fn check_bytes(name: &str, bytes: Bytes, file: &FileEntry) -> Result<u
         .step_by(4096)
         .map(|at| Ok(bytes.slice(at..(at + 4096).min(bytes.len()))))
         .collect();
-    check_stream(name, futures::stream::iter(chunks), file, None).await
+    check_stream(
+        name,
+        futures::stream::iter(chunks),
+        file,
+        None,
+        Sealed::default(),
+    )
+    .await
 }
 
 /// Check a file arriving as `stream` against its manifest entry: size, BLAKE3,
@@ -87,6 +112,7 @@ pub async fn check_stream(
     mut stream: impl Stream<Item = Result<Bytes, BackupError>> + Unpin,
     file: &FileEntry,
     keep: Option<&Path>,
+    sealed: Sealed<'_>,
 ) -> Result<u64, BackupError> {
     let bad = |reason: String| BackupError::BadFile {
         file: name.to_owned(),
@@ -101,8 +127,12 @@ pub async fn check_stream(
         None => None,
     };
     let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let with = sealed.with.map(str::to_owned);
+    let key = sealed.key.cloned();
+    let place = name.to_owned();
     let decoder = tokio::task::spawn_blocking(move || {
-        let mut reader = ShardReader::new(ChunkReader::new(rx))?;
+        let input = Unsealed::new(ChunkReader::new(rx), with.as_deref(), key.as_ref(), &place)?;
+        let mut reader = ShardReader::new(input)?;
         let mut versions = 0u64;
         while reader.next_record()?.is_some() {
             versions += 1;
@@ -186,9 +216,31 @@ impl Read for ChunkReader {
     }
 }
 
-/// Read and check one backup's manifest.
+/// Read and check one backup's manifest (its id must be its directory's name).
 pub async fn read_manifest(dest: &Destination, backup_id: &str) -> Result<Manifest, BackupError> {
     let name = format!("{backup_id}/{MANIFEST}");
     let bytes = dest.get(&name).await?;
-    Manifest::from_json(&bytes, &name)
+    let manifest = Manifest::from_json(&bytes, &name)?;
+    if manifest.backup_id != backup_id {
+        return Err(BackupError::BadFile {
+            file: name,
+            reason: format!(
+                "names backup {}, not the directory it is in",
+                manifest.backup_id
+            ),
+        });
+    }
+    Ok(manifest)
+}
+
+/// [`read_manifest`], authenticated with `key` ([`Manifest::authenticate`]): what a
+/// restore or a verification trusts.
+pub async fn read_manifest_with(
+    dest: &Destination,
+    backup_id: &str,
+    key: Option<&BackupKey>,
+) -> Result<Manifest, BackupError> {
+    let manifest = read_manifest(dest, backup_id).await?;
+    manifest.authenticate(key)?;
+    Ok(manifest)
 }

@@ -10,6 +10,7 @@ use crate::destination::Destination;
 use crate::error::BackupError;
 use crate::format::{Record, ShardWriter};
 use crate::manifest::{FileEntry, Manifest, MANIFEST};
+use crate::seal::{BackupKey, Sealing};
 
 /// Limits how fast a backup reads, so it never crowds out foreground traffic: after
 /// each record, the reader sleeps until it is back under `bytes_per_sec`.
@@ -142,21 +143,32 @@ impl Write for PartSink {
 }
 
 /// Encode one shard's records (sorted, as the MVCC tree yields them) into a shard
-/// file written to `out`, charging `throttle` for what it reads. Returns `out` and
-/// the file's manifest entry. Blocking: run it off the async runtime.
+/// file written to `out`, charging `throttle` for what it reads, sealed under `key`
+/// if given (bound to the file's place, `<backup id>/shard-<n>.cbk`, named by
+/// `backup_id`). Returns `out` and the file's manifest entry, whose size and BLAKE3
+/// are of the bytes stored. Blocking: run it off the async runtime.
 pub fn encode_shard<W: Write>(
     shard: u32,
     records: impl IntoIterator<Item = Result<Record, BackupError>>,
     throttle: &mut Throttle,
     out: W,
+    seal: Option<(&BackupKey, &str)>,
 ) -> Result<(W, FileEntry), BackupError> {
-    let mut writer = ShardWriter::new(Hashed::new(out), shard)?;
+    let place = seal.map(|(_, id)| format!("{id}/{}", shard_file_name(shard)));
+    let sealing = Sealing::new(
+        Hashed::new(out),
+        seal.map(|(key, _)| key),
+        place.as_deref().unwrap_or_default(),
+    )
+    .map_err(BackupError::io("encrypt"))?;
+    let mut writer = ShardWriter::new(sealing, shard)?;
     for record in records {
         let record = record?;
         throttle.charge((record.key.len() + record.value.as_ref().map_or(0, Vec::len) + 13) as u64);
         writer.push(&record)?;
     }
-    let (hashed, stats) = writer.finish()?;
+    let (sealing, stats) = writer.finish()?;
+    let hashed = sealing.finish().map_err(BackupError::io("encrypt"))?;
     let entry = FileEntry {
         path: shard_file_name(shard),
         shard,
@@ -176,8 +188,9 @@ pub fn encode_shard_into(
     records: impl IntoIterator<Item = Result<Record, BackupError>>,
     throttle: &mut Throttle,
     sink: PartSink,
+    seal: Option<(&BackupKey, &str)>,
 ) -> Result<FileEntry, BackupError> {
-    let (sink, entry) = encode_shard(shard, records, throttle, sink)?;
+    let (sink, entry) = encode_shard(shard, records, throttle, sink, seal)?;
     sink.close().map_err(BackupError::io("write"))?;
     Ok(entry)
 }
@@ -198,6 +211,7 @@ pub async fn put_shard_file(
             records.into_iter().map(Ok),
             &mut Throttle::new(None),
             sink,
+            None,
         )
     });
     let mut upload = dest.upload(&format!("{backup_id}/{}", shard_file_name(shard)), part);

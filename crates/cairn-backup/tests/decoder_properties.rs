@@ -94,6 +94,8 @@ fn manifest() -> impl Strategy<Value = Manifest> {
                             cuts,
                         })
                         .collect(),
+                    encryption: None,
+                    mac: None,
                 },
             )
     })

@@ -201,7 +201,7 @@ async fn a_backup_in_s3_verifies_and_a_flipped_byte_is_named() {
     let dest = destination(&server, "prod");
     write_backup(&dest, "b1").await;
     assert_eq!(dest.list_backups().await.expect("list"), vec!["b1"]);
-    let report = verify(&dest, "b1").await.expect("verifies");
+    let report = verify(&dest, "b1", None).await.expect("verifies");
     assert_eq!(report.chain, vec!["b1".to_string()]);
     assert_eq!(report.files, u64::from(SHARDS));
     assert_eq!(report.versions, 400);
@@ -214,7 +214,9 @@ async fn a_backup_in_s3_verifies_and_a_flipped_byte_is_named() {
     dest.put("b1/shard-1.cbk", flipped)
         .await
         .expect("overwrite");
-    let err = verify(&dest, "b1").await.expect_err("damage is found");
+    let err = verify(&dest, "b1", None)
+        .await
+        .expect_err("damage is found");
     assert!(
         err.to_string().contains("b1/shard-1.cbk"),
         "not named: {err}"
@@ -224,9 +226,9 @@ async fn a_backup_in_s3_verifies_and_a_flipped_byte_is_named() {
     dest.put("b1/shard-1.cbk", pristine.to_vec())
         .await
         .expect("restore");
-    verify(&dest, "b1").await.expect("verifies again");
+    verify(&dest, "b1", None).await.expect("verifies again");
     dest.delete_backup("b1").await.expect("delete");
-    let err = verify(&dest, "b1").await.expect_err("deleted");
+    let err = verify(&dest, "b1", None).await.expect_err("deleted");
     assert!(err.to_string().contains("b1/manifest.json"), "{err}");
 }
 

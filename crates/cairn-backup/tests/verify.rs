@@ -51,6 +51,8 @@ async fn backup(dest: &Destination, id: &str, cut: u64, parent: Option<(&str, u6
         files,
         schedule: None,
         covered: Vec::new(),
+        encryption: None,
+        mac: None,
     };
     put_manifest(dest, &manifest).await.unwrap();
     manifest
@@ -68,7 +70,7 @@ async fn a_good_chain_verifies_and_damage_is_named() {
     let full = backup(&dest, "b1", 100, None).await;
     backup(&dest, "b2", 200, Some(("b1", 100))).await;
 
-    let report = verify(&dest, "b2").await.unwrap();
+    let report = verify(&dest, "b2", None).await.unwrap();
     assert_eq!(report.chain, vec!["b2".to_string(), "b1".to_string()]);
     assert_eq!(report.files, 4);
     assert_eq!(report.versions, 400);
@@ -80,13 +82,13 @@ async fn a_good_chain_verifies_and_damage_is_named() {
     let mut flipped = pristine.clone();
     flipped[pristine.len() / 2] ^= 1;
     std::fs::write(&path, &flipped).unwrap();
-    let err = verify(&dest, "b2").await.unwrap_err();
+    let err = verify(&dest, "b2", None).await.unwrap_err();
     named(err, "b1/shard-1.cbk");
     std::fs::write(&path, &pristine).unwrap();
 
     // A missing file.
     std::fs::remove_file(dir.path().join("b2/shard-0.cbk")).unwrap();
-    let err = verify(&dest, "b2").await.unwrap_err();
+    let err = verify(&dest, "b2", None).await.unwrap_err();
     assert!(matches!(err, BackupError::Missing(_)), "{err}");
     named(err, "b2/shard-0.cbk");
 
@@ -94,11 +96,11 @@ async fn a_good_chain_verifies_and_damage_is_named() {
     let manifest = dir.path().join("b1/manifest.json");
     let text = std::fs::read(&manifest).unwrap();
     std::fs::write(&manifest, &text[..text.len() / 2]).unwrap();
-    let err = verify(&dest, "b1").await.unwrap_err();
+    let err = verify(&dest, "b1", None).await.unwrap_err();
     named(err, "b1/manifest.json");
 
     // A backup that was never published (no manifest) does not exist.
-    let err = verify(&dest, "b3").await.unwrap_err();
+    let err = verify(&dest, "b3", None).await.unwrap_err();
     named(err, "b3/manifest.json");
 }
 
@@ -109,7 +111,7 @@ async fn a_chain_whose_parent_is_elsewhere_in_time_is_refused() {
     backup(&dest, "b1", 100, None).await;
     // The child claims to start at cut 150, but its parent's snapshot is at 100.
     backup(&dest, "b2", 200, Some(("b1", 150))).await;
-    let err = verify(&dest, "b2").await.unwrap_err();
+    let err = verify(&dest, "b2", None).await.unwrap_err();
     named(err, "b1/manifest.json");
 }
 

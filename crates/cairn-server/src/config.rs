@@ -139,6 +139,9 @@ pub struct BackupSettings {
     /// the schedules' destinations; `*` allows any destination.
     #[serde(default)]
     pub allow: Vec<String>,
+    /// A file holding the backup key (64 hex digits, `cairn backup key FILE`):
+    /// backups are then encrypted and their manifests signed.
+    pub key_file: Option<PathBuf>,
     /// Settings for `s3://` destinations (else the `AWS_*` environment applies).
     #[serde(default)]
     pub s3: Option<S3Settings>,
@@ -296,6 +299,11 @@ pub struct Settings {
     #[arg(long, env = "CAIRN_BACKUP_RATE_LIMIT")]
     #[serde(skip)]
     pub backup_rate_limit: Option<String>,
+    /// Encrypt backups with the key in this file (64 hex digits; `cairn backup key
+    /// FILE` writes one): every node of the cluster gets the same file.
+    #[arg(long, env = "CAIRN_BACKUP_KEY_FILE")]
+    #[serde(skip)]
+    pub backup_key_file: Option<PathBuf>,
     /// More roots (directories, `s3://bucket/prefix`) that backups requested over the
     /// API may be written under, comma-separated or repeated; `*` allows any
     /// destination [default: only --backup-dir and the schedules' destinations].
@@ -361,6 +369,7 @@ impl Settings {
             enable_debug,
             backup_dir,
             backup_rate_limit,
+            backup_key_file,
             backup_allow,
             backup,
             playground
@@ -481,6 +490,7 @@ impl Settings {
                 let mut backup = self.backup.unwrap_or_default();
                 backup.dir = self.backup_dir.or(backup.dir);
                 backup.rate_limit = self.backup_rate_limit.or(backup.rate_limit);
+                backup.key_file = self.backup_key_file.or(backup.key_file);
                 backup.allow.extend(self.backup_allow.unwrap_or_default());
                 backup
             },
@@ -727,6 +737,12 @@ impl Config {
             heartbeat: (stale_after / 10).clamp(Duration::from_millis(200), Duration::from_secs(2)),
             schedules,
             allowed: cairn_backup::AllowedDestinations::new(b.allow.iter().map(String::as_str)),
+            key: b
+                .key_file
+                .as_deref()
+                .map(cairn_backup::BackupKey::load)
+                .transpose()
+                .map_err(|e| bad(e.to_string()))?,
             ..Default::default()
         })
     }

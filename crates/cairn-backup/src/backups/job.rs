@@ -169,6 +169,16 @@ impl<S: Shards> Backups<S> {
             )));
         };
         if let Some(p) = &parent {
+            // A chain opens with one key: restore takes one.
+            let own = self.config.key.as_ref().map(|k| k.id());
+            if p.key_id() != own.as_deref() {
+                return Err(BackupError::Invalid(format!(
+                    "the newest backup at the destination ({}) is {}, this node's backups {}: an incremental must use its parent's key; take a full backup",
+                    p.backup_id,
+                    p.key_id().map_or("not encrypted".into(), |k| format!("encrypted with key {k}")),
+                    own.map_or("are not encrypted".into(), |k| format!("use key {k}")),
+                )));
+            }
             let behind = p
                 .snapshot
                 .cuts
@@ -228,7 +238,7 @@ impl<S: Shards> Backups<S> {
             .await?;
             files.push(entry);
         }
-        let manifest = Manifest {
+        let mut manifest = Manifest {
             format_version: MANIFEST_VERSION,
             cluster_id: self.cluster_id.clone(),
             backup_id: id,
@@ -241,7 +251,12 @@ impl<S: Shards> Backups<S> {
             files,
             schedule,
             covered,
+            encryption: None,
+            mac: None,
         };
+        if let Some(key) = &self.config.key {
+            manifest.seal(key);
+        }
         cairn_store::crash_point!("backup.manifest.before");
         put_manifest(&job.dest, &manifest).await?;
         // Published at the destination, not yet recorded done in the catalog.
@@ -350,6 +365,8 @@ impl<S: Shards> Backups<S> {
         source: Source,
     ) -> Result<FileEntry, BackupError> {
         let rate = self.config.rate_limit;
+        let key = self.config.key.clone();
+        let backup_id = id.to_owned();
         let (sink, mut parts) = PartSink::new(Upload::PART);
         let gone = move |horizon: u64| {
             BackupError::HistoryGone(format!(
@@ -385,7 +402,8 @@ impl<S: Shards> Backups<S> {
                         value: v.value,
                     })
                 });
-                encode_shard_into(shard, records, &mut throttle, sink)
+                let seal = key.as_ref().map(|key| (key, backup_id.as_str()));
+                encode_shard_into(shard, records, &mut throttle, sink, seal)
             });
         let name = format!("{id}/{}", shard_file_name(shard));
         let mut upload = job.dest.upload(&name, Upload::PART);

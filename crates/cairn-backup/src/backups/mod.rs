@@ -67,6 +67,9 @@ pub struct BackupConfig {
     /// Where a backup requested over the API may be written (the default destination
     /// and the schedules' destinations are added to it).
     pub allowed: AllowedDestinations,
+    /// Encrypt backups under this key (files sealed, manifests signed); `None`:
+    /// backups are written in the clear.
+    pub key: Option<crate::seal::BackupKey>,
 }
 
 impl Default for BackupConfig {
@@ -80,6 +83,7 @@ impl Default for BackupConfig {
             catch_up: Duration::from_secs(30),
             schedules: Vec::new(),
             allowed: AllowedDestinations::default(),
+            key: None,
         }
     }
 }

@@ -167,9 +167,10 @@ impl From<BackupError> for ApiError {
             BackupError::Snapshot(s) => return ApiError::of_snapshot(s),
             BackupError::Superseded(_) => ErrorCode::Conflict,
             BackupError::Store(_) | BackupError::Io { .. } => ErrorCode::DestinationError,
-            BackupError::Missing(_) | BackupError::BadFile { .. } | BackupError::Corrupt(_) => {
-                ErrorCode::BadBackup
-            }
+            BackupError::Missing(_)
+            | BackupError::BadFile { .. }
+            | BackupError::Corrupt(_)
+            | BackupError::Key(_) => ErrorCode::BadBackup,
             BackupError::Local(_) => ErrorCode::StorageError,
             BackupError::Remote(s) => return ApiError::from(s.clone()),
         };

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use cairn_backup::restore::{self, Target};
-use cairn_backup::{read_manifest, verify, Destination, Manifest, S3Options};
+use cairn_backup::{read_manifest, verify, BackupKey, Destination, Manifest, S3Options};
 use cairn_client::api::CreateBackup;
 use cairn_raft::Placement;
 use cairn_server::config::{parse_initial_cluster, DEFAULT_REPLICATION_FACTOR};
@@ -59,7 +59,15 @@ pub enum BackupCommand {
         dest: String,
         #[arg(long)]
         id: Option<String>,
+        /// The backup key, for encrypted backups (their manifests are authenticated
+        /// and their files opened with it).
+        #[arg(long, env = "CAIRN_BACKUP_KEY_FILE")]
+        key_file: Option<PathBuf>,
     },
+    /// Write a new backup key to FILE (64 hex digits, mode 0600; refuses to
+    /// overwrite). Give it to every node with --backup-key-file to encrypt backups;
+    /// keep a copy apart from the backups: without it they cannot be restored.
+    Key { file: PathBuf },
     /// Show the backup schedules and their last results.
     Schedules {
         #[command(flatten)]
@@ -104,6 +112,13 @@ pub struct RestoreArgs {
     /// Print what would be restored, check nothing and write nothing.
     #[arg(long)]
     dry_run: bool,
+    /// The backup key, for encrypted backups.
+    #[arg(long, env = "CAIRN_BACKUP_KEY_FILE")]
+    key_file: Option<PathBuf>,
+}
+
+fn load_key(path: Option<&PathBuf>) -> anyhow::Result<Option<BackupKey>> {
+    Ok(path.map(|p| BackupKey::load(p)).transpose()?)
 }
 
 /// A destination to read backups from; a local directory that does not exist has
@@ -212,7 +227,27 @@ pub async fn run_backup(command: BackupCommand) -> anyhow::Result<()> {
         BackupCommand::List {
             dest: Some(url), ..
         } => list_destination(&url).await,
-        BackupCommand::Verify { dest, id } => {
+        BackupCommand::Key { file } => {
+            use std::io::Write as _;
+            let mut out = std::fs::OpenOptions::new();
+            out.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut out, 0o600);
+            let mut out = out
+                .open(&file)
+                .with_context(|| format!("creating {}", file.display()))?;
+            writeln!(out, "{}", BackupKey::generate_hex())?;
+            out.sync_all()?;
+            let key = BackupKey::load(&file)?;
+            eprintln!(
+                "wrote backup key {} to {}; keep a copy apart from the backups",
+                key.id(),
+                file.display()
+            );
+            Ok(())
+        }
+        BackupCommand::Verify { dest, id, key_file } => {
+            let key = load_key(key_file.as_ref())?;
             let dest = destination(&dest)?;
             let named = id.is_some();
             let ids = match id {
@@ -222,7 +257,7 @@ pub async fn run_backup(command: BackupCommand) -> anyhow::Result<()> {
             if ids.is_empty() {
                 bail!("no backups at {}", dest.url());
             }
-            for line in verify_each(&dest, ids, named).await? {
+            for line in verify_each(&dest, ids, named, key.as_ref()).await? {
                 println!("{line}");
             }
             Ok(())
@@ -253,10 +288,11 @@ async fn verify_each(
     dest: &Destination,
     ids: Vec<String>,
     named: bool,
+    key: Option<&BackupKey>,
 ) -> anyhow::Result<Vec<String>> {
     let mut lines = Vec::new();
     for id in ids {
-        match verify(dest, &id).await {
+        match verify(dest, &id, key).await {
             Ok(report) => lines.push(format!(
                 "{id}: ok ({} backups in its chain, {} files, {} bytes, {} versions checked)",
                 report.chain.len(),
@@ -328,7 +364,8 @@ pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
         ),
         (None, None) => Target::Latest,
     };
-    let plan = restore::plan(&dest, args.backup.as_deref(), &target).await?;
+    let key = load_key(args.key_file.as_ref())?;
+    let plan = restore::plan(&dest, args.backup.as_deref(), &target, key.as_ref()).await?;
     println!(
         "restoring snapshot {} ({}) of cluster {} from backup {}: a chain of {} backups, {} files, {} bytes, {} versions",
         plan.snapshot.id,
@@ -437,12 +474,14 @@ mod tests {
         let dest = destination(dir.path().to_str().unwrap()).unwrap();
         assert!(dest.list_backups().await.unwrap().is_empty());
         let listed = vec!["20260101T000000Z-000001".to_owned()];
-        let lines = verify_each(&dest, listed.clone(), false).await.unwrap();
+        let lines = verify_each(&dest, listed.clone(), false, None)
+            .await
+            .unwrap();
         assert_eq!(
             lines,
             vec!["20260101T000000Z-000001: deleted while being verified (skipped)"]
         );
-        let named = verify_each(&dest, listed, true).await.unwrap_err();
+        let named = verify_each(&dest, listed, true, None).await.unwrap_err();
         assert!(
             named
                 .to_string()

@@ -476,7 +476,7 @@ fn staging_of(dir: &Path) -> PathBuf {
 
 /// Restore backup `id` (and its chain) into `dir`, as `cairn restore` does, timed.
 async fn restore_once(name: &str, dest: &Destination, id: &str, dir: &Path) -> anyhow::Result<()> {
-    let plan = restore::plan(dest, Some(id), &Target::Latest).await?;
+    let plan = restore::plan(dest, Some(id), &Target::Latest, None).await?;
     let (chain, compressed, versions) = (plan.chain.len(), plan.bytes, plan.versions);
     let begin = Instant::now();
     let fetched = restore::fetch(dest, &plan, dir, |_| {}).await?;
