@@ -228,16 +228,7 @@ pub async fn run_backup(command: BackupCommand) -> anyhow::Result<()> {
             dest: Some(url), ..
         } => list_destination(&url).await,
         BackupCommand::Key { file } => {
-            use std::io::Write as _;
-            let mut out = std::fs::OpenOptions::new();
-            out.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut out, 0o600);
-            let mut out = out
-                .open(&file)
-                .with_context(|| format!("creating {}", file.display()))?;
-            writeln!(out, "{}", BackupKey::generate_hex())?;
-            out.sync_all()?;
+            super::write_new(&file, &format!("{}\n", BackupKey::generate_hex()), true)?;
             let key = BackupKey::load(&file)?;
             eprintln!(
                 "wrote backup key {} to {}; keep a copy apart from the backups",

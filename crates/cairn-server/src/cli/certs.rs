@@ -3,8 +3,7 @@
 //! (`node-<id>.cairn`) for its peers, plus the hosts clients reach it by, and serves
 //! both ends of the peer port's mutual TLS and the HTTPS API.
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 use rcgen::{
@@ -47,8 +46,8 @@ pub fn run(command: CertsCommand) -> anyhow::Result<()> {
                 KeyUsagePurpose::DigitalSignature,
             ];
             let cert = params.self_signed(&key)?;
-            write_new(&dir.join("ca.key"), &key.serialize_pem(), true)?;
-            write_new(&dir.join("ca.crt"), &cert.pem(), false)?;
+            super::write_new(&dir.join("ca.key"), &key.serialize_pem(), true)?;
+            super::write_new(&dir.join("ca.crt"), &cert.pem(), false)?;
             eprintln!(
                 "wrote {0}/ca.crt and {0}/ca.key; keep ca.key where only you can read it",
                 dir.display()
@@ -88,12 +87,12 @@ pub fn run(command: CertsCommand) -> anyhow::Result<()> {
                 ExtendedKeyUsagePurpose::ClientAuth,
             ];
             let cert = params.signed_by(&key, &issuer)?;
-            write_new(
+            super::write_new(
                 &dir.join(format!("node-{id}.key")),
                 &key.serialize_pem(),
                 true,
             )?;
-            write_new(&dir.join(format!("node-{id}.crt")), &cert.pem(), false)?;
+            super::write_new(&dir.join(format!("node-{id}.crt")), &cert.pem(), false)?;
             eprintln!(
                 "wrote {0}/node-{id}.crt and {0}/node-{id}.key for {1}",
                 dir.display(),
@@ -108,21 +107,4 @@ fn name(common: &str) -> DistinguishedName {
     let mut name = DistinguishedName::new();
     name.push(DnType::CommonName, common);
     name
-}
-
-/// Write `text` to a new file (never over an existing one); keys readable by their
-/// owner only.
-fn write_new(path: &Path, text: &str, secret: bool) -> anyhow::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    if secret {
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    }
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    Ok(())
 }

@@ -1,10 +1,8 @@
 //! `cairn token root|create|list|revoke`: the root token every node is given, and the
 //! tokens an admin hands to people and programs.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use cairn_client::api::Role;
 use cairn_server::auth::token;
 
@@ -42,15 +40,7 @@ pub enum TokenCommand {
 pub async fn run(command: TokenCommand) -> anyhow::Result<()> {
     match command {
         TokenCommand::Root { file } => {
-            let mut out = std::fs::OpenOptions::new();
-            out.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut out, 0o600);
-            let mut out = out
-                .open(&file)
-                .with_context(|| format!("creating {}", file.display()))?;
-            writeln!(out, "{}", token::new_root())?;
-            out.sync_all()?;
+            super::write_new(&file, &format!("{}\n", token::new_root()), true)?;
             eprintln!(
                 "wrote a root token to {}; give every node `--root-token-file {}`",
                 file.display(),
