@@ -260,6 +260,23 @@ async fn every_route_needs_its_role_and_a_revoked_token_stops_working() {
         "no write of the revoked token went through"
     );
 
+    // Every admin change was recorded: who, what, how it was answered; reads were not.
+    let audit = admin.audit(100).await.unwrap();
+    let created: Vec<_> = audit
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/v1/auth/tokens" && r.status == 201)
+        .collect();
+    assert_eq!(created.len(), 3, "{audit:?}");
+    assert!(created.iter().all(|r| r.who == "root"));
+    let revoked = format!("/v1/auth/tokens/{writer_id}");
+    let statuses: Vec<u16> = audit
+        .iter()
+        .filter(|r| r.method == "DELETE" && r.path == revoked)
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses, vec![404, 204], "newest first: {audit:?}");
+    assert!(audit.iter().all(|r| r.method != "GET"), "{audit:?}");
+
     // No secret reaches a log.
     for node in cluster.ids() {
         for path in [cluster.stderr_path(node), cluster.stdout_path(node)] {

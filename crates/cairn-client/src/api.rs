@@ -648,3 +648,25 @@ pub struct CreatedToken {
 pub struct TokenList {
     pub tokens: Vec<TokenInfo>,
 }
+
+/// One admin action, as the audit log keeps it (`GET /v1/audit`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// When the action was answered, in milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// The node that served it.
+    pub node: u64,
+    /// Who asked: a token's name, `root`, or `anonymous` (authentication off).
+    pub who: String,
+    pub method: String,
+    /// The path asked for (at most 256 bytes of it).
+    pub path: String,
+    /// The HTTP status it was answered with.
+    pub status: u16,
+}
+
+/// The answer to `GET /v1/audit`: newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditList {
+    pub records: Vec<AuditRecord>,
+}

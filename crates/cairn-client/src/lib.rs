@@ -432,6 +432,13 @@ impl Client {
         check(self.http.delete(url).send().await?).await.map(drop)
     }
 
+    /// The newest `limit` admin actions (`GET /v1/audit`), newest first.
+    pub async fn audit(&self, limit: usize) -> Result<Vec<api::AuditRecord>> {
+        let url = format!("{}/v1/audit?limit={limit}", self.base);
+        let list: api::AuditList = json(check(self.http.get(url).send().await?).await?).await?;
+        Ok(list.records)
+    }
+
     /// Move every replica off node `node` (`POST /v1/nodes/{id}/decommission`);
     /// answers once it holds none.
     pub async fn decommission(&self, node: u64) -> Result<api::DecommissionResponse> {

@@ -21,6 +21,7 @@
 //! n/state/       cairn-server     node id BE -> a node's state (`decommissioning`, ...)
 //! n/member/      cairn-server     node id BE -> peer address of a node that joined
 //! a/token/       cairn-server     token id -> the token's role, name and secret's hash
+//! a/audit/       cairn-server     !millis BE ++ node BE ++ seq BE -> an admin action
 //! ```
 
 /// Next epoch to allocate.
@@ -61,6 +62,9 @@ pub const NODE_MEMBER: &[u8] = b"n/member/";
 /// Bearer tokens by id: role, name and the hash of the secret (never the secret).
 pub const AUTH_TOKEN: &[u8] = b"a/token/";
 
+/// The audit log of admin actions, newest first.
+pub const AUDIT: &[u8] = b"a/audit/";
+
 /// Every prefix above, for checks.
 pub const ALL: &[&[u8]] = &[
     SNAPSHOT_NEXT,
@@ -80,6 +84,7 @@ pub const ALL: &[&[u8]] = &[
     NODE_STATE,
     NODE_MEMBER,
     AUTH_TOKEN,
+    AUDIT,
 ];
 
 #[cfg(test)]

@@ -106,6 +106,7 @@ pub fn app(state: Arc<ApiState>) -> axum::Router {
             "/v1/auth/tokens/{id}",
             axum::routing::delete(tokens::revoke),
         )
+        .route("/v1/audit", get(tokens::audit))
         .route("/v1/openapi.json", get(openapi::document))
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))

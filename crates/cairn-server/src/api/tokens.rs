@@ -1,6 +1,6 @@
 //! `POST /v1/auth/tokens`: issue a token; `GET /v1/auth/tokens`: list them (never a
-//! secret); `DELETE /v1/auth/tokens/{id}`: revoke one. Admin only (see
-//! [`crate::auth::access`]).
+//! secret); `DELETE /v1/auth/tokens/{id}`: revoke one; `GET /v1/audit`: the admin
+//! actions recorded. Admin only (see [`crate::auth::access`]).
 
 use std::sync::Arc;
 
@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::{Extension, Json};
-use cairn_client::api::{CreateToken, CreatedToken, TokenList};
+use cairn_client::api::{AuditList, CreateToken, CreatedToken, TokenList};
 
 use super::request::{read_body, Params};
 use super::{path_param, ApiError, ApiState, ErrorCode};
@@ -49,6 +49,16 @@ pub async fn revoke(
     let id = path_param(&uri, 4, "id")?;
     api.auth.revoke(&by, &id).await.map_err(auth_error)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/audit?limit=N`: the newest admin actions, newest first (admin only).
+pub async fn audit(State(api): Shared, uri: Uri) -> Result<Json<AuditList>, ApiError> {
+    let params = Params::parse(&uri, &["limit"])?;
+    let limit = params.limit(100, api.config.max_scan_limit)?;
+    let records = crate::auth::audit::newest(&api.control, limit)
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Unavailable, e.to_string()))?;
+    Ok(Json(AuditList { records }))
 }
 
 fn auth_error(e: AuthError) -> ApiError {

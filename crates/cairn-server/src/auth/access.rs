@@ -12,7 +12,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use cairn_client::api::Role;
+use cairn_client::api::{AuditRecord, Role};
 
 use crate::api::{ApiError, ApiState, ErrorCode};
 
@@ -77,8 +77,37 @@ pub async fn authorize(
             )
             .into_response();
         }
+        let audited =
+            role == Role::Admin && !matches!(*request.method(), Method::GET | Method::HEAD);
+        let action = audited.then(|| {
+            (
+                principal.name.clone(),
+                request.method().to_string(),
+                request.uri().path().to_owned(),
+            )
+        });
         request.extensions_mut().insert(principal);
+        let response = guarded(request, next).await;
+        if let Some((who, method, path)) = action {
+            let record = AuditRecord {
+                time_ms: cairn_cluster::clock::now_ms(),
+                node: api.config.id,
+                who,
+                method,
+                path,
+                status: response.status().as_u16(),
+            };
+            if let Err(e) = super::audit::record(&api.control, record).await {
+                tracing::warn!(error = %e, "an admin action could not be recorded in the audit log");
+            }
+        }
+        return response;
     }
+    guarded(request, next).await
+}
+
+/// The handler, for a POST only if it is JSON.
+async fn guarded(request: Request, next: Next) -> Response {
     if request.method() == Method::POST && !is_json(request.headers()) {
         return ApiError::new(
             ErrorCode::UnsupportedMediaType,

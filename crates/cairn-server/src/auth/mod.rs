@@ -13,6 +13,7 @@
 //! loopback addresses (or with `--insecure`).
 
 pub mod access;
+pub mod audit;
 pub mod token;
 
 use std::collections::HashMap;
