@@ -283,79 +283,6 @@ impl<R: Read> Read for Opener<R> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(byte: u8) -> BackupKey {
-        BackupKey::from_bytes([byte; 32])
-    }
-
-    fn seal(data: &[u8], key: &BackupKey, path: &str) -> Vec<u8> {
-        let mut sealer = Sealer::new(Vec::new(), key, path).unwrap();
-        for chunk in data.chunks(1000) {
-            sealer.write_all(chunk).unwrap();
-        }
-        sealer.finish().unwrap()
-    }
-
-    fn open(sealed: &[u8], key: &BackupKey, path: &str) -> Result<Vec<u8>, String> {
-        let mut out = Vec::new();
-        Opener::new(sealed, key, path)
-            .map_err(|e| e.to_string())?
-            .read_to_end(&mut out)
-            .map_err(|e| e.to_string())?;
-        Ok(out)
-    }
-
-    #[test]
-    fn what_is_sealed_opens_with_its_key_and_path_only() {
-        for len in [0, 1, SEGMENT - 1, SEGMENT, SEGMENT + 1, 3 * SEGMENT] {
-            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
-            let sealed = seal(&data, &key(1), "b/shard-0.cbk");
-            assert_eq!(
-                open(&sealed, &key(1), "b/shard-0.cbk").unwrap(),
-                data,
-                "{len}"
-            );
-            assert!(open(&sealed, &key(2), "b/shard-0.cbk")
-                .unwrap_err()
-                .contains("encrypted with key"));
-            assert!(
-                open(&sealed, &key(1), "b/shard-1.cbk").is_err(),
-                "moved file opened"
-            );
-            assert_eq!(sealed_key_id(&sealed), Some(key(1).id()));
-            if len > 0 {
-                let needle = &data[..data.len().min(64)];
-                assert!(!sealed.windows(needle.len()).any(|w| w == needle) || needle.len() < 8);
-            }
-        }
-    }
-
-    #[test]
-    fn an_altered_or_cut_sealed_file_never_opens() {
-        let data = vec![7u8; 2 * SEGMENT + 10];
-        let sealed = seal(&data, &key(1), "p");
-        let mut flipped = sealed.clone();
-        flipped[HEADER + SEGMENT + 3] ^= 1;
-        assert!(open(&flipped, &key(1), "p").is_err());
-        // Cut at a segment boundary: the last segment seen is not marked last.
-        let cut = &sealed[..HEADER + SEGMENT + TAG];
-        assert!(open(cut, &key(1), "p").is_err());
-        assert!(open(&sealed[..sealed.len() - 1], &key(1), "p").is_err());
-    }
-
-    #[test]
-    fn the_manifest_mac_needs_the_key() {
-        let mac = key(1).mac(b"manifest");
-        assert!(key(1).mac_matches(b"manifest", &mac));
-        assert!(!key(1).mac_matches(b"manifesT", &mac));
-        assert!(!key(2).mac_matches(b"manifest", &mac));
-        assert!(!format!("{:?}", key(1)).contains(&"01".repeat(32)));
-    }
-}
-
 /// A shard file being written: plain, or sealed under a key.
 pub enum Sealing<W: Write> {
     Plain(W),
@@ -427,5 +354,78 @@ impl<R: Read> Read for Unsealed<R> {
             Unsealed::Plain(input) => input.read(buf),
             Unsealed::Sealed(opener) => opener.read(buf),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(byte: u8) -> BackupKey {
+        BackupKey::from_bytes([byte; 32])
+    }
+
+    fn seal(data: &[u8], key: &BackupKey, path: &str) -> Vec<u8> {
+        let mut sealer = Sealer::new(Vec::new(), key, path).unwrap();
+        for chunk in data.chunks(1000) {
+            sealer.write_all(chunk).unwrap();
+        }
+        sealer.finish().unwrap()
+    }
+
+    fn open(sealed: &[u8], key: &BackupKey, path: &str) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        Opener::new(sealed, key, path)
+            .map_err(|e| e.to_string())?
+            .read_to_end(&mut out)
+            .map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    #[test]
+    fn what_is_sealed_opens_with_its_key_and_path_only() {
+        for len in [0, 1, SEGMENT - 1, SEGMENT, SEGMENT + 1, 3 * SEGMENT] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let sealed = seal(&data, &key(1), "b/shard-0.cbk");
+            assert_eq!(
+                open(&sealed, &key(1), "b/shard-0.cbk").unwrap(),
+                data,
+                "{len}"
+            );
+            assert!(open(&sealed, &key(2), "b/shard-0.cbk")
+                .unwrap_err()
+                .contains("encrypted with key"));
+            assert!(
+                open(&sealed, &key(1), "b/shard-1.cbk").is_err(),
+                "moved file opened"
+            );
+            assert_eq!(sealed_key_id(&sealed), Some(key(1).id()));
+            if len > 0 {
+                let needle = &data[..data.len().min(64)];
+                assert!(!sealed.windows(needle.len()).any(|w| w == needle) || needle.len() < 8);
+            }
+        }
+    }
+
+    #[test]
+    fn an_altered_or_cut_sealed_file_never_opens() {
+        let data = vec![7u8; 2 * SEGMENT + 10];
+        let sealed = seal(&data, &key(1), "p");
+        let mut flipped = sealed.clone();
+        flipped[HEADER + SEGMENT + 3] ^= 1;
+        assert!(open(&flipped, &key(1), "p").is_err());
+        // Cut at a segment boundary: the last segment seen is not marked last.
+        let cut = &sealed[..HEADER + SEGMENT + TAG];
+        assert!(open(cut, &key(1), "p").is_err());
+        assert!(open(&sealed[..sealed.len() - 1], &key(1), "p").is_err());
+    }
+
+    #[test]
+    fn the_manifest_mac_needs_the_key() {
+        let mac = key(1).mac(b"manifest");
+        assert!(key(1).mac_matches(b"manifest", &mac));
+        assert!(!key(1).mac_matches(b"manifesT", &mac));
+        assert!(!key(2).mac_matches(b"manifest", &mac));
+        assert!(!format!("{:?}", key(1)).contains(&"01".repeat(32)));
     }
 }

@@ -684,10 +684,12 @@ mod tests {
         .await
         .unwrap();
         let raft = |from: u64, to: u64, term: u64| {
-            let mut msg = Message::default();
-            msg.from = from;
-            msg.to = to;
-            msg.term = term;
+            let mut msg = Message {
+                from,
+                to,
+                term,
+                ..Default::default()
+            };
             msg.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
             let msg = msg.write_to_bytes().unwrap();
             encode(&Frame::Raft { shard: 0, msg }, MAX_FRAME).unwrap()
