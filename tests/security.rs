@@ -460,3 +460,99 @@ async fn silent_connections_cannot_starve_other_clients() {
         }
     }
 }
+
+/// The certificate node `addr` presents, checked against the CA `ca` (PEM).
+async fn served_certificate(addr: std::net::SocketAddr, ca: &[u8]) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("a TLS handshake with the node");
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// The first certificate of a PEM file, DER.
+fn certificate_in(path: &std::path::Path) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject as _;
+    rustls::pki_types::CertificateDer::from_pem_file(path)
+        .unwrap()
+        .to_vec()
+}
+
+/// SIGHUP makes a node read its TLS files again: a renewed certificate is served from
+/// the next connection on, without a restart; files that do not load leave the one in
+/// use in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_certificates_and_keeps_them_when_the_new_ones_are_bad() {
+    let cluster = Cluster::start(ClusterOptions {
+        nodes: 1,
+        shards: 2,
+        tls: true,
+        ..ClusterOptions::default()
+    })
+    .await;
+    let ca = cluster.ca_pem().unwrap().to_vec();
+    let certs = cluster.dir().join("certs");
+    let addr = cluster.http_addr(1);
+    assert_eq!(
+        served_certificate(addr, &ca).await,
+        certificate_in(&certs.join("node-1.crt"))
+    );
+
+    // Renew node 1's certificate from the same CA and swap the files in.
+    let renewal = tempfile::tempdir().unwrap();
+    for file in ["ca.crt", "ca.key"] {
+        std::fs::copy(certs.join(file), renewal.path().join(file)).unwrap();
+    }
+    let made = std::process::Command::new(harness::cairn_bin())
+        .args(["certs", "create-node", "1", "--dir"])
+        .arg(renewal.path())
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    for file in ["node-1.crt", "node-1.key"] {
+        std::fs::copy(renewal.path().join(file), certs.join(file)).unwrap();
+    }
+    let renewed = certificate_in(&certs.join("node-1.crt"));
+    cluster.hangup(1);
+    eventually(
+        "the renewed certificate is served",
+        Duration::from_secs(10),
+        || {
+            let (ca, renewed) = (ca.clone(), renewed.clone());
+            async move {
+                if served_certificate(addr, &ca).await == renewed {
+                    Ok(())
+                } else {
+                    Err("the old one still".to_owned())
+                }
+            }
+        },
+    )
+    .await;
+
+    // A certificate that does not load changes nothing: the renewed one stays.
+    std::fs::write(certs.join("node-1.crt"), "not a certificate").unwrap();
+    cluster.hangup(1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(served_certificate(addr, &ca).await, renewed);
+    let client = Client::with_options(cluster.url(1), None, Some(&ca)).unwrap();
+    client
+        .put(b"after-reload", b"x")
+        .await
+        .expect("still serving");
+}

@@ -119,6 +119,13 @@ impl Cluster {
         format!("{}://{}", self.inner.scheme(), self.http_addr(id))
     }
 
+    /// SIGHUP node `id` (it reloads its TLS certificates).
+    pub fn hangup(&self, id: usize) {
+        self.inner
+            .hangup(node(id))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
     /// Node ids, 1..=n.
     pub fn ids(&self) -> Vec<usize> {
         self.inner.ids().into_iter().map(|id| id as usize).collect()

@@ -534,6 +534,16 @@ impl Cluster {
         Ok(())
     }
 
+    /// SIGHUPs node `id`: it reloads its TLS certificates.
+    pub fn hangup(&self, id: NodeId) -> Result<()> {
+        let node = self.node(id)?;
+        let child = node
+            .child
+            .as_ref()
+            .ok_or_else(|| ChaosError::Misuse(format!("node {id} is not running")))?;
+        signal(child, libc::SIGHUP)
+    }
+
     /// SIGCONTs a paused node.
     pub fn resume(&mut self, id: NodeId) -> Result<()> {
         let node = self.node_mut(id)?;

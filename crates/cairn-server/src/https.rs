@@ -17,6 +17,10 @@ use tracing::Instrument as _;
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 
+/// The HTTPS server's configuration, replaceable while it serves (certificate
+/// reload): each handshake uses the one current when it starts.
+pub type HttpsConfig = Arc<std::sync::RwLock<Arc<rustls::ServerConfig>>>;
+
 /// Accepted, handshaken connections.
 pub struct HttpsListener {
     ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
@@ -25,9 +29,8 @@ pub struct HttpsListener {
 }
 
 impl HttpsListener {
-    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> io::Result<HttpsListener> {
+    pub fn new(tcp: TcpListener, config: HttpsConfig) -> io::Result<HttpsListener> {
         let local = tcp.local_addr()?;
-        let acceptor = TlsAcceptor::from(config);
         let (tx, ready) = mpsc::channel(64);
         let accepting = tokio::spawn(
             async move {
@@ -40,7 +43,8 @@ impl HttpsListener {
                             continue;
                         }
                     };
-                    let acceptor = acceptor.clone();
+                    let acceptor =
+                        TlsAcceptor::from(config.read().unwrap_or_else(|p| p.into_inner()).clone());
                     let tx = tx.clone();
                     tokio::spawn(async move {
                         match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(stream))

@@ -96,7 +96,20 @@ fn main() -> anyhow::Result<()> {
                     None => *settings,
                 };
                 let node = Node::start(settings.resolve()?).await?;
-                shutdown_signal().await;
+                let stop = shutdown_signal();
+                tokio::pin!(stop);
+                let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                    .context("listening for SIGHUP")?;
+                loop {
+                    tokio::select! {
+                        _ = &mut stop => break,
+                        _ = hangups.recv() => match node.reload_tls() {
+                            Ok(true) => tracing::info!("SIGHUP: TLS certificates reloaded"),
+                            Ok(false) => tracing::info!("SIGHUP: TLS is off; nothing to reload"),
+                            Err(e) => tracing::error!(error = %e, "SIGHUP: TLS certificates not reloaded; the old ones stay in use"),
+                        },
+                    }
+                }
                 node.shutdown().await;
                 Ok(())
             }

@@ -31,6 +31,35 @@ use crate::revert::Reverts;
 use crate::router::{Control, Router};
 use cairn_raft::transport::tls::{PeerTls, TlsMaterial};
 
+/// A running node's TLS configurations, replaced in place by a reload.
+#[derive(Clone)]
+pub struct Reloadable {
+    peer: PeerTls,
+    https: crate::https::HttpsConfig,
+}
+
+impl Reloadable {
+    fn new(material: &TlsMaterial) -> Result<Reloadable, ServerError> {
+        let bad = |e: cairn_raft::transport::tls::TlsError| ServerError::Config(e.to_string());
+        Ok(Reloadable {
+            peer: PeerTls::new(material).map_err(bad)?,
+            https: Arc::new(std::sync::RwLock::new(
+                material.server_config(false).map_err(bad)?,
+            )),
+        })
+    }
+
+    /// Use `material` for every connection from now on (both ports); on error,
+    /// nothing changed.
+    fn reload(&self, material: &TlsMaterial) -> Result<(), ServerError> {
+        let bad = |e: cairn_raft::transport::tls::TlsError| ServerError::Config(e.to_string());
+        let https = material.server_config(false).map_err(bad)?;
+        self.peer.reload(material).map_err(bad)?;
+        *self.https.write().unwrap_or_else(|p| p.into_inner()) = https;
+        Ok(())
+    }
+}
+
 /// The node's TLS material, loaded and checked against its id.
 fn load_tls(config: &Config) -> Result<Option<TlsMaterial>, ServerError> {
     let Some(files) = &config.tls else {
@@ -66,8 +95,9 @@ pub struct Parts {
     pub backups: Arc<Backups<Control>>,
     pub control: Arc<Control>,
     pub api: Arc<ApiState>,
-    /// The HTTPS server's configuration, when TLS is on.
-    pub https: Option<Arc<rustls::ServerConfig>>,
+    /// TLS, when on: the HTTPS server's configuration and the peer port's, both
+    /// replaceable by [`Node::reload_tls`].
+    pub tls: Option<Reloadable>,
 }
 
 impl Parts {
@@ -85,16 +115,8 @@ impl Parts {
         let config = crate::join::prepare(config, &store).await?;
         let identity = identity::check_or_init(&store, &config)?;
         let mut raft_config = config.raft(identity.cluster_id.clone());
-        raft_config.tls = tls
-            .as_ref()
-            .map(PeerTls::new)
-            .transpose()
-            .map_err(|e| ServerError::Config(e.to_string()))?;
-        let https = tls
-            .as_ref()
-            .map(|material| material.server_config(false))
-            .transpose()
-            .map_err(|e| ServerError::Config(e.to_string()))?;
+        let tls = tls.as_ref().map(Reloadable::new).transpose()?;
+        raft_config.tls = tls.as_ref().map(|t| t.peer.clone());
         let raft = Arc::new(MultiRaft::start(raft_config, store.clone()).await?);
         let path = raft
             .take_control()
@@ -143,7 +165,7 @@ impl Parts {
             backups,
             control,
             api,
-            https,
+            tls,
         })
     }
 
@@ -276,9 +298,23 @@ pub struct Node {
     sweeper: Background,
     backups: Arc<Backups<Control>>,
     snapshots: Arc<Coordinator<Control>>,
+    config: Config,
+    tls: Option<Reloadable>,
 }
 
 impl Node {
+    /// Read the TLS files again (`--tls-*`) and use them for every connection from
+    /// now on: a renewed certificate or a new CA without a restart (SIGHUP). The
+    /// files are checked first (they parse, the key fits, the certificate names this
+    /// node); if they do not, nothing changes and the error says why.
+    pub fn reload_tls(&self) -> Result<bool, ServerError> {
+        let (Some(tls), Some(material)) = (&self.tls, load_tls(&self.config)?) else {
+            return Ok(false);
+        };
+        tls.reload(&material)?;
+        Ok(true)
+    }
+
     /// Open the data directory, assemble the node's [`Parts`], start their background
     /// tasks and serve the HTTP API.
     pub async fn start(config: Config) -> Result<Node, ServerError> {
@@ -303,14 +339,12 @@ impl Node {
         let app = parts.app();
         let span = tracing::info_span!("http", node = config.id, %http_addr);
         let most = config.max_connections;
-        let http = match &parts.https {
+        let http = match &parts.tls {
             Some(tls) => {
-                let listener =
-                    crate::https::HttpsListener::new(listener, tls.clone()).map_err(|source| {
-                        ServerError::Io {
-                            what: "HTTPS listener".into(),
-                            source,
-                        }
+                let listener = crate::https::HttpsListener::new(listener, tls.https.clone())
+                    .map_err(|source| ServerError::Io {
+                        what: "HTTPS listener".into(),
+                        source,
                     })?;
                 tokio::spawn(crate::serve::serve(listener, app, most, stop).instrument(span))
             }
@@ -322,6 +356,7 @@ impl Node {
             store,
             backups,
             snapshots,
+            tls,
             ..
         } = parts;
         Ok(Node {
@@ -334,6 +369,8 @@ impl Node {
             sweeper,
             backups,
             snapshots,
+            config,
+            tls,
         })
     }
 

@@ -160,11 +160,12 @@ pub fn certifies(cert: &CertificateDer<'_>, id: NodeId) -> bool {
         .is_ok_and(|end| end.verify_is_valid_for_subject_name(&name).is_ok())
 }
 
-/// The peer port's TLS: dial and accept with mutual authentication.
+/// The peer port's TLS: dial and accept with mutual authentication. Clones share
+/// their material, so [`PeerTls::reload`] on any of them reaches every connection
+/// made afterwards (live ones keep what they were opened with).
 #[derive(Clone)]
 pub struct PeerTls {
-    connector: TlsConnector,
-    acceptor: TlsAcceptor,
+    current: Arc<std::sync::RwLock<(TlsConnector, TlsAcceptor)>>,
 }
 
 impl std::fmt::Debug for PeerTls {
@@ -176,15 +177,36 @@ impl std::fmt::Debug for PeerTls {
 impl PeerTls {
     pub fn new(material: &TlsMaterial) -> Result<PeerTls, TlsError> {
         Ok(PeerTls {
-            connector: TlsConnector::from(material.client_config()?),
-            acceptor: TlsAcceptor::from(material.server_config(true)?),
+            current: Arc::new(std::sync::RwLock::new(Self::build(material)?)),
         })
+    }
+
+    fn build(material: &TlsMaterial) -> Result<(TlsConnector, TlsAcceptor), TlsError> {
+        Ok((
+            TlsConnector::from(material.client_config()?),
+            TlsAcceptor::from(material.server_config(true)?),
+        ))
+    }
+
+    /// Use `material` (a renewed certificate, a new CA) for every later connection.
+    pub fn reload(&self, material: &TlsMaterial) -> Result<(), TlsError> {
+        let built = Self::build(material)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = built;
+        Ok(())
+    }
+
+    fn now(&self) -> (TlsConnector, TlsAcceptor) {
+        // Only a whole pair is ever written, so a poisoned lock still holds one.
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Open TLS on a dialled connection to node `peer`: its certificate must name it.
     pub(super) async fn dial(&self, tcp: TcpStream, peer: NodeId) -> io::Result<PeerStream> {
         let name = ServerName::try_from(node_name(peer)).map_err(io::Error::other)?;
-        let tls = self.connector.connect(name, tcp).await?;
+        let tls = self.now().0.connect(name, tcp).await?;
         Ok(PeerStream::Tls(Box::new(TlsStream::Client(tls))))
     }
 
@@ -193,7 +215,7 @@ impl PeerTls {
         &self,
         tcp: TcpStream,
     ) -> io::Result<(PeerStream, CertificateDer<'static>)> {
-        let tls = self.acceptor.accept(tcp).await?;
+        let tls = self.now().1.accept(tcp).await?;
         let cert = tls
             .get_ref()
             .1
