@@ -57,6 +57,9 @@ async fn run(
     if scenario.spares != 0 {
         flags.push_str(&format!(" --spares {}", scenario.spares));
     }
+    if scenario.tls {
+        flags.push_str(" --tls");
+    }
     scenario.replay = format!(
         "CAIRN_TEST_SEED={seed} cargo test -p cairn-server --test chaos {name} -- --nocapture   (or: target/debug/cairn-chaos --seed {seed} --faults {}{flags})",
         names.join(",")
@@ -129,6 +132,24 @@ async fn mixed_faults() {
             RestartAll,
             SlowMarkers,
         ],
+    )
+    .await;
+}
+
+/// The cluster under TLS (HTTPS, mutual TLS between peers): leaders killed, a node
+/// paused, everything restarted, crash points; every peer connection is re-dialled and
+/// re-authenticated many times over. Process faults only: the peer-link proxy cannot
+/// read frames under TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_process_faults() {
+    run(
+        "tls_process_faults",
+        111,
+        &[KillLeader, Pause, RestartAll, CrashPoint],
+        |mut s| {
+            s.tls = true;
+            s
+        },
     )
     .await;
 }

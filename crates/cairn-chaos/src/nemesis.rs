@@ -122,7 +122,9 @@ impl FaultKind {
         FaultKind::ALL.into_iter().find(|k| k.name() == name)
     }
 
-    fn is_network(self) -> bool {
+    /// Whether the fault needs the frame-aware proxy on the peer links (which cannot
+    /// read frames under TLS).
+    pub fn is_network(self) -> bool {
         matches!(
             self,
             FaultKind::Partition

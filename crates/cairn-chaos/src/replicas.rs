@@ -228,8 +228,8 @@ async fn get_json<T: serde::de::DeserializeOwned>(
     node: NodeId,
     path: &str,
 ) -> Result<std::result::Result<T, (u16, String)>> {
-    let url = format!("http://{}{path}", cluster.http_addr(node)?);
-    let http = crate::cluster::http_client(Duration::from_secs(30));
+    let url = format!("{}://{}{path}", cluster.scheme(), cluster.http_addr(node)?);
+    let http = crate::cluster::http_client_trusting(Duration::from_secs(30), cluster.ca_pem())?;
     let response = http.get(&url).send().await.map_err(|e| ChaosError::Api {
         node,
         what: format!("GET {path}: {e}"),

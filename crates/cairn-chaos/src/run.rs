@@ -31,7 +31,7 @@ use cairn_store::NodeId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::cluster::{http_client, Cluster, ClusterOptions};
+use crate::cluster::{http_client_trusting, Cluster, ClusterOptions};
 use crate::error::{ChaosError, Result};
 use crate::history::{Answer, History, Operation, Outcome, Request, Shown};
 use crate::linearizability::{self, CheckOptions, LinearizabilityReport};
@@ -74,6 +74,10 @@ pub struct Scenario {
     pub value_bytes: usize,
     /// Appended to every node's command line.
     pub server_args: Vec<String>,
+    /// HTTPS and mutual TLS between peers (see [`ClusterOptions::tls`]). The
+    /// frame-aware proxy cannot read frames under TLS, so a TLS run has no proxy and
+    /// takes process faults only (kills, pauses, restarts, crash points, membership).
+    pub tls: bool,
     pub check: CheckOptions,
     /// The command that replays this run, printed with every failure.
     pub replay: String,
@@ -112,6 +116,7 @@ impl Scenario {
             snapshot_every: (Duration::from_millis(1000), Duration::from_millis(2000)),
             request_timeout: Duration::from_secs(6),
             value_bytes: 0,
+            tls: false,
             server_args: vec![
                 "--request-timeout-ms".into(),
                 "3000".into(),
@@ -281,7 +286,16 @@ impl Run {
         options.nodes = scenario.nodes;
         options.spares = scenario.spares;
         options.shards = scenario.shards;
-        options.proxied = true;
+        if scenario.tls {
+            if let Some(fault) = scenario.faults.iter().find(|f| f.is_network()) {
+                return Err(ChaosError::Misuse(format!(
+                    "`{}` needs the peer-link proxy, which cannot read frames under TLS; a TLS run takes process faults only",
+                    fault.name()
+                )));
+            }
+        }
+        options.proxied = !scenario.tls;
+        options.tls = scenario.tls;
         options.extra_args = scenario.server_args.clone();
         options.dir_prefix = format!("cairn-chaos-{}-", scenario.name);
         let mut cluster = Cluster::new(options)?;
@@ -332,18 +346,15 @@ impl Run {
         cluster.start_all()?;
         cluster.wait_ready(READY).await?;
         let ids = cluster.ids();
+        let scheme = cluster.scheme();
         let endpoints: Vec<(NodeId, String)> = ids
             .iter()
-            .map(|&id| Ok((id, format!("http://{}", cluster.http_addr(id)?))))
+            .map(|&id| Ok((id, format!("{scheme}://{}", cluster.http_addr(id)?))))
             .collect::<Result<_>>()?;
+        let http = http_client_trusting(scenario.request_timeout, cluster.ca_pem())?;
         let clients: Vec<(NodeId, Client)> = endpoints
             .iter()
-            .map(|(id, base)| {
-                (
-                    *id,
-                    Client::with_http(base.clone(), http_client(scenario.request_timeout)),
-                )
-            })
+            .map(|(id, base)| (*id, Client::with_http(base.clone(), http.clone())))
             .collect();
         let base_info = base_snapshot(&clients[0].1).await?;
         let base = base_info.id;
@@ -358,6 +369,7 @@ impl Run {
                 shards: scenario.shards,
                 think: scenario.think,
                 request_timeout: scenario.request_timeout,
+                http: http.clone(),
                 seed: rng.gen(),
                 // A tenth of the checker's cap is left for operations in flight
                 // when a generation ends and for the final reads.

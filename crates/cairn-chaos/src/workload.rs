@@ -54,6 +54,9 @@ pub struct WorkloadOptions {
     pub think: Duration,
     /// The HTTP deadline of one operation; past it, the operation is unknown.
     pub request_timeout: Duration,
+    /// The HTTP client every workload client shares (its deadline is
+    /// `request_timeout`; under TLS it trusts the cluster's CA).
+    pub http: reqwest::Client,
     pub seed: u64,
     /// Operations one key may see before the workload moves to a fresh generation of
     /// keys (0: never). The linearizability checker decides keys only up to a cap
@@ -208,7 +211,7 @@ impl Workload {
         });
         let stop = CancellationToken::new();
         let progress = Arc::new(Progress::default());
-        let http = crate::cluster::http_client(opts.request_timeout);
+        let http = opts.http.clone();
         let mut clients = Vec::new();
         for index in 0..opts.clients {
             let id = index as ClientId;

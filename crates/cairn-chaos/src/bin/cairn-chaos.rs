@@ -67,6 +67,9 @@ struct Args {
     /// spaces (e.g. `--server-args "--lease-reads true"`).
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     server_args: String,
+    /// Run the nodes with TLS (HTTPS, mutual TLS between peers); process faults only.
+    #[arg(long)]
+    tls: bool,
 }
 
 fn cairn_binary(args: &Args) -> anyhow::Result<PathBuf> {
@@ -99,13 +102,14 @@ fn parse_faults(names: &[String]) -> anyhow::Result<Vec<FaultKind>> {
 fn replay_command(seed: u64, faults: &[FaultKind], args: &Args) -> String {
     let names: Vec<&str> = faults.iter().map(|f| f.name()).collect();
     format!(
-        "cargo build -p cairn-server --features failpoints && cargo build -p cairn-chaos && target/debug/cairn-chaos --seed {seed} --faults {} --nodes {} --spares {} --clients {} --value-bytes {} --server-args {:?}",
+        "cargo build -p cairn-server --features failpoints && cargo build -p cairn-chaos && target/debug/cairn-chaos --seed {seed} --faults {} --nodes {} --spares {} --clients {} --value-bytes {} --server-args {:?}{}",
         names.join(","),
         args.nodes,
         args.spares,
         args.clients,
         args.value_bytes,
-        args.server_args
+        args.server_args,
+        if args.tls { " --tls" } else { "" }
     )
 }
 
@@ -143,6 +147,7 @@ fn main() -> anyhow::Result<()> {
             scenario.clients = args.clients;
             scenario.nodes = args.nodes;
             scenario.spares = args.spares;
+            scenario.tls = args.tls;
             scenario
                 .server_args
                 .extend(args.server_args.split_whitespace().map(String::from));
@@ -169,6 +174,7 @@ fn main() -> anyhow::Result<()> {
             scenario.clients = args.clients;
             scenario.nodes = args.nodes;
             scenario.spares = args.spares;
+            scenario.tls = args.tls;
             scenario
                 .server_args
                 .extend(args.server_args.split_whitespace().map(String::from));
@@ -210,6 +216,8 @@ fn soak_faults(rng: &mut StdRng, count: usize, args: &Args) -> Vec<FaultKind> {
             }
             FaultKind::Decommission => false,
             FaultKind::MoveKill => room,
+            // No peer-link proxy under TLS.
+            network if args.tls && network.is_network() => false,
             _ => true,
         };
         if fits {
