@@ -556,3 +556,77 @@ async fn sighup_reloads_certificates_and_keeps_them_when_the_new_ones_are_bad() 
         .await
         .expect("still serving");
 }
+
+/// A token limited to a key prefix reads and writes only under it: single keys,
+/// every op of a batch, scans and diffs whose prefix lies inside; anything else is
+/// 403 and changes nothing. An admin token cannot be limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefixed_token_touches_only_its_keys() {
+    let (cluster, root, _root_dir) = secured(1).await;
+    let base = format!("http://{}", cluster.http_addr(1));
+    let admin = Client::with_token(&base, &root).unwrap();
+    admin.put(b"team-b/secret", b"b's").await.unwrap();
+    let scoped = admin
+        .create_scoped_token("team-a-app", Role::Write, Some("team-a/"))
+        .await
+        .unwrap();
+    assert_eq!(scoped.info.prefix.as_deref(), Some("team-a/"));
+    let a = Client::with_token(&base, &scoped.token).unwrap();
+
+    a.put(b"team-a/x", b"1").await.expect("its own key");
+    assert_eq!(
+        a.get(b"team-a/x").await.unwrap().map(|g| g.value),
+        Some(b"1".to_vec())
+    );
+    let scan = a
+        .scan(&cairn_client::ScanOptions {
+            prefix: b"team-a/".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("a scan inside its prefix");
+    assert_eq!(scan.items.len(), 1);
+
+    let forbidden = |r: Result<(), cairn_client::Error>, what: &str| {
+        let e = r.expect_err(what);
+        assert_eq!(e.code(), Some("forbidden"), "{what}: {e}");
+    };
+    forbidden(a.get(b"team-b/secret").await.map(drop), "a read outside");
+    forbidden(
+        a.put(b"team-b/secret", b"a's").await.map(drop),
+        "a write outside",
+    );
+    forbidden(
+        a.delete(b"team-b/secret").await.map(drop),
+        "a delete outside",
+    );
+    forbidden(
+        a.scan(&cairn_client::ScanOptions::default())
+            .await
+            .map(drop),
+        "a scan of everything",
+    );
+    forbidden(
+        a.batch(vec![
+            cairn_client::api::BatchOp::put(b"team-a/y", b"2"),
+            cairn_client::api::BatchOp::put(b"team-b/secret", b"a's"),
+        ])
+        .await
+        .map(drop),
+        "a batch reaching outside",
+    );
+    assert_eq!(
+        a.get(b"team-a/y").await.unwrap(),
+        None,
+        "the refused batch wrote"
+    );
+    assert_eq!(
+        admin.get(b"team-b/secret").await.unwrap().map(|g| g.value),
+        Some(b"b's".to_vec())
+    );
+    let limited_admin = admin
+        .create_scoped_token("nope", Role::Admin, Some("team-a/"))
+        .await
+        .expect_err("an admin token cannot be limited");
+    assert_eq!(limited_admin.code(), Some("bad_token_request"));
+}

@@ -619,6 +619,10 @@ pub struct CreateToken {
     /// Who or what the token is for (1 to 128 bytes), shown in lists and audit records.
     pub name: String,
     pub role: Role,
+    /// Only keys starting with this (UTF-8) may be read or written with the token
+    /// (a `read` or `write` token; an admin token covers every key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
 }
 
 /// A token as the cluster lists it: never its secret.
@@ -628,6 +632,9 @@ pub struct TokenInfo {
     pub id: String,
     pub name: String,
     pub role: Role,
+    /// The key prefix the token is limited to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
     /// When it was created, in milliseconds since the Unix epoch.
     pub created_ms: u64,
     /// Who created it (a token's name, or `root`).

@@ -406,10 +406,21 @@ impl Client {
     /// Create a token with `role` (`POST /v1/auth/tokens`, admin only); the answer is
     /// the only time its secret is shown.
     pub async fn create_token(&self, name: &str, role: api::Role) -> Result<api::CreatedToken> {
+        self.create_scoped_token(name, role, None).await
+    }
+
+    /// Create a token with `role` that may touch only keys starting with `prefix`.
+    pub async fn create_scoped_token(
+        &self,
+        name: &str,
+        role: api::Role,
+        prefix: Option<&str>,
+    ) -> Result<api::CreatedToken> {
         let url = format!("{}/v1/auth/tokens", self.base);
         let body = api::CreateToken {
             name: name.to_owned(),
             role,
+            prefix: prefix.map(str::to_owned),
         };
         json(check(self.http.post(url).json(&body).send().await?).await?).await
     }

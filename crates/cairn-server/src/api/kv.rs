@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use cairn_client::api::{
     join_bytes, BatchOpKind, BatchRequest, BatchResponse, DeleteResponse, ScanItem, ScanResponse,
     WriteResponse,
@@ -17,18 +17,46 @@ use cairn_txn::TxnError;
 
 use super::request::{read_body, Params};
 use super::{snapshots, url, ApiError, ApiState, ErrorCode};
+use crate::auth::Principal;
 
 type Shared = State<Arc<ApiState>>;
 
 const KV_PREFIX: &str = "/v1/kv/";
 const DEFAULT_SCAN_LIMIT: usize = 100;
 
+/// A token limited to a prefix touches only keys under it (403 otherwise).
+fn may_touch(who: &Principal, key: &[u8]) -> Result<(), ApiError> {
+    if who.may_touch(key) {
+        Ok(())
+    } else {
+        Err(ApiError::new(ErrorCode::Forbidden, who.outside()))
+    }
+}
+
+/// ... and lists only prefixes inside its own.
+pub(super) fn may_list(who: &Principal, prefix: &[u8]) -> Result<(), ApiError> {
+    if who.may_list(prefix) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("{}; give a `prefix` inside it", who.outside()),
+        ))
+    }
+}
+
 pub async fn empty_key() -> ApiError {
     ApiError::new(ErrorCode::EmptyKey, "the key is empty; use /v1/kv/{key}")
 }
 
-pub async fn get(State(api): Shared, uri: Uri, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn get(
+    State(api): Shared,
+    Extension(who): Extension<Principal>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let key = api.key_from_path(&uri)?;
+    may_touch(&who, &key)?;
     let params = Params::parse(&uri, &["consistency", "snapshot", "as_of"])?;
     let tags = |name: header::HeaderName| {
         header_text(&headers, name.clone())?
@@ -89,11 +117,13 @@ pub async fn get(State(api): Shared, uri: Uri, headers: HeaderMap) -> Result<Res
 
 pub async fn put(
     State(api): Shared,
+    Extension(who): Extension<Principal>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let key = api.key_from_path(&uri)?;
+    may_touch(&who, &key)?;
     Params::parse(&uri, &[])?;
     let condition = precondition(&headers)?;
     let value = read_body(&api, body).await?;
@@ -119,10 +149,12 @@ pub async fn put(
 
 pub async fn delete(
     State(api): Shared,
+    Extension(who): Extension<Principal>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Json<DeleteResponse>, ApiError> {
     let key = api.key_from_path(&uri)?;
+    may_touch(&who, &key)?;
     Params::parse(&uri, &[])?;
     let condition = precondition(&headers)?;
     let op = WriteOp {
@@ -137,7 +169,11 @@ pub async fn delete(
     }))
 }
 
-pub async fn scan(State(api): Shared, uri: Uri) -> Result<Response, ApiError> {
+pub async fn scan(
+    State(api): Shared,
+    Extension(who): Extension<Principal>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
     let params = Params::parse(
         &uri,
         &[
@@ -150,8 +186,9 @@ pub async fn scan(State(api): Shared, uri: Uri) -> Result<Response, ApiError> {
             "as_of",
         ],
     )?;
-    let snapshot = snapshots::resolve(&api, &params).await?;
     let prefix = params.bytes("prefix").unwrap_or_default();
+    may_list(&who, &prefix)?;
+    let snapshot = snapshots::resolve(&api, &params).await?;
     let start_after = params.bytes("start_after");
     for (name, key) in [
         ("prefix", Some(&prefix)),
@@ -227,6 +264,7 @@ fn at_cut(snapshot: &cairn_snapshot::SnapshotRecord, shard: u32) -> Result<Consi
 
 pub async fn batch(
     State(api): Shared,
+    Extension(who): Extension<Principal>,
     uri: Uri,
     body: Body,
 ) -> Result<Json<BatchResponse>, ApiError> {
@@ -252,6 +290,7 @@ pub async fn batch(
         }
         let key = bytes(&op.key, &op.key_b64, "key")?;
         api.check_key(&key).map_err(|e| e.in_op(i))?;
+        may_touch(&who, &key).map_err(|e| e.in_op(i))?;
         let has_value = op.value.is_some() || op.value_b64.is_some();
         let kind = match op.op {
             BatchOpKind::Put if !has_value => {

@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
-use axum::Json;
+use axum::{Extension, Json};
 use cairn_client::api::{
     split_bytes, CreateSnapshot, DiffItem, DiffResponse, SnapshotInfo, SnapshotList,
 };
@@ -71,10 +71,15 @@ pub async fn delete(State(api): Shared, uri: Uri) -> Result<StatusCode, ApiError
 
 /// `GET /v1/snapshots/{a}/diff/{b}`: keys whose value differs between snapshot `a`
 /// and snapshot `b`, with their value in `b` (or `deleted`), in key order, paginated.
-pub async fn diff(State(api): Shared, uri: Uri) -> Result<Json<DiffResponse>, ApiError> {
+pub async fn diff(
+    State(api): Shared,
+    Extension(who): Extension<crate::auth::Principal>,
+    uri: Uri,
+) -> Result<Json<DiffResponse>, ApiError> {
     let (a, b) = (path_param(&uri, 3, "a")?, path_param(&uri, 5, "b")?);
     let params = Params::parse(&uri, &["prefix", "start_after", "limit", "encoding"])?;
     let prefix = params.bytes("prefix").unwrap_or_default();
+    super::kv::may_list(&who, &prefix)?;
     let start_after = params.bytes("start_after");
     let limit = params.limit(DEFAULT_LIST_LIMIT, api.config.max_scan_limit)?;
     let encoding = params.encoding()?;

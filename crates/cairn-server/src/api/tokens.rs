@@ -28,7 +28,7 @@ pub async fn create(
         .map_err(|e| ApiError::new(ErrorCode::BadJson, format!("invalid token request: {e}")))?;
     let created = api
         .auth
-        .create(&by, &request.name, request.role)
+        .create(&by, &request.name, request.role, request.prefix)
         .await
         .map_err(auth_error)?;
     Ok((StatusCode::CREATED, Json(created)))
@@ -63,7 +63,7 @@ pub async fn audit(State(api): Shared, uri: Uri) -> Result<Json<AuditList>, ApiE
 
 fn auth_error(e: AuthError) -> ApiError {
     let code = match &e {
-        AuthError::BadName => ErrorCode::BadTokenRequest,
+        AuthError::BadName | AuthError::BadPrefix(_) => ErrorCode::BadTokenRequest,
         AuthError::NotFound(_) => ErrorCode::TokenNotFound,
         AuthError::Meta(_) => ErrorCode::Unavailable,
         AuthError::Corrupt { .. } | AuthError::RootToken { .. } => ErrorCode::StorageError,

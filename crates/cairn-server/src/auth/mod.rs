@@ -51,6 +51,8 @@ pub enum AuthError {
     BadName,
     #[error("no token `{0}`")]
     NotFound(String),
+    #[error("{0}")]
+    BadPrefix(String),
 }
 
 /// Who sent a request, once authenticated.
@@ -59,6 +61,39 @@ pub struct Principal {
     /// The token's name, `root`, or `anonymous` when authentication is off.
     pub name: String,
     pub role: Role,
+    /// Only keys starting with this may be read or written (`None`: every key).
+    pub prefix: Option<Vec<u8>>,
+}
+
+impl Principal {
+    fn everything(name: &str) -> Principal {
+        Principal {
+            name: name.into(),
+            role: Role::Admin,
+            prefix: None,
+        }
+    }
+
+    /// Whether this principal may read or write `key`.
+    pub fn may_touch(&self, key: &[u8]) -> bool {
+        self.prefix.as_deref().is_none_or(|p| key.starts_with(p))
+    }
+
+    /// Whether this principal may see every key under `prefix` (a scan or a diff):
+    /// only if they all lie within its own.
+    pub fn may_list(&self, prefix: &[u8]) -> bool {
+        self.may_touch(prefix)
+    }
+
+    /// Why a key or prefix outside this principal's is refused.
+    pub fn outside(&self) -> String {
+        let prefix = self.prefix.as_deref().unwrap_or_default();
+        format!(
+            "token `{}` may only touch keys starting with `{}`",
+            self.name,
+            String::from_utf8_lossy(prefix)
+        )
+    }
 }
 
 /// A token as last read from the meta group (`None`: no such token).
@@ -92,20 +127,14 @@ impl Auth {
     /// carries no credentials the cluster knows.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Principal>, AuthError> {
         let Some(root) = &self.root else {
-            return Ok(Some(Principal {
-                name: "anonymous".into(),
-                role: Role::Admin,
-            }));
+            return Ok(Some(Principal::everything("anonymous")));
         };
         let Some(bearer) = bearer(headers) else {
             return Ok(None);
         };
         // blake3's `Hash` compares in constant time.
         if blake3::hash(bearer.as_bytes()) == *root {
-            return Ok(Some(Principal {
-                name: "root".into(),
-                role: Role::Admin,
-            }));
+            return Ok(Some(Principal::everything("root")));
         }
         let Some((id, hash)) = token::parse(bearer) else {
             return Ok(None);
@@ -117,6 +146,7 @@ impl Auth {
             .map(|record| Principal {
                 name: record.name,
                 role: record.role,
+                prefix: record.prefix.map(String::into_bytes),
             }))
     }
 
@@ -170,6 +200,7 @@ impl Auth {
         by: &Principal,
         name: &str,
         role: Role,
+        prefix: Option<String>,
     ) -> Result<CreatedToken, AuthError> {
         if name.is_empty()
             || name.len() > MAX_TOKEN_NAME_BYTES
@@ -177,11 +208,22 @@ impl Auth {
         {
             return Err(AuthError::BadName);
         }
+        if prefix.is_some() && role == Role::Admin {
+            return Err(AuthError::BadPrefix(
+                "an admin token covers every key; a prefix limits read and write tokens".into(),
+            ));
+        }
+        if prefix.as_deref() == Some("") {
+            return Err(AuthError::BadPrefix(
+                "an empty prefix limits nothing; leave it out".into(),
+            ));
+        }
         loop {
             let issued = token::issue();
             let record = TokenRecord {
                 name: name.to_owned(),
                 role,
+                prefix: prefix.clone(),
                 hash: issued.hash.to_hex().to_string(),
                 created_ms: cairn_cluster::clock::now_ms(),
                 created_by: by.name.clone(),

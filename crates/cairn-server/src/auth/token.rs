@@ -112,6 +112,9 @@ pub fn read_root_text(path: &Path) -> Result<String, AuthError> {
 pub struct TokenRecord {
     pub name: String,
     pub role: Role,
+    /// Only keys starting with this may be read or written with the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
     /// blake3 of the secret, in hex.
     pub hash: String,
     pub created_ms: u64,
@@ -129,6 +132,7 @@ impl TokenRecord {
             id: id.to_owned(),
             name: self.name.clone(),
             role: self.role,
+            prefix: self.prefix.clone(),
             created_ms: self.created_ms,
             created_by: self.created_by.clone(),
         }
@@ -185,6 +189,7 @@ mod tests {
         let record = TokenRecord {
             name: "app".into(),
             role: Role::Read,
+            prefix: None,
             hash: issued.hash.to_hex().to_string(),
             created_ms: 1,
             created_by: "root".into(),

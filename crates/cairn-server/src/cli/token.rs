@@ -21,6 +21,9 @@ pub enum TokenCommand {
         /// `read`, `write` or `admin`.
         #[arg(long)]
         role: Role,
+        /// Limit a read or write token to keys starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
         #[command(flatten)]
         endpoint: Endpoint,
     },
@@ -50,9 +53,13 @@ pub async fn run(command: TokenCommand) -> anyhow::Result<()> {
         TokenCommand::Create {
             name,
             role,
+            prefix,
             endpoint,
         } => {
-            let created = endpoint.client()?.create_token(&name, role).await?;
+            let created = endpoint
+                .client()?
+                .create_scoped_token(&name, role, prefix.as_deref())
+                .await?;
             eprintln!(
                 "token {} ({}, role {}): keep it secret, it is not shown again",
                 created.info.id, created.info.name, created.info.role
@@ -60,11 +67,18 @@ pub async fn run(command: TokenCommand) -> anyhow::Result<()> {
             println!("{}", created.token);
         }
         TokenCommand::List { endpoint } => {
-            println!("{:<16}  {:<5}  {:<24}  NAME", "ID", "ROLE", "CREATED BY");
+            println!(
+                "{:<16}  {:<5}  {:<24}  {:<16}  NAME",
+                "ID", "ROLE", "CREATED BY", "PREFIX"
+            );
             for t in endpoint.client()?.tokens().await? {
                 println!(
-                    "{:<16}  {:<5}  {:<24}  {}",
-                    t.id, t.role, t.created_by, t.name
+                    "{:<16}  {:<5}  {:<24}  {:<16}  {}",
+                    t.id,
+                    t.role,
+                    t.created_by,
+                    t.prefix.as_deref().unwrap_or("*"),
+                    t.name
                 );
             }
         }
