@@ -151,7 +151,7 @@ pub struct BackupSettings {
 }
 
 /// `[backup.s3]`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3Settings {
     pub endpoint: Option<String>,
@@ -160,6 +160,22 @@ pub struct S3Settings {
     pub secret_access_key: Option<String>,
     #[serde(default)]
     pub allow_http: bool,
+}
+
+/// The secret never shows, wherever the configuration is printed.
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("allow_http", &self.allow_http)
+            .finish()
+    }
 }
 
 /// Optional settings, as given by flags, environment or file (see the module doc).
@@ -1012,6 +1028,22 @@ mod tests {
             ..base()
         };
         assert!(small.resolve().is_ok());
+    }
+
+    #[test]
+    fn no_secret_shows_in_a_printed_configuration() {
+        let settings = Settings {
+            backup: Some(BackupSettings {
+                s3: Some(S3Settings {
+                    secret_access_key: Some("very-secret-key".into()),
+                    ..S3Settings::default()
+                }),
+                ..BackupSettings::default()
+            }),
+            ..base()
+        };
+        let config = settings.resolve().unwrap();
+        assert!(!format!("{config:?}").contains("very-secret-key"));
     }
 
     /// Secure by default: off loopback only with `--insecure`, and the refusal names
