@@ -1151,3 +1151,48 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// One running backup per destination: a second request for the same destination
+/// is refused (409, nothing recorded) while the first runs; another destination is
+/// not held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_running_backup_per_destination() {
+    let cluster = Cluster::start(ClusterOptions {
+        nodes: 1,
+        shards: 2,
+        // Slow enough that the first backup is still running when the second is asked.
+        extra_args: vec!["--backup-rate-limit".into(), "1KiB".into()],
+        ..ClusterOptions::default()
+    })
+    .await;
+    let client = cluster.client(1);
+    let value = vec![b'v'; 200];
+    for i in 0..100 {
+        client
+            .put(format!("k{i}").as_bytes(), &value)
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("a"), dir.path().join("b"));
+    let request = |dest: &Path| CreateBackup {
+        destination: Some(dest.display().to_string()),
+        incremental: false,
+        snapshot: None,
+    };
+    let running = client.create_backup(&request(&first)).await.unwrap();
+    assert_eq!(running.state, "running");
+    let refused = client.create_backup(&request(&first)).await.unwrap_err();
+    assert_eq!(refused.code(), Some("conflict"), "{refused}");
+    assert!(refused.to_string().contains(&running.id), "{refused}");
+    let elsewhere = client.create_backup(&request(&second)).await.unwrap();
+    assert_eq!(elsewhere.state, "running");
+    let ids: Vec<String> = client
+        .backups()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
+    assert_eq!(ids.len(), 2, "the refused request was recorded: {ids:?}");
+}

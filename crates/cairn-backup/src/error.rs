@@ -45,6 +45,9 @@ pub enum BackupError {
     /// The backup key is missing, unreadable or not the one the backup needs.
     #[error("backup key: {0}")]
     Key(String),
+    /// A backup to the same destination is running.
+    #[error("{0}")]
+    Busy(String),
     /// Someone else (the sweeper) decided this backup's fate first.
     #[error("{0}")]
     Superseded(String),

@@ -203,6 +203,21 @@ impl<S: Shards> Backups<S> {
                 )));
             }
         }
+        // One running backup per destination: a client cannot pile up backups that
+        // compete for the same bucket or disk. (Checked against the catalog, not
+        // locked: two requests racing on two nodes may both start.)
+        if let Some(running) = self
+            .catalog()
+            .list()
+            .await?
+            .into_iter()
+            .find(|r| r.value.is_running() && r.value.destination == url)
+        {
+            return Err(BackupError::Busy(format!(
+                "backup {} to {url} is still running; wait for it (GET /v1/backups/{})",
+                running.value.id, running.value.id
+            )));
+        }
         let dest = match existing {
             Some(dest) => dest,
             None => self.destination(&url)?,

@@ -165,7 +165,7 @@ impl From<BackupError> for ApiError {
             BackupError::NotFound(_) => ErrorCode::BackupNotFound,
             BackupError::HistoryGone(_) => ErrorCode::HistoryUnavailable,
             BackupError::Snapshot(s) => return ApiError::of_snapshot(s),
-            BackupError::Superseded(_) => ErrorCode::Conflict,
+            BackupError::Superseded(_) | BackupError::Busy(_) => ErrorCode::Conflict,
             BackupError::Store(_) | BackupError::Io { .. } => ErrorCode::DestinationError,
             BackupError::Missing(_)
             | BackupError::BadFile { .. }
