@@ -5,10 +5,11 @@
 //! its external IO directory, a node writes only under the roots it was given: its
 //! default destination, its schedules' destinations and the `--backup-allow` list
 //! (`*` there allows anything, as the local `cairn dev` cluster does). Paths are
-//! compared component by component after making them absolute and resolving `.` and
-//! `..` lexically, so `/srv/backups/../etc` is not under `/srv/backups`; symbolic links
-//! inside an allowed root are trusted. `s3://bucket/prefix` URLs are compared by
-//! bucket and path segments.
+//! compared component by component after making them absolute, resolving `.` and `..`
+//! lexically (so `/srv/backups/../etc` is not under `/srv/backups`), and then
+//! resolving symbolic links in the part of each path that exists, at the moment of the
+//! check (so a link inside a root that points out of it does not lead out).
+//! `s3://bucket/prefix` URLs are compared by bucket and path segments.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -59,6 +60,28 @@ fn normalize(path: &Path) -> PathBuf {
     out
 }
 
+/// `path` (already normalized) with the symbolic links of its longest existing
+/// ancestor resolved; the components that do not exist yet follow unchanged.
+fn resolve(path: &Path) -> PathBuf {
+    let mut existing = path.to_path_buf();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return rest.iter().rev().fold(real, |p, c| p.join(c));
+        }
+        match (
+            existing.file_name().map(|n| n.to_os_string()),
+            existing.parent(),
+        ) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent.to_path_buf();
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}
+
 impl AllowedDestinations {
     /// Allow `roots` (destinations in any form `Destination::parse` takes); `*` allows
     /// every destination.
@@ -88,10 +111,12 @@ impl AllowedDestinations {
             return Ok(());
         }
         let permitted = match root_of(url) {
-            Some(Root::Local(path)) => self
-                .roots
-                .iter()
-                .any(|r| matches!(r, Root::Local(root) if path.starts_with(root))),
+            Some(Root::Local(path)) => {
+                let path = resolve(&path);
+                self.roots
+                    .iter()
+                    .any(|r| matches!(r, Root::Local(root) if path.starts_with(resolve(root))))
+            }
             Some(Root::S3(segments)) => self
                 .roots
                 .iter()
@@ -160,6 +185,35 @@ mod tests {
         assert!(AllowedDestinations::new(Vec::<&str>::new())
             .check("/tmp/x")
             .is_err());
+    }
+
+    /// A link inside a root that points out of it does not make its target allowed.
+    #[cfg(unix)]
+    #[test]
+    fn a_symbolic_link_out_of_a_root_leads_nowhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("backups");
+        let outside = dir.path().join("etc");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("escape")).unwrap();
+        let allowed = AllowedDestinations::new([root.to_str().unwrap()]);
+        assert!(allowed
+            .check(root.join("nightly/new").to_str().unwrap())
+            .is_ok());
+        let escape = root.join("escape/x");
+        assert!(
+            matches!(
+                allowed.check(escape.to_str().unwrap()),
+                Err(BackupError::NotAllowed(_))
+            ),
+            "a link out of the root was followed"
+        );
+        // A root reached through a link is still the root.
+        std::os::unix::fs::symlink(&root, dir.path().join("alias")).unwrap();
+        assert!(allowed
+            .check(dir.path().join("alias/daily").to_str().unwrap())
+            .is_ok());
     }
 
     #[test]
