@@ -130,7 +130,8 @@ pub struct TlsFiles {
 pub struct BackupSettings {
     /// Where a backup without a destination goes. Default `./backups`.
     pub dir: Option<String>,
-    /// Read rate limit of one backup, e.g. `64MiB` (per second); `0` is unlimited.
+    /// Read rate limit of all the backups a node runs together, e.g. `64MiB` (per
+    /// second); `0` is unlimited.
     /// Default 128MiB.
     pub rate_limit: Option<String>,
     /// A running backup that wrote no progress for this long is failed. Default 30s.
@@ -311,7 +312,8 @@ pub struct Settings {
     #[arg(long, env = "CAIRN_BACKUP_DIR")]
     #[serde(skip)]
     pub backup_dir: Option<String>,
-    /// Backup read rate limit per second, e.g. `64MiB`; 0 is unlimited [default: 128MiB].
+    /// Backup read rate limit per second, of all the backups the node runs together,
+    /// e.g. `64MiB`; 0 is unlimited [default: 128MiB].
     #[arg(long, env = "CAIRN_BACKUP_RATE_LIMIT")]
     #[serde(skip)]
     pub backup_rate_limit: Option<String>,

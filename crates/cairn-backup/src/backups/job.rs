@@ -23,7 +23,7 @@ use crate::manifest::{FileEntry, Manifest, ParentRef, SnapshotRef, MANIFEST_VERS
 use crate::retention::{self, BackupSummary};
 use crate::schedule::Schedule;
 use crate::verify::read_manifest;
-use crate::write::{encode_shard_into, put_manifest, shard_file_name, PartSink, Throttle};
+use crate::write::{encode_shard_into, put_manifest, shard_file_name, PartSink};
 
 use super::{rfc3339_ms, Backups, Job};
 
@@ -364,7 +364,7 @@ impl<S: Shards> Backups<S> {
         range: HistoryRange,
         source: Source,
     ) -> Result<FileEntry, BackupError> {
-        let rate = self.config.rate_limit;
+        let mut throttle = self.throttle.clone();
         let key = self.config.key.clone();
         let backup_id = id.to_owned();
         let (sink, mut parts) = PartSink::new(Upload::PART);
@@ -375,7 +375,6 @@ impl<S: Shards> Backups<S> {
         };
         let encoder =
             crate::priority::behind_foreground(format!("backup-shard-{shard}"), move || {
-                let mut throttle = Throttle::new(rate);
                 let versions: Box<dyn Iterator<Item = Result<KeyVersion, BackupError>>> =
                     match source {
                         Source::Local(state) => Box::new(state.history(range).map(move |r| {

@@ -54,7 +54,8 @@ pub struct BackupConfig {
     pub default_destination: String,
     /// Settings for `s3://` destinations.
     pub s3: S3Options,
-    /// Read rate limit of one backup, in bytes per second; `None` is unlimited.
+    /// Read rate limit of all the backups a node runs together, in bytes per second;
+    /// `None` is unlimited.
     pub rate_limit: Option<u64>,
     /// A running backup's owner writes its record at least this often.
     pub heartbeat: Duration,
@@ -119,6 +120,8 @@ pub struct Backups<S: Shards> {
     node: u64,
     cluster_id: String,
     config: BackupConfig,
+    /// The node's one read throttle, shared by every backup it runs.
+    throttle: crate::write::Throttle,
     tasks: TaskTracker,
     cancel: CancellationToken,
     /// When this process started: running records of this node older than that
@@ -147,6 +150,7 @@ impl<S: Shards> Backups<S> {
             store,
             node,
             cluster_id,
+            throttle: crate::write::Throttle::new(config.rate_limit),
             config,
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
