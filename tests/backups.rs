@@ -1195,4 +1195,22 @@ async fn one_running_backup_per_destination() {
         .map(|b| b.id)
         .collect();
     assert_eq!(ids.len(), 2, "the refused request was recorded: {ids:?}");
+
+    // The catalog comes a page at a time, oldest first.
+    let page = |query: String| {
+        let url = format!("http://{}/v1/backups?{query}", cluster.http_addr(1));
+        async move {
+            let page: cairn_client::api::BackupList =
+                reqwest::get(url).await.unwrap().json().await.unwrap();
+            page
+        }
+    };
+    let first = page("limit=1".into()).await;
+    assert_eq!(first.backups.len(), 1);
+    assert_eq!(first.backups[0].id, running.id);
+    let after = first.next_start_after.expect("a second page");
+    let second = page(format!("limit=1&start_after={after}")).await;
+    assert_eq!(second.backups.len(), 1);
+    assert_eq!(second.backups[0].id, elsewhere.id);
+    assert_eq!(second.next_start_after, None);
 }

@@ -412,7 +412,11 @@ pub struct BackupInfo {
 /// Response to `GET /v1/backups`: newest first.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BackupList {
+    /// Oldest first (ids sort by age).
     pub backups: Vec<BackupInfo>,
+    /// More may follow: ask again with `start_after` set to this id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_start_after: Option<String>,
 }
 
 /// A backup schedule and where it stands.

@@ -519,9 +519,21 @@ impl Client {
 
     /// Every backup the cluster's catalog knows, newest first.
     pub async fn backups(&self) -> Result<Vec<api::BackupInfo>> {
-        let url = format!("{}/v1/backups", self.base);
-        let list: api::BackupList = json(check(self.http.get(url).send().await?).await?).await?;
-        Ok(list.backups)
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut url = format!("{}/v1/backups?limit=1000", self.base);
+            if let Some(after) = &after {
+                url.push_str(&format!("&start_after={}", encode_query(after.as_bytes())));
+            }
+            let page: api::BackupList =
+                json(check(self.http.get(url).send().await?).await?).await?;
+            all.extend(page.backups);
+            match page.next_start_after {
+                Some(next) => after = Some(next),
+                None => return Ok(all),
+            }
+        }
     }
 
     /// The configured backup schedules and their state.

@@ -38,10 +38,28 @@ pub async fn create(
     Ok((StatusCode::ACCEPTED, Json(info(record))))
 }
 
+/// `GET /v1/backups?limit=N&start_after=ID`: the catalog a page at a time, oldest
+/// first (ids sort by age).
 pub async fn list(State(api): Shared, uri: Uri) -> Result<Json<BackupList>, ApiError> {
-    Params::parse(&uri, &[])?;
-    let backups = api.backups.list().await?.into_iter().map(info).collect();
-    Ok(Json(BackupList { backups }))
+    let params = Params::parse(&uri, &["limit", "start_after"])?;
+    let limit = params.limit(100, api.config.max_scan_limit)?;
+    let after = params.text("start_after")?;
+    let mut records = api.backups.list().await?;
+    records.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut page: Vec<BackupInfo> = records
+        .into_iter()
+        .filter(|r| after.as_ref().is_none_or(|a| r.id.as_str() > a.as_str()))
+        .take(limit + 1)
+        .map(info)
+        .collect();
+    let next_start_after = (page.len() > limit).then(|| {
+        page.truncate(limit);
+        page.last().map(|b| b.id.clone()).unwrap_or_default()
+    });
+    Ok(Json(BackupList {
+        backups: page,
+        next_start_after,
+    }))
 }
 
 pub async fn show(State(api): Shared, uri: Uri) -> Result<Json<BackupInfo>, ApiError> {
@@ -122,9 +140,25 @@ pub async fn revert(
     Ok(Json(response))
 }
 
+/// `GET /v1/reverts?limit=N&start_after=ID`: the revert records a page at a time,
+/// oldest first; a page shorter than `limit` is the last.
 pub async fn reverts(State(api): Shared, uri: Uri) -> Result<Json<Vec<RevertAudit>>, ApiError> {
-    Params::parse(&uri, &[])?;
-    Ok(Json(api.reverts.audit_log().await?))
+    let params = Params::parse(&uri, &["limit", "start_after"])?;
+    let limit = params.limit(api.config.max_scan_limit, api.config.max_scan_limit)?;
+    let after = match params.text("start_after")? {
+        None => None,
+        Some(text) => Some(text.parse::<u64>().map_err(|_| {
+            ApiError::new(
+                ErrorCode::BadQuery,
+                "start_after must be a revert's id (a number)",
+            )
+        })?),
+    };
+    let mut records = api.reverts.audit_log().await?;
+    records.sort_by_key(|r| r.id);
+    records.retain(|r| after.is_none_or(|a| r.id > a));
+    records.truncate(limit);
+    Ok(Json(records))
 }
 
 fn info(record: BackupRecord) -> BackupInfo {
