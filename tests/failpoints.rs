@@ -569,8 +569,23 @@ async fn coordinator_crashes_leave_nothing_half_done() {
             .await;
             check_epoch(&other, point, epoch).await;
         }
-        let ops = keys.iter().map(|k| BatchOp::put(k, b"after")).collect();
-        other.batch(ops).await.expect("a batch after the crash");
+        // Leaders may still be moving after the restart: a batch refused with
+        // "nothing was written" (aborted, unavailable) is retried, as a client would.
+        eventually(
+            "a batch after the crash",
+            Duration::from_secs(20),
+            || async {
+                let ops = keys.iter().map(|k| BatchOp::put(k, b"after")).collect();
+                match other.batch(ops).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if matches!(e.code(), Some("transaction_aborted" | "unavailable")) => {
+                        Err(e.to_string())
+                    }
+                    Err(e) => panic!("a batch after the crash: {e}"),
+                }
+            },
+        )
+        .await;
         if point.starts_with("txn.") {
             // Each key's whole history, not only its value now: an undecided
             // transaction never wrote, a decided one wrote exactly once per key, and

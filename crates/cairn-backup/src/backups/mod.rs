@@ -208,15 +208,14 @@ impl<S: Shards> Backups<S> {
             }
         }
         // One running backup per destination: a client cannot pile up backups that
-        // compete for the same bucket or disk. (Checked against the catalog, not
-        // locked: two requests racing on two nodes may both start.)
-        if let Some(running) = self
-            .catalog()
-            .list()
-            .await?
-            .into_iter()
-            .find(|r| r.value.is_running() && r.value.destination == url)
-        {
+        // compete for the same bucket or disk. Only a live one counts (its owner
+        // wrote its record within a few heartbeats): one whose node crashed holds
+        // nothing up while the sweeper gets round to failing it. (Checked against
+        // the catalog, not locked: two requests racing on two nodes may both start.)
+        let live_since = now_ms().saturating_sub(3 * self.config.heartbeat.as_millis() as u64);
+        if let Some(running) = self.catalog().list().await?.into_iter().find(|r| {
+            r.value.is_running() && r.value.destination == url && r.value.updated_ms >= live_since
+        }) {
             return Err(BackupError::Busy(format!(
                 "backup {} to {url} is still running; wait for it (GET /v1/backups/{})",
                 running.value.id, running.value.id
