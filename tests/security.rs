@@ -630,3 +630,42 @@ async fn a_prefixed_token_touches_only_its_keys() {
         .expect_err("an admin token cannot be limited");
     assert_eq!(limited_admin.code(), Some("bad_token_request"));
 }
+
+/// A body that never arrives is answered `400 bad_body` after the body timeout (30 s)
+/// and the connection is released, instead of held for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_arrives_is_refused() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let cluster = Cluster::start(ClusterOptions {
+        nodes: 1,
+        shards: 2,
+        ..ClusterOptions::default()
+    })
+    .await;
+    let addr = cluster.http_addr(1);
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/batch HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"ops\":"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    answer.extend_from_slice(&buf[..n]);
+                    if answer.windows(8).any(|w| w == b"bad_body") {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer within 60 s");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("did not arrive"), "{answer}");
+}

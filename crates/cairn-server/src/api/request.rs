@@ -23,10 +23,25 @@ pub(super) async fn read_optional_json<T: serde::de::DeserializeOwned + Default>
         .map_err(|e| ApiError::new(ErrorCode::BadJson, format!("invalid {what}: {e}")))
 }
 
-/// Read a request body of at most `--max-request-bytes`.
+/// How long a client may take to send a request's body: a client that trickles one
+/// would otherwise hold its connection (one of `--max-connections`) for ever.
+pub(super) const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Read a request body of at most `--max-request-bytes`, within [`BODY_TIMEOUT`].
 pub(super) async fn read_body(api: &ApiState, body: Body) -> Result<axum::body::Bytes, ApiError> {
     let limit = api.config.max_request_bytes;
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+    let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::BadBody,
+                format!(
+                    "the request body did not arrive within {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            )
+        })?;
+    read.map_err(|e| {
         let too_large = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if too_large {
