@@ -29,10 +29,16 @@ fn root_token() -> (String, std::path::PathBuf, tempfile::TempDir) {
 
 /// A cluster whose nodes all hold the root token `root`.
 async fn secured(nodes: usize) -> (Cluster, String, tempfile::TempDir) {
+    secured_with(nodes, false).await
+}
+
+/// [`secured`], with TLS on or off.
+async fn secured_with(nodes: usize, tls: bool) -> (Cluster, String, tempfile::TempDir) {
     let (root, path, dir) = root_token();
     let cluster = Cluster::start(ClusterOptions {
         nodes,
         shards: 2,
+        tls,
         extra_args: vec![
             "--root-token-file".into(),
             path.display().to_string(),
@@ -347,20 +353,7 @@ async fn a_post_that_is_not_json_changes_nothing() {
 /// a snapshot (markers through every shard's leader) and reads at it all work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_cluster_serves_only_https_and_its_peers_speak_tls() {
-    let (root, path, _root_dir) = root_token();
-    let cluster = Cluster::start(ClusterOptions {
-        nodes: 3,
-        shards: 2,
-        tls: true,
-        extra_args: vec![
-            "--root-token-file".into(),
-            path.display().to_string(),
-            "--snapshot-interval-ms".into(),
-            "0".into(),
-        ],
-        ..ClusterOptions::default()
-    })
-    .await;
+    let (cluster, root, _root_dir) = secured_with(3, true).await;
     let ca = cluster.ca_pem().expect("a TLS cluster has a CA");
     let client = |node: usize| {
         assert!(cluster.url(node).starts_with("https://"));

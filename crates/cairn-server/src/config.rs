@@ -163,19 +163,24 @@ pub struct S3Settings {
     pub allow_http: bool,
 }
 
-/// The secret never shows, wherever the configuration is printed.
+impl S3Settings {
+    /// What the backup crate takes.
+    pub fn options(&self) -> cairn_backup::S3Options {
+        cairn_backup::S3Options {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            allow_http: self.allow_http,
+        }
+    }
+}
+
+/// As the backup crate's options print: the secret never shows, wherever the
+/// configuration is printed.
 impl std::fmt::Debug for S3Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Settings")
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("access_key_id", &self.access_key_id)
-            .field(
-                "secret_access_key",
-                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
-            )
-            .field("allow_http", &self.allow_http)
-            .finish()
+        std::fmt::Debug::fmt(&self.options(), f)
     }
 }
 
@@ -740,16 +745,9 @@ impl Config {
             }
             schedules.push(schedule);
         }
-        let s3 = b.s3.clone().unwrap_or_default();
         Ok(cairn_backup::BackupConfig {
             default_destination: b.dir.clone().unwrap_or_else(|| "./backups".into()),
-            s3: cairn_backup::S3Options {
-                endpoint: s3.endpoint,
-                region: s3.region,
-                access_key_id: s3.access_key_id,
-                secret_access_key: s3.secret_access_key,
-                allow_http: s3.allow_http,
-            },
+            s3: b.s3.clone().unwrap_or_default().options(),
             rate_limit,
             stale_after,
             heartbeat: (stale_after / 10).clamp(Duration::from_millis(200), Duration::from_secs(2)),
