@@ -111,9 +111,12 @@ pub fn check(data: &[u8]) {
 
 /// Send `method uri` with `body` to the in-process node: its status and body.
 pub fn send(method: &str, uri: &str, body: &[u8]) -> (StatusCode, Vec<u8>) {
+    // A POST says it is JSON, as every client must (a POST that does not is refused
+    // with 415 before any handler runs, `tests/security.rs`).
     let request = Request::builder()
         .method(method)
         .uri(uri)
+        .header("content-type", "application/json")
         .body(Body::from(body.to_vec()))
         .expect("a valid request");
     let (status, _, body) = answer(request);
@@ -281,6 +284,8 @@ async fn start(dir: &Path) -> axum::Router {
         snapshot_interval_ms: Some(0),
         backup_dir: Some(dir.join("backups").display().to_string()),
         backup_rate_limit: Some("0".into()),
+        // The debug views are routes like the others, to fuzz and to document.
+        enable_debug: Some(true),
         ..Settings::default()
     };
     let config = settings.resolve().expect("fuzz node config");
