@@ -78,7 +78,7 @@ for id in 1 2 3; do
   (cd "$work" && AWS_ENDPOINT=http://127.0.0.1:9 AWS_ALLOW_HTTP=true AWS_REGION=none \
     exec "$bin" server --id "$id" --data-dir "$work/node$id" \
     --http "127.0.0.1:${ports[$((id - 1))]}" --peer "127.0.0.1:${ports[$((id + 2))]}" \
-    --initial-cluster "$cluster" --backup-dir "$work/backups" \
+    --initial-cluster "$cluster" --backup-dir "$work/backups" --enable-debug \
     >"$work/node$id.log" 2>&1) &
   pids+=("$!")
 done
