@@ -812,21 +812,8 @@ impl Drop for Cluster {
 
 /// A reqwest client with a deadline that trusts only the CA `ca` (PEM), if given.
 pub fn http_client_trusting(timeout: Duration, ca: Option<&[u8]>) -> Result<reqwest::Client> {
-    let Some(ca) = ca else {
-        return Ok(http_client(timeout));
-    };
-    let mut builder = reqwest::Client::builder()
-        .timeout(timeout)
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false);
-    for root in reqwest::Certificate::from_pem_bundle(ca)
-        .map_err(|e| ChaosError::Misuse(format!("the test CA: {e}")))?
-    {
-        builder = builder.add_root_certificate(root);
-    }
-    builder
-        .build()
-        .map_err(|e| ChaosError::Misuse(format!("an HTTPS client: {e}")))
+    cairn_client::http_client(timeout, None, ca)
+        .map_err(|e| ChaosError::Misuse(format!("an HTTP client for the test cluster: {e}")))
 }
 
 /// Make a CA and certificates for nodes 1 to `nodes` in `dir` with `binary`'s

@@ -49,6 +49,42 @@ const LONG_CALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// cross-site form post can never reach a route.
 const JSON: &str = "application/json";
 
+/// A `reqwest::Client` with a deadline per request, presenting `token` as
+/// `Authorization: Bearer` (a header marked sensitive, so it never shows in `Debug`
+/// output) and, given the cluster CA's PEM certificate(s), trusting only that
+/// authority for `https://` nodes. The one place such a client is built: the CLI,
+/// tests and the chaos harness share it.
+pub fn http_client(
+    timeout: Duration,
+    token: Option<&str>,
+    ca_pem: Option<&[u8]>,
+) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().timeout(timeout);
+    if let Some(token) = token {
+        let mut bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| Error::BadToken)?;
+        bearer.set_sensitive(true);
+        builder = builder.default_headers(reqwest::header::HeaderMap::from_iter([(
+            reqwest::header::AUTHORIZATION,
+            bearer,
+        )]));
+    }
+    if let Some(pem) = ca_pem {
+        let roots =
+            reqwest::Certificate::from_pem_bundle(pem).map_err(|e| Error::BadCa(e.to_string()))?;
+        if roots.is_empty() {
+            return Err(Error::BadCa("no PEM certificate in it".into()));
+        }
+        builder = builder.use_rustls_tls().tls_built_in_root_certs(false);
+        for root in roots {
+            builder = builder.add_root_certificate(root);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| Error::BadCa(format!("building the HTTPS client: {e}")))
+}
+
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Consistency {
@@ -175,31 +211,10 @@ impl Client {
         token: Option<&str>,
         ca_pem: Option<&[u8]>,
     ) -> Result<Client> {
-        let mut builder = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
-        if let Some(token) = token {
-            let mut bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|_| Error::BadToken)?;
-            bearer.set_sensitive(true);
-            builder = builder.default_headers(reqwest::header::HeaderMap::from_iter([(
-                reqwest::header::AUTHORIZATION,
-                bearer,
-            )]));
-        }
-        if let Some(pem) = ca_pem {
-            let roots = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| Error::BadCa(e.to_string()))?;
-            if roots.is_empty() {
-                return Err(Error::BadCa("no PEM certificate in it".into()));
-            }
-            builder = builder.use_rustls_tls().tls_built_in_root_certs(false);
-            for root in roots {
-                builder = builder.add_root_certificate(root);
-            }
-        }
-        let http = builder
-            .build()
-            .map_err(|e| Error::BadCa(format!("building the HTTPS client: {e}")))?;
-        Ok(Client::with_http(base, http))
+        Ok(Client::with_http(
+            base,
+            http_client(REQUEST_TIMEOUT, token, ca_pem)?,
+        ))
     }
 
     /// A client sharing an existing `reqwest::Client` (and its pool and settings).
