@@ -1,12 +1,13 @@
 //! Group commit: one fsync covers the writes of every replica of the node that were
 //! waiting when it started.
 //!
-//! Replicas write their entries and hard state into sled (which only buffers them),
-//! then call [`GroupCommit::sync`] and block until a flush that began *after* their
-//! write has finished. The flusher thread takes every waiter queued so far, calls
-//! `flush()` once, and wakes them all; writers that arrive during a flush wait for the
-//! next one. Under load one flush therefore serves many shards, which is what lets a
-//! node's write rate exceed its disk's fsync rate.
+//! Replicas append their entries and hard state to the node's Raft log (which only
+//! hands them to the OS), then call [`GroupCommit::sync`] and block until a sync that
+//! began *after* their write has finished. The flusher thread takes every waiter queued
+//! so far, calls [`NodeStore::sync_log`] once (one `fdatasync` of the log engine), and
+//! wakes them all; writers that arrive during a sync wait for the next one. Under load
+//! one sync therefore serves many shards, which is what lets a node's write rate exceed
+//! its disk's fsync rate.
 //!
 //! The replica sees durability only through the [`Durability`] trait, so the decision
 //! code never knows whether an fsync happens or a simulation merely records what a
@@ -32,10 +33,12 @@ pub enum SyncError {
 
 /// How a replica makes what it wrote to the store durable.
 ///
-/// Contract: when `sync` returns `Ok`, every write the calling replica made to the node's
-/// store before the call survives a crash (an error is fatal to the replica). Writes
-/// not yet synced may survive a crash or not, but always as a prefix: sled applies each
-/// batch atomically and recovers a prefix of its write stream.
+/// Contract: when `sync` returns `Ok`, every write the calling replica made to its Raft
+/// log before the call survives a crash (an error is fatal to the replica). Writes not
+/// yet synced may survive a crash or not, but always as a prefix of each store's
+/// stream: the log engine and sled apply each batch atomically and recover a prefix.
+/// The state machine (sled) may come back behind the log, and is replayed from it;
+/// the log never drops entries before sled is durable past them (`cairn_store`).
 pub trait Durability {
     /// Block until everything the caller wrote to the store before the call is durable.
     fn sync(&self) -> Result<(), SyncError>;
@@ -87,7 +90,7 @@ fn run(store: NodeStore, rx: Receiver<Waiter>) {
         let mut waiters = vec![first];
         waiters.extend(rx.try_iter());
         let started = std::time::Instant::now();
-        let result = store.flush().map_err(|e| SyncError::Failed(e.to_string()));
+        let result = store.sync_log().map_err(|e| SyncError::Failed(e.to_string()));
         metrics::histogram!("cairn_fsync_seconds").record(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
             tracing::error!(error = %e, "fsync failed");

@@ -602,18 +602,18 @@ async fn a_proposal_over_the_entry_limit_is_refused_and_the_log_does_not_move() 
     );
 }
 
-/// Issue 13: sled's `flush()` alone does not reach the disk (`sync_file_range` leaves
-/// the drive's cache and the file's size unsynced). Every acknowledged write must
-/// follow a durable sync (`fdatasync`) on a quorum, the leader included: writes
-/// acknowledged one after another cannot share one, so the leader's count of durable
-/// syncs grows by at least one per write. Reverting the store to `flush()` alone
-/// stops the count, and this test fails.
+/// Issue 13: every acknowledged write must follow a durable sync (`fdatasync`) of the
+/// Raft log on a quorum, the leader included: writes acknowledged one after another
+/// cannot share one, so the leader's count of log syncs grows by at least one per
+/// write. Reverting the store to sled's `flush()` alone (which does not reach the
+/// disk), or group commit to syncing sled instead of the log engine, stops the count,
+/// and this test fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_write_follows_a_durable_sync() {
     let cluster = TestCluster::start().await;
     cluster.put(0, "warm", "up").await;
     let leader = cluster.leader(0).await;
-    let syncs = |id: u64| cluster.stores[&id].durable_syncs();
+    let syncs = |id: u64| cluster.stores[&id].log_syncs();
     let before: BTreeMap<u64, u64> = cluster.stores.keys().map(|&id| (id, syncs(id))).collect();
     let writes = 20;
     for i in 0..writes {

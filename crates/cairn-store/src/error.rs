@@ -1,6 +1,6 @@
 //! The crate's one error type.
 //!
-//! Callers act on the variant: `Sled` and `Corrupt` are fatal for the replica (the disk
+//! Callers act on the variant: `Sled`, `LogEngine` and `Corrupt` are fatal for the replica (the disk
 //! can no longer be trusted, so the node must stop serving the shard); `Raft` carries
 //! the log errors raft-rs itself understands (`Compacted`, `Unavailable`, ...) and is
 //! handed back to it unchanged; `Invalid` and `AlreadyApplied` are caller bugs or
@@ -14,6 +14,9 @@ pub enum StoreError {
     /// sled failed (IO error, or sled found its own files corrupt). Fatal.
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    /// The Raft log engine failed (IO error, or it found its own files corrupt). Fatal.
+    #[error("raft log engine: {0}")]
+    LogEngine(#[from] raft_engine::Error),
     /// Bytes read from disk do not decode. `what` names the tree and key. Fatal: never
     /// served, never "repaired" silently.
     #[error("corrupt data on disk: {what}")]

@@ -55,8 +55,10 @@ impl NodeStore {
             .cache_capacity(16 * 1024 * 1024)
             .open()?;
         Ok(NodeStore {
-            db,
-            durable: None,
+            db: db.clone(),
+            disk: crate::StateDisk { db, durable: None },
+            // The simulator's images are of sled alone, so the logs stay there.
+            engine: None,
             logs: Default::default(),
         })
     }

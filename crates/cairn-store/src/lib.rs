@@ -1,26 +1,30 @@
 //! Everything a Cairn node keeps on disk.
 //!
-//! A node hosts one replica of many shards ("multi-raft") and keeps all of them in
-//! **one sled database**, so that a single `flush` (fsync) makes durable whatever every
-//! shard wrote since the last one: that is the group commit the Raft layer builds on.
-//! Inside the database:
+//! A node hosts one replica of many shards ("multi-raft") and keeps them in **two
+//! stores** (`docs/ARCHITECTURE.md`, "Two stores"): every shard's Raft log in one log
+//! engine (TiKV's raft-engine, [`log_engine`]), so that a single `fdatasync` makes
+//! durable whatever every shard appended since the last one (the group commit the Raft
+//! layer builds on), and every shard's state machine in **one sled database**:
 //!
-//! | tree                   | owner             | holds                                        |
+//! | where                  | owner             | holds                                        |
 //! |------------------------|-------------------|----------------------------------------------|
-//! | `node`                 | [`NodeStore`]     | the node's identity (cluster, node id, shard count), its data incarnation and its peers' |
-//! | `shard/{id}/log`       | [`RaftLog`]       | Raft entries, hard state, conf state, compaction point |
-//! | `shard/{id}/data`      | [`ShardState`]    | the MVCC state machine and its applied index |
+//! | `raft-log/` (engine)   | [`RaftLog`]       | Raft entries, hard state, compaction point, one group per shard |
+//! | `node` tree            | [`NodeStore`]     | the node's identity (cluster, node id, shard count), its data incarnation and its peers', which store its logs are in |
+//! | `shard/{id}/log` tree  | [`RaftLog`]       | the conf state (and, in directories made before the engine, the whole log) |
+//! | `shard/{id}/data` tree | [`ShardState`]    | the MVCC state machine and its applied index |
 //! | `shard/{id}/incoming`  | [`SnapshotStage`] | a Raft snapshot being received from a peer   |
 //!
-//! The Raft log and the state machine are separate trees on purpose: raft-rs drives
-//! the log ([`raft::Storage`]), the apply loop drives the data, and neither needs the
-//! other's lock. What ties them is the applied index, stored in the data tree in the
-//! same batch as the data it describes, so that after a crash the state machine knows
-//! exactly which entries to replay.
+//! What ties log and state machine together is the applied index, stored in the data
+//! tree in the same batch as the data it describes, so that after a crash the state
+//! machine knows exactly which entries to replay. sled is made durable only where the
+//! log is about to drop entries (compaction, a snapshot's install) and where a caller
+//! asks ([`NodeStore::flush`]); after a crash it may be behind the log, never ahead of
+//! it, since entries are applied only once they are durable in the log.
 //!
 //! Non-goals: no networking, threads or async here. Callers (the replica tasks) own
-//! the handles and decide when to flush. Writes are atomic per call (one sled batch)
-//! but durable only after [`NodeStore::flush`].
+//! the handles and decide when to sync. Writes are atomic per call (one batch) but
+//! durable only after [`NodeStore::sync_log`] (the log) or [`NodeStore::flush`]
+//! (everything).
 //!
 //! Every byte read back from disk is decoded with a check; a failure is
 //! [`StoreError::Corrupt`] naming the record, never a panic and never a served guess.
@@ -35,6 +39,7 @@ mod error;
 mod history;
 mod image;
 pub mod keys;
+mod log_engine;
 pub mod page;
 mod raft_log;
 mod stage;
@@ -111,6 +116,11 @@ const PEER_DATA_PREFIX: &[u8] = b"peer_data/";
 const HOSTED_KEY: &[u8] = b"hosted";
 const MEMBERS_KEY: &[u8] = b"members";
 const JOINED_KEY: &[u8] = b"joined";
+/// Which store this directory keeps its Raft logs in: `engine`, or `sled` for a
+/// directory made before the engine. Written when the directory is first opened.
+const LOG_STORE_KEY: &[u8] = b"log_store";
+/// The log engine's directory inside the node's.
+const LOG_ENGINE_DIR: &str = "raft-log";
 
 fn peer_data_key(node: NodeId) -> Vec<u8> {
     [PEER_DATA_PREFIX, &node.to_be_bytes()[..]].concat()
@@ -123,13 +133,39 @@ fn decode_u64(bytes: &[u8], what: &str) -> Result<u64> {
         .map_err(|_| StoreError::corrupt(format!("{what} has length {}", bytes.len())))
 }
 
-/// A node's sled database. Clone = same database.
+/// The sled database and what makes its writes durable.
+#[derive(Clone)]
+pub(crate) struct StateDisk {
+    db: sled::Db,
+    /// What a sync covers beyond sled's own flush (`None`: a temporary database, whose
+    /// durability the simulator models).
+    durable: Option<std::sync::Arc<durable::DurableFiles>>,
+}
+
+impl StateDisk {
+    /// sled's flush, then `fsync` of what it leaves unsynced (see [`durable`]).
+    pub(crate) fn sync(&self) -> Result<()> {
+        self.db.flush()?;
+        if let Some(durable) = &self.durable {
+            durable.sync().map_err(sled::Error::Io)?;
+        }
+        Ok(())
+    }
+
+    fn syncs(&self) -> u64 {
+        self.durable.as_ref().map_or(0, |d| d.syncs())
+    }
+}
+
+/// A node's stores: the sled database and, for directories made since it existed, the
+/// log engine. Clone = same stores.
 #[derive(Clone)]
 pub struct NodeStore {
     db: sled::Db,
-    /// What [`NodeStore::flush`] syncs beyond sled's own flush (`None`: a temporary
-    /// database, whose durability the simulator models).
-    durable: Option<std::sync::Arc<durable::DurableFiles>>,
+    disk: StateDisk,
+    /// The log engine; `None` when the logs are in sled (a directory made before the
+    /// engine, or a temporary store).
+    engine: Option<std::sync::Arc<log_engine::LogEngine>>,
     /// Each shard's Raft log mirror, loaded on the first [`NodeStore::raft_log`] and
     /// shared by every log handed out after it (see `raft_log.rs`).
     logs: std::sync::Arc<std::sync::Mutex<HashMap<ShardId, raft_log::SharedMirror>>>,
@@ -157,11 +193,51 @@ impl NodeStore {
         std::fs::create_dir_all(path).map_err(sled::Error::Io)?;
         let db = config.path(path).open()?;
         let durable = durable::DurableFiles::open(path).map_err(sled::Error::Io)?;
+        let disk = StateDisk {
+            db: db.clone(),
+            durable: Some(std::sync::Arc::new(durable)),
+        };
+        let node = db.open_tree(NODE_TREE)?;
+        let log_store = match node.get(LOG_STORE_KEY)? {
+            Some(v) => v.to_vec(),
+            None => {
+                // A directory that already holds a shard (or an identity) was made
+                // before the engine: its logs stay in sled. Anything else is new.
+                let made_before = node.get(IDENTITY_KEY)?.is_some()
+                    || db.tree_names().iter().any(|n| n.starts_with(b"shard/"));
+                let chosen: &[u8] = if made_before { b"sled" } else { b"engine" };
+                node.insert(LOG_STORE_KEY, chosen)?;
+                disk.sync()?;
+                chosen.to_vec()
+            }
+        };
+        let engine = match log_store.as_slice() {
+            b"engine" => {
+                let dir = path.join(LOG_ENGINE_DIR);
+                let engine = log_engine::LogEngine::open(&dir)?;
+                durable::sync_parent_dir(&dir).map_err(sled::Error::Io)?;
+                Some(std::sync::Arc::new(engine))
+            }
+            b"sled" => None,
+            other => {
+                return Err(StoreError::corrupt(format!(
+                    "log store {:?} is none Cairn knows",
+                    String::from_utf8_lossy(other)
+                )))
+            }
+        };
         Ok(NodeStore {
             db,
-            durable: Some(std::sync::Arc::new(durable)),
+            disk,
+            engine,
             logs: Default::default(),
         })
+    }
+
+    /// Whether this store keeps its Raft logs in the log engine (every directory made
+    /// since there was one) rather than in sled.
+    pub fn logs_in_engine(&self) -> bool {
+        self.engine.is_some()
     }
 
     /// The stored identity, if this node has one.
@@ -306,6 +382,11 @@ impl NodeStore {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&shard);
+        if let Some(engine) = &self.engine {
+            let mut batch = raft_engine::LogBatch::default();
+            batch.add_command(u64::from(shard), raft_engine::Command::Clean);
+            engine.write(&mut batch)?;
+        }
         for what in ["log", "data", "incoming"] {
             self.db.drop_tree(format!("shard/{shard}/{what}"))?;
         }
@@ -316,9 +397,16 @@ impl NodeStore {
         Ok(self.db.open_tree(format!("shard/{shard}/{what}"))?)
     }
 
-    /// The Raft log of `shard` (tree `shard/{id}/log`).
+    /// The Raft log of `shard` (the engine's group `shard` and tree `shard/{id}/log`).
     pub fn raft_log(&self, shard: ShardId) -> Result<RaftLog> {
         let tree = self.shard_tree(shard, "log")?;
+        let store = match &self.engine {
+            Some(engine) => raft_log::LogStore::Engine {
+                engine: engine.clone(),
+                group: u64::from(shard),
+            },
+            None => raft_log::LogStore::Sled,
+        };
         let mut logs = self
             .logs
             .lock()
@@ -326,12 +414,12 @@ impl NodeStore {
         let mirror = match logs.get(&shard) {
             Some(mirror) => mirror.clone(),
             None => {
-                let mirror = RaftLog::load(shard, &tree)?;
+                let mirror = RaftLog::load(shard, &tree, &store)?;
                 logs.insert(shard, mirror.clone());
                 mirror
             }
         };
-        Ok(RaftLog::new(shard, tree, mirror))
+        Ok(RaftLog::new(shard, tree, store, self.disk.clone(), mirror))
     }
 
     /// The state machine of `shard` (tree `shard/{id}/data`).
@@ -344,23 +432,43 @@ impl NodeStore {
         Ok(SnapshotStage::new(self.shard_tree(shard, "incoming")?))
     }
 
-    /// Make everything written so far, by every shard, durable: sled's flush, then
-    /// `fsync` of what it leaves unsynced (see [`durable`]). Group commit calls this
-    /// once for many writers.
+    /// Make everything written so far, by every shard, to both stores durable: sled's
+    /// flush, then `fsync` of what it leaves unsynced (see [`durable`]), then the log
+    /// engine's sync.
     pub fn flush(&self) -> Result<()> {
+        self.disk.sync()?;
+        if let Some(engine) = &self.engine {
+            engine.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Make every shard's Raft log writes so far durable (one `fdatasync` of the log
+    /// engine; all of sled for a directory whose logs are in sled). What group commit
+    /// calls once for many writers: a write is acknowledged only after it.
+    pub fn sync_log(&self) -> Result<()> {
         crash_point!("store.fsync.before");
-        self.db.flush()?;
-        if let Some(durable) = &self.durable {
-            durable.sync().map_err(sled::Error::Io)?;
+        match &self.engine {
+            Some(engine) => engine.sync()?,
+            None => self.disk.sync()?,
         }
         crash_point!("store.fsync.after");
         Ok(())
     }
 
-    /// Durable syncs ([`NodeStore::flush`]) completed since the database was opened,
-    /// by any handle to it: what tests count to prove the write path syncs.
-    pub fn durable_syncs(&self) -> u64 {
-        self.durable.as_ref().map_or(0, |d| d.syncs())
+    /// Durable syncs of the store that holds the Raft logs (the engine, or sled)
+    /// completed since it was opened, by any handle: what tests count to prove the
+    /// write path syncs the log.
+    pub fn log_syncs(&self) -> u64 {
+        match &self.engine {
+            Some(engine) => engine.syncs(),
+            None => self.disk.syncs(),
+        }
+    }
+
+    /// Durable syncs of sled (the state machines) completed since it was opened.
+    pub fn state_syncs(&self) -> u64 {
+        self.disk.syncs()
     }
 }
 

@@ -1,39 +1,56 @@
-//! One shard's Raft log in a sled tree, implementing [`raft::Storage`].
+//! One shard's Raft log, implementing [`raft::Storage`].
 //!
-//! The tree `shard/{id}/log` holds:
+//! A log lives in one of two places ([`LogStore`]), chosen per data directory when it
+//! is first opened (`docs/ARCHITECTURE.md`, "Two stores"):
+//!
+//! - **the node's log engine** (raft-engine, [`crate::log_engine`]), for every data
+//!   directory made since: the shard is the engine's group `shard`, its entries are
+//!   the group's entries, and two keys hold `h` (the `HardState`) and `t` (the
+//!   truncated index and term);
+//! - **the shard's sled tree** `shard/{id}/log`, for directories made before the
+//!   engine and for the simulator's temporary stores:
 //!
 //! | key                        | value                                   |
 //! |----------------------------|-----------------------------------------|
-//! | `b'c'`                     | `ConfState` (protobuf)                  |
 //! | `b'e'` ++ index (u64 BE)   | term (u64 BE) ++ `Entry` (protobuf)     |
 //! | `b'h'`                     | `HardState` (protobuf)                  |
 //! | `b't'`                     | truncated index, truncated term (u64 BE each) |
 //!
-//! Big-endian indexes make sled's key order the log order, so the last entry is the
-//! last key below `b'f'`. The term is duplicated in front of each entry because raft-rs
-//! asks for terms far more often than for entries, and reading eight bytes is cheaper
-//! than parsing an entry that may carry a large batch.
+//! Either way the **conf state** (`b'c'`, and `b"ci"`, the index it comes from) stays
+//! in the sled tree: it is state-machine state, which must not get ahead of the
+//! applied point that sled keeps (a restart would apply the conf change again), and
+//! sled recovers a prefix of its own writes, never one of the engine's.
+//!
+//! In sled, big-endian indexes make the key order the log order, and the term is
+//! duplicated in front of each entry because raft-rs asks for terms far more often
+//! than for entries.
 //!
 //! Invariant: the entries present are exactly `truncated+1 ..= last`, with no holes.
-//! Every mutation keeps it in one sled batch (or one insert), so a crash leaves either
-//! the old or the new log.
+//! Every mutation keeps it in one atomic write (a sled batch or an engine batch), so a
+//! crash leaves either the old or the new log.
+//!
+//! **Truncating the log behind sled.** In the engine, the log is durable at every group
+//! commit and sled is not (that is the point: sled's flush is what the engine saves).
+//! So whatever drops entries (compaction, a Raft snapshot's install) first makes sled
+//! durable, or a crash could leave a state machine behind a log that no longer holds
+//! the entries to replay.
 //!
 //! **The mirror.** raft-rs asks its storage for `first_index`, `last_index` and terms
 //! several times per message; answered from sled, each question took sled's
 //! process-wide concurrency lock, which every batch of every shard takes exclusively,
 //! and under load the replica threads spent a tenth of their time spinning on it. So
 //! the metadata lives in memory too ([`LogMirror`]: the truncated point, the term of
-//! every entry present, the hard and conf states), loaded from the tree when the node
-//! store first hands the shard's log out and changed only after a write to the tree
-//! succeeded. The tree stays the truth: a restart reloads the mirror from it. There is
-//! one mirror per shard per [`crate::NodeStore`], shared by every `RaftLog` it hands
-//! out for that shard, so no copy can go stale. Entries themselves are read from sled.
+//! every entry present, the hard and conf states), loaded when the node store first
+//! hands the shard's log out and changed only after a write succeeded. The disk stays
+//! the truth: a restart reloads the mirror from it. There is one mirror per shard per
+//! [`crate::NodeStore`], shared by every `RaftLog` it hands out for that shard, so no
+//! copy can go stale. Entries themselves are read from disk.
 //!
-//! Durability is the caller's: sled batches are atomic but reach disk on
-//! [`crate::NodeStore::flush`], which group commit calls once for all shards.
+//! Durability is the caller's: writes are atomic but reach disk at
+//! [`crate::NodeStore::sync_log`], which group commit calls once for all shards.
 //!
-//! The semantics follow raft-rs's `MemStorage` (checked by a conformance test), except
-//! that misuse returns an error instead of panicking.
+//! The semantics follow raft-rs's `MemStorage` (checked by a conformance test, for
+//! both stores), except that misuse returns an error instead of panicking.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -41,10 +58,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use protobuf::Message;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
+use raft_engine::{Command, LogBatch};
 
 use crate::error::{Result, StoreError};
+use crate::log_engine::{EntryExt, LogEngine};
 use crate::state::AppliedState;
-use crate::ShardId;
+use crate::{ShardId, StateDisk};
 
 const CONF_STATE_KEY: &[u8] = b"c";
 /// The index of the entry (or snapshot) the conf state was taken from.
@@ -83,6 +102,21 @@ impl LogMirror {
 /// The mirror of one shard's log, shared by every `RaftLog` of that shard.
 pub(crate) type SharedMirror = Arc<Mutex<LogMirror>>;
 
+/// Where a shard's entries, hard state and truncated point are kept (see the module
+/// doc; the conf state is in the sled tree either way).
+#[derive(Clone, Debug)]
+pub(crate) enum LogStore {
+    /// In the shard's sled tree.
+    Sled,
+    /// In the node's log engine, as group `group`.
+    Engine {
+        /// The node's engine.
+        engine: Arc<LogEngine>,
+        /// The shard's group there.
+        group: u64,
+    },
+}
+
 /// How a log learns its state machine's applied point (see [`RaftLog::attach_applied`]).
 pub type AppliedPoint = Arc<dyn Fn() -> Result<AppliedState> + Send + Sync>;
 
@@ -92,6 +126,9 @@ pub type AppliedPoint = Arc<dyn Fn() -> Result<AppliedState> + Send + Sync>;
 pub struct RaftLog {
     shard: ShardId,
     tree: sled::Tree,
+    store: LogStore,
+    /// sled, to make durable before the engine drops entries (module doc).
+    disk: StateDisk,
     mirror: SharedMirror,
     /// The state machine's applied point, if attached: `snapshot()` reports it.
     applied: Option<AppliedPoint>,
@@ -106,22 +143,37 @@ impl std::fmt::Debug for RaftLog {
 }
 
 impl RaftLog {
-    /// A log over `tree` sharing `mirror`, which must have come from [`RaftLog::load`]
-    /// on the same tree.
-    pub(crate) fn new(shard: ShardId, tree: sled::Tree, mirror: SharedMirror) -> RaftLog {
+    /// A log over `tree` and `store` sharing `mirror`, which must have come from
+    /// [`RaftLog::load`] on the same two.
+    pub(crate) fn new(
+        shard: ShardId,
+        tree: sled::Tree,
+        store: LogStore,
+        disk: StateDisk,
+        mirror: SharedMirror,
+    ) -> RaftLog {
         RaftLog {
             shard,
             tree,
+            store,
+            disk,
             mirror,
             applied: None,
         }
     }
 
-    /// Read the mirror of the log in `tree`, checking the invariant (no holes, each
-    /// entry's term readable) on the way.
-    pub(crate) fn load(shard: ShardId, tree: &sled::Tree) -> Result<SharedMirror> {
+    /// Read the mirror of the log in `tree` and `store`, checking the invariant (no
+    /// holes, each entry's term readable) on the way.
+    pub(crate) fn load(shard: ShardId, tree: &sled::Tree, store: &LogStore) -> Result<SharedMirror> {
         let corrupt = |what: String| StoreError::corrupt(format!("shard {shard} raft log: {what}"));
-        let truncated = match tree.get(TRUNCATED_KEY)? {
+        let (truncated, hard_state) = match store {
+            LogStore::Sled => (tree.get(TRUNCATED_KEY)?, tree.get(HARD_STATE_KEY)?),
+            LogStore::Engine { engine, group } => (
+                engine.engine().get(*group, TRUNCATED_KEY).map(Into::into),
+                engine.engine().get(*group, HARD_STATE_KEY).map(Into::into),
+            ),
+        };
+        let truncated = match truncated {
             None => (0, 0),
             Some(v) if v.len() == 16 => match (be_u64(&v[..8]), be_u64(&v[8..])) {
                 (Some(i), Some(t)) => (i, t),
@@ -129,7 +181,7 @@ impl RaftLog {
             },
             Some(_) => return Err(corrupt("truncated point has the wrong length".into())),
         };
-        let hard_state = match tree.get(HARD_STATE_KEY)? {
+        let hard_state = match hard_state {
             Some(v) => {
                 HardState::parse_from_bytes(&v).map_err(|e| corrupt(format!("hard state: {e}")))?
             }
@@ -142,17 +194,53 @@ impl RaftLog {
             None => ConfState::default(),
         };
         let mut terms = VecDeque::new();
-        for item in tree.scan_prefix([ENTRY_PREFIX]) {
-            let (k, v) = item?;
-            let expected = truncated.0 + 1 + terms.len() as u64;
-            if be_u64(&k[1..]) != Some(expected) {
-                return Err(corrupt(format!("entry {expected} missing inside the log")));
+        match store {
+            LogStore::Sled => {
+                for item in tree.scan_prefix([ENTRY_PREFIX]) {
+                    let (k, v) = item?;
+                    let expected = truncated.0 + 1 + terms.len() as u64;
+                    if be_u64(&k[1..]) != Some(expected) {
+                        return Err(corrupt(format!("entry {expected} missing inside the log")));
+                    }
+                    let term = v.get(..8).and_then(be_u64).ok_or_else(|| {
+                        corrupt(format!("entry {expected}: shorter than its term"))
+                    })?;
+                    terms.push_back(term);
+                }
             }
-            let term = v
-                .get(..8)
-                .and_then(be_u64)
-                .ok_or_else(|| corrupt(format!("entry {expected}: shorter than its term")))?;
-            terms.push_back(term);
+            LogStore::Engine { engine, group } => {
+                let engine = engine.engine();
+                if let (Some(first), Some(last)) =
+                    (engine.first_index(*group), engine.last_index(*group))
+                {
+                    // The truncated point and the compaction that drops entries are
+                    // written in one batch, so the engine starts right after it.
+                    if first != truncated.0 + 1 {
+                        return Err(corrupt(format!(
+                            "the engine's entries start at {first}, the truncated point is {}",
+                            truncated.0
+                        )));
+                    }
+                    // In slices, so a long log is not held twice in memory.
+                    let mut next = first;
+                    let mut page = Vec::new();
+                    while next <= last {
+                        page.clear();
+                        let high = (last + 1).min(next + 1024);
+                        engine.fetch_entries_to::<EntryExt>(*group, next, high, None, &mut page)?;
+                        for e in &page {
+                            if e.index != next {
+                                return Err(corrupt(format!("entry {next} missing inside the log")));
+                            }
+                            terms.push_back(e.term);
+                            next += 1;
+                        }
+                        if page.is_empty() {
+                            return Err(corrupt(format!("entry {next} missing inside the log")));
+                        }
+                    }
+                }
+            }
         }
         Ok(Arc::new(Mutex::new(LogMirror {
             truncated,
@@ -279,11 +367,20 @@ impl RaftLog {
         }
         let mut mirror = self.mirror();
         let Some(first) = entries.first() else {
-            // The hard state alone: one insert, which sled applies atomically without
-            // the exclusive lock a batch takes.
             if let Some(hs) = hard_state {
-                let bytes = hs.write_to_bytes().map_err(raft::Error::from)?;
-                self.tree.insert(HARD_STATE_KEY, bytes)?;
+                match &self.store {
+                    // One insert, which sled applies atomically without the exclusive
+                    // lock a batch takes.
+                    LogStore::Sled => {
+                        let bytes = hs.write_to_bytes().map_err(raft::Error::from)?;
+                        self.tree.insert(HARD_STATE_KEY, bytes)?;
+                    }
+                    LogStore::Engine { engine, group } => {
+                        let mut batch = LogBatch::default();
+                        batch.put_message(*group, HARD_STATE_KEY.to_vec(), hs)?;
+                        engine.write(&mut batch)?;
+                    }
+                }
                 mirror.hard_state = hs.clone();
                 crate::crash_point!("log.hard_state.after");
             }
@@ -312,23 +409,37 @@ impl RaftLog {
                 )));
             }
         }
-        let mut batch = sled::Batch::default();
-        let new_last = start + entries.len() as u64 - 1;
-        // Only the stale tail beyond the new entries needs removing (the log has no
-        // holes, so its keys are known); the rest is overwritten by the inserts below.
-        for index in new_last + 1..=last {
-            batch.remove(&entry_key(index)[..]);
+        match &self.store {
+            LogStore::Sled => {
+                let mut batch = sled::Batch::default();
+                let new_last = start + entries.len() as u64 - 1;
+                // Only the stale tail beyond the new entries needs removing (the log has
+                // no holes, so its keys are known); the inserts overwrite the rest.
+                for index in new_last + 1..=last {
+                    batch.remove(&entry_key(index)[..]);
+                }
+                for e in entries {
+                    batch.insert(&entry_key(e.index)[..], Self::encode_entry(e)?);
+                }
+                if let Some(hs) = hard_state {
+                    batch.insert(
+                        HARD_STATE_KEY,
+                        hs.write_to_bytes().map_err(raft::Error::from)?,
+                    );
+                }
+                self.tree.apply_batch(batch)?;
+            }
+            LogStore::Engine { engine, group } => {
+                // The engine drops a group's entries from the first appended index on
+                // (raft's overwrite of a conflicting suffix) by itself.
+                let mut batch = LogBatch::with_capacity(entries.len());
+                batch.add_entries::<EntryExt>(*group, entries)?;
+                if let Some(hs) = hard_state {
+                    batch.put_message(*group, HARD_STATE_KEY.to_vec(), hs)?;
+                }
+                engine.write(&mut batch)?;
+            }
         }
-        for e in entries {
-            batch.insert(&entry_key(e.index)[..], Self::encode_entry(e)?);
-        }
-        if let Some(hs) = hard_state {
-            batch.insert(
-                HARD_STATE_KEY,
-                hs.write_to_bytes().map_err(raft::Error::from)?,
-            );
-        }
-        self.tree.apply_batch(batch)?;
         mirror.terms.truncate((start - t_idx - 1) as usize);
         mirror.terms.extend(entries.iter().map(|e| e.term));
         if let Some(hs) = hard_state {
@@ -402,12 +513,8 @@ impl RaftLog {
         let mut hs = mirror.hard_state.clone();
         hs.commit = hs.commit.max(meta.index);
         hs.term = hs.term.max(meta.term);
+        let truncated = Self::truncated_value(meta.index, meta.term);
         let mut batch = sled::Batch::default();
-        Self::remove_entries(&mirror, &mut batch, None);
-        batch.insert(
-            TRUNCATED_KEY,
-            &Self::truncated_value(meta.index, meta.term)[..],
-        );
         batch.insert(
             CONF_STATE_KEY,
             meta.get_conf_state()
@@ -415,11 +522,31 @@ impl RaftLog {
                 .map_err(raft::Error::from)?,
         );
         batch.insert(CONF_INDEX_KEY, &meta.index.to_be_bytes()[..]);
-        batch.insert(
-            HARD_STATE_KEY,
-            hs.write_to_bytes().map_err(raft::Error::from)?,
-        );
-        self.tree.apply_batch(batch)?;
+        match &self.store {
+            LogStore::Sled => {
+                Self::remove_entries(&mirror, &mut batch, None);
+                batch.insert(TRUNCATED_KEY, &truncated[..]);
+                batch.insert(
+                    HARD_STATE_KEY,
+                    hs.write_to_bytes().map_err(raft::Error::from)?,
+                );
+                self.tree.apply_batch(batch)?;
+            }
+            LogStore::Engine { engine, group } => {
+                // The state machine (installed by the caller) and the conf state must
+                // be durable before the entries that led to them are gone.
+                self.tree.apply_batch(batch)?;
+                self.disk.sync()?;
+                let mut batch = LogBatch::default();
+                // `Clean` drops the group's entries and keys, the divergent tail too;
+                // the keys written after it in the same batch start the group again
+                // (as TiKV does when it applies a snapshot).
+                batch.add_command(*group, Command::Clean);
+                batch.put(*group, TRUNCATED_KEY.to_vec(), truncated.to_vec())?;
+                batch.put_message(*group, HARD_STATE_KEY.to_vec(), &hs)?;
+                engine.write(&mut batch)?;
+            }
+        }
         mirror.truncated = (meta.index, meta.term);
         mirror.terms.clear();
         mirror.conf_state = meta.get_conf_state().clone();
@@ -465,13 +592,30 @@ impl RaftLog {
         let dropped = (compact_index - 1 - t_idx) as usize;
         let term = mirror.terms[dropped - 1];
         crate::crash_point!("log.compact.before");
-        let mut batch = sled::Batch::default();
-        Self::remove_entries(&mirror, &mut batch, Some(compact_index));
-        batch.insert(
-            TRUNCATED_KEY,
-            &Self::truncated_value(compact_index - 1, term)[..],
-        );
-        self.tree.apply_batch(batch)?;
+        let truncated = Self::truncated_value(compact_index - 1, term);
+        match &self.store {
+            LogStore::Sled => {
+                let mut batch = sled::Batch::default();
+                Self::remove_entries(&mirror, &mut batch, Some(compact_index));
+                batch.insert(TRUNCATED_KEY, &truncated[..]);
+                self.tree.apply_batch(batch)?;
+            }
+            LogStore::Engine { engine, group } => {
+                // What the dropped entries did to the state machine must be durable
+                // before they are gone (module doc).
+                self.disk.sync()?;
+                let mut batch = LogBatch::default();
+                batch.add_command(
+                    *group,
+                    Command::Compact {
+                        index: compact_index,
+                    },
+                );
+                batch.put(*group, TRUNCATED_KEY.to_vec(), truncated.to_vec())?;
+                engine.write(&mut batch)?;
+                engine.purge()?;
+            }
+        }
         mirror.terms.drain(..dropped);
         mirror.truncated = (compact_index - 1, term);
         crate::crash_point!("log.compact.after");
@@ -493,6 +637,20 @@ impl RaftLog {
             return Ok(Vec::new());
         }
         let max = max_size.unwrap_or(raft::NO_LIMIT);
+        if let LogStore::Engine { engine, group } = &self.store {
+            let mut out = Vec::new();
+            // The engine's limit keeps at least one entry, as raft-rs wants.
+            let limit = usize::try_from(max).unwrap_or(usize::MAX);
+            engine
+                .engine()
+                .fetch_entries_to::<EntryExt>(*group, low, high, Some(limit), &mut out)?;
+            if out.first().map(|e| e.index) != Some(low)
+                || out.last().map(|e| e.index) != Some(low + out.len() as u64 - 1)
+            {
+                return Err(self.corrupt(format!("entries missing in [{low}, {high})")));
+            }
+            return Ok(out);
+        }
         let mut out = Vec::new();
         let mut size = 0u64;
         // Stop reading at the first entry over the limit: same result as reading the

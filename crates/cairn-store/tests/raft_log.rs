@@ -438,13 +438,139 @@ fn conformance_with_mem_storage() {
         Op::Compact(14),
         Op::Append(vec![e(15, 8), e(16, 8)]),
     ];
-    let mem = MemStorage::new();
-    let (_d, store) = open();
-    let log = store.raft_log(7).unwrap();
-    compare(&mem, &log, 0);
-    for (step, op) in script.iter().enumerate() {
-        run_on_mem(&mem, op);
-        run_on_log(&log, op);
-        compare(&mem, &log, step + 1);
+    // Both stores a log can live in: the engine (every new directory) and sled
+    // (directories made before it, and the simulator's temporary stores).
+    let (_d, engine) = open();
+    assert!(engine.logs_in_engine());
+    let sled = NodeStore::open_temporary().unwrap();
+    assert!(!sled.logs_in_engine());
+    for store in [engine, sled] {
+        let mem = MemStorage::new();
+        let log = store.raft_log(7).unwrap();
+        compare(&mem, &log, 0);
+        for (step, op) in script.iter().enumerate() {
+            run_on_mem(&mem, op);
+            run_on_log(&log, op);
+            compare(&mem, &log, step + 1);
+        }
+        // What the script left is what a reopen finds (the engine's recovery; for
+        // sled, `every_handle_sees_one_log_and_a_reopen_loads_the_same`).
+        if store.logs_in_engine() {
+            let first = Storage::first_index(&log).unwrap();
+            let last = Storage::last_index(&log).unwrap();
+            let entries = log.entries(first, last + 1, None, ctx()).unwrap();
+            let hs = log.hard_state().unwrap();
+            let truncated_term = log.term(first - 1).unwrap();
+            let path = _d.path().join("db");
+            drop(log);
+            drop(store);
+            let store = reopen(&path);
+            let log = store.raft_log(7).unwrap();
+            assert_eq!(Storage::first_index(&log).unwrap(), first);
+            assert_eq!(Storage::last_index(&log).unwrap(), last);
+            assert_eq!(log.entries(first, last + 1, None, ctx()).unwrap(), entries);
+            assert_eq!(log.hard_state().unwrap(), hs);
+            assert_eq!(log.term(first - 1).unwrap(), truncated_term);
+        }
     }
+}
+
+/// sled releases its file lock once its background threads let go of a dropped
+/// database; under a loaded test run that can take a moment.
+fn reopen(path: &std::path::Path) -> NodeStore {
+    let mut store = NodeStore::open(path);
+    for _ in 0..100 {
+        if store.is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        store = NodeStore::open(path);
+    }
+    store.unwrap()
+}
+
+/// A Raft snapshot over a log with a divergent tail drops the tail too, and a reopen
+/// (the engine replaying its files) agrees: the stale entries must not come back as
+/// log entries after the truncated point.
+#[test]
+fn a_snapshot_over_a_divergent_tail_leaves_nothing_of_it_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let store = NodeStore::open(&path).unwrap();
+        let log = store.raft_log(2).unwrap();
+        log.persist(&(1..=10).map(|i| ent(i, 1)).collect::<Vec<_>>(), None)
+            .unwrap();
+        let mut meta = SnapshotMetadata {
+            index: 6,
+            term: 2,
+            ..Default::default()
+        };
+        meta.set_conf_state(ConfState::from((vec![1, 2, 3], vec![])));
+        log.apply_snapshot_metadata(&meta).unwrap();
+        assert_eq!(Storage::last_index(&log).unwrap(), 6);
+        store.flush().unwrap();
+    }
+    let store = reopen(&path);
+    let log = store.raft_log(2).unwrap();
+    assert_eq!(Storage::first_index(&log).unwrap(), 7);
+    assert_eq!(Storage::last_index(&log).unwrap(), 6);
+    assert_eq!(log.term(6).unwrap(), 2);
+    assert_eq!(log.hard_state().unwrap().commit, 6);
+    assert_eq!(log.conf_state().unwrap().voters, vec![1, 2, 3]);
+    log.persist(&[ent(7, 2), ent(8, 2)], None).unwrap();
+    assert_eq!(
+        log.entries(7, 9, None, ctx()).unwrap(),
+        vec![ent(7, 2), ent(8, 2)]
+    );
+}
+
+/// With the log in the engine, sled is synced only where the log is about to drop
+/// entries: a compaction must make the state machine durable first, or a crash
+/// could leave it behind a log that can no longer replay what it lost.
+#[test]
+fn compacting_the_engine_log_first_makes_the_state_machine_durable() {
+    let (_d, store) = open();
+    let log = store.raft_log(0).unwrap();
+    log.persist(&(1..=6).map(|i| ent(i, 1)).collect::<Vec<_>>(), None)
+        .unwrap();
+    let before = store.state_syncs();
+    log.compact(4).unwrap();
+    assert!(
+        store.state_syncs() > before,
+        "compaction dropped entries without syncing the state machine"
+    );
+}
+
+/// A data directory made before the engine keeps its logs in sled, readable as they
+/// were; a new directory gets the engine.
+#[test]
+fn a_directory_made_before_the_engine_keeps_its_logs_in_sled() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        // The format of those directories: entries under `e` ++ index, the term in
+        // front of each.
+        let db = sled::open(&path).unwrap();
+        let tree = db.open_tree("shard/5/log").unwrap();
+        for i in 1..=3u64 {
+            let mut value = 1u64.to_be_bytes().to_vec();
+            value.extend(ent(i, 1).write_to_bytes().unwrap());
+            let mut key = vec![b'e'];
+            key.extend(i.to_be_bytes());
+            tree.insert(key, value).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let store = reopen(&path);
+    assert!(!store.logs_in_engine());
+    assert!(!path.join("raft-log").exists());
+    let log = store.raft_log(5).unwrap();
+    assert_eq!(Storage::last_index(&log).unwrap(), 3);
+    assert_eq!(log.entries(2, 4, None, ctx()).unwrap(), vec![ent(2, 1), ent(3, 1)]);
+    drop(log);
+    drop(store);
+    // And stays so: the choice is recorded, not guessed again.
+    let store = reopen(&path);
+    assert!(!store.logs_in_engine());
 }
