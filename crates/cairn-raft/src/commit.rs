@@ -90,7 +90,9 @@ fn run(store: NodeStore, rx: Receiver<Waiter>) {
         let mut waiters = vec![first];
         waiters.extend(rx.try_iter());
         let started = std::time::Instant::now();
-        let result = store.sync_log().map_err(|e| SyncError::Failed(e.to_string()));
+        let result = store
+            .sync_log()
+            .map_err(|e| SyncError::Failed(e.to_string()));
         metrics::histogram!("cairn_fsync_seconds").record(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
             tracing::error!(error = %e, "fsync failed");

@@ -91,11 +91,89 @@ pub(crate) struct LogMirror {
     terms: VecDeque<u64>,
     hard_state: HardState,
     conf_state: ConfState,
+    /// The newest entries, kept in memory for a log in the engine: a leader applies
+    /// and sends what it just appended, and the engine would read each back from its
+    /// file (one `pread` and decode per entry). Contiguous, ending at the last index
+    /// when not empty; bounded by [`RECENT_ENTRIES`] and [`RECENT_BYTES`].
+    recent: VecDeque<Entry>,
+    recent_bytes: usize,
 }
+
+/// At most this many entries of a shard are kept in memory ([`LogMirror::recent`]).
+const RECENT_ENTRIES: usize = 1024;
+/// At most this many bytes of them: 256 shards hold at most 64 MiB.
+const RECENT_BYTES: usize = 256 * 1024;
 
 impl LogMirror {
     fn last_index(&self) -> u64 {
         self.truncated.0 + self.terms.len() as u64
+    }
+
+    /// Record `entries` (contiguous, starting at or below `last_index + 1`, already
+    /// written) as the newest, dropping any they overwrite.
+    fn remember(&mut self, entries: &[Entry]) {
+        let Some(start) = entries.first().map(|e| e.index) else {
+            return;
+        };
+        match self.recent.front().map(|e| e.index) {
+            Some(first) if start > first => {
+                let keep = ((start - first) as usize).min(self.recent.len());
+                for dropped in self.recent.drain(keep..) {
+                    self.recent_bytes -= dropped.data.len();
+                }
+            }
+            _ => self.forget_recent(),
+        }
+        if self.recent.back().is_some_and(|e| e.index + 1 != start) {
+            self.forget_recent();
+        }
+        for e in entries {
+            self.recent_bytes += e.data.len();
+            self.recent.push_back(e.clone());
+        }
+        while self.recent.len() > RECENT_ENTRIES || self.recent_bytes > RECENT_BYTES {
+            match self.recent.pop_front() {
+                Some(e) => self.recent_bytes -= e.data.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// Drop the remembered entries below `index`.
+    fn forget_below(&mut self, index: u64) {
+        while self.recent.front().is_some_and(|e| e.index < index) {
+            if let Some(e) = self.recent.pop_front() {
+                self.recent_bytes -= e.data.len();
+            }
+        }
+    }
+
+    fn forget_recent(&mut self) {
+        self.recent.clear();
+        self.recent_bytes = 0;
+    }
+
+    /// Entries `[low, high)` from memory, at most `max` bytes but at least one, if
+    /// memory holds them all.
+    fn recent_entries(&self, low: u64, high: u64, max: u64) -> Option<Vec<Entry>> {
+        let first = self.recent.front()?.index;
+        if low < first || high > first + self.recent.len() as u64 {
+            return None;
+        }
+        let mut out = Vec::with_capacity((high - low) as usize);
+        let mut size = 0u64;
+        for e in self
+            .recent
+            .range((low - first) as usize..(high - first) as usize)
+        {
+            let sz = u64::from(e.compute_size());
+            if !out.is_empty() && size.saturating_add(sz) > max {
+                break;
+            }
+            size = size.saturating_add(sz);
+            out.push(e.clone());
+        }
+        Some(out)
     }
 }
 
@@ -164,7 +242,11 @@ impl RaftLog {
 
     /// Read the mirror of the log in `tree` and `store`, checking the invariant (no
     /// holes, each entry's term readable) on the way.
-    pub(crate) fn load(shard: ShardId, tree: &sled::Tree, store: &LogStore) -> Result<SharedMirror> {
+    pub(crate) fn load(
+        shard: ShardId,
+        tree: &sled::Tree,
+        store: &LogStore,
+    ) -> Result<SharedMirror> {
         let corrupt = |what: String| StoreError::corrupt(format!("shard {shard} raft log: {what}"));
         let (truncated, hard_state) = match store {
             LogStore::Sled => (tree.get(TRUNCATED_KEY)?, tree.get(HARD_STATE_KEY)?),
@@ -230,7 +312,9 @@ impl RaftLog {
                         engine.fetch_entries_to::<EntryExt>(*group, next, high, None, &mut page)?;
                         for e in &page {
                             if e.index != next {
-                                return Err(corrupt(format!("entry {next} missing inside the log")));
+                                return Err(corrupt(format!(
+                                    "entry {next} missing inside the log"
+                                )));
                             }
                             terms.push_back(e.term);
                             next += 1;
@@ -247,6 +331,8 @@ impl RaftLog {
             terms,
             hard_state,
             conf_state,
+            recent: VecDeque::new(),
+            recent_bytes: 0,
         })))
     }
 
@@ -442,6 +528,9 @@ impl RaftLog {
         }
         mirror.terms.truncate((start - t_idx - 1) as usize);
         mirror.terms.extend(entries.iter().map(|e| e.term));
+        if matches!(self.store, LogStore::Engine { .. }) {
+            mirror.remember(entries);
+        }
         if let Some(hs) = hard_state {
             mirror.hard_state = hs.clone();
         }
@@ -549,6 +638,7 @@ impl RaftLog {
         }
         mirror.truncated = (meta.index, meta.term);
         mirror.terms.clear();
+        mirror.forget_recent();
         mirror.conf_state = meta.get_conf_state().clone();
         mirror.hard_state = hs;
         Ok(())
@@ -618,6 +708,7 @@ impl RaftLog {
         }
         mirror.terms.drain(..dropped);
         mirror.truncated = (compact_index - 1, term);
+        mirror.forget_below(compact_index);
         crate::crash_point!("log.compact.after");
         Ok(())
     }
@@ -638,12 +729,19 @@ impl RaftLog {
         }
         let max = max_size.unwrap_or(raft::NO_LIMIT);
         if let LogStore::Engine { engine, group } = &self.store {
+            if let Some(out) = self.mirror().recent_entries(low, high, max) {
+                return Ok(out);
+            }
             let mut out = Vec::new();
             // The engine's limit keeps at least one entry, as raft-rs wants.
             let limit = usize::try_from(max).unwrap_or(usize::MAX);
-            engine
-                .engine()
-                .fetch_entries_to::<EntryExt>(*group, low, high, Some(limit), &mut out)?;
+            engine.engine().fetch_entries_to::<EntryExt>(
+                *group,
+                low,
+                high,
+                Some(limit),
+                &mut out,
+            )?;
             if out.first().map(|e| e.index) != Some(low)
                 || out.last().map(|e| e.index) != Some(low + out.len() as u64 - 1)
             {

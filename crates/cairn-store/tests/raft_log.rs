@@ -567,10 +567,48 @@ fn a_directory_made_before_the_engine_keeps_its_logs_in_sled() {
     assert!(!path.join("raft-log").exists());
     let log = store.raft_log(5).unwrap();
     assert_eq!(Storage::last_index(&log).unwrap(), 3);
-    assert_eq!(log.entries(2, 4, None, ctx()).unwrap(), vec![ent(2, 1), ent(3, 1)]);
+    assert_eq!(
+        log.entries(2, 4, None, ctx()).unwrap(),
+        vec![ent(2, 1), ent(3, 1)]
+    );
     drop(log);
     drop(store);
     // And stays so: the choice is recorded, not guessed again.
     let store = reopen(&path);
     assert!(!store.logs_in_engine());
+}
+
+/// A log in the engine keeps its newest entries in memory and reads older ones from
+/// the engine's files: a read across the boundary, and one after an overwrite that
+/// shortens the log, must return exactly the log.
+#[test]
+fn reads_across_the_entries_kept_in_memory_return_the_log() {
+    let (_d, store) = open();
+    let log = store.raft_log(1).unwrap();
+    for chunk in (1..=3000u64).collect::<Vec<_>>().chunks(64) {
+        let ents: Vec<Entry> = chunk.iter().map(|&i| ent(i, 1)).collect();
+        log.persist(&ents, None).unwrap();
+    }
+    let all: Vec<Entry> = (1..=3000).map(|i| ent(i, 1)).collect();
+    assert_eq!(log.entries(1, 3001, None, ctx()).unwrap(), all);
+    assert_eq!(
+        log.entries(1500, 2500, None, ctx()).unwrap(),
+        all[1499..2499]
+    );
+    assert_eq!(log.entries(2990, 3001, None, ctx()).unwrap(), all[2989..]);
+    // An overwrite from 2000 on, at a new term, shorter than what it replaces.
+    log.persist(&[ent(2000, 2), ent(2001, 2)], None).unwrap();
+    assert_eq!(Storage::last_index(&log).unwrap(), 2001);
+    let mut expected = all[..1999].to_vec();
+    expected.extend([ent(2000, 2), ent(2001, 2)]);
+    assert_eq!(log.entries(1, 2002, None, ctx()).unwrap(), expected);
+    assert_eq!(
+        log.entries(1999, 2002, None, ctx()).unwrap(),
+        expected[1998..]
+    );
+    log.compact(2001).unwrap();
+    assert_eq!(
+        log.entries(2001, 2002, None, ctx()).unwrap(),
+        vec![ent(2001, 2)]
+    );
 }
