@@ -75,10 +75,14 @@ impl LogEngine {
             dir: dir.to_owned(),
             // Two cores: recovery threads beyond them only contend.
             recovery_threads: 2,
-            // Files small enough that compacted ones are dropped soon (on-disk size is
-            // one of the things Cairn is judged by), large enough to rotate rarely.
-            target_file_size: ReadableSize::mb(32),
-            purge_threshold: ReadableSize::mb(256),
+            // raft-engine drops (or recycles) files only once the log's files pass
+            // `purge_threshold`; below it they stay. TiKV's 10 GB suits its disks; a
+            // node here keeps about `--log-compact-entries` entries per shard live
+            // (a few MB each under load), so 64 MB bounds the log's share of the disk
+            // (on-disk size is one of the things Cairn is judged by) while leaving
+            // room before lagging groups' entries must be rewritten to free a file.
+            target_file_size: ReadableSize::mb(8),
+            purge_threshold: ReadableSize::mb(64),
             ..Config::default()
         };
         let engine = Engine::open(cfg)?;
