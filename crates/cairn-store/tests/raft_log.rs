@@ -612,3 +612,45 @@ fn reads_across_the_entries_kept_in_memory_return_the_log() {
         vec![ent(2001, 2)]
     );
 }
+
+/// A replica removed from a node drops its shard (the engine cleans the group), and a
+/// later replica of the same group on that node starts again from a Raft snapshot:
+/// after a reopen, what the engine replays is the new replica's log, with nothing of
+/// the old one.
+#[test]
+fn a_group_dropped_and_made_again_reopens_as_the_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let store = NodeStore::open(&path).unwrap();
+        let old = store.raft_log(3).unwrap();
+        old.persist(&(1..=8).map(|i| ent(i, 1)).collect::<Vec<_>>(), None)
+            .unwrap();
+        drop(old);
+        store.drop_shard(3).unwrap();
+        let new = store.raft_log(3).unwrap();
+        assert_eq!(
+            Storage::last_index(&new).unwrap(),
+            0,
+            "nothing of the old log"
+        );
+        let mut meta = SnapshotMetadata {
+            index: 50,
+            term: 4,
+            ..Default::default()
+        };
+        meta.set_conf_state(ConfState::from((vec![1, 2, 4], vec![])));
+        new.apply_snapshot_metadata(&meta).unwrap();
+        new.persist(&[ent(51, 4), ent(52, 4)], None).unwrap();
+        store.flush().unwrap();
+    }
+    let store = reopen(&path);
+    let log = store.raft_log(3).unwrap();
+    assert_eq!(Storage::first_index(&log).unwrap(), 51);
+    assert_eq!(Storage::last_index(&log).unwrap(), 52);
+    assert_eq!(
+        log.entries(51, 53, None, ctx()).unwrap(),
+        vec![ent(51, 4), ent(52, 4)]
+    );
+    assert_eq!(log.conf_state().unwrap().voters, vec![1, 2, 4]);
+}
