@@ -24,6 +24,27 @@ impl Outbox<ShardState> for Sent {
     }
 }
 
+/// Shard 0's replica on node 2 of three, opened from `store` as a restart would, with
+/// a fixed election timeout so nothing is drawn.
+fn open_replica(
+    store: &NodeStore,
+    gauges: &Arc<ReplicaGauges>,
+) -> Replica<ShardState, Sent, common::NoSync> {
+    Replica::open_seeded(
+        0,
+        &common::config(2, 3, 1),
+        store.clone(),
+        common::NoSync,
+        Sent::default(),
+        gauges.clone(),
+        ReplicaSeed {
+            proposal_ids: 1,
+            election_timeout: Some(15),
+        },
+    )
+    .unwrap()
+}
+
 fn entry(index: u64, term: u64) -> Entry {
     Entry {
         index,
@@ -60,20 +81,7 @@ fn a_crash_inside_a_snapshot_install_over_a_longer_divergent_log_recovers() {
         .unwrap();
 
     let gauges = Arc::new(ReplicaGauges::new());
-    let seed = ReplicaSeed {
-        proposal_ids: 1,
-        election_timeout: Some(15),
-    };
-    let mut replica = Replica::open_seeded(
-        0,
-        &common::config(2, 3, 1),
-        store.clone(),
-        common::NoSync,
-        Sent::default(),
-        gauges.clone(),
-        seed,
-    )
-    .unwrap();
+    let mut replica = open_replica(&store, &gauges);
 
     // The leader of term 2 appends after its snapshot point.
     let mut append = Message {
@@ -177,19 +185,7 @@ fn a_crash_between_a_conf_change_and_its_applied_point_recovers() {
         .unwrap();
 
     let gauges = Arc::new(ReplicaGauges::new());
-    let mut replica = Replica::open_seeded(
-        0,
-        &common::config(2, 3, 1),
-        store.clone(),
-        common::NoSync,
-        Sent::default(),
-        gauges.clone(),
-        ReplicaSeed {
-            proposal_ids: 1,
-            election_timeout: Some(15),
-        },
-    )
-    .unwrap();
+    let mut replica = open_replica(&store, &gauges);
     replica.process().expect("nothing to apply again");
     assert_eq!(gauges.applied.load(Ordering::Relaxed), 3);
     assert_eq!(gauges.voters(), vec![1, 2, 4]);
@@ -309,19 +305,7 @@ fn a_state_machine_that_lost_unsynced_applies_replays_them_from_the_engine_log()
     );
     assert_eq!(state.get(b"k7", u64::MAX).unwrap(), None);
     let gauges = Arc::new(ReplicaGauges::new());
-    let mut replica = Replica::open_seeded(
-        0,
-        &common::config(2, 3, 1),
-        store.clone(),
-        common::NoSync,
-        Sent::default(),
-        gauges.clone(),
-        ReplicaSeed {
-            proposal_ids: 1,
-            election_timeout: Some(15),
-        },
-    )
-    .unwrap();
+    let mut replica = open_replica(&store, &gauges);
     replica.process().unwrap();
     assert_eq!(gauges.applied.load(Ordering::Relaxed), 10);
     assert_eq!(state.applied().unwrap().index, 10);
