@@ -214,6 +214,17 @@ impl NodeStore {
         let engine = match log_store.as_slice() {
             b"engine" => {
                 let dir = path.join(LOG_ENGINE_DIR);
+                // raft-engine would make a missing directory anew: the shards' state
+                // machines would then start over an empty log that forgot its votes
+                // and terms, which Raft's safety rests on.
+                if !dir.exists() && db.tree_names().iter().any(|n| n.starts_with(b"shard/")) {
+                    return Err(StoreError::corrupt(format!(
+                        "{} is missing while the node holds shards: the Raft logs are \
+                         gone; this data directory must not serve again (re-add the \
+                         node with an empty directory and a new id, docs/OPERATIONS.md)",
+                        dir.display()
+                    )));
+                }
                 let engine = log_engine::LogEngine::open(&dir)?;
                 durable::sync_parent_dir(&dir).map_err(sled::Error::Io)?;
                 Some(std::sync::Arc::new(engine))

@@ -654,3 +654,35 @@ fn a_group_dropped_and_made_again_reopens_as_the_new_one() {
     );
     assert_eq!(log.conf_state().unwrap().voters, vec![1, 2, 4]);
 }
+
+/// The log engine's directory gone while sled still holds shards: opening refuses,
+/// rather than start the state machines over an empty log that forgot its votes.
+#[test]
+fn a_directory_whose_log_engine_is_gone_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let store = NodeStore::open(&path).unwrap();
+        let log = store.raft_log(0).unwrap();
+        log.initialize(&ConfState::from((vec![1, 2, 3], vec![])))
+            .unwrap();
+        log.persist(&[ent(1, 1)], None).unwrap();
+        store.flush().unwrap();
+    }
+    std::fs::remove_dir_all(path.join("raft-log")).unwrap();
+    let mut opened = NodeStore::open(&path);
+    for _ in 0..100 {
+        // Only sled's lock may still be held a moment by the dropped database.
+        match &opened {
+            Err(StoreError::Sled(_)) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                opened = NodeStore::open(&path);
+            }
+            _ => break,
+        }
+    }
+    match opened {
+        Err(StoreError::Corrupt { what }) => assert!(what.contains("raft-log"), "{what}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
