@@ -78,11 +78,7 @@ pub async fn digest(State(api): Shared, uri: Uri) -> Result<Json<ShardDigest>, A
             Some(at) => at,
             None => state.applied()?.index,
         };
-        let after = match after {
-            Some(after) => after,
-            None => state.horizon()?.min(at),
-        };
-        state.digest(at, after)
+        from_horizon(&state, after, |after| state.digest(at, after.min(at)))
     })
     .await?;
     Ok(Json(digest))
@@ -96,32 +92,57 @@ pub async fn versions(State(api): Shared, uri: Uri) -> Result<Json<VersionsRespo
     let truncate = number(&params, "truncate")?.map_or(usize::MAX, |n| n as usize);
     let answer = blocking(move || {
         let applied = state.applied()?.index;
-        let horizon = state.horizon()?;
         let upto = upto.unwrap_or(applied);
         if upto > applied {
             return Err(StoreError::Invalid {
                 reason: format!("versions up to {upto}, but only {applied} is applied here"),
             });
         }
-        let after = after.unwrap_or(horizon).min(upto);
         let items = |range| {
             state
                 .history(range)
                 .map(|v| v.map(|v| item(&v, truncate)))
                 .collect::<Result<Vec<_>, _>>()
         };
-        Ok(VersionsResponse {
-            shard: state.shard(),
-            applied,
-            horizon,
-            after,
-            upto,
-            base: items(HistoryRange::StateAt { at: after })?,
-            versions: items(HistoryRange::Between { after, upto })?,
+        from_horizon(&state, after, |after| {
+            let horizon = state.horizon()?;
+            let after = after.min(upto);
+            Ok(VersionsResponse {
+                shard: state.shard(),
+                applied,
+                horizon,
+                after,
+                upto,
+                base: items(HistoryRange::StateAt { at: after })?,
+                versions: items(HistoryRange::Between { after, upto })?,
+            })
         })
     })
     .await?;
     Ok(Json(answer))
+}
+
+/// Run `read` from `after`, or, when the caller named none, from the replica's horizon.
+/// History GC may raise the horizon while such a read runs, and the read then fails
+/// (`HistoryCollected`) rather than answer from a base that moved; the caller asked
+/// for "from the horizon", so the read starts again from the new one (a few times:
+/// GC runs seconds apart). Found by the chaos suite: its final check read a replica
+/// just as its first GC ran, and got a 410.
+fn from_horizon<T>(
+    state: &ShardState,
+    after: Option<u64>,
+    mut read: impl FnMut(u64) -> cairn_store::Result<T>,
+) -> cairn_store::Result<T> {
+    if let Some(after) = after {
+        return read(after);
+    }
+    let mut tries = 0;
+    loop {
+        match read(state.horizon()?) {
+            Err(StoreError::HistoryCollected { .. }) if tries < 3 => tries += 1,
+            other => return other,
+        }
+    }
 }
 
 fn item(v: &KeyVersion, truncate: usize) -> VersionItem {
@@ -188,4 +209,34 @@ pub fn routes() -> axum::Router<Arc<ApiState>> {
     axum::Router::new()
         .route("/v1/debug/digest", axum::routing::get(digest))
         .route("/v1/debug/versions", axum::routing::get(versions))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A read from the horizon that GC overtook starts again from the new horizon; a
+    /// read from a version the caller named fails as it did.
+    #[test]
+    fn a_read_from_the_horizon_that_gc_overtook_starts_again() {
+        let store = cairn_store::NodeStore::open_temporary().unwrap();
+        let state = store.shard_state(0).unwrap();
+        let mut calls = Vec::new();
+        let read = |calls: &mut Vec<u64>, after: u64| {
+            calls.push(after);
+            if calls.len() == 1 {
+                Err(StoreError::HistoryCollected { horizon: 1 })
+            } else {
+                Ok(after)
+            }
+        };
+        let got = from_horizon(&state, None, |after| read(&mut calls, after));
+        assert_eq!(got.unwrap(), 0);
+        assert_eq!(calls.len(), 2, "read again after the horizon moved");
+
+        calls.clear();
+        let named = from_horizon(&state, Some(5), |after| read(&mut calls, after));
+        assert!(matches!(named, Err(StoreError::HistoryCollected { .. })));
+        assert_eq!(calls, vec![5]);
+    }
 }
